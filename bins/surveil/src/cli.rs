@@ -1,0 +1,96 @@
+//! Command-line syntax (clap). Every command documents itself with examples in `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Intelligent video surveillance: person detection, tracking and vision-language judgement,
+/// with every byte of model memory accounted for.
+#[derive(Debug, Parser)]
+#[command(name = "surveil", version, propagate_version = true)]
+#[command(after_help = "Examples:
+  surveil doctor
+  surveil config show --profile testing_kimi --json
+  ENV=testing surveil config show
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Logs go to stderr; SURVEIL_LOG=debug (or -v/-vv) shows more.")]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Directory with profile TOML files (default: $SURVEIL_PROFILES_DIR, ./profiles, built-in).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub profiles_dir: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect the resolved configuration.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Report the environment: CPU, memory, CUDA, ffmpeg, model and asset caches.
+    #[command(after_help = "Examples:
+  surveil doctor
+  surveil doctor --json | jq .memory")]
+    Doctor(DoctorArgs),
+}
+
+/// `surveil config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration a command would run with, and where each value came from.
+    #[command(after_help = "Precedence: built-in defaults < profiles/<name>.toml < environment < flags.
+The profile is --profile, else $ENV, else `development`.
+
+Environment: VLM_MODEL, VLM_DEVICE, LOAD_IN_4BIT (or VLM_4BIT), ENABLE_FALLBACK,
+DISABLE_MONITORING, MAX_CONCURRENT_TOOLS, ORCHESTRATION_MODE, LOG_LEVEL, DEBUG, and any key as
+SURVEIL_<SECTION>__<FIELD> (e.g. SURVEIL_TRACKER__TRACK_BUFFER=45).
+
+Examples:
+  surveil config show --profile testing_kimi --json
+  VLM_MODEL=qwen2-vl-2b-instruct surveil config show
+  surveil config show --set vlm.device=cpu --set detection.confidence=0.4")]
+    Show(ConfigShowArgs),
+}
+
+/// Selecting and overriding the configuration; shared by every command that runs something.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArgs {
+    /// Profile name (testing, testing_kimi, testing_qwen, development, production, or a file
+    /// in the profiles directory).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Override one key, e.g. `--set vlm.device=cpu` (repeatable; beats the environment).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `surveil config show`
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    /// Profile and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Machine-readable output: the configuration as JSON (origins under `_origins`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `surveil doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,72 @@
+//! `surveil config show` and the shared configuration loading of every command.
+
+use anyhow::Context;
+use surveil_config::{ConfigError, ConfigLoader, LoadedConfig};
+
+use crate::cli::{Cli, ConfigArgs, ConfigShowArgs};
+use crate::Failure;
+
+/// Load the configuration for a command: profile, environment, `--set` overrides, plus any
+/// command-specific flag overrides `(key, value, flag)`.
+pub fn load(
+    cli: &Cli,
+    args: &ConfigArgs,
+    flags: &[(&str, String, &str)],
+) -> Result<LoadedConfig, Failure> {
+    let mut loader = ConfigLoader::new()
+        .profile(args.profile.as_deref())
+        .profiles_dir(cli.profiles_dir.as_deref());
+    for item in &args.set {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--set {item}: expected KEY=VALUE, e.g. --set vlm.device=cpu"
+            )));
+        };
+        loader = loader.flag(key.trim(), value, &format!("--set {}", key.trim()));
+    }
+    for (key, value, flag) in flags {
+        loader = loader.flag(key, value.clone(), flag);
+    }
+    loader
+        .load()
+        .map_err(|e: ConfigError| Failure::Usage(anyhow::Error::new(e)))
+}
+
+/// `surveil config show`
+pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
+    let loaded = load(cli, &args.config, &[])?;
+    if args.json {
+        let mut json = serde_json::to_value(&loaded.config).context("serializing the config")?;
+        let origins: serde_json::Map<String, serde_json::Value> = loaded
+            .entries()
+            .into_iter()
+            .map(|(k, _, o)| (k, serde_json::Value::String(o.to_string())))
+            .collect();
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert("_origins".into(), serde_json::Value::Object(origins));
+        }
+        println!("{}", serde_json::to_string_pretty(&json).context("formatting JSON")?);
+        return Ok(());
+    }
+    println!(
+        "profile: {} ({})",
+        loaded.config.profile, loaded.profile_origin
+    );
+    let entries = loaded.entries();
+    let width = entries.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+    let mut section = "";
+    for (key, value, origin) in &entries {
+        let (sec, _) = key.split_once('.').unwrap_or((key, ""));
+        if sec != section {
+            println!("\n[{sec}]");
+            section = sec;
+        }
+        let shown = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "(none)".into(),
+            other => other.to_string(),
+        };
+        println!("  {key:<width$}  {shown:<28}  # {origin}");
+    }
+    Ok(())
+}

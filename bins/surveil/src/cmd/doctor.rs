@@ -1,0 +1,292 @@
+//! `surveil doctor`: the environment report a bug report needs.
+
+use std::process::Command;
+
+use anyhow::Context;
+use serde::Serialize;
+use surveil_config::paths::{assets_dir, hf_hub_cache, ASSET_FILES};
+use surveil_memory::gpu::GpuMemory;
+use surveil_memory::system::HostMemory;
+use surveil_models::registry::REGISTRY;
+
+use crate::cli::DoctorArgs;
+use crate::Failure;
+
+#[derive(Debug, Serialize)]
+struct Report {
+    surveil_version: &'static str,
+    os: String,
+    arch: &'static str,
+    cpu: Cpu,
+    memory: Memory,
+    cuda: Cuda,
+    ffmpeg: Option<String>,
+    hf_cache: HfCache,
+    assets: Assets,
+}
+
+#[derive(Debug, Serialize)]
+struct Cpu {
+    model: Option<String>,
+    logical_cores: usize,
+    features: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Memory {
+    total_bytes: Option<u64>,
+    available_bytes: Option<u64>,
+    cgroup_limit_bytes: Option<u64>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Cuda {
+    compiled: bool,
+    available: bool,
+    reason: Option<String>,
+    devices: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct HfCache {
+    path: String,
+    offline: bool,
+    models: Vec<CachedModel>,
+}
+
+#[derive(Debug, Serialize)]
+struct CachedModel {
+    id: &'static str,
+    repo: &'static str,
+    snapshot: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Assets {
+    path: String,
+    files: Vec<AssetStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct AssetStatus {
+    path: &'static str,
+    purpose: &'static str,
+    present: bool,
+    bytes: Option<u64>,
+}
+
+fn os_name() -> String {
+    let pretty = std::fs::read_to_string("/etc/os-release").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+    });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .ok();
+    match (pretty, kernel) {
+        (Some(p), Some(k)) => format!("{p} (kernel {k})"),
+        (Some(p), None) => p,
+        (None, Some(k)) => format!("{} (kernel {k})", std::env::consts::OS),
+        (None, None) => std::env::consts::OS.to_string(),
+    }
+}
+
+fn cpu() -> Cpu {
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+    });
+    #[allow(unused_mut)]
+    let mut features = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            features.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            features.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("f16c") {
+            features.push("f16c");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            features.push("avx512f");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            features.push("neon");
+        }
+    }
+    Cpu {
+        model,
+        logical_cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        features,
+    }
+}
+
+fn ffmpeg_version() -> Option<String> {
+    let out = Command::new("ffmpeg").arg("-version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+fn gather() -> Report {
+    let memory = match HostMemory::read() {
+        Ok(m) => Memory {
+            total_bytes: Some(m.total_bytes),
+            available_bytes: Some(m.effective_available_bytes()),
+            cgroup_limit_bytes: m.cgroup.as_ref().map(|c| c.limit_bytes),
+            error: None,
+        },
+        Err(e) => Memory {
+            total_bytes: None,
+            available_bytes: None,
+            cgroup_limit_bytes: None,
+            error: Some(e.to_string()),
+        },
+    };
+    let gpu = GpuMemory::query();
+    let cuda = Cuda {
+        compiled: cfg!(feature = "cuda"),
+        available: gpu.is_available(),
+        reason: gpu.unavailable_reason().map(str::to_string),
+        devices: gpu
+            .devices()
+            .iter()
+            .filter_map(|d| serde_json::to_value(d).ok())
+            .collect(),
+    };
+    let hub = hf_hub_cache();
+    let hf_cache = HfCache {
+        path: hub.display().to_string(),
+        offline: std::env::var("HF_HUB_OFFLINE")
+            .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+            .unwrap_or(false),
+        models: REGISTRY
+            .iter()
+            .map(|m| CachedModel {
+                id: m.id,
+                repo: m.hf_repo,
+                snapshot: m.cached_snapshot(&hub).map(|p| p.display().to_string()),
+            })
+            .collect(),
+    };
+    let dir = assets_dir();
+    let assets = Assets {
+        path: dir.display().to_string(),
+        files: ASSET_FILES
+            .iter()
+            .map(|f| {
+                let meta = std::fs::metadata(dir.join(f.path)).ok();
+                AssetStatus {
+                    path: f.path,
+                    purpose: f.purpose,
+                    present: meta.as_ref().is_some_and(|m| m.is_file()),
+                    bytes: meta.map(|m| m.len()),
+                }
+            })
+            .collect(),
+    };
+    Report {
+        surveil_version: env!("CARGO_PKG_VERSION"),
+        os: os_name(),
+        arch: std::env::consts::ARCH,
+        cpu: cpu(),
+        memory,
+        cuda,
+        ffmpeg: ffmpeg_version(),
+        hf_cache,
+        assets,
+    }
+}
+
+fn gib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `surveil doctor`
+pub fn run(args: &DoctorArgs) -> Result<(), Failure> {
+    let r = gather();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).context("formatting JSON")?
+        );
+        return Ok(());
+    }
+    println!("surveil {}", r.surveil_version);
+    println!("os:       {} ({})", r.os, r.arch);
+    println!(
+        "cpu:      {} — {} logical cores, features: {}",
+        r.cpu.model.as_deref().unwrap_or("unknown model"),
+        r.cpu.logical_cores,
+        if r.cpu.features.is_empty() {
+            "none detected".to_string()
+        } else {
+            r.cpu.features.join(" ")
+        }
+    );
+    match &r.memory.error {
+        None => println!(
+            "memory:   {} total, {} available{}",
+            gib(r.memory.total_bytes),
+            gib(r.memory.available_bytes),
+            r.memory
+                .cgroup_limit_bytes
+                .map(|l| format!(" (cgroup limit {})", gib(Some(l))))
+                .unwrap_or_default()
+        ),
+        Some(e) => println!("memory:   unknown ({e})"),
+    }
+    if r.cuda.available {
+        println!("cuda:     available, {} device(s)", r.cuda.devices.len());
+        for d in &r.cuda.devices {
+            println!("          {d}");
+        }
+    } else {
+        println!(
+            "cuda:     unavailable — {}",
+            r.cuda.reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    println!(
+        "ffmpeg:   {}",
+        r.ffmpeg
+            .as_deref()
+            .unwrap_or("not found on PATH (install it: scripts/setup.sh or apt-get install ffmpeg)")
+    );
+    println!(
+        "hf cache: {}{}",
+        r.hf_cache.path,
+        if r.hf_cache.offline { " (HF_HUB_OFFLINE)" } else { "" }
+    );
+    for m in &r.hf_cache.models {
+        println!(
+            "          {:<28} {}",
+            m.id,
+            m.snapshot.as_deref().unwrap_or("missing")
+        );
+    }
+    println!("assets:   {}", r.assets.path);
+    for f in &r.assets.files {
+        println!(
+            "          {:<45} {}",
+            f.path,
+            if f.present { "ok" } else { "missing (run scripts/setup.sh)" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! `surveil`: the command-line front of the surveil libraries. It parses flags, builds the
+//! configuration, calls the libraries and prints; the work itself lives in the crates.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, ConfigCommand};
+
+/// An error and the exit code it maps to.
+pub(crate) enum Failure {
+    /// Bad flags, bad configuration: exit 2.
+    Usage(anyhow::Error),
+    /// Anything that went wrong while working: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        // Configuration problems are usage errors wherever they surface.
+        if e.chain()
+            .any(|c| c.downcast_ref::<surveil_config::ConfigError>().is_some())
+        {
+            Failure::Usage(e)
+        } else {
+            Failure::Runtime(e)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match &cli.command {
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => cmd::config::show(&cli, args),
+        Command::Doctor(args) => cmd::doctor::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `outer: inner: root` on one line, without backtraces.
+fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SURVEIL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,111 @@
+//! The CLI as a user runs it: exit codes, JSON shapes, messages.
+
+use std::process::{Command, Output};
+
+fn surveil(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_surveil"));
+    cmd.args(args);
+    // A clean environment for the config variables, whatever the caller's shell has.
+    for var in [
+        "ENV",
+        "VLM_MODEL",
+        "VLM_DEVICE",
+        "LOAD_IN_4BIT",
+        "VLM_4BIT",
+        "ENABLE_FALLBACK",
+        "DISABLE_MONITORING",
+        "MAX_CONCURRENT_TOOLS",
+        "ORCHESTRATION_MODE",
+        "LOG_LEVEL",
+        "DEBUG",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run surveil")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
+}
+
+#[test]
+fn config_show_profile_json() {
+    let v = json(&surveil(
+        &["config", "show", "--profile", "testing_kimi", "--json"],
+        &[],
+    ));
+    assert_eq!(v["vlm"]["primary_model"], "kimi-vl-a3b-thinking");
+    assert_eq!(v["vlm"]["load_in_4bit"], true);
+    assert_eq!(v["orchestration"]["max_concurrent_tools"], 1);
+    assert_eq!(v["profile"], "testing_kimi");
+}
+
+#[test]
+fn config_show_env_overrides() {
+    let v = json(&surveil(
+        &["config", "show", "--json"],
+        &[("VLM_MODEL", "qwen2-vl-2b-instruct")],
+    ));
+    assert_eq!(v["vlm"]["primary_model"], "qwen2-vl-2b-instruct");
+    assert_eq!(v["_origins"]["vlm.primary_model"], "env VLM_MODEL");
+    let v = json(&surveil(&["config", "show", "--json"], &[("ENV", "testing")]));
+    assert_eq!(v["vlm"]["primary_model"], "git-base-coco");
+}
+
+#[test]
+fn set_flag_beats_environment() {
+    let v = json(&surveil(
+        &["config", "show", "--json", "--set", "vlm.device=cpu"],
+        &[("VLM_DEVICE", "cuda")],
+    ));
+    assert_eq!(v["vlm"]["device"], "cpu");
+    assert_eq!(v["_origins"]["vlm.device"], "flag --set vlm.device");
+}
+
+#[test]
+fn unknown_profile_exits_2_listing_profiles() {
+    let out = surveil(&["config", "show", "--profile", "nope"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("testing_qwen"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
+
+#[test]
+fn bad_value_exits_2() {
+    let out = surveil(&["config", "show"], &[("MAX_CONCURRENT_TOOLS", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = surveil(&["config", "show", "--set", "novalue"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = surveil(&["no-such-command"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn doctor_json_reports_machine() {
+    let v = json(&surveil(&["doctor", "--json"], &[]));
+    assert!(v["cpu"]["logical_cores"].as_u64().unwrap() >= 1);
+    assert!(v["memory"]["total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["cuda"]["compiled"], cfg!(feature = "cuda"));
+    assert_eq!(v["hf_cache"]["models"].as_array().unwrap().len(), 6);
+    assert!(v["assets"]["files"].as_array().unwrap().len() >= 5);
+}
+
+#[test]
+fn help_has_examples() {
+    for args in [&["--help"][..], &["config", "show", "--help"], &["doctor", "--help"]] {
+        let out = surveil(args, &[]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Examples:"), "{args:?}: {text}");
+    }
+}

@@ -1,0 +1,342 @@
+//! Merging the layers (defaults → profile → environment → flags) and remembering where each
+//! value came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::Serialize;
+
+use crate::env::{generic_key, nested, parse_bool, typed_value, ENV_ALIASES};
+use crate::profiles::{ProfileOrigin, ProfileSet, DEFAULT_PROFILE};
+use crate::{ConfigError, RawConfig, SystemConfig};
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A profile (file path, or `builtin:<name>`).
+    Profile(String),
+    /// An environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::Profile(p) => write!(f, "profile {p}"),
+            Origin::Env(v) => write!(f, "env {v}"),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// One key set from outside the files: an environment variable or a flag.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// Dotted key.
+    pub key: String,
+    /// Text as given.
+    pub text: String,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// One layer of the merge, with its own origin (figment metadata carries it to every value).
+struct Layer {
+    origin: Origin,
+    path: Option<PathBuf>,
+    data: Dict,
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        let mut m = Metadata::named(self.origin.to_string());
+        if let Some(p) = &self.path {
+            m = m.source(Source::File(p.clone()));
+        }
+        m
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.data.clone()))
+    }
+}
+
+/// Builds a [`SystemConfig`] from the layers.
+#[derive(Debug, Clone)]
+pub struct ConfigLoader {
+    profile: Option<String>,
+    profiles_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    flags: Vec<Override>,
+}
+
+/// A validated configuration and the origin of each of its values.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: SystemConfig,
+    /// Where the profile came from.
+    pub profile_origin: String,
+    origins: BTreeMap<String, Origin>,
+}
+
+impl LoadedConfig {
+    /// Where the value of dotted `key` came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// Every leaf key with its value (as JSON) and origin, in key order.
+    pub fn entries(&self) -> Vec<(String, serde_json::Value, Origin)> {
+        let json = serde_json::to_value(&self.config).unwrap_or_default();
+        let mut out = Vec::new();
+        if let serde_json::Value::Object(sections) = json {
+            for (section, v) in sections {
+                if let serde_json::Value::Object(fields) = v {
+                    for (field, value) in fields {
+                        let key = format!("{section}.{field}");
+                        let origin = self.origin(&key);
+                        out.push((key, value, origin));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Default for ConfigLoader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigLoader {
+    /// A loader reading this process's environment.
+    pub fn new() -> Self {
+        Self::with_env(std::env::vars())
+    }
+
+    /// A loader reading the given variables instead of the process environment (for tests and
+    /// embedding).
+    pub fn with_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self {
+            profile: None,
+            profiles_dir: None,
+            env: vars.into_iter().collect(),
+            flags: Vec::new(),
+        }
+    }
+
+    /// Use this profile (a `--profile` flag); otherwise `ENV`, otherwise `development`.
+    pub fn profile(mut self, name: Option<&str>) -> Self {
+        self.profile = name.map(str::to_string);
+        self
+    }
+
+    /// Read profiles from this directory (in addition to the built-in ones). Without it,
+    /// `SURVEIL_PROFILES_DIR`, then `./profiles` when it exists.
+    pub fn profiles_dir(mut self, dir: Option<&Path>) -> Self {
+        self.profiles_dir = dir.map(Path::to_path_buf);
+        self
+    }
+
+    /// Set `key` from a command-line flag (highest precedence). `flag` names it in messages.
+    pub fn flag(mut self, key: &str, text: impl Into<String>, flag: &str) -> Self {
+        self.flags.push(Override {
+            key: key.to_string(),
+            text: text.into(),
+            origin: Origin::Flag(flag.to_string()),
+        });
+        self
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The profile name that will be used and why.
+    pub fn profile_name(&self) -> String {
+        self.profile
+            .clone()
+            .or_else(|| self.var("ENV").filter(|s| !s.is_empty()).map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_PROFILE.to_string())
+    }
+
+    /// The available profiles.
+    pub fn profile_set(&self) -> Result<ProfileSet, ConfigError> {
+        let dir = self
+            .profiles_dir
+            .clone()
+            .or_else(|| self.var("SURVEIL_PROFILES_DIR").map(PathBuf::from))
+            .or_else(|| {
+                let local = PathBuf::from("profiles");
+                local.is_dir().then_some(local)
+            });
+        match dir {
+            Some(d) => ProfileSet::with_dir(&d),
+            None => Ok(ProfileSet::builtin()),
+        }
+    }
+
+    /// Environment overrides, in a stable order (aliases first, then generic variables).
+    fn env_overrides(&self) -> Vec<Override> {
+        let mut out = Vec::new();
+        for (var, key) in ENV_ALIASES {
+            if let Some(v) = self.var(var) {
+                out.push(Override {
+                    key: key.to_string(),
+                    text: v.to_string(),
+                    origin: Origin::Env(var.to_string()),
+                });
+            }
+        }
+        if let Some(v) = self.var("DISABLE_MONITORING") {
+            // Negated below, once the value is known to be a boolean.
+            out.push(Override {
+                key: "monitoring.enabled".into(),
+                text: v.to_string(),
+                origin: Origin::Env("DISABLE_MONITORING".into()),
+            });
+        }
+        let mut generic: Vec<_> = self
+            .env
+            .iter()
+            .filter_map(|(var, v)| {
+                generic_key(var).map(|key| Override {
+                    key,
+                    text: v.clone(),
+                    origin: Origin::Env(var.clone()),
+                })
+            })
+            .collect();
+        generic.sort_by(|a, b| a.key.cmp(&b.key));
+        out.extend(generic);
+        out
+    }
+
+    /// Merge and validate.
+    pub fn load(&self) -> Result<LoadedConfig, ConfigError> {
+        let profile = self.profile_name();
+        let set = self.profile_set()?;
+        let (porigin, text) = set.get(&profile)?;
+        let (profile_label, profile_path) = match porigin {
+            ProfileOrigin::Builtin => (format!("builtin:{profile}"), None),
+            ProfileOrigin::File(p) => (p.display().to_string(), Some(p.clone())),
+        };
+        let profile_data: Dict = toml::from_str(text).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "profile {profile_label} is not valid TOML: {}",
+                e.to_string().trim()
+            ))
+        })?;
+
+        let defaults = match Value::serialize(RawConfig::default()) {
+            Ok(Value::Dict(_, d)) => d,
+            _ => Dict::new(),
+        };
+        let mut figment = Figment::new()
+            .merge(Layer {
+                origin: Origin::Default,
+                path: None,
+                data: defaults.clone(),
+            })
+            .merge(Layer {
+                origin: Origin::Profile(profile_label.clone()),
+                path: profile_path,
+                data: profile_data,
+            });
+        for o in self.env_overrides().into_iter().chain(self.flags.iter().cloned()) {
+            let origin_text = o.origin.to_string();
+            let mut value = typed_value(&defaults, &o.key, &o.text, &origin_text)?;
+            if o.origin == Origin::Env("DISABLE_MONITORING".into()) {
+                let disabled = parse_bool(&o.text).unwrap_or(false);
+                value = Value::from(!disabled);
+            }
+            figment = figment.merge(Layer {
+                origin: o.origin.clone(),
+                path: None,
+                data: nested(&o.key, value),
+            });
+        }
+
+        let raw: RawConfig = figment.extract().map_err(|e| describe(&e))?;
+
+        let mut origins = BTreeMap::new();
+        for key in crate::env::all_keys(&defaults)
+            .into_iter()
+            .chain(["vlm.seed".to_string()])
+        {
+            if let Some(meta) = figment.find_metadata(&key) {
+                origins.insert(key, origin_from_name(&meta.name));
+            }
+        }
+        let config = raw.validate(&profile, |key| {
+            origins
+                .get(key)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "default".into())
+        })?;
+        Ok(LoadedConfig {
+            config,
+            profile_origin: profile_label,
+            origins,
+        })
+    }
+}
+
+fn origin_from_name(name: &str) -> Origin {
+    if let Some(p) = name.strip_prefix("profile ") {
+        Origin::Profile(p.to_string())
+    } else if let Some(v) = name.strip_prefix("env ") {
+        Origin::Env(v.to_string())
+    } else if let Some(f) = name.strip_prefix("flag ") {
+        Origin::Flag(f.to_string())
+    } else {
+        Origin::Default
+    }
+}
+
+/// A figment error as one line per problem: key, what is wrong, where it came from.
+fn describe(e: &figment::Error) -> ConfigError {
+    let lines: Vec<String> = e
+        .clone()
+        .into_iter()
+        .map(|err| {
+            use figment::error::Kind;
+            let mut key = err.path.join(".");
+            let what = match &err.kind {
+                Kind::UnknownField(field, expected) => {
+                    key = if key.is_empty() {
+                        field.clone()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    format!("unknown key; allowed here: {}", expected.join(", "))
+                }
+                Kind::UnknownVariant(v, allowed) => {
+                    format!("`{v}` is not allowed; allowed values: {}", allowed.join(", "))
+                }
+                other => other.to_string(),
+            };
+            let from = err
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_else(|| "unknown source".into());
+            format!("{key}: {what} (from {from})")
+        })
+        .collect();
+    ConfigError::Invalid(lines.join("; "))
+}

@@ -1,0 +1,47 @@
+//! Memory facts for surveil: what the process and the GPU hold, what a checkpoint will take
+//! before it is loaded, whether it fits, and giving memory back after unload.
+//!
+//! - [`ProcessMemory`]: RSS, VMS and peak RSS of this process (cheap, per frame).
+//! - [`GpuMemory`]: the CUDA driver's view per device plus our registered tensor bytes
+//!   ([`GpuAllocation`]); feature `cuda`, otherwise [`GpuMemory::Unavailable`].
+//! - [`MemorySnapshot`] / [`MemoryReport`]: labelled snapshots of a model lifecycle with
+//!   deltas, as a human table or JSON.
+//! - [`estimate_checkpoint`] / [`estimate_tensors`]: bytes a model takes under a
+//!   [`QuantPolicy`], from safetensors headers alone; [`ModelDims::runtime_allowance`] for the
+//!   KV cache and activations.
+//! - [`fits`]: the estimate against free memory on a [`Device`], with advice when it does not fit.
+//! - [`cleanup`] / [`release`]: hand freed heap and CUDA pool memory back to the OS/driver.
+//! - [`MemorySampler`]: a background thread keeping peak RSS and recent history.
+//!
+//! Not for: deciding *which* model or device to use (that is `surveil-models`), or loading
+//! anything. This crate measures and advises; it never allocates model memory itself.
+
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod cleanup;
+pub mod error;
+pub mod estimate;
+pub mod fit;
+pub mod gpu;
+pub mod process;
+pub mod quant;
+pub mod sampler;
+pub mod snapshot;
+pub mod system;
+pub mod units;
+
+pub use checkpoint::{CheckpointHeader, CheckpointTensor, MAX_HEADER_BYTES};
+pub use cleanup::{cleanup, release, CleanupReport};
+pub use error::MemoryError;
+pub use estimate::{
+    estimate_checkpoint, estimate_header, estimate_tensors, DtypeTotals, Estimate, FloatFallback,
+    ModelDims, RuntimeAllowance, TensorPlan,
+};
+pub use fit::{available_bytes, check_fit, fits, fits_with_hints, Device, Fit, FitHints};
+pub use gpu::{gpu_allocated_bytes, GpuAllocation, GpuDeviceMemory, GpuMemory};
+pub use process::ProcessMemory;
+pub use quant::{QuantPolicy, StorageDtype, TensorRole};
+pub use sampler::{MemorySampler, Sample, SamplerConfig, SamplerStats};
+pub use snapshot::{MemoryReport, MemorySnapshot, SnapshotDelta};
+pub use system::HostMemory;

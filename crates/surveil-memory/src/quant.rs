@@ -1,0 +1,229 @@
+//! Per-tensor storage decisions shared by the size estimate and the loader.
+//!
+//! A [`QuantPolicy`] maps each tensor (its [`TensorRole`] and shape) to the [`StorageDtype`] it is
+//! kept in once loaded, and [`StorageDtype::bytes_for`] gives the exact bytes that takes. The
+//! model loader and [`crate::estimate`] both call this one function, so the estimate and the
+//! real allocation cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+/// How a tensor is stored once resident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageDtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit blocks of 32 weights with one f16 scale: 34 bytes per block.
+    Q8_0,
+    /// 4-bit blocks of 32 weights with one f16 scale: 18 bytes per block.
+    Q4_0,
+    /// 4-bit k-quant super-blocks of 256 weights: 144 bytes per block.
+    Q4K,
+}
+
+impl StorageDtype {
+    /// Every storage type, in a stable order (for reports).
+    pub const ALL: [StorageDtype; 6] = [
+        StorageDtype::F32,
+        StorageDtype::F16,
+        StorageDtype::Bf16,
+        StorageDtype::Q8_0,
+        StorageDtype::Q4_0,
+        StorageDtype::Q4K,
+    ];
+
+    /// Lower-case name as used in configs and reports (`q4k`, `f16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "f32",
+            StorageDtype::F16 => "f16",
+            StorageDtype::Bf16 => "bf16",
+            StorageDtype::Q8_0 => "q8_0",
+            StorageDtype::Q4_0 => "q4_0",
+            StorageDtype::Q4K => "q4k",
+        }
+    }
+
+    /// Whether this is a block-quantized type.
+    pub fn is_quantized(self) -> bool {
+        matches!(
+            self,
+            StorageDtype::Q8_0 | StorageDtype::Q4_0 | StorageDtype::Q4K
+        )
+    }
+
+    /// Weights per block (1 for float types).
+    pub fn block_len(self) -> usize {
+        match self {
+            StorageDtype::F32 | StorageDtype::F16 | StorageDtype::Bf16 => 1,
+            StorageDtype::Q8_0 | StorageDtype::Q4_0 => 32,
+            StorageDtype::Q4K => 256,
+        }
+    }
+
+    /// Bytes per block (bytes per element for float types).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            StorageDtype::F32 => 4,
+            StorageDtype::F16 | StorageDtype::Bf16 => 2,
+            StorageDtype::Q8_0 => 34,
+            StorageDtype::Q4_0 => 18,
+            StorageDtype::Q4K => 144,
+        }
+    }
+
+    /// Exact bytes a tensor of `shape` occupies in this storage type. Quantized types require
+    /// the last dimension to be a multiple of [`Self::block_len`]; the policy guarantees it.
+    pub fn bytes_for(self, shape: &[usize]) -> u64 {
+        let elems: u64 = shape.iter().map(|&d| d as u64).product();
+        elems / self.block_len() as u64 * self.block_bytes() as u64
+    }
+}
+
+impl std::fmt::Display for StorageDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StorageDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StorageDtype::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let allowed: Vec<_> = StorageDtype::ALL.iter().map(|d| d.name()).collect();
+                format!("unknown dtype `{s}`; allowed: {}", allowed.join(", "))
+            })
+    }
+}
+
+/// What a tensor is for, as far as quantization is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorRole {
+    /// The weight of a linear (matmul) layer, `[out, in]`: may be quantized.
+    Linear,
+    /// Anything else (embeddings, norms, biases, convolutions, positions): stays float.
+    Float,
+}
+
+impl TensorRole {
+    /// The role a checkpoint tensor most likely has, from its name and shape alone. Used by the
+    /// header-only size estimate; architectures load linear layers explicitly as linear, and the
+    /// two agree for every tensor of the supported architectures.
+    pub fn guess(name: &str, shape: &[usize]) -> TensorRole {
+        let lower = name.to_ascii_lowercase();
+        let float_hint = ["embed", "norm", "wte", "wpe", "position", "ln_", "layernorm"];
+        if shape.len() == 2 && lower.ends_with(".weight") && !float_hint.iter().any(|h| lower.contains(h)) {
+            TensorRole::Linear
+        } else {
+            TensorRole::Float
+        }
+    }
+}
+
+/// Decides the storage type of every tensor of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantPolicy {
+    /// What linear weights are stored as when their row length allows it.
+    pub linear: StorageDtype,
+    /// What float tensors with more than one dimension (embeddings, convolutions, linear weights
+    /// whose rows do not divide into blocks) are stored as. One-dimensional tensors (norms,
+    /// biases) always stay `f32`: they are tiny and used in f32 arithmetic.
+    pub float: StorageDtype,
+}
+
+impl QuantPolicy {
+    /// 4-bit: Q4K where rows divide by 256, else Q4_0 where they divide by 32, else `float`.
+    pub fn four_bit(float: StorageDtype) -> Self {
+        Self {
+            linear: StorageDtype::Q4K,
+            float,
+        }
+    }
+
+    /// Everything in one float type (no quantization).
+    pub fn unquantized(float: StorageDtype) -> Self {
+        Self {
+            linear: float,
+            float,
+        }
+    }
+
+    /// Short description for reports, e.g. `q4k (q4_0 / f16 fallback)`.
+    pub fn describe(&self) -> String {
+        match self.linear {
+            StorageDtype::Q4K => format!("q4k linear (q4_0, then {} where rows do not divide)", self.float),
+            q if q.is_quantized() => format!("{q} linear ({} where rows do not divide)", self.float),
+            f => format!("{f} (no quantization)"),
+        }
+    }
+
+    /// The storage type of one tensor.
+    pub fn storage_for(&self, role: TensorRole, shape: &[usize]) -> StorageDtype {
+        if shape.len() <= 1 {
+            return StorageDtype::F32;
+        }
+        if role == TensorRole::Float {
+            return self.float;
+        }
+        let row = shape.last().copied().unwrap_or(0);
+        let fits = |d: StorageDtype| row > 0 && row % d.block_len() == 0;
+        match self.linear {
+            StorageDtype::Q4K if fits(StorageDtype::Q4K) => StorageDtype::Q4K,
+            StorageDtype::Q4K | StorageDtype::Q4_0 if fits(StorageDtype::Q4_0) => StorageDtype::Q4_0,
+            StorageDtype::Q8_0 if fits(StorageDtype::Q8_0) => StorageDtype::Q8_0,
+            q if q.is_quantized() => self.float,
+            f => f,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_match_ggml() {
+        assert_eq!(StorageDtype::Q4K.bytes_for(&[2, 512]), 4 * 144);
+        assert_eq!(StorageDtype::Q4_0.bytes_for(&[1, 64]), 2 * 18);
+        assert_eq!(StorageDtype::Q8_0.bytes_for(&[3, 32]), 3 * 34);
+        assert_eq!(StorageDtype::F16.bytes_for(&[3, 5]), 30);
+    }
+
+    #[test]
+    fn four_bit_policy_falls_back_by_row_length() {
+        let p = QuantPolicy::four_bit(StorageDtype::F16);
+        assert_eq!(p.storage_for(TensorRole::Linear, &[64, 1536]), StorageDtype::Q4K);
+        assert_eq!(p.storage_for(TensorRole::Linear, &[64, 1280 + 32]), StorageDtype::Q4_0);
+        assert_eq!(p.storage_for(TensorRole::Linear, &[64, 100]), StorageDtype::F16);
+        assert_eq!(p.storage_for(TensorRole::Float, &[151936, 1536]), StorageDtype::F16);
+        assert_eq!(p.storage_for(TensorRole::Linear, &[1536]), StorageDtype::F32);
+    }
+
+    #[test]
+    fn q8_policy_and_unquantized() {
+        let p = QuantPolicy {
+            linear: StorageDtype::Q8_0,
+            float: StorageDtype::Bf16,
+        };
+        assert_eq!(p.storage_for(TensorRole::Linear, &[8, 96]), StorageDtype::Q8_0);
+        assert_eq!(p.storage_for(TensorRole::Linear, &[8, 100]), StorageDtype::Bf16);
+        let u = QuantPolicy::unquantized(StorageDtype::F32);
+        assert_eq!(u.storage_for(TensorRole::Linear, &[8, 256]), StorageDtype::F32);
+    }
+
+    #[test]
+    fn role_guess() {
+        assert_eq!(TensorRole::guess("model.layers.0.mlp.up_proj.weight", &[8960, 1536]), TensorRole::Linear);
+        assert_eq!(TensorRole::guess("model.embed_tokens.weight", &[151936, 1536]), TensorRole::Float);
+        assert_eq!(TensorRole::guess("model.norm.weight", &[1536]), TensorRole::Float);
+        assert_eq!(TensorRole::guess("visual.patch_embed.proj.weight", &[1280, 3, 2, 14, 14]), TensorRole::Float);
+    }
+}

@@ -1,0 +1,16 @@
+//! Vision-language models for surveil: where weights come from, how they become resident with
+//! the least memory (4-bit quantization tensor by tensor), and the architectures themselves.
+//!
+//! Not here: memory measurement (`surveil-memory`), frames and detection (`surveil-vision`),
+//! the analysis pipeline (`surveil-orchestrator`).
+
+pub mod error;
+pub mod generation;
+pub mod git;
+pub mod image_ops;
+pub mod nn;
+pub mod qwen2_vl;
+pub mod registry;
+pub mod weights;
+
+pub use error::{ModelError, Result};

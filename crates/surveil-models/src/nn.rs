@@ -1,0 +1,111 @@
+//! Small building blocks shared by the architectures.
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Tensor, D};
+
+use crate::weights::Weights;
+use crate::Result;
+
+/// A linear layer whose weight may be quantized: `y = x Wᵀ + b`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// From a (possibly quantized) weight and an optional f32 bias.
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// Apply to `x` (`[..., in]`, f32).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Quantized matmul kernels need a contiguous input.
+        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        let y = self.weight.forward(&x)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// LayerNorm with weight and bias, computed in f32.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Load `weight` and `bias` of size `dim` under `w`.
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&[dim], "weight")?,
+            bias: w.get(&[dim], "bias")?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// RMSNorm (weight only), computed in f32.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Load `weight` of size `dim` under `w`.
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&[dim], "weight")?,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
+    }
+}
+
+/// An embedding table kept in the policy's float type; looked-up rows come back in f32.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: Tensor,
+}
+
+impl Embedding {
+    /// Load a `[vocab, dim]` table named `weight` under `w`.
+    pub fn load(w: &Weights, vocab: usize, dim: usize) -> Result<Self> {
+        Ok(Self {
+            table: w.get_table(&[vocab, dim], "weight")?,
+        })
+    }
+
+    /// Rows for `ids` (any shape of u32 ids) → `[..ids, dim]` in f32.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.table.dim(1)?);
+        let rows = self.table.index_select(&ids.flatten_all()?, 0)?;
+        Ok(rows.to_dtype(DType::F32)?.reshape(shape)?)
+    }
+
+    /// The table itself (for tied output heads).
+    pub fn table(&self) -> &Tensor {
+        &self.table
+    }
+}

@@ -1,0 +1,194 @@
+//! The models surveil knows: where each lives on the Hub, its architecture, its size, its
+//! default generation settings and the files a checkpoint needs.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The network families implemented in this crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// GIT: CLIP ViT-B/16 + BERT-style decoder.
+    Git,
+    /// Qwen2-VL: ViT with 2-D RoPE + Qwen2 decoder with M-RoPE.
+    Qwen2Vl,
+    /// Kimi-VL: MoonViT + DeepSeek-V3-style MoE decoder.
+    KimiVl,
+}
+
+impl Architecture {
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Git => "git",
+            Architecture::Qwen2Vl => "qwen2_vl",
+            Architecture::KimiVl => "kimi_vl",
+        }
+    }
+}
+
+/// Generation defaults of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GenerationDefaults {
+    /// Token limit.
+    pub max_new_tokens: usize,
+    /// Temperature (0 = greedy).
+    pub temperature: f64,
+    /// Nucleus mass.
+    pub top_p: f64,
+}
+
+/// One entry of the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ModelSpec {
+    /// Our id (`qwen2-vl-2b-instruct`).
+    pub id: &'static str,
+    /// Hugging Face repository.
+    pub hf_repo: &'static str,
+    /// Network family.
+    pub architecture: Architecture,
+    /// Parameter count of the published checkpoint.
+    pub parameters: u64,
+    /// Generation defaults.
+    pub generation: GenerationDefaults,
+    /// Files besides the weights that a checkpoint directory must hold.
+    pub required_files: &'static [&'static str],
+}
+
+const CAPTION: GenerationDefaults = GenerationDefaults {
+    max_new_tokens: 32,
+    temperature: 0.0,
+    top_p: 1.0,
+};
+const CHAT: GenerationDefaults = GenerationDefaults {
+    max_new_tokens: 512,
+    temperature: 0.1,
+    top_p: 0.9,
+};
+const THINKING: GenerationDefaults = GenerationDefaults {
+    max_new_tokens: 2048,
+    temperature: 0.6,
+    top_p: 0.95,
+};
+
+/// Every model surveil can load. Ids equal `surveil_config::KNOWN_MODEL_IDS`.
+pub const REGISTRY: &[ModelSpec] = &[
+    ModelSpec {
+        id: "git-base-coco",
+        hf_repo: "microsoft/git-base-coco",
+        architecture: Architecture::Git,
+        parameters: 176_619_066,
+        generation: CAPTION,
+        required_files: &["config.json"],
+    },
+    ModelSpec {
+        id: "qwen2-vl-2b-instruct",
+        hf_repo: "Qwen/Qwen2-VL-2B-Instruct",
+        architecture: Architecture::Qwen2Vl,
+        parameters: 2_208_985_600,
+        generation: CHAT,
+        required_files: &["config.json", "tokenizer.json"],
+    },
+    ModelSpec {
+        id: "qwen2-vl-7b-instruct",
+        hf_repo: "Qwen/Qwen2-VL-7B-Instruct",
+        architecture: Architecture::Qwen2Vl,
+        parameters: 8_291_375_616,
+        generation: CHAT,
+        required_files: &["config.json", "tokenizer.json"],
+    },
+    ModelSpec {
+        id: "kimi-vl-a3b-thinking",
+        hf_repo: "moonshotai/Kimi-VL-A3B-Thinking",
+        architecture: Architecture::KimiVl,
+        parameters: 16_407_657_472,
+        generation: THINKING,
+        required_files: &["config.json", "tokenizer_config.json"],
+    },
+    ModelSpec {
+        id: "kimi-vl-a3b-thinking-2506",
+        hf_repo: "moonshotai/Kimi-VL-A3B-Thinking-2506",
+        architecture: Architecture::KimiVl,
+        parameters: 16_407_657_472,
+        generation: THINKING,
+        required_files: &["config.json", "tokenizer_config.json"],
+    },
+    ModelSpec {
+        id: "kimi-vl-a3b-instruct",
+        hf_repo: "moonshotai/Kimi-VL-A3B-Instruct",
+        architecture: Architecture::KimiVl,
+        parameters: 16_407_657_472,
+        generation: CHAT,
+        required_files: &["config.json", "tokenizer_config.json"],
+    },
+];
+
+/// Look a model up by id. Ids with path characters never match.
+pub fn find(id: &str) -> Option<&'static ModelSpec> {
+    REGISTRY.iter().find(|m| m.id == id)
+}
+
+/// All ids.
+pub fn ids() -> Vec<&'static str> {
+    REGISTRY.iter().map(|m| m.id).collect()
+}
+
+impl ModelSpec {
+    /// The cache folder of this repo under a hub cache (`models--org--name`).
+    pub fn cache_folder(&self, hub_cache: &Path) -> PathBuf {
+        hub_cache.join(format!("models--{}", self.hf_repo.replace('/', "--")))
+    }
+
+    /// The snapshot directory in the hub cache holding this model's `config.json`, if any.
+    /// Prefers the revision `refs/main` points at.
+    pub fn cached_snapshot(&self, hub_cache: &Path) -> Option<PathBuf> {
+        let folder = self.cache_folder(hub_cache);
+        let snapshots = folder.join("snapshots");
+        if let Ok(rev) = std::fs::read_to_string(folder.join("refs/main")) {
+            let dir = snapshots.join(rev.trim());
+            if dir.join("config.json").is_file() {
+                return Some(dir);
+            }
+        }
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("config.json").is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_ids_equal_the_config_list() {
+        let mut ours = ids();
+        let mut config: Vec<&str> = surveil_config::KNOWN_MODEL_IDS.to_vec();
+        ours.sort();
+        config.sort();
+        assert_eq!(ours, config);
+    }
+
+    #[test]
+    fn lookup_rejects_paths() {
+        assert!(find("qwen2-vl-2b-instruct").is_some());
+        assert!(find("../qwen2-vl-2b-instruct").is_none());
+    }
+
+    #[test]
+    fn cache_snapshot_resolution() {
+        let hub = tempfile::tempdir().unwrap();
+        let spec = find("git-base-coco").unwrap();
+        assert_eq!(spec.cached_snapshot(hub.path()), None);
+        let snap = spec.cache_folder(hub.path()).join("snapshots/abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        assert_eq!(spec.cached_snapshot(hub.path()), Some(snap));
+    }
+}

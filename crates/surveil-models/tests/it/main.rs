@@ -1,0 +1,5 @@
+//! Integration tests of surveil-models (one test binary, one module per area).
+
+mod common;
+mod git;
+mod qwen2_vl;

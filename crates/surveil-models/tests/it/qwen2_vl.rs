@@ -1,0 +1,383 @@
+//! Qwen2-VL parity tests against `../shared/fixtures/qwen2_vl` (random tiny weights, reference =
+//! transformers), plus quantized runs and bad-input checks. Everything (shapes, ids,
+//! tolerances) is read from `cases.json`.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use surveil_memory::{QuantPolicy, StorageDtype};
+use surveil_models::qwen2_vl::{
+    tensor_layout, GenerationParams, GridThw, Logits, MultimodalInput, Qwen2VlConfig, Qwen2VlModel, StopReason,
+};
+use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
+
+use crate::common::{cases, fixtures_dir, load_tensors, max_abs_diff};
+
+fn folder() -> PathBuf {
+    fixtures_dir().join("qwen2_vl")
+}
+
+fn config() -> Qwen2VlConfig {
+    Qwen2VlConfig::from_file(&folder().join("config.json")).expect("config.json")
+}
+
+fn load_model(policy: QuantPolicy) -> Qwen2VlModel {
+    let src = SafetensorsSource::open(&[folder().join("model.safetensors")]).expect("weights");
+    let w = Weights::new(Box::new(src), Device::Cpu, policy);
+    Qwen2VlModel::load(&config(), &w).expect("load")
+}
+
+fn f32_policy() -> QuantPolicy {
+    QuantPolicy::unquantized(StorageDtype::F32)
+}
+
+fn ids_of(t: &Tensor) -> Vec<i64> {
+    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap()
+}
+
+fn tol(case: &serde_json::Value, tensor: &str) -> f32 {
+    case["tolerance"][tensor]["max_abs_diff"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no tolerance for {tensor}")) as f32
+}
+
+/// The prompt of a case: ids, pixel values and grids.
+fn input_of(t: &HashMap<String, Tensor>) -> MultimodalInput {
+    let input_ids: Vec<u32> = ids_of(&t["input_ids"]).iter().map(|&x| x as u32).collect();
+    let grids: Vec<GridThw> = match t.get("image_grid_thw") {
+        Some(g) => ids_of(g)
+            .chunks(3)
+            .map(|c| GridThw::new(c[0] as usize, c[1] as usize, c[2] as usize))
+            .collect(),
+        None => Vec::new(),
+    };
+    MultimodalInput {
+        input_ids,
+        pixel_values: t.get("pixel_values").cloned(),
+        image_grids: grids,
+        ..Default::default()
+    }
+}
+
+fn case_names() -> Vec<String> {
+    let c = cases(&folder());
+    let mut names: Vec<String> = c["cases"].as_object().unwrap().keys().cloned().collect();
+    names.sort();
+    names
+}
+
+/// Greedy ids without EOS stopping, plus the logits that produced each of them.
+fn greedy_with_logits(model: &Qwen2VlModel, input: &MultimodalInput, steps: usize) -> (Vec<u32>, Vec<Tensor>) {
+    let mut state = model.prefill(input, Logits::Last).unwrap();
+    let mut pos = state.rope.next_position();
+    let mut logits = state.logits.flatten_all().unwrap();
+    let mut ids = Vec::new();
+    let mut step_logits = Vec::new();
+    for _ in 0..steps {
+        let v: Vec<f32> = logits.to_vec1().unwrap();
+        let tok = surveil_models::generation::argmax(&v);
+        ids.push(tok);
+        step_logits.push(logits.clone());
+        logits = model
+            .decode_step(tok, pos, &mut state.cache)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        pos += 1;
+    }
+    (ids, step_logits)
+}
+
+fn check_case(model: &Qwen2VlModel, name: &str) {
+    let all = cases(&folder());
+    let case = &all["cases"][name];
+    let t = load_tensors(&folder().join(case["file"].as_str().unwrap()));
+    let input = input_of(&t);
+    let n = input.input_ids.len();
+
+    // M-RoPE position ids and deltas: exact.
+    let rope = model.rope_index(&input).unwrap();
+    let expected = ids_of(&t["position_ids"]);
+    let ours: Vec<i64> = rope.positions.iter().flatten().copied().collect();
+    assert_eq!(ours, expected, "{name}: position_ids");
+    assert_eq!(vec![rope.delta], ids_of(&t["rope_deltas"]), "{name}: rope_deltas");
+
+    // Vision tower: before and after the merger.
+    if let Some(pixels) = &input.pixel_values {
+        let out = model.vision().forward_with_hidden(pixels, &input.image_grids).unwrap();
+        let d = max_abs_diff(&out.last_hidden, &t["vision_last_hidden"]);
+        let tl = tol(case, "vision_last_hidden");
+        println!("{name}: vision_last_hidden max_abs_diff {d:.3e} (tolerance {tl:.0e})");
+        assert!(d <= tl, "{name}: vision_last_hidden {d} > {tl}");
+        let d = max_abs_diff(&out.embeds, &t["image_embeds"]);
+        let tl = tol(case, "image_embeds");
+        println!("{name}: image_embeds max_abs_diff {d:.3e} (tolerance {tl:.0e})");
+        assert!(d <= tl, "{name}: image_embeds {d} > {tl}");
+    }
+
+    // Full prompt logits.
+    let state = model.prefill(&input, Logits::All).unwrap();
+    let tl = tol(case, "logits");
+    let d = max_abs_diff(&state.logits, &t["logits"]);
+    println!("{name}: logits max_abs_diff {d:.3e} (tolerance {tl:.0e}), {n} tokens");
+    assert!(d <= tl, "{name}: logits {d} > {tl}");
+
+    // Greedy ids with the KV cache (no EOS stopping) and the logits of every step.
+    let expected_ids: Vec<u32> = ids_of(&t["greedy_ids"]).iter().map(|&x| x as u32).collect();
+    let (ids, step_logits) = greedy_with_logits(model, &input, expected_ids.len());
+    let ref_steps = &t["greedy_step_logits"];
+    let mut worst = 0f32;
+    for (k, l) in step_logits.iter().enumerate() {
+        let r = ref_steps.narrow(1, k, 1).unwrap().flatten_all().unwrap();
+        let d = max_abs_diff(l, &r);
+        assert!(d <= tl, "{name}: greedy step {k} logits {d} > {tl} (first divergence)");
+        worst = worst.max(d);
+    }
+    println!("{name}: greedy_step_logits max_abs_diff {worst:.3e} (tolerance {tl:.0e})");
+    assert_eq!(ids, expected_ids, "{name}: greedy ids");
+
+    // The public generate() gives the same ids when no stop token is set.
+    let out = model
+        .generate(&input, &GenerationParams::greedy(expected_ids.len(), vec![]), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(out.tokens, expected_ids, "{name}: generate()");
+    assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
+}
+
+#[test]
+fn parity_qwen2_vl_multimodal() {
+    check_case(&load_model(f32_policy()), "multimodal");
+}
+
+#[test]
+fn parity_qwen2_vl_text_only() {
+    check_case(&load_model(f32_policy()), "text_only");
+}
+
+#[test]
+fn parity_qwen2_vl_config_layouts_agree() {
+    let nested = config();
+    let flat = Qwen2VlConfig::from_file(&folder().join("config_hub_flat.json")).unwrap();
+    assert_eq!(nested, flat);
+    // The special ids of the config match the fixture's table.
+    let c = cases(&folder());
+    let special = &c["special_token_ids"];
+    assert_eq!(special["<|image_pad|>"].as_u64(), Some(nested.image_token_id as u64));
+    assert_eq!(special["<|video_pad|>"].as_u64(), Some(nested.video_token_id as u64));
+    assert_eq!(special["<|vision_start|>"].as_u64(), Some(nested.vision_start_token_id as u64));
+    assert_eq!(special["<|vision_end|>"].as_u64(), Some(nested.vision_end_token_id as u64));
+}
+
+#[test]
+fn parity_qwen2_vl_flat_config_gives_identical_logits() {
+    let flat = Qwen2VlConfig::from_file(&folder().join("config_hub_flat.json")).unwrap();
+    let src = SafetensorsSource::open(&[folder().join("model.safetensors")]).unwrap();
+    let w = Weights::new(Box::new(src), Device::Cpu, f32_policy());
+    let model_flat = Qwen2VlModel::load(&flat, &w).unwrap();
+    let model = load_model(f32_policy());
+    let t = load_tensors(&folder().join("case_text_only.safetensors"));
+    let input = input_of(&t);
+    let a = model.prefill(&input, Logits::All).unwrap().logits;
+    let b = model_flat.prefill(&input, Logits::All).unwrap().logits;
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+/// Pearson correlation of two tensors' values.
+fn correlation(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let n = a.len() as f64;
+    let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let mb = b.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(&b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        sab += dx * dy;
+        saa += dx * dx;
+        sbb += dy * dy;
+    }
+    sab / (saa.sqrt() * sbb.sqrt())
+}
+
+#[test]
+fn parity_qwen2_vl_quantized_q8_0_greedy_ids() {
+    let policy = QuantPolicy {
+        linear: StorageDtype::Q8_0,
+        float: StorageDtype::F32,
+    };
+    let model = load_model(policy);
+    for name in case_names() {
+        let case = &cases(&folder())["cases"][&name];
+        let t = load_tensors(&folder().join(case["file"].as_str().unwrap()));
+        let input = input_of(&t);
+        let expected: Vec<u32> = ids_of(&t["greedy_ids"]).iter().map(|&x| x as u32).collect();
+        let (ids, _) = greedy_with_logits(&model, &input, expected.len());
+        let logits = model.prefill(&input, Logits::All).unwrap().logits;
+        println!(
+            "q8_0 {name}: logits max_abs_diff {:.3e}, correlation {:.6}",
+            max_abs_diff(&logits, &t["logits"]),
+            correlation(&logits, &t["logits"])
+        );
+        assert_eq!(ids, expected, "q8_0 {name}: greedy ids");
+    }
+}
+
+/// 4-bit on the tiny fixture: its rows (64 and 128 wide) are too short for Q4K blocks (256), so
+/// the policy falls back to Q4_0 for every linear weight. 4-bit weights on 64-wide random rows
+/// move the logits a lot (measured correlation 0.927 with the reference); the Q4K path itself
+/// is checked on 256-wide rows in `qwen2_vl_q4k_logits_correlate_with_f32`.
+#[test]
+fn parity_qwen2_vl_quantized_4bit_falls_back_to_q4_0() {
+    let src = SafetensorsSource::open(&[folder().join("model.safetensors")]).unwrap();
+    let w = Weights::new(Box::new(src), Device::Cpu, QuantPolicy::four_bit(StorageDtype::F32));
+    let model = Qwen2VlModel::load(&config(), &w).unwrap();
+    let report = w.report();
+    println!("4-bit load: {:?}, fallbacks {:?}", report.tensors_by_dtype, report.fallback_tensors);
+    assert!(!report.tensors_by_dtype.contains_key(&StorageDtype::Q4K));
+    assert!(report.tensors_by_dtype.get(&StorageDtype::Q4_0).copied().unwrap_or(0) > 0);
+    for name in case_names() {
+        let case = &cases(&folder())["cases"][&name];
+        let t = load_tensors(&folder().join(case["file"].as_str().unwrap()));
+        let input = input_of(&t);
+        let logits = model.prefill(&input, Logits::All).unwrap().logits;
+        let r = correlation(&logits, &t["logits"]);
+        let expected: Vec<u32> = ids_of(&t["greedy_ids"]).iter().map(|&x| x as u32).collect();
+        let (ids, _) = greedy_with_logits(&model, &input, expected.len());
+        let same = ids.iter().zip(&expected).filter(|(a, b)| a == b).count();
+        println!(
+            "q4_0 {name}: logits correlation {r:.5}, max_abs_diff {:.3e}, greedy ids equal {same}/{}",
+            max_abs_diff(&logits, &t["logits"]),
+            expected.len()
+        );
+        assert!(r > 0.9, "q4_0 {name}: correlation {r}");
+    }
+}
+
+/// A small Qwen2-VL whose rows divide by 256, with dummy weights: Q4K vs f32 logits.
+#[test]
+fn qwen2_vl_q4k_logits_correlate_with_f32() {
+    let mut cfg = config();
+    cfg.text.hidden_size = 256;
+    cfg.text.intermediate_size = 512;
+    cfg.text.num_attention_heads = 4;
+    cfg.text.num_key_value_heads = 2;
+    cfg.text.mrope_section = [8, 12, 12];
+    cfg.vision.embed_dim = 256;
+    cfg.vision.num_heads = 4;
+    cfg.vision.out_hidden_size = 256;
+    cfg.validate().unwrap();
+    let load = |policy: QuantPolicy| {
+        let src = DummySource::new("qwen2-vl-small", tensor_layout(&cfg), DType::F32, 11);
+        let w = Weights::new(Box::new(src), Device::Cpu, policy);
+        let m = Qwen2VlModel::load(&cfg, &w).unwrap();
+        (m, w.report())
+    };
+    let (f32_model, _) = load(f32_policy());
+    let (q_model, report) = load(QuantPolicy::four_bit(StorageDtype::F16));
+    println!("q4k load: {:?}", report.tensors_by_dtype);
+    assert!(report.tensors_by_dtype[&StorageDtype::Q4K] > 0);
+    // A prompt with one 4x4-patch image and text around it.
+    let grid = GridThw::new(1, 4, 4);
+    let mut ids: Vec<u32> = (10..30).collect();
+    ids.push(cfg.vision_start_token_id);
+    ids.extend(std::iter::repeat(cfg.image_token_id).take(grid.merged_tokens(2)));
+    ids.push(cfg.vision_end_token_id);
+    ids.extend(40..60);
+    let n = grid.patches() * cfg.vision.patch_dim();
+    let pixels: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let input = MultimodalInput {
+        input_ids: ids,
+        pixel_values: Some(Tensor::from_vec(pixels, (grid.patches(), cfg.vision.patch_dim()), &Device::Cpu).unwrap()),
+        image_grids: vec![grid],
+        ..Default::default()
+    };
+    let a = f32_model.prefill(&input, Logits::All).unwrap().logits;
+    let b = q_model.prefill(&input, Logits::All).unwrap().logits;
+    let r = correlation(&a, &b);
+    println!("q4k vs f32 (dummy weights, 256-wide rows): logits correlation {r:.5}");
+    assert!(r > 0.99, "q4k correlation {r}");
+}
+
+#[test]
+fn qwen2_vl_rejects_bad_prompts() {
+    let model = load_model(f32_policy());
+    let cfg = model.config().clone();
+    let params = GenerationParams::greedy(2, vec![]);
+    let go = |input: &MultimodalInput| model.generate(input, &params, |_| ControlFlow::Continue(()));
+
+    // Empty prompt.
+    let err = go(&MultimodalInput::default()).unwrap_err().to_string();
+    assert!(err.contains("empty prompt"), "{err}");
+
+    // Longer than the context.
+    let long = MultimodalInput {
+        input_ids: vec![1; cfg.text.max_position_embeddings + 1],
+        ..Default::default()
+    };
+    let err = go(&long).unwrap_err().to_string();
+    assert!(err.contains("does not fit the context"), "{err}");
+
+    // More image placeholder runs than images: the multimodal case with its second image removed.
+    let t = load_tensors(&folder().join("case_multimodal.safetensors"));
+    let mut input = input_of(&t);
+    let first = input.image_grids[0];
+    input.image_grids.truncate(1);
+    input.pixel_values = Some(input.pixel_values.unwrap().narrow(0, 0, first.patches()).unwrap());
+    let err = go(&input).unwrap_err().to_string();
+    assert!(err.contains("more image placeholders than images"), "{err}");
+
+    // Image tokens without any pixels.
+    let mut input = input_of(&t);
+    input.pixel_values = None;
+    input.image_grids.clear();
+    assert!(go(&input).is_err());
+
+    // Token ids outside the vocabulary.
+    let bad = MultimodalInput {
+        input_ids: vec![cfg.text.vocab_size as u32],
+        ..Default::default()
+    };
+    let err = go(&bad).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
+
+#[test]
+fn qwen2_vl_stop_tokens_and_streaming() {
+    let model = load_model(f32_policy());
+    let t = load_tensors(&folder().join("case_text_only.safetensors"));
+    let input = input_of(&t);
+    let expected: Vec<u32> = ids_of(&t["greedy_ids"]).iter().map(|&x| x as u32).collect();
+    // Stop at the third greedy token: output ends with it.
+    let stop = expected[2];
+    let first_hit = expected.iter().position(|&x| x == stop).unwrap();
+    let mut streamed = Vec::new();
+    let out = model
+        .generate(&input, &GenerationParams::greedy(8, vec![stop]), |tok| {
+            streamed.push(tok);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(out.tokens, expected[..=first_hit].to_vec());
+    assert_eq!(out.stop_reason, StopReason::StopToken(stop));
+    assert_eq!(streamed, out.tokens);
+    // The callback can cancel.
+    let out = model
+        .generate(&input, &GenerationParams::greedy(8, vec![]), |_| ControlFlow::Break(()))
+        .unwrap();
+    assert_eq!(out.tokens.len(), 1);
+    assert_eq!(out.stop_reason, StopReason::Cancelled);
+    // Seeded sampling is reproducible.
+    let params = GenerationParams {
+        max_new_tokens: 6,
+        sampling: surveil_models::generation::Sampling::from_params(0.8, 0.9),
+        seed: 7,
+        stop_tokens: vec![],
+    };
+    let a = model.generate(&input, &params, |_| ControlFlow::Continue(())).unwrap();
+    let b = model.generate(&input, &params, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.tokens.len(), 6);
+}
+

