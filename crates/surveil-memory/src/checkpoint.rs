@@ -118,10 +118,7 @@ struct RawTensorEntry {
 /// Reads and validates the header of one safetensors file without reading tensor data.
 pub fn read_safetensors_header(path: &Path) -> Result<SafetensorsFileHeader, MemoryError> {
     let mut file = File::open(path).map_err(|e| MemoryError::io(path, e))?;
-    let file_len = file
-        .metadata()
-        .map_err(|e| MemoryError::io(path, e))?
-        .len();
+    let file_len = file.metadata().map_err(|e| MemoryError::io(path, e))?.len();
     if file_len < 8 {
         return Err(MemoryError::TruncatedHeaderLength {
             path: path.to_path_buf(),
@@ -195,7 +192,9 @@ fn parse_header_json(
             serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         let [start, end] = entry.data_offsets;
         if start > end {
-            return Err(invalid(format!("data_offsets [{start}, {end}] are reversed")));
+            return Err(invalid(format!(
+                "data_offsets [{start}, {end}] are reversed"
+            )));
         }
         if end > data_len {
             return Err(invalid(format!(

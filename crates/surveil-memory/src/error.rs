@@ -22,7 +22,9 @@ pub enum MemoryError {
 
     /// The file is shorter than the 8-byte little-endian header length that starts every
     /// safetensors file.
-    #[error("{path}: not a safetensors file: {file_len} bytes, shorter than the 8-byte header length")]
+    #[error(
+        "{path}: not a safetensors file: {file_len} bytes, shorter than the 8-byte header length"
+    )]
     TruncatedHeaderLength {
         /// The file.
         path: PathBuf,
@@ -51,7 +53,7 @@ pub enum MemoryError {
         path: PathBuf,
         /// The header length the file claims.
         header_len: u64,
-        /// The limit ([`crate::estimate::MAX_HEADER_BYTES`]).
+        /// The limit ([`crate::checkpoint::MAX_HEADER_BYTES`]).
         limit: u64,
     },
 

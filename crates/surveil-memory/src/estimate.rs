@@ -214,7 +214,11 @@ impl ModelDims {
     ///
     /// Decoding one token at a time needs far less than prefill, so this is the peak. Vision
     /// encoder activations are not included: count image tokens in `context_len`.
-    pub fn runtime_allowance(&self, context_len: usize, kv_dtype: StorageDtype) -> RuntimeAllowance {
+    pub fn runtime_allowance(
+        &self,
+        context_len: usize,
+        kv_dtype: StorageDtype,
+    ) -> RuntimeAllowance {
         let t = context_len as u64;
         let kv_cache_bytes =
             kv_dtype.bytes_for(&[2, self.layers, self.kv_heads, context_len, self.head_dim]);
@@ -249,7 +253,10 @@ mod tests {
         let tensors: Vec<(String, Vec<usize>)> = vec![
             ("model.embed_tokens.weight".into(), vec![1000, 64]),
             ("model.layers.0.mlp.up_proj.weight".into(), vec![256, 512]),
-            ("model.layers.0.self_attn.o_proj.weight".into(), vec![64, 96]),
+            (
+                "model.layers.0.self_attn.o_proj.weight".into(),
+                vec![64, 96],
+            ),
             ("model.layers.0.odd.weight".into(), vec![64, 100]),
             ("model.layers.0.input_layernorm.weight".into(), vec![64]),
         ];
@@ -310,8 +317,12 @@ mod tests {
             r.total_bytes,
             r.kv_cache_bytes + r.activation_bytes + r.attention_scores_bytes
         );
-        let est = estimate_tensors([("x.weight", &[256usize, 256][..])], &QuantPolicy::four_bit(StorageDtype::F16))
-            .with_runtime(r);
-        assert_eq!(est.required_bytes(), 256 / 256 * 144 * 256 + r.total_bytes);
+        let est = estimate_tensors(
+            [("x.weight", &[256usize, 256][..])],
+            &QuantPolicy::four_bit(StorageDtype::F16),
+        )
+        .with_runtime(r);
+        // 256 rows of one Q4K block (144 bytes) each.
+        assert_eq!(est.required_bytes(), 256 * 144 + r.total_bytes);
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::estimate::Estimate;
 use crate::system::HostMemory;
-use crate::units::format_gib;
+use crate::units::format_size;
 use crate::MemoryError;
 
 /// Where a model is loaded.
@@ -124,8 +124,8 @@ impl Fit {
                 available_bytes,
             } => format!(
                 "fits: needs {}, {} available on {device}",
-                format_gib(*required_bytes),
-                format_gib(*available_bytes)
+                format_size(*required_bytes),
+                format_size(*available_bytes)
             ),
             Fit::DoesNotFit { message, .. } => message.clone(),
             Fit::Unknown { device, reason } => {
@@ -217,8 +217,8 @@ pub fn check_fit(estimate: &Estimate, device: Device, available: u64, hints: &Fi
         available_bytes: available,
         message: format!(
             "needs {}, {} available on {device}; {advice}",
-            format_gib(required),
-            format_gib(available)
+            format_size(required),
+            format_size(available)
         ),
     }
 }
@@ -284,7 +284,10 @@ mod tests {
         let est = estimate_of(GIB, QuantPolicy::unquantized(StorageDtype::F16));
         let fit = check_fit(&est, Device::Cpu, GIB, &FitHints::default());
         assert!(fit.fits());
-        assert_eq!(fit.message(), "fits: needs 1.0 GiB, 1.0 GiB available on cpu");
+        assert_eq!(
+            fit.message(),
+            "fits: needs 1.0 GiB, 1.0 GiB available on cpu"
+        );
     }
 
     #[test]
@@ -292,7 +295,10 @@ mod tests {
         assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
         assert_eq!("CUDA".parse::<Device>(), Ok(Device::Cuda(0)));
         assert_eq!("cuda:2".parse::<Device>(), Ok(Device::Cuda(2)));
-        assert!("tpu".parse::<Device>().unwrap_err().contains("allowed: cpu, cuda, cuda:N"));
+        assert!("tpu"
+            .parse::<Device>()
+            .unwrap_err()
+            .contains("allowed: cpu, cuda, cuda:N"));
         assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
         assert_eq!(Device::Cuda(0).config_value(), "cuda");
     }

@@ -274,7 +274,7 @@ mod driver {
     #[cfg(unix)]
     fn probe_library() -> Result<(), String> {
         let names: [&std::ffi::CStr; 2] = [c"libcuda.so.1", c"libcuda.so"];
-        let mut last_error = String::new();
+        let mut first_error = None;
         for name in names {
             // SAFETY: `name` is a valid NUL-terminated string; the handle is closed below and
             // no symbol from it is used.
@@ -286,15 +286,18 @@ mod driver {
             }
             // SAFETY: `dlerror` returns NULL or a valid C string owned by libc.
             let err = unsafe { libc::dlerror() };
-            if !err.is_null() {
+            if !err.is_null() && first_error.is_none() {
                 // SAFETY: non-null, NUL-terminated, valid until the next dl* call.
-                last_error = unsafe { std::ffi::CStr::from_ptr(err) }
-                    .to_string_lossy()
-                    .into_owned();
+                first_error = Some(
+                    unsafe { std::ffi::CStr::from_ptr(err) }
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
         Err(format!(
-            "no CUDA driver: libcuda.so.1 could not be loaded ({last_error})"
+            "no CUDA driver: libcuda.so.1 could not be loaded ({})",
+            first_error.as_deref().unwrap_or("no reason given")
         ))
     }
 
@@ -354,8 +357,8 @@ mod driver {
 
     pub(super) fn devices() -> Result<Vec<GpuDeviceMemory>, String> {
         ensure_driver()?;
-        let count =
-            result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {}", describe(e)))?;
+        let count = result::device::get_count()
+            .map_err(|e| format!("cuDeviceGetCount: {}", describe(e)))?;
         let count = usize::try_from(count).unwrap_or(0);
         let mut out = Vec::with_capacity(count);
         for ordinal in 0..count {
@@ -365,8 +368,12 @@ mod driver {
             let total = unsafe { result::device::total_mem(dev) }
                 .map_err(|e| format!("cuda:{ordinal}: cuDeviceTotalMem: {}", describe(e)))?
                 as u64;
-            let active = primary_context_active(dev)
-                .map_err(|e| format!("cuda:{ordinal}: cuDevicePrimaryCtxGetState: {}", describe(e)))?;
+            let active = primary_context_active(dev).map_err(|e| {
+                format!(
+                    "cuda:{ordinal}: cuDevicePrimaryCtxGetState: {}",
+                    describe(e)
+                )
+            })?;
             let free = if active {
                 let (free, _) = with_primary_context(dev, result::mem_get_info)
                     .map_err(|e| format!("cuda:{ordinal}: cuMemGetInfo: {}", describe(e)))?;
@@ -396,8 +403,8 @@ mod driver {
 
     pub(super) fn synchronize_and_trim() -> Result<Vec<GpuTrim>, String> {
         ensure_driver()?;
-        let count =
-            result::device::get_count().map_err(|e| format!("cuDeviceGetCount: {}", describe(e)))?;
+        let count = result::device::get_count()
+            .map_err(|e| format!("cuDeviceGetCount: {}", describe(e)))?;
         let mut out = Vec::new();
         for ordinal in 0..usize::try_from(count).unwrap_or(0) {
             let dev = device(ordinal)?;

@@ -10,7 +10,7 @@
 //!   [`QuantPolicy`], from safetensors headers alone; [`ModelDims::runtime_allowance`] for the
 //!   KV cache and activations.
 //! - [`fits`]: the estimate against free memory on a [`Device`], with advice when it does not fit.
-//! - [`cleanup`] / [`release`]: hand freed heap and CUDA pool memory back to the OS/driver.
+//! - [`cleanup()`] / [`release`]: hand freed heap and CUDA pool memory back to the OS/driver.
 //! - [`MemorySampler`]: a background thread keeping peak RSS and recent history.
 //!
 //! Not for: deciding *which* model or device to use (that is `surveil-models`), or loading

@@ -109,7 +109,9 @@ impl std::str::FromStr for StorageDtype {
 pub enum TensorRole {
     /// The weight of a linear (matmul) layer, `[out, in]`: may be quantized.
     Linear,
-    /// Anything else (embeddings, norms, biases, convolutions, positions): stays float.
+    /// A large lookup table (token embeddings): kept in the policy's float type.
+    Table,
+    /// Anything else (norms, biases, convolutions, position embeddings): kept in f32.
     Float,
 }
 
@@ -119,8 +121,22 @@ impl TensorRole {
     /// two agree for every tensor of the supported architectures.
     pub fn guess(name: &str, shape: &[usize]) -> TensorRole {
         let lower = name.to_ascii_lowercase();
-        let float_hint = ["embed", "norm", "wte", "wpe", "position", "ln_", "layernorm"];
-        if shape.len() == 2 && lower.ends_with(".weight") && !float_hint.iter().any(|h| lower.contains(h)) {
+        let table_hint = ["embed_tokens", "word_embeddings", "wte", "tok_embeddings"];
+        let float_hint = [
+            "embed",
+            "norm",
+            "wte",
+            "wpe",
+            "position",
+            "ln_",
+            "layernorm",
+        ];
+        if shape.len() == 2 && table_hint.iter().any(|h| lower.contains(h)) {
+            TensorRole::Table
+        } else if shape.len() == 2
+            && lower.ends_with(".weight")
+            && !float_hint.iter().any(|h| lower.contains(h))
+        {
             TensorRole::Linear
         } else {
             TensorRole::Float
@@ -133,9 +149,9 @@ impl TensorRole {
 pub struct QuantPolicy {
     /// What linear weights are stored as when their row length allows it.
     pub linear: StorageDtype,
-    /// What float tensors with more than one dimension (embeddings, convolutions, linear weights
-    /// whose rows do not divide into blocks) are stored as. One-dimensional tensors (norms,
-    /// biases) always stay `f32`: they are tiny and used in f32 arithmetic.
+    /// What lookup tables (token embeddings) and linear weights whose rows do not divide into
+    /// blocks are stored as. Other float tensors (norms, biases, convolutions, position
+    /// embeddings) always stay `f32`: they are small and used in f32 arithmetic.
     pub float: StorageDtype,
 }
 
@@ -159,25 +175,32 @@ impl QuantPolicy {
     /// Short description for reports, e.g. `q4k (q4_0 / f16 fallback)`.
     pub fn describe(&self) -> String {
         match self.linear {
-            StorageDtype::Q4K => format!("q4k linear (q4_0, then {} where rows do not divide)", self.float),
-            q if q.is_quantized() => format!("{q} linear ({} where rows do not divide)", self.float),
+            StorageDtype::Q4K => format!(
+                "q4k linear (q4_0, then {} where rows do not divide)",
+                self.float
+            ),
+            q if q.is_quantized() => {
+                format!("{q} linear ({} where rows do not divide)", self.float)
+            }
             f => format!("{f} (no quantization)"),
         }
     }
 
     /// The storage type of one tensor.
     pub fn storage_for(&self, role: TensorRole, shape: &[usize]) -> StorageDtype {
-        if shape.len() <= 1 {
-            return StorageDtype::F32;
-        }
-        if role == TensorRole::Float {
-            return self.float;
+        match role {
+            TensorRole::Float => return StorageDtype::F32,
+            _ if shape.len() <= 1 => return StorageDtype::F32,
+            TensorRole::Table => return self.float,
+            TensorRole::Linear => {}
         }
         let row = shape.last().copied().unwrap_or(0);
         let fits = |d: StorageDtype| row > 0 && row % d.block_len() == 0;
         match self.linear {
             StorageDtype::Q4K if fits(StorageDtype::Q4K) => StorageDtype::Q4K,
-            StorageDtype::Q4K | StorageDtype::Q4_0 if fits(StorageDtype::Q4_0) => StorageDtype::Q4_0,
+            StorageDtype::Q4K | StorageDtype::Q4_0 if fits(StorageDtype::Q4_0) => {
+                StorageDtype::Q4_0
+            }
             StorageDtype::Q8_0 if fits(StorageDtype::Q8_0) => StorageDtype::Q8_0,
             q if q.is_quantized() => self.float,
             f => f,
@@ -200,11 +223,30 @@ mod tests {
     #[test]
     fn four_bit_policy_falls_back_by_row_length() {
         let p = QuantPolicy::four_bit(StorageDtype::F16);
-        assert_eq!(p.storage_for(TensorRole::Linear, &[64, 1536]), StorageDtype::Q4K);
-        assert_eq!(p.storage_for(TensorRole::Linear, &[64, 1280 + 32]), StorageDtype::Q4_0);
-        assert_eq!(p.storage_for(TensorRole::Linear, &[64, 100]), StorageDtype::F16);
-        assert_eq!(p.storage_for(TensorRole::Float, &[151936, 1536]), StorageDtype::F16);
-        assert_eq!(p.storage_for(TensorRole::Linear, &[1536]), StorageDtype::F32);
+        assert_eq!(
+            p.storage_for(TensorRole::Linear, &[64, 1536]),
+            StorageDtype::Q4K
+        );
+        assert_eq!(
+            p.storage_for(TensorRole::Linear, &[64, 1280 + 32]),
+            StorageDtype::Q4_0
+        );
+        assert_eq!(
+            p.storage_for(TensorRole::Linear, &[64, 100]),
+            StorageDtype::F16
+        );
+        assert_eq!(
+            p.storage_for(TensorRole::Table, &[151936, 1536]),
+            StorageDtype::F16
+        );
+        assert_eq!(
+            p.storage_for(TensorRole::Float, &[1280, 3, 2, 14, 14]),
+            StorageDtype::F32
+        );
+        assert_eq!(
+            p.storage_for(TensorRole::Linear, &[1536]),
+            StorageDtype::F32
+        );
     }
 
     #[test]
@@ -213,17 +255,42 @@ mod tests {
             linear: StorageDtype::Q8_0,
             float: StorageDtype::Bf16,
         };
-        assert_eq!(p.storage_for(TensorRole::Linear, &[8, 96]), StorageDtype::Q8_0);
-        assert_eq!(p.storage_for(TensorRole::Linear, &[8, 100]), StorageDtype::Bf16);
+        assert_eq!(
+            p.storage_for(TensorRole::Linear, &[8, 96]),
+            StorageDtype::Q8_0
+        );
+        assert_eq!(
+            p.storage_for(TensorRole::Linear, &[8, 100]),
+            StorageDtype::Bf16
+        );
         let u = QuantPolicy::unquantized(StorageDtype::F32);
-        assert_eq!(u.storage_for(TensorRole::Linear, &[8, 256]), StorageDtype::F32);
+        assert_eq!(
+            u.storage_for(TensorRole::Linear, &[8, 256]),
+            StorageDtype::F32
+        );
     }
 
     #[test]
     fn role_guess() {
-        assert_eq!(TensorRole::guess("model.layers.0.mlp.up_proj.weight", &[8960, 1536]), TensorRole::Linear);
-        assert_eq!(TensorRole::guess("model.embed_tokens.weight", &[151936, 1536]), TensorRole::Float);
-        assert_eq!(TensorRole::guess("model.norm.weight", &[1536]), TensorRole::Float);
-        assert_eq!(TensorRole::guess("visual.patch_embed.proj.weight", &[1280, 3, 2, 14, 14]), TensorRole::Float);
+        assert_eq!(
+            TensorRole::guess("model.layers.0.mlp.up_proj.weight", &[8960, 1536]),
+            TensorRole::Linear
+        );
+        assert_eq!(
+            TensorRole::guess("model.embed_tokens.weight", &[151936, 1536]),
+            TensorRole::Table
+        );
+        assert_eq!(
+            TensorRole::guess("git.embeddings.position_embeddings.weight", &[1024, 768]),
+            TensorRole::Float
+        );
+        assert_eq!(
+            TensorRole::guess("model.norm.weight", &[1536]),
+            TensorRole::Float
+        );
+        assert_eq!(
+            TensorRole::guess("visual.patch_embed.proj.weight", &[1280, 3, 2, 14, 14]),
+            TensorRole::Float
+        );
     }
 }

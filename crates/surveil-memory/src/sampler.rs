@@ -159,7 +159,10 @@ impl MemorySampler {
             .name("surveil-memory-sampler".to_string())
             .spawn(move || run(&worker, config))
             .map_err(|source| MemoryError::SamplerSpawn { source })?;
-        tracing::debug!(interval_ms = config.interval.as_millis() as u64, "memory sampler started");
+        tracing::debug!(
+            interval_ms = config.interval.as_millis() as u64,
+            "memory sampler started"
+        );
         Ok(MemorySampler {
             shared,
             thread: Some(thread),
@@ -304,6 +307,13 @@ mod tests {
         assert_eq!(state.stats.samples, 5);
         assert_eq!(state.stats.peak_rss_bytes, Some(50));
         assert_eq!(state.stats.process_peak_rss_bytes, Some(80));
-        assert_eq!(state.stats.latest.as_ref().and_then(|s| s.process.rss_bytes), Some(40));
+        assert_eq!(
+            state
+                .stats
+                .latest
+                .as_ref()
+                .and_then(|s| s.process.rss_bytes),
+            Some(40)
+        );
     }
 }

@@ -111,7 +111,9 @@ impl MemorySnapshot {
         SnapshotDelta {
             from: earlier.label.clone(),
             to: self.label.clone(),
-            elapsed_ms: self.timestamp_unix_ms.saturating_sub(earlier.timestamp_unix_ms),
+            elapsed_ms: self
+                .timestamp_unix_ms
+                .saturating_sub(earlier.timestamp_unix_ms),
             rss_bytes: d(earlier.rss_bytes(), self.rss_bytes()),
             vms_bytes: d(earlier.vms_bytes(), self.vms_bytes()),
             peak_rss_bytes: d(earlier.peak_rss_bytes(), self.peak_rss_bytes()),
@@ -371,8 +373,16 @@ mod tests {
     #[test]
     fn report_deltas_table_and_json() {
         let mut report = MemoryReport::new();
-        report.push(MemorySnapshot::from_parts("before load", process(100), gpu(0, 8000)));
-        report.push(MemorySnapshot::from_parts("after load", process(1100), gpu(2048, 5000)));
+        report.push(MemorySnapshot::from_parts(
+            "before load",
+            process(100),
+            gpu(0, 8000),
+        ));
+        report.push(MemorySnapshot::from_parts(
+            "after load",
+            process(1100),
+            gpu(2048, 5000),
+        ));
         report.push(MemorySnapshot::from_parts(
             "after unload",
             process(110),

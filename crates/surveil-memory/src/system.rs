@@ -69,12 +69,11 @@ impl HostMemory {
         let meminfo_path = root.join("proc/meminfo");
         let text = std::fs::read_to_string(&meminfo_path)
             .map_err(|e| MemoryError::io(&meminfo_path, e))?;
-        let (total_bytes, available_bytes) = parse_meminfo(&text).ok_or_else(|| {
-            MemoryError::SystemFormat {
+        let (total_bytes, available_bytes) =
+            parse_meminfo(&text).ok_or_else(|| MemoryError::SystemFormat {
                 path: meminfo_path.clone(),
                 reason: "no MemTotal and MemAvailable (or MemFree) lines".to_string(),
-            }
-        })?;
+            })?;
         Ok(HostMemory {
             total_bytes,
             available_bytes,
@@ -111,9 +110,8 @@ pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
         };
         *slot = parse_kb_value(value);
     }
-    let available = available.or_else(|| {
-        Some(free? + buffers.unwrap_or(0) + cached.unwrap_or(0))
-    })?;
+    let available =
+        available.or_else(|| Some(free? + buffers.unwrap_or(0) + cached.unwrap_or(0)))?;
     Some((total?, available))
 }
 
@@ -138,7 +136,9 @@ fn tightest_cgroup(root: &Path) -> Option<CgroupMemory> {
             candidates.extend(walk_up(&mount, relative, read_v1));
         }
     }
-    candidates.into_iter().min_by_key(CgroupMemory::available_bytes)
+    candidates
+        .into_iter()
+        .min_by_key(CgroupMemory::available_bytes)
 }
 
 /// Reads `read` in the cgroup directory and each ancestor up to the mount point. Inside a
@@ -252,8 +252,16 @@ mod tests {
         write(dir.path(), "proc/meminfo", MEMINFO);
         write(dir.path(), "proc/self/cgroup", "0::/pod/app\n");
         // Leaf: 4 GiB limit, 3 GiB used of which 1 GiB inactive cache → 2 GiB available.
-        write(dir.path(), "sys/fs/cgroup/pod/app/memory.max", "4294967296\n");
-        write(dir.path(), "sys/fs/cgroup/pod/app/memory.current", "3221225472\n");
+        write(
+            dir.path(),
+            "sys/fs/cgroup/pod/app/memory.max",
+            "4294967296\n",
+        );
+        write(
+            dir.path(),
+            "sys/fs/cgroup/pod/app/memory.current",
+            "3221225472\n",
+        );
         write(
             dir.path(),
             "sys/fs/cgroup/pod/app/memory.stat",
@@ -261,7 +269,11 @@ mod tests {
         );
         // Parent: 8 GiB limit, 7.5 GiB used → 0.5 GiB available: tighter.
         write(dir.path(), "sys/fs/cgroup/pod/memory.max", "8589934592\n");
-        write(dir.path(), "sys/fs/cgroup/pod/memory.current", "8053063680\n");
+        write(
+            dir.path(),
+            "sys/fs/cgroup/pod/memory.current",
+            "8053063680\n",
+        );
         let host = HostMemory::read_at(dir.path()).unwrap();
         let cg = host.cgroup.clone().unwrap();
         assert!(cg.path.ends_with("sys/fs/cgroup/pod"), "{:?}", cg.path);
@@ -272,9 +284,21 @@ mod tests {
     fn v1_namespaced_cgroup_reads_the_mount() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "proc/meminfo", MEMINFO);
-        write(dir.path(), "proc/self/cgroup", "4:memory:/docker/abc\n0::/\n");
-        write(dir.path(), "sys/fs/cgroup/memory/memory.limit_in_bytes", "2147483648\n");
-        write(dir.path(), "sys/fs/cgroup/memory/memory.usage_in_bytes", "1073741824\n");
+        write(
+            dir.path(),
+            "proc/self/cgroup",
+            "4:memory:/docker/abc\n0::/\n",
+        );
+        write(
+            dir.path(),
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "2147483648\n",
+        );
+        write(
+            dir.path(),
+            "sys/fs/cgroup/memory/memory.usage_in_bytes",
+            "1073741824\n",
+        );
         write(
             dir.path(),
             "sys/fs/cgroup/memory/memory.stat",

@@ -1,8 +1,9 @@
 //! How byte counts are printed in human output.
 //!
 //! Reports use "MB" with one decimal for process and GPU figures (`RSS: 123.4 MB`) and "GiB"
-//! with one decimal for model-sized figures (`needs 9.1 GiB`). "MB" here is 2^20 bytes, as in
-//! the psutil-based tools whose tables these replace; JSON output always carries exact bytes.
+//! with one decimal for model-sized figures (`needs 9.1 GiB`; MB below 1 GiB). "MB" here is
+//! 2^20 bytes, as in the psutil-based tools whose tables these replace; JSON output always
+//! carries exact bytes.
 
 /// Bytes in one "MB" of the human tables (2^20).
 pub const MB: u64 = 1 << 20;
@@ -23,6 +24,15 @@ pub fn format_mb_delta(delta: i64) -> String {
 /// `9.1 GiB`.
 pub fn format_gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / GIB as f64)
+}
+
+/// `9.1 GiB` from 1 GiB up, `123.4 MB` below (so small models do not read "0.0 GiB").
+pub fn format_size(bytes: u64) -> String {
+    if bytes >= GIB {
+        format_gib(bytes)
+    } else {
+        format_mb(bytes)
+    }
 }
 
 /// `123.4 MB`, or `n/a` when the figure is not known.
@@ -51,6 +61,8 @@ mod tests {
         assert_eq!(format_mb_delta(3 * MB as i64 / 2), "+1.5 MB");
         assert_eq!(format_gib(9 * GIB + GIB / 10 + 1), "9.1 GiB");
         assert_eq!(format_mb_opt(None), "n/a");
+        assert_eq!(format_size(GIB), "1.0 GiB");
+        assert_eq!(format_size(GIB - MB), "1023.0 MB");
     }
 
     #[test]

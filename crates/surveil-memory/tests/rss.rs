@@ -13,8 +13,12 @@ use surveil_memory::{cleanup, release, MemorySampler, ProcessMemory, SamplerConf
 
 static RSS_LOCK: Mutex<()> = Mutex::new(());
 
+/// Takes the lock, then trims the heap so each test starts from the same steady state and is
+/// not disturbed by memory an earlier (possibly failed) test freed but left resident.
 fn serial() -> MutexGuard<'static, ()> {
-    RSS_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = RSS_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    cleanup();
+    guard
 }
 
 const MIB: u64 = 1 << 20;
@@ -59,7 +63,9 @@ fn allocate_touch_256_mib_then_drop_and_cleanup() {
         SIZE as u64,
         5.0,
     );
-    assert!(during.rss_anon_bytes.unwrap() >= before.rss_anon_bytes.unwrap() + SIZE as u64 * 95 / 100);
+    assert!(
+        during.rss_anon_bytes.unwrap() >= before.rss_anon_bytes.unwrap() + SIZE as u64 * 95 / 100
+    );
     assert!(during.vms_bytes.unwrap() >= before.vms_bytes.unwrap() + SIZE as u64);
     assert!(during.peak_rss_bytes.unwrap() >= during.rss_bytes.unwrap());
 
@@ -74,15 +80,20 @@ fn allocate_touch_256_mib_then_drop_and_cleanup() {
     );
     // The high-water mark remembers the 256 MiB even after they are gone.
     let peak = ProcessMemory::current().peak_rss_bytes.unwrap();
-    assert!(peak >= base + SIZE as u64 * 95 / 100, "peak {:.1} MiB", mib(peak));
-    assert_eq!(report.rss_after_bytes.map(|a| a.abs_diff(after) < 4 * MIB), Some(true));
+    assert!(
+        peak >= base + SIZE as u64 * 95 / 100,
+        "peak {:.1} MiB",
+        mib(peak)
+    );
+    assert_eq!(
+        report.rss_after_bytes.map(|a| a.abs_diff(after) < 4 * MIB),
+        Some(true)
+    );
 }
 
 #[test]
 fn release_reports_the_bytes_the_drop_gave_back() {
     let _serial = serial();
-    // Start from a trimmed heap so only this buffer's bytes are released.
-    cleanup();
     let buffer = black_box(touched(SIZE));
     let report = release(buffer);
     assert_close(
@@ -93,7 +104,10 @@ fn release_reports_the_bytes_the_drop_gave_back() {
     );
     assert_eq!(
         report.released_bytes,
-        report.rss_before_bytes.unwrap().saturating_sub(report.rss_after_bytes.unwrap())
+        report
+            .rss_before_bytes
+            .unwrap()
+            .saturating_sub(report.rss_after_bytes.unwrap())
     );
 }
 
@@ -104,7 +118,6 @@ fn release_reports_the_bytes_the_drop_gave_back() {
 #[test]
 fn cleanup_returns_fragmented_heap_to_the_os() {
     let _serial = serial();
-    cleanup();
     let base = rss();
     // 120 KiB stays below glibc's mmap threshold (128 KiB at least), so the blocks come from
     // the heap; each is followed by a small live block that pins it in place.
@@ -117,7 +130,11 @@ fn cleanup_returns_fragmented_heap_to_the_os() {
         pins.push(touched(32));
     }
     let grown = rss();
-    assert!(grown >= base + 240 * MIB, "blocks grew RSS by only {:.1} MiB", mib(grown - base));
+    assert!(
+        grown >= base + 240 * MIB,
+        "blocks grew RSS by only {:.1} MiB",
+        mib(grown - base)
+    );
     drop(blocks);
     let freed_but_kept = rss();
     assert!(
@@ -175,7 +192,10 @@ fn mmap_200_mb_file_moves_vms_then_rss() {
         mib(vms_growth)
     );
     let rss_on_map = mapped.rss_bytes.unwrap() as i64 - before.rss_bytes.unwrap() as i64;
-    assert!(rss_on_map.unsigned_abs() < 8 * MIB, "RSS moved {rss_on_map} bytes on mmap alone");
+    assert!(
+        rss_on_map.unsigned_abs() < 8 * MIB,
+        "RSS moved {rss_on_map} bytes on mmap alone"
+    );
 
     // Reading every page brings the file into this process's resident set as file pages.
     let sum: u64 = map.iter().step_by(4096).map(|&b| b as u64).sum();
@@ -194,14 +214,23 @@ fn mmap_200_mb_file_moves_vms_then_rss() {
         FILE as u64,
         5.0,
     );
-    assert!(read.rss_anon_bytes.unwrap().abs_diff(mapped.rss_anon_bytes.unwrap()) < 8 * MIB);
+    assert!(
+        read.rss_anon_bytes
+            .unwrap()
+            .abs_diff(mapped.rss_anon_bytes.unwrap())
+            < 8 * MIB
+    );
 
     drop(map);
     let unmapped = ProcessMemory::current();
     let vms_drop = read.vms_bytes.unwrap() as i64 - unmapped.vms_bytes.unwrap() as i64;
     assert_close("VMS drop on unmap", vms_drop, FILE as u64, 1.0);
     assert!(
-        unmapped.rss_bytes.unwrap().abs_diff(before.rss_bytes.unwrap()) <= 16 * MIB,
+        unmapped
+            .rss_bytes
+            .unwrap()
+            .abs_diff(before.rss_bytes.unwrap())
+            <= 16 * MIB,
         "RSS after unmap {:.1} MiB vs {:.1} MiB before",
         mib(unmapped.rss_bytes.unwrap()),
         mib(before.rss_bytes.unwrap())
@@ -231,8 +260,15 @@ fn sampler_keeps_the_peak_of_a_short_spike() {
     }
     let stats = sampler.stats();
     let peak = stats.peak_rss_bytes.unwrap();
-    assert!(peak >= base + SIZE as u64 * 95 / 100, "sampler peak {:.1} MiB", mib(peak));
+    assert!(
+        peak >= base + SIZE as u64 * 95 / 100,
+        "sampler peak {:.1} MiB",
+        mib(peak)
+    );
     let latest = stats.latest.and_then(|s| s.process.rss_bytes).unwrap();
-    assert!(latest < peak - SIZE as u64 / 2, "latest sample still shows the spike");
+    assert!(
+        latest < peak - SIZE as u64 / 2,
+        "latest sample still shows the spike"
+    );
     drop(sampler);
 }

@@ -56,6 +56,18 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A model's weights are in none of the places searched.
+    #[error("weights of `{model}` ({repo}) not found: missing {missing}; searched: {}. No download is attempted: put the checkpoint in the Hugging Face cache, pass --weights DIR, or use --weights dummy", searched.join(", "))]
+    WeightsNotFound {
+        /// Model id.
+        model: String,
+        /// Hugging Face repository.
+        repo: String,
+        /// The files that were not found.
+        missing: String,
+        /// Every place looked in.
+        searched: Vec<String>,
+    },
     /// A tokenizer could not be loaded or used.
     #[error("tokenizer {path}: {reason}")]
     Tokenizer {
@@ -64,6 +76,12 @@ pub enum ModelError {
         /// What went wrong.
         reason: String,
     },
+    /// Something this build cannot do (an architecture not implemented, CUDA not compiled in).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The model does not fit in the memory of the device.
+    #[error("{0}")]
+    DoesNotFit(String),
     /// An image or prompt the model cannot take.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -4,13 +4,16 @@
 //! Not here: memory measurement (`surveil-memory`), frames and detection (`surveil-vision`),
 //! the analysis pipeline (`surveil-orchestrator`).
 
+pub mod arch;
 pub mod error;
 pub mod generation;
 pub mod git;
 pub mod image_ops;
 pub mod nn;
 pub mod qwen2_vl;
+pub mod manager;
 pub mod registry;
+pub mod source;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -140,25 +140,12 @@ impl ModelSpec {
         hub_cache.join(format!("models--{}", self.hf_repo.replace('/', "--")))
     }
 
-    /// The snapshot directory in the hub cache holding this model's `config.json`, if any.
-    /// Prefers the revision `refs/main` points at.
+    /// The snapshot directory in the hub cache holding this model's `config.json` at the
+    /// revision `refs/main` points to, if any.
     pub fn cached_snapshot(&self, hub_cache: &Path) -> Option<PathBuf> {
-        let folder = self.cache_folder(hub_cache);
-        let snapshots = folder.join("snapshots");
-        if let Ok(rev) = std::fs::read_to_string(folder.join("refs/main")) {
-            let dir = snapshots.join(rev.trim());
-            if dir.join("config.json").is_file() {
-                return Some(dir);
-            }
-        }
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&snapshots)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("config.json").is_file())
-            .collect();
-        dirs.sort();
-        dirs.pop()
+        let cache = hf_hub::Cache::new(hub_cache.to_path_buf());
+        let config = cache.model(self.hf_repo.to_string()).get("config.json")?;
+        config.parent().map(Path::to_path_buf)
     }
 }
 
@@ -186,8 +173,11 @@ mod tests {
         let hub = tempfile::tempdir().unwrap();
         let spec = find("git-base-coco").unwrap();
         assert_eq!(spec.cached_snapshot(hub.path()), None);
-        let snap = spec.cache_folder(hub.path()).join("snapshots/abc123");
+        let folder = spec.cache_folder(hub.path());
+        let snap = folder.join("snapshots/abc123");
         std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::write(folder.join("refs/main"), "abc123").unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
         assert_eq!(spec.cached_snapshot(hub.path()), Some(snap));
     }

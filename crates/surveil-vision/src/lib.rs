@@ -19,8 +19,10 @@ pub mod detect;
 pub mod error;
 pub mod frame;
 pub mod geometry;
+pub mod source;
 
 pub use detect::{DarknetYolo, Detection, Detector, YoloOptions};
 pub use error::{Result, VisionError};
 pub use frame::{Frame, FrameSource, FrameSourceExt, InterruptHandle};
 pub use geometry::BBox;
+pub use source::{open_source, FfmpegOptions, FfmpegSource, FrameQueue, QueuePolicy};

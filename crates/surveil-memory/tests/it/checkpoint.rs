@@ -45,25 +45,120 @@ impl Expect {
 fn real_shaped_tensors() -> Vec<(&'static str, Vec<usize>, Expect, bool)> {
     // (name, shape, expected storage, is a linear that falls back to float)
     vec![
-        ("model.layers.0.self_attn.q_proj.weight", vec![1536, 1536], Expect::Q4K, false),
-        ("model.layers.0.self_attn.q_proj.bias", vec![1536], Expect::F32, false),
-        ("model.layers.0.self_attn.k_proj.weight", vec![256, 1536], Expect::Q4K, false),
-        ("model.layers.0.self_attn.k_proj.bias", vec![256], Expect::F32, false),
-        ("model.layers.0.self_attn.v_proj.weight", vec![256, 1536], Expect::Q4K, false),
-        ("model.layers.0.self_attn.v_proj.bias", vec![256], Expect::F32, false),
-        ("model.layers.0.self_attn.o_proj.weight", vec![1536, 1536], Expect::Q4K, false),
-        ("model.layers.0.mlp.down_proj.weight", vec![1536, 8960], Expect::Q4K, false),
-        ("model.layers.0.input_layernorm.weight", vec![1536], Expect::F32, false),
-        ("model.layers.0.post_attention_layernorm.weight", vec![1536], Expect::F32, false),
-        ("visual.patch_embed.proj.weight", vec![1280, 3, 2, 14, 14], Expect::F16, false),
-        ("vision_tower.encoder.blocks.0.wqkv.weight", vec![3456, 1152], Expect::Q4_0, false),
-        ("vision_tower.encoder.blocks.0.wqkv.bias", vec![3456], Expect::F32, false),
-        ("vision_tower.encoder.blocks.0.wo.weight", vec![1152, 1152], Expect::Q4_0, false),
-        ("vision_tower.encoder.blocks.0.mlp.fc0.weight", vec![4304, 1152], Expect::Q4_0, false),
-        ("vision_tower.encoder.blocks.0.mlp.fc1.weight", vec![1152, 4304], Expect::F16, true),
-        ("vision_tower.encoder.blocks.0.norm0.weight", vec![1152], Expect::F32, false),
-        ("vision_tower.patch_embed.pos_emb.weight", vec![64, 64, 1152], Expect::F16, false),
-        ("language_model.model.layers.1.mlp.gate.weight", vec![64, 2048], Expect::Q4K, false),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            vec![1536, 1536],
+            Expect::Q4K,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.q_proj.bias",
+            vec![1536],
+            Expect::F32,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.k_proj.weight",
+            vec![256, 1536],
+            Expect::Q4K,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.k_proj.bias",
+            vec![256],
+            Expect::F32,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.v_proj.weight",
+            vec![256, 1536],
+            Expect::Q4K,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.v_proj.bias",
+            vec![256],
+            Expect::F32,
+            false,
+        ),
+        (
+            "model.layers.0.self_attn.o_proj.weight",
+            vec![1536, 1536],
+            Expect::Q4K,
+            false,
+        ),
+        (
+            "model.layers.0.mlp.down_proj.weight",
+            vec![1536, 8960],
+            Expect::Q4K,
+            false,
+        ),
+        (
+            "model.layers.0.input_layernorm.weight",
+            vec![1536],
+            Expect::F32,
+            false,
+        ),
+        (
+            "model.layers.0.post_attention_layernorm.weight",
+            vec![1536],
+            Expect::F32,
+            false,
+        ),
+        (
+            "visual.patch_embed.proj.weight",
+            vec![1280, 3, 2, 14, 14],
+            Expect::F16,
+            false,
+        ),
+        (
+            "vision_tower.encoder.blocks.0.wqkv.weight",
+            vec![3456, 1152],
+            Expect::Q4_0,
+            false,
+        ),
+        (
+            "vision_tower.encoder.blocks.0.wqkv.bias",
+            vec![3456],
+            Expect::F32,
+            false,
+        ),
+        (
+            "vision_tower.encoder.blocks.0.wo.weight",
+            vec![1152, 1152],
+            Expect::Q4_0,
+            false,
+        ),
+        (
+            "vision_tower.encoder.blocks.0.mlp.fc0.weight",
+            vec![4304, 1152],
+            Expect::Q4_0,
+            false,
+        ),
+        (
+            "vision_tower.encoder.blocks.0.mlp.fc1.weight",
+            vec![1152, 4304],
+            Expect::F16,
+            true,
+        ),
+        (
+            "vision_tower.encoder.blocks.0.norm0.weight",
+            vec![1152],
+            Expect::F32,
+            false,
+        ),
+        (
+            "vision_tower.patch_embed.pos_emb.weight",
+            vec![64, 64, 1152],
+            Expect::F16,
+            false,
+        ),
+        (
+            "language_model.model.layers.1.mlp.gate.weight",
+            vec![64, 2048],
+            Expect::Q4K,
+            false,
+        ),
         (
             "language_model.model.layers.1.mlp.experts.0.gate_proj.weight",
             vec![1408, 2048],
@@ -152,7 +247,11 @@ fn estimate_of_real_shaped_file_matches_independent_sum() {
         .map(|(d, t)| (d.name(), (t.tensors, t.bytes)))
         .collect();
     assert_eq!(got_by_dtype, expected_by_dtype);
-    let got_fallbacks: Vec<&str> = est.float_fallbacks.iter().map(|f| f.name.as_str()).collect();
+    let got_fallbacks: Vec<&str> = est
+        .float_fallbacks
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
     assert_eq!(got_fallbacks, expected_fallbacks);
     assert_eq!(est.float_fallbacks[0].shape, vec![1152, 4304]);
     assert_eq!(est.float_fallbacks[0].storage, StorageDtype::F16);
@@ -180,7 +279,10 @@ fn header_lists_tensors_and_metadata_without_reading_data() {
     let path = dir.path().join("model.safetensors");
     write_checkpoint(&path, &names_and_shapes());
     let header = read_safetensors_header(&path).unwrap();
-    assert_eq!(header.metadata.get("format").map(String::as_str), Some("pt"));
+    assert_eq!(
+        header.metadata.get("format").map(String::as_str),
+        Some("pt")
+    );
     let file_len = std::fs::metadata(&path).unwrap().len();
     assert_eq!(header.file_len, file_len);
     let data: u64 = header.tensors.iter().map(|t| t.stored_bytes).sum();
@@ -290,7 +392,10 @@ fn header_length_beyond_end_of_file() {
     // u64::MAX bytes would abort the test process).
     write_raw(&path, u64::MAX, b"{}");
     let err = read_safetensors_header(&path).unwrap_err();
-    assert!(matches!(err, MemoryError::HeaderLengthExceedsFile { .. }), "{err:?}");
+    assert!(
+        matches!(err, MemoryError::HeaderLengthExceedsFile { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -397,7 +502,10 @@ fn index_errors() {
     let original = std::fs::read_to_string(&index).unwrap();
 
     // A shard path escaping the checkpoint directory.
-    let escaping = original.replace("model-00002-of-00002.safetensors", "../elsewhere.safetensors");
+    let escaping = original.replace(
+        "model-00002-of-00002.safetensors",
+        "../elsewhere.safetensors",
+    );
     std::fs::write(&index, escaping).unwrap();
     let err = estimate_checkpoint(&index, &policy).unwrap_err();
     assert!(
@@ -410,7 +518,10 @@ fn index_errors() {
     std::fs::write(&index, missing).unwrap();
     let err = estimate_checkpoint(&index, &policy).unwrap_err();
     assert!(matches!(err, MemoryError::Io { .. }), "{err:?}");
-    assert!(err.to_string().contains("model-00009-of-00009.safetensors"), "{err}");
+    assert!(
+        err.to_string().contains("model-00009-of-00009.safetensors"),
+        "{err}"
+    );
 
     // A tensor the shard does not hold.
     let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();

@@ -17,7 +17,12 @@ fn lifecycle_report_from_real_snapshots() {
     let labels: Vec<&str> = report.snapshots().iter().map(|s| s.label()).collect();
     assert_eq!(
         labels,
-        ["before load", "after load", "after first inference", "after unload"]
+        [
+            "before load",
+            "after load",
+            "after first inference",
+            "after unload"
+        ]
     );
     assert_eq!(report.deltas().len(), 3);
     let table = report.to_string();

@@ -8,7 +8,10 @@ use surveil_memory::{MemoryError, MemorySampler, SamplerConfig};
 fn wait_for(sampler: &MemorySampler, samples: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while sampler.stats().samples < samples {
-        assert!(Instant::now() < deadline, "sampler took no {samples} samples in 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "sampler took no {samples} samples in 30 s"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }

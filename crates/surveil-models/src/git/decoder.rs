@@ -6,7 +6,8 @@ use candle_core::{Device, Tensor};
 
 use super::config::{Activation, GitConfig};
 use super::ops::{activate, attention, merge_heads, split_heads};
-use crate::nn::{Embedding, LayerNorm, Linear};
+use super::ops::LayerNorm;
+use crate::nn::{Embedding, Linear};
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 

@@ -8,7 +8,8 @@ use super::config::GitConfig;
 use super::decoder::{decoder_layout, decoder_mask, DecoderLayer, GitCache, TextEmbeddings};
 use super::vision::{vision_layout, VisionTransformer};
 use crate::generation::TokenSampler;
-use crate::nn::{LayerNorm, Linear};
+use super::ops::LayerNorm;
+use crate::nn::Linear;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 

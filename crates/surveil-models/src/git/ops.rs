@@ -1,12 +1,21 @@
-//! Activations and attention shared by the GIT vision tower and text decoder.
+//! Activations, LayerNorm and attention shared by the GIT vision tower and text decoder.
+//!
+//! On the CPU with contiguous f32 input, the activations and LayerNorm run as fused kernels
+//! (one pass over memory, rows split over threads); elsewhere they fall back to candle's
+//! composite ops with the same math.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
 
 use super::config::Activation;
+use crate::weights::Weights;
 use crate::Result;
 
 /// Apply `act` elementwise (f32).
 pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    let fused = matches!(act, Activation::Gelu | Activation::QuickGelu);
+    if fused && x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        return Ok(x.apply_op1_no_bwd(&ActivationOp(act))?);
+    }
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluNew => x.gelu()?,
@@ -14,6 +23,180 @@ pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Relu => x.relu()?,
         Activation::Silu => x.silu()?,
     })
+}
+
+/// Below this many elements a kernel runs on the calling thread only.
+const PARALLEL_MIN_ELEMS: usize = 1 << 15;
+
+/// Run `f` over `src`/`dst` split into whole rows of `row` elements, on up to candle's thread
+/// count when the tensor is large.
+fn for_rows(src: &[f32], dst: &mut [f32], row: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    let rows = src.len() / row.max(1);
+    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+    if threads == 1 || src.len() < PARALLEL_MIN_ELEMS {
+        f(src, dst);
+        return;
+    }
+    let chunk = rows.div_ceil(threads) * row;
+    std::thread::scope(|scope| {
+        let mut parts = src.chunks(chunk).zip(dst.chunks_mut(chunk));
+        let first = parts.next();
+        for (s, d) in parts {
+            let f = &f;
+            scope.spawn(move || f(s, d));
+        }
+        if let Some((s, d)) = first {
+            f(s, d);
+        }
+    });
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("expected f32 storage")
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// `e^x` for f32 by range reduction to `2^n · e^g`, |g| ≤ ln2/2, and a degree-7 Taylor
+/// polynomial: relative error ~1e-7 (f32 rounding), branch-free so loops vectorise.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two (Cody–Waite) so that `n · LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let g = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + g * (1.0
+            + g * (1.0 / 2.0
+                + g * (1.0 / 6.0
+                    + g * (1.0 / 24.0
+                        + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+#[inline(always)]
+fn erf_f32(z: f32) -> f32 {
+    let a = z.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_f32(-a * a);
+    y.copysign(z)
+}
+
+/// Fused elementwise activation (exact-erf GELU, quick-GELU) for contiguous f32 on the CPU.
+struct ActivationOp(Activation);
+
+impl CustomOp1 for ActivationOp {
+    fn name(&self) -> &'static str {
+        "git-activation"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout)?;
+        let mut dst = vec![0f32; src.len()];
+        let row = 4096.min(src.len().max(1));
+        match self.0 {
+            Activation::Gelu => for_rows(src, &mut dst, row, |s, d| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            }),
+            Activation::QuickGelu => for_rows(src, &mut dst, row, |s, d| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = x / (1.0 + exp_f32(-1.702 * x));
+                }
+            }),
+            other => candle_core::bail!("no fused kernel for {other:?}"),
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last dimension with weight and bias, f32. The fused CPU kernel computes
+/// the mean first and the variance of the centred values second (no `E[x²] − E[x]²`
+/// cancellation).
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Load `weight` and `bias` of size `dim` under `w`.
+    pub(crate) fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.get(&[dim], "weight")?,
+            bias: w.get(&[dim], "bias")?,
+            eps,
+        })
+    }
+
+    /// Normalise over the last dimension.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+            return Ok(x.apply_op3_no_bwd(&self.weight, &self.bias, &LayerNormOp { eps: self.eps })?);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+struct LayerNormOp {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "git-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s1, l1)?;
+        let weight = contiguous_f32(s2, l2)?;
+        let bias = contiguous_f32(s3, l3)?;
+        let dim = l1.shape().dims().last().copied().unwrap_or(0);
+        if dim == 0 || weight.len() != dim || bias.len() != dim {
+            candle_core::bail!("layer norm: last dim {dim}, weight {}, bias {}", weight.len(), bias.len());
+        }
+        let eps = self.eps as f32;
+        let mut dst = vec![0f32; src.len()];
+        for_rows(src, &mut dst, dim, |s, d| {
+            for (x, y) in s.chunks_exact(dim).zip(d.chunks_exact_mut(dim)) {
+                let mean = x.iter().sum::<f32>() / dim as f32;
+                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+                    *y = (x - mean) * inv * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
 }
 
 /// Multi-head attention over `[B, heads, L, head_dim]` tensors: `softmax(q kᵀ · scale + mask) v`.
@@ -67,20 +250,57 @@ mod tests {
         }
     }
 
-    /// erf by its Maclaurin series (converges fast for |x| < 3).
+    /// Reference erf in f64 (candle's port of the Boost/Cephes implementation).
     fn erf(x: f64) -> f64 {
-        let mut sum = 0.0;
-        let mut term = x;
-        let mut n = 0.0;
-        while term.abs() > 1e-17 || n < 5.0 {
-            sum += term / (2.0 * n + 1.0);
-            n += 1.0;
-            term *= -x * x / n;
-            if n > 200.0 {
-                break;
+        candle_core::cpu::erf::erf_f64(x)
+    }
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let mut x = -20.0f32;
+        while x < 20.0 {
+            let e = (x as f64).exp();
+            assert!(((exp_f32(x) as f64 - e) / e).abs() < 5e-7, "exp({x})");
+            if x.abs() < 6.0 {
+                assert!((erf_f32(x) as f64 - erf(x as f64)).abs() < 3e-7, "erf({x})");
             }
+            x += 0.01;
         }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composite() {
+        let dev = Device::Cpu;
+        let dim = 96;
+        // Large common offset: where E[x²] − E[x]² would lose digits.
+        let x = (Tensor::randn(0f32, 1.0, (3, 5, dim), &dev).unwrap() + 300.0).unwrap();
+        let ln = LayerNorm {
+            weight: Tensor::randn(0f32, 1.0, dim, &dev).unwrap(),
+            bias: Tensor::randn(0f32, 1.0, dim, &dev).unwrap(),
+            eps: 1e-12,
+        };
+        let fused = ln.forward(&x).unwrap();
+        let x64 = x.to_dtype(DType::F64).unwrap();
+        let mean = x64.mean_keepdim(D::Minus1).unwrap();
+        let xc = x64.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let reference = xc
+            .broadcast_div(&(var + 1e-12).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&ln.weight.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .broadcast_add(&ln.bias.to_dtype(DType::F64).unwrap())
+            .unwrap();
+        let diff = (fused.to_dtype(DType::F64).unwrap() - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        // f32 rounding of values near 300 allows ~2e-4; E[x²] − E[x]² in f32 is off by ~1e-2.
+        assert!(diff < 1e-3, "{diff}");
     }
 
     #[test]

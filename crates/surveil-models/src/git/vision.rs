@@ -9,7 +9,8 @@ use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
 use super::ops::{activate, attention, merge_heads, split_heads};
-use crate::nn::{LayerNorm, Linear};
+use super::ops::LayerNorm;
+use crate::nn::Linear;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 

@@ -7,12 +7,16 @@
 //! - [`Qwen2VlModel`]: load through [`crate::weights::Weights`] (f32, f16 or quantized),
 //!   [`Qwen2VlModel::prefill`], [`Qwen2VlModel::decode_step`], [`Qwen2VlModel::generate`];
 //! - [`rope_index`]: the reference's multimodal position ids;
+//! - [`Qwen2VlImageProcessor`]: `smart_resize`, bicubic resize, normalisation, patch order;
+//! - [`Qwen2VlTokenizer`] and [`render_chat`]: the Qwen BPE tokenizer and the chat template;
 //! - [`VisionTower`] and [`TextModel`] on their own.
 //!
 //! Not here: weight download, memory budgets, choosing a device.
 
+mod chat;
 mod config;
 mod model;
+mod processor;
 mod rope_index;
 mod text;
 mod vision;
@@ -24,3 +28,8 @@ pub use model::{
 pub use rope_index::{rope_index, RopeIndex, VisionTokens};
 pub use text::{KvCache, Logits, TextModel};
 pub use vision::{GridThw, VisionOutput, VisionTower};
+pub use chat::{
+    render_chat, ChatMessage, ChatPrompt, ContentPart, Qwen2VlTokenizer, DEFAULT_SYSTEM_PROMPT, ENDOFTEXT, IMAGE_PAD,
+    IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START,
+};
+pub use processor::{smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO};

@@ -200,7 +200,7 @@ impl Weights {
     /// A large float table (embeddings) in the policy's float storage type; callers convert
     /// the rows they gather to f32.
     pub fn get_table(&self, shape: &[usize], name: &str) -> Result<Tensor> {
-        let storage = self.inner.policy.storage_for(TensorRole::Float, shape);
+        let storage = self.inner.policy.storage_for(TensorRole::Table, shape);
         let (full, t) = self.fetch(name, shape)?;
         let t = t
             .to_dtype(float_dtype(storage))?

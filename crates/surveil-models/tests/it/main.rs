@@ -2,4 +2,5 @@
 
 mod common;
 mod git;
+mod loader;
 mod qwen2_vl;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use surveil_memory::{QuantPolicy, StorageDtype};
 use surveil_models::qwen2_vl::{
-    tensor_layout, GenerationParams, GridThw, Logits, MultimodalInput, Qwen2VlConfig, Qwen2VlModel, StopReason,
+    render_chat, tensor_layout, ChatMessage, ContentPart, GenerationParams, Qwen2VlImageProcessor, Qwen2VlTokenizer, GridThw, Logits, MultimodalInput, Qwen2VlConfig, Qwen2VlModel, StopReason,
 };
 use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
 
@@ -381,3 +381,316 @@ fn qwen2_vl_stop_tokens_and_streaming() {
     assert_eq!(a.tokens.len(), 6);
 }
 
+
+// ----- processors ---------------------------------------------------------------------------
+
+fn processors_dir() -> PathBuf {
+    fixtures_dir().join("processors")
+}
+
+/// The `<= number` inside a tolerance sentence such as "... (max_abs_diff <= 1e-6)".
+fn number_after_le(text: &str) -> f64 {
+    let rest = &text[text.find("<=").expect("no <= in tolerance text") + 2..];
+    let num: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    num.parse().unwrap_or_else(|_| panic!("cannot parse a number in {text:?}"))
+}
+
+fn u8_image(t: &Tensor) -> image::RgbImage {
+    let (h, w, _) = t.dims3().unwrap();
+    let data: Vec<u8> = t.flatten_all().unwrap().to_vec1().unwrap();
+    image::RgbImage::from_raw(w as u32, h as u32, data).unwrap()
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+}
+
+/// Compare our `pixel_values` (`rows × dim`, row-major) with a case's full tensor or its
+/// sampled rows and sums. Returns (max abs diff, mean abs diff, row sum diff, col sum diff).
+fn compare_pixels(ours: &[f32], dim: usize, t: &HashMap<String, Tensor>) -> (f64, f64, f64, f64) {
+    let n = ours.len() / dim;
+    let (mut max, mut sum, mut count) = (0f64, 0f64, 0usize);
+    let mut cmp = |row: usize, reference: &[f32]| {
+        for (a, b) in ours[row * dim..(row + 1) * dim].iter().zip(reference) {
+            let d = (*a as f64 - *b as f64).abs();
+            max = max.max(d);
+            sum += d;
+            count += 1;
+        }
+    };
+    let (mut row_diff, mut col_diff) = (0f64, 0f64);
+    if let Some(full) = t.get("pixel_values") {
+        let full: Vec<f32> = full.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(full.len(), ours.len(), "pixel_values size");
+        for r in 0..n {
+            cmp(r, &full[r * dim..(r + 1) * dim]);
+        }
+    } else {
+        let rows: Vec<f32> = t["pixel_values_rows"].flatten_all().unwrap().to_vec1().unwrap();
+        for (k, &r) in ids_of(&t["pixel_values_row_index"]).iter().enumerate() {
+            cmp(r as usize, &rows[k * dim..(k + 1) * dim]);
+        }
+        let row_sums = f64s(&t["pixel_values_row_sums"]);
+        let col_sums = f64s(&t["pixel_values_col_sums"]);
+        assert_eq!(row_sums.len(), n, "number of patches");
+        let mut cols = vec![0f64; dim];
+        for r in 0..n {
+            let row = &ours[r * dim..(r + 1) * dim];
+            let s: f64 = row.iter().map(|&x| x as f64).sum();
+            row_diff = row_diff.max((s - row_sums[r]).abs());
+            for (c, &x) in cols.iter_mut().zip(row) {
+                *c += x as f64;
+            }
+        }
+        for (a, b) in cols.iter().zip(&col_sums) {
+            col_diff = col_diff.max((a - b).abs());
+        }
+    }
+    (max, sum / count as f64, row_diff, col_diff)
+}
+
+fn check_processor_case(name: &str) {
+    let all = cases(&processors_dir());
+    let case = &all["cases"][name];
+    let tier = &all["tolerance"]["own_resize"]["tier_pil_structured"];
+    let exact_tol = number_after_le(all["tolerance"]["exact_path"].as_str().unwrap());
+    let t = load_tensors(&processors_dir().join(case["file"].as_str().unwrap()));
+    let default = Qwen2VlImageProcessor::default();
+    let proc = match case["processor_kwargs"]["size"].as_object() {
+        Some(size) => Qwen2VlImageProcessor::with_pixels(
+            size["shortest_edge"].as_u64().unwrap() as usize,
+            size["longest_edge"].as_u64().unwrap() as usize,
+        )
+        .unwrap(),
+        None => default.clone(),
+    };
+    let img = image::open(processors_dir().join(case["image"].as_str().unwrap()))
+        .unwrap()
+        .to_rgb8();
+    let ours = proc.preprocess_image(&img).unwrap();
+    let g = ids_of(&t["image_grid_thw"]);
+    assert_eq!(
+        vec![ours.grid.t as i64, ours.grid.h as i64, ours.grid.w as i64],
+        g,
+        "{name}: image_grid_thw"
+    );
+    let hw: Vec<usize> = case["resized_hw"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+    assert_eq!(vec![ours.resized_hw.0, ours.resized_hw.1], hw, "{name}: resized size");
+
+    // Exact path: from the reference's resized uint8 image (stored, or the default setting's
+    // when this setting gives the same image).
+    let resized = t.get("resized_u8").cloned().or_else(|| {
+        if case["identical_to_default_setting"].as_bool() == Some(true) {
+            let default_name = name.rsplit_once("_max_pixels").map(|(base, _)| format!("{base}_default"))?;
+            let dcase = &all["cases"][&default_name];
+            load_tensors(&processors_dir().join(dcase["file"].as_str()?)).get("resized_u8").cloned()
+        } else {
+            None
+        }
+    });
+    if let Some(resized) = resized {
+        let reference_img = u8_image(&resized);
+        let exact = proc.patchify(&[reference_img.clone()]).unwrap();
+        let (max, _, rows, cols) = compare_pixels(&exact.pixel_values, exact.patch_dim, &t);
+        println!("{name}: exact path max_abs_diff {max:.2e} (tolerance {exact_tol:.0e}), sums {rows:.2e}/{cols:.2e}");
+        assert!(max <= exact_tol, "{name}: exact path {max}");
+        // Our resize against the reference's uint8 image.
+        let mine = image::RgbImage::from_raw(
+            hw[1] as u32,
+            hw[0] as u32,
+            image_resized(&proc, &img, hw[0], hw[1]),
+        )
+        .unwrap();
+        let diffs: Vec<i32> = mine
+            .as_raw()
+            .iter()
+            .zip(reference_img.as_raw())
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .collect();
+        let max_u8 = diffs.iter().copied().max().unwrap_or(0);
+        let mean_u8 = diffs.iter().map(|&d| d as f64).sum::<f64>() / diffs.len() as f64;
+        println!("{name}: resize vs PIL max {max_u8} / mean {mean_u8:.4} uint8 levels");
+        assert!(max_u8 as f64 <= tier["resized_u8_max_abs_diff"].as_f64().unwrap());
+        assert!(mean_u8 <= tier["resized_u8_mean_abs_diff"].as_f64().unwrap());
+    } else {
+        println!("{name}: no resized_u8 stored for this setting; checking the full pipeline only");
+    }
+
+    // Full pipeline with our own resize.
+    let (max, mean, rows, cols) = compare_pixels(&ours.pixel_values, ours.patch_dim, &t);
+    println!("{name}: pixel_values max {max:.3e} mean {mean:.2e}, row sums {rows:.3e}, col sums {cols:.3e}");
+    assert!(max <= tier["pixel_values_max_abs_diff"].as_f64().unwrap(), "{name}: max {max}");
+    assert!(mean <= tier["pixel_values_mean_abs_diff"].as_f64().unwrap(), "{name}: mean {mean}");
+    assert!(rows <= tier["row_sum_abs_diff"].as_f64().unwrap(), "{name}: row sums {rows}");
+    assert!(cols <= tier["col_sum_abs_diff"].as_f64().unwrap(), "{name}: col sums {cols}");
+}
+
+fn image_resized(_proc: &Qwen2VlImageProcessor, img: &image::RgbImage, h: usize, w: usize) -> Vec<u8> {
+    surveil_models::image_ops::resize_bicubic_u8(img, w as u32, h as u32).unwrap().into_raw()
+}
+
+#[test]
+fn parity_processors_qwen2vl_vtest_frame_default() {
+    check_processor_case("qwen2vl_vtest_frame_default");
+}
+
+#[test]
+fn parity_processors_qwen2vl_vtest_frame_max_pixels_200704() {
+    check_processor_case("qwen2vl_vtest_frame_max_pixels_200704");
+}
+
+#[test]
+fn parity_processors_qwen2vl_synthetic_default() {
+    check_processor_case("qwen2vl_synthetic_default");
+}
+
+#[test]
+fn parity_processors_qwen2vl_synthetic_max_pixels_200704() {
+    check_processor_case("qwen2vl_synthetic_max_pixels_200704");
+}
+
+#[test]
+fn parity_processors_qwen2vl_small_default() {
+    check_processor_case("qwen2vl_small_default");
+}
+
+#[test]
+fn parity_processors_qwen2vl_small_max_pixels_200704() {
+    check_processor_case("qwen2vl_small_max_pixels_200704");
+}
+
+#[test]
+fn qwen2_vl_processor_handles_extreme_image_sizes() {
+    let proc = Qwen2VlImageProcessor::default();
+    // 1x1 grows to the minimum area.
+    let one = proc.preprocess_image(&image::RgbImage::new(1, 1)).unwrap();
+    assert_eq!(one.grid, GridThw::new(1, 4, 4));
+    assert!(one.grid.patches() * 14 * 14 >= proc.min_pixels);
+    // 10000x10000 is clamped by max_pixels: the patch tensor stays bounded.
+    let big = image::RgbImage::from_pixel(10_000, 10_000, image::Rgb([120, 60, 30]));
+    let out = proc.preprocess_image(&big).unwrap();
+    assert!(out.grid.patches() * 14 * 14 <= proc.max_pixels, "{:?}", out.grid);
+    assert_eq!(out.pixel_values.len(), out.grid.patches() * out.patch_dim);
+    // Extreme aspect ratio is an error, not a panic.
+    assert!(proc.preprocess_image(&image::RgbImage::new(3000, 10)).is_err());
+    // Video: 3 frames become 2 temporal patches (last frame repeated).
+    let frames = vec![image::RgbImage::from_pixel(56, 84, image::Rgb([1, 2, 3])); 3];
+    let v = proc.preprocess_video(&frames).unwrap();
+    assert_eq!(v.grid, GridThw::new(2, 6, 4));
+}
+
+// ----- tokenizers ---------------------------------------------------------------------------
+
+/// The fetched Qwen tokenizer, or `None` (with the reason printed) when setup has not fetched it.
+fn qwen_tokenizer() -> Option<Qwen2VlTokenizer> {
+    let path = crate::common::assets_dir().join("tokenizers/qwen2-vl/tokenizer.json");
+    if !path.is_file() {
+        println!("SKIPPED: {} is absent (run scripts/setup to fetch it)", path.display());
+        return None;
+    }
+    Some(Qwen2VlTokenizer::from_file(&path).expect("tokenizer.json"))
+}
+
+fn tokenizer_case(name: &str) -> serde_json::Value {
+    cases(&fixtures_dir().join("tokenizers"))["qwen"]["cases"][name].clone()
+}
+
+fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_plain_text(name: &str) {
+    let Some(tok) = qwen_tokenizer() else { return };
+    let case = tokenizer_case(name);
+    let text = case["text"].as_str().unwrap();
+    assert_eq!(tok.encode(text).unwrap(), u32s(&case["ids"]), "{name}: ids");
+    let tokens: Vec<String> = case["tokens"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    assert_eq!(tok.tokens(text).unwrap(), tokens, "{name}: tokens");
+    let decoded = tok.decode(&u32s(&case["ids"]), false).unwrap();
+    let nfc: String = unicode_nfc(text);
+    assert_eq!(decoded, nfc, "{name}: decode");
+}
+
+/// NFC of the fixture texts: the only decomposed sequence they hold is `e` + U+0301.
+fn unicode_nfc(text: &str) -> String {
+    text.replace("e\u{301}", "é")
+}
+
+#[test]
+fn parity_tokenizers_qwen_plain() {
+    check_plain_text("plain");
+}
+
+#[test]
+fn parity_tokenizers_qwen_french_accents() {
+    check_plain_text("french_accents");
+}
+
+fn check_chat(name: &str) {
+    let Some(tok) = qwen_tokenizer() else { return };
+    let case = tokenizer_case(name);
+    let messages: Vec<ChatMessage> = case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage {
+            role: m["role"].as_str().unwrap().to_string(),
+            content: m["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| match c["type"].as_str().unwrap() {
+                    "image" => ContentPart::Image,
+                    "video" => ContentPart::Video,
+                    _ => ContentPart::Text(c["text"].as_str().unwrap().to_string()),
+                })
+                .collect(),
+        })
+        .collect();
+    assert_eq!(
+        render_chat(&messages, case["add_generation_prompt"].as_bool().unwrap(), false),
+        case["rendered_text"].as_str().unwrap(),
+        "{name}: rendered text"
+    );
+    let grids: Vec<GridThw> = case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let g = u32s(&i["image_grid_thw"]);
+            GridThw::new(g[0] as usize, g[1] as usize, g[2] as usize)
+        })
+        .collect();
+    let prompt = tok.encode_chat(&messages, &grids, &[], 2).unwrap();
+    assert_eq!(prompt.input_ids, u32s(&case["ids"]), "{name}: ids");
+    let types: Vec<u8> = u32s(&case["mm_token_type_ids"]).iter().map(|&x| x as u8).collect();
+    assert_eq!(prompt.mm_token_type_ids, types, "{name}: mm_token_type_ids");
+    // Rendering with the pads already expanded and tokenizing gives the same ids.
+    let mut text = case["rendered_text"].as_str().unwrap().to_string();
+    let pad = surveil_models::qwen2_vl::IMAGE_PAD;
+    for i in 0..grids.len() {
+        text = text.replacen(pad, &format!("<|IMG{i}|>"), 1);
+    }
+    for (i, g) in grids.iter().enumerate() {
+        text = text.replace(&format!("<|IMG{i}|>"), &pad.repeat(g.merged_tokens(2)));
+    }
+    assert_eq!(tok.encode(&text).unwrap(), prompt.input_ids, "{name}: expanded-text ids");
+    // More images than placeholders is an error.
+    let mut extra = grids.clone();
+    extra.push(GridThw::new(1, 2, 2));
+    assert!(tok.encode_chat(&messages, &extra, &[], 2).is_err());
+}
+
+#[test]
+fn parity_tokenizers_qwen_chat_one_image() {
+    check_chat("chat_one_image");
+}
+
+#[test]
+fn parity_tokenizers_qwen_chat_two_images() {
+    check_chat("chat_two_images");
+}

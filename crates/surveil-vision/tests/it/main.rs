@@ -3,3 +3,4 @@
 mod common;
 mod detector_errors;
 mod parity;
+mod sources;

@@ -1,0 +1,235 @@
+//! Loading through the lifecycle, quantization bookkeeping, and bad checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use surveil_config::{Device, Quant, WeightsSpec};
+use surveil_memory::{estimate_tensors, StorageDtype};
+use surveil_models::arch::ArchConfig;
+use surveil_models::manager::{policy_for, LoadOptions, ModelManager, ModelState};
+use surveil_models::registry;
+
+use crate::common::fixtures_dir;
+
+fn opts(weights: WeightsSpec, quant: Quant) -> LoadOptions {
+    LoadOptions {
+        weights,
+        device: Device::Cpu,
+        quant,
+        hub_cache: PathBuf::from("/nonexistent/hub"),
+        model_dir: None,
+        progress: None,
+        dummy_seed: 1,
+    }
+}
+
+fn git_fixture() -> PathBuf {
+    fixtures_dir().join("git")
+}
+
+/// A copy of the GIT fixture checkpoint that a test may damage.
+fn git_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(git_fixture().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    let mut m = ModelManager::new();
+    let e = m
+        .load("git-base-coco", &opts(WeightsSpec::Dir(dir.into()), Quant::F32))
+        .unwrap_err()
+        .to_string();
+    assert!(matches!(m.state(), ModelState::Failed { .. }), "{:?}", m.state());
+    assert!(m.model().is_none());
+    e
+}
+
+#[test]
+fn load_unload_from_directory_records_memory_and_matches_estimate() {
+    let mut m = ModelManager::new();
+    let summary = m
+        .load("git-base-coco", &opts(WeightsSpec::Dir(git_fixture()), Quant::F32))
+        .unwrap()
+        .clone();
+    assert!(matches!(m.state(), ModelState::Loaded { model, device } if model == "git-base-coco" && device == "cpu"));
+    assert_eq!(summary.report.bytes_by_dtype.keys().copied().collect::<Vec<_>>(), vec![StorageDtype::F32]);
+    let file_bytes = std::fs::metadata(git_fixture().join("model.safetensors")).unwrap().len();
+    // f32 in, f32 resident: the report equals the tensor data of the file (minus its header).
+    assert!(summary.report.total_bytes() <= file_bytes);
+    assert!(summary.report.total_bytes() as f64 > file_bytes as f64 * 0.95);
+    assert_eq!(summary.report.total_bytes(), summary.estimate.total_bytes);
+    assert!(m.memory().get("before_load").is_some() && m.memory().get("after_load").is_some());
+    let cleanup = m.unload().expect("a model was loaded");
+    assert!(cleanup.rss_after_bytes.is_some());
+    assert_eq!(m.state(), &ModelState::Unloaded);
+    assert!(m.memory().get("after_unload").is_some());
+    assert!(m.unload().is_none(), "second unload is a no-op");
+}
+
+#[test]
+fn quantized_dummy_report_matches_estimate_within_two_percent() {
+    let spec = registry::find("git-base-coco").unwrap();
+    let cfg = ArchConfig::full_size(spec).unwrap();
+    let layout = cfg.resident_layout();
+    let policy = policy_for(Quant::Q4k);
+    let estimate = estimate_tensors(layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())), &policy);
+    let mut m = ModelManager::new();
+    let s = m.load("git-base-coco", &opts(WeightsSpec::Dummy, Quant::Q4k)).unwrap();
+    let loaded = s.report.total_bytes() as f64;
+    let est = estimate.total_bytes as f64;
+    assert!((loaded - est).abs() / est < 0.02, "loaded {loaded} vs estimate {est}");
+    assert!(s.report.bytes_by_dtype.contains_key(&StorageDtype::Q4K));
+    assert_eq!(s.weights, "dummy");
+    // The published size of git-base-coco.
+    let params = s.report.parameters as f64;
+    assert!((params - spec.parameters as f64).abs() / (spec.parameters as f64) < 0.01, "{params}");
+}
+
+#[test]
+fn fallback_only_when_enabled_and_one_model_at_a_time() {
+    let o = opts(WeightsSpec::Dir(git_fixture()), Quant::F32);
+    let mut m = ModelManager::new();
+    // Kimi-VL is not implemented: with fallback off the manager ends Failed.
+    let err = m
+        .load_with_fallback("kimi-vl-a3b-thinking", &["git-base-coco".into()], false, &o)
+        .unwrap_err();
+    assert!(err.to_string().contains("kimi_vl"), "{err}");
+    assert!(matches!(m.state(), ModelState::Failed { model, .. } if model == "kimi-vl-a3b-thinking"));
+    // With fallback on, the next model loads.
+    let (summary, failures) = m
+        .load_with_fallback("kimi-vl-a3b-thinking", &["git-base-coco".into()], true, &o)
+        .unwrap();
+    assert_eq!(summary.model, "git-base-coco");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, "kimi-vl-a3b-thinking");
+    // Switching to a model that fails leaves nothing resident.
+    assert!(m.switch("kimi-vl-a3b-instruct", &o).is_err());
+    assert!(m.model().is_none());
+}
+
+#[test]
+fn bad_model_ids() {
+    let mut m = ModelManager::new();
+    let e = m.load("../git-base-coco", &opts(WeightsSpec::Dummy, Quant::F32)).unwrap_err().to_string();
+    assert!(e.contains("unknown model id") && e.contains("git-base-coco"), "{e}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = git_copy();
+    let f = dir.path().join("model.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    file.set_len(len - 1000).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn header_claims_more_than_the_file() {
+    let dir = git_copy();
+    let f = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let claimed = (bytes.len() as u64 * 2).to_le_bytes();
+    bytes[..8].copy_from_slice(&claimed);
+    std::fs::write(&f, &bytes).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("past the end"), "{e}");
+}
+
+#[test]
+fn header_over_100_mb() {
+    let dir = git_copy();
+    let f = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[..8].copy_from_slice(&200_000_000u64.to_le_bytes());
+    std::fs::write(&f, &bytes).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("100 MB"), "{e}");
+}
+
+/// Rewrite the fixture checkpoint with `edit` applied to its tensors.
+fn rewrite(dir: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>)) {
+    let f = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&f, &candle_core::Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &f).unwrap();
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = git_copy();
+    let name = "git.embeddings.LayerNorm.weight";
+    rewrite(dir.path(), |t| {
+        assert!(t.remove(name).is_some(), "fixture layout changed");
+    });
+    let e = load_err(dir.path());
+    assert!(e.contains(name) && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_shapes() {
+    let dir = git_copy();
+    let name = "git.embeddings.LayerNorm.weight";
+    rewrite(dir.path(), |t| {
+        let old = t.get(name).unwrap().clone();
+        let n = old.dim(0).unwrap();
+        t.insert(name.into(), candle_core::Tensor::zeros(n + 1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    });
+    let e = load_err(dir.path());
+    assert!(e.contains(name) && e.contains("expected"), "{e}");
+}
+
+#[test]
+fn unexpected_dtype() {
+    let dir = git_copy();
+    let name = "git.embeddings.LayerNorm.weight";
+    rewrite(dir.path(), |t| {
+        let old = t.get(name).unwrap().clone();
+        t.insert(name.into(), old.to_dtype(candle_core::DType::I64).unwrap());
+    });
+    let e = load_err(dir.path());
+    assert!(e.contains(name) && e.contains("I64"), "{e}");
+}
+
+#[test]
+fn config_not_json_or_missing_field() {
+    let dir = git_copy();
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("config.json"), "{e}");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(git_fixture().join("config.json")).unwrap()).unwrap();
+    cfg["hidden_size"] = serde_json::json!("wide");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("config.json") && e.contains("wide"), "{e}");
+    // A field without a default: Qwen2-VL needs its vision config.
+    let qdir = tempfile::tempdir().unwrap();
+    let mut q: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures_dir().join("qwen2_vl/config.json")).unwrap(),
+    )
+    .unwrap();
+    q.as_object_mut().unwrap().remove("vision_config");
+    std::fs::write(qdir.path().join("config.json"), q.to_string()).unwrap();
+    std::fs::copy(fixtures_dir().join("qwen2_vl/model.safetensors"), qdir.path().join("model.safetensors")).unwrap();
+    let mut m = ModelManager::new();
+    let e = m
+        .load("qwen2-vl-2b-instruct", &opts(WeightsSpec::Dir(qdir.path().into()), Quant::F32))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.json") && e.contains("vision_config"), "{e}");
+}
+
+#[test]
+fn missing_checkpoint_lists_places_searched_without_network() {
+    let models = tempfile::tempdir().unwrap();
+    let mut o = opts(WeightsSpec::Auto, Quant::Q4k);
+    o.model_dir = Some(models.path().into());
+    let mut m = ModelManager::new();
+    let e = m.load("qwen2-vl-2b-instruct", &o).unwrap_err().to_string();
+    assert!(e.contains("Qwen/Qwen2-VL-2B-Instruct") && e.contains("/nonexistent/hub"), "{e}");
+    assert!(e.contains(&models.path().display().to_string()), "{e}");
+}
