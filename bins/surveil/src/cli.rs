@@ -39,6 +39,17 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Load one model, report its memory before load, after load and after unload, unload it.
+    #[command(visible_alias = "test-model")]
+    #[command(after_help = "Weights: `auto` looks in the Hugging Face cache ($HF_HOME/hub or $HF_HUB_CACHE)
+and $SURVEIL_MODEL_DIR/<id>; `dummy` generates random weights with the real shapes (for
+capacity planning without the checkpoint); a directory loads config.json + safetensors from it.
+
+Examples:
+  surveil test-single-model --kimi --memory-stats
+  surveil test-model --qwen --weights dummy --memory-stats --json
+  surveil test-model --git-base --weights dummy --set vlm.quant=q8_0 --set vlm.load_in_4bit=false")]
+    TestSingleModel(TestModelArgs),
     /// Report the environment: CPU, memory, CUDA, ffmpeg, model and asset caches.
     #[command(after_help = "Examples:
   surveil doctor
@@ -85,6 +96,63 @@ pub struct ConfigShowArgs {
     /// Machine-readable output: the configuration as JSON (origins under `_origins`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `surveil test-single-model`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").args(["kimi", "qwen", "git_base", "model"])))]
+pub struct TestModelArgs {
+    /// Kimi-VL-A3B-Thinking (profile testing_kimi).
+    #[arg(long)]
+    pub kimi: bool,
+    /// Qwen2-VL-2B-Instruct (profile testing_qwen).
+    #[arg(long)]
+    pub qwen: bool,
+    /// git-base-coco (profile testing).
+    #[arg(long)]
+    pub git_base: bool,
+    /// Any registry id (see `surveil models list`).
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
+    /// `auto`, `dummy`, or a checkpoint directory.
+    #[arg(long, value_name = "auto|dummy|DIR")]
+    pub weights: Option<String>,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long, value_name = "auto|cpu|cuda")]
+    pub device: Option<String>,
+    /// Print the memory blocks (before load, after load, after unload) and the peak RSS.
+    #[arg(long)]
+    pub memory_stats: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Profile and overrides (the profile defaults to the model's testing profile).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl TestModelArgs {
+    /// The model id asked for (`--kimi` when nothing is given).
+    pub fn model_id(&self) -> &str {
+        if let Some(m) = &self.model {
+            m
+        } else if self.qwen {
+            "qwen2-vl-2b-instruct"
+        } else if self.git_base {
+            "git-base-coco"
+        } else {
+            "kimi-vl-a3b-thinking"
+        }
+    }
+
+    /// The profile used when `--profile` is not given.
+    pub fn default_profile(&self) -> &'static str {
+        match self.model_id() {
+            "git-base-coco" => "testing",
+            id if id.starts_with("qwen2-vl") => "testing_qwen",
+            _ => "testing_kimi",
+        }
+    }
 }
 
 /// `surveil doctor`

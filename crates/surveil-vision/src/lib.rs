@@ -20,9 +20,11 @@ pub mod error;
 pub mod frame;
 pub mod geometry;
 pub mod source;
+pub mod track;
 
 pub use detect::{DarknetYolo, Detection, Detector, YoloOptions};
 pub use error::{Result, VisionError};
 pub use frame::{Frame, FrameSource, FrameSourceExt, InterruptHandle};
 pub use geometry::BBox;
+pub use track::{ByteTracker, Track, TrackedObject, TrackerParams};
 pub use source::{open_source, FfmpegOptions, FfmpegSource, FrameQueue, QueuePolicy};

@@ -2,3 +2,4 @@
 
 pub mod config;
 pub mod doctor;
+pub mod test_model;

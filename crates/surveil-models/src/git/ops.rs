@@ -257,15 +257,16 @@ mod tests {
 
     #[test]
     fn fast_exp_and_erf_are_accurate() {
-        let mut x = -20.0f32;
-        while x < 20.0 {
+        let (mut worst_exp, mut worst_erf) = (0f64, 0f64);
+        for i in -4000..4000 {
+            let x = i as f32 * 0.005;
             let e = (x as f64).exp();
-            assert!(((exp_f32(x) as f64 - e) / e).abs() < 5e-7, "exp({x})");
-            if x.abs() < 6.0 {
-                assert!((erf_f32(x) as f64 - erf(x as f64)).abs() < 3e-7, "erf({x})");
-            }
-            x += 0.01;
+            worst_exp = worst_exp.max(((exp_f32(x) as f64 - e) / e).abs());
+            worst_erf = worst_erf.max((erf_f32(x) as f64 - erf(x as f64)).abs());
         }
+        // f32 carries ~6e-8 relative; A&S 7.1.26 is within 1.5e-7 before f32 rounding.
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+        assert!(worst_erf < 4e-7, "erf absolute error {worst_erf:e}");
     }
 
     #[test]

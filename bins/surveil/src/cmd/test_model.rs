@@ -1,0 +1,173 @@
+//! `surveil test-single-model`: load one model, report its memory at every step, unload.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+use surveil_memory::{MemorySnapshot, ProcessMemory};
+use surveil_models::manager::{LoadOptions, LoadSummary, ModelManager};
+
+use crate::cli::{Cli, TestModelArgs};
+use crate::Failure;
+
+fn mb(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.1} MB", b as f64 / 1e6))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn snapshot_json(s: Option<&MemorySnapshot>) -> serde_json::Value {
+    match s {
+        Some(s) => json!({
+            "rss_bytes": s.rss_bytes(),
+            "vms_bytes": s.vms_bytes(),
+            "gpu_allocated_bytes": s.gpu_allocated_bytes(),
+            "gpu_reserved_bytes": s.gpu_reserved_bytes(),
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn print_block(title: &str, s: Option<&MemorySnapshot>) {
+    println!("{title}:");
+    match s {
+        Some(s) => {
+            println!("  RSS: {}", mb(s.rss_bytes()));
+            println!("  VMS: {}", mb(s.vms_bytes()));
+            println!("  GPU Allocated: {}", mb(s.gpu_allocated_bytes()));
+            println!("  GPU Reserved: {}", mb(s.gpu_reserved_bytes()));
+        }
+        None => println!("  (not taken)"),
+    }
+}
+
+fn progress_bar(enabled: bool) -> Option<(indicatif::ProgressBar, surveil_models::manager::ProgressFn)> {
+    if !enabled {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading {bar:30} {pos}/{len} tensors, {msg} resident ({elapsed})",
+        )
+        .ok()?,
+    );
+    let b = bar.clone();
+    let f: surveil_models::manager::ProgressFn = Arc::new(move |done, total, bytes| {
+        b.set_length(total as u64);
+        b.set_position(done as u64);
+        b.set_message(format!("{:.1} MB", bytes as f64 / 1e6));
+    });
+    Some((bar, f))
+}
+
+/// `surveil test-single-model`
+pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
+    let model = args.model_id();
+    let mut flags = vec![("vlm.primary_model", model.to_string(), "--model")];
+    if let Some(w) = &args.weights {
+        flags.push(("vlm.weights", w.clone(), "--weights"));
+    }
+    if let Some(d) = &args.device {
+        flags.push(("vlm.device", d.clone(), "--device"));
+    }
+    let mut config_args = args.config.clone();
+    if config_args.profile.is_none() {
+        config_args.profile = Some(args.default_profile().to_string());
+    }
+    let loaded = crate::cmd::config::load(cli, &config_args, &flags)?;
+    let config = &loaded.config;
+
+    let mut opts = LoadOptions::from_config(config);
+    let show_progress = !args.json && std::io::stderr().is_terminal();
+    let bar = progress_bar(show_progress);
+    opts.progress = bar.as_ref().map(|(_, f)| f.clone());
+
+    let mut manager = ModelManager::new();
+    let result = manager.load(model, &opts).map(LoadSummary::clone);
+    if let Some((bar, _)) = &bar {
+        bar.finish_and_clear();
+    }
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let err = anyhow::Error::new(e).context(format!("loading {model}"));
+            if args.json {
+                let out = json!({
+                    "model": model,
+                    "profile": config.profile,
+                    "ok": false,
+                    "error": format!("{err:#}"),
+                    "memory": {
+                        "before": snapshot_json(manager.memory().get("before_load")),
+                        "peak_rss_bytes": ProcessMemory::current().peak_rss_bytes,
+                    },
+                });
+                println!("{out}");
+            }
+            return Err(Failure::Runtime(err));
+        }
+    };
+    manager.unload();
+    let memory = manager.memory();
+    let peak = ProcessMemory::current().peak_rss_bytes;
+    let out = json!({
+        "model": summary.model,
+        "profile": config.profile,
+        "architecture": summary.architecture,
+        "device": summary.device,
+        "device_reason": summary.device_reason,
+        "weights": summary.weights,
+        "load_seconds": summary.load_seconds,
+        "parameters": summary.report.parameters,
+        "quantization": {
+            "policy": summary.policy.describe(),
+            "bytes_by_dtype": summary.report.bytes_by_dtype,
+            "tensors_by_dtype": summary.report.tensors_by_dtype,
+            "total_bytes": summary.report.total_bytes(),
+            "estimated_bytes": summary.estimate.total_bytes,
+            "fallback_tensors": summary.report.fallback_tensors,
+        },
+        "memory": {
+            "before": snapshot_json(memory.get("before_load")),
+            "after_load": snapshot_json(memory.get("after_load")),
+            "after_unload": snapshot_json(memory.get("after_unload")),
+            "peak_rss_bytes": peak,
+        },
+        "ok": true,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out).context("formatting JSON")?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}) loaded on {} from {} in {:.2} s",
+        summary.model, summary.architecture, summary.device, summary.weights, summary.load_seconds
+    );
+    println!("  device choice: {}", summary.device_reason);
+    println!("  policy: {}", summary.policy.describe());
+    println!(
+        "  parameters: {:.1} M, resident {} (estimate {})",
+        summary.report.parameters as f64 / 1e6,
+        mb(Some(summary.report.total_bytes())),
+        mb(Some(summary.estimate.total_bytes))
+    );
+    for (dtype, bytes) in &summary.report.bytes_by_dtype {
+        let n = summary.report.tensors_by_dtype.get(dtype).copied().unwrap_or(0);
+        println!("    {dtype:<5} {:>12}  ({n} tensors)", mb(Some(*bytes)));
+    }
+    if !summary.report.fallback_tensors.is_empty() {
+        println!(
+            "  {} linear weights kept in float (rows do not divide into blocks): {}",
+            summary.report.fallback_tensors.len(),
+            summary.report.fallback_tensors.join(", ")
+        );
+    }
+    if args.memory_stats {
+        print_block("Memory before load", memory.get("before_load"));
+        print_block("Memory after load", memory.get("after_load"));
+        print_block("Memory after unload", memory.get("after_unload"));
+        println!("Peak RSS: {}", mb(peak));
+    }
+    Ok(())
+}

@@ -1,0 +1,621 @@
+//! ByteTrack (Zhang et al., 2022): tracking by associating every detection box, high and low
+//! score, in two rounds.
+//!
+//! Per frame: (1) predict every tracked and lost track with its Kalman filter; (2) match
+//! high-score detections (`>= track_high_thresh`) to them by IoU fused with the detection
+//! score, optimal assignment, cost limit `match_threshold`; (3) match the remaining tracked
+//! tracks to low-score detections (`track_low_thresh < score < track_high_thresh`) by plain
+//! IoU (cost limit 0.5); unmatched tracked tracks become lost; (4) unconfirmed tracks (born
+//! last frame) take leftover high-score detections (cost limit 0.7) or are removed;
+//! (5) leftover detections scoring `>= new_track_thresh` start new tracks, confirmed when
+//! matched again on the next frame; (6) lost tracks are removed after
+//! `track_buffer * frame_rate / 30` frames without a match. Detections only match tracks of
+//! their own class.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::assignment::linear_assignment;
+use super::kalman::{bbox_to_xyah, KalmanBox};
+use crate::detect::Detection;
+use crate::error::{Result, VisionError};
+use crate::geometry::BBox;
+
+/// Tracker parameters (config section `tracker`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerParams {
+    /// Frames (at 30 fps) a lost track is kept before it is removed.
+    pub track_buffer: u32,
+    /// Cost limit of the first (high-score) association; cost = 1 - IoU x score.
+    pub match_threshold: f32,
+    /// Frame rate the buffer is scaled by: patience = `track_buffer * frame_rate / 30` frames.
+    pub frame_rate: f32,
+    /// Detections at or above this score are "high" (first round).
+    pub track_high_thresh: f32,
+    /// Detections above this score and below `track_high_thresh` are "low" (second round).
+    pub track_low_thresh: f32,
+    /// An unmatched high detection starts a track only at or above this score.
+    pub new_track_thresh: f32,
+}
+
+impl Default for TrackerParams {
+    fn default() -> Self {
+        Self {
+            track_buffer: 30,
+            match_threshold: 0.8,
+            frame_rate: 30.0,
+            track_high_thresh: 0.5,
+            track_low_thresh: 0.1,
+            new_track_thresh: 0.6,
+        }
+    }
+}
+
+impl TrackerParams {
+    /// Checks ranges; every later step relies on them.
+    pub fn validate(&self) -> Result<()> {
+        let unit = |name: &'static str, v: f32| {
+            if v.is_finite() && (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(VisionError::InvalidOption {
+                    name,
+                    value: v.to_string(),
+                    message: "must be in [0, 1]".to_string(),
+                })
+            }
+        };
+        unit("tracker.match_threshold", self.match_threshold)?;
+        unit("tracker.track_high_thresh", self.track_high_thresh)?;
+        unit("tracker.track_low_thresh", self.track_low_thresh)?;
+        unit("tracker.new_track_thresh", self.new_track_thresh)?;
+        if self.match_threshold == 0.0 {
+            return Err(VisionError::InvalidOption {
+                name: "tracker.match_threshold",
+                value: "0".to_string(),
+                message: "must be > 0".to_string(),
+            });
+        }
+        if self.track_low_thresh > self.track_high_thresh {
+            return Err(VisionError::InvalidOption {
+                name: "tracker.track_low_thresh",
+                value: self.track_low_thresh.to_string(),
+                message: format!("must be <= track_high_thresh ({})", self.track_high_thresh),
+            });
+        }
+        if !(self.frame_rate.is_finite() && self.frame_rate > 0.0) {
+            return Err(VisionError::InvalidOption {
+                name: "tracker.frame_rate",
+                value: self.frame_rate.to_string(),
+                message: "must be > 0".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Frames a lost track survives: `track_buffer * frame_rate / 30`, truncated.
+    pub fn max_time_lost(&self) -> u64 {
+        (self.frame_rate as f64 / 30.0 * self.track_buffer as f64) as u64
+    }
+}
+
+/// Lifecycle of a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackState {
+    /// Matched on its last frame.
+    Tracked,
+    /// Not matched recently; predicted forward, can be re-found.
+    Lost,
+    /// Finished: lost for longer than the buffer, or an unconfirmed track that was not matched.
+    Removed,
+}
+
+/// One point of a trajectory: the track's box centre at a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TrajectoryPoint {
+    /// Frame index.
+    pub frame: u64,
+    /// Frame timestamp.
+    pub timestamp: Duration,
+    /// Centre x, frame pixels.
+    pub x: f32,
+    /// Centre y, frame pixels.
+    pub y: f32,
+}
+
+/// A tracked object.
+#[derive(Debug, Clone)]
+pub struct Track {
+    /// Stable id, from 1.
+    pub id: u64,
+    /// Class of the detections it follows.
+    pub class_id: usize,
+    /// Lifecycle state.
+    pub state: TrackState,
+    /// Confirmed (matched on two consecutive frames, or born on the first frame).
+    pub confirmed: bool,
+    /// Score of the last matched detection.
+    pub score: f32,
+    /// Kalman filter state.
+    pub kalman: KalmanBox,
+    /// Tracker frame number (1-based count of `update` calls) of its birth.
+    pub start_frame: u64,
+    /// Tracker frame number of its last match.
+    pub last_frame: u64,
+    /// Frames it was matched (detections it absorbed).
+    pub hits: u32,
+    /// Centre points of every matched frame.
+    pub trajectory: Vec<TrajectoryPoint>,
+}
+
+impl Track {
+    /// The current box estimate.
+    pub fn bbox(&self) -> BBox {
+        self.kalman.bbox()
+    }
+
+    /// Frames since birth, counting the birth frame.
+    pub fn age(&self, current_frame: u64) -> u64 {
+        current_frame.saturating_sub(self.start_frame) + 1
+    }
+
+    fn push_point(&mut self, frame: u64, timestamp: Duration) {
+        let (x, y) = self.bbox().center();
+        self.trajectory.push(TrajectoryPoint {
+            frame,
+            timestamp,
+            x,
+            y,
+        });
+    }
+}
+
+/// A track's output for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TrackedObject {
+    /// Track id.
+    pub track_id: u64,
+    /// Class id.
+    pub class_id: usize,
+    /// Box (Kalman estimate after this frame's update).
+    pub bbox: BBox,
+    /// Score of the detection matched this frame.
+    pub score: f32,
+}
+
+/// The ByteTrack tracker. Feed it every analysed frame in order.
+#[derive(Debug)]
+pub struct ByteTracker {
+    params: TrackerParams,
+    frame_id: u64,
+    next_id: u64,
+    tracked: Vec<Track>,
+    lost: Vec<Track>,
+    finished: Vec<Track>,
+}
+
+/// Cost of pairing a track and a detection of different classes: never matched.
+const CLASS_MISMATCH: f64 = f64::INFINITY;
+const SECOND_MATCH_THRESH: f64 = 0.5;
+const UNCONFIRMED_MATCH_THRESH: f64 = 0.7;
+const DUPLICATE_IOU_DIST: f64 = 0.15;
+
+impl ByteTracker {
+    /// A tracker with validated parameters.
+    pub fn new(params: TrackerParams) -> Result<Self> {
+        params.validate()?;
+        Ok(Self {
+            params,
+            frame_id: 0,
+            next_id: 1,
+            tracked: Vec::new(),
+            lost: Vec::new(),
+            finished: Vec::new(),
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &TrackerParams {
+        &self.params
+    }
+
+    /// Tracks currently tracked (confirmed or not) and lost.
+    pub fn active_tracks(&self) -> impl Iterator<Item = &Track> {
+        self.tracked.iter().chain(self.lost.iter())
+    }
+
+    /// Removes and returns the tracks that finished since the last call.
+    pub fn take_finished(&mut self) -> Vec<Track> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Number of `update` calls so far.
+    pub fn frame_count(&self) -> u64 {
+        self.frame_id
+    }
+
+    /// Processes the detections of one frame; returns the confirmed tracks matched on it.
+    pub fn update(
+        &mut self,
+        frame_index: u64,
+        timestamp: Duration,
+        detections: &[Detection],
+    ) -> Vec<TrackedObject> {
+        self.frame_id += 1;
+        let fid = self.frame_id;
+        let p = &self.params;
+        let high: Vec<&Detection> = detections
+            .iter()
+            .filter(|d| d.score >= p.track_high_thresh)
+            .collect();
+        let low: Vec<&Detection> = detections
+            .iter()
+            .filter(|d| d.score > p.track_low_thresh && d.score < p.track_high_thresh)
+            .collect();
+
+        // Split tracked into confirmed and unconfirmed; the pool is confirmed + lost.
+        let (mut pool, mut unconfirmed): (Vec<Track>, Vec<Track>) =
+            std::mem::take(&mut self.tracked).into_iter().partition(|t| t.confirmed);
+        pool.append(&mut self.lost);
+        for t in pool.iter_mut() {
+            if t.state != TrackState::Tracked {
+                t.kalman.mean[7] = 0.0;
+            }
+            t.kalman.predict();
+        }
+        // Unconfirmed tracks are also predicted (ByteTrack predicts the whole pool and, via
+        // the shared list, nothing else; their box is compared as last updated).
+
+        let mut activated: Vec<Track> = Vec::new();
+        let mut lost_now: Vec<Track> = Vec::new();
+        let mut removed: Vec<Track> = Vec::new();
+
+        // Round 1: high-score detections vs the pool, IoU fused with score.
+        let cost = cost_matrix(&pool, &high, true);
+        let a = linear_assignment(&cost, high.len(), p.match_threshold as f64);
+        let mut pool_slots: Vec<Option<Track>> = pool.into_iter().map(Some).collect();
+        for &(ti, di) in &a.matches {
+            if let Some(mut t) = pool_slots[ti].take() {
+                apply_match(&mut t, high[di], fid, frame_index, timestamp);
+                activated.push(t);
+            }
+        }
+        let remaining_high: Vec<&Detection> = a.unmatched_cols.iter().map(|&i| high[i]).collect();
+
+        // Round 2: tracks still unmatched that were tracked last frame vs low-score detections.
+        let mut r_tracked: Vec<Track> = Vec::new();
+        for &ti in &a.unmatched_rows {
+            if let Some(t) = pool_slots[ti].take() {
+                if t.state == TrackState::Tracked {
+                    r_tracked.push(t);
+                } else {
+                    // Already lost: stays lost.
+                    lost_now.push(t);
+                }
+            }
+        }
+        let cost = cost_matrix(&r_tracked, &low, false);
+        let b = linear_assignment(&cost, low.len(), SECOND_MATCH_THRESH);
+        let mut r_slots: Vec<Option<Track>> = r_tracked.into_iter().map(Some).collect();
+        for &(ti, di) in &b.matches {
+            if let Some(mut t) = r_slots[ti].take() {
+                apply_match(&mut t, low[di], fid, frame_index, timestamp);
+                activated.push(t);
+            }
+        }
+        for mut t in r_slots.into_iter().flatten() {
+            t.state = TrackState::Lost;
+            lost_now.push(t);
+        }
+
+        // Round 3: unconfirmed tracks vs leftover high detections.
+        let cost = cost_matrix(&unconfirmed, &remaining_high, true);
+        let c = linear_assignment(&cost, remaining_high.len(), UNCONFIRMED_MATCH_THRESH);
+        let mut u_slots: Vec<Option<Track>> = unconfirmed.drain(..).map(Some).collect();
+        for &(ti, di) in &c.matches {
+            if let Some(mut t) = u_slots[ti].take() {
+                apply_match(&mut t, remaining_high[di], fid, frame_index, timestamp);
+                activated.push(t);
+            }
+        }
+        for mut t in u_slots.into_iter().flatten() {
+            t.state = TrackState::Removed;
+            removed.push(t);
+        }
+
+        // New tracks.
+        for &di in &c.unmatched_cols {
+            let d = remaining_high[di];
+            if d.score < p.new_track_thresh {
+                continue;
+            }
+            let mut t = Track {
+                id: self.next_id,
+                class_id: d.class_id,
+                state: TrackState::Tracked,
+                confirmed: fid == 1,
+                score: d.score,
+                kalman: KalmanBox::initiate(bbox_to_xyah(&d.bbox)),
+                start_frame: fid,
+                last_frame: fid,
+                hits: 1,
+                trajectory: Vec::new(),
+            };
+            self.next_id += 1;
+            t.push_point(frame_index, timestamp);
+            activated.push(t);
+        }
+
+        // Lost too long: removed.
+        let max_lost = p.max_time_lost();
+        let mut still_lost = Vec::new();
+        for mut t in lost_now {
+            if fid - t.last_frame > max_lost {
+                t.state = TrackState::Removed;
+                removed.push(t);
+            } else {
+                still_lost.push(t);
+            }
+        }
+
+        // Resolve near-duplicates between tracked and lost: keep the older one.
+        let (tracked, lost) = remove_duplicates(activated, still_lost, fid, &mut removed);
+        self.tracked = tracked;
+        self.lost = lost;
+        for t in &removed {
+            tracing::trace!(track = t.id, hits = t.hits, "track removed");
+        }
+        self.finished.extend(removed.into_iter().filter(|t| t.confirmed));
+
+        self.tracked
+            .iter()
+            .filter(|t| t.confirmed && t.last_frame == fid)
+            .map(|t| TrackedObject {
+                track_id: t.id,
+                class_id: t.class_id,
+                bbox: t.bbox(),
+                score: t.score,
+            })
+            .collect()
+    }
+
+    /// Ends the run: every remaining confirmed track is returned as finished.
+    pub fn finish(&mut self) -> Vec<Track> {
+        let mut all = self.take_finished();
+        all.extend(
+            self.tracked
+                .drain(..)
+                .chain(self.lost.drain(..))
+                .filter(|t| t.confirmed),
+        );
+        all
+    }
+}
+
+fn apply_match(t: &mut Track, d: &Detection, fid: u64, frame_index: u64, ts: Duration) {
+    t.kalman.update(bbox_to_xyah(&d.bbox));
+    if t.state != TrackState::Tracked {
+        tracing::debug!(track = t.id, lost_frames = fid - t.last_frame - 1, "track re-found");
+    }
+    t.state = TrackState::Tracked;
+    t.confirmed = true;
+    t.score = d.score;
+    t.last_frame = fid;
+    t.hits += 1;
+    t.push_point(frame_index, ts);
+}
+
+/// `1 - IoU` (times the detection score when `fuse_score`), infinite across classes.
+fn cost_matrix(tracks: &[Track], dets: &[&Detection], fuse_score: bool) -> Vec<Vec<f64>> {
+    tracks
+        .iter()
+        .map(|t| {
+            let tb = t.bbox();
+            dets.iter()
+                .map(|d| {
+                    if d.class_id != t.class_id {
+                        return CLASS_MISMATCH;
+                    }
+                    let mut sim = tb.iou(&d.bbox) as f64;
+                    if fuse_score {
+                        sim *= d.score as f64;
+                    }
+                    1.0 - sim
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn remove_duplicates(
+    tracked: Vec<Track>,
+    lost: Vec<Track>,
+    fid: u64,
+    removed: &mut Vec<Track>,
+) -> (Vec<Track>, Vec<Track>) {
+    let mut drop_t = vec![false; tracked.len()];
+    let mut drop_l = vec![false; lost.len()];
+    for (i, t) in tracked.iter().enumerate() {
+        for (j, l) in lost.iter().enumerate() {
+            if t.class_id == l.class_id
+                && 1.0 - (t.bbox().iou(&l.bbox()) as f64) < DUPLICATE_IOU_DIST
+            {
+                let t_age = fid - t.start_frame;
+                let l_age = fid - l.start_frame;
+                if t_age > l_age {
+                    drop_l[j] = true;
+                } else {
+                    drop_t[i] = true;
+                }
+            }
+        }
+    }
+    let mut keep_t = Vec::new();
+    for (t, d) in tracked.into_iter().zip(drop_t) {
+        if d {
+            let mut t = t;
+            t.state = TrackState::Removed;
+            removed.push(t);
+        } else {
+            keep_t.push(t);
+        }
+    }
+    let mut keep_l = Vec::new();
+    for (l, d) in lost.into_iter().zip(drop_l) {
+        if d {
+            let mut l = l;
+            l.state = TrackState::Removed;
+            removed.push(l);
+        } else {
+            keep_l.push(l);
+        }
+    }
+    (keep_t, keep_l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(x: f32, y: f32, score: f32) -> Detection {
+        Detection {
+            class_id: 0,
+            score,
+            bbox: BBox::new(x, y, x + 40.0, y + 100.0),
+        }
+    }
+
+    fn run(tracker: &mut ByteTracker, frames: &[Vec<Detection>]) -> Vec<Vec<TrackedObject>> {
+        frames
+            .iter()
+            .enumerate()
+            .map(|(i, d)| tracker.update(i as u64, Duration::from_millis(100 * i as u64), d))
+            .collect()
+    }
+
+    #[test]
+    fn two_walkers_keep_their_ids() {
+        let mut t = ByteTracker::new(TrackerParams::default()).unwrap();
+        let frames: Vec<Vec<Detection>> = (0..20)
+            .map(|i| {
+                let i = i as f32;
+                vec![det(100.0 + 3.0 * i, 50.0, 0.9), det(400.0 - 3.0 * i, 60.0, 0.8)]
+            })
+            .collect();
+        let out = run(&mut t, &frames);
+        assert_eq!(out[0].len(), 2, "first-frame tracks are confirmed at once");
+        let ids0: Vec<u64> = out[0].iter().map(|o| o.track_id).collect();
+        for o in &out {
+            let ids: Vec<u64> = o.iter().map(|o| o.track_id).collect();
+            assert_eq!(ids.len(), 2);
+            assert!(ids.iter().all(|i| ids0.contains(i)));
+        }
+        // Track 1 follows the walker going right.
+        let last = out[19].iter().find(|o| o.track_id == ids0[0]).unwrap();
+        assert!((last.bbox.x1 - (100.0 + 57.0)).abs() < 3.0, "{last:?}");
+        let tracks = t.finish();
+        assert_eq!(tracks.len(), 2);
+        assert!(tracks.iter().all(|tr| tr.hits == 20 && tr.trajectory.len() == 20));
+        assert_eq!(tracks[0].trajectory[19].timestamp, Duration::from_millis(1900));
+    }
+
+    #[test]
+    fn short_occlusion_keeps_the_id_and_long_one_ends_the_track() {
+        let params = TrackerParams {
+            track_buffer: 10,
+            frame_rate: 30.0,
+            ..TrackerParams::default()
+        };
+        let mut t = ByteTracker::new(params).unwrap();
+        // Moves 5 px/frame; hidden on frames 10..16 (6 frames), then visible again.
+        let frames: Vec<Vec<Detection>> = (0..25)
+            .map(|i| {
+                if (10..16).contains(&i) {
+                    vec![]
+                } else {
+                    vec![det(100.0 + 5.0 * i as f32, 50.0, 0.9)]
+                }
+            })
+            .collect();
+        let out = run(&mut t, &frames);
+        let id = out[0][0].track_id;
+        assert!(out[10..16].iter().all(|o| o.is_empty()));
+        assert_eq!(out[16].len(), 1);
+        assert_eq!(out[16][0].track_id, id, "same id after a 6-frame occlusion");
+        // Now hide for longer than the buffer (10 frames): a new id.
+        let mut later = Vec::new();
+        for i in 25..40 {
+            later.push(t.update(i, Duration::ZERO, &[]));
+        }
+        assert_eq!(t.take_finished().len(), 1, "removed after the buffer");
+        let o = t.update(40, Duration::ZERO, &[det(300.0, 50.0, 0.9)]);
+        assert!(o.is_empty(), "a new track is unconfirmed on its first frame");
+        let o = t.update(41, Duration::ZERO, &[det(302.0, 50.0, 0.9)]);
+        assert_eq!(o.len(), 1);
+        assert_ne!(o[0].track_id, id);
+    }
+
+    #[test]
+    fn low_score_boxes_continue_but_never_start_tracks() {
+        let mut t = ByteTracker::new(TrackerParams::default()).unwrap();
+        let mut out = Vec::new();
+        out.push(t.update(0, Duration::ZERO, &[det(100.0, 50.0, 0.9)]));
+        // The person's score drops to 0.3 (partly occluded): kept by round two.
+        for i in 1..6 {
+            out.push(t.update(i, Duration::ZERO, &[det(100.0 + i as f32, 50.0, 0.3)]));
+        }
+        assert!(out.iter().all(|o| o.len() == 1 && o[0].track_id == 1));
+        // A lone low-score box never starts a track; a 0.55 box (high, below new_track) neither.
+        let mut t = ByteTracker::new(TrackerParams::default()).unwrap();
+        for i in 0..5 {
+            assert!(t
+                .update(i, Duration::ZERO, &[det(10.0, 10.0, 0.3), det(300.0, 10.0, 0.55)])
+                .is_empty());
+        }
+        assert_eq!(t.active_tracks().count(), 0);
+    }
+
+    #[test]
+    fn classes_do_not_swap() {
+        let mut t = ByteTracker::new(TrackerParams::default()).unwrap();
+        let person = det(100.0, 50.0, 0.9);
+        let mut bag = det(100.0, 50.0, 0.9);
+        bag.class_id = 26;
+        let a = t.update(0, Duration::ZERO, &[person, bag]);
+        let b = t.update(1, Duration::ZERO, &[bag, person]);
+        let find = |v: &Vec<TrackedObject>, c: usize| v.iter().find(|o| o.class_id == c).unwrap().track_id;
+        assert_eq!(find(&a, 0), find(&b, 0));
+        assert_eq!(find(&a, 26), find(&b, 26));
+        assert_ne!(find(&a, 0), find(&a, 26));
+    }
+
+    #[test]
+    fn invalid_params_are_rejected() {
+        let e = ByteTracker::new(TrackerParams {
+            match_threshold: 1.5,
+            ..TrackerParams::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("match_threshold"), "{e}");
+        let e = ByteTracker::new(TrackerParams {
+            frame_rate: 0.0,
+            ..TrackerParams::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("frame_rate"), "{e}");
+        assert_eq!(TrackerParams::default().max_time_lost(), 30);
+        assert_eq!(
+            TrackerParams {
+                frame_rate: 10.0,
+                ..TrackerParams::default()
+            }
+            .max_time_lost(),
+            10
+        );
+    }
+}
