@@ -50,6 +50,12 @@ Examples:
   surveil test-model --qwen --weights dummy --memory-stats --json
   surveil test-model --git-base --weights dummy --set vlm.quant=q8_0 --set vlm.load_in_4bit=false")]
     TestSingleModel(TestModelArgs),
+    /// The model registry: what exists, what is in the cache, how big it is at each quantization.
+    Models {
+        /// What to do.
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Report the environment: CPU, memory, CUDA, ffmpeg, model and asset caches.
     #[command(after_help = "Examples:
   surveil doctor
@@ -94,6 +100,49 @@ pub struct ConfigShowArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
     /// Machine-readable output: the configuration as JSON (origins under `_origins`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `surveil models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List the registry with cache presence and the expected resident size per quantization.
+    #[command(after_help = "Examples:
+  surveil models list
+  surveil models list --json | jq '.models[] | {id, present}'")]
+    List(ModelsListArgs),
+    /// Write a dummy checkpoint (config.json + model.safetensors with random weights of the real
+    /// shapes), to measure loading from disk without the real weights.
+    #[command(after_help = "Examples:
+  surveil models synth qwen2-vl-2b-instruct --out /tmp/qwen2-vl-2b-dummy
+  surveil test-model --qwen --weights /tmp/qwen2-vl-2b-dummy --memory-stats")]
+    Synth(ModelsSynthArgs),
+}
+
+/// `surveil models list`
+#[derive(Debug, Args)]
+pub struct ModelsListArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `surveil models synth`
+#[derive(Debug, Args)]
+pub struct ModelsSynthArgs {
+    /// Model id.
+    pub id: String,
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Stored dtype: bf16 (like the published checkpoints), f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ConfigCommand};
+use cli::{Cli, Command, ConfigCommand, ModelsCommand};
 
 /// An error and the exit code it maps to.
 pub(crate) enum Failure {
@@ -42,6 +42,12 @@ fn main() -> ExitCode {
         } => cmd::config::show(&cli, args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::TestSingleModel(args) => cmd::test_model::run(&cli, args),
+        Command::Models {
+            command: ModelsCommand::List(args),
+        } => cmd::models::list(args),
+        Command::Models {
+            command: ModelsCommand::Synth(args),
+        } => cmd::models::synth(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -231,7 +231,7 @@ mod tests {
     use crate::units::GIB;
 
     fn estimate_of(bytes_f16: u64, policy: QuantPolicy) -> Estimate {
-        // One embedding (float under every policy) of the wanted size.
+        // One token embedding table (kept in the policy float type, f16 here) of the wanted size.
         let rows = (bytes_f16 / 2 / 1024) as usize;
         let shape = [rows, 1024];
         estimate_tensors([("model.embed_tokens.weight", &shape[..])], &policy)

@@ -67,6 +67,90 @@ impl ArchConfig {
         layout
     }
 
+    /// The config as a Hub-layout `config.json` (flat layout for Qwen2-VL), which
+    /// [`ArchConfig::from_file`] reads back to the same config.
+    pub fn hub_config_json(&self) -> serde_json::Value {
+        use crate::git::Activation;
+        let act = |a: Activation| match a {
+            Activation::Gelu => "gelu",
+            Activation::GeluNew => "gelu_new",
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        };
+        match self {
+            ArchConfig::Git(c) => {
+                let v = &c.vision_config;
+                serde_json::json!({
+                    "architectures": ["GitForCausalLM"],
+                    "model_type": "git",
+                    "vocab_size": c.vocab_size,
+                    "hidden_size": c.hidden_size,
+                    "num_hidden_layers": c.num_hidden_layers,
+                    "num_attention_heads": c.num_attention_heads,
+                    "intermediate_size": c.intermediate_size,
+                    "hidden_act": act(c.hidden_act),
+                    "max_position_embeddings": c.max_position_embeddings,
+                    "layer_norm_eps": c.layer_norm_eps,
+                    "position_embedding_type": c.position_embedding_type,
+                    "num_image_with_embedding": c.num_image_with_embedding,
+                    "tie_word_embeddings": c.tie_word_embeddings,
+                    "bos_token_id": c.bos_token_id,
+                    "eos_token_id": c.eos_token_id,
+                    "pad_token_id": c.pad_token_id,
+                    "vision_config": {
+                        "hidden_size": v.hidden_size,
+                        "intermediate_size": v.intermediate_size,
+                        "num_hidden_layers": v.num_hidden_layers,
+                        "num_attention_heads": v.num_attention_heads,
+                        "num_channels": v.num_channels,
+                        "image_size": v.image_size,
+                        "patch_size": v.patch_size,
+                        "hidden_act": act(v.hidden_act),
+                        "layer_norm_eps": v.layer_norm_eps,
+                    },
+                })
+            }
+            ArchConfig::Qwen2Vl(c) => {
+                let (t, v) = (&c.text, &c.vision);
+                serde_json::json!({
+                    "architectures": ["Qwen2VLForConditionalGeneration"],
+                    "model_type": "qwen2_vl",
+                    "vocab_size": t.vocab_size,
+                    "hidden_size": t.hidden_size,
+                    "intermediate_size": t.intermediate_size,
+                    "num_hidden_layers": t.num_hidden_layers,
+                    "num_attention_heads": t.num_attention_heads,
+                    "num_key_value_heads": t.num_key_value_heads,
+                    "rms_norm_eps": t.rms_norm_eps,
+                    "rope_theta": t.rope_theta,
+                    "max_position_embeddings": t.max_position_embeddings,
+                    "hidden_act": "silu",
+                    "rope_scaling": {"type": "mrope", "mrope_section": t.mrope_section},
+                    "tie_word_embeddings": c.tie_word_embeddings,
+                    "image_token_id": c.image_token_id,
+                    "video_token_id": c.video_token_id,
+                    "vision_start_token_id": c.vision_start_token_id,
+                    "vision_end_token_id": c.vision_end_token_id,
+                    "bos_token_id": c.bos_token_id,
+                    "eos_token_id": c.eos_token_ids.first(),
+                    "vision_config": {
+                        "depth": v.depth,
+                        "embed_dim": v.embed_dim,
+                        "num_heads": v.num_heads,
+                        "mlp_ratio": v.mlp_ratio,
+                        "in_chans": v.in_channels,
+                        "hidden_size": v.out_hidden_size,
+                        "patch_size": v.patch_size,
+                        "spatial_merge_size": v.spatial_merge_size,
+                        "temporal_patch_size": v.temporal_patch_size,
+                        "hidden_act": "quick_gelu",
+                    },
+                })
+            }
+        }
+    }
+
     /// Every tensor name and shape of a checkpoint with this config (Hub names).
     pub fn tensor_layout(&self) -> Vec<(String, Vec<usize>)> {
         match self {

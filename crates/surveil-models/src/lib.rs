@@ -14,6 +14,7 @@ pub mod qwen2_vl;
 pub mod manager;
 pub mod registry;
 pub mod source;
+pub mod synth;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -2,4 +2,5 @@
 
 pub mod config;
 pub mod doctor;
+pub mod models;
 pub mod test_model;

@@ -21,9 +21,10 @@ enum Expect {
     Q4K,
     /// Linear, row divides by 32 but not 256: 18 bytes per 32 weights.
     Q4_0,
-    /// Linear whose row divides by neither (float fallback), or a multi-dim float tensor: f16.
+    /// Linear whose row divides by neither (float fallback), or a token embedding table: the
+    /// policy's float type, f16.
     F16,
-    /// One-dimensional (norms, biases): f32.
+    /// Everything else (norms, biases, convolutions, position embeddings): f32.
     F32,
 }
 
@@ -41,7 +42,8 @@ impl Expect {
 
 /// Real shapes: a Qwen2-VL-2B decoder layer (hidden 1536, 2 KV heads of 128, MLP 8960; gate
 /// and up projections left out to keep the file small), its vision patch embedding, a Kimi-VL
-/// MoonViT block (hidden 1152, MLP 4304) and DeepSeek-V3-style MoE pieces (hidden 2048).
+/// MoonViT block (hidden 1152, MLP 4304), DeepSeek-V3-style MoE pieces (hidden 2048) and the
+/// GIT-base token embedding table (30522 × 768).
 fn real_shaped_tensors() -> Vec<(&'static str, Vec<usize>, Expect, bool)> {
     // (name, shape, expected storage, is a linear that falls back to float)
     vec![
@@ -108,7 +110,7 @@ fn real_shaped_tensors() -> Vec<(&'static str, Vec<usize>, Expect, bool)> {
         (
             "visual.patch_embed.proj.weight",
             vec![1280, 3, 2, 14, 14],
-            Expect::F16,
+            Expect::F32,
             false,
         ),
         (
@@ -150,7 +152,19 @@ fn real_shaped_tensors() -> Vec<(&'static str, Vec<usize>, Expect, bool)> {
         (
             "vision_tower.patch_embed.pos_emb.weight",
             vec![64, 64, 1152],
+            Expect::F32,
+            false,
+        ),
+        (
+            "git.embeddings.word_embeddings.weight",
+            vec![30522, 768],
             Expect::F16,
+            false,
+        ),
+        (
+            "git.embeddings.position_embeddings.weight",
+            vec![1024, 768],
+            Expect::F32,
             false,
         ),
         (
@@ -256,11 +270,11 @@ fn estimate_of_real_shaped_file_matches_independent_sum() {
     assert_eq!(est.float_fallbacks[0].shape, vec![1152, 4304]);
     assert_eq!(est.float_fallbacks[0].storage, StorageDtype::F16);
 
-    // Unquantized bf16: every multi-dim tensor at 2 bytes, 1-D ones at 4.
+    // Unquantized bf16: linear weights and tables at 2 bytes, the rest stays f32.
     let plain = estimate_checkpoint(&path, &QuantPolicy::unquantized(StorageDtype::Bf16)).unwrap();
     let expected_plain: u64 = table
         .iter()
-        .map(|(_, s, _, _)| numel(s) as u64 * if s.len() == 1 { 4 } else { 2 })
+        .map(|(_, s, e, _)| numel(s) as u64 * if *e == Expect::F32 { 4 } else { 2 })
         .sum();
     assert_eq!(plain.total_bytes, expected_plain);
     assert!(plain.float_fallbacks.is_empty());

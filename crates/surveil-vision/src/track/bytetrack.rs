@@ -266,8 +266,8 @@ impl ByteTracker {
             }
             t.kalman.predict();
         }
-        // Unconfirmed tracks are also predicted (ByteTrack predicts the whole pool and, via
-        // the shared list, nothing else; their box is compared as last updated).
+        // Unconfirmed tracks are not predicted (as in ByteTrack): born on the previous frame
+        // with zero velocity, they are compared at their birth box.
 
         let mut activated: Vec<Track> = Vec::new();
         let mut lost_now: Vec<Track> = Vec::new();

@@ -1,0 +1,140 @@
+//! `surveil models list` and `surveil models synth`.
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use serde_json::json;
+use surveil_config::paths::hf_hub_cache;
+use surveil_config::Quant;
+use surveil_memory::estimate_tensors;
+use surveil_models::arch::ArchConfig;
+use surveil_models::manager::policy_for;
+use surveil_models::registry::{self, REGISTRY};
+
+use crate::cli::{ModelsListArgs, ModelsSynthArgs};
+use crate::Failure;
+
+const QUANTS: [Quant; 5] = [Quant::Q4k, Quant::Q4_0, Quant::Q8_0, Quant::Bf16, Quant::F32];
+
+/// `surveil models list`
+pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
+    let hub = hf_hub_cache();
+    let mut rows = Vec::new();
+    for spec in REGISTRY {
+        let snapshot = spec.cached_snapshot(&hub);
+        let sizes: serde_json::Map<String, serde_json::Value> = match ArchConfig::full_size(spec) {
+            Ok(cfg) => {
+                let layout = cfg.resident_layout();
+                QUANTS
+                    .iter()
+                    .map(|q| {
+                        let e = estimate_tensors(
+                            layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
+                            &policy_for(*q),
+                        );
+                        (q.name().to_string(), json!(e.total_bytes))
+                    })
+                    .collect()
+            }
+            Err(_) => serde_json::Map::new(),
+        };
+        rows.push(json!({
+            "id": spec.id,
+            "hf_repo": spec.hf_repo,
+            "architecture": spec.architecture.name(),
+            "implemented": !sizes.is_empty(),
+            "parameters": spec.parameters,
+            "present": snapshot.is_some(),
+            "snapshot": snapshot.map(|p| p.display().to_string()),
+            "expected_bytes": sizes,
+            "generation": spec.generation,
+        }));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"hf_cache": hub.display().to_string(), "models": rows}))
+                .context("formatting JSON")?
+        );
+        return Ok(());
+    }
+    println!("Hugging Face cache: {}", hub.display());
+    println!(
+        "{:<27} {:<9} {:>8}  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "id", "arch", "params", "cache", "q4k", "q4_0", "q8_0", "bf16", "f32"
+    );
+    for r in &rows {
+        let size = |q: &str| {
+            r["expected_bytes"][q]
+                .as_u64()
+                .map(|b| format!("{:.2} GB", b as f64 / 1e9))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<27} {:<9} {:>7.2}B  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            r["id"].as_str().unwrap_or_default(),
+            r["architecture"].as_str().unwrap_or_default(),
+            r["parameters"].as_u64().unwrap_or(0) as f64 / 1e9,
+            if r["present"] == true { "present" } else { "missing" },
+            size("q4k"),
+            size("q4_0"),
+            size("q8_0"),
+            size("bf16"),
+            size("f32"),
+        );
+    }
+    println!("\nSizes are what the loader makes resident (weights only), from the architecture's tensor layout;");
+    println!("`-` marks architectures this build does not implement.");
+    Ok(())
+}
+
+/// `surveil models synth`
+pub fn synth(args: &ModelsSynthArgs) -> Result<(), Failure> {
+    let spec = registry::find(&args.id).ok_or_else(|| {
+        Failure::Usage(anyhow::anyhow!(
+            "unknown model id `{}`; known ids: {}",
+            args.id,
+            registry::ids().join(", ")
+        ))
+    })?;
+    let dtype = match args.dtype.as_str() {
+        "bf16" => candle_core::DType::BF16,
+        "f16" => candle_core::DType::F16,
+        "f32" => candle_core::DType::F32,
+        other => {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--dtype {other}: allowed values: bf16, f16, f32"
+            )))
+        }
+    };
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("writing {bar:30} {pos}/{len} tensors ({elapsed})") {
+            b.set_style(style);
+        }
+        b
+    });
+    let report = surveil_models::synth::write_dummy_checkpoint(spec, &args.out, dtype, args.seed, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    })
+    .with_context(|| format!("writing a dummy {} checkpoint to {}", spec.id, args.out.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report).context("formatting JSON")?);
+    } else {
+        println!(
+            "wrote {} tensors ({:.1} M parameters, {:.2} GB) to {}",
+            report.tensors,
+            report.parameters as f64 / 1e6,
+            report.file_bytes as f64 / 1e9,
+            report.dir.display()
+        );
+        println!("load it with: surveil test-model --model {} --weights {}", spec.id, report.dir.display());
+    }
+    Ok(())
+}
