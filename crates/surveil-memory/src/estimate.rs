@@ -33,7 +33,11 @@ pub struct TensorPlan {
 impl TensorPlan {
     /// The plan for one tensor under `policy`: the same decision the loader makes.
     pub fn for_tensor(name: &str, shape: &[usize], policy: &QuantPolicy) -> TensorPlan {
-        let role = TensorRole::guess(name, shape);
+        Self::with_role(TensorRole::guess(name, shape), shape, policy)
+    }
+
+    /// The plan for a tensor whose role the caller knows (an architecture's own layout).
+    pub fn with_role(role: TensorRole, shape: &[usize], policy: &QuantPolicy) -> TensorPlan {
         let storage = policy.storage_for(role, shape);
         TensorPlan {
             role,
@@ -129,6 +133,20 @@ pub fn estimate_tensors<'a, I>(tensors: I, policy: &QuantPolicy) -> Estimate
 where
     I: IntoIterator<Item = (&'a str, &'a [usize])>,
 {
+    estimate_with_roles(
+        tensors
+            .into_iter()
+            .map(|(name, shape)| (name, shape, TensorRole::guess(name, shape))),
+        policy,
+    )
+}
+
+/// Estimates `(name, shape, role)` triples: what an architecture declares it will make
+/// resident, roles included (e.g. a tied token table stored once as a quantized matrix).
+pub fn estimate_with_roles<'a, I>(tensors: I, policy: &QuantPolicy) -> Estimate
+where
+    I: IntoIterator<Item = (&'a str, &'a [usize], TensorRole)>,
+{
     let mut estimate = Estimate {
         policy: *policy,
         total_bytes: 0,
@@ -139,8 +157,8 @@ where
         float_fallbacks: Vec::new(),
         runtime: None,
     };
-    for (name, shape) in tensors {
-        let plan = TensorPlan::for_tensor(name, shape, policy);
+    for (name, shape, role) in tensors {
+        let plan = TensorPlan::with_role(role, shape, policy);
         estimate.tensor_count += 1;
         estimate.total_bytes = estimate.total_bytes.saturating_add(plan.bytes);
         let totals = estimate.by_dtype.entry(plan.storage).or_default();

@@ -22,6 +22,7 @@ pub enum StorageDtype {
     /// 4-bit blocks of 32 weights with one f16 scale: 18 bytes per block.
     Q4_0,
     /// 4-bit k-quant super-blocks of 256 weights: 144 bytes per block.
+    #[serde(rename = "q4k")]
     Q4K,
 }
 

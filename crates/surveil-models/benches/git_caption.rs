@@ -41,7 +41,10 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--runs" => args.runs = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.runs),
             "--tokens" => {
-                args.tokens = it.next().and_then(|v| v.parse().ok()).unwrap_or(args.tokens)
+                args.tokens = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(args.tokens)
             }
             "--image" => {
                 if let Some(p) = it.next() {

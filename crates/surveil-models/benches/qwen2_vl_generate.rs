@@ -128,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("tokenizer unavailable ({e}); using synthetic ids");
             let mut ids: Vec<u32> = (1000..1030).collect();
             ids.push(cfg.vision_start_token_id);
-            ids.extend(std::iter::repeat(cfg.image_token_id).take(grid.merged_tokens(merge)));
+            ids.extend(std::iter::repeat_n(cfg.image_token_id, grid.merged_tokens(merge)));
             ids.push(cfg.vision_end_token_id);
             ids.extend(2000..2028);
             ids

@@ -27,7 +27,7 @@ fn main() {
         let img = model.image_embeddings(&px).unwrap();
         let t1 = Instant::now();
         let c1 = cpu();
-        let mut cache = model.new_cache();
+        let mut cache = model.new_cache(20);
         let ids = Tensor::new(&[[101u32]], &Device::Cpu).unwrap();
         let _ = model.prefill(&img, &ids, &mut cache).unwrap();
         let t2 = Instant::now();

@@ -16,6 +16,8 @@ use crate::{ModelError, Result};
 /// OpenAI CLIP channel means (RGB), as used by CLIP, GIT and Qwen2-VL processors.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP channel standard deviations (RGB).
+// The digits are the published constants as processor configs write them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Fractional bits of Pillow's fixed-point resampling coefficients (`32 - 8 - 2`).
@@ -234,7 +236,11 @@ mod tests {
 
     fn gradient(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([(x * 7 % 256) as u8, (y * 13 % 256) as u8, ((x + y) * 3 % 256) as u8])
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 13 % 256) as u8,
+                ((x + y) * 3 % 256) as u8,
+            ])
         })
     }
 
@@ -261,7 +267,10 @@ mod tests {
             for xx in 0..o {
                 let (_, taps) = c.taps(xx);
                 let sum: i32 = taps.iter().sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() <= taps.len() as i32, "{i}->{o}");
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= taps.len() as i32,
+                    "{i}->{o}"
+                );
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 use surveil_config::{Device as DeviceChoice, Quant, SystemConfig, WeightsSpec};
 use surveil_memory::{
-    estimate_tensors, fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPolicy, StorageDtype,
+    fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPolicy, StorageDtype,
 };
 
 use crate::arch::{ArchConfig, LoadedModel};
@@ -351,11 +351,7 @@ pub fn load_model(id: &str, opts: &LoadOptions) -> Result<(LoadedModel, LoadSumm
         }
     };
     let policy = policy_for(opts.quant);
-    let layout = cfg.resident_layout();
-    let estimate = estimate_tensors(
-        layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
-        &policy,
-    );
+    let estimate = cfg.estimate(&policy);
     let (device, device_reason, fit) = candle_device(opts.device, &estimate)?;
     if let Fit::DoesNotFit { message, .. } = &fit {
         return Err(ModelError::DoesNotFit(format!("{id}: {message}")));

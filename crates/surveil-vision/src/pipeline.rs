@@ -44,21 +44,29 @@ impl Default for PipelineOptions {
 }
 
 /// Total time per stage of a run.
+/// Durations serialize as seconds (f64).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct StageTimings {
     /// Decoding thread inside the source (runs in parallel with analysis).
+    #[serde(serialize_with = "secs")]
     pub decode: Duration,
     /// Analysis loop waiting for frames (decoding was the bottleneck for this long).
+    #[serde(serialize_with = "secs")]
     pub queue_wait: Duration,
     /// Detector pre-processing (letterbox, input tensor).
+    #[serde(serialize_with = "secs")]
     pub preprocess: Duration,
     /// Detector forward pass.
+    #[serde(serialize_with = "secs")]
     pub forward: Duration,
     /// Detector post-processing (decode, NMS).
+    #[serde(serialize_with = "secs")]
     pub postprocess: Duration,
     /// Tracker updates.
+    #[serde(serialize_with = "secs")]
     pub track: Duration,
     /// Writing JSONL and the per-frame hook.
+    #[serde(serialize_with = "secs")]
     pub output: Duration,
 }
 
@@ -86,6 +94,7 @@ pub struct RunSummary {
     /// JSONL lines written.
     pub lines_written: u64,
     /// Wall-clock time of the run.
+    #[serde(serialize_with = "secs")]
     pub wall_time: Duration,
     /// Analysed frames per wall-clock second.
     pub analysed_fps: f64,
@@ -312,4 +321,8 @@ pub fn run_detect_track(
         "run finished"
     );
     Ok(summary)
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }

@@ -6,7 +6,6 @@ use anyhow::Context;
 use serde_json::json;
 use surveil_config::paths::hf_hub_cache;
 use surveil_config::Quant;
-use surveil_memory::estimate_tensors;
 use surveil_models::arch::ArchConfig;
 use surveil_models::manager::policy_for;
 use surveil_models::registry::{self, REGISTRY};
@@ -24,16 +23,9 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
         let snapshot = spec.cached_snapshot(&hub);
         let sizes: serde_json::Map<String, serde_json::Value> = match ArchConfig::full_size(spec) {
             Ok(cfg) => {
-                let layout = cfg.resident_layout();
                 QUANTS
                     .iter()
-                    .map(|q| {
-                        let e = estimate_tensors(
-                            layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
-                            &policy_for(*q),
-                        );
-                        (q.name().to_string(), json!(e.total_bytes))
-                    })
+                    .map(|q| (q.name().to_string(), json!(cfg.estimate(&policy_for(*q)).total_bytes)))
                     .collect()
             }
             Err(_) => serde_json::Map::new(),

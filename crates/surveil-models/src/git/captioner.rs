@@ -19,7 +19,9 @@ pub struct GitTokenizer {
 
 impl std::fmt::Debug for GitTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitTokenizer").field("path", &self.path).finish()
+        f.debug_struct("GitTokenizer")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -31,7 +33,9 @@ impl GitTokenizer {
             reason,
         };
         if !path.is_file() {
-            return Err(err("file not found (run scripts/setup.sh to fetch it)".into()));
+            return Err(err(
+                "file not found (run scripts/setup.sh to fetch it)".into()
+            ));
         }
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);

@@ -234,7 +234,8 @@ impl GitConfig {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        cfg.validate().map_err(|reason| ModelError::Config { path, reason })?;
+        cfg.validate()
+            .map_err(|reason| ModelError::Config { path, reason })?;
         Ok(cfg)
     }
 
@@ -259,19 +260,19 @@ impl GitConfig {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("`{key}` must be positive"));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "`vision_config.hidden_size` {} is not a multiple of `vision_config.num_attention_heads` {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "`vision_config.image_size` {} is not a multiple of `vision_config.patch_size` {}",
                 v.image_size, v.patch_size
@@ -294,7 +295,10 @@ impl GitConfig {
             ("pad_token_id", self.pad_token_id),
         ] {
             if id as usize >= self.vocab_size {
-                return Err(format!("`{key}` {id} is outside the vocabulary ({})", self.vocab_size));
+                return Err(format!(
+                    "`{key}` {id} is outside the vocabulary ({})",
+                    self.vocab_size
+                ));
             }
         }
         Ok(())
@@ -312,8 +316,9 @@ mod tests {
 
     #[test]
     fn missing_keys_take_git_base_defaults() {
-        let cfg = GitConfig::from_json(r#"{"model_type": "git", "architectures": ["GitForCausalLM"]}"#)
-            .unwrap();
+        let cfg =
+            GitConfig::from_json(r#"{"model_type": "git", "architectures": ["GitForCausalLM"]}"#)
+                .unwrap();
         assert_eq!(cfg, git_base_coco_config());
         assert_eq!(cfg.num_image_tokens(), 197);
     }
@@ -321,7 +326,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let err = GitConfig::from_json(r#"{"num_image_with_embedding": 6}"#).unwrap_err();
-        assert!(err.to_string().contains("num_image_with_embedding"), "{err}");
+        assert!(
+            err.to_string().contains("num_image_with_embedding"),
+            "{err}"
+        );
         let err = GitConfig::from_json(r#"{"hidden_size": 100}"#).unwrap_err();
         assert!(err.to_string().contains("num_attention_heads"), "{err}");
         let err = GitConfig::from_json(r#"{"vision_config": {"image_size": 100}}"#).unwrap_err();
@@ -330,7 +338,8 @@ mod tests {
         assert!(err.to_string().contains("mish"), "{err}");
         let err = GitConfig::from_json(r#"{"eos_token_id": 40000}"#).unwrap_err();
         assert!(err.to_string().contains("eos_token_id"), "{err}");
-        let err = GitConfig::from_json(r#"{"position_embedding_type": "relative_key"}"#).unwrap_err();
+        let err =
+            GitConfig::from_json(r#"{"position_embedding_type": "relative_key"}"#).unwrap_err();
         assert!(err.to_string().contains("relative_key"), "{err}");
     }
 }

@@ -3,10 +3,12 @@
 //! `[image tokens, text tokens]` with GIT's mask, and a key/value cache.
 
 use candle_core::{Device, Tensor};
+use candle_nn::kv_cache::KvCache;
 
 use super::config::{Activation, GitConfig};
-use super::ops::{activate, attention, merge_heads, split_heads};
+use super::linear::FusedLinear;
 use super::ops::LayerNorm;
+use super::ops::{activate, attention, merge_heads, split_qkv};
 use crate::nn::{Embedding, Linear};
 use crate::weights::Weights;
 use crate::{ModelError, Result};
@@ -95,9 +97,8 @@ impl TextEmbeddings {
 /// One post-LN BERT layer (`git.encoder.layer.N`).
 #[derive(Debug, Clone)]
 pub(crate) struct DecoderLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// `query`, `key`, `value` as one matmul.
+    qkv: FusedLinear,
     attn_dense: Linear,
     attn_norm: LayerNorm,
     intermediate: Linear,
@@ -116,9 +117,7 @@ impl DecoderLayer {
         let sa = w.pp("attention.self");
         let ao = w.pp("attention.output");
         Ok(Self {
-            query: sa.linear(h, h, true, "query")?,
-            key: sa.linear(h, h, true, "key")?,
-            value: sa.linear(h, h, true, "value")?,
+            qkv: FusedLinear::load(&sa, h, &[("query", h), ("key", h), ("value", h)], true)?,
             attn_dense: ao.linear(h, h, true, "dense")?,
             attn_norm: LayerNorm::load(&ao.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
             intermediate: w.pp("intermediate").linear(h, i, true, "dense")?,
@@ -136,41 +135,44 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        kv: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let q = split_heads(&self.query.forward(x)?, self.heads)?;
-        let mut k = split_heads(&self.key.forward(x)?, self.heads)?;
-        let mut v = split_heads(&self.value.forward(x)?, self.heads)?;
-        if let Some(slot) = kv {
-            if let Some((pk, pv)) = slot.take() {
-                k = Tensor::cat(&[&pk, &k], 2)?;
-                v = Tensor::cat(&[&pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
+        let (q, mut k, mut v) = split_qkv(&self.qkv.forward(x)?, self.heads)?;
+        if let Some(cache) = kv {
+            (k, v) = cache.append(&k, &v)?;
         }
         let a = merge_heads(&attention(&q, &k, &v, mask, self.scale)?)?;
-        let x = self.attn_norm.forward(&(self.attn_dense.forward(&a)? + x)?)?;
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_dense.forward(&a)? + x)?)?;
         let h = activate(&self.intermediate.forward(&x)?, self.act)?;
-        self.output_norm.forward(&(self.output_dense.forward(&h)? + x)?)
+        self.output_norm
+            .forward(&(self.output_dense.forward(&h)? + x)?)
     }
 }
 
 /// Keys and values of every decoder layer for the positions processed so far: the image tokens
-/// (they attend only to each other, so they never change) followed by the text tokens.
-#[derive(Debug, Clone, Default)]
+/// (they attend only to each other, so they never change) followed by the text tokens. Buffers
+/// are preallocated for a capacity and grow when it is exceeded.
+#[derive(Debug)]
 pub struct GitCache {
-    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) layers: Vec<KvCache>,
     pub(crate) image_tokens: usize,
     pub(crate) text_tokens: usize,
     pub(crate) batch: usize,
 }
 
 impl GitCache {
-    /// An empty cache for a decoder of `layers` layers.
-    pub fn new(layers: usize) -> Self {
+    /// An empty cache for a decoder of `layers` layers, with room for `capacity` positions
+    /// (image + text) before it has to grow.
+    pub fn new(layers: usize, capacity: usize) -> Self {
         Self {
-            layers: vec![None; layers],
-            ..Self::default()
+            layers: (0..layers)
+                .map(|_| KvCache::new(2, capacity.max(1)))
+                .collect(),
+            image_tokens: 0,
+            text_tokens: 0,
+            batch: 0,
         }
     }
 
@@ -241,7 +243,11 @@ mod tests {
         // one new text token after a cache: sees everything
         assert!(decoder_mask(7, 0, 1, &Device::Cpu).unwrap().is_none());
         // two new text tokens after a cache: causal between them
-        let m: Vec<Vec<f32>> = decoder_mask(3, 0, 2, &Device::Cpu).unwrap().unwrap().to_vec2().unwrap();
+        let m: Vec<Vec<f32>> = decoder_mask(3, 0, 2, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, 0.0, ninf]);
         assert_eq!(m[1], vec![0.0; 5]);
     }

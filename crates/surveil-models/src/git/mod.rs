@@ -17,6 +17,7 @@
 mod captioner;
 mod config;
 mod decoder;
+mod linear;
 mod model;
 mod ops;
 mod processor;

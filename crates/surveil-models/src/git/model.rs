@@ -6,9 +6,10 @@ use candle_core::{DType, Tensor};
 
 use super::config::GitConfig;
 use super::decoder::{decoder_layout, decoder_mask, DecoderLayer, GitCache, TextEmbeddings};
+use super::linear::FusedLinear;
+use super::ops::LayerNorm;
 use super::vision::{vision_layout, VisionTransformer};
 use crate::generation::TokenSampler;
-use super::ops::LayerNorm;
 use crate::nn::Linear;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
@@ -27,7 +28,24 @@ pub struct GitModel {
     projection_norm: LayerNorm,
     embeddings: TextEmbeddings,
     layers: Vec<DecoderLayer>,
-    output: Linear,
+    output: OutputHead,
+}
+
+/// The language-model head: its own `output.weight` (row-padded for the tiled kernels) or the
+/// tied word embeddings.
+#[derive(Debug, Clone)]
+enum OutputHead {
+    Own(FusedLinear),
+    Tied(Linear),
+}
+
+impl OutputHead {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            OutputHead::Own(l) => l.forward(x),
+            OutputHead::Tied(l) => l.forward(x),
+        }
+    }
 }
 
 impl GitModel {
@@ -80,9 +98,17 @@ impl GitModel {
                 DType::F16 => QMatMul::TensorF16(table.clone()),
                 _ => QMatMul::Tensor(table.to_dtype(DType::F32)?),
             };
-            Linear::new(weight, Some(w.get(&[cfg.vocab_size], "output.bias")?))
+            OutputHead::Tied(Linear::new(
+                weight,
+                Some(w.get(&[cfg.vocab_size], "output.bias")?),
+            ))
         } else {
-            w.linear(h, cfg.vocab_size, true, "output")?
+            OutputHead::Own(FusedLinear::load(
+                w,
+                h,
+                &[("output", cfg.vocab_size)],
+                true,
+            )?)
         };
         tracing::debug!(tensors = w.report().tensors_loaded, "git loaded");
         Ok(Self {
@@ -132,9 +158,10 @@ impl GitModel {
         self.output.forward(&hidden)
     }
 
-    /// A fresh key/value cache for [`Self::prefill`] / [`Self::step`].
-    pub fn new_cache(&self) -> GitCache {
-        GitCache::new(self.layers.len())
+    /// A fresh key/value cache for [`Self::prefill`] / [`Self::step`], with room for the image
+    /// tokens and `text_tokens` text positions (it grows beyond that if needed).
+    pub fn new_cache(&self, text_tokens: usize) -> GitCache {
+        GitCache::new(self.layers.len(), self.num_image_tokens() + text_tokens)
     }
 
     /// Start decoding: run the image tokens `image_embeds` `[B, n_img, hidden]` (from
@@ -285,7 +312,11 @@ impl GitModel {
         // The last new token is never fed back, so the text may grow to max_positions + 1.
         let room = max_positions + 1 - prompt_ids.len();
         if max_new_tokens > room {
-            tracing::warn!(max_new_tokens, room, "max_new_tokens capped by max_position_embeddings");
+            tracing::warn!(
+                max_new_tokens,
+                room,
+                "max_new_tokens capped by max_position_embeddings"
+            );
         }
         let max_new_tokens = max_new_tokens.min(room);
         let b = image.dim(0)?;
@@ -298,7 +329,7 @@ impl GitModel {
         if max_new_tokens == 0 {
             return Ok(out);
         }
-        let mut cache = self.new_cache();
+        let mut cache = self.new_cache(prompt_ids.len() + max_new_tokens);
         let mut logits = self.prefill(image, &prompt, &mut cache)?;
         let mut done = vec![false; b];
         // Finished sequences keep the batch in step by feeding this token; outputs are ignored.

@@ -103,7 +103,11 @@ impl CustomOp1 for ActivationOp {
         "git-activation"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout)?;
         let mut dst = vec![0f32; src.len()];
         let row = 4096.min(src.len().max(1));
@@ -147,8 +151,16 @@ impl LayerNorm {
     /// Normalise over the last dimension.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
-            return Ok(x.apply_op3_no_bwd(&self.weight, &self.bias, &LayerNormOp { eps: self.eps })?);
+            let x = if x.is_contiguous() {
+                x.clone()
+            } else {
+                x.contiguous()?
+            };
+            return Ok(x.apply_op3_no_bwd(
+                &self.weight,
+                &self.bias,
+                &LayerNormOp { eps: self.eps },
+            )?);
         }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -181,7 +193,11 @@ impl CustomOp3 for LayerNormOp {
         let bias = contiguous_f32(s3, l3)?;
         let dim = l1.shape().dims().last().copied().unwrap_or(0);
         if dim == 0 || weight.len() != dim || bias.len() != dim {
-            candle_core::bail!("layer norm: last dim {dim}, weight {}, bias {}", weight.len(), bias.len());
+            candle_core::bail!(
+                "layer norm: last dim {dim}, weight {}, bias {}",
+                weight.len(),
+                bias.len()
+            );
         }
         let eps = self.eps as f32;
         let mut dst = vec![0f32; src.len()];
@@ -217,10 +233,16 @@ pub(crate) fn attention(
     Ok(probs.matmul(v)?)
 }
 
-/// `[B, L, heads·d]` → `[B, heads, L, d]` (contiguous).
-pub(crate) fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, l, hd) = x.dims3()?;
-    Ok(x.reshape((b, l, heads, hd / heads))?.transpose(1, 2)?.contiguous()?)
+/// A fused q/k/v projection `[B, L, 3·heads·d]` → q, k, v as `[B, heads, L, d]`, contiguous,
+/// with one copy.
+pub(crate) fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, three_hd) = qkv.dims3()?;
+    let d = three_hd / (3 * heads);
+    let all = qkv
+        .reshape((b, l, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    Ok((all.get(0)?, all.get(1)?, all.get(2)?))
 }
 
 /// `[B, heads, L, d]` → `[B, L, heads·d]` (contiguous).
@@ -239,9 +261,7 @@ mod tests {
         let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
         let t = Tensor::new(&xs[..], &Device::Cpu).unwrap();
         let get = |a| activate(&t, a).unwrap().to_vec1::<f32>().unwrap();
-        let erf_gelu = |x: f32| {
-            0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))
-        };
+        let erf_gelu = |x: f32| 0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2));
         for (i, &x) in xs.iter().enumerate() {
             let quick = x as f64 / (1.0 + (-1.702 * x as f64).exp());
             assert!((get(Activation::QuickGelu)[i] as f64 - quick).abs() < 1e-6);
@@ -308,7 +328,10 @@ mod tests {
     fn masked_keys_get_no_weight() {
         let dev = Device::Cpu;
         let q = Tensor::ones((1, 1, 2, 4), candle_core::DType::F32, &dev).unwrap();
-        let k = Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((1, 1, 3, 4)).unwrap();
+        let k = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((1, 1, 3, 4))
+            .unwrap();
         let v = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [5.0, 5.0]], &dev)
             .unwrap()
             .reshape((1, 1, 3, 2))

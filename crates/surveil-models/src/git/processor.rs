@@ -191,7 +191,11 @@ impl ClipProcessor {
             let cropped = self.resize_and_crop(img)?;
             data.extend(normalize_chw(&cropped, self.cfg.mean, self.cfg.std));
         }
-        Ok(Tensor::from_vec(data, (imgs.len(), 3, ch, cw), &self.device)?)
+        Ok(Tensor::from_vec(
+            data,
+            (imgs.len(), 3, ch, cw),
+            &self.device,
+        )?)
     }
 }
 
@@ -229,7 +233,13 @@ mod tests {
         let img = RgbImage::from_pixel(50, 40, image::Rgb([10, 20, 30]));
         let t = p.preprocess_batch(&[img.clone(), img]).unwrap();
         assert_eq!(t.dims(), &[2, 3, 32, 32]);
-        let first: f32 = t.flatten_all().unwrap().get(0).unwrap().to_scalar().unwrap();
+        let first: f32 = t
+            .flatten_all()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         let expected = ((10.0f64 / 255.0) as f32 - CLIP_MEAN[0]) / CLIP_STD[0];
         assert_eq!(first, expected);
         assert!(p.preprocess_batch(&[]).is_err());

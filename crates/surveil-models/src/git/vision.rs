@@ -8,8 +8,9 @@
 use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
-use super::ops::{activate, attention, merge_heads, split_heads};
+use super::linear::FusedLinear;
 use super::ops::LayerNorm;
+use super::ops::{activate, attention, merge_heads, split_qkv};
 use crate::nn::Linear;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
@@ -56,9 +57,8 @@ pub(crate) fn vision_layout(cfg: &GitVisionConfig) -> Vec<(String, Vec<usize>)> 
 #[derive(Debug, Clone)]
 struct VisionLayer {
     layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj`, `v_proj` as one matmul.
+    qkv: FusedLinear,
     out_proj: Linear,
     layer_norm2: LayerNorm,
     fc1: Linear,
@@ -74,9 +74,12 @@ impl VisionLayer {
         let attn = w.pp("self_attn");
         Ok(Self {
             layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
-            q_proj: attn.linear(d, d, true, "q_proj")?,
-            k_proj: attn.linear(d, d, true, "k_proj")?,
-            v_proj: attn.linear(d, d, true, "v_proj")?,
+            qkv: FusedLinear::load(
+                &attn,
+                d,
+                &[("q_proj", d), ("k_proj", d), ("v_proj", d)],
+                true,
+            )?,
             out_proj: attn.linear(d, d, true, "out_proj")?,
             layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
             fc1: w.pp("mlp").linear(d, cfg.intermediate_size, true, "fc1")?,
@@ -89,13 +92,13 @@ impl VisionLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.layer_norm1.forward(x)?;
-        let q = split_heads(&self.q_proj.forward(&h)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(&h)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(&h)?, self.heads)?;
+        let (q, k, v) = split_qkv(&self.qkv.forward(&h)?, self.heads)?;
         let a = merge_heads(&attention(&q, &k, &v, None, self.scale)?)?;
         let x = (x + self.out_proj.forward(&a)?)?;
         let h = self.layer_norm2.forward(&x)?;
-        let h = self.fc2.forward(&activate(&self.fc1.forward(&h)?, self.act)?)?;
+        let h = self
+            .fc2
+            .forward(&activate(&self.fc1.forward(&h)?, self.act)?)?;
         Ok((x + h)?)
     }
 }
@@ -169,7 +172,9 @@ impl VisionTransformer {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, c * p * p))?;
-        let patch_embeds = patches.matmul(&self.patch_weight_t)?.reshape((b, g * g, d))?;
+        let patch_embeds = patches
+            .matmul(&self.patch_weight_t)?
+            .reshape((b, g * g, d))?;
         let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
         let x = Tensor::cat(&[&class, &patch_embeds], 1)?;
         let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;

@@ -243,8 +243,8 @@ impl Qwen2VlTokenizer {
                 continue;
             };
             let n = grid.map(|g| g.merged_tokens(m)).unwrap_or(0);
-            input_ids.extend(std::iter::repeat(t).take(n));
-            types.extend(std::iter::repeat(kind).take(n));
+            input_ids.extend(std::iter::repeat_n(t, n));
+            types.extend(std::iter::repeat_n(kind, n));
         }
         Ok(ChatPrompt {
             input_ids,

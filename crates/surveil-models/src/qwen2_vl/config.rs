@@ -392,10 +392,10 @@ impl Qwen2VlConfig {
                 v.out_hidden_size, t.hidden_size
             ));
         }
-        if !(v.mlp_ratio > 0.0) || v.mlp_hidden() == 0 {
+        if v.mlp_ratio.is_nan() || v.mlp_ratio <= 0.0 || v.mlp_hidden() == 0 {
             return Err(format!("vision mlp_ratio {} must be positive", v.mlp_ratio));
         }
-        if !(t.rms_norm_eps > 0.0) || !(t.rope_theta > 0.0) || !(v.rope_theta > 0.0) {
+        if [t.rms_norm_eps, t.rope_theta, v.rope_theta].iter().any(|x| x.is_nan() || *x <= 0.0) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
         let special = [

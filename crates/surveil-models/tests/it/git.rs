@@ -11,6 +11,7 @@ use surveil_models::git::{
     CaptionSettings, ClipProcessor, ClipProcessorConfig, GitCaptioner, GitConfig, GitModel,
     GitTokenizer,
 };
+use surveil_models::image_ops::resize_bicubic_u8;
 use surveil_models::weights::{SafetensorsSource, Weights};
 
 use crate::common::{assets_dir, cases, fixtures_dir, load_tensors, max_abs_diff};
@@ -66,8 +67,14 @@ fn parity_git_logits() {
         let feats = model.image_features(pixels).unwrap();
         check_shape(case, "outputs", "image_features", &feats);
         let d = max_abs_diff(&feats, &t["image_features"]);
-        println!("{name}: image_features max diff {d:e} (tol {:e})", tol(case, "image_features"));
-        assert!(d <= tol(case, "image_features"), "{name} image_features {d}");
+        println!(
+            "{name}: image_features max diff {d:e} (tol {:e})",
+            tol(case, "image_features")
+        );
+        assert!(
+            d <= tol(case, "image_features"),
+            "{name} image_features {d}"
+        );
 
         let proj = model.project_image_features(&feats).unwrap();
         check_shape(case, "outputs", "projected_image_features", &proj);
@@ -83,7 +90,10 @@ fn parity_git_logits() {
         let logits = model.forward(pixels, ids).unwrap();
         check_shape(case, "outputs", "logits", &logits);
         let d = max_abs_diff(&logits, &t["logits"]);
-        println!("{name}: logits max diff {d:e} (tol {:e})", tol(case, "logits"));
+        println!(
+            "{name}: logits max diff {d:e} (tol {:e})",
+            tol(case, "logits")
+        );
         assert!(d <= tol(case, "logits"), "{name} logits {d}");
     }
 }
@@ -104,7 +114,8 @@ fn parity_git_greedy() {
         let limit = tol(case, "logits");
 
         let image = model.image_embeddings(pixels).unwrap();
-        let mut cache = model.new_cache();
+        // Room for one text token only: the cache has to grow during the steps.
+        let mut cache = model.new_cache(1);
         let mut logits = model.prefill(&image, ids, &mut cache).unwrap();
         let mut ours = Vec::new();
         let mut worst = 0f32;
@@ -112,7 +123,10 @@ fn parity_git_greedy() {
             let reference = ref_steps.narrow(1, s, 1).unwrap().squeeze(1).unwrap();
             let d = max_abs_diff(&logits, &reference);
             worst = worst.max(d);
-            assert!(d <= limit, "{name}: step {s} logits differ by {d} (tol {limit})");
+            assert!(
+                d <= limit,
+                "{name}: step {s} logits differ by {d} (tol {limit})"
+            );
             let row: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
             let token = surveil_models::generation::argmax(&row);
             ours.push(token);
@@ -154,10 +168,17 @@ fn git_generate_batches_and_stops() {
     let greedy = || TokenSampler::new(Sampling::Greedy, 0);
     let single: Vec<Vec<u32>> = pixels
         .iter()
-        .map(|p| model.generate(p, &bos, 6, &mut greedy(), None).unwrap().remove(0))
+        .map(|p| {
+            model
+                .generate(p, &bos, 6, &mut greedy(), None)
+                .unwrap()
+                .remove(0)
+        })
         .collect();
     let batch = Tensor::cat(&pixels, 0).unwrap();
-    let together = model.generate(&batch, &bos, 6, &mut greedy(), None).unwrap();
+    let together = model
+        .generate(&batch, &bos, 6, &mut greedy(), None)
+        .unwrap();
     assert_eq!(together, single);
 
     // Stop at the third token of the first sequence: it ends before it, the other continues
@@ -172,7 +193,10 @@ fn git_generate_batches_and_stops() {
 
     // Nucleus sampling with a tiny top_p keeps only the best token: greedy again.
     let mut narrow = TokenSampler::new(Sampling::from_params(1.0, 1e-6), 5);
-    assert_eq!(model.generate(&batch, &bos, 6, &mut narrow, None).unwrap(), single);
+    assert_eq!(
+        model.generate(&batch, &bos, 6, &mut narrow, None).unwrap(),
+        single
+    );
     // Seeded sampling at a high temperature is reproducible.
     let sample = |seed| {
         let mut s = TokenSampler::new(Sampling::from_params(5.0, 1.0), seed);
@@ -193,7 +217,7 @@ fn git_rejects_bad_inputs() {
     let out_of_vocab = Tensor::new(&[[cfg.vocab_size as u32]], &Device::Cpu).unwrap();
     let err = model.forward(&pixels, &out_of_vocab).unwrap_err();
     assert!(err.to_string().contains("vocabulary"), "{err}");
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache(1);
     let bos = Tensor::new(&[[cfg.bos_token_id]], &Device::Cpu).unwrap();
     assert!(model.step(&bos, &mut cache).is_err());
     let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
@@ -275,6 +299,45 @@ fn parity_processors_clip_cases_are_covered() {
         clip_case_names(&all),
         ["clip_small", "clip_synthetic", "clip_vtest_frame"]
     );
+}
+
+/// `image_ops::resize_bicubic_u8` against every `resized_u8` the processor fixtures store
+/// (Pillow's output; downscale, mixed and upscale cases).
+#[test]
+fn parity_processors_bicubic_resized_u8() {
+    let dir = fixtures_dir().join("processors");
+    let all = cases(&dir);
+    let tier = &all["tolerance"]["own_resize"]["tier_pil_structured"];
+    let max_tol = tier["resized_u8_max_abs_diff"].as_f64().unwrap();
+    let mean_tol = tier["resized_u8_mean_abs_diff"].as_f64().unwrap();
+    let mut checked = 0;
+    for (name, case) in all["cases"].as_object().unwrap() {
+        let t = load_tensors(&dir.join(case["file"].as_str().unwrap()));
+        let Some(reference) = t.get("resized_u8") else {
+            continue;
+        };
+        let (h, w, _) = reference.dims3().unwrap();
+        let img = image::open(dir.join(case["image"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        let ours = resize_bicubic_u8(&img, w as u32, h as u32).unwrap();
+        let reference: Vec<u8> = reference.flatten_all().unwrap().to_vec1().unwrap();
+        let diffs: Vec<f64> = ours
+            .as_raw()
+            .iter()
+            .zip(&reference)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+            .collect();
+        let max = diffs.iter().copied().fold(0.0, f64::max);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        println!("{name}: resized_u8 {w}x{h} max diff {max} (tol {max_tol}), mean {mean:e} (tol {mean_tol})");
+        assert!(
+            max <= max_tol && mean <= mean_tol,
+            "{name}: max {max} mean {mean}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no resized_u8 in the processor fixtures");
 }
 
 fn sha256_hex(path: &Path) -> String {
@@ -360,7 +423,8 @@ fn git_captioner_batches_frames() {
         .iter()
         .map(|f| image::open(images.join(f)).unwrap().to_rgb8())
         .collect();
-    let captioner = GitCaptioner::new(processor.clone(), tok.clone(), model.clone(), settings).unwrap();
+    let captioner =
+        GitCaptioner::new(processor.clone(), tok.clone(), model.clone(), settings).unwrap();
     let both = captioner.caption(&frames).unwrap();
     assert_eq!(both.len(), 2);
     for (frame, caption) in frames.iter().zip(&both) {

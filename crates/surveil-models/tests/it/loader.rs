@@ -72,7 +72,8 @@ fn load_unload_from_directory_records_memory_and_matches_estimate() {
 fn quantized_dummy_report_matches_estimate_within_two_percent() {
     let spec = registry::find("git-base-coco").unwrap();
     let cfg = ArchConfig::full_size(spec).unwrap();
-    let layout = cfg.resident_layout();
+    // The header-style estimate (roles guessed from names) of the plain checkpoint layout.
+    let layout = cfg.tensor_layout();
     let policy = policy_for(Quant::Q4k);
     let estimate = estimate_tensors(layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())), &policy);
     let mut m = ModelManager::new();
@@ -265,4 +266,21 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     let est = surveil_memory::estimate_checkpoint(&dir.path().join("model.safetensors"), &policy_for(Quant::Q4k)).unwrap();
     let (a, b) = (est.total_bytes as f64, from_disk.report.total_bytes() as f64);
     assert!((a - b).abs() / b < 0.02, "estimate {a} vs loaded {b}");
+}
+
+#[test]
+fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
+    let dir = fixtures_dir().join("qwen2_vl");
+    let spec = registry::find("qwen2-vl-2b-instruct").unwrap();
+    let cfg = ArchConfig::from_file(spec, &dir.join("config.json")).unwrap();
+    for quant in [Quant::Q4k, Quant::Q4_0, Quant::Q8_0, Quant::F16, Quant::F32] {
+        let mut m = ModelManager::new();
+        let s = m
+            .load("qwen2-vl-2b-instruct", &opts(WeightsSpec::Dir(dir.clone()), quant))
+            .unwrap();
+        let est = cfg.estimate(&policy_for(quant)).total_bytes as f64;
+        let got = s.report.total_bytes() as f64;
+        assert!((got - est).abs() / est < 0.02, "{quant:?}: loaded {got} vs estimate {est}");
+        assert_eq!(s.estimate.total_bytes as f64, est);
+    }
 }

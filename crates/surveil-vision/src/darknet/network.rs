@@ -114,6 +114,16 @@ impl DarknetNetwork {
     /// Runs `x` (`[N, C, H, W]` f32 with the cfg's input size) and returns the input of every
     /// `[yolo]` layer (raw head outputs), in cfg order.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.forward_profiled(x, None)
+    }
+
+    /// Like [`forward`](Self::forward); when `layer_times` is given, it receives the wall time
+    /// of every layer (for benchmarks: where the forward pass spends its time).
+    pub fn forward_profiled(
+        &self,
+        x: &Tensor,
+        mut layer_times: Option<&mut Vec<std::time::Duration>>,
+    ) -> Result<Vec<Tensor>> {
         let (_, c, h, w) = x.dims4().map_err(VisionError::tensor("network input"))?;
         if (c, h, w) != (self.cfg.channels, self.cfg.height, self.cfg.width) {
             return Err(VisionError::Tensor {
@@ -134,6 +144,7 @@ impl DarknetNetwork {
         let mut heads = Vec::new();
         let mut prev = x;
         for (i, layer) in self.layers.iter().enumerate() {
+            let started = std::time::Instant::now();
             let out = match layer {
                 Layer::Conv(conv) => conv.forward(&prev),
                 Layer::MaxPool(m) => max_pool(&prev, m),
@@ -158,6 +169,9 @@ impl DarknetNetwork {
                 }
             }
             .map_err(VisionError::tensor(format!("layer {i} {}", layer_name(layer))))?;
+            if let Some(times) = layer_times.as_deref_mut() {
+                times.push(started.elapsed());
+            }
             if self.keep[i] {
                 saved[i] = Some(out.clone());
             }

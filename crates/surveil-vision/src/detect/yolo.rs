@@ -269,6 +269,11 @@ impl DarknetYolo {
         self.net.forward(input)
     }
 
+    /// The underlying network (per-layer profiling, cfg).
+    pub fn network(&self) -> &DarknetNetwork {
+        &self.net
+    }
+
     /// Decodes raw heads of a batch into detections per image (NMS applied, boxes clipped).
     pub fn decode(
         &self,
