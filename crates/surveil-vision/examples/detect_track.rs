@@ -19,8 +19,7 @@ use surveil_vision::{
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -52,21 +51,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assets = std::env::var_os("SURVEIL_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/surveil/assets")
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/surveil/assets")
         });
-    let detector = DarknetYolo::new(&YoloOptions::yolov3_tiny(&assets.join("yolov3-tiny")), &Device::Cpu)?;
+    let detector = DarknetYolo::new(
+        &YoloOptions::yolov3_tiny(&assets.join("yolov3-tiny")),
+        &Device::Cpu,
+    )?;
     let source = open_source(&args[0], &ff)?;
     let mut out = BufWriter::new(std::fs::File::create(&args[1])?);
     let hooks = RunHooks {
         cancel: None,
         on_frame: snapshot.map(|(frame, path)| {
-            Box::new(move |f: &surveil_vision::Frame, t: &[surveil_vision::TrackedObject]| {
-                if f.index == frame {
-                    if let Err(e) = save_tracks_png(f, t, &path) {
-                        eprintln!("snapshot: {e}");
+            Box::new(
+                move |f: &surveil_vision::Frame, t: &[surveil_vision::TrackedObject]| {
+                    if f.index == frame {
+                        if let Err(e) = save_tracks_png(f, t, &path) {
+                            eprintln!("snapshot: {e}");
+                        }
                     }
-                }
-            }) as Box<dyn FnMut(&surveil_vision::Frame, &[surveil_vision::TrackedObject])>
+                },
+            )
+                as Box<dyn FnMut(&surveil_vision::Frame, &[surveil_vision::TrackedObject])>
         }),
     };
     let summary = run_detect_track(source, &detector, &opts, &mut out, hooks)?;

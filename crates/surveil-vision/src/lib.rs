@@ -28,7 +28,9 @@ pub use detect::{DarknetYolo, Detection, Detector, YoloOptions};
 pub use error::{Result, VisionError};
 pub use frame::{Frame, FrameSource, FrameSourceExt, InterruptHandle};
 pub use geometry::BBox;
-pub use pipeline::{run_detect_track, PipelineOptions, RunHooks, RunSummary, StageTimings, TrackLine};
+pub use pipeline::{
+    run_detect_track, PipelineOptions, RunHooks, RunSummary, StageTimings, TrackLine,
+};
 pub use render::{draw_tracks, save_tracks_png};
-pub use track::{ByteTracker, Track, TrackedObject, TrackerParams};
 pub use source::{open_source, FfmpegOptions, FfmpegSource, FrameQueue, QueuePolicy};
+pub use track::{ByteTracker, Track, TrackedObject, TrackerParams};

@@ -127,13 +127,16 @@ pub struct TrackLine {
     pub score: f32,
 }
 
+/// Called after every analysed frame with its confirmed, matched tracks.
+pub type FrameHook<'a> = Box<dyn FnMut(&Frame, &[TrackedObject]) + 'a>;
+
 /// Optional controls of a run.
 #[derive(Default)]
 pub struct RunHooks<'a> {
     /// Set to true (e.g. from a Ctrl-C handler) to stop after the current batch.
     pub cancel: Option<Arc<AtomicBool>>,
     /// Called after every analysed frame with its confirmed, matched tracks.
-    pub on_frame: Option<Box<dyn FnMut(&Frame, &[TrackedObject]) + 'a>>,
+    pub on_frame: Option<FrameHook<'a>>,
 }
 
 /// Runs `source` through `detector` and ByteTrack, writing one JSON line per track per frame to

@@ -150,7 +150,11 @@ mod tests {
         let c = track_color(7);
         assert_eq!(*img.get_pixel(10, 28), c, "left edge");
         assert_eq!(*img.get_pixel(30, 35), c, "bottom-right corner");
-        assert_eq!(*img.get_pixel(20, 28), Rgb([255, 255, 255]), "inside untouched");
+        assert_eq!(
+            *img.get_pixel(20, 28),
+            Rgb([255, 255, 255]),
+            "inside untouched"
+        );
         // Label above the box (rows 6..20): digit 7's top row is black at x = 12..18.
         assert_eq!(*img.get_pixel(12, 8), Rgb([0, 0, 0]));
         assert_eq!(*img.get_pixel(11, 8), c);

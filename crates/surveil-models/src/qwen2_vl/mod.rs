@@ -13,6 +13,7 @@
 //!
 //! Not here: weight download, memory budgets, choosing a device.
 
+mod attention;
 mod chat;
 mod config;
 mod model;

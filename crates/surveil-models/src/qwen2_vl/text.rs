@@ -4,6 +4,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::attention::scaled_softmax;
 use super::config::TextConfig;
 use surveil_memory::StorageDtype;
 
@@ -152,8 +153,8 @@ impl Attention {
         // (heads, s) regroups as (kv_heads, rep * s).
         let rep = self.heads / self.kv_heads;
         let q = q.reshape((b, self.kv_heads, rep * s, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(mask) => scores
                 .reshape((b, self.kv_heads, rep, s, total))?
@@ -161,7 +162,7 @@ impl Attention {
                 .reshape((b, self.kv_heads, rep * s, total))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = scaled_softmax(&scores, scale)?;
         let out = probs.matmul(&v)?; // (b, kv_heads, rep*s, d)
         let out = out
             .reshape((b, self.heads, s, d))?

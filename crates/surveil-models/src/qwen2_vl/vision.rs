@@ -8,6 +8,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
+use super::attention::full_attention;
 use super::config::VisionConfig;
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::Weights;
@@ -40,34 +41,6 @@ impl GridThw {
     pub fn merged_tokens(&self, merge: usize) -> usize {
         self.patches() / (merge * merge)
     }
-}
-
-/// Largest attention-score block materialised at once (bytes); queries are processed in row
-/// chunks so that the `(heads, rows, keys)` score matrix stays under this size.
-const SCORE_BLOCK_BYTES: usize = 64 << 20;
-
-/// Softmax attention of `q` `(1, H, n, d)` against `k`, `v` `(1, H, m, d)` without a mask,
-/// in row chunks that bound the score matrix.
-fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, heads, n, _) = q.dims4()?;
-    let m = k.dim(2)?;
-    let kt = k.t()?;
-    let rows = (SCORE_BLOCK_BYTES / (4 * heads * m.max(1))).clamp(1, n.max(1));
-    let mut outs = Vec::with_capacity(n.div_ceil(rows));
-    let mut start = 0;
-    while start < n {
-        let len = rows.min(n - start);
-        let qc = q.narrow(2, start, len)?;
-        let scores = (qc.matmul(&kt)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        outs.push(probs.matmul(v)?);
-        start += len;
-    }
-    Ok(if outs.len() == 1 {
-        outs.remove(0)
-    } else {
-        Tensor::cat(&outs, 2)?
-    })
 }
 
 struct VisionBlock {

@@ -8,11 +8,11 @@ use serde_json::Value;
 use surveil_memory::{QuantPolicy, StorageDtype};
 use surveil_models::generation::{Sampling, TokenSampler};
 use surveil_models::git::{
-    CaptionSettings, ClipProcessor, ClipProcessorConfig, GitCaptioner, GitConfig, GitModel,
-    GitTokenizer,
+    git_base_coco_config, CaptionSettings, ClipProcessor, ClipProcessorConfig, GitCaptioner,
+    GitConfig, GitModel, GitTokenizer,
 };
 use surveil_models::image_ops::resize_bicubic_u8;
-use surveil_models::weights::{SafetensorsSource, Weights};
+use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
 
 use crate::common::{assets_dir, cases, fixtures_dir, load_tensors, max_abs_diff};
 
@@ -448,4 +448,52 @@ fn git_captioner_batches_frames() {
     // A processor for another image size is refused.
     let other = ClipProcessor::new(ClipProcessorConfig::square(size + 16), Device::Cpu);
     assert!(GitCaptioner::new(other, tok, model, settings).is_err());
+}
+
+/// Full-size git-base-coco (dummy weights, 4-bit): the real layout loads with every linear in
+/// Q4K, and one frame goes through processor, vision tower and decoder to the requested number
+/// of tokens. Timing and memory are measured by `benches/git_caption.rs`.
+#[test]
+fn git_base_coco_full_size_dummy_4bit() {
+    let cfg = git_base_coco_config();
+    let layout = GitModel::tensor_layout(&cfg);
+    let source = DummySource::new("microsoft/git-base-coco", layout.clone(), DType::F32, 1);
+    let params = source.parameter_count();
+    // "177 M parameters" (model card): CLIP ViT-B/16 + 6-layer BERT decoder + untied head.
+    assert!((176_500_000..177_500_000).contains(&params), "{params}");
+    let linear_weights = layout
+        .iter()
+        .filter(|(name, shape)| shape.len() == 2 && !name.contains("embedding"))
+        .count();
+    let w = Weights::new(
+        Box::new(source),
+        Device::Cpu,
+        QuantPolicy::four_bit(StorageDtype::F16),
+    );
+    let model = GitModel::load(&cfg, &w).unwrap();
+    let report = w.report();
+    assert_eq!(report.tensors_loaded, layout.len());
+    assert!(
+        report.fallback_tensors.is_empty(),
+        "{:?}",
+        report.fallback_tensors
+    );
+    assert_eq!(report.tensors_by_dtype[&StorageDtype::Q4K], linear_weights);
+    let gib = report.total_bytes() as f64 / (1u64 << 30) as f64;
+    assert!(gib < 0.15, "4-bit weights take {gib:.3} GiB");
+
+    let frame = image::open(fixtures_dir().join("processors/images/vtest_frame.png"))
+        .unwrap()
+        .to_rgb8();
+    let processor = ClipProcessor::new(ClipProcessorConfig::git_base_coco(), Device::Cpu);
+    let pixels = processor.preprocess(&frame).unwrap();
+    let features = model.image_features(&pixels).unwrap();
+    assert_eq!(features.dims(), &[1, 197, 768]);
+    let image = model.project_image_features(&features).unwrap();
+    let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
+    let ids = model
+        .generate_from_embeddings(&image, &[cfg.bos_token_id], 4, &mut sampler, None)
+        .unwrap();
+    assert_eq!(ids[0].len(), 4);
+    assert!(ids[0].iter().all(|&t| (t as usize) < cfg.vocab_size));
 }

@@ -174,9 +174,7 @@ impl DarknetConfig {
                 .insert(key.trim().to_string(), (lineno, value.trim().to_string()));
         }
         let mut iter = sections.into_iter();
-        let net = iter
-            .next()
-            .ok_or_else(|| err("no sections".to_string()))?;
+        let net = iter.next().ok_or_else(|| err("no sections".to_string()))?;
         if net.name != "net" && net.name != "network" {
             return Err(err(format!(
                 "line {}: first section is [{}], expected [net]",
@@ -187,7 +185,9 @@ impl DarknetConfig {
         let height = get_usize(&net, "height", None, path)?;
         let channels = get_usize(&net, "channels", Some(3), path)?;
         if width == 0 || height == 0 || channels == 0 {
-            return Err(err("[net] width, height and channels must be > 0".to_string()));
+            return Err(err(
+                "[net] width, height and channels must be > 0".to_string()
+            ));
         }
 
         let mut layers = Vec::new();
@@ -224,11 +224,14 @@ impl DarknetConfig {
                     if filters == 0 || size == 0 || stride == 0 {
                         return Err(lerr("filters, size and stride must be > 0".to_string()));
                     }
-                    let batch_normalize = get_usize(&section, "batch_normalize", Some(0), path)? != 0;
+                    let batch_normalize =
+                        get_usize(&section, "batch_normalize", Some(0), path)? != 0;
                     let activation = match get_str(&section, "activation").unwrap_or("logistic") {
                         "leaky" => Activation::Leaky,
                         "linear" => Activation::Linear,
-                        other => return Err(lerr(format!("activation {other:?} is not supported"))),
+                        other => {
+                            return Err(lerr(format!("activation {other:?} is not supported")))
+                        }
                     };
                     let out_h = (prev.height + 2 * padding)
                         .checked_sub(size)
@@ -258,7 +261,8 @@ impl DarknetConfig {
                 "maxpool" | "max" => {
                     let size = get_usize(&section, "size", Some(2), path)?;
                     let stride = get_usize(&section, "stride", Some(size), path)?;
-                    let padding = get_usize(&section, "padding", Some(size.saturating_sub(1)), path)?;
+                    let padding =
+                        get_usize(&section, "padding", Some(size.saturating_sub(1)), path)?;
                     if size == 0 || stride == 0 {
                         return Err(lerr("size and stride must be > 0".to_string()));
                     }
@@ -336,7 +340,9 @@ impl DarknetConfig {
                     let classes = get_usize(&section, "classes", Some(20), path)?;
                     let anchors_raw = get_list::<f32>(&section, "anchors", path)?;
                     if anchors_raw.len() % 2 != 0 || anchors_raw.is_empty() {
-                        return Err(lerr("anchors must be a non-empty list of w,h pairs".to_string()));
+                        return Err(lerr(
+                            "anchors must be a non-empty list of w,h pairs".to_string(),
+                        ));
                     }
                     let anchors: Vec<(f32, f32)> =
                         anchors_raw.chunks(2).map(|c| (c[0], c[1])).collect();
@@ -385,7 +391,11 @@ impl DarknetConfig {
     /// Replaces the mask of the `[yolo]` layer at `layer` (used to apply a known cfg fix,
     /// e.g. YOLOv3-tiny's second head trained with mask `1,2,3`).
     pub fn override_mask(&mut self, layer: usize, mask: Vec<usize>) -> Result<()> {
-        let input = if layer == 0 { None } else { self.shapes.get(layer - 1).copied() };
+        let input = if layer == 0 {
+            None
+        } else {
+            self.shapes.get(layer - 1).copied()
+        };
         match (self.layers.get_mut(layer), input) {
             (Some(LayerSpec::Yolo(spec)), Some(input)) => {
                 let mut new = spec.clone();
@@ -453,7 +463,10 @@ fn get_usize(section: &Section, key: &str, default: Option<usize>, path: &Path) 
         }),
         None => default.ok_or_else(|| VisionError::Cfg {
             path: path.to_path_buf(),
-            message: format!("[{}] (line {}) is missing {key}=", section.name, section.line),
+            message: format!(
+                "[{}] (line {}) is missing {key}=",
+                section.name, section.line
+            ),
         }),
     }
 }
@@ -461,7 +474,10 @@ fn get_usize(section: &Section, key: &str, default: Option<usize>, path: &Path) 
 fn get_list<T: std::str::FromStr>(section: &Section, key: &str, path: &Path) -> Result<Vec<T>> {
     let (line, raw) = section.options.get(key).ok_or_else(|| VisionError::Cfg {
         path: path.to_path_buf(),
-        message: format!("[{}] (line {}) is missing {key}=", section.name, section.line),
+        message: format!(
+            "[{}] (line {}) is missing {key}=",
+            section.name, section.line
+        ),
     })?;
     raw.split(',')
         .map(|s| s.trim())
@@ -513,17 +529,26 @@ mod tests {
 
     #[test]
     fn rejects_unknown_sections_and_bad_values() {
-        let e = DarknetConfig::parse("[net]\nwidth=8\nheight=8\n[shortcut]\nfrom=-3\n", Path::new("a.cfg"))
-            .unwrap_err()
-            .to_string();
+        let e = DarknetConfig::parse(
+            "[net]\nwidth=8\nheight=8\n[shortcut]\nfrom=-3\n",
+            Path::new("a.cfg"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("[shortcut]") && e.contains("a.cfg"), "{e}");
-        let e = DarknetConfig::parse("[net]\nwidth=eight\nheight=8\n[maxpool]\n", Path::new("a.cfg"))
-            .unwrap_err()
-            .to_string();
+        let e = DarknetConfig::parse(
+            "[net]\nwidth=eight\nheight=8\n[maxpool]\n",
+            Path::new("a.cfg"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("line 2") && e.contains("width"), "{e}");
-        let e = DarknetConfig::parse(&TINY.replace("mask = 0,1,2", "mask = 0,1,7"), Path::new("a"))
-            .unwrap_err()
-            .to_string();
+        let e = DarknetConfig::parse(
+            &TINY.replace("mask = 0,1,2", "mask = 0,1,7"),
+            Path::new("a"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("mask index 7"), "{e}");
     }
 

@@ -106,7 +106,9 @@ fn read_header(bytes: &[u8], path: &Path) -> Result<WeightsHeader> {
     if !(0..1000).contains(&major) || !(0..1000).contains(&minor) {
         return Err(VisionError::WeightsHeader {
             path: path.to_path_buf(),
-            message: format!("implausible version {major}.{minor}.{revision}: not a Darknet weights file"),
+            message: format!(
+                "implausible version {major}.{minor}.{revision}: not a Darknet weights file"
+            ),
         });
     }
     let (seen, header_bytes) = if major * 10 + minor >= 2 {
@@ -214,7 +216,10 @@ mod tests {
         let e = DarknetWeights::from_bytes(&file(&[0.0; 9]), &cfg(), Path::new("t.weights"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("expected 60 bytes") && e.contains("found 56 bytes"), "{e}");
+        assert!(
+            e.contains("expected 60 bytes") && e.contains("found 56 bytes"),
+            "{e}"
+        );
         let e = DarknetWeights::from_bytes(&[1, 2, 3], &cfg(), Path::new("t.weights"))
             .unwrap_err()
             .to_string();

@@ -66,6 +66,24 @@ pub fn default_classes() -> Vec<String> {
 }
 
 impl YoloOptions {
+    /// Options from the `detection` section of the system config, with the model files of
+    /// `detection.model` (only `yolov3-tiny` exists so far) in `model_dir`.
+    pub fn from_config(c: &surveil_config::DetectionConfig, model_dir: &Path) -> Result<Self> {
+        if c.model != "yolov3-tiny" {
+            return Err(VisionError::InvalidOption {
+                name: "detection.model",
+                value: c.model.clone(),
+                message: "known detectors: yolov3-tiny".to_string(),
+            });
+        }
+        Ok(Self {
+            conf_threshold: c.confidence as f32,
+            nms_iou: c.iou as f32,
+            classes: c.classes.clone(),
+            ..Self::yolov3_tiny(model_dir)
+        })
+    }
+
     /// Options for the YOLOv3-tiny files in `dir` (`yolov3-tiny.cfg`, `yolov3-tiny.weights`,
     /// `coco.names`) with the default thresholds and class filter.
     pub fn yolov3_tiny(dir: &Path) -> Self {
@@ -292,14 +310,17 @@ impl DarknetYolo {
         for (n, g) in geoms.iter().enumerate() {
             let mut cands = Vec::new();
             for (layout, data) in self.heads.iter().zip(&flat) {
-                let per = layout.anchors.len() * (5 + layout.classes) * layout.grid_w * layout.grid_h;
-                let slice = data.get(n * per..(n + 1) * per).ok_or_else(|| VisionError::Tensor {
-                    context: "reading head outputs".to_string(),
-                    source: candle_core::Error::Msg(format!(
-                        "head has {} values, image {n} needs {per} more",
-                        data.len()
-                    )),
-                })?;
+                let per =
+                    layout.anchors.len() * (5 + layout.classes) * layout.grid_w * layout.grid_h;
+                let slice =
+                    data.get(n * per..(n + 1) * per)
+                        .ok_or_else(|| VisionError::Tensor {
+                            context: "reading head outputs".to_string(),
+                            source: candle_core::Error::Msg(format!(
+                                "head has {} values, image {n} needs {per} more",
+                                data.len()
+                            )),
+                        })?;
                 decode_yolo_head(slice, layout, g, self.conf, &self.keep, &mut cands);
             }
             let (fw, fh) = (g.frame_w as f32, g.frame_h as f32);
@@ -367,11 +388,14 @@ fn class_filter(wanted: &[String], names: &[String]) -> Result<Vec<bool>> {
     }
     let mut keep = vec![false; names.len()];
     for w in wanted {
-        let idx = names.iter().position(|n| n == w).ok_or_else(|| VisionError::InvalidOption {
-            name: "classes",
-            value: w.clone(),
-            message: format!("unknown class; the model knows: {}", names.join(", ")),
-        })?;
+        let idx = names
+            .iter()
+            .position(|n| n == w)
+            .ok_or_else(|| VisionError::InvalidOption {
+                name: "classes",
+                value: w.clone(),
+                message: format!("unknown class; the model knows: {}", names.join(", ")),
+            })?;
         keep[idx] = true;
     }
     Ok(keep)
@@ -416,9 +440,25 @@ mod tests {
     }
 
     #[test]
+    fn options_from_system_config() {
+        let c = surveil_config::DetectionConfig::default();
+        let o = YoloOptions::from_config(&c, Path::new("/m")).unwrap();
+        assert_eq!(o.weights, Path::new("/m/yolov3-tiny.weights"));
+        assert_eq!(o.conf_threshold as f64, c.confidence);
+        assert_eq!(o.classes, c.classes);
+        let bad = surveil_config::DetectionConfig {
+            model: "yolov8".into(),
+            ..c
+        };
+        assert!(YoloOptions::from_config(&bad, Path::new("/m")).is_err());
+    }
+
+    #[test]
     fn unknown_class_name_is_an_error() {
         let names = vec!["person".to_string(), "car".to_string()];
-        let e = class_filter(&["persn".to_string()], &names).unwrap_err().to_string();
+        let e = class_filter(&["persn".to_string()], &names)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("persn") && e.contains("person, car"), "{e}");
         assert_eq!(class_filter(&[], &names).unwrap(), vec![true, true]);
     }

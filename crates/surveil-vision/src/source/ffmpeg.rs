@@ -321,10 +321,16 @@ impl FfmpegSource {
     }
 
     fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut a: Vec<String> = [
+            "-hide_banner",
+            "-nostdin",
+            "-nostats",
+            "-loglevel",
+            "level+info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let timeout_us = (self.options.io_timeout_ms.saturating_mul(1000)).to_string();
         match url_scheme(&self.input).map(|s| s.to_ascii_lowercase()) {
             Some(s) if s == "rtsp" || s == "rtsps" => {
@@ -338,7 +344,12 @@ impl FfmpegSource {
             Some(_) => a.extend(["-rw_timeout".into(), timeout_us]),
             None => {}
         }
-        a.extend(["-i".into(), self.input.clone(), "-map".into(), "0:v:0".into()]);
+        a.extend([
+            "-i".into(),
+            self.input.clone(),
+            "-map".into(),
+            "0:v:0".into(),
+        ]);
         let mut filters = Vec::new();
         if let Some(fps) = self.options.fps {
             filters.push(format!("fps={fps}"));
@@ -355,9 +366,11 @@ impl FfmpegSource {
             a.extend(["-vf".into(), filters.join(",")]);
         }
         a.extend(
-            ["-an", "-sn", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "-an", "-sn", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         a
     }
@@ -665,7 +678,9 @@ impl FrameSource for FfmpegSource {
                         tracing::warn!(source = %self.display, error = %e, "pipe read failed; reconnecting");
                         continue;
                     }
-                    return Err(self.ffmpeg_error(&format!("reading frames failed: {e}"), String::new()));
+                    return Err(
+                        self.ffmpeg_error(&format!("reading frames failed: {e}"), String::new())
+                    );
                 }
             }
         }
@@ -713,9 +728,16 @@ fn read_stderr(
                 continue;
             }
             let line = redact_text(line, &secrets);
-            if let Some(l) = ["[fatal]", "[error]", "[warning]", "[info]", "[verbose]", "[debug]"]
-                .iter()
-                .find(|t| line.contains(*t))
+            if let Some(l) = [
+                "[fatal]",
+                "[error]",
+                "[warning]",
+                "[info]",
+                "[verbose]",
+                "[debug]",
+            ]
+            .iter()
+            .find(|t| line.contains(*t))
             {
                 level = &l[1..l.len() - 1];
             }

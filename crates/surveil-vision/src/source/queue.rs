@@ -117,7 +117,10 @@ impl FrameQueue {
             std::thread::Builder::new()
                 .name("frame-decoder".to_string())
                 .spawn(move || decode_loop(&mut *source, &inner, &desc))
-                .map_err(VisionError::io("cannot start decoder thread for", &description))?
+                .map_err(VisionError::io(
+                    "cannot start decoder thread for",
+                    &description,
+                ))?
         };
         Ok(Self {
             inner,
@@ -169,11 +172,7 @@ impl FrameQueue {
 
     /// Counters so far.
     pub fn stats(&self) -> QueueStats {
-        self.inner
-            .state
-            .lock()
-            .map(|s| s.stats)
-            .unwrap_or_default()
+        self.inner.state.lock().map(|s| s.stats).unwrap_or_default()
     }
 
     /// The source's description (credentials redacted).
@@ -336,7 +335,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(20));
-        let got: Vec<u64> = std::iter::from_fn(|| q.recv()).map(|f| f.unwrap().index).collect();
+        let got: Vec<u64> = std::iter::from_fn(|| q.recv())
+            .map(|f| f.unwrap().index)
+            .collect();
         assert_eq!(got, vec![37, 38, 39]);
         assert_eq!(q.stats().dropped, 37);
     }

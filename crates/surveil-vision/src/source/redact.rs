@@ -18,7 +18,9 @@ pub fn redact_text(text: &str, secrets: &[String]) -> String {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
         let end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '\'' || c == '"')
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '\'' || c == '"'
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority.rfind('@') {
@@ -38,7 +40,6 @@ pub fn redact_text(text: &str, secrets: &[String]) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
-    let mut out = out;
     for s in secrets.iter().filter(|s| s.len() >= 3) {
         out = out.replace(s.as_str(), "***");
     }
@@ -52,9 +53,7 @@ pub fn url_secrets(url: &str) -> Vec<String> {
         return Vec::new();
     };
     let tail = &url[pos + 3..];
-    let end = tail
-        .find(|c: char| c == '/' || c == '?' || c == '#')
-        .unwrap_or(tail.len());
+    let end = tail.find(['/', '?', '#']).unwrap_or(tail.len());
     let authority = &tail[..end];
     let Some(at) = authority.rfind('@') else {
         return Vec::new();

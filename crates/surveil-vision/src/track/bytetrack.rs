@@ -54,6 +54,17 @@ impl Default for TrackerParams {
 }
 
 impl TrackerParams {
+    /// The `tracker` section of the system config; the score thresholds it does not carry keep
+    /// their ByteTrack defaults.
+    pub fn from_config(c: &surveil_config::TrackerConfig) -> Self {
+        Self {
+            track_buffer: c.track_buffer,
+            match_threshold: c.match_threshold as f32,
+            frame_rate: c.frame_rate as f32,
+            ..Self::default()
+        }
+    }
+
     /// Checks ranges; every later step relies on them.
     pub fn validate(&self) -> Result<()> {
         let unit = |name: &'static str, v: f32| {
@@ -258,7 +269,9 @@ impl ByteTracker {
 
         // Split tracked into confirmed and unconfirmed; the pool is confirmed + lost.
         let (mut pool, mut unconfirmed): (Vec<Track>, Vec<Track>) =
-            std::mem::take(&mut self.tracked).into_iter().partition(|t| t.confirmed);
+            std::mem::take(&mut self.tracked)
+                .into_iter()
+                .partition(|t| t.confirmed);
         pool.append(&mut self.lost);
         for t in pool.iter_mut() {
             if t.state != TrackState::Tracked {
@@ -368,7 +381,8 @@ impl ByteTracker {
         for t in &removed {
             tracing::trace!(track = t.id, hits = t.hits, "track removed");
         }
-        self.finished.extend(removed.into_iter().filter(|t| t.confirmed));
+        self.finished
+            .extend(removed.into_iter().filter(|t| t.confirmed));
 
         self.tracked
             .iter()
@@ -398,7 +412,11 @@ impl ByteTracker {
 fn apply_match(t: &mut Track, d: &Detection, fid: u64, frame_index: u64, ts: Duration) {
     t.kalman.update(bbox_to_xyah(&d.bbox));
     if t.state != TrackState::Tracked {
-        tracing::debug!(track = t.id, lost_frames = fid - t.last_frame - 1, "track re-found");
+        tracing::debug!(
+            track = t.id,
+            lost_frames = fid - t.last_frame - 1,
+            "track re-found"
+        );
     }
     t.state = TrackState::Tracked;
     t.confirmed = true;
@@ -502,7 +520,10 @@ mod tests {
         let frames: Vec<Vec<Detection>> = (0..20)
             .map(|i| {
                 let i = i as f32;
-                vec![det(100.0 + 3.0 * i, 50.0, 0.9), det(400.0 - 3.0 * i, 60.0, 0.8)]
+                vec![
+                    det(100.0 + 3.0 * i, 50.0, 0.9),
+                    det(400.0 - 3.0 * i, 60.0, 0.8),
+                ]
             })
             .collect();
         let out = run(&mut t, &frames);
@@ -518,8 +539,13 @@ mod tests {
         assert!((last.bbox.x1 - (100.0 + 57.0)).abs() < 3.0, "{last:?}");
         let tracks = t.finish();
         assert_eq!(tracks.len(), 2);
-        assert!(tracks.iter().all(|tr| tr.hits == 20 && tr.trajectory.len() == 20));
-        assert_eq!(tracks[0].trajectory[19].timestamp, Duration::from_millis(1900));
+        assert!(tracks
+            .iter()
+            .all(|tr| tr.hits == 20 && tr.trajectory.len() == 20));
+        assert_eq!(
+            tracks[0].trajectory[19].timestamp,
+            Duration::from_millis(1900)
+        );
     }
 
     #[test]
@@ -552,7 +578,10 @@ mod tests {
         }
         assert_eq!(t.take_finished().len(), 1, "removed after the buffer");
         let o = t.update(40, Duration::ZERO, &[det(300.0, 50.0, 0.9)]);
-        assert!(o.is_empty(), "a new track is unconfirmed on its first frame");
+        assert!(
+            o.is_empty(),
+            "a new track is unconfirmed on its first frame"
+        );
         let o = t.update(41, Duration::ZERO, &[det(302.0, 50.0, 0.9)]);
         assert_eq!(o.len(), 1);
         assert_ne!(o[0].track_id, id);
@@ -572,7 +601,11 @@ mod tests {
         let mut t = ByteTracker::new(TrackerParams::default()).unwrap();
         for i in 0..5 {
             assert!(t
-                .update(i, Duration::ZERO, &[det(10.0, 10.0, 0.3), det(300.0, 10.0, 0.55)])
+                .update(
+                    i,
+                    Duration::ZERO,
+                    &[det(10.0, 10.0, 0.3), det(300.0, 10.0, 0.55)]
+                )
                 .is_empty());
         }
         assert_eq!(t.active_tracks().count(), 0);
@@ -586,10 +619,30 @@ mod tests {
         bag.class_id = 26;
         let a = t.update(0, Duration::ZERO, &[person, bag]);
         let b = t.update(1, Duration::ZERO, &[bag, person]);
-        let find = |v: &Vec<TrackedObject>, c: usize| v.iter().find(|o| o.class_id == c).unwrap().track_id;
+        let find =
+            |v: &Vec<TrackedObject>, c: usize| v.iter().find(|o| o.class_id == c).unwrap().track_id;
         assert_eq!(find(&a, 0), find(&b, 0));
         assert_eq!(find(&a, 26), find(&b, 26));
         assert_ne!(find(&a, 0), find(&a, 26));
+    }
+
+    #[test]
+    fn params_from_system_config() {
+        let c = surveil_config::TrackerConfig {
+            track_buffer: 12,
+            match_threshold: 0.7,
+            frame_rate: 10,
+        };
+        let p = TrackerParams::from_config(&c);
+        assert_eq!(
+            (p.track_buffer, p.match_threshold, p.frame_rate),
+            (12, 0.7, 10.0)
+        );
+        assert_eq!(p.max_time_lost(), 4);
+        assert_eq!(
+            p.track_high_thresh,
+            TrackerParams::default().track_high_thresh
+        );
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! velocities per frame. Noise scales with the box height (`std_weight_position = 1/20`,
 //! `std_weight_velocity = 1/160`).
 
+// Small fixed-size matrix algebra reads best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 use crate::geometry::BBox;
 
 const STD_POS: f64 = 1.0 / 20.0;
@@ -142,7 +145,7 @@ fn invert4(m: &Mat4) -> Option<Mat4> {
     }
     for col in 0..4 {
         let pivot = (col..4).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))?;
-        if !(a[pivot][col].abs() > 1e-12) {
+        if a[pivot][col].abs().is_nan() || a[pivot][col].abs() <= 1e-12 {
             return None;
         }
         a.swap(col, pivot);

@@ -6,5 +6,7 @@ pub mod bytetrack;
 pub mod kalman;
 
 pub use assignment::{linear_assignment, Assignment};
-pub use bytetrack::{ByteTracker, Track, TrackState, TrackedObject, TrackerParams, TrajectoryPoint};
+pub use bytetrack::{
+    ByteTracker, Track, TrackState, TrackedObject, TrackerParams, TrajectoryPoint,
+};
 pub use kalman::KalmanBox;

@@ -19,7 +19,9 @@ pub fn assets_root() -> PathBuf {
     if let Some(p) = std::env::var_os("SURVEIL_ASSETS") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache").join("surveil").join("assets")
 }
 

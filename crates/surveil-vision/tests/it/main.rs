@@ -3,4 +3,5 @@
 mod common;
 mod detector_errors;
 mod parity;
+mod pipeline;
 mod sources;

@@ -152,11 +152,9 @@ fn run_case(name: &str) {
         &fx.dir.join(c["image"].as_str().unwrap()),
         c["frame_index"].as_u64().unwrap(),
     );
-    let tensors = candle_core::safetensors::load(
-        fx.dir.join(c["tensors"].as_str().unwrap()),
-        &Device::Cpu,
-    )
-    .expect("fixture tensors");
+    let tensors =
+        candle_core::safetensors::load(fx.dir.join(c["tensors"].as_str().unwrap()), &Device::Cpu)
+            .expect("fixture tensors");
     let rows = &tensors[pre["input_rows"]["tensor"].as_str().unwrap()];
     let row0 = pre["input_rows"]["row"].as_u64().unwrap() as usize;
     let (_, _, n_rows, _) = rows.dims4().unwrap();
@@ -164,7 +162,12 @@ fn run_case(name: &str) {
     // 1. Pre-processing: our letterbox vs input_rows, padding exactly the fill value.
     let (input, geoms) = det.preprocess(&[&frame]).unwrap();
     assert_eq!(
-        (geoms[0].new_w, geoms[0].new_h, geoms[0].pad_x, geoms[0].pad_y),
+        (
+            geoms[0].new_w,
+            geoms[0].new_h,
+            geoms[0].pad_x,
+            geoms[0].pad_y
+        ),
         (
             pre["new_w"].as_u64().unwrap() as usize,
             pre["new_h"].as_u64().unwrap() as usize,
@@ -182,17 +185,16 @@ fn run_case(name: &str) {
         .unwrap();
     for pad in [top, bottom] {
         let v = pad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(v.iter().all(|&x| x == fill), "padding must be exactly {fill}");
+        assert!(
+            v.iter().all(|&x| x == fill),
+            "padding must be exactly {fill}"
+        );
     }
 
     // 2. Network on the input rebuilt from input_rows.
     let (n, ch, _, w) = rows.dims4().unwrap();
     let block = |h: usize| Tensor::full(fill, (n, ch, h, w), &Device::Cpu).unwrap();
-    let rebuilt = Tensor::cat(
-        &[&block(row0), rows, &block(net_h - row0 - n_rows)],
-        2,
-    )
-    .unwrap();
+    let rebuilt = Tensor::cat(&[&block(row0), rows, &block(net_h - row0 - n_rows)], 2).unwrap();
     let heads = det.forward_heads(&rebuilt).unwrap();
     let names: Vec<&str> = fx.cases["model"]["yolo_layers"]
         .as_array()
@@ -287,7 +289,10 @@ fn run_case(name: &str) {
     );
     let head_tol = num(tol, &["head_max_abs"]);
     for (n, d) in names.iter().zip(&head_diffs) {
-        assert!(*d as f64 <= head_tol, "{name}: {n} differs by {d} > {head_tol}");
+        assert!(
+            *d as f64 <= head_tol,
+            "{name}: {n} differs by {d} > {head_tol}"
+        );
     }
     assert_eq!(
         mine.len() as u64,
@@ -340,9 +345,15 @@ fn parity_yolov3_tiny_weights_header() {
     let h = &fx.cases["model"]["weights_header"];
     assert_eq!(weights.header.major as i64, h["major"].as_i64().unwrap());
     assert_eq!(weights.header.minor as i64, h["minor"].as_i64().unwrap());
-    assert_eq!(weights.header.revision as i64, h["revision"].as_i64().unwrap());
+    assert_eq!(
+        weights.header.revision as i64,
+        h["revision"].as_i64().unwrap()
+    );
     assert_eq!(weights.header.seen, h["seen"].as_u64().unwrap());
-    assert_eq!(weights.header.bytes as u64, h["header_bytes"].as_u64().unwrap());
+    assert_eq!(
+        weights.header.bytes as u64,
+        h["header_bytes"].as_u64().unwrap()
+    );
     assert_eq!(cfg.layers.len(), 24);
 }
 
@@ -375,8 +386,8 @@ fn installed_cfg_equals_upstream_with_mask_override() {
             .into_iter()
             .find(|(i, _)| *i == layer)
             .expect("yolo layer");
-        let want: Vec<(f32, f32)> = serde_json::from_value::<Vec<(f32, f32)>>(l["anchors"].clone())
-            .unwrap();
+        let want: Vec<(f32, f32)> =
+            serde_json::from_value::<Vec<(f32, f32)>>(l["anchors"].clone()).unwrap();
         assert_eq!(spec.masked_anchors(), want, "layer {layer}");
     }
 }

@@ -44,13 +44,18 @@ fn truncated_copy(src: &Path, bytes: usize, dir: &Path, name: &str) -> PathBuf {
 
 #[test]
 fn vtest_frames_match_the_fixture_decode() {
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let mut src = FfmpegSource::open(video.to_str().unwrap(), &FfmpegOptions::default()).unwrap();
     assert!(!src.is_live());
     assert_eq!(src.fps(), Some(10.0));
     let frames: Vec<_> = src.frames().take(3).map(|f| f.unwrap()).collect();
     assert_eq!(
-        frames.iter().map(|f| (f.index, f.width, f.height)).collect::<Vec<_>>(),
+        frames
+            .iter()
+            .map(|f| (f.index, f.width, f.height))
+            .collect::<Vec<_>>(),
         vec![(0, 768, 576), (1, 768, 576), (2, 768, 576)]
     );
     assert_eq!(frames[2].timestamp, Duration::from_millis(200));
@@ -59,7 +64,10 @@ fn vtest_frames_match_the_fixture_decode() {
         let png = root.join("yolov3_tiny").join("vtest_f0000.png");
         if png.is_file() {
             let img = image::open(&png).unwrap().to_rgb8();
-            assert!(img.as_raw() == &frames[0].data, "frame 0 differs from the fixture PNG");
+            assert!(
+                img.as_raw() == &frames[0].data,
+                "frame 0 differs from the fixture PNG"
+            );
         }
     }
     let pid = src.pid().expect("running child");
@@ -69,7 +77,9 @@ fn vtest_frames_match_the_fixture_decode() {
 
 #[test]
 fn scale_and_fps_are_applied_by_ffmpeg() {
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let opts = FfmpegOptions {
         width: Some(416),
         height: Some(416),
@@ -81,7 +91,9 @@ fn scale_and_fps_are_applied_by_ffmpeg() {
     assert!(frames.iter().all(|f| f.width == 416 && f.height == 416));
     assert_eq!(frames[1].timestamp, Duration::from_millis(200));
     // Only width: height keeps the aspect (640x272 -> 320x136).
-    let Some(bikes) = asset("video/bikes.mp4") else { return };
+    let Some(bikes) = asset("video/bikes.mp4") else {
+        return;
+    };
     let opts = FfmpegOptions {
         width: Some(320),
         ..FfmpegOptions::default()
@@ -93,7 +105,9 @@ fn scale_and_fps_are_applied_by_ffmpeg() {
 
 #[test]
 fn truncated_avi_yields_its_frames_then_ends() {
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = truncated_copy(&video, 200_000, dir.path(), "cut.avi");
     let mut src = FfmpegSource::open(p.to_str().unwrap(), &FfmpegOptions::default()).unwrap();
@@ -109,20 +123,28 @@ fn truncated_avi_yields_its_frames_then_ends() {
 
 #[test]
 fn truncated_mp4_and_non_video_files_are_clear_errors() {
-    let Some(bikes) = asset("video/bikes.mp4") else { return };
+    let Some(bikes) = asset("video/bikes.mp4") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = truncated_copy(&bikes, 100_000, dir.path(), "cut.mp4");
     let err = FfmpegSource::open(p.to_str().unwrap(), &FfmpegOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, VisionError::Ffmpeg { .. }), "{err:?}");
-    assert!(msg.contains("cut.mp4") && msg.contains("moov atom not found"), "{msg}");
+    assert!(
+        msg.contains("cut.mp4") && msg.contains("moov atom not found"),
+        "{msg}"
+    );
 
     let text = dir.path().join("notes.avi");
     std::fs::write(&text, "this is not a video\n".repeat(100)).unwrap();
     let msg = FfmpegSource::open(text.to_str().unwrap(), &FfmpegOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("notes.avi") && msg.contains("before producing a video stream"), "{msg}");
+    assert!(
+        msg.contains("notes.avi") && msg.contains("before producing a video stream"),
+        "{msg}"
+    );
 
     let msg = FfmpegSource::open("/nonexistent/x.mp4", &FfmpegOptions::default())
         .unwrap_err()
@@ -132,7 +154,9 @@ fn truncated_mp4_and_non_video_files_are_clear_errors() {
 
 #[test]
 fn missing_ffmpeg_binary_is_a_clear_error() {
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let opts = FfmpegOptions {
         ffmpeg_path: PathBuf::from("/nonexistent/bin/ffmpeg"),
         ..FfmpegOptions::default()
@@ -196,19 +220,30 @@ fn unreachable_rtsp_retries_with_backoff_and_never_logs_the_password() {
         FfmpegSource::open(&url, &opts).unwrap_err()
     });
     let msg = format!("{err} / {err:?}");
-    assert!(matches!(err, VisionError::SourceUnavailable { attempts: 3, .. }), "{msg}");
+    assert!(
+        matches!(err, VisionError::SourceUnavailable { attempts: 3, .. }),
+        "{msg}"
+    );
     assert!(msg.contains("Connection refused"), "{msg}");
-    assert!(msg.contains(&format!("rtsp://admin:***@127.0.0.1:{port}/stream")), "{msg}");
+    assert!(
+        msg.contains(&format!("rtsp://admin:***@127.0.0.1:{port}/stream")),
+        "{msg}"
+    );
     let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert_eq!(log.matches("retrying").count(), 2, "{log}");
     assert!(log.contains("admin:***@"), "{log}");
-    assert!(!msg.contains("hunter2secret") && !log.contains("hunter2secret"), "{msg}\n{log}");
+    assert!(
+        !msg.contains("hunter2secret") && !log.contains("hunter2secret"),
+        "{msg}\n{log}"
+    );
 }
 
 #[test]
 fn live_source_reconnects_after_the_stream_ends() {
     // A short file read as a live source: at its end the "stream drops" and is reopened.
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let p = truncated_copy(&video, 150_000, dir.path(), "short.avi");
     let per_run = FfmpegSource::open(p.to_str().unwrap(), &FfmpegOptions::default())
@@ -228,7 +263,11 @@ fn live_source_reconnects_after_the_stream_ends() {
     let mut src = FfmpegSource::open(p.to_str().unwrap(), &opts).unwrap();
     assert!(src.is_live());
     let want = per_run + 2;
-    let frames: Vec<_> = src.frames().take(want as usize).map(|f| f.unwrap()).collect();
+    let frames: Vec<_> = src
+        .frames()
+        .take(want as usize)
+        .map(|f| f.unwrap())
+        .collect();
     assert_eq!(frames.len() as u64, want);
     assert_eq!(frames.last().unwrap().index, want - 1, "indices continue");
     assert!(frames.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
@@ -237,7 +276,9 @@ fn live_source_reconnects_after_the_stream_ends() {
 
 #[test]
 fn dropping_a_queue_stops_decoding_and_reaps_ffmpeg() {
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let src = FfmpegSource::open(video.to_str().unwrap(), &FfmpegOptions::default()).unwrap();
     let pid = src.pid().unwrap();
     let q = FrameQueue::spawn(Box::new(src), 2, QueuePolicy::Block).unwrap();
@@ -249,7 +290,9 @@ fn dropping_a_queue_stops_decoding_and_reaps_ffmpeg() {
 
 #[test]
 fn drop_oldest_queue_on_a_fast_source_reports_drops() {
-    let Some(video) = asset("video/vtest.avi") else { return };
+    let Some(video) = asset("video/vtest.avi") else {
+        return;
+    };
     let opts = FfmpegOptions {
         width: Some(64),
         height: Some(48),
@@ -267,7 +310,11 @@ fn drop_oldest_queue_on_a_fast_source_reports_drops() {
     assert_eq!(s.dropped + seen.len() as u64, 795);
     assert!(s.dropped > 0, "a slow consumer must cause drops");
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "order kept");
-    assert_eq!(*seen.last().unwrap(), 794, "the newest frame is never dropped");
+    assert_eq!(
+        *seen.last().unwrap(),
+        794,
+        "the newest frame is never dropped"
+    );
 }
 
 #[test]
@@ -296,7 +343,9 @@ fn image_folder_is_sorted_and_bad_images_are_errors() {
     assert!(matches!(err, VisionError::Image { .. }), "{err:?}");
 
     let empty = tempfile::tempdir().unwrap();
-    let err = ImageFolderSource::open(empty.path(), 1.0).unwrap_err().to_string();
+    let err = ImageFolderSource::open(empty.path(), 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no images"), "{err}");
 }
 
@@ -304,7 +353,9 @@ fn image_folder_is_sorted_and_bad_images_are_errors() {
 fn open_source_picks_the_kind() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("one.png");
-    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(&p).unwrap();
+    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]))
+        .save(&p)
+        .unwrap();
     let mut single = open_source(p.to_str().unwrap(), &FfmpegOptions::default()).unwrap();
     assert_eq!(single.next_frame().unwrap().unwrap().data[..3], [1, 2, 3]);
     assert!(single.next_frame().unwrap().is_none());
