@@ -50,6 +50,16 @@ Examples:
   surveil test-model --qwen --weights dummy --memory-stats --json
   surveil test-model --git-base --weights dummy --set vlm.quant=q8_0 --set vlm.load_in_4bit=false")]
     TestSingleModel(TestModelArgs),
+    /// Detect and track people in a video, stream, image folder or image; write tracks as JSONL.
+    #[command(after_help = "Each output line is one tracked object in one frame:
+  {\"frame\":12,\"timestamp\":1.2,\"track_id\":3,\"class\":\"person\",\"x1\":..,\"y1\":..,\"x2\":..,\"y2\":..,\"score\":0.87}
+Ctrl-C stops after the current frame; everything analysed so far is written.
+
+Examples:
+  surveil detect --source ~/.cache/surveil/assets/video/vtest.avi --output tracks.jsonl
+  surveil detect --source rtsp://user:pass@camera/stream --output live.jsonl --fps 5
+  surveil detect --source frames/ --output t.jsonl --snapshot 100:frame100.png --json")]
+    Detect(DetectArgs),
     /// The model registry: what exists, what is in the cache, how big it is at each quantization.
     Models {
         /// What to do.
@@ -102,6 +112,44 @@ pub struct ConfigShowArgs {
     /// Machine-readable output: the configuration as JSON (origins under `_origins`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `surveil detect`
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// Video file, rtsp:// or http(s):// URL, image folder, or image.
+    #[arg(long, value_name = "PATH|URL")]
+    pub source: String,
+    /// JSONL file to write.
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Frames per detector pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    pub max_frames: Option<u64>,
+    /// Scale frames to this width (ffmpeg sources).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Scale frames to this height (ffmpeg sources).
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Resample to this frame rate (ffmpeg sources).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Render boxes and track ids of frame N into a PNG: `N:PATH.png` (repeatable).
+    #[arg(long, value_name = "N:PNG")]
+    pub snapshot: Vec<String>,
+    /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache).
+    #[arg(long, value_name = "DIR")]
+    pub detector_dir: Option<PathBuf>,
+    /// Print the run summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Profile and overrides (detection.*, tracker.*).
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `surveil models ...`

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Show(args),
         } => cmd::config::show(&cli, args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Detect(args) => cmd::detect::run(&cli, args),
         Command::TestSingleModel(args) => cmd::test_model::run(&cli, args),
         Command::Models {
             command: ModelsCommand::List(args),

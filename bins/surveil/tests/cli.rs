@@ -109,3 +109,63 @@ fn help_has_examples() {
         assert!(text.contains("Examples:"), "{args:?}: {text}");
     }
 }
+
+fn assets() -> std::path::PathBuf {
+    std::env::var_os("SURVEIL_ASSETS")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/surveil/assets"))
+}
+
+#[test]
+fn detect_writes_jsonl_and_snapshot() {
+    let video = assets().join("video/vtest.avi");
+    if !video.is_file() {
+        eprintln!("skipping: {} is absent (run scripts/setup.sh)", video.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.jsonl");
+    let png = dir.path().join("f2.png");
+    let v = json(&surveil(
+        &[
+            "detect",
+            "--source",
+            video.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--max-frames",
+            "4",
+            "--snapshot",
+            &format!("2:{}", png.display()),
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(v["frames_analysed"], 4);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len() as u64, v["lines_written"].as_u64().unwrap());
+    assert!(lines.len() >= 4, "vtest has people from the first frame: {text}");
+    assert!(lines.iter().all(|l| l["class"] == "person" && l["frame"].as_u64().unwrap() < 4));
+    let img = std::fs::read(&png).unwrap();
+    assert_eq!(&img[1..4], b"PNG");
+}
+
+#[test]
+fn detect_missing_source_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = surveil(
+        &[
+            "detect",
+            "--source",
+            "/nonexistent/video.avi",
+            "--output",
+            dir.path().join("t.jsonl").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/video.avi"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -10,7 +10,8 @@
 //!   tracks onto frames.
 //!
 //! Not here: behaviour analysis, VLM calls, alerts (those live in `surveil-orchestrator`), and
-//! configuration merging (`surveil-config`; this crate takes plain option structs).
+//! configuration merging (`surveil-config`; this crate takes plain option structs, built from
+//! the config with `YoloOptions::from_config` and `TrackerParams::from_config`).
 
 #![deny(missing_docs)]
 

@@ -13,24 +13,39 @@ use crate::Result;
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
-/// `2^t` for `t ≤ 0` (0 below 2⁻¹²⁶): `t = n + f`, `2^f` by a degree-6 polynomial on
-/// `[-0.5, 0.5]`, `2^n` through the exponent bits.
+/// `2^t` for `t` in `[-126, 127]` (callers clamp): `t = n + f`, `2^f` by a degree-6 polynomial
+/// on `[-0.5, 0.5]`, `2^n` written into the exponent bits. Branch-free and without
+/// float-to-int casts, so loops over it vectorise.
 #[inline(always)]
-fn exp2_nonpositive(t: f32) -> f32 {
-    let tc = t.max(-126.0);
-    // Round to nearest with the 1.5·2²³ trick (exact for |t| < 2²²).
-    let n = (tc + 12_582_912.0) - 12_582_912.0;
-    let f = tc - n;
+fn exp2_in_range(t: f32) -> f32 {
+    // 1.5·2²³ + t rounds t to the nearest integer n, which then sits in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let r = t + MAGIC;
+    let n = r - MAGIC;
+    let f = t - n;
     let p = 1.0
         + f * (0.693_147_2
             + f * (0.240_226_5
                 + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    let n_int = r.to_bits().wrapping_sub(MAGIC.to_bits());
+    p * f32::from_bits(n_int.wrapping_add(127) << 23)
+}
+
+/// `2^t` for `t ≤ 0`; exactly 0 below 2⁻¹²⁶ (and for `-inf`).
+#[inline(always)]
+fn exp2_nonpositive(t: f32) -> f32 {
+    let v = exp2_in_range(t.max(-126.0));
     if t < -126.0 {
         0.0
     } else {
-        p * scale
+        v
     }
+}
+
+/// `e^x` for any finite `x` (saturating at 2^±126 outside `[-87, 87]`).
+#[inline(always)]
+fn exp_clamped(x: f32) -> f32 {
+    exp2_in_range((x * LOG2_E).clamp(-126.0, 126.0))
 }
 
 /// Softmax of `scale · row` in place of `dst`, reading `src` (same length).
@@ -117,21 +132,9 @@ impl CustomOp1 for ScaledSoftmax {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("scaled softmax expects a contiguous input")
         };
-        let src = &data[start..end];
         let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
-        let rows = src.len() / width;
-        let mut dst = vec![0f32; src.len()];
-        let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-        if threads <= 1 || src.len() < 1 << 15 {
-            softmax_rows(src, &mut dst, width, self.scale);
-        } else {
-            let per = rows.div_ceil(threads) * width;
-            std::thread::scope(|scope| {
-                for (s, d) in src.chunks(per).zip(dst.chunks_mut(per)) {
-                    scope.spawn(move || softmax_rows(s, d, width, self.scale));
-                }
-            });
-        }
+        let scale = self.scale;
+        let dst = parallel_map(&data[start..end], width, |s, d| softmax_rows(s, d, width, scale));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -141,6 +144,77 @@ impl CustomOp1 for ScaledSoftmax {
 pub(crate) fn scaled_softmax(x: &Tensor, scale: f32) -> Result<Tensor> {
     let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
     Ok(x.apply_op1_no_bwd(&ScaledSoftmax { scale })?)
+}
+
+/// Quick GELU `x · sigmoid(1.702 x)` in one pass.
+#[inline(always)]
+fn quick_gelu_slice(src: &[f32], dst: &mut [f32]) {
+    for (x, d) in src.iter().zip(dst.iter_mut()) {
+        *d = x / (1.0 + exp_clamped(-1.702 * x));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quick_gelu_avx2(src: &[f32], dst: &mut [f32]) {
+    quick_gelu_slice(src, dst)
+}
+
+fn quick_gelu_any(src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { quick_gelu_avx2(src, dst) };
+            return;
+        }
+    }
+    quick_gelu_slice(src, dst)
+}
+
+/// Split `src` into contiguous pieces (multiples of `unit` values) processed on candle's thread
+/// count with `f(src_piece, dst_piece)`.
+fn parallel_map(src: &[f32], unit: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    let units = src.len() / unit.max(1);
+    let threads = candle_core::utils::get_num_threads().clamp(1, units.max(1));
+    if threads <= 1 || src.len() < 1 << 15 {
+        f(src, &mut dst);
+    } else {
+        let per = units.div_ceil(threads) * unit;
+        let f = &f;
+        std::thread::scope(|scope| {
+            for (s, d) in src.chunks(per).zip(dst.chunks_mut(per)) {
+                scope.spawn(move || f(s, d));
+            }
+        });
+    }
+    dst
+}
+
+struct QuickGelu;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "qwen2-vl-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("quick gelu expects f32 input")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("quick gelu expects a contiguous input")
+        };
+        let dst = parallel_map(&data[start..end], 1, quick_gelu_any);
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// `x · sigmoid(1.702 x)` (the vision MLP activation) for an f32 CPU tensor.
+pub(crate) fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+    Ok(x.apply_op1_no_bwd(&QuickGelu)?)
 }
 
 /// Largest attention-score block materialised at once (bytes); queries are processed in row
@@ -153,7 +227,8 @@ pub(crate) fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> 
     let (_, heads, n, _) = q.dims4()?;
     let m = k.dim(2)?;
     let kt = k.t()?;
-    let rows = (SCORE_BLOCK_BYTES / (4 * heads * m.max(1))).clamp(1, n.max(1));
+    let blk: usize = std::env::var("TMP_BLK").ok().and_then(|s| s.parse().ok()).unwrap_or(SCORE_BLOCK_BYTES);
+    let rows = (blk / (4 * heads * m.max(1))).clamp(1, n.max(1));
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     let mut start = 0;
     while start < n {
@@ -188,6 +263,20 @@ mod tests {
         assert!(worst < 3e-7, "{worst}");
         assert_eq!(exp2_nonpositive(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp2_nonpositive(-200.0), 0.0);
+    }
+
+    #[test]
+    fn quick_gelu_matches_the_formula() {
+        let x = Tensor::randn(0f32, 4.0, (7, 1000), &Device::Cpu).unwrap();
+        let ours = quick_gelu(&x).unwrap();
+        let reference = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        let d = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{d}");
+        let big = Tensor::new(&[-200f32, -90.0, 0.0, 90.0, 200.0], &Device::Cpu).unwrap();
+        let v: Vec<f32> = quick_gelu(&big).unwrap().to_vec1().unwrap();
+        assert!(v[0].abs() < 1e-30, "{v:?}");
+        assert_eq!(v[2], 0.0);
+        assert!((v[4] - 200.0).abs() < 1e-3 && v.iter().all(|x| x.is_finite()), "{v:?}");
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The Qwen2 text decoder of Qwen2-VL: GQA attention with q/k/v biases, multimodal RoPE,
 //! RMSNorm, SwiGLU MLP, tied or untied output head, and a growable KV cache.
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::attention::scaled_softmax;
 use super::config::TextConfig;
 use surveil_memory::StorageDtype;
 
-use crate::nn::{Linear, RmsNorm};
+use crate::nn::RmsNorm;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 
@@ -110,11 +110,64 @@ struct Rotary {
     sin: Tensor,
 }
 
+/// A linear layer `y = x Wᵀ + b` over a possibly quantized weight, like [`crate::nn::Linear`],
+/// keeping access to the quantized tensor so that projections sharing an input can run as one
+/// fused call in decode.
+struct QLinear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl QLinear {
+    fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool, name: &str) -> Result<Self> {
+        let w = w.pp(name);
+        Ok(Self {
+            weight: w.matmul_weight(&[out_dim, in_dim], "weight")?,
+            bias: if bias { Some(w.get(&[out_dim], "bias")?) } else { None },
+        })
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        self.add_bias(self.weight.forward(&x)?)
+    }
+
+    fn qtensor(&self) -> Option<&QTensor> {
+        match &self.weight {
+            QMatMul::QTensor(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Apply linears that share the input `x`. For a single row (decode) with quantized weights,
+/// candle can run them as one call (one input quantization, one parallel region); otherwise
+/// they run one by one.
+fn forward_shared(linears: &[&QLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+    let row = x.dim(D::Minus1)?;
+    if x.elem_count() == row {
+        if let Some(qs) = linears.iter().map(|l| l.qtensor()).collect::<Option<Vec<_>>>() {
+            let x = x.contiguous()?;
+            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x)? {
+                return outs.into_iter().zip(linears).map(|(y, l)| l.add_bias(y)).collect();
+            }
+        }
+    }
+    linears.iter().map(|l| l.forward(x)).collect()
+}
+
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    o: QLinear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -126,10 +179,10 @@ impl Attention {
         let d = cfg.head_dim();
         let kv = cfg.num_key_value_heads * d;
         Ok(Self {
-            q: w.linear(h, h, true, "q_proj")?,
-            k: w.linear(h, kv, true, "k_proj")?,
-            v: w.linear(h, kv, true, "v_proj")?,
-            o: w.linear(h, h, false, "o_proj")?,
+            q: QLinear::load(w, h, h, true, "q_proj")?,
+            k: QLinear::load(w, h, kv, true, "k_proj")?,
+            v: QLinear::load(w, h, kv, true, "v_proj")?,
+            o: QLinear::load(w, h, h, false, "o_proj")?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
@@ -142,9 +195,13 @@ impl Attention {
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.q.forward(x)?, self.heads)?;
-        let k = heads(self.k.forward(x)?, self.kv_heads)?;
-        let v = heads(self.v.forward(x)?, self.kv_heads)?;
+        let mut qkv = forward_shared(&[&self.q, &self.k, &self.v], x)?.into_iter();
+        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            return Err(ModelError::InvalidInput("q/k/v projection failed".into()));
+        };
+        let q = heads(q, self.heads)?;
+        let k = heads(k, self.kv_heads)?;
+        let v = heads(v, self.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &rot.cos, &rot.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, &rot.cos, &rot.sin)?;
         let (k, v) = cache.append(&k, &v)?;
@@ -173,24 +230,27 @@ impl Attention {
 }
 
 struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
 }
 
 impl Mlp {
     fn load(cfg: &TextConfig, w: &Weights) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate: w.linear(h, i, false, "gate_proj")?,
-            up: w.linear(h, i, false, "up_proj")?,
-            down: w.linear(i, h, false, "down_proj")?,
+            gate: QLinear::load(w, h, i, false, "gate_proj")?,
+            up: QLinear::load(w, h, i, false, "up_proj")?,
+            down: QLinear::load(w, i, h, false, "down_proj")?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let mut gu = forward_shared(&[&self.gate, &self.up], x)?.into_iter();
+        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+            return Err(ModelError::InvalidInput("gate/up projection failed".into()));
+        };
+        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
     }
 }
 

@@ -8,7 +8,7 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
-use super::attention::full_attention;
+use super::attention::{full_attention, quick_gelu};
 use super::config::VisionConfig;
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::Weights;
@@ -99,7 +99,7 @@ impl VisionBlock {
         let attn = attn.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape((n, h * d))?;
         let x = (x + self.proj.forward(&attn)?)?;
         let hdn = self.fc1.forward(&self.norm2.forward(&x)?)?;
-        let hdn = (&hdn * candle_nn::ops::sigmoid(&(&hdn * 1.702)?)?)?; // quick GELU
+        let hdn = quick_gelu(&hdn)?;
         Ok((x + self.fc2.forward(&hdn)?)?)
     }
 }

@@ -298,6 +298,22 @@ fn qwen2_vl_q4k_logits_correlate_with_f32() {
     let r = correlation(&a, &b);
     println!("q4k vs f32 (dummy weights, 256-wide rows): logits correlation {r:.5}");
     assert!(r > 0.99, "q4k correlation {r}");
+    // Decoding one token with the KV cache (the fused single-row kernels) gives the logits a
+    // full recompute of the longer prompt gives.
+    let mut longer = input.clone();
+    longer.input_ids.push(77);
+    let full = q_model.prefill(&longer, Logits::All).unwrap().logits;
+    let full_last = full.narrow(1, longer.input_ids.len() - 1, 1).unwrap().flatten_all().unwrap();
+    let mut state = q_model.prefill(&input, Logits::Last).unwrap();
+    let step = q_model
+        .decode_step(77, state.rope.next_position(), &mut state.cache)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    let d = max_abs_diff(&step, &full_last);
+    let scale = full_last.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    println!("q4k decode step vs full recompute: max_abs_diff {d:.3e} (logits abs max {scale:.3e})");
+    assert!(d <= 1e-3 * scale.max(1e-6), "decode vs recompute {d}");
 }
 
 #[test]
