@@ -1,5 +1,5 @@
 //! Full-size Qwen2-VL-2B generation on CPU with dummy weights (real shapes): one 768×576 frame
-//! + a 60-token text prompt → 32 new tokens. Prints load time, vision encode time, prefill,
+//! and a 60-token text prompt → 32 new tokens. Prints load time, vision encode time, prefill,
 //! time to first token, decode tokens/s and peak RSS (VmHWM), medians over the runs.
 //!
 //! ```text
@@ -7,7 +7,11 @@
 //! QWEN2VL_BENCH_POLICY=q4_0 QWEN2VL_BENCH_RUNS=3 cargo bench -p surveil-models --bench qwen2_vl_generate
 //! ```
 //! `QWEN2VL_BENCH_POLICY`: `q4k` (default: 4-bit, Q4K where rows allow), `q4_0`, `q8_0`, `f16`.
-//! `QWEN2VL_BENCH_MODEL`: `2b` (default) or `7b`. Output text is meaningless (dummy weights).
+//! `QWEN2VL_BENCH_MODEL`: `2b` (default) or `7b`. `QWEN2VL_BENCH_MAX_PIXELS`: the processor's
+//! `max_pixels` (default 1003520; 200704 gives 234 image tokens for the frame instead of 567).
+//! `QWEN2VL_BENCH_RUNS`: generations to take the median over (3). Output text is meaningless
+//! (dummy weights). Other processes on the machine distort the numbers a lot: candle's worker
+//! threads spin at barriers, so a busy core can triple the per-token time.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -16,8 +20,8 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use surveil_memory::{QuantPolicy, StorageDtype};
 use surveil_models::qwen2_vl::{
-    qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, ChatMessage, GenerationParams, Logits, MultimodalInput,
-    Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
+    qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, ChatMessage, GenerationParams, Logits,
+    MultimodalInput, Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
 };
 use surveil_models::weights::{DummySource, Weights};
 
@@ -57,11 +61,16 @@ fn frame() -> image::RgbImage {
     if let Some(img) = fixture.and_then(|p| image::open(p).ok()) {
         return img.to_rgb8();
     }
-    image::RgbImage::from_fn(768, 576, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x ^ y) % 256) as u8]))
+    image::RgbImage::from_fn(768, 576, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x ^ y) % 256) as u8])
+    })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let runs: usize = std::env::var("QWEN2VL_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("QWEN2VL_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let policy_name = std::env::var("QWEN2VL_BENCH_POLICY").unwrap_or_else(|_| "q4k".into());
     let policy = match policy_name.as_str() {
         "q4k" => QuantPolicy::four_bit(StorageDtype::F16),
@@ -82,12 +91,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         qwen2_vl_2b_config()
     };
-    println!("qwen2-vl-{model_name} dummy weights (bf16 source), policy {}", policy.describe());
+    println!(
+        "qwen2-vl-{model_name} dummy weights (bf16 source), policy {}",
+        policy.describe()
+    );
     println!("threads: {}", candle_core::utils::get_num_threads());
 
     // Load.
     let t = Instant::now();
-    let src = DummySource::new(format!("qwen2-vl-{model_name}"), tensor_layout(&cfg), DType::BF16, 1);
+    let src = DummySource::new(
+        format!("qwen2-vl-{model_name}"),
+        tensor_layout(&cfg),
+        DType::BF16,
+        1,
+    );
     let w = Weights::new(Box::new(src), Device::Cpu, policy);
     let model = Qwen2VlModel::load(&cfg, &w)?;
     let report = w.report();
@@ -101,7 +118,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Prompt: chat template around one frame, 60 text tokens.
-    let proc = Qwen2VlImageProcessor::default();
+    let proc = match std::env::var("QWEN2VL_BENCH_MAX_PIXELS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(max) => {
+            Qwen2VlImageProcessor::with_pixels(Qwen2VlImageProcessor::default().min_pixels, max)?
+        }
+        None => Qwen2VlImageProcessor::default(),
+    };
     let img = frame();
     let t = Instant::now();
     let packed = proc.preprocess_images(std::slice::from_ref(&img), &Device::Cpu)?;
@@ -110,13 +135,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let merge = cfg.vision.spatial_merge_size;
     let tok_path = std::env::var_os("SURVEIL_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/surveil/assets"))
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/surveil/assets")
+        })
         .join("tokenizers/qwen2-vl/tokenizer.json");
     let input_ids = match Qwen2VlTokenizer::from_file(&tok_path) {
         Ok(tok) => {
             let mut text = String::from("Describe what the people in this frame are doing");
             loop {
-                let p = tok.encode_chat(&[ChatMessage::user_with_images(1, text.clone())], &[grid], &[], merge)?;
+                let p = tok.encode_chat(
+                    &[ChatMessage::user_with_images(1, text.clone())],
+                    &[grid],
+                    &[],
+                    merge,
+                )?;
                 let n_text = p.mm_token_type_ids.iter().filter(|&&t| t == 0).count();
                 if n_text >= 60 {
                     break p.input_ids;
@@ -128,13 +160,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("tokenizer unavailable ({e}); using synthetic ids");
             let mut ids: Vec<u32> = (1000..1030).collect();
             ids.push(cfg.vision_start_token_id);
-            ids.extend(std::iter::repeat_n(cfg.image_token_id, grid.merged_tokens(merge)));
+            ids.extend(std::iter::repeat_n(
+                cfg.image_token_id,
+                grid.merged_tokens(merge),
+            ));
             ids.push(cfg.vision_end_token_id);
             ids.extend(2000..2028);
             ids
         }
     };
-    let n_text = input_ids.iter().filter(|&&t| t != cfg.image_token_id).count();
+    let n_text = input_ids
+        .iter()
+        .filter(|&&t| t != cfg.image_token_id)
+        .count();
     println!(
         "prompt: {} tokens ({} text + {} image tokens), frame {}x{} -> grid {:?}, preprocess {:.3} s",
         input_ids.len(),
@@ -153,9 +191,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let params = GenerationParams::greedy(32, vec![]);
-    let (mut ttft, mut tps, mut vision, mut prefill, mut total) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut ttft, mut tps, mut vision, mut prefill, mut total) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for run in 0..runs {
-        let out = model.generate(&input, &params, |_| ControlFlow::Continue(()))?;
+        let mut stamps = Vec::new();
+        let out = model.generate(&input, &params, |_| {
+            stamps.push(Instant::now());
+            ControlFlow::Continue(())
+        })?;
+        let gaps: Vec<f64> = stamps
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+            .collect();
+        println!(
+            "run {run}: per-token gaps (ms): {}",
+            gaps.iter()
+                .map(|g| format!("{g:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         let s = &out.stats;
         println!(
             "run {run}: vision {:.2} s, prefill {:.2} s, TTFT {:.2} s, decode {:.2} tok/s ({} tokens), total {:.2} s",
@@ -169,12 +223,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Text-only decode speed at the same context length, without the vision tower.
     let mut state = model.prefill(&input, Logits::Last)?;
-    let mut pos = state.rope.next_position();
+    let first = state.rope.next_position();
     let t = Instant::now();
-    let steps = 32;
+    let steps = 32u32;
     for k in 0..steps {
-        model.decode_step(1000 + k, pos, &mut state.cache)?;
-        pos += 1;
+        model.decode_step(1000 + k, first + k as i64, &mut state.cache)?;
     }
     let decode_only = steps as f64 / t.elapsed().as_secs_f64();
     println!(

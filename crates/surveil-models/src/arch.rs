@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::git::{git_base_coco_config, GitConfig, GitModel};
 use crate::qwen2_vl::{qwen2_vl_2b_config, qwen2_vl_7b_config, Qwen2VlConfig, Qwen2VlModel};
-use surveil_memory::{estimate_with_roles, Estimate, QuantPolicy, StorageDtype, TensorRole};
+use surveil_memory::{estimate_with_roles, Estimate, QuantPolicy, TensorRole};
 
 use crate::registry::{Architecture, ModelSpec};
 use crate::weights::Weights;
@@ -55,7 +55,7 @@ impl ArchConfig {
 
     /// What the loader makes resident under `policy`: every checkpoint tensor with its role,
     /// and for a tied output head either the token table stored once as a quantized matrix
-    /// (4-bit, see [`share_tied_embedding`]) or a quantized copy beside the float table. Feed
+    /// (4-bit, see [`crate::qwen2_vl::shares_tied_embedding`]) or a quantized copy beside the float table. Feed
     /// it to `surveil_memory::estimate_with_roles`.
     pub fn resident_plan(&self, policy: &QuantPolicy) -> Vec<(String, Vec<usize>, TensorRole)> {
         let mut plan: Vec<_> = self
@@ -69,7 +69,7 @@ impl ArchConfig {
         if let ArchConfig::Qwen2Vl(c) = self {
             if c.tie_word_embeddings {
                 let head = vec![c.text.vocab_size, c.text.hidden_size];
-                if share_tied_embedding(policy) {
+                if crate::qwen2_vl::shares_tied_embedding(policy) {
                     for (name, _, role) in plan.iter_mut() {
                         if name == "model.embed_tokens.weight" {
                             *role = TensorRole::Linear;
@@ -183,14 +183,6 @@ impl ArchConfig {
             ArchConfig::Qwen2Vl(c) => crate::qwen2_vl::tensor_layout(c),
         }
     }
-}
-
-/// Whether a tied token table is kept once, as the quantized output matrix, with input rows
-/// dequantized on lookup (as llama.cpp does). Done at 4 bits, where a float table would cost
-/// more than all decoder layers of a 2B model; at 8 bits and in float the table stays a float
-/// table beside a quantized head.
-pub fn share_tied_embedding(policy: &QuantPolicy) -> bool {
-    matches!(policy.linear, StorageDtype::Q4K | StorageDtype::Q4_0)
 }
 
 /// A model made resident.

@@ -81,7 +81,7 @@ impl TokenSampler {
                     .filter(|(_, p)| p.is_finite())
                     .collect();
                 let total: f64 = probs.iter().map(|(_, p)| p).sum();
-                if !(total > 0.0) {
+                if total.is_nan() || total <= 0.0 {
                     return Ok(argmax(logits));
                 }
                 probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

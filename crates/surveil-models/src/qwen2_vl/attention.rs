@@ -24,9 +24,10 @@ fn exp2_in_range(t: f32) -> f32 {
     let n = r - MAGIC;
     let f = t - n;
     let p = 1.0
-        + f * (0.693_147_2
+        + f * (std::f32::consts::LN_2
             + f * (0.240_226_5
-                + f * (0.055_504_11 + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
+                + f * (0.055_504_11
+                    + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
     let n_int = r.to_bits().wrapping_sub(MAGIC.to_bits());
     p * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
@@ -125,7 +126,11 @@ impl CustomOp1 for ScaledSoftmax {
         "qwen2-vl-scaled-softmax"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("scaled softmax expects f32 input")
         };
@@ -134,7 +139,9 @@ impl CustomOp1 for ScaledSoftmax {
         };
         let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let scale = self.scale;
-        let dst = parallel_map(&data[start..end], width, |s, d| softmax_rows(s, d, width, scale));
+        let dst = parallel_map(&data[start..end], width, |s, d| {
+            softmax_rows(s, d, width, scale)
+        });
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -142,7 +149,11 @@ impl CustomOp1 for ScaledSoftmax {
 /// `softmax(scale · x)` over the last dimension of an f32 CPU tensor. Rows that are entirely
 /// `-inf` give zeros.
 pub(crate) fn scaled_softmax(x: &Tensor, scale: f32) -> Result<Tensor> {
-    let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
     Ok(x.apply_op1_no_bwd(&ScaledSoftmax { scale })?)
 }
 
@@ -199,7 +210,11 @@ impl CustomOp1 for QuickGelu {
         "qwen2-vl-quick-gelu"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("quick gelu expects f32 input")
         };
@@ -213,13 +228,17 @@ impl CustomOp1 for QuickGelu {
 
 /// `x · sigmoid(1.702 x)` (the vision MLP activation) for an f32 CPU tensor.
 pub(crate) fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
     Ok(x.apply_op1_no_bwd(&QuickGelu)?)
 }
 
 /// Largest attention-score block materialised at once (bytes); queries are processed in row
 /// chunks so that the `(heads, rows, keys)` score matrix stays under this size.
-const SCORE_BLOCK_BYTES: usize = 64 << 20;
+const SCORE_BLOCK_BYTES: usize = 16 << 20;
 
 /// Unmasked softmax attention of `q` `(1, H, n, d)` against `k`, `v` `(1, H, m, d)`, in query
 /// row chunks that bound the score matrix.
@@ -227,8 +246,7 @@ pub(crate) fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> 
     let (_, heads, n, _) = q.dims4()?;
     let m = k.dim(2)?;
     let kt = k.t()?;
-    let blk: usize = std::env::var("TMP_BLK").ok().and_then(|s| s.parse().ok()).unwrap_or(SCORE_BLOCK_BYTES);
-    let rows = (blk / (4 * heads * m.max(1))).clamp(1, n.max(1));
+    let rows = (SCORE_BLOCK_BYTES / (4 * heads * m.max(1))).clamp(1, n.max(1));
     let mut outs = Vec::with_capacity(n.div_ceil(rows));
     let mut start = 0;
     while start < n {
@@ -270,23 +288,44 @@ mod tests {
         let x = Tensor::randn(0f32, 4.0, (7, 1000), &Device::Cpu).unwrap();
         let ours = quick_gelu(&x).unwrap();
         let reference = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
-        let d = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (ours - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-5, "{d}");
         let big = Tensor::new(&[-200f32, -90.0, 0.0, 90.0, 200.0], &Device::Cpu).unwrap();
         let v: Vec<f32> = quick_gelu(&big).unwrap().to_vec1().unwrap();
         assert!(v[0].abs() < 1e-30, "{v:?}");
         assert_eq!(v[2], 0.0);
-        assert!((v[4] - 200.0).abs() < 1e-3 && v.iter().all(|x| x.is_finite()), "{v:?}");
+        assert!(
+            (v[4] - 200.0).abs() < 1e-3 && v.iter().all(|x| x.is_finite()),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn matches_candle_softmax_with_masks() {
         let x = Tensor::randn(0f32, 3.0, (3, 5, 37), &Device::Cpu).unwrap();
-        let mask: Vec<f32> = (0..37).map(|j| if j > 20 { f32::NEG_INFINITY } else { 0.0 }).collect();
-        let x = x.broadcast_add(&Tensor::new(mask.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let mask: Vec<f32> = (0..37)
+            .map(|j| if j > 20 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let x = x
+            .broadcast_add(&Tensor::new(mask.as_slice(), &Device::Cpu).unwrap())
+            .unwrap();
         let ours = scaled_softmax(&x, 0.7).unwrap();
         let reference = candle_nn::ops::softmax_last_dim(&(x * 0.7).unwrap()).unwrap();
-        let d = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (ours - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-6, "{d}");
     }
 }

@@ -70,12 +70,18 @@ impl ChatMessage {
 
 /// Render messages with the Qwen2-VL-Instruct chat template. `add_vision_id` prefixes each
 /// image with `Picture N: ` (and videos with `Video N: `), as the template's option does.
-pub fn render_chat(messages: &[ChatMessage], add_generation_prompt: bool, add_vision_id: bool) -> String {
+pub fn render_chat(
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    add_vision_id: bool,
+) -> String {
     let mut s = String::new();
     let (mut images, mut videos) = (0usize, 0usize);
     for (i, msg) in messages.iter().enumerate() {
         if i == 0 && msg.role != "system" {
-            s.push_str(&format!("{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n"));
+            s.push_str(&format!(
+                "{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n"
+            ));
         }
         s.push_str(IM_START);
         s.push_str(&msg.role);
@@ -137,10 +143,11 @@ impl Qwen2VlTokenizer {
                 reason: "file not found (run scripts/setup to fetch the Qwen tokenizer)".into(),
             });
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -173,17 +180,29 @@ impl Qwen2VlTokenizer {
 
     /// Token ids of `text`; special tokens written in the text are recognised.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, true).map_err(|e| self.err(e))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, true)
+            .map_err(|e| self.err(e))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Token strings (byte-level, e.g. `Ġperson`) of `text`.
     pub fn tokens(&self, text: &str) -> Result<Vec<String>> {
-        Ok(self.inner.encode(text, true).map_err(|e| self.err(e))?.get_tokens().to_vec())
+        Ok(self
+            .inner
+            .encode(text, true)
+            .map_err(|e| self.err(e))?
+            .get_tokens()
+            .to_vec())
     }
 
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| self.err(e))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| self.err(e))
     }
 
     /// Id of a token string, if the vocabulary has it.
@@ -269,7 +288,11 @@ mod tests {
             ChatMessage::text("system", "Be brief."),
             ChatMessage {
                 role: "user".into(),
-                content: vec![ContentPart::Image, ContentPart::Video, ContentPart::Text("Hi".into())],
+                content: vec![
+                    ContentPart::Image,
+                    ContentPart::Video,
+                    ContentPart::Text("Hi".into()),
+                ],
             },
         ];
         assert_eq!(

@@ -222,7 +222,8 @@ impl Qwen2VlConfig {
 
     /// Parse and validate a config from JSON text (either layout).
     pub fn from_json_str(json: &str) -> Result<Self> {
-        let raw: RawTop = serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let raw: RawTop =
+            serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         Self::from_raw(raw).map_err(bad)
     }
 
@@ -238,7 +239,9 @@ impl Qwen2VlConfig {
         // In the nested layout, text fields live in `text_config`; a few (eos, tie) may sit at
         // the top level in either layout.
         let tx = if nested { &t } else { &flat };
-        let need = |v: Option<usize>, name: &str| v.ok_or_else(|| format!("missing `{name}` in the text config"));
+        let need = |v: Option<usize>, name: &str| {
+            v.ok_or_else(|| format!("missing `{name}` in the text config"))
+        };
         let hidden_size = need(tx.hidden_size, "hidden_size")?;
         let num_attention_heads = need(tx.num_attention_heads, "num_attention_heads")?;
         let rope = if nested {
@@ -247,16 +250,27 @@ impl Qwen2VlConfig {
             flat.rope_scaling.as_ref().or(flat.rope_parameters.as_ref())
         };
         let rope = rope.ok_or("missing `rope_scaling` / `rope_parameters` with `mrope_section`")?;
-        let kind = rope.kind.as_deref().or(rope.rope_type.as_deref()).unwrap_or("default");
+        let kind = rope
+            .kind
+            .as_deref()
+            .or(rope.rope_type.as_deref())
+            .unwrap_or("default");
         if !matches!(kind, "mrope" | "default") {
-            return Err(format!("rope type `{kind}` is not supported (expected mrope)"));
+            return Err(format!(
+                "rope type `{kind}` is not supported (expected mrope)"
+            ));
         }
         if let Some(rt) = rope.rope_type.as_deref() {
             if !matches!(rt, "mrope" | "default") {
-                return Err(format!("rope_type `{rt}` is not supported (expected default/mrope)"));
+                return Err(format!(
+                    "rope_type `{rt}` is not supported (expected default/mrope)"
+                ));
             }
         }
-        let section = rope.mrope_section.clone().ok_or("rope settings have no `mrope_section`")?;
+        let section = rope
+            .mrope_section
+            .clone()
+            .ok_or("rope settings have no `mrope_section`")?;
         let mrope_section: [usize; 3] = section
             .as_slice()
             .try_into()
@@ -268,7 +282,9 @@ impl Qwen2VlConfig {
             .unwrap_or(10_000.0);
         if let Some(act) = &tx.hidden_act {
             if act != "silu" {
-                return Err(format!("text hidden_act `{act}` is not supported (expected silu)"));
+                return Err(format!(
+                    "text hidden_act `{act}` is not supported (expected silu)"
+                ));
             }
         }
         if tx.use_sliding_window == Some(true) {
@@ -288,10 +304,14 @@ impl Qwen2VlConfig {
         };
 
         let v = raw.vision_config.ok_or("missing `vision_config`")?;
-        let vneed = |x: Option<usize>, name: &str| x.ok_or_else(|| format!("missing `vision_config.{name}`"));
+        let vneed = |x: Option<usize>, name: &str| {
+            x.ok_or_else(|| format!("missing `vision_config.{name}`"))
+        };
         if let Some(act) = &v.hidden_act {
             if act != "quick_gelu" {
-                return Err(format!("vision hidden_act `{act}` is not supported (expected quick_gelu)"));
+                return Err(format!(
+                    "vision hidden_act `{act}` is not supported (expected quick_gelu)"
+                ));
             }
         }
         let vision = VisionConfig {
@@ -317,8 +337,16 @@ impl Qwen2VlConfig {
             .or(t.tie_word_embeddings)
             .or(flat.tie_word_embeddings)
             .unwrap_or(false);
-        let eos_src = if tx.eos_token_id.is_some() { &tx.eos_token_id } else { &flat.eos_token_id };
-        let bos_src = if tx.bos_token_id.is_some() { &tx.bos_token_id } else { &flat.bos_token_id };
+        let eos_src = if tx.eos_token_id.is_some() {
+            &tx.eos_token_id
+        } else {
+            &flat.eos_token_id
+        };
+        let bos_src = if tx.bos_token_id.is_some() {
+            &tx.bos_token_id
+        } else {
+            &flat.bos_token_id
+        };
         let eos_token_ids = token_ids(eos_src)?;
         let bos_token_id = token_ids(bos_src)?.first().copied();
         let id = |x: Option<u32>, name: &str| x.ok_or_else(|| format!("missing `{name}`"));
@@ -361,26 +389,26 @@ impl Qwen2VlConfig {
         if let Some((name, _)) = positive.iter().find(|(_, x)| *x == 0) {
             return Err(format!("`{name}` must be positive"));
         }
-        if t.hidden_size % t.num_attention_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads {} is not divisible by num_key_value_heads {}",
                 t.num_attention_heads, t.num_key_value_heads
             ));
         }
         let half = t.head_dim() / 2;
-        if t.head_dim() % 2 != 0 || t.mrope_section.iter().sum::<usize>() != half {
+        if !t.head_dim().is_multiple_of(2) || t.mrope_section.iter().sum::<usize>() != half {
             return Err(format!(
                 "mrope_section {:?} must sum to head_dim/2 = {half}",
                 t.mrope_section
             ));
         }
-        if v.embed_dim % v.num_heads != 0 || v.head_dim() % 4 != 0 {
+        if !v.embed_dim.is_multiple_of(v.num_heads) || !v.head_dim().is_multiple_of(4) {
             return Err(format!(
                 "vision embed_dim {} / num_heads {} must give a head size divisible by 4",
                 v.embed_dim, v.num_heads
@@ -395,7 +423,10 @@ impl Qwen2VlConfig {
         if v.mlp_ratio.is_nan() || v.mlp_ratio <= 0.0 || v.mlp_hidden() == 0 {
             return Err(format!("vision mlp_ratio {} must be positive", v.mlp_ratio));
         }
-        if [t.rms_norm_eps, t.rope_theta, v.rope_theta].iter().any(|x| x.is_nan() || *x <= 0.0) {
+        if [t.rms_norm_eps, t.rope_theta, v.rope_theta]
+            .iter()
+            .any(|x| x.is_nan() || *x <= 0.0)
+        {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
         let special = [
@@ -405,7 +436,10 @@ impl Qwen2VlConfig {
             self.vision_end_token_id,
         ];
         if let Some(bad) = special.iter().find(|&&id| id as usize >= t.vocab_size) {
-            return Err(format!("special token id {bad} is outside the vocabulary ({})", t.vocab_size));
+            return Err(format!(
+                "special token id {bad} is outside the vocabulary ({})",
+                t.vocab_size
+            ));
         }
         Ok(())
     }
@@ -506,9 +540,18 @@ pub fn tensor_layout(cfg: &Qwen2VlConfig) -> Vec<(String, Vec<usize>)> {
         add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h]);
         add(format!("{p}.self_attn.v_proj.bias"), vec![kv]);
         add(format!("{p}.self_attn.o_proj.weight"), vec![h, h]);
-        add(format!("{p}.mlp.gate_proj.weight"), vec![t.intermediate_size, h]);
-        add(format!("{p}.mlp.up_proj.weight"), vec![t.intermediate_size, h]);
-        add(format!("{p}.mlp.down_proj.weight"), vec![h, t.intermediate_size]);
+        add(
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![t.intermediate_size, h],
+        );
+        add(
+            format!("{p}.mlp.up_proj.weight"),
+            vec![t.intermediate_size, h],
+        );
+        add(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, t.intermediate_size],
+        );
     }
     add("model.norm.weight".into(), vec![h]);
     if !cfg.tie_word_embeddings {
@@ -517,7 +560,13 @@ pub fn tensor_layout(cfg: &Qwen2VlConfig) -> Vec<(String, Vec<usize>)> {
     let e = v.embed_dim;
     add(
         "visual.patch_embed.proj.weight".into(),
-        vec![e, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size],
+        vec![
+            e,
+            v.in_channels,
+            v.temporal_patch_size,
+            v.patch_size,
+            v.patch_size,
+        ],
     );
     for i in 0..v.depth {
         let p = format!("visual.blocks.{i}");
@@ -539,7 +588,10 @@ pub fn tensor_layout(cfg: &Qwen2VlConfig) -> Vec<(String, Vec<usize>)> {
     add("visual.merger.ln_q.bias".into(), vec![e]);
     add("visual.merger.mlp.0.weight".into(), vec![m, m]);
     add("visual.merger.mlp.0.bias".into(), vec![m]);
-    add("visual.merger.mlp.2.weight".into(), vec![v.out_hidden_size, m]);
+    add(
+        "visual.merger.mlp.2.weight".into(),
+        vec![v.out_hidden_size, m],
+    );
     add("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]);
     out
 }
@@ -577,7 +629,8 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("num_key_value_heads"));
         let err = Qwen2VlConfig::from_json_str("{\"model_type\": \"llama\"}").unwrap_err();
         assert!(err.to_string().contains("model_type"), "{err}");
-        let err = Qwen2VlConfig::from_json_str("{\"hidden_size\": 8, \"vision_config\": {}}").unwrap_err();
+        let err = Qwen2VlConfig::from_json_str("{\"hidden_size\": 8, \"vision_config\": {}}")
+            .unwrap_err();
         assert!(err.to_string().contains("num_attention_heads"), "{err}");
     }
 }

@@ -11,6 +11,42 @@
 //! - [`Qwen2VlTokenizer`] and [`render_chat`]: the Qwen BPE tokenizer and the chat template;
 //! - [`VisionTower`] and [`TextModel`] on their own.
 //!
+//! ```no_run
+//! # fn main() -> surveil_models::Result<()> {
+//! use std::ops::ControlFlow;
+//! use candle_core::Device;
+//! use surveil_memory::{QuantPolicy, StorageDtype};
+//! use surveil_models::qwen2_vl::*;
+//! use surveil_models::weights::{SafetensorsSource, Weights};
+//!
+//! let dir = std::path::Path::new("Qwen2-VL-2B-Instruct");
+//! let cfg = Qwen2VlConfig::from_file(&dir.join("config.json"))?;
+//! let source = SafetensorsSource::open_index(&dir.join("model.safetensors.index.json"))?;
+//! let w = Weights::new(Box::new(source), Device::Cpu, QuantPolicy::four_bit(StorageDtype::F16));
+//! let model = Qwen2VlModel::load(&cfg, &w)?;
+//! let tokenizer = Qwen2VlTokenizer::from_file(&dir.join("tokenizer.json"))?;
+//!
+//! let frame = image::open("frame.png").map_err(|e| surveil_models::ModelError::InvalidInput(e.to_string()))?;
+//! let images = Qwen2VlImageProcessor::default().preprocess_images(&[frame.to_rgb8()], &Device::Cpu)?;
+//! let prompt = tokenizer.encode_chat(
+//!     &[ChatMessage::user_with_images(1, "What are the people doing?")],
+//!     &images.grids,
+//!     &[],
+//!     cfg.vision.spatial_merge_size,
+//! )?;
+//! let input = MultimodalInput {
+//!     input_ids: prompt.input_ids,
+//!     pixel_values: Some(images.pixel_values),
+//!     image_grids: images.grids,
+//!     ..Default::default()
+//! };
+//! let params = GenerationParams::greedy(64, tokenizer.stop_token_ids());
+//! let out = model.generate(&input, &params, |_token| ControlFlow::Continue(()))?;
+//! println!("{}", tokenizer.decode(&out.tokens, true)?);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Not here: weight download, memory budgets, choosing a device.
 
 mod attention;
@@ -22,15 +58,20 @@ mod rope_index;
 mod text;
 mod vision;
 
-pub use config::{qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, Qwen2VlConfig, TextConfig, VisionConfig};
+pub use chat::{
+    render_chat, ChatMessage, ChatPrompt, ContentPart, Qwen2VlTokenizer, DEFAULT_SYSTEM_PROMPT,
+    ENDOFTEXT, IMAGE_PAD, IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START,
+};
+pub use config::{
+    qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, Qwen2VlConfig, TextConfig, VisionConfig,
+};
 pub use model::{
-    GenerationOutput, GenerationParams, GenerationStats, MultimodalInput, PrefillState, Qwen2VlModel, StopReason,
+    GenerationOutput, GenerationParams, GenerationStats, MultimodalInput, PrefillState,
+    Qwen2VlModel, StopReason,
+};
+pub use processor::{
+    smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO,
 };
 pub use rope_index::{rope_index, RopeIndex, VisionTokens};
-pub use text::{KvCache, Logits, TextModel};
+pub use text::{shares_tied_embedding, KvCache, Logits, TextModel};
 pub use vision::{GridThw, VisionOutput, VisionTower};
-pub use chat::{
-    render_chat, ChatMessage, ChatPrompt, ContentPart, Qwen2VlTokenizer, DEFAULT_SYSTEM_PROMPT, ENDOFTEXT, IMAGE_PAD,
-    IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START,
-};
-pub use processor::{smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO};

@@ -192,19 +192,34 @@ impl Qwen2VlModel {
         let mut index: Vec<u32> = (0..ids.len() as u32).collect();
         let mut offset = ids.len();
         let kinds = [
-            (self.cfg.image_token_id, &input.pixel_values, &input.image_grids, "image"),
-            (self.cfg.video_token_id, &input.pixel_values_videos, &input.video_grids, "video"),
+            (
+                self.cfg.image_token_id,
+                &input.pixel_values,
+                &input.image_grids,
+                "image",
+            ),
+            (
+                self.cfg.video_token_id,
+                &input.pixel_values_videos,
+                &input.video_grids,
+                "video",
+            ),
         ];
         for (token, pixels, grids, kind) in kinds {
-            let slots: Vec<usize> = ids.iter().enumerate().filter(|(_, &t)| t == token).map(|(i, _)| i).collect();
+            let slots: Vec<usize> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &t)| t == token)
+                .map(|(i, _)| i)
+                .collect();
             match pixels {
                 None if slots.is_empty() && grids.is_empty() => continue,
                 None => {
                     return Err(ModelError::InvalidInput(format!(
-                        "the prompt has {} {kind} placeholder tokens / {} grids but no {kind} pixels",
-                        slots.len(),
-                        grids.len()
-                    )))
+                    "the prompt has {} {kind} placeholder tokens / {} grids but no {kind} pixels",
+                    slots.len(),
+                    grids.len()
+                )))
                 }
                 Some(pixels) => {
                     let embeds = self.vision.forward(pixels, grids)?;
@@ -236,7 +251,9 @@ impl Qwen2VlModel {
     fn check_prompt(&self, input: &MultimodalInput) -> Result<()> {
         let n = input.input_ids.len();
         if n == 0 {
-            return Err(ModelError::InvalidInput("empty prompt: at least one token is needed".into()));
+            return Err(ModelError::InvalidInput(
+                "empty prompt: at least one token is needed".into(),
+            ));
         }
         let ctx = self.cfg.text.max_position_embeddings;
         if n >= ctx {
@@ -264,7 +281,9 @@ impl Qwen2VlModel {
         let t1 = Instant::now();
         let mut cache = self.text.new_cache();
         let [p0, p1, p2] = &rope.positions;
-        let logits = self.text.forward(&embeds, [p0, p1, p2], &mut cache, logits)?;
+        let logits = self
+            .text
+            .forward(&embeds, [p0, p1, p2], &mut cache, logits)?;
         let prefill_time = t1.elapsed();
         tracing::debug!(
             tokens = input.input_ids.len(),
@@ -298,7 +317,8 @@ impl Qwen2VlModel {
         mut on_token: impl FnMut(u32) -> ControlFlow<()>,
     ) -> Result<GenerationOutput> {
         let start = Instant::now();
-        let _span = tracing::info_span!("qwen2_vl_generate", prompt = input.input_ids.len()).entered();
+        let _span =
+            tracing::info_span!("qwen2_vl_generate", prompt = input.input_ids.len()).entered();
         let mut sampler = TokenSampler::new(params.sampling, params.seed);
         let mut tokens = Vec::new();
         let ctx = self.cfg.text.max_position_embeddings as i64;

@@ -138,6 +138,68 @@ impl Qwen2VlImageProcessor {
         })
     }
 
+    /// Settings from a `preprocessor_config.json` (Hub v4 keys `min_pixels` / `max_pixels`, or
+    /// v5 `size: {shortest_edge, longest_edge}`; `patch_size`, `temporal_patch_size`,
+    /// `merge_size`, `image_mean`, `image_std`). Missing keys keep their defaults.
+    pub fn from_preprocessor_config(json: &str) -> Result<Self> {
+        let bad = |reason: String| ModelError::Config {
+            path: "preprocessor_config.json".into(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let d = Self::default();
+        let uint = |key: &str, size_key: &str, default: usize| -> Result<usize> {
+            let x = v
+                .get(key)
+                .or_else(|| v.get("size").and_then(|s| s.get(size_key)));
+            match x {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| n as usize)
+                    .ok_or_else(|| bad(format!("`{key}` must be a positive integer, got {x}"))),
+            }
+        };
+        let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+            match v.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(x) => {
+                    let vals: Vec<f32> = x
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|n| n.as_f64())
+                                .map(|n| n as f32)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    <[f32; 3]>::try_from(vals.as_slice())
+                        .map_err(|_| bad(format!("`{key}` must be 3 numbers, got {x}")))
+                }
+            }
+        };
+        let p = Self {
+            min_pixels: uint("min_pixels", "shortest_edge", d.min_pixels)?,
+            max_pixels: uint("max_pixels", "longest_edge", d.max_pixels)?,
+            patch_size: uint("patch_size", "", d.patch_size)?,
+            temporal_patch_size: uint("temporal_patch_size", "", d.temporal_patch_size)?,
+            merge_size: uint("merge_size", "", d.merge_size)?,
+            image_mean: triple("image_mean", d.image_mean)?,
+            image_std: triple("image_std", d.image_std)?,
+        };
+        if p.min_pixels == 0
+            || p.min_pixels > p.max_pixels
+            || p.patch_size == 0
+            || p.temporal_patch_size == 0
+            || p.merge_size == 0
+            || p.image_std.contains(&0.0)
+        {
+            return Err(bad(format!("unusable processor settings {p:?}")));
+        }
+        Ok(p)
+    }
+
     /// Side granularity: `patch_size · merge_size` (28).
     pub fn factor(&self) -> usize {
         self.patch_size * self.merge_size
@@ -150,7 +212,13 @@ impl Qwen2VlImageProcessor {
 
     /// `(height, width)` an image of this size is resized to.
     pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
-        smart_resize(height, width, self.factor(), self.min_pixels, self.max_pixels)
+        smart_resize(
+            height,
+            width,
+            self.factor(),
+            self.min_pixels,
+            self.max_pixels,
+        )
     }
 
     fn resize(&self, img: &RgbImage, (h, w): (usize, usize)) -> Result<RgbImage> {
@@ -272,14 +340,23 @@ mod tests {
     fn smart_resize_follows_the_reference_rules() {
         let d = Qwen2VlImageProcessor::default();
         assert_eq!(d.target_size(576, 768).unwrap(), (588, 756));
-        assert_eq!(smart_resize(576, 768, 28, 3136, 200_704).unwrap(), (364, 504));
+        assert_eq!(
+            smart_resize(576, 768, 28, 3136, 200_704).unwrap(),
+            (364, 504)
+        );
         assert_eq!(d.target_size(30, 40).unwrap(), (56, 84));
         // 1x1 grows to the minimum; 10000x10000 shrinks under max_pixels.
         assert_eq!(d.target_size(1, 1).unwrap(), (56, 56));
         let (h, w) = d.target_size(10_000, 10_000).unwrap();
-        assert!(h * w <= d.max_pixels && h % 28 == 0 && w % 28 == 0, "{h}x{w}");
+        assert!(
+            h * w <= d.max_pixels && h % 28 == 0 && w % 28 == 0,
+            "{h}x{w}"
+        );
         // Half-way sides round to even like Python's round(): 14/28 = 0.5 -> 0, 42/28 = 1.5 -> 2.
-        assert_eq!(smart_resize(42, 2800, 28, 1, usize::MAX).unwrap(), (56, 2800));
+        assert_eq!(
+            smart_resize(42, 2800, 28, 1, usize::MAX).unwrap(),
+            (56, 2800)
+        );
         assert!(smart_resize(10, 2500, 28, 3136, 1_003_520).is_err());
         assert!(smart_resize(0, 5, 28, 3136, 1_003_520).is_err());
     }
@@ -287,13 +364,21 @@ mod tests {
     #[test]
     fn patch_rows_are_window_major() {
         // A 56x56 frame: 4x4 patches, merged windows of 2x2. Mark each pixel with its patch.
-        let img = RgbImage::from_fn(56, 56, |x, y| image::Rgb([(y / 14 * 4 + x / 14) as u8, 0, 0]));
-        let mut proc = Qwen2VlImageProcessor::default();
-        proc.image_mean = [0.0; 3];
-        proc.image_std = [1.0 / 255.0; 3];
+        let img = RgbImage::from_fn(56, 56, |x, y| {
+            image::Rgb([(y / 14 * 4 + x / 14) as u8, 0, 0])
+        });
+        let proc = Qwen2VlImageProcessor {
+            image_mean: [0.0; 3],
+            image_std: [1.0 / 255.0; 3],
+            ..Qwen2VlImageProcessor::default()
+        };
         let out = proc.patchify(&[img]).unwrap();
         assert_eq!(out.grid, GridThw::new(1, 4, 4));
-        let first_of_row: Vec<f32> = out.pixel_values.chunks(out.patch_dim).map(|r| r[0]).collect();
+        let first_of_row: Vec<f32> = out
+            .pixel_values
+            .chunks(out.patch_dim)
+            .map(|r| r[0])
+            .collect();
         // window (0,0): patches 0,1,4,5; window (0,1): 2,3,6,7; ...
         let expected = [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15];
         for (got, want) in first_of_row.iter().zip(expected) {

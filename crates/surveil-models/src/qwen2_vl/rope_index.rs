@@ -147,7 +147,13 @@ mod tests {
         ids.push(3);
         ids.extend([8; 2]);
         ids.push(4);
-        let r = rope_index(&ids, &[GridThw::new(1, 4, 6)], &[GridThw::new(2, 2, 2)], TOK).unwrap();
+        let r = rope_index(
+            &ids,
+            &[GridThw::new(1, 4, 6)],
+            &[GridThw::new(2, 2, 2)],
+            TOK,
+        )
+        .unwrap();
         assert_eq!(r.positions[0], vec![0, 1, 2, 2, 2, 2, 2, 2, 5, 6, 7, 8]);
         assert_eq!(r.positions[1], vec![0, 1, 2, 2, 2, 3, 3, 3, 5, 6, 6, 8]);
         assert_eq!(r.positions[2], vec![0, 1, 2, 3, 4, 2, 3, 4, 5, 6, 6, 8]);

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::attention::scaled_softmax;
 use super::config::TextConfig;
-use surveil_memory::StorageDtype;
+use surveil_memory::{QuantPolicy, StorageDtype};
 
 use crate::nn::RmsNorm;
 use crate::weights::Weights;
@@ -123,7 +123,11 @@ impl QLinear {
         let w = w.pp(name);
         Ok(Self {
             weight: w.matmul_weight(&[out_dim, in_dim], "weight")?,
-            bias: if bias { Some(w.get(&[out_dim], "bias")?) } else { None },
+            bias: if bias {
+                Some(w.get(&[out_dim], "bias")?)
+            } else {
+                None
+            },
         })
     }
 
@@ -135,7 +139,11 @@ impl QLinear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
         self.add_bias(self.weight.forward(&x)?)
     }
 
@@ -153,10 +161,18 @@ impl QLinear {
 fn forward_shared(linears: &[&QLinear], x: &Tensor) -> Result<Vec<Tensor>> {
     let row = x.dim(D::Minus1)?;
     if x.elem_count() == row {
-        if let Some(qs) = linears.iter().map(|l| l.qtensor()).collect::<Option<Vec<_>>>() {
+        if let Some(qs) = linears
+            .iter()
+            .map(|l| l.qtensor())
+            .collect::<Option<Vec<_>>>()
+        {
             let x = x.contiguous()?;
             if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x)? {
-                return outs.into_iter().zip(linears).map(|(y, l)| l.add_bias(y)).collect();
+                return outs
+                    .into_iter()
+                    .zip(linears)
+                    .map(|(y, l)| l.add_bias(y))
+                    .collect();
             }
         }
     }
@@ -189,7 +205,13 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, rot: &Rotary, mask: Option<&Tensor>, cache: &mut LayerCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rot: &Rotary,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let d = self.head_dim;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
@@ -267,14 +289,35 @@ impl DecoderLayer {
             attn: Attention::load(cfg, &w.pp("self_attn"))?,
             mlp: Mlp::load(cfg, &w.pp("mlp"))?,
             input_norm: RmsNorm::load(&w.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
-            post_norm: RmsNorm::load(&w.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            post_norm: RmsNorm::load(
+                &w.pp("post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
         })
     }
 
-    fn forward(&self, x: &Tensor, rot: &Rotary, mask: Option<&Tensor>, cache: &mut LayerCache) -> Result<Tensor> {
-        let h = (x + self.attn.forward(&self.input_norm.forward(x)?, rot, mask, cache)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        rot: &Rotary,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let h = (x + self
+            .attn
+            .forward(&self.input_norm.forward(x)?, rot, mask, cache)?)?;
         Ok((&h + self.mlp.forward(&self.post_norm.forward(&h)?)?)?)
     }
+}
+
+/// Whether a tied token table is kept once, as the quantized output matrix, with input rows
+/// dequantized on lookup (as llama.cpp does). True at 4 bits, where a float table would cost
+/// more memory than all decoder layers of a 2B model together; at 8 bits and in float the table
+/// stays a float table beside the output head, because its rows feed every layer and 8-bit rows
+/// measurably move the logits (they flip greedy tokens on the parity fixture).
+pub fn shares_tied_embedding(policy: &QuantPolicy) -> bool {
+    matches!(policy.linear, StorageDtype::Q4K | StorageDtype::Q4_0)
 }
 
 /// Token embedding table: a float table, or — for tied checkpoints loaded with a quantized
@@ -310,11 +353,7 @@ impl TextModel {
     pub fn load(cfg: &TextConfig, tie_word_embeddings: bool, w: &Weights) -> Result<Self> {
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
         let m = w.pp("model");
-        // At 4 bits the tied vocabulary matrix is kept once, quantized, and input rows are
-        // dequantized on lookup (as llama.cpp does): the float table would cost more memory than
-        // all decoder layers of a 2B model together. At 8 bits and in float the table stays a
-        // float table, because its rows feed every layer and 8-bit rows measurably move logits.
-        let share = tie_word_embeddings && matches!(w.policy().linear, StorageDtype::Q4K | StorageDtype::Q4_0);
+        let share = tie_word_embeddings && shares_tied_embedding(&w.policy());
         let (embed, lm_head) = if share {
             let head = m.matmul_weight(&[vocab, hidden], "embed_tokens.weight")?;
             (TokenEmbedding::SharedWithHead, head)
@@ -380,16 +419,17 @@ impl TextModel {
         let [s0, s1, _] = self.cfg.mrope_section;
         let mut cos = Vec::with_capacity(s * half);
         let mut sin = Vec::with_capacity(s * half);
-        for i in 0..s {
+        let [pt, ph, pw] = positions;
+        for ((&t, &h), &w) in pt.iter().zip(ph).zip(pw) {
             for (j, &f) in self.inv_freq.iter().enumerate() {
-                let axis = if j < s0 {
-                    0
+                let pos = if j < s0 {
+                    t
                 } else if j < s0 + s1 {
-                    1
+                    h
                 } else {
-                    2
+                    w
                 };
-                let a = (positions[axis][i] as f32 * f) as f64;
+                let a = (pos as f32 * f) as f64;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);
             }
@@ -423,14 +463,18 @@ impl TextModel {
             )));
         }
         if cache.layers.len() != self.layers.len() {
-            return Err(ModelError::InvalidInput("KV cache belongs to another model".into()));
+            return Err(ModelError::InvalidInput(
+                "KV cache belongs to another model".into(),
+            ));
         }
         let past = cache.len();
         let rot = self.rotary(positions)?;
         let mask = if s > 1 {
             let total = past + s;
             let data: Vec<f32> = (0..s)
-                .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+                .flat_map(|i| {
+                    (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                })
                 .collect();
             Some(Tensor::from_vec(data, (s, total), &self.device)?)
         } else {
@@ -451,6 +495,10 @@ impl TextModel {
     /// Convenience: logits of the last position as a vector.
     pub fn last_logits_vec(logits: &Tensor) -> Result<Vec<f32>> {
         let v = logits.dim(D::Minus1)?;
-        Ok(logits.reshape(((), v))?.narrow(0, logits.elem_count() / v - 1, 1)?.flatten_all()?.to_vec1()?)
+        Ok(logits
+            .reshape(((), v))?
+            .narrow(0, logits.elem_count() / v - 1, 1)?
+            .flatten_all()?
+            .to_vec1()?)
     }
 }

@@ -71,13 +71,27 @@ impl VisionBlock {
 
     /// `x`: `(n, E)`; `cos`/`sin`: `(n, head_dim/2)`; `segments`: `(start, len)` row ranges that
     /// attend only among themselves.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
         let n = x.dim(0)?;
         let (h, d) = (self.num_heads, self.head_dim);
-        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?.reshape((n, 3, h, d))?;
+        let qkv = self
+            .qkv
+            .forward(&self.norm1.forward(x)?)?
+            .reshape((n, 3, h, d))?;
         // (n, H, d) -> (1, H, n, d), contiguous for the rope kernel.
         let split = |i: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(1, i, 1)?.squeeze(1)?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?)
+            Ok(qkv
+                .narrow(1, i, 1)?
+                .squeeze(1)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .unsqueeze(0)?)
         };
         let q = candle_nn::rotary_emb::rope(&split(0)?, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&split(1)?, cos, sin)?;
@@ -96,7 +110,11 @@ impl VisionBlock {
             Tensor::cat(&parts, 2)?
         };
         // (1, H, n, d) -> (n, H*d)
-        let attn = attn.squeeze(0)?.transpose(0, 1)?.contiguous()?.reshape((n, h * d))?;
+        let attn = attn
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((n, h * d))?;
         let x = (x + self.proj.forward(&attn)?)?;
         let hdn = self.fc1.forward(&self.norm2.forward(&x)?)?;
         let hdn = quick_gelu(&hdn)?;
@@ -124,7 +142,10 @@ impl PatchMerger {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let x = self.ln_q.forward(x)?.reshape((n * x.dim(1)? / self.unit_dim, self.unit_dim))?;
+        let x = self
+            .ln_q
+            .forward(x)?
+            .reshape((n * x.dim(1)? / self.unit_dim, self.unit_dim))?;
         let x = self.fc1.forward(&x)?.gelu_erf()?;
         self.fc2.forward(&x)
     }
@@ -153,7 +174,13 @@ impl VisionTower {
     pub fn load(cfg: &VisionConfig, w: &Weights) -> Result<Self> {
         let e = cfg.embed_dim;
         let conv = w.pp("patch_embed.proj").get(
-            &[e, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size],
+            &[
+                e,
+                cfg.in_channels,
+                cfg.temporal_patch_size,
+                cfg.patch_size,
+                cfg.patch_size,
+            ],
             "weight",
         )?;
         let patch_embed = Linear::new(QMatMul::Tensor(conv.reshape((e, cfg.patch_dim()))?), None);
@@ -183,9 +210,12 @@ impl VisionTower {
 
     /// Check `pixel_values` against `grids`: returns the number of patches.
     fn check(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<usize> {
-        let (n, dim) = pixel_values
-            .dims2()
-            .map_err(|_| ModelError::InvalidInput(format!("pixel_values must be 2-D, got {:?}", pixel_values.dims())))?;
+        let (n, dim) = pixel_values.dims2().map_err(|_| {
+            ModelError::InvalidInput(format!(
+                "pixel_values must be 2-D, got {:?}",
+                pixel_values.dims()
+            ))
+        })?;
         if dim != self.cfg.patch_dim() {
             return Err(ModelError::InvalidInput(format!(
                 "pixel_values rows have {dim} values, expected {}",
@@ -247,9 +277,14 @@ impl VisionTower {
     }
 
     /// Run the tower; returns the last block's output and the merged embeddings.
-    pub fn forward_with_hidden(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<VisionOutput> {
+    pub fn forward_with_hidden(
+        &self,
+        pixel_values: &Tensor,
+        grids: &[GridThw],
+    ) -> Result<VisionOutput> {
         let n = self.check(pixel_values, grids)?;
-        let _span = tracing::debug_span!("qwen2_vl_vision", patches = n, images = grids.len()).entered();
+        let _span =
+            tracing::debug_span!("qwen2_vl_vision", patches = n, images = grids.len()).entered();
         let (cos, sin) = self.rotary(grids, n)?;
         // Attention is restricted to each temporal slice of each image (cu_seqlens in the
         // reference): one segment of h*w patches per temporal patch.
@@ -261,13 +296,18 @@ impl VisionTower {
                 start += g.h * g.w;
             }
         }
-        let pixel_values = pixel_values.to_device(&self.device)?.to_dtype(candle_core::DType::F32)?;
+        let pixel_values = pixel_values
+            .to_device(&self.device)?
+            .to_dtype(candle_core::DType::F32)?;
         let mut x = self.patch_embed.forward(&pixel_values)?;
         for block in &self.blocks {
             x = block.forward(&x, &cos, &sin, &segments)?;
         }
         let embeds = self.merger.forward(&x)?;
-        Ok(VisionOutput { last_hidden: x, embeds })
+        Ok(VisionOutput {
+            last_hidden: x,
+            embeds,
+        })
     }
 
     /// Image embeddings `(patches / 4, text hidden)` for packed `pixel_values` `(patches, 1176)`.

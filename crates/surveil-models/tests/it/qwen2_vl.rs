@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use surveil_memory::{QuantPolicy, StorageDtype};
 use surveil_models::qwen2_vl::{
-    render_chat, tensor_layout, ChatMessage, ContentPart, GenerationParams, Qwen2VlImageProcessor, Qwen2VlTokenizer, GridThw, Logits, MultimodalInput, Qwen2VlConfig, Qwen2VlModel, StopReason,
+    render_chat, tensor_layout, ChatMessage, ContentPart, GenerationParams, GridThw, Logits,
+    MultimodalInput, Qwen2VlConfig, Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
+    StopReason,
 };
 use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
 
@@ -34,7 +36,12 @@ fn f32_policy() -> QuantPolicy {
 }
 
 fn ids_of(t: &Tensor) -> Vec<i64> {
-    t.flatten_all().unwrap().to_dtype(DType::I64).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn tol(case: &serde_json::Value, tensor: &str) -> f32 {
@@ -69,13 +76,17 @@ fn case_names() -> Vec<String> {
 }
 
 /// Greedy ids without EOS stopping, plus the logits that produced each of them.
-fn greedy_with_logits(model: &Qwen2VlModel, input: &MultimodalInput, steps: usize) -> (Vec<u32>, Vec<Tensor>) {
+fn greedy_with_logits(
+    model: &Qwen2VlModel,
+    input: &MultimodalInput,
+    steps: usize,
+) -> (Vec<u32>, Vec<Tensor>) {
     let mut state = model.prefill(input, Logits::Last).unwrap();
-    let mut pos = state.rope.next_position();
+    let first = state.rope.next_position();
     let mut logits = state.logits.flatten_all().unwrap();
     let mut ids = Vec::new();
     let mut step_logits = Vec::new();
-    for _ in 0..steps {
+    for pos in (first..).take(steps) {
         let v: Vec<f32> = logits.to_vec1().unwrap();
         let tok = surveil_models::generation::argmax(&v);
         ids.push(tok);
@@ -85,7 +96,6 @@ fn greedy_with_logits(model: &Qwen2VlModel, input: &MultimodalInput, steps: usiz
             .unwrap()
             .flatten_all()
             .unwrap();
-        pos += 1;
     }
     (ids, step_logits)
 }
@@ -102,11 +112,18 @@ fn check_case(model: &Qwen2VlModel, name: &str) {
     let expected = ids_of(&t["position_ids"]);
     let ours: Vec<i64> = rope.positions.iter().flatten().copied().collect();
     assert_eq!(ours, expected, "{name}: position_ids");
-    assert_eq!(vec![rope.delta], ids_of(&t["rope_deltas"]), "{name}: rope_deltas");
+    assert_eq!(
+        vec![rope.delta],
+        ids_of(&t["rope_deltas"]),
+        "{name}: rope_deltas"
+    );
 
     // Vision tower: before and after the merger.
     if let Some(pixels) = &input.pixel_values {
-        let out = model.vision().forward_with_hidden(pixels, &input.image_grids).unwrap();
+        let out = model
+            .vision()
+            .forward_with_hidden(pixels, &input.image_grids)
+            .unwrap();
         let d = max_abs_diff(&out.last_hidden, &t["vision_last_hidden"]);
         let tl = tol(case, "vision_last_hidden");
         println!("{name}: vision_last_hidden max_abs_diff {d:.3e} (tolerance {tl:.0e})");
@@ -132,7 +149,10 @@ fn check_case(model: &Qwen2VlModel, name: &str) {
     for (k, l) in step_logits.iter().enumerate() {
         let r = ref_steps.narrow(1, k, 1).unwrap().flatten_all().unwrap();
         let d = max_abs_diff(l, &r);
-        assert!(d <= tl, "{name}: greedy step {k} logits {d} > {tl} (first divergence)");
+        assert!(
+            d <= tl,
+            "{name}: greedy step {k} logits {d} > {tl} (first divergence)"
+        );
         worst = worst.max(d);
     }
     println!("{name}: greedy_step_logits max_abs_diff {worst:.3e} (tolerance {tl:.0e})");
@@ -140,7 +160,11 @@ fn check_case(model: &Qwen2VlModel, name: &str) {
 
     // The public generate() gives the same ids when no stop token is set.
     let out = model
-        .generate(&input, &GenerationParams::greedy(expected_ids.len(), vec![]), |_| ControlFlow::Continue(()))
+        .generate(
+            &input,
+            &GenerationParams::greedy(expected_ids.len(), vec![]),
+            |_| ControlFlow::Continue(()),
+        )
         .unwrap();
     assert_eq!(out.tokens, expected_ids, "{name}: generate()");
     assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
@@ -164,10 +188,22 @@ fn parity_qwen2_vl_config_layouts_agree() {
     // The special ids of the config match the fixture's table.
     let c = cases(&folder());
     let special = &c["special_token_ids"];
-    assert_eq!(special["<|image_pad|>"].as_u64(), Some(nested.image_token_id as u64));
-    assert_eq!(special["<|video_pad|>"].as_u64(), Some(nested.video_token_id as u64));
-    assert_eq!(special["<|vision_start|>"].as_u64(), Some(nested.vision_start_token_id as u64));
-    assert_eq!(special["<|vision_end|>"].as_u64(), Some(nested.vision_end_token_id as u64));
+    assert_eq!(
+        special["<|image_pad|>"].as_u64(),
+        Some(nested.image_token_id as u64)
+    );
+    assert_eq!(
+        special["<|video_pad|>"].as_u64(),
+        Some(nested.video_token_id as u64)
+    );
+    assert_eq!(
+        special["<|vision_start|>"].as_u64(),
+        Some(nested.vision_start_token_id as u64)
+    );
+    assert_eq!(
+        special["<|vision_end|>"].as_u64(),
+        Some(nested.vision_end_token_id as u64)
+    );
 }
 
 #[test]
@@ -231,12 +267,26 @@ fn parity_qwen2_vl_quantized_q8_0_greedy_ids() {
 #[test]
 fn parity_qwen2_vl_quantized_4bit_falls_back_to_q4_0() {
     let src = SafetensorsSource::open(&[folder().join("model.safetensors")]).unwrap();
-    let w = Weights::new(Box::new(src), Device::Cpu, QuantPolicy::four_bit(StorageDtype::F32));
+    let w = Weights::new(
+        Box::new(src),
+        Device::Cpu,
+        QuantPolicy::four_bit(StorageDtype::F32),
+    );
     let model = Qwen2VlModel::load(&config(), &w).unwrap();
     let report = w.report();
-    println!("4-bit load: {:?}, fallbacks {:?}", report.tensors_by_dtype, report.fallback_tensors);
+    println!(
+        "4-bit load: {:?}, fallbacks {:?}",
+        report.tensors_by_dtype, report.fallback_tensors
+    );
     assert!(!report.tensors_by_dtype.contains_key(&StorageDtype::Q4K));
-    assert!(report.tensors_by_dtype.get(&StorageDtype::Q4_0).copied().unwrap_or(0) > 0);
+    assert!(
+        report
+            .tensors_by_dtype
+            .get(&StorageDtype::Q4_0)
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
     for name in case_names() {
         let case = &cases(&folder())["cases"][&name];
         let t = load_tensors(&folder().join(case["file"].as_str().unwrap()));
@@ -282,14 +332,26 @@ fn qwen2_vl_q4k_logits_correlate_with_f32() {
     let grid = GridThw::new(1, 4, 4);
     let mut ids: Vec<u32> = (10..30).collect();
     ids.push(cfg.vision_start_token_id);
-    ids.extend(std::iter::repeat_n(cfg.image_token_id, grid.merged_tokens(2)));
+    ids.extend(std::iter::repeat_n(
+        cfg.image_token_id,
+        grid.merged_tokens(2),
+    ));
     ids.push(cfg.vision_end_token_id);
     ids.extend(40..60);
     let n = grid.patches() * cfg.vision.patch_dim();
-    let pixels: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let pixels: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
     let input = MultimodalInput {
         input_ids: ids,
-        pixel_values: Some(Tensor::from_vec(pixels, (grid.patches(), cfg.vision.patch_dim()), &Device::Cpu).unwrap()),
+        pixel_values: Some(
+            Tensor::from_vec(
+                pixels,
+                (grid.patches(), cfg.vision.patch_dim()),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        ),
         image_grids: vec![grid],
         ..Default::default()
     };
@@ -303,7 +365,11 @@ fn qwen2_vl_q4k_logits_correlate_with_f32() {
     let mut longer = input.clone();
     longer.input_ids.push(77);
     let full = q_model.prefill(&longer, Logits::All).unwrap().logits;
-    let full_last = full.narrow(1, longer.input_ids.len() - 1, 1).unwrap().flatten_all().unwrap();
+    let full_last = full
+        .narrow(1, longer.input_ids.len() - 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
     let mut state = q_model.prefill(&input, Logits::Last).unwrap();
     let step = q_model
         .decode_step(77, state.rope.next_position(), &mut state.cache)
@@ -311,8 +377,16 @@ fn qwen2_vl_q4k_logits_correlate_with_f32() {
         .flatten_all()
         .unwrap();
     let d = max_abs_diff(&step, &full_last);
-    let scale = full_last.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    println!("q4k decode step vs full recompute: max_abs_diff {d:.3e} (logits abs max {scale:.3e})");
+    let scale = full_last
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    println!(
+        "q4k decode step vs full recompute: max_abs_diff {d:.3e} (logits abs max {scale:.3e})"
+    );
     assert!(d <= 1e-3 * scale.max(1e-6), "decode vs recompute {d}");
 }
 
@@ -321,7 +395,8 @@ fn qwen2_vl_rejects_bad_prompts() {
     let model = load_model(f32_policy());
     let cfg = model.config().clone();
     let params = GenerationParams::greedy(2, vec![]);
-    let go = |input: &MultimodalInput| model.generate(input, &params, |_| ControlFlow::Continue(()));
+    let go =
+        |input: &MultimodalInput| model.generate(input, &params, |_| ControlFlow::Continue(()));
 
     // Empty prompt.
     let err = go(&MultimodalInput::default()).unwrap_err().to_string();
@@ -340,7 +415,13 @@ fn qwen2_vl_rejects_bad_prompts() {
     let mut input = input_of(&t);
     let first = input.image_grids[0];
     input.image_grids.truncate(1);
-    input.pixel_values = Some(input.pixel_values.unwrap().narrow(0, 0, first.patches()).unwrap());
+    input.pixel_values = Some(
+        input
+            .pixel_values
+            .unwrap()
+            .narrow(0, 0, first.patches())
+            .unwrap(),
+    );
     let err = go(&input).unwrap_err().to_string();
     assert!(err.contains("more image placeholders than images"), "{err}");
 
@@ -380,7 +461,9 @@ fn qwen2_vl_stop_tokens_and_streaming() {
     assert_eq!(streamed, out.tokens);
     // The callback can cancel.
     let out = model
-        .generate(&input, &GenerationParams::greedy(8, vec![]), |_| ControlFlow::Break(()))
+        .generate(&input, &GenerationParams::greedy(8, vec![]), |_| {
+            ControlFlow::Break(())
+        })
         .unwrap();
     assert_eq!(out.tokens.len(), 1);
     assert_eq!(out.stop_reason, StopReason::Cancelled);
@@ -391,12 +474,15 @@ fn qwen2_vl_stop_tokens_and_streaming() {
         seed: 7,
         stop_tokens: vec![],
     };
-    let a = model.generate(&input, &params, |_| ControlFlow::Continue(())).unwrap();
-    let b = model.generate(&input, &params, |_| ControlFlow::Continue(())).unwrap();
+    let a = model
+        .generate(&input, &params, |_| ControlFlow::Continue(()))
+        .unwrap();
+    let b = model
+        .generate(&input, &params, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.tokens.len(), 6);
 }
-
 
 // ----- processors ---------------------------------------------------------------------------
 
@@ -412,7 +498,8 @@ fn number_after_le(text: &str) -> f64 {
         .chars()
         .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
         .collect();
-    num.parse().unwrap_or_else(|_| panic!("cannot parse a number in {text:?}"))
+    num.parse()
+        .unwrap_or_else(|_| panic!("cannot parse a number in {text:?}"))
 }
 
 fn u8_image(t: &Tensor) -> image::RgbImage {
@@ -422,7 +509,12 @@ fn u8_image(t: &Tensor) -> image::RgbImage {
 }
 
 fn f64s(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Compare our `pixel_values` (`rows × dim`, row-major) with a case's full tensor or its
@@ -446,7 +538,11 @@ fn compare_pixels(ours: &[f32], dim: usize, t: &HashMap<String, Tensor>) -> (f64
             cmp(r, &full[r * dim..(r + 1) * dim]);
         }
     } else {
-        let rows: Vec<f32> = t["pixel_values_rows"].flatten_all().unwrap().to_vec1().unwrap();
+        let rows: Vec<f32> = t["pixel_values_rows"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for (k, &r) in ids_of(&t["pixel_values_row_index"]).iter().enumerate() {
             cmp(r as usize, &rows[k * dim..(k + 1) * dim]);
         }
@@ -494,28 +590,42 @@ fn check_processor_case(name: &str) {
         g,
         "{name}: image_grid_thw"
     );
-    let hw: Vec<usize> = case["resized_hw"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-    assert_eq!(vec![ours.resized_hw.0, ours.resized_hw.1], hw, "{name}: resized size");
+    let hw: Vec<usize> = case["resized_hw"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(
+        vec![ours.resized_hw.0, ours.resized_hw.1],
+        hw,
+        "{name}: resized size"
+    );
 
     // Exact path: from the reference's resized uint8 image (stored, or the default setting's
     // when this setting gives the same image).
     let resized = t.get("resized_u8").cloned().or_else(|| {
         if case["identical_to_default_setting"].as_bool() == Some(true) {
-            let default_name = name.rsplit_once("_max_pixels").map(|(base, _)| format!("{base}_default"))?;
+            let default_name = name
+                .rsplit_once("_max_pixels")
+                .map(|(base, _)| format!("{base}_default"))?;
             let dcase = &all["cases"][&default_name];
-            load_tensors(&processors_dir().join(dcase["file"].as_str()?)).get("resized_u8").cloned()
+            load_tensors(&processors_dir().join(dcase["file"].as_str()?))
+                .get("resized_u8")
+                .cloned()
         } else {
             None
         }
     });
     if let Some(resized) = resized {
         let reference_img = u8_image(&resized);
-        let exact = proc.patchify(&[reference_img.clone()]).unwrap();
+        let exact = proc.patchify(std::slice::from_ref(&reference_img)).unwrap();
         let (max, _, rows, cols) = compare_pixels(&exact.pixel_values, exact.patch_dim, &t);
         println!("{name}: exact path max_abs_diff {max:.2e} (tolerance {exact_tol:.0e}), sums {rows:.2e}/{cols:.2e}");
         assert!(max <= exact_tol, "{name}: exact path {max}");
         // Our resize against the reference's uint8 image.
-        let mine = surveil_models::image_ops::resize_bicubic_u8(&img, hw[1] as u32, hw[0] as u32).unwrap();
+        let mine =
+            surveil_models::image_ops::resize_bicubic_u8(&img, hw[1] as u32, hw[0] as u32).unwrap();
         let diffs: Vec<i32> = mine
             .as_raw()
             .iter()
@@ -534,10 +644,22 @@ fn check_processor_case(name: &str) {
     // Full pipeline with our own resize.
     let (max, mean, rows, cols) = compare_pixels(&ours.pixel_values, ours.patch_dim, &t);
     println!("{name}: pixel_values max {max:.3e} mean {mean:.2e}, row sums {rows:.3e}, col sums {cols:.3e}");
-    assert!(max <= tier["pixel_values_max_abs_diff"].as_f64().unwrap(), "{name}: max {max}");
-    assert!(mean <= tier["pixel_values_mean_abs_diff"].as_f64().unwrap(), "{name}: mean {mean}");
-    assert!(rows <= tier["row_sum_abs_diff"].as_f64().unwrap(), "{name}: row sums {rows}");
-    assert!(cols <= tier["col_sum_abs_diff"].as_f64().unwrap(), "{name}: col sums {cols}");
+    assert!(
+        max <= tier["pixel_values_max_abs_diff"].as_f64().unwrap(),
+        "{name}: max {max}"
+    );
+    assert!(
+        mean <= tier["pixel_values_mean_abs_diff"].as_f64().unwrap(),
+        "{name}: mean {mean}"
+    );
+    assert!(
+        rows <= tier["row_sum_abs_diff"].as_f64().unwrap(),
+        "{name}: row sums {rows}"
+    );
+    assert!(
+        cols <= tier["col_sum_abs_diff"].as_f64().unwrap(),
+        "{name}: col sums {cols}"
+    );
 }
 
 #[test]
@@ -571,6 +693,29 @@ fn parity_processors_qwen2vl_small_max_pixels_200704() {
 }
 
 #[test]
+fn parity_processors_qwen2vl_config_is_read() {
+    let all = cases(&processors_dir());
+    let json = all["qwen2vl_processor_config"].to_string();
+    let p = Qwen2VlImageProcessor::from_preprocessor_config(&json).unwrap();
+    let size = &all["qwen2vl_processor_config"]["size"];
+    assert_eq!(p.min_pixels as u64, size["shortest_edge"].as_u64().unwrap());
+    assert_eq!(p.max_pixels as u64, size["longest_edge"].as_u64().unwrap());
+    assert_eq!(p, Qwen2VlImageProcessor::default());
+    // The v4 Hub keys.
+    let v4 = r#"{"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "merge_size": 2}"#;
+    assert_eq!(
+        Qwen2VlImageProcessor::from_preprocessor_config(v4)
+            .unwrap()
+            .max_pixels,
+        12_845_056
+    );
+    assert!(Qwen2VlImageProcessor::from_preprocessor_config(
+        r#"{"min_pixels": 10, "max_pixels": 5}"#
+    )
+    .is_err());
+}
+
+#[test]
 fn qwen2_vl_processor_handles_extreme_image_sizes() {
     let proc = Qwen2VlImageProcessor::default();
     // 1x1 grows to the minimum area.
@@ -580,10 +725,16 @@ fn qwen2_vl_processor_handles_extreme_image_sizes() {
     // 10000x10000 is clamped by max_pixels: the patch tensor stays bounded.
     let big = image::RgbImage::from_pixel(10_000, 10_000, image::Rgb([120, 60, 30]));
     let out = proc.preprocess_image(&big).unwrap();
-    assert!(out.grid.patches() * 14 * 14 <= proc.max_pixels, "{:?}", out.grid);
+    assert!(
+        out.grid.patches() * 14 * 14 <= proc.max_pixels,
+        "{:?}",
+        out.grid
+    );
     assert_eq!(out.pixel_values.len(), out.grid.patches() * out.patch_dim);
     // Extreme aspect ratio is an error, not a panic.
-    assert!(proc.preprocess_image(&image::RgbImage::new(3000, 10)).is_err());
+    assert!(proc
+        .preprocess_image(&image::RgbImage::new(3000, 10))
+        .is_err());
     // Video: 3 frames become 2 temporal patches (last frame repeated).
     let frames = vec![image::RgbImage::from_pixel(56, 84, image::Rgb([1, 2, 3])); 3];
     let v = proc.preprocess_video(&frames).unwrap();
@@ -596,7 +747,10 @@ fn qwen2_vl_processor_handles_extreme_image_sizes() {
 fn qwen_tokenizer() -> Option<Qwen2VlTokenizer> {
     let path = crate::common::assets_dir().join("tokenizers/qwen2-vl/tokenizer.json");
     if !path.is_file() {
-        println!("SKIPPED: {} is absent (run scripts/setup to fetch it)", path.display());
+        println!(
+            "SKIPPED: {} is absent (run scripts/setup to fetch it)",
+            path.display()
+        );
         return None;
     }
     Some(Qwen2VlTokenizer::from_file(&path).expect("tokenizer.json"))
@@ -607,7 +761,11 @@ fn tokenizer_case(name: &str) -> serde_json::Value {
 }
 
 fn u32s(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check_plain_text(name: &str) {
@@ -615,7 +773,12 @@ fn check_plain_text(name: &str) {
     let case = tokenizer_case(name);
     let text = case["text"].as_str().unwrap();
     assert_eq!(tok.encode(text).unwrap(), u32s(&case["ids"]), "{name}: ids");
-    let tokens: Vec<String> = case["tokens"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+    let tokens: Vec<String> = case["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(tok.tokens(text).unwrap(), tokens, "{name}: tokens");
     let decoded = tok.decode(&u32s(&case["ids"]), false).unwrap();
     let nfc: String = unicode_nfc(text);
@@ -659,7 +822,11 @@ fn check_chat(name: &str) {
         })
         .collect();
     assert_eq!(
-        render_chat(&messages, case["add_generation_prompt"].as_bool().unwrap(), false),
+        render_chat(
+            &messages,
+            case["add_generation_prompt"].as_bool().unwrap(),
+            false
+        ),
         case["rendered_text"].as_str().unwrap(),
         "{name}: rendered text"
     );
@@ -674,7 +841,10 @@ fn check_chat(name: &str) {
         .collect();
     let prompt = tok.encode_chat(&messages, &grids, &[], 2).unwrap();
     assert_eq!(prompt.input_ids, u32s(&case["ids"]), "{name}: ids");
-    let types: Vec<u8> = u32s(&case["mm_token_type_ids"]).iter().map(|&x| x as u8).collect();
+    let types: Vec<u8> = u32s(&case["mm_token_type_ids"])
+        .iter()
+        .map(|&x| x as u8)
+        .collect();
     assert_eq!(prompt.mm_token_type_ids, types, "{name}: mm_token_type_ids");
     // Rendering with the pads already expanded and tokenizing gives the same ids.
     let mut text = case["rendered_text"].as_str().unwrap().to_string();
@@ -685,7 +855,11 @@ fn check_chat(name: &str) {
     for (i, g) in grids.iter().enumerate() {
         text = text.replace(&format!("<|IMG{i}|>"), &pad.repeat(g.merged_tokens(2)));
     }
-    assert_eq!(tok.encode(&text).unwrap(), prompt.input_ids, "{name}: expanded-text ids");
+    assert_eq!(
+        tok.encode(&text).unwrap(),
+        prompt.input_ids,
+        "{name}: expanded-text ids"
+    );
     // More images than placeholders is an error.
     let mut extra = grids.clone();
     extra.push(GridThw::new(1, 2, 2));
@@ -700,4 +874,48 @@ fn parity_tokenizers_qwen_chat_one_image() {
 #[test]
 fn parity_tokenizers_qwen_chat_two_images() {
     check_chat("chat_two_images");
+}
+
+/// A video of two identical frames is one temporal patch whose pixels equal the still image's
+/// (a still image is repeated to fill the temporal patch), so the prompt with `<|video_pad|>`
+/// tokens must give exactly the logits of the prompt with `<|image_pad|>` tokens.
+#[test]
+fn qwen2_vl_video_of_repeated_frame_equals_image() {
+    let model = load_model(f32_policy());
+    let cfg = model.config().clone();
+    let proc = Qwen2VlImageProcessor::default();
+    let img = image::open(processors_dir().join("images/small.png"))
+        .unwrap()
+        .to_rgb8();
+    let still = proc.preprocess_image(&img).unwrap();
+    let video = proc.preprocess_video(&[img.clone(), img]).unwrap();
+    assert_eq!(still.grid, video.grid);
+    assert_eq!(still.pixel_values, video.pixel_values);
+    let n = still.grid.merged_tokens(cfg.vision.spatial_merge_size);
+    let prompt = |pad: u32| {
+        let mut ids = vec![5, 6, cfg.vision_start_token_id];
+        ids.extend(std::iter::repeat_n(pad, n));
+        ids.extend([cfg.vision_end_token_id, 7, 8]);
+        ids
+    };
+    let pixels = still.to_tensor(&Device::Cpu).unwrap();
+    let as_image = MultimodalInput {
+        input_ids: prompt(cfg.image_token_id),
+        pixel_values: Some(pixels.clone()),
+        image_grids: vec![still.grid],
+        ..Default::default()
+    };
+    let as_video = MultimodalInput {
+        input_ids: prompt(cfg.video_token_id),
+        pixel_values_videos: Some(pixels),
+        video_grids: vec![video.grid],
+        ..Default::default()
+    };
+    assert_eq!(
+        model.rope_index(&as_image).unwrap(),
+        model.rope_index(&as_video).unwrap()
+    );
+    let a = model.prefill(&as_image, Logits::All).unwrap().logits;
+    let b = model.prefill(&as_video, Logits::All).unwrap().logits;
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
