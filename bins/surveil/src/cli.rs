@@ -220,6 +220,13 @@ pub struct TestModelArgs {
     /// Print the memory blocks (before load, after load, after unload) and the peak RSS.
     #[arg(long)]
     pub memory_stats: bool,
+    /// After loading, generate a short description of a built-in test image and report memory
+    /// after that first inference too.
+    #[arg(long)]
+    pub infer: bool,
+    /// Token limit of the test inference.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub infer_tokens: usize,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

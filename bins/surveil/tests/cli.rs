@@ -169,3 +169,40 @@ fn detect_missing_source_fails_cleanly() {
     assert!(err.contains("/nonexistent/video.avi"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn test_model_git_dummy_json_with_inference() {
+    let v = json(&surveil(
+        &["test-model", "--git-base", "--weights", "dummy", "--infer", "--infer-tokens", "4", "--json"],
+        &[],
+    ));
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["model"], "git-base-coco");
+    assert_eq!(v["profile"], "testing");
+    assert_eq!(v["weights"], "dummy");
+    assert_eq!(v["device"], "cpu");
+    let q = &v["quantization"];
+    assert!(q["bytes_by_dtype"]["q4k"].as_u64().unwrap() > 50_000_000);
+    assert_eq!(q["total_bytes"], q["estimated_bytes"]);
+    let m = &v["memory"];
+    for k in ["before", "after_load", "after_inference", "after_unload"] {
+        assert!(m[k]["rss_bytes"].as_u64().unwrap() > 0, "{k}");
+        assert!(m[k]["vms_bytes"].as_u64().unwrap() > 0, "{k}");
+    }
+    let after_load = m["after_load"]["rss_bytes"].as_u64().unwrap();
+    let before = m["before"]["rss_bytes"].as_u64().unwrap();
+    let after_unload = m["after_unload"]["rss_bytes"].as_u64().unwrap();
+    assert!(after_load > before + 100_000_000, "the 4-bit weights are resident");
+    assert!(after_unload < before + 64_000_000, "unload gives the memory back");
+    assert!(m["peak_rss_bytes"].as_u64().unwrap() >= after_load);
+    assert_eq!(v["inference"]["new_tokens"], 4);
+}
+
+#[test]
+fn test_model_unimplemented_architecture_fails_with_json() {
+    let out = surveil(&["test-model", "--kimi", "--weights", "dummy", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("kimi_vl"));
+}

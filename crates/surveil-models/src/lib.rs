@@ -13,6 +13,7 @@ pub mod nn;
 pub mod qwen2_vl;
 pub mod manager;
 pub mod registry;
+pub mod smoke;
 pub mod source;
 pub mod synth;
 pub mod weights;

@@ -129,6 +129,7 @@ pub struct LoadSummary {
 
 struct Resident {
     model: LoadedModel,
+    device: candle_core::Device,
     summary: LoadSummary,
 }
 
@@ -217,6 +218,11 @@ impl ModelManager {
         self.resident.as_ref().map(|r| &r.model)
     }
 
+    /// The device the resident model is on.
+    pub fn device(&self) -> Option<&candle_core::Device> {
+        self.resident.as_ref().map(|r| &r.device)
+    }
+
     /// What the current model's load did.
     pub fn summary(&self) -> Option<&LoadSummary> {
         self.resident.as_ref().map(|r| &r.summary)
@@ -242,13 +248,17 @@ impl ModelManager {
             model: id.to_string(),
         };
         match load_model(id, opts) {
-            Ok((model, summary)) => {
+            Ok((model, device, summary)) => {
                 self.memory.record("after_load");
                 self.state = ModelState::Loaded {
                     model: id.to_string(),
                     device: summary.device.clone(),
                 };
-                let resident = self.resident.insert(Resident { model, summary });
+                let resident = self.resident.insert(Resident {
+                    model,
+                    device,
+                    summary,
+                });
                 Ok(&resident.summary)
             }
             Err(e) => {
@@ -325,7 +335,10 @@ impl ModelManager {
 }
 
 /// Resolve, estimate, check the fit, and load `id` (no lifecycle bookkeeping).
-pub fn load_model(id: &str, opts: &LoadOptions) -> Result<(LoadedModel, LoadSummary)> {
+pub fn load_model(
+    id: &str,
+    opts: &LoadOptions,
+) -> Result<(LoadedModel, candle_core::Device, LoadSummary)> {
     let spec: &ModelSpec = registry::find(id).ok_or_else(|| {
         ModelError::InvalidInput(format!(
             "unknown model id `{id}`; known ids: {}",
@@ -380,5 +393,5 @@ pub fn load_model(id: &str, opts: &LoadOptions) -> Result<(LoadedModel, LoadSumm
         estimate,
         fit,
     };
-    Ok((model, summary))
+    Ok((model, device, summary))
 }

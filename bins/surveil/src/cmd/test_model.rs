@@ -108,6 +108,18 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             return Err(Failure::Runtime(err));
         }
     };
+    let inference = if args.infer {
+        let (Some(model), Some(device)) = (manager.model(), manager.device()) else {
+            return Err(Failure::Runtime(anyhow::anyhow!("the model vanished after loading")));
+        };
+        let dir = (summary.weights != "dummy").then(|| std::path::PathBuf::from(&summary.weights));
+        let outcome = surveil_models::smoke::describe_test_image(model, device, dir.as_deref(), args.infer_tokens)
+            .context("running the test inference")?;
+        manager.record_memory("after_inference");
+        Some(outcome)
+    } else {
+        None
+    };
     manager.unload();
     let memory = manager.memory();
     let peak = ProcessMemory::current().peak_rss_bytes;
@@ -131,9 +143,11 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         "memory": {
             "before": snapshot_json(memory.get("before_load")),
             "after_load": snapshot_json(memory.get("after_load")),
+            "after_inference": snapshot_json(memory.get("after_inference")),
             "after_unload": snapshot_json(memory.get("after_unload")),
             "peak_rss_bytes": peak,
         },
+        "inference": inference,
         "ok": true,
     });
     if args.json {
@@ -163,9 +177,18 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             summary.report.fallback_tensors.join(", ")
         );
     }
+    if let Some(i) = &inference {
+        println!(
+            "  test inference: {} tokens in {:.2} s: {:?}",
+            i.new_tokens, i.seconds, i.text
+        );
+    }
     if args.memory_stats {
         print_block("Memory before load", memory.get("before_load"));
         print_block("Memory after load", memory.get("after_load"));
+        if inference.is_some() {
+            print_block("Memory after first inference", memory.get("after_inference"));
+        }
         print_block("Memory after unload", memory.get("after_unload"));
         println!("Peak RSS: {}", mb(peak));
     }
