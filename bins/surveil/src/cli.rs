@@ -41,14 +41,16 @@ pub enum Command {
     },
     /// Load one model, report its memory before load, after load and after unload, unload it.
     #[command(visible_alias = "test-model")]
-    #[command(after_help = "Weights: `auto` looks in the Hugging Face cache ($HF_HOME/hub or $HF_HUB_CACHE)
+    #[command(
+        after_help = "Weights: `auto` looks in the Hugging Face cache ($HF_HOME/hub or $HF_HUB_CACHE)
 and $SURVEIL_MODEL_DIR/<id>; `dummy` generates random weights with the real shapes (for
 capacity planning without the checkpoint); a directory loads config.json + safetensors from it.
 
 Examples:
   surveil test-single-model --kimi --memory-stats
   surveil test-model --qwen --weights dummy --memory-stats --json
-  surveil test-model --git-base --weights dummy --set vlm.quant=q8_0 --set vlm.load_in_4bit=false")]
+  surveil test-model --git-base --weights dummy --set vlm.quant=q8_0 --set vlm.load_in_4bit=false"
+    )]
     TestSingleModel(TestModelArgs),
     /// Detect and track people in a video, stream, image folder or image; write tracks as JSONL.
     #[command(after_help = "Each output line is one tracked object in one frame:
@@ -77,7 +79,8 @@ Examples:
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the configuration a command would run with, and where each value came from.
-    #[command(after_help = "Precedence: built-in defaults < profiles/<name>.toml < environment < flags.
+    #[command(
+        after_help = "Precedence: built-in defaults < profiles/<name>.toml < environment < flags.
 The profile is --profile, else $ENV, else `development`.
 
 Environment: VLM_MODEL, VLM_DEVICE, LOAD_IN_4BIT (or VLM_4BIT), ENABLE_FALLBACK,
@@ -87,7 +90,8 @@ SURVEIL_<SECTION>__<FIELD> (e.g. SURVEIL_TRACKER__TRACK_BUFFER=45).
 Examples:
   surveil config show --profile testing_kimi --json
   VLM_MODEL=qwen2-vl-2b-instruct surveil config show
-  surveil config show --set vlm.device=cpu --set detection.confidence=0.4")]
+  surveil config show --set vlm.device=cpu --set detection.confidence=0.4"
+    )]
     Show(ConfigShowArgs),
 }
 

@@ -57,7 +57,10 @@ fn config_show_env_overrides() {
     ));
     assert_eq!(v["vlm"]["primary_model"], "qwen2-vl-2b-instruct");
     assert_eq!(v["_origins"]["vlm.primary_model"], "env VLM_MODEL");
-    let v = json(&surveil(&["config", "show", "--json"], &[("ENV", "testing")]));
+    let v = json(&surveil(
+        &["config", "show", "--json"],
+        &[("ENV", "testing")],
+    ));
     assert_eq!(v["vlm"]["primary_model"], "git-base-coco");
 }
 
@@ -76,8 +79,14 @@ fn unknown_profile_exits_2_listing_profiles() {
     let out = surveil(&["config", "show", "--profile", "nope"], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope") && err.contains("testing_qwen"), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("testing_qwen"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -102,7 +111,11 @@ fn doctor_json_reports_machine() {
 
 #[test]
 fn help_has_examples() {
-    for args in [&["--help"][..], &["config", "show", "--help"], &["doctor", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["config", "show", "--help"],
+        &["doctor", "--help"],
+    ] {
         let out = surveil(args, &[]);
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
@@ -113,14 +126,19 @@ fn help_has_examples() {
 fn assets() -> std::path::PathBuf {
     std::env::var_os("SURVEIL_ASSETS")
         .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/surveil/assets"))
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/surveil/assets")
+        })
 }
 
 #[test]
 fn detect_writes_jsonl_and_snapshot() {
     let video = assets().join("video/vtest.avi");
     if !video.is_file() {
-        eprintln!("skipping: {} is absent (run scripts/setup.sh)", video.display());
+        eprintln!(
+            "skipping: {} is absent (run scripts/setup.sh)",
+            video.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -143,10 +161,18 @@ fn detect_writes_jsonl_and_snapshot() {
     ));
     assert_eq!(v["frames_analysed"], 4);
     let text = std::fs::read_to_string(&out).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len() as u64, v["lines_written"].as_u64().unwrap());
-    assert!(lines.len() >= 4, "vtest has people from the first frame: {text}");
-    assert!(lines.iter().all(|l| l["class"] == "person" && l["frame"].as_u64().unwrap() < 4));
+    assert!(
+        lines.len() >= 4,
+        "vtest has people from the first frame: {text}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["class"] == "person" && l["frame"].as_u64().unwrap() < 4));
     let img = std::fs::read(&png).unwrap();
     assert_eq!(&img[1..4], b"PNG");
 }
@@ -173,7 +199,16 @@ fn detect_missing_source_fails_cleanly() {
 #[test]
 fn test_model_git_dummy_json_with_inference() {
     let v = json(&surveil(
-        &["test-model", "--git-base", "--weights", "dummy", "--infer", "--infer-tokens", "4", "--json"],
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--infer",
+            "--infer-tokens",
+            "4",
+            "--json",
+        ],
         &[],
     ));
     assert_eq!(v["ok"], true);
@@ -192,15 +227,24 @@ fn test_model_git_dummy_json_with_inference() {
     let after_load = m["after_load"]["rss_bytes"].as_u64().unwrap();
     let before = m["before"]["rss_bytes"].as_u64().unwrap();
     let after_unload = m["after_unload"]["rss_bytes"].as_u64().unwrap();
-    assert!(after_load > before + 100_000_000, "the 4-bit weights are resident");
-    assert!(after_unload < before + 64_000_000, "unload gives the memory back");
+    assert!(
+        after_load > before + 100_000_000,
+        "the 4-bit weights are resident"
+    );
+    assert!(
+        after_unload < before + 64_000_000,
+        "unload gives the memory back"
+    );
     assert!(m["peak_rss_bytes"].as_u64().unwrap() >= after_load);
     assert_eq!(v["inference"]["new_tokens"], 4);
 }
 
 #[test]
 fn test_model_unimplemented_architecture_fails_with_json() {
-    let out = surveil(&["test-model", "--kimi", "--weights", "dummy", "--json"], &[]);
+    let out = surveil(
+        &["test-model", "--kimi", "--weights", "dummy", "--json"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);

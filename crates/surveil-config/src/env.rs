@@ -66,11 +66,11 @@ pub(crate) fn typed_value(
         reason,
     };
     if OPTIONAL_NUMBERS.contains(&key) {
-        return text
-            .trim()
-            .parse::<u64>()
-            .map(Value::from)
-            .map_err(|_| bad(format!("{key} must be a non-negative integer, got `{text}`")));
+        return text.trim().parse::<u64>().map(Value::from).map_err(|_| {
+            bad(format!(
+                "{key} must be a non-negative integer, got `{text}`"
+            ))
+        });
     }
     let Some(default) = lookup(defaults, key) else {
         let keys = all_keys(defaults);

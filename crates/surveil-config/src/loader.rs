@@ -170,7 +170,11 @@ impl ConfigLoader {
     pub fn profile_name(&self) -> String {
         self.profile
             .clone()
-            .or_else(|| self.var("ENV").filter(|s| !s.is_empty()).map(str::to_string))
+            .or_else(|| {
+                self.var("ENV")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| DEFAULT_PROFILE.to_string())
     }
 
@@ -257,7 +261,11 @@ impl ConfigLoader {
                 path: profile_path,
                 data: profile_data,
             });
-        for o in self.env_overrides().into_iter().chain(self.flags.iter().cloned()) {
+        for o in self
+            .env_overrides()
+            .into_iter()
+            .chain(self.flags.iter().cloned())
+        {
             let origin_text = o.origin.to_string();
             let mut value = typed_value(&defaults, &o.key, &o.text, &origin_text)?;
             if o.origin == Origin::Env("DISABLE_MONITORING".into()) {
@@ -326,7 +334,10 @@ fn describe(e: &figment::Error) -> ConfigError {
                     format!("unknown key; allowed here: {}", expected.join(", "))
                 }
                 Kind::UnknownVariant(v, allowed) => {
-                    format!("`{v}` is not allowed; allowed values: {}", allowed.join(", "))
+                    format!(
+                        "`{v}` is not allowed; allowed values: {}",
+                        allowed.join(", ")
+                    )
                 }
                 other => other.to_string(),
             };

@@ -16,17 +16,47 @@ pub struct AssetFile {
 
 /// Every file `scripts/setup.sh` puts in the asset cache.
 pub const ASSET_FILES: &[AssetFile] = &[
-    AssetFile { path: "video/vtest.avi", purpose: "sample footage (768x576, 795 frames)", required: true },
-    AssetFile { path: "video/bikes.mp4", purpose: "small H.264 clip", required: false },
-    AssetFile { path: "yolov3-tiny/yolov3-tiny.weights", purpose: "person detector weights", required: true },
-    AssetFile { path: "yolov3-tiny/yolov3-tiny.cfg", purpose: "person detector config (trained anchor mask)", required: true },
-    AssetFile { path: "yolov3-tiny/coco.names", purpose: "detector class names", required: true },
-    AssetFile { path: "tokenizers/bert-base-uncased/tokenizer.json", purpose: "git-base-coco tokenizer", required: true },
-    AssetFile { path: "tokenizers/qwen2-vl/tokenizer.json", purpose: "Qwen2-VL tokenizer", required: true },
+    AssetFile {
+        path: "video/vtest.avi",
+        purpose: "sample footage (768x576, 795 frames)",
+        required: true,
+    },
+    AssetFile {
+        path: "video/bikes.mp4",
+        purpose: "small H.264 clip",
+        required: false,
+    },
+    AssetFile {
+        path: "yolov3-tiny/yolov3-tiny.weights",
+        purpose: "person detector weights",
+        required: true,
+    },
+    AssetFile {
+        path: "yolov3-tiny/yolov3-tiny.cfg",
+        purpose: "person detector config (trained anchor mask)",
+        required: true,
+    },
+    AssetFile {
+        path: "yolov3-tiny/coco.names",
+        purpose: "detector class names",
+        required: true,
+    },
+    AssetFile {
+        path: "tokenizers/bert-base-uncased/tokenizer.json",
+        purpose: "git-base-coco tokenizer",
+        required: true,
+    },
+    AssetFile {
+        path: "tokenizers/qwen2-vl/tokenizer.json",
+        purpose: "Qwen2-VL tokenizer",
+        required: true,
+    },
 ];
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// The asset cache: `$SURVEIL_ASSETS`, else `~/.cache/surveil/assets`.

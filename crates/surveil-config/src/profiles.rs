@@ -12,10 +12,22 @@ pub const DEFAULT_PROFILE: &str = "development";
 /// The profiles shipped in `profiles/`, compiled in so the binary works from any directory.
 pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
     ("testing", include_str!("../../../profiles/testing.toml")),
-    ("testing_kimi", include_str!("../../../profiles/testing_kimi.toml")),
-    ("testing_qwen", include_str!("../../../profiles/testing_qwen.toml")),
-    ("development", include_str!("../../../profiles/development.toml")),
-    ("production", include_str!("../../../profiles/production.toml")),
+    (
+        "testing_kimi",
+        include_str!("../../../profiles/testing_kimi.toml"),
+    ),
+    (
+        "testing_qwen",
+        include_str!("../../../profiles/testing_qwen.toml"),
+    ),
+    (
+        "development",
+        include_str!("../../../profiles/development.toml"),
+    ),
+    (
+        "production",
+        include_str!("../../../profiles/production.toml"),
+    ),
 ];
 
 /// Where a profile's text comes from.

@@ -377,8 +377,23 @@ pub struct SystemConfig {
 
 /// COCO class names the detector can keep.
 const DETECTION_CLASSES: &[&str] = &[
-    "person", "bicycle", "car", "motorbike", "bus", "truck", "backpack", "umbrella", "handbag",
-    "tie", "suitcase", "bottle", "cell phone", "laptop", "book", "knife", "scissors",
+    "person",
+    "bicycle",
+    "car",
+    "motorbike",
+    "bus",
+    "truck",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "bottle",
+    "cell phone",
+    "laptop",
+    "book",
+    "knife",
+    "scissors",
 ];
 
 impl RawConfig {
@@ -420,7 +435,11 @@ impl RawConfig {
             }
         }
         if v.max_new_tokens == 0 {
-            return Err(rule("vlm.max_new_tokens", "0".into(), "must be at least 1".into()));
+            return Err(rule(
+                "vlm.max_new_tokens",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
         }
         if !(v.temperature >= 0.0 && v.temperature.is_finite()) {
             return Err(rule(
@@ -454,7 +473,11 @@ impl RawConfig {
             }
         }
         if self.tracker.frame_rate == 0 {
-            return Err(rule("tracker.frame_rate", "0".into(), "must be at least 1".into()));
+            return Err(rule(
+                "tracker.frame_rate",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
         }
         let o = &self.orchestration;
         if o.max_concurrent_tools < 1 {
@@ -468,11 +491,18 @@ impl RawConfig {
             if x > 0.0 && x.is_finite() {
                 Ok(())
             } else {
-                Err(rule(key, x.to_string(), "must be a finite number > 0".into()))
+                Err(rule(
+                    key,
+                    x.to_string(),
+                    "must be a finite number > 0".into(),
+                ))
             }
         };
         positive("orchestration.timeout_seconds", o.timeout_seconds)?;
-        positive("monitoring.interval_seconds", self.monitoring.interval_seconds)?;
+        positive(
+            "monitoring.interval_seconds",
+            self.monitoring.interval_seconds,
+        )?;
         if o.vlm_cooldown_seconds < 0.0 || !o.vlm_cooldown_seconds.is_finite() {
             return Err(rule(
                 "orchestration.vlm_cooldown_seconds",

@@ -35,8 +35,8 @@ pub use checkpoint::{CheckpointHeader, CheckpointTensor, MAX_HEADER_BYTES};
 pub use cleanup::{cleanup, release, CleanupReport};
 pub use error::MemoryError;
 pub use estimate::{
-    estimate_checkpoint, estimate_header, estimate_tensors, estimate_with_roles, DtypeTotals, Estimate, FloatFallback,
-    ModelDims, RuntimeAllowance, TensorPlan,
+    estimate_checkpoint, estimate_header, estimate_tensors, estimate_with_roles, DtypeTotals,
+    Estimate, FloatFallback, ModelDims, RuntimeAllowance, TensorPlan,
 };
 pub use fit::{available_bytes, check_fit, fits, fits_with_hints, Device, Fit, FitHints};
 pub use gpu::{gpu_allocated_bytes, GpuAllocation, GpuDeviceMemory, GpuMemory};

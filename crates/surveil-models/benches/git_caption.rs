@@ -201,9 +201,9 @@ fn main() {
         }
     };
     println!(
-        "git-base-coco, dummy weights, image {}, {} threads",
+        "git-base-coco, dummy weights, image {}, {} candle threads (RAYON_NUM_THREADS)",
         args.image.display(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        candle_core::utils::get_num_threads()
     );
     let mut failed = false;
     for mode in &args.modes {

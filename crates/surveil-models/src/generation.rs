@@ -144,7 +144,9 @@ mod tests {
         let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
         let draw = |seed| {
             let mut s = TokenSampler::new(Sampling::from_params(1.0, 1.0), seed);
-            (0..4000).map(|_| s.sample_slice(&logits).unwrap()).collect::<Vec<_>>()
+            (0..4000)
+                .map(|_| s.sample_slice(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(9), draw(9));
         let ones = draw(9).iter().filter(|&&t| t == 1).count() as f64 / 4000.0;

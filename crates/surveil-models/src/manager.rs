@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use surveil_config::{Device as DeviceChoice, Quant, SystemConfig, WeightsSpec};
-use surveil_memory::{
-    fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPolicy, StorageDtype,
-};
+use surveil_memory::{fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPolicy, StorageDtype};
 
 use crate::arch::{ArchConfig, LoadedModel};
 use crate::registry::{self, ModelSpec};
@@ -162,7 +160,11 @@ fn candle_device(
                 ));
             }
             let dev = candle_core::Device::new_cuda(0)?;
-            Ok((dev, "device=cuda".into(), fits(estimate, surveil_memory::Device::Cuda(0))))
+            Ok((
+                dev,
+                "device=cuda".into(),
+                fits(estimate, surveil_memory::Device::Cuda(0)),
+            ))
         }
         DeviceChoice::Auto => {
             if cfg!(feature = "cuda") {
@@ -374,7 +376,12 @@ pub fn load_model(
     let weights = match &opts.progress {
         Some(p) => {
             let p = p.clone();
-            Weights::with_progress(source, device.clone(), policy, Box::new(move |a, b, c| p(a, b, c)))
+            Weights::with_progress(
+                source,
+                device.clone(),
+                policy,
+                Box::new(move |a, b, c| p(a, b, c)),
+            )
         }
         None => Weights::new(source, device.clone(), policy),
     };

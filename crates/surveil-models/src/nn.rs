@@ -22,7 +22,11 @@ impl Linear {
     /// Apply to `x` (`[..., in]`, f32).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Quantized matmul kernels need a contiguous input.
-        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
         let y = self.weight.forward(&x)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -77,7 +81,11 @@ impl RmsNorm {
 
     /// Normalise over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if x.is_contiguous() { x.clone() } else { x.contiguous()? };
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
         Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
     }
 }

@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::arch::LoadedModel;
 use crate::generation::Sampling;
 use crate::git::{CaptionSettings, ClipProcessor, ClipProcessorConfig, GitCaptioner, GitTokenizer};
-use crate::qwen2_vl::{ChatMessage, GenerationParams, MultimodalInput, Qwen2VlImageProcessor, Qwen2VlTokenizer};
+use crate::qwen2_vl::{
+    ChatMessage, GenerationParams, MultimodalInput, Qwen2VlImageProcessor, Qwen2VlTokenizer,
+};
 use crate::{ModelError, Result};
 
 /// What the test generation produced.
@@ -84,7 +86,10 @@ pub fn describe_test_image(
     let start = Instant::now();
     match model {
         LoadedModel::Git(git) => {
-            let path = tokenizer_file(checkpoint_dir, "tokenizers/bert-base-uncased/tokenizer.json")?;
+            let path = tokenizer_file(
+                checkpoint_dir,
+                "tokenizers/bert-base-uncased/tokenizer.json",
+            )?;
             let tokenizer = GitTokenizer::from_file(&path)?;
             let size = git.config().vision_config.image_size as u32;
             let processor = ClipProcessor::new(ClipProcessorConfig::square(size), device.clone());

@@ -41,7 +41,10 @@ impl ResolvedWeights {
 
 /// The files of the checkpoint in `dir`: `config.json` plus `model.safetensors` or the shards of
 /// `model.safetensors.index.json`. `Err` lists what is missing.
-pub fn checkpoint_in(dir: &Path, found_in: &str) -> std::result::Result<CheckpointFiles, Vec<String>> {
+pub fn checkpoint_in(
+    dir: &Path,
+    found_in: &str,
+) -> std::result::Result<CheckpointFiles, Vec<String>> {
     let mut missing = Vec::new();
     let config = dir.join("config.json");
     if !config.is_file() {
@@ -148,7 +151,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("Qwen/Qwen2-VL-2B-Instruct"), "{err}");
-        assert!(err.contains("config.json") && err.contains("model.safetensors"), "{err}");
+        assert!(
+            err.contains("config.json") && err.contains("model.safetensors"),
+            "{err}"
+        );
         assert!(err.contains(&hub.path().display().to_string()), "{err}");
         assert!(err.contains(&models.path().display().to_string()), "{err}");
     }

@@ -45,7 +45,10 @@ pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
         if let Some(obj) = json.as_object_mut() {
             obj.insert("_origins".into(), serde_json::Value::Object(origins));
         }
-        println!("{}", serde_json::to_string_pretty(&json).context("formatting JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).context("formatting JSON")?
+        );
         return Ok(());
     }
     println!(

@@ -77,11 +77,13 @@ struct AssetStatus {
 }
 
 fn os_name() -> String {
-    let pretty = std::fs::read_to_string("/etc/os-release").ok().and_then(|t| {
-        t.lines()
-            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-            .map(|v| v.trim_matches('"').to_string())
-    });
+    let pretty = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        });
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .ok();
@@ -264,14 +266,18 @@ pub fn run(args: &DoctorArgs) -> Result<(), Failure> {
     }
     println!(
         "ffmpeg:   {}",
-        r.ffmpeg
-            .as_deref()
-            .unwrap_or("not found on PATH (install it: scripts/setup.sh or apt-get install ffmpeg)")
+        r.ffmpeg.as_deref().unwrap_or(
+            "not found on PATH (install it: scripts/setup.sh or apt-get install ffmpeg)"
+        )
     );
     println!(
         "hf cache: {}{}",
         r.hf_cache.path,
-        if r.hf_cache.offline { " (HF_HUB_OFFLINE)" } else { "" }
+        if r.hf_cache.offline {
+            " (HF_HUB_OFFLINE)"
+        } else {
+            ""
+        }
     );
     for m in &r.hf_cache.models {
         println!(
@@ -285,7 +291,11 @@ pub fn run(args: &DoctorArgs) -> Result<(), Failure> {
         println!(
             "          {:<45} {}",
             f.path,
-            if f.present { "ok" } else { "missing (run scripts/setup.sh)" }
+            if f.present {
+                "ok"
+            } else {
+                "missing (run scripts/setup.sh)"
+            }
         );
     }
     Ok(())

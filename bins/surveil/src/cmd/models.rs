@@ -13,7 +13,13 @@ use surveil_models::registry::{self, REGISTRY};
 use crate::cli::{ModelsListArgs, ModelsSynthArgs};
 use crate::Failure;
 
-const QUANTS: [Quant; 5] = [Quant::Q4k, Quant::Q4_0, Quant::Q8_0, Quant::Bf16, Quant::F32];
+const QUANTS: [Quant; 5] = [
+    Quant::Q4k,
+    Quant::Q4_0,
+    Quant::Q8_0,
+    Quant::Bf16,
+    Quant::F32,
+];
 
 /// `surveil models list`
 pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
@@ -22,12 +28,15 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
     for spec in REGISTRY {
         let snapshot = spec.cached_snapshot(&hub);
         let sizes: serde_json::Map<String, serde_json::Value> = match ArchConfig::full_size(spec) {
-            Ok(cfg) => {
-                QUANTS
-                    .iter()
-                    .map(|q| (q.name().to_string(), json!(cfg.estimate(&policy_for(*q)).total_bytes)))
-                    .collect()
-            }
+            Ok(cfg) => QUANTS
+                .iter()
+                .map(|q| {
+                    (
+                        q.name().to_string(),
+                        json!(cfg.estimate(&policy_for(*q)).total_bytes),
+                    )
+                })
+                .collect(),
             Err(_) => serde_json::Map::new(),
         };
         rows.push(json!({
@@ -45,8 +54,10 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"hf_cache": hub.display().to_string(), "models": rows}))
-                .context("formatting JSON")?
+            serde_json::to_string_pretty(
+                &json!({"hf_cache": hub.display().to_string(), "models": rows})
+            )
+            .context("formatting JSON")?
         );
         return Ok(());
     }
@@ -67,7 +78,11 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
             r["id"].as_str().unwrap_or_default(),
             r["architecture"].as_str().unwrap_or_default(),
             r["parameters"].as_u64().unwrap_or(0) as f64 / 1e9,
-            if r["present"] == true { "present" } else { "missing" },
+            if r["present"] == true {
+                "present"
+            } else {
+                "missing"
+            },
             size("q4k"),
             size("q4_0"),
             size("q8_0"),
@@ -101,23 +116,40 @@ pub fn synth(args: &ModelsSynthArgs) -> Result<(), Failure> {
     };
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("writing {bar:30} {pos}/{len} tensors ({elapsed})") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "writing {bar:30} {pos}/{len} tensors ({elapsed})",
+        ) {
             b.set_style(style);
         }
         b
     });
-    let report = surveil_models::synth::write_dummy_checkpoint(spec, &args.out, dtype, args.seed, |done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total as u64);
-            b.set_position(done as u64);
-        }
-    })
-    .with_context(|| format!("writing a dummy {} checkpoint to {}", spec.id, args.out.display()))?;
+    let report = surveil_models::synth::write_dummy_checkpoint(
+        spec,
+        &args.out,
+        dtype,
+        args.seed,
+        |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+        },
+    )
+    .with_context(|| {
+        format!(
+            "writing a dummy {} checkpoint to {}",
+            spec.id,
+            args.out.display()
+        )
+    })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report).context("formatting JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("formatting JSON")?
+        );
     } else {
         println!(
             "wrote {} tensors ({:.1} M parameters, {:.2} GB) to {}",
@@ -126,7 +158,11 @@ pub fn synth(args: &ModelsSynthArgs) -> Result<(), Failure> {
             report.file_bytes as f64 / 1e9,
             report.dir.display()
         );
-        println!("load it with: surveil test-model --model {} --weights {}", spec.id, report.dir.display());
+        println!(
+            "load it with: surveil test-model --model {} --weights {}",
+            spec.id,
+            report.dir.display()
+        );
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::json;
 use surveil_memory::{MemorySnapshot, ProcessMemory};
-use surveil_models::manager::{LoadOptions, LoadSummary, ModelManager};
+use surveil_models::manager::{LoadOptions, ModelManager};
 
 use crate::cli::{Cli, TestModelArgs};
 use crate::Failure;
@@ -41,7 +41,9 @@ fn print_block(title: &str, s: Option<&MemorySnapshot>) {
     }
 }
 
-fn progress_bar(enabled: bool) -> Option<(indicatif::ProgressBar, surveil_models::manager::ProgressFn)> {
+fn progress_bar(
+    enabled: bool,
+) -> Option<(indicatif::ProgressBar, surveil_models::manager::ProgressFn)> {
     if !enabled {
         return None;
     }
@@ -84,7 +86,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
     opts.progress = bar.as_ref().map(|(_, f)| f.clone());
 
     let mut manager = ModelManager::new();
-    let result = manager.load(model, &opts).map(LoadSummary::clone);
+    let result = manager.load(model, &opts).cloned();
     if let Some((bar, _)) = &bar {
         bar.finish_and_clear();
     }
@@ -110,11 +112,18 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
     };
     let inference = if args.infer {
         let (Some(model), Some(device)) = (manager.model(), manager.device()) else {
-            return Err(Failure::Runtime(anyhow::anyhow!("the model vanished after loading")));
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "the model vanished after loading"
+            )));
         };
         let dir = (summary.weights != "dummy").then(|| std::path::PathBuf::from(&summary.weights));
-        let outcome = surveil_models::smoke::describe_test_image(model, device, dir.as_deref(), args.infer_tokens)
-            .context("running the test inference")?;
+        let outcome = surveil_models::smoke::describe_test_image(
+            model,
+            device,
+            dir.as_deref(),
+            args.infer_tokens,
+        )
+        .context("running the test inference")?;
         manager.record_memory("after_inference");
         Some(outcome)
     } else {
@@ -151,7 +160,10 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         "ok": true,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out).context("formatting JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("formatting JSON")?
+        );
         return Ok(());
     }
     println!(
@@ -167,7 +179,12 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         mb(Some(summary.estimate.total_bytes))
     );
     for (dtype, bytes) in &summary.report.bytes_by_dtype {
-        let n = summary.report.tensors_by_dtype.get(dtype).copied().unwrap_or(0);
+        let n = summary
+            .report
+            .tensors_by_dtype
+            .get(dtype)
+            .copied()
+            .unwrap_or(0);
         println!("    {dtype:<5} {:>12}  ({n} tensors)", mb(Some(*bytes)));
     }
     if !summary.report.fallback_tensors.is_empty() {
@@ -187,7 +204,10 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         print_block("Memory before load", memory.get("before_load"));
         print_block("Memory after load", memory.get("after_load"));
         if inference.is_some() {
-            print_block("Memory after first inference", memory.get("after_inference"));
+            print_block(
+                "Memory after first inference",
+                memory.get("after_inference"),
+            );
         }
         print_block("Memory after unload", memory.get("after_unload"));
         println!("Peak RSS: {}", mb(peak));

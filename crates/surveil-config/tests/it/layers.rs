@@ -120,7 +120,9 @@ fn generic_env_and_flags_with_provenance() {
     );
     assert_eq!(c.origin("detection.iou"), Origin::Default);
     let entries = c.entries();
-    assert!(entries.iter().any(|(k, v, _)| k == "vlm.primary_model" && v == "git-base-coco"));
+    assert!(entries
+        .iter()
+        .any(|(k, v, _)| k == "vlm.primary_model" && v == "git-base-coco"));
 }
 
 #[test]
@@ -131,7 +133,11 @@ fn profiles_dir_on_disk_overrides_and_extends() {
         "[vlm]\nprimary_model = \"qwen2-vl-2b-instruct\"\n[orchestration]\nmax_concurrent_tools = 3\n",
     )
     .unwrap();
-    let c = load(loader(&[]).profiles_dir(Some(dir.path())).profile(Some("edge")));
+    let c = load(
+        loader(&[])
+            .profiles_dir(Some(dir.path()))
+            .profile(Some("edge")),
+    );
     assert_eq!(c.config.orchestration.max_concurrent_tools, 3);
     let origin = c.origin("orchestration.max_concurrent_tools");
     assert!(
@@ -139,7 +145,11 @@ fn profiles_dir_on_disk_overrides_and_extends() {
         "{origin:?}"
     );
     // Built-in profiles remain available.
-    let names = loader(&[]).profiles_dir(Some(dir.path())).profile_set().unwrap().names();
+    let names = loader(&[])
+        .profiles_dir(Some(dir.path()))
+        .profile_set()
+        .unwrap()
+        .names();
     assert!(names.contains(&"testing".to_string()) && names.contains(&"edge".to_string()));
 }
 
@@ -148,7 +158,14 @@ fn effective_quant() {
     let c = load(loader(&[("SURVEIL_VLM__QUANT", "q4_0")]));
     assert_eq!(c.config.vlm.effective_quant(), Quant::Q4_0);
     let c = load(loader(&[("SURVEIL_VLM__QUANT", "f16")]));
-    assert_eq!(c.config.vlm.effective_quant(), Quant::Q4k, "4-bit on picks q4k");
-    let c = load(loader(&[("SURVEIL_VLM__QUANT", "f16"), ("LOAD_IN_4BIT", "false")]));
+    assert_eq!(
+        c.config.vlm.effective_quant(),
+        Quant::Q4k,
+        "4-bit on picks q4k"
+    );
+    let c = load(loader(&[
+        ("SURVEIL_VLM__QUANT", "f16"),
+        ("LOAD_IN_4BIT", "false"),
+    ]));
     assert_eq!(c.config.vlm.effective_quant(), Quant::F16);
 }

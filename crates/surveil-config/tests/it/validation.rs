@@ -13,7 +13,11 @@ fn profile_dir(text: &str) -> tempfile::TempDir {
 #[test]
 fn unknown_key_in_profile_names_key_and_file() {
     let dir = profile_dir("[vlm]\nprimary_modle = \"git-base-coco\"\n");
-    let (_, msg) = load_err(loader(&[]).profiles_dir(Some(dir.path())).profile(Some("bad")));
+    let (_, msg) = load_err(
+        loader(&[])
+            .profiles_dir(Some(dir.path()))
+            .profile(Some("bad")),
+    );
     assert!(msg.contains("vlm.primary_modle"), "{msg}");
     assert!(msg.contains("bad.toml"), "{msg}");
     assert!(msg.contains("primary_model"), "lists allowed keys: {msg}");
@@ -22,7 +26,11 @@ fn unknown_key_in_profile_names_key_and_file() {
 #[test]
 fn unknown_section_in_profile() {
     let dir = profile_dir("[vlmm]\nx = 1\n");
-    let (_, msg) = load_err(loader(&[]).profiles_dir(Some(dir.path())).profile(Some("bad")));
+    let (_, msg) = load_err(
+        loader(&[])
+            .profiles_dir(Some(dir.path()))
+            .profile(Some("bad")),
+    );
     assert!(msg.contains("vlmm") && msg.contains("bad.toml"), "{msg}");
 }
 
@@ -37,18 +45,30 @@ fn unknown_key_in_env_names_variable() {
 fn bad_enum_lists_allowed_values() {
     let (_, msg) = load_err(loader(&[("VLM_DEVICE", "gpu")]));
     assert!(msg.contains("gpu"), "{msg}");
-    assert!(msg.contains("auto") && msg.contains("cpu") && msg.contains("cuda"), "{msg}");
+    assert!(
+        msg.contains("auto") && msg.contains("cpu") && msg.contains("cuda"),
+        "{msg}"
+    );
     assert!(msg.contains("VLM_DEVICE"), "{msg}");
     let (_, msg) = load_err(loader(&[("SURVEIL_VLM__QUANT", "q3")]));
-    assert!(msg.contains("q4k") && msg.contains("q8_0") && msg.contains("bf16"), "{msg}");
+    assert!(
+        msg.contains("q4k") && msg.contains("q8_0") && msg.contains("bf16"),
+        "{msg}"
+    );
     let (_, msg) = load_err(loader(&[("ORCHESTRATION_MODE", "slow")]));
-    assert!(msg.contains("balanced") && msg.contains("thorough"), "{msg}");
+    assert!(
+        msg.contains("balanced") && msg.contains("thorough"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_boolean() {
     let (_, msg) = load_err(loader(&[("LOAD_IN_4BIT", "maybe")]));
-    assert!(msg.contains("LOAD_IN_4BIT") && msg.contains("maybe"), "{msg}");
+    assert!(
+        msg.contains("LOAD_IN_4BIT") && msg.contains("maybe"),
+        "{msg}"
+    );
     assert!(msg.contains("yes/no"), "{msg}");
 }
 
@@ -56,7 +76,13 @@ fn bad_boolean() {
 fn unknown_profile_lists_profiles() {
     let (e, msg) = load_err(loader(&[]).profile(Some("nope")));
     assert!(matches!(e, ConfigError::UnknownProfile { .. }));
-    for p in ["testing", "testing_kimi", "testing_qwen", "development", "production"] {
+    for p in [
+        "testing",
+        "testing_kimi",
+        "testing_qwen",
+        "development",
+        "production",
+    ] {
         assert!(msg.contains(p), "{msg}");
     }
 }
@@ -65,7 +91,10 @@ fn unknown_profile_lists_profiles() {
 fn max_concurrent_tools_at_least_one() {
     let (_, msg) = load_err(loader(&[("MAX_CONCURRENT_TOOLS", "0")]));
     assert!(msg.contains("orchestration.max_concurrent_tools"), "{msg}");
-    assert!(msg.contains("at least 1") && msg.contains("MAX_CONCURRENT_TOOLS"), "{msg}");
+    assert!(
+        msg.contains("at least 1") && msg.contains("MAX_CONCURRENT_TOOLS"),
+        "{msg}"
+    );
     let (_, msg) = load_err(loader(&[("MAX_CONCURRENT_TOOLS", "two")]));
     assert!(msg.contains("integer"), "{msg}");
 }
@@ -75,7 +104,10 @@ fn thresholds_within_unit_interval() {
     for (var, key) in [
         ("SURVEIL_DETECTION__CONFIDENCE", "detection.confidence"),
         ("SURVEIL_DETECTION__IOU", "detection.iou"),
-        ("SURVEIL_TRACKER__MATCH_THRESHOLD", "tracker.match_threshold"),
+        (
+            "SURVEIL_TRACKER__MATCH_THRESHOLD",
+            "tracker.match_threshold",
+        ),
         (
             "SURVEIL_ORCHESTRATION__CONFIDENCE_THRESHOLD",
             "orchestration.confidence_threshold",
@@ -85,7 +117,10 @@ fn thresholds_within_unit_interval() {
         for bad in ["1.5", "-0.1"] {
             let (e, msg) = load_err(loader(&[(var, bad)]));
             assert!(matches!(e, ConfigError::Rule { .. }), "{msg}");
-            assert!(msg.contains(key) && msg.contains("[0, 1]") && msg.contains(var), "{msg}");
+            assert!(
+                msg.contains(key) && msg.contains("[0, 1]") && msg.contains(var),
+                "{msg}"
+            );
         }
     }
 }
@@ -97,18 +132,27 @@ fn fallback_must_not_contain_primary() {
         "qwen2-vl-2b-instruct,kimi-vl-a3b-thinking",
     )]));
     assert!(msg.contains("vlm.fallback_models"), "{msg}");
-    assert!(msg.contains("primary model `kimi-vl-a3b-thinking`"), "{msg}");
+    assert!(
+        msg.contains("primary model `kimi-vl-a3b-thinking`"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_model_lists_known_ids() {
     let (_, msg) = load_err(loader(&[("VLM_MODEL", "llava-13b")]));
-    assert!(msg.contains("llava-13b") && msg.contains("VLM_MODEL"), "{msg}");
+    assert!(
+        msg.contains("llava-13b") && msg.contains("VLM_MODEL"),
+        "{msg}"
+    );
     for id in surveil_config::KNOWN_MODEL_IDS {
         assert!(msg.contains(id), "{msg}");
     }
     let (_, msg) = load_err(loader(&[("SURVEIL_VLM__FALLBACK_MODELS", "gpt-5")]));
-    assert!(msg.contains("gpt-5") && msg.contains("qwen2-vl-7b-instruct"), "{msg}");
+    assert!(
+        msg.contains("gpt-5") && msg.contains("qwen2-vl-7b-instruct"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -126,13 +170,27 @@ fn other_rules() {
 #[test]
 fn invalid_toml_names_file() {
     let dir = profile_dir("[vlm\nprimary_model = 1\n");
-    let (_, msg) = load_err(loader(&[]).profiles_dir(Some(dir.path())).profile(Some("bad")));
-    assert!(msg.contains("bad.toml") && msg.contains("not valid TOML"), "{msg}");
+    let (_, msg) = load_err(
+        loader(&[])
+            .profiles_dir(Some(dir.path()))
+            .profile(Some("bad")),
+    );
+    assert!(
+        msg.contains("bad.toml") && msg.contains("not valid TOML"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn wrong_type_in_profile() {
     let dir = profile_dir("[orchestration]\nmax_concurrent_tools = \"many\"\n");
-    let (_, msg) = load_err(loader(&[]).profiles_dir(Some(dir.path())).profile(Some("bad")));
-    assert!(msg.contains("orchestration.max_concurrent_tools") && msg.contains("bad.toml"), "{msg}");
+    let (_, msg) = load_err(
+        loader(&[])
+            .profiles_dir(Some(dir.path()))
+            .profile(Some("bad")),
+    );
+    assert!(
+        msg.contains("orchestration.max_concurrent_tools") && msg.contains("bad.toml"),
+        "{msg}"
+    );
 }

@@ -77,12 +77,16 @@ impl TensorSource for DummySource {
     }
 
     fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let meta = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_string(),
-            source_desc: self.describe(),
-        })?;
+        let meta = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: self.describe(),
+            })?;
         let n: usize = meta.shape.iter().product();
-        let is_norm = meta.shape.len() == 1 && name.contains("norm") && name.ends_with("weight");
+        let lower = name.to_ascii_lowercase();
+        let is_norm = meta.shape.len() == 1 && lower.contains("norm") && lower.ends_with("weight");
         let data = if is_norm {
             vec![1f32; n]
         } else {

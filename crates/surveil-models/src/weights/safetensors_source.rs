@@ -111,11 +111,10 @@ pub fn shard_paths(index_path: &Path) -> Result<Vec<PathBuf>> {
         path: index_path.to_path_buf(),
         source,
     })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: index_path.to_path_buf(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: index_path.to_path_buf(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())

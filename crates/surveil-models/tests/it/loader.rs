@@ -38,10 +38,17 @@ fn git_copy() -> tempfile::TempDir {
 fn load_err(dir: &Path) -> String {
     let mut m = ModelManager::new();
     let e = m
-        .load("git-base-coco", &opts(WeightsSpec::Dir(dir.into()), Quant::F32))
+        .load(
+            "git-base-coco",
+            &opts(WeightsSpec::Dir(dir.into()), Quant::F32),
+        )
         .unwrap_err()
         .to_string();
-    assert!(matches!(m.state(), ModelState::Failed { .. }), "{:?}", m.state());
+    assert!(
+        matches!(m.state(), ModelState::Failed { .. }),
+        "{:?}",
+        m.state()
+    );
     assert!(m.model().is_none());
     e
 }
@@ -50,12 +57,27 @@ fn load_err(dir: &Path) -> String {
 fn load_unload_from_directory_records_memory_and_matches_estimate() {
     let mut m = ModelManager::new();
     let summary = m
-        .load("git-base-coco", &opts(WeightsSpec::Dir(git_fixture()), Quant::F32))
+        .load(
+            "git-base-coco",
+            &opts(WeightsSpec::Dir(git_fixture()), Quant::F32),
+        )
         .unwrap()
         .clone();
-    assert!(matches!(m.state(), ModelState::Loaded { model, device } if model == "git-base-coco" && device == "cpu"));
-    assert_eq!(summary.report.bytes_by_dtype.keys().copied().collect::<Vec<_>>(), vec![StorageDtype::F32]);
-    let file_bytes = std::fs::metadata(git_fixture().join("model.safetensors")).unwrap().len();
+    assert!(
+        matches!(m.state(), ModelState::Loaded { model, device } if model == "git-base-coco" && device == "cpu")
+    );
+    assert_eq!(
+        summary
+            .report
+            .bytes_by_dtype
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![StorageDtype::F32]
+    );
+    let file_bytes = std::fs::metadata(git_fixture().join("model.safetensors"))
+        .unwrap()
+        .len();
     // f32 in, f32 resident: the report equals the tensor data of the file (minus its header).
     assert!(summary.report.total_bytes() <= file_bytes);
     assert!(summary.report.total_bytes() as f64 > file_bytes as f64 * 0.95);
@@ -75,17 +97,28 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
     // The header-style estimate (roles guessed from names) of the plain checkpoint layout.
     let layout = cfg.tensor_layout();
     let policy = policy_for(Quant::Q4k);
-    let estimate = estimate_tensors(layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())), &policy);
+    let estimate = estimate_tensors(
+        layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
+        &policy,
+    );
     let mut m = ModelManager::new();
-    let s = m.load("git-base-coco", &opts(WeightsSpec::Dummy, Quant::Q4k)).unwrap();
+    let s = m
+        .load("git-base-coco", &opts(WeightsSpec::Dummy, Quant::Q4k))
+        .unwrap();
     let loaded = s.report.total_bytes() as f64;
     let est = estimate.total_bytes as f64;
-    assert!((loaded - est).abs() / est < 0.02, "loaded {loaded} vs estimate {est}");
+    assert!(
+        (loaded - est).abs() / est < 0.02,
+        "loaded {loaded} vs estimate {est}"
+    );
     assert!(s.report.bytes_by_dtype.contains_key(&StorageDtype::Q4K));
     assert_eq!(s.weights, "dummy");
     // The published size of git-base-coco.
     let params = s.report.parameters as f64;
-    assert!((params - spec.parameters as f64).abs() / (spec.parameters as f64) < 0.01, "{params}");
+    assert!(
+        (params - spec.parameters as f64).abs() / (spec.parameters as f64) < 0.01,
+        "{params}"
+    );
 }
 
 #[test]
@@ -97,7 +130,9 @@ fn fallback_only_when_enabled_and_one_model_at_a_time() {
         .load_with_fallback("kimi-vl-a3b-thinking", &["git-base-coco".into()], false, &o)
         .unwrap_err();
     assert!(err.to_string().contains("kimi_vl"), "{err}");
-    assert!(matches!(m.state(), ModelState::Failed { model, .. } if model == "kimi-vl-a3b-thinking"));
+    assert!(
+        matches!(m.state(), ModelState::Failed { model, .. } if model == "kimi-vl-a3b-thinking")
+    );
     // With fallback on, the next model loads.
     let (summary, failures) = m
         .load_with_fallback("kimi-vl-a3b-thinking", &["git-base-coco".into()], true, &o)
@@ -113,8 +148,14 @@ fn fallback_only_when_enabled_and_one_model_at_a_time() {
 #[test]
 fn bad_model_ids() {
     let mut m = ModelManager::new();
-    let e = m.load("../git-base-coco", &opts(WeightsSpec::Dummy, Quant::F32)).unwrap_err().to_string();
-    assert!(e.contains("unknown model id") && e.contains("git-base-coco"), "{e}");
+    let e = m
+        .load("../git-base-coco", &opts(WeightsSpec::Dummy, Quant::F32))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown model id") && e.contains("git-base-coco"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -125,7 +166,10 @@ fn truncated_safetensors() {
     let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
     file.set_len(len - 1000).unwrap();
     let e = load_err(dir.path());
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -152,7 +196,10 @@ fn header_over_100_mb() {
 }
 
 /// Rewrite the fixture checkpoint with `edit` applied to its tensors.
-fn rewrite(dir: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>)) {
+fn rewrite(
+    dir: &Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, candle_core::Tensor>),
+) {
     let f = dir.join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&f, &candle_core::Device::Cpu).unwrap();
     edit(&mut tensors);
@@ -177,7 +224,11 @@ fn shape_mismatch_names_tensor_and_shapes() {
     rewrite(dir.path(), |t| {
         let old = t.get(name).unwrap().clone();
         let n = old.dim(0).unwrap();
-        t.insert(name.into(), candle_core::Tensor::zeros(n + 1, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+        t.insert(
+            name.into(),
+            candle_core::Tensor::zeros(n + 1, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .unwrap(),
+        );
     });
     let e = load_err(dir.path());
     assert!(e.contains(name) && e.contains("expected"), "{e}");
@@ -202,7 +253,8 @@ fn config_not_json_or_missing_field() {
     let e = load_err(dir.path());
     assert!(e.contains("config.json"), "{e}");
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(git_fixture().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(git_fixture().join("config.json")).unwrap())
+            .unwrap();
     cfg["hidden_size"] = serde_json::json!("wide");
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = load_err(dir.path());
@@ -215,13 +267,23 @@ fn config_not_json_or_missing_field() {
     .unwrap();
     q.as_object_mut().unwrap().remove("vision_config");
     std::fs::write(qdir.path().join("config.json"), q.to_string()).unwrap();
-    std::fs::copy(fixtures_dir().join("qwen2_vl/model.safetensors"), qdir.path().join("model.safetensors")).unwrap();
+    std::fs::copy(
+        fixtures_dir().join("qwen2_vl/model.safetensors"),
+        qdir.path().join("model.safetensors"),
+    )
+    .unwrap();
     let mut m = ModelManager::new();
     let e = m
-        .load("qwen2-vl-2b-instruct", &opts(WeightsSpec::Dir(qdir.path().into()), Quant::F32))
+        .load(
+            "qwen2-vl-2b-instruct",
+            &opts(WeightsSpec::Dir(qdir.path().into()), Quant::F32),
+        )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("config.json") && e.contains("vision_config"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("vision_config"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -231,7 +293,10 @@ fn missing_checkpoint_lists_places_searched_without_network() {
     o.model_dir = Some(models.path().into());
     let mut m = ModelManager::new();
     let e = m.load("qwen2-vl-2b-instruct", &o).unwrap_err().to_string();
-    assert!(e.contains("Qwen/Qwen2-VL-2B-Instruct") && e.contains("/nonexistent/hub"), "{e}");
+    assert!(
+        e.contains("Qwen/Qwen2-VL-2B-Instruct") && e.contains("/nonexistent/hub"),
+        "{e}"
+    );
     assert!(e.contains(&models.path().display().to_string()), "{e}");
 }
 
@@ -253,7 +318,10 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     assert!(written.file_bytes > 2 * written.parameters);
     assert!(written.file_bytes < 2 * written.parameters + 1_000_000);
     let from_disk = ModelManager::new()
-        .load("git-base-coco", &opts(WeightsSpec::Dir(dir.path().into()), Quant::Q4k))
+        .load(
+            "git-base-coco",
+            &opts(WeightsSpec::Dir(dir.path().into()), Quant::Q4k),
+        )
         .unwrap()
         .clone();
     let dummy = ModelManager::new()
@@ -263,8 +331,15 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     assert_eq!(from_disk.report.parameters, written.parameters);
     assert_eq!(from_disk.report.bytes_by_dtype, dummy.report.bytes_by_dtype);
     // The header-only estimate of the real file agrees with what was loaded.
-    let est = surveil_memory::estimate_checkpoint(&dir.path().join("model.safetensors"), &policy_for(Quant::Q4k)).unwrap();
-    let (a, b) = (est.total_bytes as f64, from_disk.report.total_bytes() as f64);
+    let est = surveil_memory::estimate_checkpoint(
+        &dir.path().join("model.safetensors"),
+        &policy_for(Quant::Q4k),
+    )
+    .unwrap();
+    let (a, b) = (
+        est.total_bytes as f64,
+        from_disk.report.total_bytes() as f64,
+    );
     assert!((a - b).abs() / b < 0.02, "estimate {a} vs loaded {b}");
 }
 
@@ -276,11 +351,17 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
     for quant in [Quant::Q4k, Quant::Q4_0, Quant::Q8_0, Quant::F16, Quant::F32] {
         let mut m = ModelManager::new();
         let s = m
-            .load("qwen2-vl-2b-instruct", &opts(WeightsSpec::Dir(dir.clone()), quant))
+            .load(
+                "qwen2-vl-2b-instruct",
+                &opts(WeightsSpec::Dir(dir.clone()), quant),
+            )
             .unwrap();
         let est = cfg.estimate(&policy_for(quant)).total_bytes as f64;
         let got = s.report.total_bytes() as f64;
-        assert!((got - est).abs() / est < 0.02, "{quant:?}: loaded {got} vs estimate {est}");
+        assert!(
+            (got - est).abs() / est < 0.02,
+            "{quant:?}: loaded {got} vs estimate {est}"
+        );
         assert_eq!(s.estimate.total_bytes as f64, est);
     }
 }
