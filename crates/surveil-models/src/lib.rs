@@ -5,10 +5,12 @@
 //! the analysis pipeline (`surveil-orchestrator`).
 
 pub mod arch;
+pub mod deepseek_v3;
 pub mod error;
 pub mod generation;
 pub mod git;
 pub mod image_ops;
+pub mod kimi_vl;
 pub mod manager;
 pub mod nn;
 pub mod qwen2_vl;

@@ -1,6 +1,8 @@
 //! Integration tests of surveil-models (one test binary, one module per area).
 
 mod common;
+mod deepseek_v3;
 mod git;
+mod kimi_vl;
 mod loader;
 mod qwen2_vl;
