@@ -10,6 +10,7 @@ pub mod error;
 pub mod generation;
 pub mod git;
 pub mod image_ops;
+mod kernels;
 pub mod kimi_vl;
 pub mod manager;
 pub mod nn;

@@ -7,7 +7,7 @@ use candle_nn::kv_cache::KvCache;
 
 use super::config::{Activation, GitConfig};
 use super::linear::FusedLinear;
-use super::ops::LayerNorm;
+use crate::nn::LayerNorm;
 use super::ops::{activate, attention, merge_heads, split_qkv};
 use crate::nn::{Embedding, Linear};
 use crate::weights::Weights;

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use super::config::GitConfig;
 use super::decoder::{decoder_layout, decoder_mask, DecoderLayer, GitCache, TextEmbeddings};
 use super::linear::FusedLinear;
-use super::ops::LayerNorm;
+use crate::nn::LayerNorm;
 use super::vision::{vision_layout, VisionTransformer};
 use crate::generation::TokenSampler;
 use crate::nn::Linear;

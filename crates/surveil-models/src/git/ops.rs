@@ -1,13 +1,13 @@
-//! Activations, LayerNorm and attention shared by the GIT vision tower and text decoder.
+//! Activations and attention shared by the GIT vision tower and text decoder.
 //!
-//! On the CPU with contiguous f32 input, the activations and LayerNorm run as fused kernels
+//! On the CPU with contiguous f32 input, the activations run as fused kernels
 //! (one pass over memory, rows split over threads); elsewhere they fall back to candle's
 //! composite ops with the same math.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use super::config::Activation;
-use crate::weights::Weights;
+use crate::kernels::{contiguous_f32, for_rows};
 use crate::Result;
 
 /// Apply `act` elementwise (f32).
@@ -23,42 +23,6 @@ pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Relu => x.relu()?,
         Activation::Silu => x.silu()?,
     })
-}
-
-/// Below this many elements a kernel runs on the calling thread only.
-const PARALLEL_MIN_ELEMS: usize = 1 << 15;
-
-/// Run `f` over `src`/`dst` split into whole rows of `row` elements, on up to candle's thread
-/// count when the tensor is large.
-fn for_rows(src: &[f32], dst: &mut [f32], row: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
-    let rows = src.len() / row.max(1);
-    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-    if threads == 1 || src.len() < PARALLEL_MIN_ELEMS {
-        f(src, dst);
-        return;
-    }
-    let chunk = rows.div_ceil(threads) * row;
-    std::thread::scope(|scope| {
-        let mut parts = src.chunks(chunk).zip(dst.chunks_mut(chunk));
-        let first = parts.next();
-        for (s, d) in parts {
-            let f = &f;
-            scope.spawn(move || f(s, d));
-        }
-        if let Some((s, d)) = first {
-            f(s, d);
-        }
-    });
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("expected f32 storage")
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
 }
 
 /// `e^x` for f32 by range reduction to `2^n · e^g`, |g| ≤ ln2/2, and a degree-7 Taylor
@@ -125,93 +89,6 @@ impl CustomOp1 for ActivationOp {
             other => candle_core::bail!("no fused kernel for {other:?}"),
         }
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
-    }
-}
-
-/// LayerNorm over the last dimension with weight and bias, f32. The fused CPU kernel computes
-/// the mean first and the variance of the centred values second (no `E[x²] − E[x]²`
-/// cancellation).
-#[derive(Debug, Clone)]
-pub(crate) struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    /// Load `weight` and `bias` of size `dim` under `w`.
-    pub(crate) fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: w.get(&[dim], "weight")?,
-            bias: w.get(&[dim], "bias")?,
-            eps,
-        })
-    }
-
-    /// Normalise over the last dimension.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            let x = if x.is_contiguous() {
-                x.clone()
-            } else {
-                x.contiguous()?
-            };
-            return Ok(x.apply_op3_no_bwd(
-                &self.weight,
-                &self.bias,
-                &LayerNormOp { eps: self.eps },
-            )?);
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
-    }
-}
-
-struct LayerNormOp {
-    eps: f64,
-}
-
-impl CustomOp3 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "git-layer-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s1, l1)?;
-        let weight = contiguous_f32(s2, l2)?;
-        let bias = contiguous_f32(s3, l3)?;
-        let dim = l1.shape().dims().last().copied().unwrap_or(0);
-        if dim == 0 || weight.len() != dim || bias.len() != dim {
-            candle_core::bail!(
-                "layer norm: last dim {dim}, weight {}, bias {}",
-                weight.len(),
-                bias.len()
-            );
-        }
-        let eps = self.eps as f32;
-        let mut dst = vec![0f32; src.len()];
-        for_rows(src, &mut dst, dim, |s, d| {
-            for (x, y) in s.chunks_exact(dim).zip(d.chunks_exact_mut(dim)) {
-                let mean = x.iter().sum::<f32>() / dim as f32;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
-                    *y = (x - mean) * inv * w + b;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
 
@@ -287,41 +164,6 @@ mod tests {
         // f32 carries ~6e-8 relative; A&S 7.1.26 is within 1.5e-7 before f32 rounding.
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
         assert!(worst_erf < 4e-7, "erf absolute error {worst_erf:e}");
-    }
-
-    #[test]
-    fn fused_layer_norm_matches_composite() {
-        let dev = Device::Cpu;
-        let dim = 96;
-        // Large common offset: where E[x²] − E[x]² would lose digits.
-        let x = (Tensor::randn(0f32, 1.0, (3, 5, dim), &dev).unwrap() + 300.0).unwrap();
-        let ln = LayerNorm {
-            weight: Tensor::randn(0f32, 1.0, dim, &dev).unwrap(),
-            bias: Tensor::randn(0f32, 1.0, dim, &dev).unwrap(),
-            eps: 1e-12,
-        };
-        let fused = ln.forward(&x).unwrap();
-        let x64 = x.to_dtype(DType::F64).unwrap();
-        let mean = x64.mean_keepdim(D::Minus1).unwrap();
-        let xc = x64.broadcast_sub(&mean).unwrap();
-        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let reference = xc
-            .broadcast_div(&(var + 1e-12).unwrap().sqrt().unwrap())
-            .unwrap()
-            .broadcast_mul(&ln.weight.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .broadcast_add(&ln.bias.to_dtype(DType::F64).unwrap())
-            .unwrap();
-        let diff = (fused.to_dtype(DType::F64).unwrap() - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        // f32 rounding of values near 300 allows ~2e-4; E[x²] − E[x]² in f32 is off by ~1e-2.
-        assert!(diff < 1e-3, "{diff}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
 use super::linear::FusedLinear;
-use super::ops::LayerNorm;
+use crate::nn::LayerNorm;
 use super::ops::{activate, attention, merge_heads, split_qkv};
 use crate::nn::Linear;
 use crate::weights::Weights;

@@ -1,0 +1,96 @@
+//! Fused CPU kernels shared by the architectures: one pass over memory, rows split over
+//! threads. Each has a composite-op fallback at its call site for other devices.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
+
+/// Below this many elements a kernel runs on the calling thread only.
+const PARALLEL_MIN_ELEMS: usize = 1 << 15;
+
+/// Run `f` over `src`/`dst` split into whole rows of `row` elements, on up to candle's thread
+/// count when the tensor is large.
+pub(crate) fn for_rows(
+    src: &[f32],
+    dst: &mut [f32],
+    row: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) {
+    let rows = src.len() / row.max(1);
+    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+    if threads == 1 || src.len() < PARALLEL_MIN_ELEMS {
+        f(src, dst);
+        return;
+    }
+    let chunk = rows.div_ceil(threads) * row;
+    std::thread::scope(|scope| {
+        let mut parts = src.chunks(chunk).zip(dst.chunks_mut(chunk));
+        let first = parts.next();
+        for (s, d) in parts {
+            let f = &f;
+            scope.spawn(move || f(s, d));
+        }
+        if let Some((s, d)) = first {
+            f(s, d);
+        }
+    });
+}
+
+/// The f32 data of a contiguous CPU tensor.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("expected f32 storage")
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
+    }
+}
+
+/// Fused two-pass LayerNorm over the last dimension (weight and bias), f32 on the CPU.
+pub(crate) struct LayerNormOp {
+    /// Added to the variance.
+    pub(crate) eps: f64,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s1, l1)?;
+        let weight = contiguous_f32(s2, l2)?;
+        let bias = contiguous_f32(s3, l3)?;
+        let dim = l1.shape().dims().last().copied().unwrap_or(0);
+        if dim == 0 || weight.len() != dim || bias.len() != dim {
+            candle_core::bail!(
+                "layer norm: last dim {dim}, weight {}, bias {}",
+                weight.len(),
+                bias.len()
+            );
+        }
+        let eps = self.eps as f32;
+        let mut dst = vec![0f32; src.len()];
+        for_rows(src, &mut dst, dim, |s, d| {
+            for (x, y) in s.chunks_exact(dim).zip(d.chunks_exact_mut(dim)) {
+                let mean = x.iter().sum::<f32>() / dim as f32;
+                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+                    *y = (x - mean) * inv * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+}
