@@ -12,9 +12,12 @@ use crate::Result;
 
 /// Apply `act` elementwise (f32).
 pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
-    let fused = matches!(act, Activation::Gelu | Activation::QuickGelu);
-    if fused && x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
-        return Ok(x.apply_op1_no_bwd(&ActivationOp(act))?);
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        match act {
+            Activation::Gelu => return Ok(x.apply_op1_no_bwd(&ActivationOp(act))?),
+            Activation::QuickGelu => return crate::kernels::quick_gelu(x),
+            _ => {}
+        }
     }
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
@@ -59,7 +62,7 @@ fn erf_f32(z: f32) -> f32 {
     y.copysign(z)
 }
 
-/// Fused elementwise activation (exact-erf GELU, quick-GELU) for contiguous f32 on the CPU.
+/// Fused exact-erf GELU for contiguous f32 on the CPU (quick-GELU is `crate::kernels::quick_gelu`).
 struct ActivationOp(Activation);
 
 impl CustomOp1 for ActivationOp {
@@ -79,11 +82,6 @@ impl CustomOp1 for ActivationOp {
             Activation::Gelu => for_rows(src, &mut dst, row, |s, d| {
                 for (d, &x) in d.iter_mut().zip(s) {
                     *d = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            }),
-            Activation::QuickGelu => for_rows(src, &mut dst, row, |s, d| {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = x / (1.0 + exp_f32(-1.702 * x));
                 }
             }),
             other => candle_core::bail!("no fused kernel for {other:?}"),

@@ -49,7 +49,6 @@
 //!
 //! Not here: weight download, memory budgets, choosing a device.
 
-mod attention;
 mod chat;
 mod config;
 mod model;

@@ -4,8 +4,8 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use super::attention::scaled_softmax;
 use super::config::TextConfig;
+use crate::kernels::scaled_softmax;
 use surveil_memory::{QuantPolicy, StorageDtype};
 
 use crate::nn::RmsNorm;

@@ -8,8 +8,8 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
-use super::attention::{full_attention, quick_gelu};
 use super::config::VisionConfig;
+use crate::kernels::{full_attention, quick_gelu};
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::Weights;
 use crate::{ModelError, Result};

@@ -1,6 +1,10 @@
 //! Fused CPU kernels shared by the architectures: one pass over memory, rows split over
 //! threads. Each has a composite-op fallback at its call site for other devices.
 
+mod attention;
+
+pub(crate) use attention::{full_attention, quick_gelu, scaled_softmax};
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 
 /// Below this many elements a kernel runs on the calling thread only.
