@@ -1,1 +1,26 @@
 //! Kimi-VL: MoonViT vision tower, 2x2 patch-merge projector, DeepSeek-V3 decoder.
+//!
+//! - [`KimiVlConfig`]: the Hub `KimiVLConfig` layout (`vision_config`, `text_config` kept as
+//!   JSON for the decoder, `media_placeholder_token_id`); the full-size MoonViT in
+//!   [`kimi_vl_a3b_vision_config`]; [`tensor_layout`] of the vision tower and projector,
+//!   [`full_tensor_layout`] of the whole checkpoint;
+//! - [`MoonVit`]: native-resolution ViT over packed images (bicubic-resized learned position
+//!   grid, 2-D rotary positions, attention restricted to each image) and the 2×2 merge;
+//! - [`KimiVlProjector`]: LayerNorm → Linear → GELU → Linear to the text width;
+//! - [`KimiVlImageProcessor`]: token-limit resize, padding to 28-px multiples, patchify;
+//! - [`KimiVlModel`]: the whole model — image features spliced into the placeholder
+//!   positions, then the DeepSeek-V3 decoder of [`crate::deepseek_v3`] with its KV cache.
+//!
+//! Not here: the decoder itself (`crate::deepseek_v3`), tokenizer and chat template.
+
+mod config;
+mod model;
+mod processor;
+mod vision;
+
+pub use config::{
+    full_tensor_layout, kimi_vl_a3b_vision_config, tensor_layout, KimiVlConfig, MoonVitConfig,
+};
+pub use model::KimiVlModel;
+pub use processor::{KimiVlImageProcessor, PackedImages, ProcessedImage};
+pub use vision::{GridHw, KimiVlProjector, MoonVit, MoonVitOutput};
