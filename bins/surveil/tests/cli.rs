@@ -240,13 +240,23 @@ fn test_model_git_dummy_json_with_inference() {
 }
 
 #[test]
-fn test_model_unimplemented_architecture_fails_with_json() {
+fn test_model_missing_weights_fails_with_json() {
     let out = surveil(
-        &["test-model", "--kimi", "--weights", "dummy", "--json"],
+        &[
+            "test-model",
+            "--qwen",
+            "--weights",
+            "/nonexistent/qwen",
+            "--json",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
-    assert!(v["error"].as_str().unwrap().contains("kimi_vl"));
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains("/nonexistent/qwen") && err.contains("Qwen/Qwen2-VL-2B-Instruct"),
+        "{err}"
+    );
 }

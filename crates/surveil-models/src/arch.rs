@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::git::{git_base_coco_config, GitConfig, GitModel};
+use crate::kimi_vl::{kimi_vl_a3b_vision_config, KimiVlConfig, KimiVlModel};
 use crate::qwen2_vl::{qwen2_vl_2b_config, qwen2_vl_7b_config, Qwen2VlConfig, Qwen2VlModel};
 use surveil_memory::{estimate_with_roles, Estimate, QuantPolicy, TensorRole};
 
@@ -17,16 +18,31 @@ pub enum ArchConfig {
     Git(GitConfig),
     /// Qwen2-VL.
     Qwen2Vl(Box<Qwen2VlConfig>),
+    /// Kimi-VL.
+    KimiVl(Box<KimiVlConfig>),
 }
 
-fn unsupported(spec: &ModelSpec) -> ModelError {
-    ModelError::Unsupported(format!(
-        "{} ({}) uses the {} architecture, which this build does not implement yet; \
-         implemented: git (git-base-coco), qwen2_vl (qwen2-vl-2b-instruct, qwen2-vl-7b-instruct)",
-        spec.id,
-        spec.hf_repo,
-        spec.architecture.name()
-    ))
+/// `<|media_pad|>` of the Kimi-VL tokenizer.
+const KIMI_MEDIA_PLACEHOLDER: u32 = 163_605;
+
+/// The published Kimi-VL-A3B config: MoonViT + the DeepSeek-V3-style decoder.
+fn kimi_vl_a3b_config() -> Result<KimiVlConfig> {
+    let text = crate::deepseek_v3::kimi_vl_a3b_text_config();
+    let mut text_config = serde_json::to_value(&text)
+        .map_err(|e| ModelError::InvalidInput(format!("text config: {e}")))?;
+    if let Some(obj) = text_config.as_object_mut() {
+        obj.insert("model_type".into(), "deepseek_v3".into());
+        obj.insert(
+            "eos_token_id".into(),
+            serde_json::json!(text.eos_token_ids.first()),
+        );
+    }
+    Ok(KimiVlConfig {
+        vision: kimi_vl_a3b_vision_config(),
+        text_hidden_size: text.hidden_size,
+        text_config,
+        media_placeholder_token_id: KIMI_MEDIA_PLACEHOLDER,
+    })
 }
 
 impl ArchConfig {
@@ -38,7 +54,7 @@ impl ArchConfig {
                 Ok(ArchConfig::Qwen2Vl(Box::new(qwen2_vl_7b_config())))
             }
             (Architecture::Qwen2Vl, _) => Ok(ArchConfig::Qwen2Vl(Box::new(qwen2_vl_2b_config()))),
-            (Architecture::KimiVl, _) => Err(unsupported(spec)),
+            (Architecture::KimiVl, _) => Ok(ArchConfig::KimiVl(Box::new(kimi_vl_a3b_config()?))),
         }
     }
 
@@ -49,7 +65,9 @@ impl ArchConfig {
             Architecture::Qwen2Vl => Ok(ArchConfig::Qwen2Vl(Box::new(Qwen2VlConfig::from_file(
                 path,
             )?))),
-            Architecture::KimiVl => Err(unsupported(spec)),
+            Architecture::KimiVl => {
+                Ok(ArchConfig::KimiVl(Box::new(KimiVlConfig::from_file(path)?)))
+            }
         }
     }
 
@@ -57,12 +75,22 @@ impl ArchConfig {
     /// and for a tied output head either the token table stored once as a quantized matrix
     /// (4-bit, see [`crate::qwen2_vl::shares_tied_embedding`]) or a quantized copy beside the float table. Feed
     /// it to `surveil_memory::estimate_with_roles`.
-    pub fn resident_plan(&self, policy: &QuantPolicy) -> Vec<(String, Vec<usize>, TensorRole)> {
+    pub fn resident_plan(
+        &self,
+        policy: &QuantPolicy,
+    ) -> Result<Vec<(String, Vec<usize>, TensorRole)>> {
         let mut plan: Vec<_> = self
-            .tensor_layout()
+            .tensor_layout()?
             .into_iter()
             .map(|(name, shape)| {
-                let role = TensorRole::guess(&name, &shape);
+                // MoE routers stay f32 (the expert choice is sensitive to their logits), and so
+                // does MLA's kv_b_proj, which decoding absorbs into the query and output.
+                let role =
+                    if name.ends_with("mlp.gate.weight") || name.ends_with("kv_b_proj.weight") {
+                        TensorRole::Float
+                    } else {
+                        TensorRole::guess(&name, &shape)
+                    };
                 (name, shape, role)
             })
             .collect();
@@ -80,16 +108,16 @@ impl ArchConfig {
                 }
             }
         }
-        plan
+        Ok(plan)
     }
 
     /// The estimate of [`Self::resident_plan`].
-    pub fn estimate(&self, policy: &QuantPolicy) -> Estimate {
-        let plan = self.resident_plan(policy);
-        estimate_with_roles(
+    pub fn estimate(&self, policy: &QuantPolicy) -> Result<Estimate> {
+        let plan = self.resident_plan(policy)?;
+        Ok(estimate_with_roles(
             plan.iter().map(|(n, s, r)| (n.as_str(), s.as_slice(), *r)),
             policy,
-        )
+        ))
     }
 
     /// The config as a Hub-layout `config.json` (flat layout for Qwen2-VL), which
@@ -173,15 +201,36 @@ impl ArchConfig {
                     },
                 })
             }
+            ArchConfig::KimiVl(c) => {
+                let v = &c.vision;
+                serde_json::json!({
+                    "architectures": ["KimiVLForConditionalGeneration"],
+                    "model_type": "kimi_vl",
+                    "media_placeholder_token_id": c.media_placeholder_token_id,
+                    "vision_config": {
+                        "model_type": "moonvit",
+                        "patch_size": v.patch_size,
+                        "init_pos_emb_height": v.init_pos_emb_height,
+                        "init_pos_emb_width": v.init_pos_emb_width,
+                        "num_attention_heads": v.num_attention_heads,
+                        "num_hidden_layers": v.num_hidden_layers,
+                        "hidden_size": v.hidden_size,
+                        "intermediate_size": v.intermediate_size,
+                        "merge_kernel_size": v.merge_kernel_size,
+                    },
+                    "text_config": c.text_config,
+                })
+            }
         }
     }
 
     /// Every tensor name and shape of a checkpoint with this config (Hub names).
-    pub fn tensor_layout(&self) -> Vec<(String, Vec<usize>)> {
-        match self {
+    pub fn tensor_layout(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        Ok(match self {
             ArchConfig::Git(c) => GitModel::tensor_layout(c),
             ArchConfig::Qwen2Vl(c) => crate::qwen2_vl::tensor_layout(c),
-        }
+            ArchConfig::KimiVl(c) => crate::kimi_vl::full_tensor_layout(c)?,
+        })
     }
 }
 
@@ -191,6 +240,8 @@ pub enum LoadedModel {
     Git(Box<GitModel>),
     /// Qwen2-VL.
     Qwen2Vl(Box<Qwen2VlModel>),
+    /// Kimi-VL.
+    KimiVl(Box<KimiVlModel>),
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -198,6 +249,7 @@ impl std::fmt::Debug for LoadedModel {
         match self {
             LoadedModel::Git(_) => f.write_str("LoadedModel::Git"),
             LoadedModel::Qwen2Vl(_) => f.write_str("LoadedModel::Qwen2Vl"),
+            LoadedModel::KimiVl(_) => f.write_str("LoadedModel::KimiVl"),
         }
     }
 }
@@ -208,6 +260,7 @@ impl LoadedModel {
         Ok(match cfg {
             ArchConfig::Git(c) => LoadedModel::Git(Box::new(GitModel::load(c, w)?)),
             ArchConfig::Qwen2Vl(c) => LoadedModel::Qwen2Vl(Box::new(Qwen2VlModel::load(c, w)?)),
+            ArchConfig::KimiVl(c) => LoadedModel::KimiVl(Box::new(KimiVlModel::load(c, w)?)),
         })
     }
 }

@@ -356,7 +356,7 @@ pub fn load_model(
     let (cfg, source): (ArchConfig, Box<dyn TensorSource>) = match &resolved {
         ResolvedWeights::Dummy => {
             let cfg = ArchConfig::full_size(spec)?;
-            let layout = cfg.tensor_layout();
+            let layout = cfg.tensor_layout()?;
             let src = DummySource::new(spec.id, layout, candle_core::DType::F32, opts.dummy_seed);
             (cfg, Box::new(src))
         }
@@ -366,7 +366,7 @@ pub fn load_model(
         }
     };
     let policy = policy_for(opts.quant);
-    let estimate = cfg.estimate(&policy);
+    let estimate = cfg.estimate(&policy)?;
     let (device, device_reason, fit) = candle_device(opts.device, &estimate)?;
     if let Fit::DoesNotFit { message, .. } = &fit {
         return Err(ModelError::DoesNotFit(format!("{id}: {message}")));

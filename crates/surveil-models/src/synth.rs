@@ -49,7 +49,7 @@ pub fn write_dummy_checkpoint(
         .map_err(|e| ModelError::InvalidInput(format!("config serialization: {e}")))?;
     std::fs::write(&config_path, text).map_err(io(&config_path))?;
 
-    let layout = cfg.tensor_layout();
+    let layout = cfg.tensor_layout()?;
     let source = DummySource::new(spec.id, layout.clone(), DType::F32, seed);
     let (dtype_name, elem) = match dtype {
         DType::BF16 => ("BF16", 2usize),

@@ -30,11 +30,9 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
         let sizes: serde_json::Map<String, serde_json::Value> = match ArchConfig::full_size(spec) {
             Ok(cfg) => QUANTS
                 .iter()
-                .map(|q| {
-                    (
-                        q.name().to_string(),
-                        json!(cfg.estimate(&policy_for(*q)).total_bytes),
-                    )
+                .filter_map(|q| {
+                    let e = cfg.estimate(&policy_for(*q)).ok()?;
+                    Some((q.name().to_string(), json!(e.total_bytes)))
                 })
                 .collect(),
             Err(_) => serde_json::Map::new(),

@@ -8,8 +8,12 @@
 //!   [`DeepseekV3Model::forward_traced`] also returns the routing of every MoE layer.
 //!
 //! Supported: `q_lora_rank = null`, default RoPE (interleaved pairs), `noaux_tc` sigmoid routing
-//! with group-limited choice. Not here: query LoRA (full DeepSeek-V3), YaRN RoPE, the
-//! multi-token-prediction layers, a compressed (latent) KV cache.
+//! with group-limited choice. The KV cache holds the compressed latent (576 values per token and
+//! layer for Kimi-VL-A3B instead of 5120); decode attends over it with `kv_b_proj` absorbed.
+//! Routed experts run once per forward over the rows routed to them (grouped by expert).
+//!
+//! Not here: query LoRA (full DeepSeek-V3), YaRN RoPE, the multi-token-prediction layers,
+//! batches of several sequences.
 
 mod config;
 mod model;

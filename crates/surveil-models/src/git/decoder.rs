@@ -7,8 +7,8 @@ use candle_nn::kv_cache::KvCache;
 
 use super::config::{Activation, GitConfig};
 use super::linear::FusedLinear;
-use crate::nn::LayerNorm;
 use super::ops::{activate, attention, merge_heads, split_qkv};
+use crate::nn::LayerNorm;
 use crate::nn::{Embedding, Linear};
 use crate::weights::Weights;
 use crate::{ModelError, Result};

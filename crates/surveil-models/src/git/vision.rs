@@ -9,8 +9,8 @@ use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
 use super::linear::FusedLinear;
-use crate::nn::LayerNorm;
 use super::ops::{activate, attention, merge_heads, split_qkv};
+use crate::nn::LayerNorm;
 use crate::nn::Linear;
 use crate::weights::Weights;
 use crate::{ModelError, Result};

@@ -95,7 +95,7 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
     let spec = registry::find("git-base-coco").unwrap();
     let cfg = ArchConfig::full_size(spec).unwrap();
     // The header-style estimate (roles guessed from names) of the plain checkpoint layout.
-    let layout = cfg.tensor_layout();
+    let layout = cfg.tensor_layout().unwrap();
     let policy = policy_for(Quant::Q4k);
     let estimate = estimate_tensors(
         layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
@@ -123,26 +123,86 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
 
 #[test]
 fn fallback_only_when_enabled_and_one_model_at_a_time() {
+    // The GIT checkpoint is no Qwen2-VL checkpoint: loading it as one fails (bad config).
     let o = opts(WeightsSpec::Dir(git_fixture()), Quant::F32);
     let mut m = ModelManager::new();
-    // Kimi-VL is not implemented: with fallback off the manager ends Failed.
     let err = m
-        .load_with_fallback("kimi-vl-a3b-thinking", &["git-base-coco".into()], false, &o)
+        .load_with_fallback("qwen2-vl-2b-instruct", &["git-base-coco".into()], false, &o)
         .unwrap_err();
-    assert!(err.to_string().contains("kimi_vl"), "{err}");
+    assert!(err.to_string().contains("config.json"), "{err}");
     assert!(
-        matches!(m.state(), ModelState::Failed { model, .. } if model == "kimi-vl-a3b-thinking")
+        matches!(m.state(), ModelState::Failed { model, .. } if model == "qwen2-vl-2b-instruct")
     );
     // With fallback on, the next model loads.
     let (summary, failures) = m
-        .load_with_fallback("kimi-vl-a3b-thinking", &["git-base-coco".into()], true, &o)
+        .load_with_fallback("qwen2-vl-2b-instruct", &["git-base-coco".into()], true, &o)
         .unwrap();
     assert_eq!(summary.model, "git-base-coco");
     assert_eq!(failures.len(), 1);
-    assert_eq!(failures[0].0, "kimi-vl-a3b-thinking");
+    assert_eq!(failures[0].0, "qwen2-vl-2b-instruct");
     // Switching to a model that fails leaves nothing resident.
     assert!(m.switch("kimi-vl-a3b-instruct", &o).is_err());
     assert!(m.model().is_none());
+}
+
+#[test]
+fn kimi_vl_fixture_loads_and_matches_its_estimate() {
+    let dir = fixtures_dir().join("kimi_vl");
+    let spec = registry::find("kimi-vl-a3b-thinking").unwrap();
+    let cfg = ArchConfig::from_file(spec, &dir.join("config.json")).unwrap();
+    for quant in [Quant::Q8_0, Quant::F32] {
+        let mut m = ModelManager::new();
+        let s = m
+            .load(
+                "kimi-vl-a3b-thinking",
+                &opts(WeightsSpec::Dir(dir.clone()), quant),
+            )
+            .unwrap();
+        let est = cfg.estimate(&policy_for(quant)).unwrap().total_bytes as f64;
+        let got = s.report.total_bytes() as f64;
+        assert!(
+            (got - est).abs() / est < 0.02,
+            "{quant:?}: loaded {got} vs estimate {est}"
+        );
+        assert!(matches!(
+            m.model(),
+            Some(surveil_models::arch::LoadedModel::KimiVl(_))
+        ));
+    }
+}
+
+#[test]
+fn full_size_configs_round_trip_through_hub_json() {
+    for id in [
+        "git-base-coco",
+        "qwen2-vl-2b-instruct",
+        "qwen2-vl-7b-instruct",
+        "kimi-vl-a3b-thinking",
+    ] {
+        let spec = registry::find(id).unwrap();
+        let cfg = ArchConfig::full_size(spec).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, cfg.hub_config_json().to_string()).unwrap();
+        let back = ArchConfig::from_file(spec, &path).unwrap();
+        assert_eq!(
+            back.tensor_layout().unwrap(),
+            cfg.tensor_layout().unwrap(),
+            "{id}"
+        );
+        // The published parameter count of the registry.
+        let params: u64 = cfg
+            .tensor_layout()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
+            .sum();
+        let want = spec.parameters as f64;
+        assert!(
+            (params as f64 - want).abs() / want < 0.01,
+            "{id}: {params} vs {want}"
+        );
+    }
 }
 
 #[test]
@@ -356,7 +416,7 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        let est = cfg.estimate(&policy_for(quant)).total_bytes as f64;
+        let est = cfg.estimate(&policy_for(quant)).unwrap().total_bytes as f64;
         let got = s.report.total_bytes() as f64;
         assert!(
             (got - est).abs() / est < 0.02,
