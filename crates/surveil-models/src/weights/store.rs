@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use surveil_memory::{QuantPolicy, StorageDtype, TensorRole};
@@ -245,10 +245,73 @@ pub(crate) fn quantize_onto(t: &Tensor, storage: StorageDtype, device: &Device) 
                 StorageDtype::Q4_0 => GgmlDType::Q4_0,
                 _ => GgmlDType::Q4K,
             };
-            let qt = QTensor::quantize_onto(t, ggml, device)?;
+            let qt = if device.is_cpu() {
+                quantize_rows_parallel(t, ggml)?
+            } else {
+                QTensor::quantize_onto(t, ggml, device)?
+            };
             QMatMul::QTensor(Arc::new(qt))
         }
     })
+}
+
+/// Below this many weights a tensor is quantized on the calling thread only.
+const PARALLEL_QUANTIZE_MIN: usize = 1 << 20;
+
+/// Quantize a `[rows, cols]` tensor on the CPU with its rows split over candle's threads.
+/// Quantization blocks never cross a row, so the blocks of consecutive row ranges, laid end to
+/// end, are exactly the blocks of the whole tensor.
+fn quantize_rows_parallel(t: &Tensor, ggml: GgmlDType) -> Result<QTensor> {
+    let dims = t.dims().to_vec();
+    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let cols = dims.last().copied().unwrap_or(0);
+    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+    if threads == 1 || rows * cols < PARALLEL_QUANTIZE_MIN {
+        return Ok(QTensor::quantize(t, ggml)?);
+    }
+    let flat = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = flat.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        return Ok(QTensor::quantize(t, ggml)?);
+    };
+    let Some((lo, hi)) = layout.contiguous_offsets() else {
+        return Ok(QTensor::quantize(t, ggml)?);
+    };
+    let data = &data[lo..hi];
+    let chunk = rows.div_ceil(threads) * cols;
+    let parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = data
+            .chunks(chunk)
+            .map(|rows| {
+                scope.spawn(move || {
+                    let mut q = ggml.cpu_zeros(rows.len());
+                    q.from_float(rows);
+                    // SAFETY: `as_ptr` points at the `storage_size_in_bytes` bytes of `q`'s
+                    // blocks, which live until `q` is dropped at the end of this closure.
+                    unsafe { std::slice::from_raw_parts(q.as_ptr(), q.storage_size_in_bytes()) }
+                        .to_vec()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    drop(storage);
+    let expected = rows * cols / ggml.block_size() * ggml.type_size();
+    let mut bytes = Vec::with_capacity(expected);
+    for part in parts {
+        bytes.extend_from_slice(&part);
+    }
+    if bytes.len() != expected {
+        return Err(ModelError::InvalidInput(format!(
+            "quantizing {dims:?} to {ggml:?}: {} bytes, expected {expected}",
+            bytes.len()
+        )));
+    }
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, ggml)?;
+    Ok(QTensor::new(storage, dims)?)
 }
 
 fn float_dtype(storage: StorageDtype) -> DType {
@@ -256,5 +319,25 @@ fn float_dtype(storage: StorageDtype) -> DType {
         StorageDtype::F16 => DType::F16,
         StorageDtype::Bf16 => DType::BF16,
         _ => DType::F32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_quantization_gives_the_same_blocks() {
+        let t = Tensor::randn(0f32, 1.0, (1536, 1024), &Device::Cpu).unwrap();
+        for ggml in [GgmlDType::Q4K, GgmlDType::Q4_0, GgmlDType::Q8_0] {
+            let serial = QTensor::quantize(&t, ggml).unwrap();
+            let parallel = quantize_rows_parallel(&t, ggml).unwrap();
+            assert_eq!(parallel.shape(), serial.shape());
+            assert_eq!(
+                parallel.data().unwrap().as_ref(),
+                serial.data().unwrap().as_ref(),
+                "{ggml:?}"
+            );
+        }
     }
 }
