@@ -21,8 +21,6 @@ use crate::{ModelError, Result};
 const LN_EPS: f64 = 1e-5;
 /// Base of MoonViT's 2-D rotary embedding.
 const ROPE_THETA: f32 = 10_000.0;
-/// Largest attention-score block materialised at once (bytes).
-const SCORE_BLOCK_BYTES: usize = 16 << 20;
 
 /// Size of one image in patches before the merge: `(rows, cols)` as in the reference's
 /// `image_grid_hws`.
@@ -134,10 +132,12 @@ impl EncoderBlock {
         let scale = 1.0 / (d as f64).sqrt();
         let mut parts = Vec::with_capacity(segments.len());
         for &(start, len) in segments {
-            parts.push(attention(
-                &q.narrow(2, start, len)?,
-                &k.narrow(2, start, len)?,
-                &v.narrow(2, start, len)?,
+            // Attention restricted to one image: the shared chunked kernel with the vectorised
+            // softmax.
+            parts.push(crate::kernels::full_attention(
+                &q.narrow(2, start, len)?.contiguous()?,
+                &k.narrow(2, start, len)?.contiguous()?,
+                &v.narrow(2, start, len)?.contiguous()?,
                 scale,
             )?);
         }
@@ -156,31 +156,6 @@ impl EncoderBlock {
         let hdn = self.fc0.forward(&self.norm1.forward(&x)?)?.gelu()?;
         Ok((x + self.fc1.forward(&hdn)?)?)
     }
-}
-
-/// Non-causal softmax attention of `q` `(1, H, n, d)` against `k`, `v` `(1, H, n, d)`, in
-/// query-row chunks that bound the score matrix.
-fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, heads, n, _) = q.dims4()?;
-    let m = k.dim(2)?;
-    let kt = k.t()?.contiguous()?;
-    let v = v.contiguous()?;
-    let rows = (SCORE_BLOCK_BYTES / (4 * heads * m.max(1))).clamp(1, n.max(1));
-    let mut outs = Vec::with_capacity(n.div_ceil(rows));
-    let mut start = 0;
-    while start < n {
-        let len = rows.min(n - start);
-        let qc = q.narrow(2, start, len)?.contiguous()?;
-        let scores = (qc.matmul(&kt)? * scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        outs.push(probs.matmul(&v)?);
-        start += len;
-    }
-    Ok(if outs.len() == 1 {
-        outs.remove(0)
-    } else {
-        Tensor::cat(&outs, 2)?
-    })
 }
 
 /// Intermediate tensors of one [`MoonVit::forward_with_intermediates`] run, for debugging and
