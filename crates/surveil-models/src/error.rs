@@ -92,3 +92,22 @@ pub enum ModelError {
 
 /// Result alias for this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Read a config file and parse it with `parse`, naming the file in every error (`parse` works
+/// on text and does not know where it came from).
+pub(crate) fn parse_config_file<T>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T>,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ModelError::Config { reason, .. } => ModelError::Config {
+            path: path.to_path_buf(),
+            reason,
+        },
+        other => other,
+    })
+}

@@ -207,17 +207,7 @@ fn token_ids(v: &Option<serde_json::Value>) -> std::result::Result<Vec<u32>, Str
 impl Qwen2VlConfig {
     /// Read and validate a `config.json` file (either layout).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json_str(&text).map_err(|e| match e {
-            ModelError::Config { reason, .. } => ModelError::Config {
-                path: path.to_path_buf(),
-                reason,
-            },
-            other => other,
-        })
+        crate::error::parse_config_file(path, Self::from_json_str)
     }
 
     /// Parse and validate a config from JSON text (either layout).
