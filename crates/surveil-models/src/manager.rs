@@ -129,6 +129,8 @@ struct Resident {
     model: LoadedModel,
     device: candle_core::Device,
     summary: LoadSummary,
+    /// Our weight bytes registered as "GPU allocated" while the model lives on a GPU.
+    _gpu_bytes: Option<surveil_memory::GpuAllocation>,
 }
 
 /// Holds at most one model. Every load first unloads; every unload releases memory and
@@ -251,6 +253,9 @@ impl ModelManager {
         };
         match load_model(id, opts) {
             Ok((model, device, summary)) => {
+                let gpu_bytes = device
+                    .is_cuda()
+                    .then(|| surveil_memory::GpuAllocation::new(0, summary.report.total_bytes()));
                 self.memory.record("after_load");
                 self.state = ModelState::Loaded {
                     model: id.to_string(),
@@ -260,6 +265,7 @@ impl ModelManager {
                     model,
                     device,
                     summary,
+                    _gpu_bytes: gpu_bytes,
                 });
                 Ok(&resident.summary)
             }
