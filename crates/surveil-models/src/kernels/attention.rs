@@ -236,6 +236,70 @@ pub(crate) fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     Ok(x.apply_op1_no_bwd(&QuickGelu)?)
 }
 
+/// How the rotary embedding pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RopeLayout {
+    /// First half with second half (`rotate_half`, Qwen2-VL's vision tower).
+    Halves,
+    /// Consecutive pairs `(x[2j], x[2j+1])` (MoonViT).
+    Interleaved,
+}
+
+/// Self-attention of packed images: `qkv` `(n, 3·H·d)` for `n` patches of several images,
+/// rotary embedding `cos`/`sin` `(n, d/2)`, and attention restricted to each `(start, len)`
+/// segment. Returns `(n, H·d)`.
+pub(crate) fn packed_rope_attention(
+    qkv: &Tensor,
+    heads: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    rope: RopeLayout,
+    segments: &[(usize, usize)],
+) -> Result<Tensor> {
+    let (n, width) = qkv.dims2()?;
+    let d = width / (3 * heads);
+    let qkv = qkv.reshape((n, 3, heads, d))?;
+    // (n, H, d) -> (1, H, n, d), contiguous for the rope kernel.
+    let split = |i: usize| -> Result<Tensor> {
+        Ok(qkv
+            .narrow(1, i, 1)?
+            .squeeze(1)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .unsqueeze(0)?)
+    };
+    let apply_rope = |t: Tensor| -> Result<Tensor> {
+        Ok(match rope {
+            RopeLayout::Halves => candle_nn::rotary_emb::rope(&t, cos, sin)?,
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&t, cos, sin)?,
+        })
+    };
+    let q = apply_rope(split(0)?)?;
+    let k = apply_rope(split(1)?)?;
+    let v = split(2)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut parts = Vec::with_capacity(segments.len());
+    for &(start, len) in segments {
+        parts.push(full_attention(
+            &q.narrow(2, start, len)?.contiguous()?,
+            &k.narrow(2, start, len)?.contiguous()?,
+            &v.narrow(2, start, len)?.contiguous()?,
+            scale,
+        )?);
+    }
+    let attn = if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        Tensor::cat(&parts, 2)?
+    };
+    // (1, H, n, d) -> (n, H·d)
+    Ok(attn
+        .squeeze(0)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n, heads * d))?)
+}
+
 /// Largest attention-score block materialised at once (bytes); queries are processed in row
 /// chunks so that the `(heads, rows, keys)` score matrix stays under this size.
 const SCORE_BLOCK_BYTES: usize = 16 << 20;

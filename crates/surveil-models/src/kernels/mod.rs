@@ -3,7 +3,7 @@
 
 mod attention;
 
-pub(crate) use attention::{full_attention, quick_gelu, scaled_softmax};
+pub(crate) use attention::{packed_rope_attention, quick_gelu, scaled_softmax, RopeLayout};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 

@@ -13,6 +13,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::MoonVitConfig;
+use crate::kernels::{packed_rope_attention, RopeLayout};
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::Weights;
 use crate::{ModelError, Result};
@@ -83,7 +84,6 @@ struct EncoderBlock {
     fc0: Linear,
     fc1: Linear,
     num_heads: usize,
-    head_dim: usize,
 }
 
 impl EncoderBlock {
@@ -97,7 +97,6 @@ impl EncoderBlock {
             fc0: w.pp("mlp").linear(e, cfg.intermediate_size, true, "fc0")?,
             fc1: w.pp("mlp").linear(cfg.intermediate_size, e, true, "fc1")?,
             num_heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
         })
     }
 
@@ -110,48 +109,15 @@ impl EncoderBlock {
         sin: &Tensor,
         segments: &[(usize, usize)],
     ) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let (h, d) = (self.num_heads, self.head_dim);
-        let qkv = self
-            .wqkv
-            .forward(&self.norm0.forward(x)?)?
-            .reshape((n, 3, h, d))?;
-        // (n, H, d) -> (1, H, n, d), contiguous for the rope kernel.
-        let split = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(1, i, 1)?
-                .squeeze(1)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?)
-        };
-        // Consecutive pairs (x[2j], x[2j+1]) are rotated: the interleaved rope.
-        let q = candle_nn::rotary_emb::rope_i(&split(0)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&split(1)?, cos, sin)?;
-        let v = split(2)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut parts = Vec::with_capacity(segments.len());
-        for &(start, len) in segments {
-            // Attention restricted to one image: the shared chunked kernel with the vectorised
-            // softmax.
-            parts.push(crate::kernels::full_attention(
-                &q.narrow(2, start, len)?.contiguous()?,
-                &k.narrow(2, start, len)?.contiguous()?,
-                &v.narrow(2, start, len)?.contiguous()?,
-                scale,
-            )?);
-        }
-        let attn = if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Tensor::cat(&parts, 2)?
-        };
-        // (1, H, n, d) -> (n, H*d)
-        let attn = attn
-            .squeeze(0)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((n, h * d))?;
+        let qkv = self.wqkv.forward(&self.norm0.forward(x)?)?;
+        let attn = packed_rope_attention(
+            &qkv,
+            self.num_heads,
+            cos,
+            sin,
+            RopeLayout::Interleaved,
+            segments,
+        )?;
         let x = (x + self.wo.forward(&attn)?)?;
         let hdn = self.fc0.forward(&self.norm1.forward(&x)?)?.gelu()?;
         Ok((x + self.fc1.forward(&hdn)?)?)

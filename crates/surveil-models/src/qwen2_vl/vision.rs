@@ -9,7 +9,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
 use super::config::VisionConfig;
-use crate::kernels::{full_attention, quick_gelu};
+use crate::kernels::{packed_rope_attention, quick_gelu, RopeLayout};
 use crate::nn::{LayerNorm, Linear};
 use crate::weights::Weights;
 use crate::{ModelError, Result};
@@ -51,7 +51,6 @@ struct VisionBlock {
     fc1: Linear,
     fc2: Linear,
     num_heads: usize,
-    head_dim: usize,
 }
 
 impl VisionBlock {
@@ -65,7 +64,6 @@ impl VisionBlock {
             fc1: w.pp("mlp").linear(e, cfg.mlp_hidden(), true, "fc1")?,
             fc2: w.pp("mlp").linear(cfg.mlp_hidden(), e, true, "fc2")?,
             num_heads: cfg.num_heads,
-            head_dim: cfg.head_dim(),
         })
     }
 
@@ -78,43 +76,9 @@ impl VisionBlock {
         sin: &Tensor,
         segments: &[(usize, usize)],
     ) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let (h, d) = (self.num_heads, self.head_dim);
-        let qkv = self
-            .qkv
-            .forward(&self.norm1.forward(x)?)?
-            .reshape((n, 3, h, d))?;
-        // (n, H, d) -> (1, H, n, d), contiguous for the rope kernel.
-        let split = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(1, i, 1)?
-                .squeeze(1)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?)
-        };
-        let q = candle_nn::rotary_emb::rope(&split(0)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&split(1)?, cos, sin)?;
-        let v = split(2)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut parts = Vec::with_capacity(segments.len());
-        for &(start, len) in segments {
-            let qs = q.narrow(2, start, len)?;
-            let ks = k.narrow(2, start, len)?;
-            let vs = v.narrow(2, start, len)?;
-            parts.push(full_attention(&qs, &ks, &vs, scale)?);
-        }
-        let attn = if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Tensor::cat(&parts, 2)?
-        };
-        // (1, H, n, d) -> (n, H*d)
-        let attn = attn
-            .squeeze(0)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((n, h * d))?;
+        let qkv = self.qkv.forward(&self.norm1.forward(x)?)?;
+        let attn =
+            packed_rope_attention(&qkv, self.num_heads, cos, sin, RopeLayout::Halves, segments)?;
         let x = (x + self.proj.forward(&attn)?)?;
         let hdn = self.fc1.forward(&self.norm2.forward(&x)?)?;
         let hdn = quick_gelu(&hdn)?;
