@@ -19,6 +19,7 @@ pub mod registry;
 pub mod smoke;
 pub mod source;
 pub mod synth;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -1,6 +1,13 @@
-//! The analysis pipeline of surveil: triggers (persons present, cooldown, periodic checks),
-//! behaviour tools run under `max_concurrent_tools`, VLM verdicts constrained to a JSON schema,
-//! the decision engine and event sinks.
+//! The analysis pipeline of surveil: frames from `surveil-vision` become scenes, behaviour tools
+//! turn scenes into observations, a trigger decides when the vision-language model is due, the
+//! analyst asks it for a verdict, the decision engine raises alerts, and sinks record it all.
 //!
-//! Not written yet: this crate only fixes the place of the pipeline in the workspace
-//! (it depends on config, memory, models and vision; only the CLI depends on it).
+//! Not here: frame decoding, detection and tracking (`surveil-vision`), model loading and
+//! generation (`surveil-models`), configuration merging (`surveil-config`).
+
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod tools;
+
+pub use error::{OrchestratorError, Result};

@@ -1,0 +1,40 @@
+//! The one error type of `surveil-orchestrator`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while running the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// A file of the run's output could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration asks for something the pipeline cannot do.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Frame source, detector or tracker failed.
+    #[error(transparent)]
+    Vision(#[from] surveil_vision::VisionError),
+    /// Model loading or generation failed.
+    #[error(transparent)]
+    Model(#[from] surveil_models::ModelError),
+    /// A behaviour tool failed.
+    #[error("tool `{tool}` failed: {reason}")]
+    Tool {
+        /// Tool name.
+        tool: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A worker thread of the pipeline stopped unexpectedly.
+    #[error("pipeline thread `{0}` stopped unexpectedly")]
+    ThreadLost(String),
+}
+
+/// `Result` with [`OrchestratorError`].
+pub type Result<T, E = OrchestratorError> = std::result::Result<T, E>;
