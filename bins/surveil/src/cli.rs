@@ -39,6 +39,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The surveillance pipeline: frames → detection and tracking → behaviour tools → VLM
+    /// verdicts → alerts, recorded in an output folder.
+    #[command(after_help = "Writes into --output (default: output.directory/run-<start time>):
+  events.jsonl   one JSON object per analysed frame and per VLM analysis, flushed as written
+  summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory
+  alerts/        an annotated PNG per alert (boxes, track ids, zones, the level)
+Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the summary and exits 0.
+
+Examples:
+  surveil run --profile testing --source ~/.cache/surveil/assets/video/vtest.avi --weights dummy --max-frames 200
+  ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
+  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json")]
+    Run(RunArgs),
     /// Load one model, report its memory before load, after load and after unload, unload it.
     #[command(visible_alias = "test-model")]
     #[command(
@@ -73,6 +86,12 @@ Examples:
   surveil doctor
   surveil doctor --json | jq .memory")]
     Doctor(DoctorArgs),
+    /// Read VLM verdict replies the way the pipeline does.
+    Verdict {
+        /// What to do.
+        #[command(subcommand)]
+        command: VerdictCommand,
+    },
 }
 
 /// `surveil config ...`
@@ -116,6 +135,37 @@ pub struct ConfigShowArgs {
     /// Machine-readable output: the configuration as JSON (origins under `_origins`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `surveil run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Video file, rtsp:// or http(s):// URL, image folder, or image (default: the sample clip
+    /// of the asset cache).
+    #[arg(long, value_name = "PATH|URL")]
+    pub source: Option<String>,
+    /// Camera name recorded in events (default: `camera-1`).
+    #[arg(long, value_name = "NAME")]
+    pub camera: Option<String>,
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    pub max_frames: Option<u64>,
+    /// Run folder to create (must not hold a previous run's events).
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Weights: auto (Hugging Face cache, $SURVEIL_MODEL_DIR), dummy (random, real shapes), or a
+    /// checkpoint directory.
+    #[arg(long, value_name = "auto|dummy|DIR")]
+    pub weights: Option<String>,
+    /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache).
+    #[arg(long, value_name = "DIR")]
+    pub detector_dir: Option<PathBuf>,
+    /// Print the run summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Profile and overrides.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `surveil detect`
@@ -269,4 +319,37 @@ pub struct DoctorArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `surveil verdict ...`
+#[derive(Debug, Subcommand)]
+pub enum VerdictCommand {
+    /// Parse a VLM reply into a verdict with the lenient parser and print it as JSON, with its
+    /// `status`: `parsed` (a strict JSON verdict), `repaired` (with the list of `repairs`) or
+    /// `parse_failed` (with the `reason` and the `raw` reply).
+    #[command(
+        after_help = "The reply is read from stdin, or from --file. Reasoning spans (<think>…</think>,
+◁think▷…◁/think▷), code fences and prose around the JSON are skipped; single quotes, unquoted
+keys, trailing commas, French level words, free action wording and percentages are repaired.
+
+Exit codes: 0 every reply gave a verdict, 1 some reply could not be parsed (its parse_failed
+JSON is still printed), 2 usage error (e.g. the file cannot be read).
+
+Examples:
+  echo '{\"suspicion_level\":\"high\",\"action_type\":\"theft\",\"confidence\":\"85%\"}' | surveil verdict parse
+  surveil verdict parse --file reply.txt
+  surveil verdict parse --lines --file replies.txt | jq -r .status | sort | uniq -c"
+    )]
+    Parse(VerdictParseArgs),
+}
+
+/// `surveil verdict parse`
+#[derive(Debug, Args)]
+pub struct VerdictParseArgs {
+    /// Read the reply from this file instead of stdin.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// One reply per line; prints one JSON verdict per line (blank lines are skipped).
+    #[arg(long)]
+    pub lines: bool,
 }

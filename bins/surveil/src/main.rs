@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, ConfigCommand, ModelsCommand};
+use cli::{Cli, Command, ConfigCommand, ModelsCommand, VerdictCommand};
 
 /// An error and the exit code it maps to.
 pub(crate) enum Failure {
@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         } => cmd::config::show(&cli, args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Detect(args) => cmd::detect::run(&cli, args),
+        Command::Run(args) => cmd::run::run(&cli, args),
         Command::TestSingleModel(args) => cmd::test_model::run(&cli, args),
         Command::Models {
             command: ModelsCommand::List(args),
@@ -49,6 +50,9 @@ fn main() -> ExitCode {
         Command::Models {
             command: ModelsCommand::Synth(args),
         } => cmd::models::synth(args),
+        Command::Verdict {
+            command: VerdictCommand::Parse(args),
+        } => cmd::verdict::parse(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -260,3 +260,144 @@ fn test_model_missing_weights_fails_with_json() {
         "{err}"
     );
 }
+
+/// `surveil verdict parse` with `reply` on stdin.
+fn verdict_parse(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surveil"))
+        .args(["verdict", "parse"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run surveil");
+    let mut input = child.stdin.take().unwrap();
+    let text = stdin.to_string();
+    let writer = std::thread::spawn(move || input.write_all(text.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
+
+#[test]
+fn verdict_parse_repairs_a_messy_reply() {
+    let out = verdict_parse(
+        &[],
+        "<think>the coat bulges</think>\n```json\n{suspicion_level: 'élevé', action_type: 'concealment', confidence: '85%',}\n```",
+    );
+    let v = json(&out);
+    assert_eq!(v["status"], "repaired");
+    assert_eq!(v["suspicion_level"], "high");
+    assert_eq!(v["action_type"], "item_concealment");
+    assert!((v["confidence"].as_f64().unwrap() - 0.85).abs() < 1e-6);
+    assert!(v["repairs"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("removed a code fence")));
+}
+
+#[test]
+fn verdict_parse_strict_reply_from_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reply.txt");
+    std::fs::write(
+        &path,
+        r#"{"suspicion_level":"low","action_type":"normal_shopping","confidence":0.9,"description":"A woman reads a label.","reasoning":"Nothing is hidden.","recommendations":[]}"#,
+    )
+    .unwrap();
+    let v = json(&surveil(
+        &["verdict", "parse", "--file", path.to_str().unwrap()],
+        &[],
+    ));
+    assert_eq!(v["status"], "parsed");
+    assert_eq!(v["description"], "A woman reads a label.");
+}
+
+#[test]
+fn verdict_parse_failure_exits_1_with_json() {
+    let out = verdict_parse(&[], "<think>The customer walks toward the");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "parse_failed");
+    assert_eq!(v["raw"], "<think>The customer walks toward the");
+    assert!(v["reason"].as_str().unwrap().contains("never closed"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be parsed"), "{stderr}");
+}
+
+#[test]
+fn verdict_parse_lines_one_json_per_line() {
+    let input = "{\"suspicion_level\":\"HIGH\",\"action_type\":\"theft\"}\n\n\
+                 nothing to see here\n\
+                 {'suspicion_level': 'faible', 'action_type': 'normal', 'confidence': 90}\n";
+    let out = verdict_parse(&["--lines"], input);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["suspicion_level"], "high");
+    assert_eq!(rows[0]["action_type"], "potential_theft");
+    assert_eq!(rows[1]["status"], "parse_failed");
+    assert_eq!(rows[2]["suspicion_level"], "low");
+    assert!((rows[2]["confidence"].as_f64().unwrap() - 0.9).abs() < 1e-6);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 of 3 replies"), "{stderr}");
+    assert!(stderr.contains("lines 2"), "{stderr}");
+}
+
+#[test]
+fn verdict_parse_missing_file_exits_2_naming_it() {
+    let out = surveil(
+        &["verdict", "parse", "--file", "/nonexistent/reply.txt"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/reply.txt"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn verdict_parse_help_has_examples() {
+    let out = surveil(&["verdict", "parse", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Examples:"), "{help}");
+    assert!(help.contains("surveil verdict parse --lines"), "{help}");
+    assert!(help.contains("--file"), "{help}");
+}
+
+#[test]
+fn verdict_parse_closed_stdout_does_not_panic() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let line = "{\"suspicion_level\":\"medium\",\"action_type\":\"suspicious_movement\",\"confidence\":0.7,\"description\":\"walks back and forth\"}\n";
+    let input = line.repeat(5000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surveil"))
+        .args(["verdict", "parse", "--lines"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the rest of the output hits a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["status"], "repaired");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -51,6 +51,11 @@ pub const ASSET_FILES: &[AssetFile] = &[
         purpose: "Qwen2-VL tokenizer",
         required: true,
     },
+    AssetFile {
+        path: "tokenizers/kimi/tiktoken.model",
+        purpose: "Kimi-VL tokenizer (tiktoken BPE)",
+        required: true,
+    },
 ];
 
 fn home() -> PathBuf {

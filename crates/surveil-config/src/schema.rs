@@ -274,14 +274,19 @@ pub struct OrchestrationConfig {
     pub mode: OrchestrationMode,
     /// Behaviour tools running at once.
     pub max_concurrent_tools: usize,
-    /// Time limit of one analysis, seconds.
+    /// Time limit of one behaviour tool on one frame, seconds; a tool still running after it
+    /// is recorded as late and the frame goes on without it.
     pub timeout_seconds: f64,
+    /// Time limit of one VLM analysis (prompt to verdict), seconds.
+    pub vlm_timeout_seconds: f64,
     /// Verdict confidence needed to act.
     pub confidence_threshold: f64,
     /// Minimum seconds between two VLM calls.
     pub vlm_cooldown_seconds: f64,
     /// Ask the VLM at least this often while people are present, seconds.
     pub vlm_periodic_seconds: f64,
+    /// Minimum seconds before the same tool cue (tool, kind, track) may trigger the VLM again.
+    pub vlm_cue_cooldown_seconds: f64,
 }
 
 impl Default for OrchestrationConfig {
@@ -291,8 +296,212 @@ impl Default for OrchestrationConfig {
             max_concurrent_tools: 4,
             timeout_seconds: 30.0,
             confidence_threshold: 0.7,
+            vlm_timeout_seconds: 120.0,
             vlm_cooldown_seconds: 5.0,
             vlm_periodic_seconds: 30.0,
+            vlm_cue_cooldown_seconds: 60.0,
+        }
+    }
+}
+
+/// Settings of the behaviour tools (trajectory, zones, crowding, proximity). Lengths in
+/// "body lengths" are multiples of the person's box height, so they mean the same near and far
+/// from the camera.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// How far back the per-track history reaches, seconds. Dwell times and paths are measured
+    /// over this window, so every dwell limit must be below it.
+    pub history_seconds: f64,
+    /// Default dwell limit of a zone (seconds inside it) before a person counts as loitering.
+    pub loiter_seconds: f64,
+    /// More people than this in one frame is a crowd.
+    pub crowd_threshold: usize,
+    /// A bag is near a person when the gap between their boxes is at most this fraction of the
+    /// person's box height.
+    pub proximity_margin: f64,
+    /// Speed is measured over the last this many seconds of a track.
+    pub speed_window_seconds: f64,
+    /// Heading changes of at least this angle count as a direction change, degrees in (0, 180].
+    pub turn_angle_degrees: f64,
+    /// Headings are taken between path points at least this far apart, body lengths (filters
+    /// box jitter).
+    pub heading_step_body_lengths: f64,
+    /// This many direction changes within the history make a path erratic.
+    pub erratic_turns: usize,
+    /// A person who stays within this radius is stationary, body lengths.
+    pub stop_radius_body_lengths: f64,
+    /// Shortest stationary spell that counts as a stop, seconds.
+    pub stop_seconds: f64,
+    /// A path ends "back at the start" within this radius of its first point, body lengths.
+    pub return_radius_body_lengths: f64,
+    /// ... after having gone at least this far away from it, body lengths.
+    pub return_excursion_body_lengths: f64,
+    /// A bag must have been near a person this long before its disappearance is a concealment
+    /// cue, seconds.
+    pub bag_association_seconds: f64,
+    /// A bag must have been gone this long (longer than detector flicker) before its
+    /// disappearance is reported, seconds.
+    pub bag_gone_seconds: f64,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            history_seconds: 60.0,
+            loiter_seconds: 30.0,
+            crowd_threshold: 5,
+            proximity_margin: 0.25,
+            speed_window_seconds: 1.0,
+            turn_angle_degrees: 120.0,
+            heading_step_body_lengths: 0.5,
+            erratic_turns: 3,
+            stop_radius_body_lengths: 0.2,
+            stop_seconds: 3.0,
+            return_radius_body_lengths: 1.0,
+            return_excursion_body_lengths: 3.0,
+            bag_association_seconds: 1.0,
+            bag_gone_seconds: 1.0,
+        }
+    }
+}
+
+/// How a zone's polygon coordinates are given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneCoordinates {
+    /// Pixels of the camera's frame.
+    #[default]
+    Pixel,
+    /// Fractions of the frame width and height, each in [0, 1].
+    Normalized,
+}
+
+/// A named area of a camera's view (`[[zones]]`). A person is in the zone when the bottom
+/// centre of its box (the feet point) lies inside the polygon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Unique name.
+    pub name: String,
+    /// The camera it belongs to; `None`: every camera.
+    #[serde(default)]
+    pub camera: Option<String>,
+    /// Corners `[x, y]` in order, at least three (the polygon closes itself).
+    pub polygon: Vec<[f64; 2]>,
+    /// Pixel or normalized coordinates.
+    #[serde(default)]
+    pub coordinates: ZoneCoordinates,
+    /// Staff-only or otherwise restricted: presence is notable, loitering suspicious.
+    #[serde(default)]
+    pub restricted: bool,
+    /// Dwell limit of this zone, seconds; `None`: `tools.loiter_seconds`.
+    #[serde(default)]
+    pub max_dwell_seconds: Option<f64>,
+}
+
+/// A local time of day, minute precision, written `"HH:MM"` (24-hour clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClockTime {
+    hour: u8,
+    minute: u8,
+}
+
+impl ClockTime {
+    /// `hour` in 0..24, `minute` in 0..60; `None` otherwise.
+    pub fn new(hour: u8, minute: u8) -> Option<Self> {
+        (hour < 24 && minute < 60).then_some(Self { hour, minute })
+    }
+
+    /// Parse `"HH:MM"` (one or two hour digits, two minute digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (h, m) = text.trim().split_once(':')?;
+        if h.is_empty() || h.len() > 2 || m.len() != 2 {
+            return None;
+        }
+        if !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Self::new(h.parse().ok()?, m.parse().ok()?)
+    }
+
+    /// Hour, 0..24.
+    pub fn hour(self) -> u8 {
+        self.hour
+    }
+
+    /// Minute, 0..60.
+    pub fn minute(self) -> u8 {
+        self.minute
+    }
+
+    /// Minutes since midnight, 0..1440.
+    pub fn minutes_since_midnight(self) -> u16 {
+        u16::from(self.hour) * 60 + u16::from(self.minute)
+    }
+}
+
+impl std::fmt::Display for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}:{:02}", self.hour, self.minute)
+    }
+}
+
+impl Serialize for ClockTime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClockTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ClockTime::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a time of day; expected \"HH:MM\" from 00:00 to 23:59"
+            ))
+        })
+    }
+}
+
+/// When the premises are open (local time). `close` earlier than `open` means the opening
+/// spans midnight (e.g. 18:00 to 02:00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpeningHours {
+    /// Opening time (inclusive).
+    pub open: ClockTime,
+    /// Closing time (exclusive).
+    pub close: ClockTime,
+}
+
+impl OpeningHours {
+    /// Whether the premises are open at `t`: `open <= t < close`, wrapping past midnight
+    /// when `close < open`.
+    pub fn is_open(&self, t: ClockTime) -> bool {
+        if self.open <= self.close {
+            self.open <= t && t < self.close
+        } else {
+            t >= self.open || t < self.close
+        }
+    }
+}
+
+/// Settings of the decision engine (alert levels from verdicts and cues).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionConfig {
+    /// Opening hours; `None`: always open (no after-hours rule).
+    pub opening_hours: Option<OpeningHours>,
+    /// Raise the alert level of anything seen outside the opening hours.
+    pub after_hours_escalation: bool,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        Self {
+            opening_hours: None,
+            after_hours_escalation: true,
         }
     }
 }
@@ -354,6 +563,12 @@ pub struct RawConfig {
     pub monitoring: MonitoringConfig,
     /// Output section.
     pub output: OutputConfig,
+    /// Behaviour tools section.
+    pub tools: ToolsConfig,
+    /// Decision engine section.
+    pub decision: DecisionConfig,
+    /// Zones (`[[zones]]`), in the order written.
+    pub zones: Vec<ZoneConfig>,
 }
 
 /// A validated configuration. Only [`RawConfig::validate`] makes one.
@@ -373,6 +588,13 @@ pub struct SystemConfig {
     pub monitoring: MonitoringConfig,
     /// Output section.
     pub output: OutputConfig,
+    /// Behaviour tools section.
+    pub tools: ToolsConfig,
+    /// Decision engine section.
+    pub decision: DecisionConfig,
+    /// Zones, names unique, polygons checked (coordinates still as written: normalized ones
+    /// are scaled by the frame size where the frame is known).
+    pub zones: Vec<ZoneConfig>,
 }
 
 /// COCO class names the detector can keep.
@@ -511,6 +733,26 @@ impl RawConfig {
             ));
         }
         positive("orchestration.vlm_periodic_seconds", o.vlm_periodic_seconds)?;
+        positive("orchestration.vlm_timeout_seconds", o.vlm_timeout_seconds)?;
+        if o.vlm_cue_cooldown_seconds < 0.0 || !o.vlm_cue_cooldown_seconds.is_finite() {
+            return Err(rule(
+                "orchestration.vlm_cue_cooldown_seconds",
+                o.vlm_cue_cooldown_seconds.to_string(),
+                "must be a finite number ≥ 0".into(),
+            ));
+        }
+        self.tools.validate(&rule)?;
+        if let Some(h) = &self.decision.opening_hours {
+            if h.open == h.close {
+                return Err(rule(
+                    "decision.opening_hours",
+                    format!("{{ open = \"{}\", close = \"{}\" }}", h.open, h.close),
+                    "open and close must differ (leave opening_hours out for always open)"
+                        .into(),
+                ));
+            }
+        }
+        validate_zones(&self.zones, &self.tools, &origin("zones"))?;
         Ok(SystemConfig {
             profile: profile.to_string(),
             vlm: self.vlm,
@@ -519,6 +761,216 @@ impl RawConfig {
             orchestration: self.orchestration,
             monitoring: self.monitoring,
             output: self.output,
+            tools: self.tools,
+            decision: self.decision,
+            zones: self.zones,
         })
     }
+}
+
+impl ToolsConfig {
+    /// Range checks of every field; `rule(key, value, rule)` builds the error.
+    fn validate(
+        &self,
+        rule: &impl Fn(&str, String, String) -> crate::ConfigError,
+    ) -> Result<(), crate::ConfigError> {
+        let history = self.history_seconds;
+        let in_range = |field: &str, x: f64, lo: f64, lo_open: bool, hi: f64| {
+            let above = if lo_open { x > lo } else { x >= lo };
+            if x.is_finite() && above && x <= hi {
+                Ok(())
+            } else {
+                let bracket = if lo_open { '(' } else { '[' };
+                let mut text = format!("must be within {bracket}{lo}, {hi}]");
+                if hi == history && field != "history_seconds" {
+                    text.push_str(" (at most tools.history_seconds: it is measured over the history)");
+                }
+                if field == "return_excursion_body_lengths" {
+                    text.push_str(" (more than tools.return_radius_body_lengths)");
+                }
+                Err(rule(&format!("tools.{field}"), x.to_string(), text))
+            }
+        };
+        in_range("history_seconds", self.history_seconds, 0.0, true, 3600.0)?;
+        in_range(
+            "loiter_seconds",
+            self.loiter_seconds,
+            0.0,
+            true,
+            self.history_seconds,
+        )?;
+        in_range("proximity_margin", self.proximity_margin, 0.0, false, 5.0)?;
+        in_range(
+            "speed_window_seconds",
+            self.speed_window_seconds,
+            0.0,
+            true,
+            self.history_seconds,
+        )?;
+        in_range("turn_angle_degrees", self.turn_angle_degrees, 0.0, true, 180.0)?;
+        in_range(
+            "heading_step_body_lengths",
+            self.heading_step_body_lengths,
+            0.0,
+            true,
+            10.0,
+        )?;
+        in_range(
+            "stop_radius_body_lengths",
+            self.stop_radius_body_lengths,
+            0.0,
+            true,
+            10.0,
+        )?;
+        in_range(
+            "stop_seconds",
+            self.stop_seconds,
+            0.0,
+            true,
+            self.history_seconds,
+        )?;
+        in_range(
+            "return_radius_body_lengths",
+            self.return_radius_body_lengths,
+            0.0,
+            true,
+            100.0,
+        )?;
+        in_range(
+            "return_excursion_body_lengths",
+            self.return_excursion_body_lengths,
+            self.return_radius_body_lengths,
+            true,
+            1000.0,
+        )?;
+        in_range(
+            "bag_association_seconds",
+            self.bag_association_seconds,
+            0.0,
+            false,
+            self.history_seconds,
+        )?;
+        in_range(
+            "bag_gone_seconds",
+            self.bag_gone_seconds,
+            0.0,
+            false,
+            self.history_seconds,
+        )?;
+        let at_least_one = |field: &str, n: usize| {
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(rule(
+                    &format!("tools.{field}"),
+                    n.to_string(),
+                    "must be at least 1".into(),
+                ))
+            }
+        };
+        at_least_one("crowd_threshold", self.crowd_threshold)?;
+        at_least_one("erratic_turns", self.erratic_turns)?;
+        Ok(())
+    }
+}
+
+/// Twice the signed area of a polygon (shoelace formula); 0 for a degenerate one.
+fn doubled_area(polygon: &[[f64; 2]]) -> f64 {
+    let n = polygon.len();
+    (0..n)
+        .map(|i| {
+            let [x0, y0] = polygon[i];
+            let [x1, y1] = polygon[(i + 1) % n];
+            x0 * y1 - x1 * y0
+        })
+        .sum()
+}
+
+/// Check the `[[zones]]` list: unique non-empty names, polygons of at least three finite
+/// corners with a non-zero area, normalized corners in [0, 1], dwell limits in
+/// (0, `tools.history_seconds`].
+fn validate_zones(
+    zones: &[ZoneConfig],
+    tools: &ToolsConfig,
+    origin: &str,
+) -> Result<(), crate::ConfigError> {
+    let rule = |key: String, value: String, rule: String| crate::ConfigError::Rule {
+        key,
+        value,
+        origin: origin.to_string(),
+        rule,
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for (i, z) in zones.iter().enumerate() {
+        let key = |field: &str| format!("zones[{i}].{field}");
+        let what = format!("zone `{}`", z.name);
+        if z.name.trim().is_empty() {
+            return Err(rule(
+                key("name"),
+                format!("{:?}", z.name),
+                "must not be empty".into(),
+            ));
+        }
+        if !names.insert(z.name.as_str()) {
+            return Err(rule(
+                key("name"),
+                format!("{:?}", z.name),
+                "zone names must be unique; this one is used twice".into(),
+            ));
+        }
+        if let Some(c) = &z.camera {
+            if c.trim().is_empty() {
+                return Err(rule(
+                    key("camera"),
+                    format!("{c:?}"),
+                    format!("{what}: leave camera out to apply the zone to every camera"),
+                ));
+            }
+        }
+        let shown = || format!("{:?}", z.polygon);
+        if z.polygon.len() < 3 {
+            return Err(rule(
+                key("polygon"),
+                shown(),
+                format!("{what}: needs at least 3 points [x, y]"),
+            ));
+        }
+        if z.polygon.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(rule(
+                key("polygon"),
+                shown(),
+                format!("{what}: every coordinate must be a finite number"),
+            ));
+        }
+        if z.coordinates == ZoneCoordinates::Normalized
+            && z.polygon.iter().flatten().any(|v| !(0.0..=1.0).contains(v))
+        {
+            return Err(rule(
+                key("polygon"),
+                shown(),
+                format!("{what}: normalized coordinates must be within [0, 1]"),
+            ));
+        }
+        if doubled_area(&z.polygon).abs() <= f64::EPSILON {
+            return Err(rule(
+                key("polygon"),
+                shown(),
+                format!("{what}: the polygon has no area (its points lie on one line)"),
+            ));
+        }
+        if let Some(d) = z.max_dwell_seconds {
+            if !(d > 0.0 && d <= tools.history_seconds) {
+                return Err(rule(
+                    key("max_dwell_seconds"),
+                    d.to_string(),
+                    format!(
+                        "{what}: must be within (0, {}] (dwell is measured over \
+                         tools.history_seconds)",
+                        tools.history_seconds
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

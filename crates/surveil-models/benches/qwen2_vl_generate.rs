@@ -23,6 +23,7 @@ use surveil_models::qwen2_vl::{
     qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, ChatMessage, GenerationParams, Logits,
     MultimodalInput, Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
 };
+use surveil_models::vlm::OnToken;
 use surveil_models::weights::{DummySource, Weights};
 
 fn status_kib(key: &str) -> u64 {
@@ -190,15 +191,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
 
-    let params = GenerationParams::greedy(32, vec![]);
+    let params = GenerationParams::greedy(32);
     let (mut ttft, mut tps, mut vision, mut prefill, mut total) =
         (vec![], vec![], vec![], vec![], vec![]);
     for run in 0..runs {
         let mut stamps = Vec::new();
-        let out = model.generate(&input, &params, |_| {
-            stamps.push(Instant::now());
-            ControlFlow::Continue(())
-        })?;
+        let out = model.generate(
+            &input,
+            &params,
+            &[],
+            None,
+            &mut OnToken(|_, _: &str| {
+                stamps.push(Instant::now());
+                ControlFlow::Continue(())
+            }),
+        )?;
         let gaps: Vec<f64> = stamps
             .windows(2)
             .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)

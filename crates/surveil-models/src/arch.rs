@@ -1,6 +1,7 @@
 //! Dispatch over the implemented architectures: configs, tensor layouts, loading.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::git::{git_base_coco_config, GitConfig, GitModel};
 use crate::kimi_vl::{kimi_vl_a3b_vision_config, KimiVlConfig, KimiVlModel};
@@ -234,14 +235,16 @@ impl ArchConfig {
     }
 }
 
-/// A model made resident.
+/// A model made resident. The weights are shared: a clone is a new handle to the same model
+/// (what [`crate::vlm::build_vlm`] wraps), and the memory goes back when the last handle drops.
+#[derive(Clone)]
 pub enum LoadedModel {
     /// GIT.
-    Git(Box<GitModel>),
+    Git(Arc<GitModel>),
     /// Qwen2-VL.
-    Qwen2Vl(Box<Qwen2VlModel>),
+    Qwen2Vl(Arc<Qwen2VlModel>),
     /// Kimi-VL.
-    KimiVl(Box<KimiVlModel>),
+    KimiVl(Arc<KimiVlModel>),
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -258,9 +261,9 @@ impl LoadedModel {
     /// Build the model of `cfg` from `w`.
     pub fn load(cfg: &ArchConfig, w: &Weights) -> Result<Self> {
         Ok(match cfg {
-            ArchConfig::Git(c) => LoadedModel::Git(Box::new(GitModel::load(c, w)?)),
-            ArchConfig::Qwen2Vl(c) => LoadedModel::Qwen2Vl(Box::new(Qwen2VlModel::load(c, w)?)),
-            ArchConfig::KimiVl(c) => LoadedModel::KimiVl(Box::new(KimiVlModel::load(c, w)?)),
+            ArchConfig::Git(c) => LoadedModel::Git(Arc::new(GitModel::load(c, w)?)),
+            ArchConfig::Qwen2Vl(c) => LoadedModel::Qwen2Vl(Arc::new(Qwen2VlModel::load(c, w)?)),
+            ArchConfig::KimiVl(c) => LoadedModel::KimiVl(Arc::new(KimiVlModel::load(c, w)?)),
         })
     }
 }

@@ -85,6 +85,10 @@ pub enum ModelError {
     /// An image or prompt the model cannot take.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Constrained decoding failed: a schema that cannot be compiled, a token outside the
+    /// constraint, or a state where no token is allowed.
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
     /// A numerical operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

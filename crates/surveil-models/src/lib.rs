@@ -5,6 +5,7 @@
 //! the analysis pipeline (`surveil-orchestrator`).
 
 pub mod arch;
+pub mod constrained;
 pub mod deepseek_v3;
 pub mod error;
 pub mod generation;
@@ -19,7 +20,9 @@ pub mod registry;
 pub mod smoke;
 pub mod source;
 pub mod synth;
+pub mod thinking;
 pub mod tokenizer;
+pub mod vlm;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -1,7 +1,8 @@
-//! The model lifecycle: resolve → estimate → fit check → load → (use) → unload, one model
-//! resident at a time, with a memory snapshot at every step.
+//! The model lifecycle: resolve → estimate → fit check → load (weights, then the text side:
+//! tokenizer and image processor behind [`Vlm`]) → (use) → unload, one model resident at a
+//! time, with a memory snapshot at every step.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use surveil_memory::{fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPoli
 use crate::arch::{ArchConfig, LoadedModel};
 use crate::registry::{self, ModelSpec};
 use crate::source::{resolve, ResolvedWeights};
+use crate::vlm::{build_vlm, Vlm};
 use crate::weights::{DummySource, LoadReport, SafetensorsSource, TensorSource, Weights};
 use crate::{ModelError, Result};
 
@@ -113,6 +115,9 @@ pub struct LoadSummary {
     pub device_reason: String,
     /// `dummy` or the checkpoint directory.
     pub weights: String,
+    /// The directory of the resolved `config.json` (where the tokenizer is looked for first);
+    /// `None` for dummy weights.
+    pub checkpoint_dir: Option<PathBuf>,
     /// Storage policy.
     pub policy: QuantPolicy,
     /// Wall time of the load.
@@ -126,6 +131,8 @@ pub struct LoadSummary {
 }
 
 struct Resident {
+    /// The text side; shares the weights of `model`.
+    vlm: Box<dyn Vlm>,
     model: LoadedModel,
     device: candle_core::Device,
     summary: LoadSummary,
@@ -217,7 +224,12 @@ impl ModelManager {
         &self.state
     }
 
-    /// The resident model, if any.
+    /// The resident model behind the model-agnostic interface, if any.
+    pub fn vlm(&self) -> Option<&dyn Vlm> {
+        self.resident.as_ref().map(|r| r.vlm.as_ref())
+    }
+
+    /// The resident model's architecture-specific handle, if any.
     pub fn model(&self) -> Option<&LoadedModel> {
         self.resident.as_ref().map(|r| &r.model)
     }
@@ -242,7 +254,8 @@ impl ModelManager {
         self.memory.record(label);
     }
 
-    /// Load `id`, unloading whatever is resident first. On failure nothing is resident and the
+    /// Load `id`, unloading whatever is resident first: the weights, then the text side
+    /// ([`build_vlm`]: tokenizer, image processor). On failure nothing is resident and the
     /// state is `Failed`.
     pub fn load(&mut self, id: &str, opts: &LoadOptions) -> Result<&LoadSummary> {
         self.unload();
@@ -251,8 +264,17 @@ impl ModelManager {
         self.state = ModelState::Loading {
             model: id.to_string(),
         };
-        match load_model(id, opts) {
-            Ok((model, device, summary)) => {
+        let loaded = load_model(id, opts).and_then(|(model, device, summary)| {
+            let vlm = build_vlm(
+                model.clone(),
+                &device,
+                id,
+                summary.checkpoint_dir.as_deref(),
+            )?;
+            Ok((vlm, model, device, summary))
+        });
+        match loaded {
+            Ok((vlm, model, device, summary)) => {
                 let gpu_bytes = device
                     .is_cuda()
                     .then(|| surveil_memory::GpuAllocation::new(0, summary.report.total_bytes()));
@@ -262,6 +284,7 @@ impl ModelManager {
                     device: summary.device.clone(),
                 };
                 let resident = self.resident.insert(Resident {
+                    vlm,
                     model,
                     device,
                     summary,
@@ -359,6 +382,10 @@ pub fn load_model(
         &opts.hub_cache,
         opts.model_dir.as_deref(),
     )?;
+    let checkpoint_dir = match &resolved {
+        ResolvedWeights::Dummy => None,
+        ResolvedWeights::Files(files) => files.config.parent().map(Path::to_path_buf),
+    };
     let (cfg, source): (ArchConfig, Box<dyn TensorSource>) = match &resolved {
         ResolvedWeights::Dummy => {
             let cfg = ArchConfig::full_size(spec)?;
@@ -400,6 +427,7 @@ pub fn load_model(
         device: device_name(&device),
         device_reason,
         weights: resolved.describe(),
+        checkpoint_dir,
         policy,
         load_seconds: start.elapsed().as_secs_f64(),
         report,

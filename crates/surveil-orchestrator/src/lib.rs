@@ -7,7 +7,20 @@
 
 #![deny(missing_docs)]
 
+pub mod analyst;
+pub mod caption;
+pub mod decision;
 pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod pipeline;
+pub mod prompt;
+pub mod scene;
+pub mod sink;
 pub mod tools;
+pub mod trigger;
+pub mod verdict;
 
 pub use error::{OrchestratorError, Result};
+pub use event::{Event, EventKind};
+pub use pipeline::{run, RunObserver, RunOptions, RunProgress, RunSummary};

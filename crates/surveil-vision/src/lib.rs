@@ -6,8 +6,10 @@
 //! - [`detect`]: the [`Detector`] trait and YOLOv3-tiny loaded from Darknet `.cfg` + `.weights`,
 //!   run in candle ([`DarknetYolo`]).
 //! - [`track`]: ByteTrack multi-object tracking ([`ByteTracker`]).
-//! - [`pipeline`]: source → detect → track → JSONL, with run statistics; [`render`] draws
-//!   tracks onto frames.
+//! - [`stream`]: the pull-based detect-and-track stream ([`DetectTrackStream`]): source →
+//!   queue → batched detection → ByteTrack, one [`TrackedFrame`] per call.
+//! - [`pipeline`]: the stream drained into sinks ([`TrackSink`]; the JSONL track writer), with
+//!   run statistics; [`render`] draws tracks onto frames.
 //!
 //! Not here: behaviour analysis, VLM calls, alerts (those live in `surveil-orchestrator`), and
 //! configuration merging (`surveil-config`; this crate takes plain option structs, built from
@@ -23,6 +25,7 @@ pub mod geometry;
 pub mod pipeline;
 pub mod render;
 pub mod source;
+pub mod stream;
 pub mod track;
 
 pub use detect::{DarknetYolo, Detection, Detector, YoloOptions};
@@ -30,8 +33,10 @@ pub use error::{Result, VisionError};
 pub use frame::{Frame, FrameSource, FrameSourceExt, InterruptHandle};
 pub use geometry::BBox;
 pub use pipeline::{
-    run_detect_track, PipelineOptions, RunHooks, RunSummary, StageTimings, TrackLine,
+    run_detect_track, run_stream, JsonlTrackWriter, PipelineOptions, RunHooks, RunSummary,
+    StageTimings, TrackLine, TrackSink,
 };
 pub use render::{draw_tracks, save_tracks_png};
 pub use source::{open_source, FfmpegOptions, FfmpegSource, FrameQueue, QueuePolicy};
+pub use stream::{probe_total_frames, DetectTrackStream, FrameTimings, StreamStats, TrackedFrame};
 pub use track::{ByteTracker, Track, TrackedObject, TrackerParams};

@@ -1,5 +1,9 @@
-//! The detect + track loop the CLI runs: frames from a source (through the bounded queue),
-//! batched detection, ByteTrack, one JSONL line per track per frame, and run statistics.
+//! The detect + track run the CLI does: a [`DetectTrackStream`] drained into sinks
+//! ([`TrackSink`]), the JSONL track writer ([`JsonlTrackWriter`]) first among them, with run
+//! statistics ([`RunSummary`]).
+//!
+//! The stream yields tracked frames; sinks decide what to write (as ripgrep's searcher hands
+//! matches to a `Sink` and the printer owns the formats).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{DetectTimings, Detector};
+use crate::detect::Detector;
 use crate::error::{Result, VisionError};
 use crate::frame::{Frame, FrameSource};
-use crate::source::{FrameQueue, QueuePolicy};
-use crate::track::{ByteTracker, TrackedObject, TrackerParams};
+use crate::source::QueuePolicy;
+use crate::stream::{DetectTrackStream, TrackedFrame};
+use crate::track::{TrackedObject, TrackerParams};
 
-/// Options of a detect + track run.
+/// Options of a detect + track stream or run (checked by [`crate::stream::validate_options`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineOptions {
@@ -65,7 +70,7 @@ pub struct StageTimings {
     /// Tracker updates.
     #[serde(serialize_with = "secs")]
     pub track: Duration,
-    /// Writing JSONL and the per-frame hook.
+    /// The sinks: writing JSONL and the per-frame hook.
     #[serde(serialize_with = "secs")]
     pub output: Duration,
 }
@@ -104,7 +109,7 @@ pub struct RunSummary {
     pub cancelled: bool,
 }
 
-/// One line of the JSONL output.
+/// One line of the JSONL output: one track on one frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrackLine {
     /// Frame index in the source.
@@ -139,160 +144,207 @@ pub struct RunHooks<'a> {
     pub on_frame: Option<FrameHook<'a>>,
 }
 
+impl TrackLine {
+    /// The line of `track` on `frame`: the box clipped to the frame, the class named from
+    /// `class_names` (the class index as text when the list has no such entry).
+    pub fn new(frame: &Frame, track: &TrackedObject, class_names: &[String]) -> Self {
+        let b = track.bbox.clipped(frame.width as f32, frame.height as f32);
+        Self {
+            frame: frame.index,
+            timestamp: frame.timestamp.as_secs_f64(),
+            track_id: track.track_id,
+            class: class_names
+                .get(track.class_id)
+                .cloned()
+                .unwrap_or_else(|| track.class_id.to_string()),
+            x1: b.x1,
+            y1: b.y1,
+            x2: b.x2,
+            y2: b.y2,
+            score: track.score,
+        }
+    }
+}
+
+/// A consumer of tracked frames: a file format, an event recorder, a preview.
+pub trait TrackSink {
+    /// One analysed frame, in stream order.
+    fn write_frame(&mut self, frame: &TrackedFrame) -> Result<()>;
+
+    /// Called when the stream has no detected frame waiting (the end of each detector batch)
+    /// and at the end of a run: push buffered output out.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Any `FnMut(&TrackedFrame) -> Result<()>` is a sink without buffered output.
+impl<F> TrackSink for F
+where
+    F: FnMut(&TrackedFrame) -> Result<()>,
+{
+    fn write_frame(&mut self, frame: &TrackedFrame) -> Result<()> {
+        self(frame)
+    }
+}
+
+/// Writes one JSON line ([`TrackLine`]) per track per frame.
+#[derive(Debug)]
+pub struct JsonlTrackWriter<W: Write> {
+    out: W,
+    class_names: Vec<String>,
+    lines: u64,
+}
+
+impl<W: Write> JsonlTrackWriter<W> {
+    /// A writer to `out`; `class_names` (the detector's) name the classes.
+    pub fn new(out: W, class_names: &[String]) -> Self {
+        Self {
+            out,
+            class_names: class_names.to_vec(),
+            lines: 0,
+        }
+    }
+
+    /// Lines written so far.
+    pub fn lines_written(&self) -> u64 {
+        self.lines
+    }
+
+    /// The underlying writer (not flushed).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write> TrackSink for JsonlTrackWriter<W> {
+    /// Errors: [`VisionError::Output`] when writing fails.
+    fn write_frame(&mut self, frame: &TrackedFrame) -> Result<()> {
+        for t in &frame.tracks {
+            let line = TrackLine::new(&frame.frame, t, &self.class_names);
+            serde_json::to_writer(&mut self.out, &line)
+                .map_err(|e| VisionError::Output(std::io::Error::other(e)))?;
+            self.out.write_all(b"\n").map_err(VisionError::Output)?;
+            self.lines += 1;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(VisionError::Output)
+    }
+}
+
 /// Runs `source` through `detector` and ByteTrack, writing one JSON line per track per frame to
 /// `out` (flushed after every batch). Returns the run's statistics; a source error after some
 /// frames is returned as the error, with everything before it already written.
+///
+/// A [`DetectTrackStream`] drained by [`run_stream`] into a [`JsonlTrackWriter`] and the
+/// `on_frame` hook.
 pub fn run_detect_track(
     source: Box<dyn FrameSource>,
     detector: &dyn Detector,
     options: &PipelineOptions,
     out: &mut dyn Write,
-    mut hooks: RunHooks<'_>,
+    hooks: RunHooks<'_>,
 ) -> Result<RunSummary> {
-    if !(1..=64).contains(&options.batch_size) {
-        return Err(VisionError::InvalidOption {
-            name: "batch_size",
-            value: options.batch_size.to_string(),
-            message: "must be in 1..=64".to_string(),
-        });
+    let mut stream = DetectTrackStream::from_source(source, detector, options.clone())?;
+    let mut writer = JsonlTrackWriter::new(out, detector.class_names());
+    let RunHooks { cancel, on_frame } = hooks;
+    let mut hook = on_frame.map(|mut f| {
+        move |tf: &TrackedFrame| -> Result<()> {
+            f(&tf.frame, &tf.tracks);
+            Ok(())
+        }
+    });
+    let mut sinks: Vec<&mut dyn TrackSink> = vec![&mut writer];
+    if let Some(h) = hook.as_mut() {
+        sinks.push(h);
     }
-    let mut tracker = ByteTracker::new(options.tracker.clone())?;
-    let policy = options
-        .queue_policy
-        .unwrap_or_else(|| QueuePolicy::default_for(source.is_live()));
-    let queue = FrameQueue::spawn(source, options.queue_capacity, policy)?;
-    let description = queue.describe().to_string();
-    let span = tracing::info_span!("detect_track", source = %description);
-    let _guard = span.enter();
-    tracing::info!(
-        detector = detector.name(),
-        batch = options.batch_size,
-        policy = ?policy,
-        capacity = options.queue_capacity,
-        "run started"
-    );
+    run_stream(&mut stream, &mut sinks, cancel.as_deref())
+}
 
+/// Drains `stream` into `sinks` (each frame to each sink, in order; sinks flushed at the end of
+/// every detector batch and at the end) and returns the run's statistics. `lines_written`,
+/// `tracks` and the track lengths count one line per track per frame, as
+/// [`JsonlTrackWriter`] writes them.
+///
+/// `cancel` is checked before each detector batch: once set, the run stops and the summary
+/// says `cancelled`; a source error that arrives after it is set (ffmpeg killed by the same
+/// Ctrl-C) ends the run as cancelled, not as an error. Stopping the stream through its
+/// interrupt handle also counts as cancelled.
+///
+/// Errors: the first source, detector or sink error; everything before it has been written
+/// and flushed.
+pub fn run_stream<D>(
+    stream: &mut DetectTrackStream<D>,
+    sinks: &mut [&mut dyn TrackSink],
+    cancel: Option<&AtomicBool>,
+) -> Result<RunSummary>
+where
+    D: std::ops::Deref,
+    D::Target: Detector,
+{
     let started = Instant::now();
-    let names = detector.class_names();
-    let mut timings = StageTimings::default();
-    let mut det_t = DetectTimings::default();
+    let cancel_set = || cancel.is_some_and(|c| c.load(Ordering::SeqCst));
+    let mut output = Duration::ZERO;
     let mut analysed = 0u64;
     let mut detections = 0u64;
     let mut lines = 0u64;
     let mut lengths: HashMap<u64, u64> = HashMap::new();
     let mut cancelled = false;
-    let mut pending_error = None;
-    let mut ended = false;
-
-    while !ended {
-        if hooks
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::SeqCst))
-        {
+    let mut error = None;
+    loop {
+        if stream.buffered() == 0 && cancel_set() {
             cancelled = true;
             break;
         }
-        let mut want = options.batch_size;
-        if let Some(max) = options.max_frames {
-            if analysed >= max {
+        let tf = match stream.next() {
+            None => break,
+            Some(Ok(tf)) => tf,
+            Some(Err(e)) => {
+                if cancel_set() {
+                    tracing::debug!(error = %e, "source error after cancel; run ends as cancelled");
+                    cancelled = true;
+                } else {
+                    error = Some(e);
+                }
                 break;
             }
-            want = want.min((max - analysed) as usize);
-        }
-        // Gather a batch: files wait for a full batch; live sources take what is queued.
-        let wait_start = Instant::now();
-        let mut batch: Vec<Frame> = Vec::with_capacity(want);
-        match policy {
-            QueuePolicy::Block => {
-                while batch.len() < want {
-                    match queue.recv() {
-                        Some(Ok(f)) => batch.push(f),
-                        Some(Err(e)) => {
-                            pending_error = Some(e);
-                            ended = true;
-                            break;
-                        }
-                        None => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            QueuePolicy::DropOldest => match queue.recv_batch(want) {
-                Some(Ok(fs)) => batch = fs,
-                Some(Err(e)) => {
-                    pending_error = Some(e);
-                    ended = true;
-                }
-                None => ended = true,
-            },
-        }
-        timings.queue_wait += wait_start.elapsed();
-        if batch.is_empty() {
-            break;
-        }
-
-        let refs: Vec<&Frame> = batch.iter().collect();
-        let frame_span = tracing::debug_span!("batch", first = batch[0].index, n = batch.len());
-        let _fg = frame_span.enter();
-        let result = detector.detect(&refs)?;
-        det_t += result.timings;
-
-        for (frame, dets) in batch.iter().zip(&result.detections) {
-            detections += dets.len() as u64;
-            let t0 = Instant::now();
-            let tracked = tracker.update(frame.index, frame.timestamp, dets);
-            let t1 = Instant::now();
-            timings.track += t1 - t0;
-            for t in &tracked {
-                let b = t.bbox.clipped(frame.width as f32, frame.height as f32);
-                let line = TrackLine {
-                    frame: frame.index,
-                    timestamp: frame.timestamp.as_secs_f64(),
-                    track_id: t.track_id,
-                    class: names
-                        .get(t.class_id)
-                        .cloned()
-                        .unwrap_or_else(|| t.class_id.to_string()),
-                    x1: b.x1,
-                    y1: b.y1,
-                    x2: b.x2,
-                    y2: b.y2,
-                    score: t.score,
-                };
-                serde_json::to_writer(&mut *out, &line)
-                    .map_err(|e| VisionError::Output(std::io::Error::other(e)))?;
-                out.write_all(b"\n").map_err(VisionError::Output)?;
-                *lengths.entry(t.track_id).or_default() += 1;
-                lines += 1;
-            }
-            if let Some(hook) = hooks.on_frame.as_mut() {
-                hook(frame, &tracked);
-            }
-            analysed += 1;
-            timings.output += t1.elapsed();
-        }
+        };
         let t = Instant::now();
-        out.flush().map_err(VisionError::Output)?;
-        timings.output += t.elapsed();
+        for sink in sinks.iter_mut() {
+            sink.write_frame(&tf)?;
+        }
+        if stream.buffered() == 0 {
+            for sink in sinks.iter_mut() {
+                sink.flush()?;
+            }
+        }
+        output += t.elapsed();
+        analysed += 1;
+        detections += tf.detections.len() as u64;
+        for t in &tf.tracks {
+            *lengths.entry(t.track_id).or_default() += 1;
+            lines += 1;
+        }
     }
+    let t = Instant::now();
+    for sink in sinks.iter_mut() {
+        sink.flush()?;
+    }
+    output += t.elapsed();
+    cancelled |= stream.is_interrupted();
 
-    let qstats = queue.stats();
-    drop(queue);
+    let stats = stream.stats();
     let wall = started.elapsed();
-    timings.decode = qstats.decode_time;
-    timings.preprocess = det_t.preprocess;
-    timings.forward = det_t.forward;
-    timings.postprocess = det_t.postprocess;
     let tracks = lengths.len() as u64;
     let summary = RunSummary {
-        source: description,
-        detector: detector.name().to_string(),
-        frames_decoded: qstats.decoded,
+        source: stream.source_description().to_string(),
+        detector: stream.detector_name().to_string(),
+        frames_decoded: stats.frames_decoded,
         frames_analysed: analysed,
-        frames_dropped: qstats.dropped,
+        frames_dropped: stats.frames_dropped,
         detections,
         tracks,
         mean_track_length: if tracks == 0 {
@@ -308,11 +360,20 @@ pub fn run_detect_track(
         } else {
             0.0
         },
-        timings,
+        timings: StageTimings {
+            decode: stats.decode_time,
+            queue_wait: stats.timings.queue_wait,
+            preprocess: stats.timings.preprocess,
+            forward: stats.timings.forward,
+            postprocess: stats.timings.postprocess,
+            track: stats.timings.track,
+            output,
+        },
         cancelled,
     };
-    if let Some(e) = pending_error {
-        tracing::error!(error = %e, frames = analysed, "run ended by a source error");
+    let _span = tracing::info_span!("detect_track", source = %summary.source).entered();
+    if let Some(e) = error {
+        tracing::error!(error = %e, frames = analysed, "run ended by an error");
         return Err(e);
     }
     tracing::info!(
@@ -321,6 +382,7 @@ pub fn run_detect_track(
         tracks = summary.tracks,
         mean_track_length = summary.mean_track_length,
         fps = summary.analysed_fps,
+        cancelled,
         "run finished"
     );
     Ok(summary)

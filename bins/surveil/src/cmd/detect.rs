@@ -1,24 +1,29 @@
-//! `surveil detect`: frames → YOLO person detection → ByteTrack → JSONL of tracks.
+//! `surveil detect`: the detect-and-track stream (frames → YOLO person detection → ByteTrack)
+//! drained into two sinks: the JSONL track writer and the `--snapshot` renderer.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use surveil_config::paths::asset;
+use surveil_vision::stream::validate_options;
 use surveil_vision::{
-    open_source, run_detect_track, save_tracks_png, DarknetYolo, FfmpegOptions, Frame,
-    PipelineOptions, RunHooks, TrackedObject, TrackerParams, YoloOptions,
+    run_stream, save_tracks_png, DarknetYolo, DetectTrackStream, FfmpegOptions, JsonlTrackWriter,
+    PipelineOptions, TrackSink, TrackedFrame, TrackerParams, YoloOptions,
 };
 
 use crate::cli::{Cli, DetectArgs};
 use crate::Failure;
 
-/// Set by SIGINT/SIGTERM; the pipeline stops at the next frame and everything written so far
-/// is flushed.
+/// Set by SIGINT/SIGTERM; the stream is interrupted at once (also while it waits for frames)
+/// and everything written so far is flushed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// How often the signal flag is checked while a run waits.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -48,6 +53,19 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     tracker.track_high_thresh = config.detection.confidence as f32;
     tracker.new_track_thresh = tracker.new_track_thresh.max(tracker.track_high_thresh);
     yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);
+    let options = PipelineOptions {
+        batch_size: args.batch,
+        max_frames: args.max_frames,
+        tracker,
+        ..PipelineOptions::default()
+    };
+    validate_options(&options).map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+    let snapshots: Vec<(u64, PathBuf)> = args
+        .snapshot
+        .iter()
+        .map(|s| parse_snapshot(s))
+        .collect::<Result<_, _>>()
+        .map_err(Failure::Usage)?;
 
     let detector = DarknetYolo::new(&yolo, &candle_core::Device::Cpu).with_context(|| {
         format!(
@@ -61,46 +79,49 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
         fps: args.fps,
         ..FfmpegOptions::default()
     };
-    let source = open_source(&args.source, &ff).context("opening the source")?;
+    let mut stream = DetectTrackStream::open(&args.source, &ff, &detector, options)
+        .context("opening the source")?;
     let file = File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut out = BufWriter::new(file);
-
-    let cancel = Arc::new(AtomicBool::new(false));
-    install_signal_handlers();
-    let snapshots: Vec<(u64, PathBuf)> = args
-        .snapshot
-        .iter()
-        .map(|s| parse_snapshot(s))
-        .collect::<Result<_, _>>()
-        .map_err(Failure::Usage)?;
-    let cancel_hook = cancel.clone();
-    let on_frame = Box::new(move |f: &Frame, tracks: &[TrackedObject]| {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            cancel_hook.store(true, Ordering::SeqCst);
-        }
+    let mut jsonl = JsonlTrackWriter::new(BufWriter::new(file), stream.class_names());
+    let mut snapshot = |tf: &TrackedFrame| -> surveil_vision::Result<()> {
         for (frame, path) in &snapshots {
-            if f.index == *frame {
-                match save_tracks_png(f, tracks, path) {
+            if tf.frame.index == *frame {
+                match save_tracks_png(&tf.frame, &tf.tracks, path) {
                     Ok(()) => tracing::info!(frame, path = %path.display(), "snapshot written"),
                     Err(e) => tracing::warn!(frame, error = %e, "snapshot failed"),
                 }
             }
         }
-    }) as Box<dyn FnMut(&Frame, &[TrackedObject])>;
-    let options = PipelineOptions {
-        batch_size: args.batch,
-        max_frames: args.max_frames,
-        tracker,
-        ..PipelineOptions::default()
+        Ok(())
     };
-    let hooks = RunHooks {
-        cancel: Some(cancel),
-        on_frame: Some(on_frame),
-    };
-    let summary = run_detect_track(source, &detector, &options, &mut out, hooks)
-        .context("running detection and tracking")?;
-    out.flush()
+
+    install_signal_handlers();
+    // The signal handler can only set a flag; this thread turns it into a stream interrupt, so
+    // a run waiting on a stalled live source stops too.
+    let interrupt = stream.interrupt_handle();
+    let finished = AtomicBool::new(false);
+    let summary = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::SeqCst) {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    tracing::info!("interrupted; stopping");
+                    interrupt.interrupt();
+                    break;
+                }
+                std::thread::sleep(SIGNAL_POLL);
+            }
+        });
+        let sinks: &mut [&mut dyn TrackSink] = &mut [&mut jsonl, &mut snapshot];
+        let result = run_stream(&mut stream, sinks, Some(&INTERRUPTED));
+        finished.store(true, Ordering::SeqCst);
+        result
+    })
+    .context("running detection and tracking")?;
+    drop(stream);
+    jsonl
+        .into_inner()
+        .flush()
         .with_context(|| format!("writing {}", args.output.display()))?;
     if args.json {
         println!(

@@ -4,4 +4,6 @@ pub mod config;
 pub mod detect;
 pub mod doctor;
 pub mod models;
+pub mod run;
 pub mod test_model;
+pub mod verdict;

@@ -111,19 +111,13 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         }
     };
     let inference = if args.infer {
-        let (Some(model), Some(device)) = (manager.model(), manager.device()) else {
+        let Some(vlm) = manager.vlm() else {
             return Err(Failure::Runtime(anyhow::anyhow!(
                 "the model vanished after loading"
             )));
         };
-        let dir = (summary.weights != "dummy").then(|| std::path::PathBuf::from(&summary.weights));
-        let outcome = surveil_models::smoke::describe_test_image(
-            model,
-            device,
-            dir.as_deref(),
-            args.infer_tokens,
-        )
-        .context("running the test inference")?;
+        let outcome = surveil_models::smoke::describe_test_image(vlm, args.infer_tokens)
+            .context("running the test inference")?;
         manager.record_memory("after_inference");
         Some(outcome)
     } else {
@@ -196,9 +190,17 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
     }
     if let Some(i) = &inference {
         println!(
-            "  test inference: {} tokens in {:.2} s: {:?}",
-            i.new_tokens, i.seconds, i.text
+            "  test inference: {} tokens in {:.2} s (first token after {:.2} s, {:.1} tokens/s, stop: {:?}): {:?}",
+            i.new_tokens,
+            i.seconds,
+            i.time_to_first_token_s,
+            i.decode_tokens_per_s,
+            i.stop_reason,
+            i.text
         );
+        if let Some(r) = &i.reasoning {
+            println!("  reasoning: {r:?}");
+        }
     }
     if args.memory_stats {
         print_block("Memory before load", memory.get("before_load"));

@@ -6,7 +6,9 @@ use image::RgbImage;
 
 use super::model::GitModel;
 use super::processor::ClipProcessor;
-use crate::generation::{Sampling, TokenSampler};
+use crate::generation::{GenerationParams, Sampling, TokenSampler};
+use crate::tokenizer::{TextTokenizer, Vocabulary};
+use crate::vlm::NoHooks;
 use crate::{ModelError, Result};
 
 /// The uncased BERT WordPiece tokenizer (`tokenizer.json`) of git-base-coco, with the file's
@@ -80,6 +82,27 @@ impl GitTokenizer {
     }
 }
 
+impl TextTokenizer for GitTokenizer {
+    /// Word pieces of `text`, without `[CLS]` / `[SEP]`.
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        GitTokenizer::encode(self, text, false)
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        GitTokenizer::decode(self, ids)
+    }
+
+    /// `None`: word pieces are not byte strings.
+    fn vocabulary(&self) -> Option<&Vocabulary> {
+        None
+    }
+
+    /// `[SEP]`, which ends a caption.
+    fn stop_token_ids(&self) -> Vec<u32> {
+        self.token_id("[SEP]").into_iter().collect()
+    }
+}
+
 /// How captions are generated.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CaptionSettings {
@@ -150,8 +173,9 @@ impl GitCaptioner {
         self.settings = settings;
     }
 
-    /// Token ids of one caption per frame (without `[CLS]` and `[SEP]`), all frames in one
-    /// batch.
+    /// Token ids of one caption per frame (without `[CLS]` and `[SEP]`). One frame goes
+    /// through the shared generation loop ([`crate::generation::generate`]); several go in
+    /// one batch ([`GitModel::generate`]), with the same stop rule and the same tokens.
     pub fn caption_ids(&self, frames: &[RgbImage]) -> Result<Vec<Vec<u32>>> {
         if frames.is_empty() {
             return Ok(Vec::new());
@@ -159,6 +183,23 @@ impl GitCaptioner {
         let _span = tracing::info_span!("git_caption", frames = frames.len()).entered();
         let pixel_values = self.processor.preprocess_batch(frames)?;
         let cfg = self.model.config();
+        if frames.len() == 1 {
+            let params = GenerationParams {
+                max_new_tokens: self.settings.max_new_tokens,
+                sampling: self.settings.sampling,
+                seed: self.settings.seed,
+            };
+            let mut session = self.model.session(pixel_values, &[cfg.bos_token_id])?;
+            let out = crate::generation::generate(
+                &mut session,
+                None,
+                &params,
+                &[cfg.eos_token_id],
+                &mut NoHooks,
+                std::time::Instant::now(),
+            )?;
+            return Ok(vec![out.tokens]);
+        }
         let mut sampler = TokenSampler::new(self.settings.sampling, self.settings.seed);
         self.model.generate(
             &pixel_values,

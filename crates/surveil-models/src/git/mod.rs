@@ -11,6 +11,7 @@
 //!   logits, and generation with a key/value cache ([`GitCache`]).
 //! - [`ClipProcessor`]: frames → `pixel_values` (Pillow-exact bicubic resize, crop, CLIP norm).
 //! - [`GitTokenizer`] and [`GitCaptioner`]: frames → caption strings, batched.
+//! - [`GitVlm`]: GIT behind the model-agnostic [`crate::vlm::Vlm`] interface (a captioner).
 //!
 //! Not here: where weights come from (`crate::weights`), model lifecycle and registry.
 
@@ -22,10 +23,12 @@ mod model;
 mod ops;
 mod processor;
 mod vision;
+mod vlm;
 
 pub use captioner::{CaptionSettings, GitCaptioner, GitTokenizer};
 pub use config::{git_base_coco_config, Activation, GitConfig, GitVisionConfig};
 pub use decoder::GitCache;
-pub use model::GitModel;
+pub use model::{GitModel, GitSession};
 pub use processor::{ClipProcessor, ClipProcessorConfig};
 pub use vision::VisionTransformer;
+pub use vlm::GitVlm;

@@ -1,5 +1,7 @@
 //! [`GitModel`]: `GitForCausalLM` — vision tower, visual projection, text decoder, output head,
-//! and generation with a key/value cache.
+//! and generation with a key/value cache: one image through the shared loop
+//! ([`GitModel::session`], [`crate::generation::generate`]), a batch of images in lockstep
+//! ([`GitModel::generate`]) with the same stop rule.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Tensor};
@@ -8,7 +10,7 @@ use super::config::GitConfig;
 use super::decoder::{decoder_layout, decoder_mask, DecoderLayer, GitCache, TextEmbeddings};
 use super::linear::FusedLinear;
 use super::vision::{vision_layout, VisionTransformer};
-use crate::generation::TokenSampler;
+use crate::generation::{DecodeSession, TokenSampler};
 use crate::nn::LayerNorm;
 use crate::nn::Linear;
 use crate::weights::Weights;
@@ -271,10 +273,50 @@ impl GitModel {
         Ok(())
     }
 
+    /// A decode session of one image `pixel_values` `[1, C, S, S]` and the prompt
+    /// `prompt_ids` (usually `[bos]`) for the shared generation loop
+    /// ([`crate::generation::generate`]). The vision tower runs in
+    /// [`DecodeSession::encode_images`].
+    pub fn session(&self, pixel_values: Tensor, prompt_ids: &[u32]) -> Result<GitSession<'_>> {
+        let b = pixel_values.dim(0)?;
+        if b != 1 {
+            return Err(ModelError::InvalidInput(format!(
+                "a decode session takes one image, got a batch of {b}"
+            )));
+        }
+        self.check_prompt(prompt_ids)?;
+        Ok(GitSession {
+            model: self,
+            pixel_values,
+            image: None,
+            prompt: prompt_ids.to_vec(),
+            cache: self.new_cache(prompt_ids.len()),
+        })
+    }
+
+    fn check_prompt(&self, prompt_ids: &[u32]) -> Result<()> {
+        if prompt_ids.is_empty() {
+            return Err(ModelError::InvalidInput(
+                "the prompt needs at least one token (bos)".into(),
+            ));
+        }
+        let max_positions = self.cfg.max_position_embeddings;
+        if prompt_ids.len() > max_positions {
+            return Err(ModelError::InvalidInput(format!(
+                "prompt of {} tokens exceeds max_position_embeddings {max_positions}",
+                prompt_ids.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Generate up to `max_new_tokens` tokens after `prompt_ids` (usually `[bos]`) for each
     /// image of `pixel_values` `[B, C, S, S]`, with the image tokens and text in a key/value
-    /// cache. A sequence ends at `stop_token` (not included in its output); with `None` every
-    /// sequence gets exactly `max_new_tokens` tokens. Returns the new tokens per image.
+    /// cache, all sequences in lockstep. The stop rule is the shared loop's
+    /// ([`crate::generation::generate`]): a sequence ends at `stop_token` (not included in its
+    /// output), after `max_new_tokens`, or when the next token would have no text position
+    /// left (`max_position_embeddings`); with `None` every sequence gets `max_new_tokens`
+    /// tokens (context permitting). Returns the new tokens per image.
     pub fn generate(
         &self,
         pixel_values: &Tensor,
@@ -297,18 +339,8 @@ impl GitModel {
         sampler: &mut TokenSampler,
         stop_token: Option<u32>,
     ) -> Result<Vec<Vec<u32>>> {
-        if prompt_ids.is_empty() {
-            return Err(ModelError::InvalidInput(
-                "the prompt needs at least one token (bos)".into(),
-            ));
-        }
+        self.check_prompt(prompt_ids)?;
         let max_positions = self.cfg.max_position_embeddings;
-        if prompt_ids.len() > max_positions {
-            return Err(ModelError::InvalidInput(format!(
-                "prompt of {} tokens exceeds max_position_embeddings {max_positions}",
-                prompt_ids.len()
-            )));
-        }
         // The last new token is never fed back, so the text may grow to max_positions + 1.
         let room = max_positions + 1 - prompt_ids.len();
         if max_new_tokens > room {
@@ -357,5 +389,57 @@ impl GitModel {
             logits = self.step(&next, &mut cache)?;
         }
         Ok(out)
+    }
+}
+
+/// One image and prompt of a [`GitModel`] being decoded: the image tokens, then the text, in a
+/// key/value cache. Built by [`GitModel::session`].
+pub struct GitSession<'a> {
+    model: &'a GitModel,
+    pixel_values: Tensor,
+    image: Option<Tensor>,
+    prompt: Vec<u32>,
+    cache: GitCache,
+}
+
+impl GitSession<'_> {
+    fn logits_row(logits: &Tensor) -> Result<Vec<f32>> {
+        Ok(logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    }
+}
+
+impl DecodeSession for GitSession<'_> {
+    fn prompt_tokens(&self) -> usize {
+        self.model.num_image_tokens() + self.prompt.len()
+    }
+
+    fn encode_images(&mut self) -> Result<()> {
+        self.image = Some(self.model.image_embeddings(&self.pixel_values)?);
+        Ok(())
+    }
+
+    fn prefill(&mut self) -> Result<Vec<f32>> {
+        let image = match self.image.take() {
+            Some(i) => i,
+            None => self.model.image_embeddings(&self.pixel_values)?,
+        };
+        let device = image.device().clone();
+        let prompt = Tensor::new(self.prompt.as_slice(), &device)?.unsqueeze(0)?;
+        let logits = self.model.prefill(&image, &prompt, &mut self.cache)?;
+        Self::logits_row(&logits)
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        let next = Tensor::new(&[[token]], self.pixel_values.device())?;
+        let logits = self.model.step(&next, &mut self.cache)?;
+        Self::logits_row(&logits)
+    }
+
+    fn remaining_context(&self) -> usize {
+        // Text positions count from 0 after the image tokens.
+        self.model
+            .cfg
+            .max_position_embeddings
+            .saturating_sub(self.cache.text_tokens())
     }
 }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::vision::GridThw;
+use crate::tokenizer::{TextTokenizer, Vocabulary};
 use crate::{ModelError, Result};
 
 /// `<|endoftext|>`.
@@ -68,6 +69,65 @@ impl ChatMessage {
     }
 }
 
+/// One piece of a rendered chat: a special token of the template, or text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChatPiece<'a> {
+    Special(&'static str),
+    Text(std::borrow::Cow<'a, str>),
+}
+
+/// The Qwen2-VL-Instruct chat template as pieces, special tokens apart from text.
+fn chat_pieces(
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    add_vision_id: bool,
+) -> Vec<ChatPiece<'_>> {
+    use std::borrow::Cow;
+    let mut out = Vec::new();
+    let (mut images, mut videos) = (0usize, 0usize);
+    for (i, msg) in messages.iter().enumerate() {
+        if i == 0 && msg.role != "system" {
+            out.push(ChatPiece::Special(IM_START));
+            out.push(ChatPiece::Text(Cow::Owned(format!(
+                "system\n{DEFAULT_SYSTEM_PROMPT}"
+            ))));
+            out.push(ChatPiece::Special(IM_END));
+            out.push(ChatPiece::Text(Cow::Borrowed("\n")));
+        }
+        out.push(ChatPiece::Special(IM_START));
+        out.push(ChatPiece::Text(Cow::Owned(format!("{}\n", msg.role))));
+        for part in &msg.content {
+            let (pad, label, count) = match part {
+                ContentPart::Text(t) => {
+                    out.push(ChatPiece::Text(Cow::Borrowed(t)));
+                    continue;
+                }
+                ContentPart::Image => {
+                    images += 1;
+                    (IMAGE_PAD, "Picture", images)
+                }
+                ContentPart::Video => {
+                    videos += 1;
+                    (VIDEO_PAD, "Video", videos)
+                }
+            };
+            if add_vision_id {
+                out.push(ChatPiece::Text(Cow::Owned(format!("{label} {count}: "))));
+            }
+            out.push(ChatPiece::Special(VISION_START));
+            out.push(ChatPiece::Special(pad));
+            out.push(ChatPiece::Special(VISION_END));
+        }
+        out.push(ChatPiece::Special(IM_END));
+        out.push(ChatPiece::Text(Cow::Borrowed("\n")));
+    }
+    if add_generation_prompt {
+        out.push(ChatPiece::Special(IM_START));
+        out.push(ChatPiece::Text(Cow::Borrowed("assistant\n")));
+    }
+    out
+}
+
 /// Render messages with the Qwen2-VL-Instruct chat template. `add_vision_id` prefixes each
 /// image with `Picture N: ` (and videos with `Video N: `), as the template's option does.
 pub fn render_chat(
@@ -75,44 +135,13 @@ pub fn render_chat(
     add_generation_prompt: bool,
     add_vision_id: bool,
 ) -> String {
-    let mut s = String::new();
-    let (mut images, mut videos) = (0usize, 0usize);
-    for (i, msg) in messages.iter().enumerate() {
-        if i == 0 && msg.role != "system" {
-            s.push_str(&format!(
-                "{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n"
-            ));
-        }
-        s.push_str(IM_START);
-        s.push_str(&msg.role);
-        s.push('\n');
-        for part in &msg.content {
-            match part {
-                ContentPart::Text(t) => s.push_str(t),
-                ContentPart::Image => {
-                    images += 1;
-                    if add_vision_id {
-                        s.push_str(&format!("Picture {images}: "));
-                    }
-                    s.push_str(&format!("{VISION_START}{IMAGE_PAD}{VISION_END}"));
-                }
-                ContentPart::Video => {
-                    videos += 1;
-                    if add_vision_id {
-                        s.push_str(&format!("Video {videos}: "));
-                    }
-                    s.push_str(&format!("{VISION_START}{VIDEO_PAD}{VISION_END}"));
-                }
-            }
-        }
-        s.push_str(IM_END);
-        s.push('\n');
-    }
-    if add_generation_prompt {
-        s.push_str(IM_START);
-        s.push_str("assistant\n");
-    }
-    s
+    chat_pieces(messages, add_generation_prompt, add_vision_id)
+        .iter()
+        .map(|p| match p {
+            ChatPiece::Special(t) => *t,
+            ChatPiece::Text(t) => t.as_ref(),
+        })
+        .collect()
 }
 
 /// A tokenized chat prompt.
@@ -127,6 +156,10 @@ pub struct ChatPrompt {
 /// The Qwen byte-level BPE tokenizer with the special ids Qwen2-VL needs.
 pub struct Qwen2VlTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token text treated as plain text
+    /// ([`TextTokenizer::encode`]).
+    plain: tokenizers::Tokenizer,
+    vocabulary: Option<Vocabulary>,
     path: PathBuf,
     image_pad: u32,
     video_pad: u32,
@@ -161,13 +194,21 @@ impl Qwen2VlTokenizer {
                 reason: format!("special token {tok} is missing: not a Qwen2-VL tokenizer"),
             })
         };
+        let (image_pad, video_pad, im_end, endoftext) =
+            (id(IMAGE_PAD)?, id(VIDEO_PAD)?, id(IM_END)?, id(ENDOFTEXT)?);
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        // The byte strings of the vocabulary, for constrained decoding and streaming.
+        let vocabulary = None;
         Ok(Self {
-            image_pad: id(IMAGE_PAD)?,
-            video_pad: id(VIDEO_PAD)?,
-            im_end: id(IM_END)?,
-            endoftext: id(ENDOFTEXT)?,
+            image_pad,
+            video_pad,
+            im_end,
+            endoftext,
             path: path.to_path_buf(),
             inner,
+            plain,
+            vocabulary,
         })
     }
 
@@ -217,6 +258,11 @@ impl Qwen2VlTokenizer {
 
     /// Render `messages` with the chat template, tokenize, and repeat the `n`-th image
     /// placeholder `image_grids[n].merged_tokens(merge_size)` times (videos likewise).
+    ///
+    /// The template's special tokens are inserted by id and the message text is tokenized as
+    /// plain text, so special-token text inside a message (`<|im_end|>` typed by a user) stays
+    /// text. Otherwise the ids equal tokenizing [`render_chat`]'s string, which splits at the
+    /// special tokens the same way.
     pub fn encode_chat(
         &self,
         messages: &[ChatMessage],
@@ -224,8 +270,28 @@ impl Qwen2VlTokenizer {
         video_grids: &[GridThw],
         merge_size: usize,
     ) -> Result<ChatPrompt> {
-        let text = render_chat(messages, true, false);
-        let ids = self.encode(&text)?;
+        let mut ids = Vec::new();
+        let mut text = String::new();
+        for piece in chat_pieces(messages, true, false) {
+            match piece {
+                ChatPiece::Text(t) => text.push_str(&t),
+                ChatPiece::Special(tok) => {
+                    if !text.is_empty() {
+                        ids.extend(TextTokenizer::encode(self, &text)?);
+                        text.clear();
+                    }
+                    let id = self.token_id(tok).ok_or_else(|| {
+                        self.err(format!(
+                            "special token {tok} is missing from the vocabulary"
+                        ))
+                    })?;
+                    ids.push(id);
+                }
+            }
+        }
+        if !text.is_empty() {
+            ids.extend(TextTokenizer::encode(self, &text)?);
+        }
         self.expand_placeholders(&ids, image_grids, video_grids, merge_size)
     }
 
@@ -269,6 +335,29 @@ impl Qwen2VlTokenizer {
             input_ids,
             mm_token_type_ids: types,
         })
+    }
+}
+
+impl TextTokenizer for Qwen2VlTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .plain
+            .encode(text, false)
+            .map_err(|e| self.err(e))?
+            .get_ids()
+            .to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        Qwen2VlTokenizer::decode(self, ids, true)
+    }
+
+    fn vocabulary(&self) -> Option<&Vocabulary> {
+        self.vocabulary.as_ref()
+    }
+
+    fn stop_token_ids(&self) -> Vec<u32> {
+        Qwen2VlTokenizer::stop_token_ids(self)
     }
 }
 

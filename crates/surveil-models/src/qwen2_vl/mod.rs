@@ -5,15 +5,16 @@
 //! - [`Qwen2VlConfig`]: both `config.json` layouts (flat Hub, nested transformers v5), the
 //!   full-size [`qwen2_vl_2b_config`] / [`qwen2_vl_7b_config`], and [`tensor_layout`];
 //! - [`Qwen2VlModel`]: load through [`crate::weights::Weights`] (f32, f16 or quantized),
-//!   [`Qwen2VlModel::prefill`], [`Qwen2VlModel::decode_step`], [`Qwen2VlModel::generate`];
+//!   [`Qwen2VlModel::prefill`], [`Qwen2VlModel::decode_step`], [`Qwen2VlModel::generate`] (the shared loop over a
+//!   [`Qwen2VlSession`]);
 //! - [`rope_index`]: the reference's multimodal position ids;
 //! - [`Qwen2VlImageProcessor`]: `smart_resize`, bicubic resize, normalisation, patch order;
 //! - [`Qwen2VlTokenizer`] and [`render_chat`]: the Qwen BPE tokenizer and the chat template;
-//! - [`VisionTower`] and [`TextModel`] on their own.
+//! - [`VisionTower`] and [`TextModel`] on their own;
+//! - [`Qwen2VlVlm`]: all of it behind the model-agnostic [`crate::vlm::Vlm`] interface.
 //!
 //! ```no_run
 //! # fn main() -> surveil_models::Result<()> {
-//! use std::ops::ControlFlow;
 //! use candle_core::Device;
 //! use surveil_memory::{QuantPolicy, StorageDtype};
 //! use surveil_models::qwen2_vl::*;
@@ -40,9 +41,10 @@
 //!     image_grids: images.grids,
 //!     ..Default::default()
 //! };
-//! let params = GenerationParams::greedy(64, tokenizer.stop_token_ids());
-//! let out = model.generate(&input, &params, |_token| ControlFlow::Continue(()))?;
-//! println!("{}", tokenizer.decode(&out.tokens, true)?);
+//! let stop = tokenizer.stop_token_ids();
+//! let mut hooks = surveil_models::vlm::NoHooks;
+//! let out = model.generate(&input, &GenerationParams::greedy(64), &stop, Some(&tokenizer), &mut hooks)?;
+//! println!("{}", out.text);
 //! # Ok(())
 //! # }
 //! ```
@@ -56,7 +58,9 @@ mod processor;
 mod rope_index;
 mod text;
 mod vision;
+mod vlm;
 
+pub use crate::generation::{GenerationOutput, GenerationParams, GenerationStats, StopReason};
 pub use chat::{
     render_chat, ChatMessage, ChatPrompt, ContentPart, Qwen2VlTokenizer, DEFAULT_SYSTEM_PROMPT,
     ENDOFTEXT, IMAGE_PAD, IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START,
@@ -64,13 +68,11 @@ pub use chat::{
 pub use config::{
     qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, Qwen2VlConfig, TextConfig, VisionConfig,
 };
-pub use model::{
-    GenerationOutput, GenerationParams, GenerationStats, MultimodalInput, PrefillState,
-    Qwen2VlModel, StopReason,
-};
+pub use model::{MultimodalInput, PrefillState, Qwen2VlModel, Qwen2VlSession};
 pub use processor::{
     smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO,
 };
 pub use rope_index::{rope_index, RopeIndex, VisionTokens};
 pub use text::{shares_tied_embedding, KvCache, Logits, TextModel};
 pub use vision::{GridThw, VisionOutput, VisionTower};
+pub use vlm::Qwen2VlVlm;

@@ -1,17 +1,17 @@
 //! [`Qwen2VlModel`]: vision tower + text decoder, prompt preparation (image embeddings placed
 //! on the `<|image_pad|>` tokens, M-RoPE positions), and generation with a KV cache.
 
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
 
 use super::config::Qwen2VlConfig;
 use super::rope_index::{rope_index, RopeIndex, VisionTokens};
 use super::text::{KvCache, Logits, TextModel};
 use super::vision::{GridThw, VisionTower};
-use crate::generation::{Sampling, TokenSampler};
+use crate::generation::{DecodeSession, GenerationOutput, GenerationParams};
+use crate::tokenizer::TextTokenizer;
+use crate::vlm::GenerationHooks;
 use crate::weights::Weights;
 use crate::{ModelError, Result};
 
@@ -42,77 +42,6 @@ pub struct PrefillState {
     pub vision_time: Duration,
     /// Time spent in the decoder prefill.
     pub prefill_time: Duration,
-}
-
-/// How to generate.
-#[derive(Debug, Clone)]
-pub struct GenerationParams {
-    /// Upper bound on new tokens.
-    pub max_new_tokens: usize,
-    /// Greedy or temperature + top-p.
-    pub sampling: Sampling,
-    /// Seed of the sampler (ignored for greedy).
-    pub seed: u64,
-    /// Token ids that end generation (the stop token is included in the output).
-    pub stop_tokens: Vec<u32>,
-}
-
-impl GenerationParams {
-    /// Greedy decoding of up to `max_new_tokens`, stopping at `stop_tokens`.
-    pub fn greedy(max_new_tokens: usize, stop_tokens: Vec<u32>) -> Self {
-        Self {
-            max_new_tokens,
-            sampling: Sampling::Greedy,
-            seed: 0,
-            stop_tokens,
-        }
-    }
-}
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StopReason {
-    /// A stop token was produced (it is the last output token).
-    StopToken(u32),
-    /// `max_new_tokens` were produced.
-    MaxNewTokens,
-    /// The context (`max_position_embeddings`) is full.
-    ContextFull,
-    /// The streaming callback asked to stop.
-    Cancelled,
-}
-
-/// Timings of one generation.
-#[derive(Debug, Clone, Serialize)]
-pub struct GenerationStats {
-    /// Prompt length in tokens.
-    pub prompt_tokens: usize,
-    /// Tokens produced.
-    pub generated_tokens: usize,
-    /// Vision tower time (seconds).
-    pub vision_s: f64,
-    /// Decoder prefill time (seconds).
-    pub prefill_s: f64,
-    /// From the call to the first sampled token (vision + prefill + sampling), seconds.
-    pub time_to_first_token_s: f64,
-    /// Time of the incremental decode steps (after the first token), seconds.
-    pub decode_s: f64,
-    /// Decode speed: tokens after the first divided by `decode_s`.
-    pub decode_tokens_per_s: f64,
-    /// Wall time of the whole call, seconds.
-    pub total_s: f64,
-}
-
-/// Result of [`Qwen2VlModel::generate`].
-#[derive(Debug, Clone, Serialize)]
-pub struct GenerationOutput {
-    /// New token ids (including the stop token when one ended generation).
-    pub tokens: Vec<u32>,
-    /// Why it ended.
-    pub stop_reason: StopReason,
-    /// Timings.
-    pub stats: GenerationStats,
 }
 
 /// Qwen2-VL for conditional generation.
@@ -308,95 +237,94 @@ impl Qwen2VlModel {
         self.text.forward(&e, [&p, &p, &p], cache, Logits::Last)
     }
 
-    /// Generate from a prompt. `on_token` is called with each new token as soon as it is
-    /// chosen; returning `ControlFlow::Break(())` stops generation.
+    /// A decode session of `input` for the shared generation loop. The prompt is checked
+    /// here (non-empty, inside the context, placeholders matching the grids); the vision
+    /// tower runs in [`DecodeSession::encode_images`].
+    pub fn session<'a>(&'a self, input: &'a MultimodalInput) -> Result<Qwen2VlSession<'a>> {
+        self.check_prompt(input)?;
+        let rope = self.rope_index(input)?;
+        let position = rope.next_position();
+        let ctx = self.cfg.text.max_position_embeddings;
+        if position as usize >= ctx {
+            return Err(ModelError::InvalidInput(format!(
+                "prompt reaches position {position}, beyond the context of {ctx}"
+            )));
+        }
+        Ok(Qwen2VlSession {
+            model: self,
+            input,
+            rope,
+            embeds: None,
+            cache: self.text.new_cache(),
+            position,
+        })
+    }
+
+    /// Generate from a prompt with the shared loop ([`crate::generation::generate`]):
+    /// stops at any of `stop_tokens` (left out of the output), after
+    /// `params.max_new_tokens`, when the context is full, or when a hook says so. With
+    /// `tokenizer`, the hooks and the output get the text of the tokens.
     pub fn generate(
         &self,
         input: &MultimodalInput,
         params: &GenerationParams,
-        mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+        stop_tokens: &[u32],
+        tokenizer: Option<&dyn TextTokenizer>,
+        hooks: &mut dyn GenerationHooks,
     ) -> Result<GenerationOutput> {
-        let start = Instant::now();
+        let started = Instant::now();
         let _span =
             tracing::info_span!("qwen2_vl_generate", prompt = input.input_ids.len()).entered();
-        let mut sampler = TokenSampler::new(params.sampling, params.seed);
-        let mut tokens = Vec::new();
-        let ctx = self.cfg.text.max_position_embeddings as i64;
-        if params.max_new_tokens == 0 {
-            self.check_prompt(input)?;
-            self.rope_index(input)?;
-            return Ok(GenerationOutput {
-                tokens,
-                stop_reason: StopReason::MaxNewTokens,
-                stats: GenerationStats {
-                    prompt_tokens: input.input_ids.len(),
-                    generated_tokens: 0,
-                    vision_s: 0.0,
-                    prefill_s: 0.0,
-                    time_to_first_token_s: 0.0,
-                    decode_s: 0.0,
-                    decode_tokens_per_s: 0.0,
-                    total_s: start.elapsed().as_secs_f64(),
-                },
-            });
-        }
-        let mut state = self.prefill(input, Logits::Last)?;
-        let mut position = state.rope.next_position();
-        let mut logits = TextModel::last_logits_vec(&state.logits)?;
-        let mut ttft = Duration::ZERO;
-        let mut decode_start = Instant::now();
-        let stop_reason = loop {
-            let tok = sampler.sample_slice(&logits)?;
-            tokens.push(tok);
-            if tokens.len() == 1 {
-                ttft = start.elapsed();
-                decode_start = Instant::now();
-            }
-            if on_token(tok).is_break() {
-                break StopReason::Cancelled;
-            }
-            if params.stop_tokens.contains(&tok) {
-                break StopReason::StopToken(tok);
-            }
-            if tokens.len() >= params.max_new_tokens {
-                break StopReason::MaxNewTokens;
-            }
-            if position >= ctx {
-                break StopReason::ContextFull;
-            }
-            let l = self.decode_step(tok, position, &mut state.cache)?;
-            logits = TextModel::last_logits_vec(&l)?;
-            position += 1;
+        let mut session = self.session(input)?;
+        crate::generation::generate(&mut session, tokenizer, params, stop_tokens, hooks, started)
+    }
+}
+
+/// One prompt of a [`Qwen2VlModel`] being decoded: input embeddings, M-RoPE positions and the
+/// KV cache. Built by [`Qwen2VlModel::session`].
+pub struct Qwen2VlSession<'a> {
+    model: &'a Qwen2VlModel,
+    input: &'a MultimodalInput,
+    rope: RopeIndex,
+    embeds: Option<Tensor>,
+    cache: KvCache,
+    /// The M-RoPE position of the next token fed.
+    position: i64,
+}
+
+impl DecodeSession for Qwen2VlSession<'_> {
+    fn prompt_tokens(&self) -> usize {
+        self.input.input_ids.len()
+    }
+
+    fn encode_images(&mut self) -> Result<()> {
+        self.embeds = Some(self.model.input_embeddings(self.input)?);
+        Ok(())
+    }
+
+    fn prefill(&mut self) -> Result<Vec<f32>> {
+        let embeds = match self.embeds.take() {
+            Some(e) => e,
+            None => self.model.input_embeddings(self.input)?,
         };
-        let decode_s = if tokens.len() > 1 {
-            decode_start.elapsed().as_secs_f64()
-        } else {
-            0.0
-        };
-        let stats = GenerationStats {
-            prompt_tokens: input.input_ids.len(),
-            generated_tokens: tokens.len(),
-            vision_s: state.vision_time.as_secs_f64(),
-            prefill_s: state.prefill_time.as_secs_f64(),
-            time_to_first_token_s: ttft.as_secs_f64(),
-            decode_s,
-            decode_tokens_per_s: if decode_s > 0.0 {
-                (tokens.len() - 1) as f64 / decode_s
-            } else {
-                0.0
-            },
-            total_s: start.elapsed().as_secs_f64(),
-        };
-        tracing::info!(
-            generated = stats.generated_tokens,
-            ttft_s = stats.time_to_first_token_s,
-            tok_per_s = stats.decode_tokens_per_s,
-            "qwen2-vl generation done"
-        );
-        Ok(GenerationOutput {
-            tokens,
-            stop_reason,
-            stats,
-        })
+        let [p0, p1, p2] = &self.rope.positions;
+        let logits =
+            self.model
+                .text
+                .forward(&embeds, [p0, p1, p2], &mut self.cache, Logits::Last)?;
+        TextModel::last_logits_vec(&logits)
+    }
+
+    fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        let logits = self
+            .model
+            .decode_step(token, self.position, &mut self.cache)?;
+        self.position += 1;
+        TextModel::last_logits_vec(&logits)
+    }
+
+    fn remaining_context(&self) -> usize {
+        let ctx = self.model.cfg.text.max_position_embeddings as i64;
+        (ctx - self.position).max(0) as usize
     }
 }

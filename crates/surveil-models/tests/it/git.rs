@@ -497,3 +497,180 @@ fn git_base_coco_full_size_dummy_4bit() {
     assert_eq!(ids[0].len(), 4);
     assert!(ids[0].iter().all(|&t| (t as usize) < cfg.vocab_size));
 }
+
+/// GIT behind the model-agnostic interface: one image through the shared loop gives the
+/// batched loop's tokens (stop token excluded), the prompt is ignored, and anything but one
+/// image is refused. Also through the model manager (tokenizer from the asset cache).
+#[test]
+fn git_vlm_captions_like_the_batch_loop() {
+    use std::ops::ControlFlow;
+    use std::sync::Arc;
+    use surveil_models::generation::{GenerationParams, StopReason};
+    use surveil_models::vlm::{NoHooks, OnToken, Vlm, VlmKind, VlmRequest};
+    let all = cases(&fixtures_dir().join("tokenizers"));
+    let Some(tok) = bert_tokenizer(&all["bert"]) else {
+        return;
+    };
+    let model = load_fixture_model();
+    let cfg = model.config().clone();
+    let size = cfg.vision_config.image_size as u32;
+    let processor = ClipProcessor::new(ClipProcessorConfig::square(size), Device::Cpu);
+    let vlm = surveil_models::git::GitVlm::new(
+        "git-base-coco",
+        Arc::new(model.clone()),
+        processor.clone(),
+        tok.clone(),
+    )
+    .unwrap();
+    assert_eq!(vlm.kind(), VlmKind::Captioner);
+    assert_eq!(vlm.model_id(), "git-base-coco");
+    let images = fixtures_dir().join("processors/images");
+    for file in ["vtest_frame.png", "synthetic.png"] {
+        let frame = image::open(images.join(file)).unwrap().to_rgb8();
+        let frames = [frame];
+        let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
+        let pixels = processor.preprocess(&frames[0]).unwrap();
+        // Without a stop token: exactly the batch loop's 8 tokens.
+        let reference = model
+            .generate(&pixels, &[cfg.bos_token_id], 8, &mut sampler, None)
+            .unwrap()
+            .remove(0);
+        // Forbid [SEP] so the shared loop runs the full 8 tokens too.
+        struct NoSep(u32);
+        impl surveil_models::vlm::GenerationHooks for NoSep {
+            fn mask_logits(&mut self, logits: &mut [f32]) -> surveil_models::Result<()> {
+                logits[self.0 as usize] = f32::NEG_INFINITY;
+                Ok(())
+            }
+        }
+        let req = VlmRequest {
+            images: &frames,
+            system: None,
+            prompt: "ignored",
+        };
+        let greedy = GenerationParams::greedy(8);
+        let out = vlm
+            .analyse(&req, &greedy, &mut NoSep(cfg.eos_token_id))
+            .unwrap();
+        if !reference.contains(&cfg.eos_token_id) {
+            assert_eq!(out.tokens, reference, "{file}");
+            assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
+        }
+        // With the stop rule: the captioner's batch of one and the batch loop with [SEP].
+        let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
+        let stopped = model
+            .generate(
+                &pixels,
+                &[cfg.bos_token_id],
+                8,
+                &mut sampler,
+                Some(cfg.eos_token_id),
+            )
+            .unwrap()
+            .remove(0);
+        let mut streamed = String::new();
+        let out = vlm
+            .analyse(
+                &req,
+                &greedy,
+                &mut OnToken(|_, piece: &str| {
+                    streamed.push_str(piece);
+                    ControlFlow::Continue(())
+                }),
+            )
+            .unwrap();
+        assert_eq!(out.tokens, stopped, "{file}");
+        assert!(!out.tokens.contains(&cfg.eos_token_id));
+        if out.tokens.len() < 8 {
+            assert_eq!(out.stop_reason, StopReason::StopToken(cfg.eos_token_id));
+        }
+        assert_eq!(out.text, tok.decode(&stopped).unwrap());
+        assert_eq!(streamed.trim(), out.text);
+        assert_eq!(out.reasoning, None);
+        assert_eq!(out.timings.generated_tokens, out.tokens.len());
+        assert_eq!(
+            out.timings.prompt_tokens,
+            model.num_image_tokens() + 1,
+            "image tokens + [CLS]"
+        );
+        // The prompt and system text change nothing for a captioner.
+        let other = VlmRequest {
+            images: &frames,
+            system: Some("Be brief."),
+            prompt: "What is happening?",
+        };
+        assert_eq!(
+            vlm.analyse(&other, &greedy, &mut NoHooks).unwrap().tokens,
+            stopped
+        );
+    }
+    // Exactly one image.
+    let frame = image::open(images.join("small.png")).unwrap().to_rgb8();
+    for imgs in [vec![], vec![frame.clone(), frame]] {
+        let req = VlmRequest {
+            images: &imgs,
+            system: None,
+            prompt: "",
+        };
+        let err = vlm
+            .analyse(&req, &GenerationParams::greedy(2), &mut NoHooks)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exactly one image"), "{err}");
+    }
+}
+
+/// The model manager builds the text side right after the weights: the fixture checkpoint has
+/// no tokenizer, so the asset cache's is used, and `vlm()` answers like a hand-built GitVlm.
+#[test]
+fn git_manager_builds_the_vlm() {
+    use surveil_models::generation::GenerationParams;
+    use surveil_models::manager::{LoadOptions, ModelManager};
+    use surveil_models::vlm::{NoHooks, VlmKind, VlmRequest};
+    let all = cases(&fixtures_dir().join("tokenizers"));
+    let Some(tok) = bert_tokenizer(&all["bert"]) else {
+        return;
+    };
+    let opts = LoadOptions {
+        weights: surveil_config::WeightsSpec::Dir(git_dir()),
+        device: surveil_config::Device::Cpu,
+        quant: surveil_config::Quant::F32,
+        hub_cache: PathBuf::from("/nonexistent/hub"),
+        model_dir: None,
+        progress: None,
+        dummy_seed: 0,
+    };
+    let mut m = ModelManager::new();
+    let summary = m.load("git-base-coco", &opts).unwrap();
+    assert_eq!(summary.checkpoint_dir.as_deref(), Some(git_dir().as_path()));
+    assert!(m.memory().get("after_load").is_some());
+    let vlm = m.vlm().unwrap();
+    assert_eq!(vlm.kind(), VlmKind::Captioner);
+    assert_eq!(vlm.model_id(), "git-base-coco");
+    assert_eq!(vlm.tokenizer().stop_token_ids(), vec![102], "[SEP]");
+    let frames = [
+        image::open(fixtures_dir().join("processors/images/vtest_frame.png"))
+            .unwrap()
+            .to_rgb8(),
+    ];
+    let req = VlmRequest {
+        images: &frames,
+        system: None,
+        prompt: "",
+    };
+    let out = vlm
+        .analyse(&req, &GenerationParams::greedy(5), &mut NoHooks)
+        .unwrap();
+    let model = load_fixture_model();
+    let size = model.config().vision_config.image_size as u32;
+    let processor = ClipProcessor::new(ClipProcessorConfig::square(size), Device::Cpu);
+    let settings = CaptionSettings {
+        max_new_tokens: 5,
+        ..CaptionSettings::default()
+    };
+    let captioner = GitCaptioner::new(processor, tok, model, settings).unwrap();
+    assert_eq!(out.tokens, captioner.caption_ids(&frames).unwrap()[0]);
+    assert_eq!(out.text, captioner.caption(&frames).unwrap()[0]);
+    m.unload();
+    assert!(m.vlm().is_none());
+}

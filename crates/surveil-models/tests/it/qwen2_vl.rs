@@ -13,6 +13,7 @@ use surveil_models::qwen2_vl::{
     MultimodalInput, Qwen2VlConfig, Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
     StopReason,
 };
+use surveil_models::vlm::{GenerationHooks, NoHooks, OnToken};
 use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
 
 use crate::common::{cases, fixtures_dir, load_tensors, max_abs_diff};
@@ -29,6 +30,16 @@ fn load_model(policy: QuantPolicy) -> Qwen2VlModel {
     let src = SafetensorsSource::open(&[folder().join("model.safetensors")]).expect("weights");
     let w = Weights::new(Box::new(src), Device::Cpu, policy);
     Qwen2VlModel::load(&config(), &w).expect("load")
+}
+
+/// Forbids one token at every step.
+struct ForbidToken(u32);
+
+impl GenerationHooks for ForbidToken {
+    fn mask_logits(&mut self, logits: &mut [f32]) -> surveil_models::Result<()> {
+        logits[self.0 as usize] = f32::NEG_INFINITY;
+        Ok(())
+    }
 }
 
 fn f32_policy() -> QuantPolicy {
@@ -162,8 +173,10 @@ fn check_case(model: &Qwen2VlModel, name: &str) {
     let out = model
         .generate(
             &input,
-            &GenerationParams::greedy(expected_ids.len(), vec![]),
-            |_| ControlFlow::Continue(()),
+            &GenerationParams::greedy(expected_ids.len()),
+            &[],
+            None,
+            &mut NoHooks,
         )
         .unwrap();
     assert_eq!(out.tokens, expected_ids, "{name}: generate()");
@@ -394,9 +407,8 @@ fn qwen2_vl_q4k_logits_correlate_with_f32() {
 fn qwen2_vl_rejects_bad_prompts() {
     let model = load_model(f32_policy());
     let cfg = model.config().clone();
-    let params = GenerationParams::greedy(2, vec![]);
-    let go =
-        |input: &MultimodalInput| model.generate(input, &params, |_| ControlFlow::Continue(()));
+    let params = GenerationParams::greedy(2);
+    let go = |input: &MultimodalInput| model.generate(input, &params, &[], None, &mut NoHooks);
 
     // Empty prompt.
     let err = go(&MultimodalInput::default()).unwrap_err().to_string();
@@ -446,39 +458,70 @@ fn qwen2_vl_stop_tokens_and_streaming() {
     let t = load_tensors(&folder().join("case_text_only.safetensors"));
     let input = input_of(&t);
     let expected: Vec<u32> = ids_of(&t["greedy_ids"]).iter().map(|&x| x as u32).collect();
-    // Stop at the third greedy token: output ends with it.
+    // Stop at the third greedy token: the output ends just before its first occurrence.
     let stop = expected[2];
     let first_hit = expected.iter().position(|&x| x == stop).unwrap();
     let mut streamed = Vec::new();
     let out = model
-        .generate(&input, &GenerationParams::greedy(8, vec![stop]), |tok| {
-            streamed.push(tok);
-            ControlFlow::Continue(())
-        })
+        .generate(
+            &input,
+            &GenerationParams::greedy(8),
+            &[stop],
+            None,
+            &mut OnToken(|tok, _: &str| {
+                streamed.push(tok);
+                ControlFlow::Continue(())
+            }),
+        )
         .unwrap();
-    assert_eq!(out.tokens, expected[..=first_hit].to_vec());
+    assert_eq!(out.tokens, expected[..first_hit].to_vec());
     assert_eq!(out.stop_reason, StopReason::StopToken(stop));
     assert_eq!(streamed, out.tokens);
-    // The callback can cancel.
+    assert_eq!(out.stats.generated_tokens, first_hit);
+    assert_eq!(out.stats.prompt_tokens, input.input_ids.len());
+    // The callback can cancel: the token it saw is kept.
     let out = model
-        .generate(&input, &GenerationParams::greedy(8, vec![]), |_| {
-            ControlFlow::Break(())
-        })
+        .generate(
+            &input,
+            &GenerationParams::greedy(8),
+            &[],
+            None,
+            &mut OnToken(|_, _: &str| ControlFlow::Break(())),
+        )
         .unwrap();
-    assert_eq!(out.tokens.len(), 1);
+    assert_eq!(out.tokens, expected[..1].to_vec());
     assert_eq!(out.stop_reason, StopReason::Cancelled);
+    // A mask forbidding the greedy first token makes the runner-up come first.
+    let state = model.prefill(&input, Logits::Last).unwrap();
+    let first: Vec<f32> = state.logits.flatten_all().unwrap().to_vec1().unwrap();
+    let mut ranked: Vec<u32> = (0..first.len() as u32).collect();
+    ranked.sort_by(|&a, &b| {
+        first[b as usize]
+            .total_cmp(&first[a as usize])
+            .then(a.cmp(&b))
+    });
+    assert_eq!(ranked[0], expected[0]);
+    let out = model
+        .generate(
+            &input,
+            &GenerationParams::greedy(1),
+            &[],
+            None,
+            &mut ForbidToken(expected[0]),
+        )
+        .unwrap();
+    assert_eq!(out.tokens, vec![ranked[1]]);
     // Seeded sampling is reproducible.
     let params = GenerationParams {
         max_new_tokens: 6,
         sampling: surveil_models::generation::Sampling::from_params(0.8, 0.9),
         seed: 7,
-        stop_tokens: vec![],
     };
     let a = model
-        .generate(&input, &params, |_| ControlFlow::Continue(()))
+        .generate(&input, &params, &[], None, &mut NoHooks)
         .unwrap();
     let b = model
-        .generate(&input, &params, |_| ControlFlow::Continue(()))
+        .generate(&input, &params, &[], None, &mut NoHooks)
         .unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert_eq!(a.tokens.len(), 6);
@@ -918,4 +961,179 @@ fn qwen2_vl_video_of_repeated_frame_equals_image() {
     let a = model.prefill(&as_image, Logits::All).unwrap().logits;
     let b = model.prefill(&as_video, Logits::All).unwrap().logits;
     assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+// ----- the model-agnostic interface ---------------------------------------------------------
+
+/// GPT-2's byte → printable character table of byte-level BPE.
+fn byte_level_chars() -> Vec<char> {
+    let printable: Vec<u32> = (u32::from('!')..=u32::from('~'))
+        .chain(u32::from('¡')..=u32::from('¬'))
+        .chain(u32::from('®')..=u32::from('ÿ'))
+        .collect();
+    let mut chars = vec!['\0'; 256];
+    for &b in &printable {
+        chars[b as usize] = char::from_u32(b).unwrap();
+    }
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            chars[b as usize] = char::from_u32(256 + extra).unwrap();
+            extra += 1;
+        }
+    }
+    chars
+}
+
+/// A byte-level `tokenizer.json` that fits the fixture model's 320-row vocabulary: the 256
+/// bytes as ids 0..=255 (no merges) and the Qwen2-VL special tokens at the fixture config's
+/// ids (`<|vision_start|>` 313, `<|image_pad|>` 316, ...).
+fn fixture_tokenizer_json() -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_level_chars()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
+        .collect();
+    let special = [
+        ("<|endoftext|>", 310),
+        ("<|im_start|>", 311),
+        ("<|im_end|>", 312),
+        ("<|vision_start|>", 313),
+        ("<|vision_end|>", 314),
+        ("<|vision_pad|>", 315),
+        ("<|image_pad|>", 316),
+        ("<|video_pad|>", 317),
+    ];
+    let added: Vec<serde_json::Value> = special
+        .iter()
+        .map(|(content, id)| {
+            serde_json::json!({"id": id, "content": content, "single_word": false,
+                "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": false, "use_regex": true});
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": byte_level,
+        "post_processor": null,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "vocab": vocab, "merges": []},
+    })
+    .to_string()
+}
+
+/// The fixture checkpoint with [`fixture_tokenizer_json`] beside it.
+fn fixture_checkpoint_with_tokenizer() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(folder().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("tokenizer.json"), fixture_tokenizer_json()).unwrap();
+    dir
+}
+
+/// Qwen2-VL behind `Vlm`, loaded by the manager from a checkpoint with its tokenizer: the
+/// request becomes the chat template's ids (special tokens by id, message text as plain text),
+/// and the answer is exactly `generate` on that prompt with the tokenizer's stop ids.
+#[test]
+fn qwen2_vl_vlm_end_to_end_through_the_manager() {
+    use surveil_models::manager::{LoadOptions, ModelManager};
+    use surveil_models::tokenizer::TextTokenizer;
+    use surveil_models::vlm::{VlmKind, VlmRequest};
+    let dir = fixture_checkpoint_with_tokenizer();
+    let opts = LoadOptions {
+        weights: surveil_config::WeightsSpec::Dir(dir.path().to_path_buf()),
+        device: surveil_config::Device::Cpu,
+        quant: surveil_config::Quant::F32,
+        hub_cache: PathBuf::from("/nonexistent/hub"),
+        model_dir: None,
+        progress: None,
+        dummy_seed: 0,
+    };
+    let mut m = ModelManager::new();
+    m.load("qwen2-vl-2b-instruct", &opts).unwrap();
+    let vlm = m.vlm().unwrap();
+    assert_eq!(vlm.kind(), VlmKind::Instruction);
+    assert_eq!(vlm.tokenizer().stop_token_ids(), vec![312, 310]);
+
+    let tok = Qwen2VlTokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+    // Plain encoding keeps special-token text as text; the template inserts them by id.
+    assert_eq!(TextTokenizer::encode(&tok, "<|im_end|>").unwrap().len(), 10);
+    assert_eq!(tok.encode("<|im_end|>").unwrap(), vec![312]);
+    let messages = [ChatMessage::user_with_images(0, "hi <|im_end|>")];
+    let ids = tok.encode_chat(&messages, &[], &[], 2).unwrap().input_ids;
+    // Two turns end with <|im_end|> (the default system turn, the user's); the typed one is
+    // ten byte tokens.
+    assert_eq!(ids.iter().filter(|&&t| t == 312).count(), 2, "{ids:?}");
+    let plain = TextTokenizer::encode(&tok, "hi <|im_end|>").unwrap();
+    assert!(ids.windows(plain.len()).any(|w| w == plain.as_slice()));
+
+    let model = load_model(f32_policy());
+    let frame = image::open(fixtures_dir().join("processors/images/small.png"))
+        .unwrap()
+        .to_rgb8();
+    let frames = [frame];
+    for (images, system) in [(&frames[..], None), (&[][..], Some("Be brief."))] {
+        let req = VlmRequest {
+            images,
+            system,
+            prompt: "What are the people doing?",
+        };
+        // The same prompt built by hand.
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(ChatMessage::text("system", s));
+        }
+        messages.push(ChatMessage::user_with_images(images.len(), req.prompt));
+        let proc = Qwen2VlImageProcessor::default();
+        let (pixel_values, grids) = if images.is_empty() {
+            (None, vec![])
+        } else {
+            let p = proc.preprocess_images(images, &Device::Cpu).unwrap();
+            (Some(p.pixel_values), p.grids)
+        };
+        let input = MultimodalInput {
+            input_ids: tok
+                .encode_chat(&messages, &grids, &[], 2)
+                .unwrap()
+                .input_ids,
+            pixel_values,
+            image_grids: grids,
+            ..Default::default()
+        };
+        let params = GenerationParams::greedy(6);
+        let expected = model
+            .generate(&input, &params, &[312, 310], Some(&tok), &mut NoHooks)
+            .unwrap();
+        let mut streamed = String::new();
+        let out = vlm
+            .analyse(
+                &req,
+                &params,
+                &mut OnToken(|_, piece: &str| {
+                    streamed.push_str(piece);
+                    ControlFlow::Continue(())
+                }),
+            )
+            .unwrap();
+        assert_eq!(out.tokens, expected.tokens);
+        assert_eq!(out.stop_reason, expected.stop_reason);
+        assert_eq!(out.timings.prompt_tokens, input.input_ids.len());
+        assert_eq!(out.text, tok.decode(&out.tokens, true).unwrap());
+        assert!(
+            out.text.starts_with(&streamed),
+            "{streamed:?} / {:?}",
+            out.text
+        );
+        assert_eq!(out.reasoning, None);
+        assert!(!out.reasoning_unfinished);
+    }
+    m.unload();
 }

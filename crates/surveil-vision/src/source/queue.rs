@@ -55,6 +55,8 @@ struct State {
     error: Option<VisionError>,
     finished: bool,
     closed: bool,
+    /// Set by an abort handle: `recv` returns `None` at once, queued frames are discarded.
+    aborted: bool,
     stats: QueueStats,
 }
 
@@ -137,6 +139,9 @@ impl FrameQueue {
     pub fn recv(&self) -> Option<Result<Frame>> {
         let mut st = self.inner.state.lock().ok()?;
         loop {
+            if st.aborted {
+                return None;
+            }
             if let Some(f) = st.items.pop_front() {
                 self.inner.not_full.notify_one();
                 return Some(Ok(f));
@@ -193,6 +198,25 @@ impl FrameQueue {
     /// The queue's policy.
     pub fn policy(&self) -> QueuePolicy {
         self.inner.policy
+    }
+
+    /// A handle, usable from any thread, that stops decoding (interrupting the source), discards
+    /// the queued frames and makes a waiting or later `recv` return `None` at once.
+    pub fn abort_handle(&self) -> InterruptHandle {
+        let inner = Arc::clone(&self.inner);
+        let source = self.interrupt.clone();
+        InterruptHandle::new(move || {
+            if let Ok(mut st) = inner.state.lock() {
+                st.closed = true;
+                st.aborted = true;
+                st.items.clear();
+            }
+            inner.not_full.notify_all();
+            inner.not_empty.notify_all();
+            if let Some(i) = &source {
+                i.interrupt();
+            }
+        })
     }
 
     /// Stops decoding; queued frames can still be received.
@@ -340,6 +364,32 @@ mod tests {
             .collect();
         assert_eq!(got, vec![37, 38, 39]);
         assert_eq!(q.stats().dropped, 37);
+    }
+
+    #[test]
+    fn abort_wakes_a_waiting_receiver() {
+        // One frame, then a source that takes 50 ms per frame: the receiver waits on the queue.
+        let src = Counting {
+            n: 1000,
+            next: 0,
+            delay: Duration::from_millis(50),
+        };
+        let q = FrameQueue::spawn(Box::new(src), 4, QueuePolicy::Block).unwrap();
+        assert_eq!(q.recv().unwrap().unwrap().index, 0);
+        let abort = q.abort_handle();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            abort.interrupt();
+        });
+        let started = Instant::now();
+        // Frame 1 may land before the abort; after it nothing more is delivered.
+        let mut after = 0;
+        while q.recv().is_some() {
+            after += 1;
+        }
+        assert!(after <= 1, "{after} frames after the abort");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
     }
 
     #[test]

@@ -5,3 +5,4 @@ mod detector_errors;
 mod parity;
 mod pipeline;
 mod sources;
+mod stream;

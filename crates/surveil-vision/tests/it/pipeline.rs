@@ -12,9 +12,11 @@ use surveil_vision::{
     VisionError,
 };
 
-use crate::common::{asset, assets_root, fixtures_root};
+use crate::common::{assets_root, fixtures_root};
+use crate::stream::required_asset as asset;
 
-fn detector() -> Option<Arc<DarknetYolo>> {
+/// The YOLOv3-tiny detector from the asset cache, loaded once per test binary.
+pub fn detector() -> Option<Arc<DarknetYolo>> {
     static D: OnceLock<Option<Arc<DarknetYolo>>> = OnceLock::new();
     D.get_or_init(|| {
         asset("yolov3-tiny/yolov3-tiny.weights")?;

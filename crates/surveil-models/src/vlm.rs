@@ -1,0 +1,259 @@
+//! One interface for every vision-language model: images + a prompt + generation parameters in,
+//! text (and a thinking model's reasoning), tokens and timings out. Each architecture
+//! implements [`Vlm`] over the shared loop of [`crate::generation::generate`]; [`build_vlm`] is
+//! the one place that matches on the architecture, so adding one means a folder and a line
+//! there.
+//!
+//! The shape follows mistral.rs (every multimodal model behind one pipeline trait) and Hugging
+//! Face transformers' logits processors / streamers for the per-step hooks.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::arch::LoadedModel;
+use crate::generation::{GenerationParams, GenerationStats, StopReason};
+use crate::tokenizer::TextTokenizer;
+use crate::{ModelError, Result};
+
+/// What a model does with the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VlmKind {
+    /// Describes the image and ignores the prompt and system text (GIT).
+    Captioner,
+    /// Follows an instruction about the images (Qwen2-VL-Instruct).
+    Instruction,
+    /// Follows an instruction after a reasoning span (Kimi-VL-Thinking).
+    Thinking,
+}
+
+/// One question about one or more images.
+#[derive(Debug, Clone, Copy)]
+pub struct VlmRequest<'a> {
+    /// The images, in the order the prompt refers to them (all placed before the prompt text).
+    pub images: &'a [RgbImage],
+    /// System text; `None` uses the model's default system prompt when it has one.
+    pub system: Option<&'a str>,
+    /// The user's text.
+    pub prompt: &'a str,
+}
+
+/// Per-call hooks of the generation loop: constrain each step, watch tokens as they come,
+/// cancel. Every method has a no-op default.
+pub trait GenerationHooks {
+    /// Before each sampling step: may set logits to `f32::NEG_INFINITY` to forbid tokens.
+    /// `logits` has one entry per row of the model's vocabulary, which can exceed the
+    /// tokenizer's table. An error ends the call with that error.
+    fn mask_logits(&mut self, logits: &mut [f32]) -> Result<()> {
+        let _ = logits;
+        Ok(())
+    }
+
+    /// After a token is chosen (never a stop token), with the text it completed (a
+    /// [`crate::tokenizer::TokenStream`] piece: empty while a character is incomplete, and for
+    /// special tokens). `Break` stops generation with [`StopReason::Cancelled`].
+    fn on_token(&mut self, token: u32, text: &str) -> ControlFlow<()> {
+        let _ = (token, text);
+        ControlFlow::Continue(())
+    }
+
+    /// Polled between stages (before and after the vision tower, after the prefill, before
+    /// every decode step): `true` abandons the call with [`StopReason::Cancelled`] and what was
+    /// generated so far.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Hooks that do nothing: plain generation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl GenerationHooks for NoHooks {}
+
+/// Hooks that only stream: a closure called with each token and its text, as
+/// [`GenerationHooks::on_token`].
+pub struct OnToken<F>(pub F);
+
+impl<F: FnMut(u32, &str) -> ControlFlow<()>> GenerationHooks for OnToken<F> {
+    fn on_token(&mut self, token: u32, text: &str) -> ControlFlow<()> {
+        (self.0)(token, text)
+    }
+}
+
+/// The answer of one [`Vlm::analyse`] call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    /// The answer: all generated text, or for a thinking model the text after its reasoning
+    /// span (empty when it stopped inside the reasoning).
+    pub text: String,
+    /// A thinking model's reasoning span (markers removed); `None` for other models.
+    pub reasoning: Option<String>,
+    /// True when generation stopped inside the reasoning span (the answer is then empty).
+    pub reasoning_unfinished: bool,
+    /// Generated token ids, the stop token excluded.
+    pub tokens: Vec<u32>,
+    /// Why generation ended.
+    pub stop_reason: StopReason,
+    /// Preprocessing, vision, prefill, time to first token, decode speed, prompt length.
+    pub timings: GenerationStats,
+}
+
+/// A resident vision-language model with its tokenizer and image processor: the one way the
+/// pipeline and the CLI call any architecture.
+pub trait Vlm: Send {
+    /// The registry id of the model (`qwen2-vl-2b-instruct`).
+    fn model_id(&self) -> &str;
+
+    /// What the model does with the prompt.
+    fn kind(&self) -> VlmKind;
+
+    /// The model's tokenizer (for stop ids, vocabulary and decoding in hooks).
+    fn tokenizer(&self) -> &dyn TextTokenizer;
+
+    /// Answer `request`: image processing, chat template, vision tower, prefill and the shared
+    /// generation loop with `hooks`, stopping at the tokenizer's stop ids.
+    ///
+    /// Errors: [`ModelError::InvalidInput`] for requests the model cannot take (no image for a
+    /// captioner, a prompt past the context), tokenizer and candle errors.
+    fn analyse(
+        &self,
+        request: &VlmRequest<'_>,
+        params: &GenerationParams,
+        hooks: &mut dyn GenerationHooks,
+    ) -> Result<Generation>;
+}
+
+/// A tokenizer file of a model: `file_name` in the checkpoint directory (where the resolved
+/// `config.json` is) when it is there, else `asset` in the asset cache
+/// ([`surveil_config::paths::asset`]). The error names every place looked at.
+pub fn find_tokenizer_file(
+    checkpoint_dir: Option<&Path>,
+    file_name: &str,
+    asset: &str,
+) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = checkpoint_dir
+        .map(|d| d.join(file_name))
+        .into_iter()
+        .chain(std::iter::once(surveil_config::paths::asset(asset)))
+        .collect();
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let looked = candidates
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(ModelError::Tokenizer {
+        path: candidates.last().cloned().unwrap_or_default(),
+        reason: format!(
+            "no {file_name} found; looked at {looked} (run scripts/setup.sh to fill the asset cache)"
+        ),
+    })
+}
+
+/// `preprocessor_config.json` of the checkpoint, when there is one.
+fn preprocessor_config(checkpoint_dir: Option<&Path>) -> Option<PathBuf> {
+    checkpoint_dir
+        .map(|d| d.join("preprocessor_config.json"))
+        .filter(|p| p.is_file())
+}
+
+/// The text side of a loaded model: its tokenizer (found with [`find_tokenizer_file`] from
+/// `checkpoint_dir`, the directory of the resolved `config.json`; `None` for dummy weights)
+/// and image processor (the checkpoint's `preprocessor_config.json`, else the published
+/// defaults) around `model`, behind [`Vlm`]. `model` shares its weights with the caller's
+/// handle; `device` is the model's.
+///
+/// The one place that matches on the architecture. Errors: a missing or unreadable tokenizer
+/// or preprocessor config.
+pub fn build_vlm(
+    model: LoadedModel,
+    device: &candle_core::Device,
+    model_id: &str,
+    checkpoint_dir: Option<&Path>,
+) -> Result<Box<dyn Vlm>> {
+    let _span = tracing::debug_span!("build_vlm", model = model_id).entered();
+    let preprocessor = preprocessor_config(checkpoint_dir);
+    Ok(match model {
+        LoadedModel::Git(git) => {
+            let path = find_tokenizer_file(
+                checkpoint_dir,
+                "tokenizer.json",
+                "tokenizers/bert-base-uncased/tokenizer.json",
+            )?;
+            let tokenizer = crate::git::GitTokenizer::from_file(&path)?;
+            let config = match preprocessor {
+                Some(p) => crate::git::ClipProcessorConfig::from_file(&p)?,
+                None => crate::git::ClipProcessorConfig::square(
+                    git.config().vision_config.image_size as u32,
+                ),
+            };
+            let processor = crate::git::ClipProcessor::new(config, device.clone());
+            Box::new(crate::git::GitVlm::new(
+                model_id, git, processor, tokenizer,
+            )?)
+        }
+        LoadedModel::Qwen2Vl(qwen) => {
+            let path = find_tokenizer_file(
+                checkpoint_dir,
+                "tokenizer.json",
+                "tokenizers/qwen2-vl/tokenizer.json",
+            )?;
+            let tokenizer = crate::qwen2_vl::Qwen2VlTokenizer::from_file(&path)?;
+            let processor = match preprocessor {
+                Some(p) => {
+                    let json = std::fs::read_to_string(&p).map_err(|source| ModelError::Io {
+                        path: p.clone(),
+                        source,
+                    })?;
+                    crate::qwen2_vl::Qwen2VlImageProcessor::from_preprocessor_config(&json)?
+                }
+                None => crate::qwen2_vl::Qwen2VlImageProcessor::default(),
+            };
+            Box::new(crate::qwen2_vl::Qwen2VlVlm::new(
+                model_id,
+                qwen,
+                tokenizer,
+                processor,
+                device.clone(),
+            ))
+        }
+        LoadedModel::KimiVl(kimi) => Box::new(crate::kimi_vl::KimiVlm::load(
+            kimi,
+            model_id,
+            checkpoint_dir,
+        )?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokenizer_is_looked_for_beside_the_checkpoint_then_in_the_asset_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let asset = "tokenizers/not-a-model/tokenizer.json";
+        let beside = dir.path().join("tokenizer.json");
+        let cached = surveil_config::paths::asset(asset);
+        let err = find_tokenizer_file(Some(dir.path()), "tokenizer.json", asset)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&beside.display().to_string()), "{err}");
+        assert!(err.contains(&cached.display().to_string()), "{err}");
+        let err = find_tokenizer_file(None, "tokenizer.json", asset)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&cached.display().to_string()), "{err}");
+        std::fs::write(&beside, "{}").unwrap();
+        assert_eq!(
+            find_tokenizer_file(Some(dir.path()), "tokenizer.json", asset).unwrap(),
+            beside
+        );
+    }
+}

@@ -1,0 +1,536 @@
+//! The analyst: the one resident vision-language model, on its own thread, behind a one-slot
+//! "latest scene wins" hand-off.
+//!
+//! The pipeline never waits for the model. [`Analyst::submit`] puts a job in the slot (a job
+//! still waiting there is replaced and counted as superseded); the thread takes the job, asks
+//! the model, turns the answer into a verdict and sends the result back, which the pipeline
+//! collects with [`Analyst::poll`]. The model is loaded on the thread before the first frame
+//! ([`Analyst::start`] returns once it is resident, or with the load error) and unloaded when
+//! the thread ends, with the memory report of the whole cycle.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use surveil_memory::MemoryReport;
+use surveil_models::constrained::{ConstraintStart, JsonSchemaConstraint};
+use surveil_models::generation::{GenerationParams, StopReason};
+use surveil_models::manager::{LoadOptions, LoadSummary, ModelManager};
+use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
+
+use crate::caption::caption_verdict;
+use crate::event::{VlmCallRecord, VlmOutcome};
+use crate::tools::Observation;
+use crate::verdict::{parse_verdict, verdict_json_schema, ParsedVerdict, VerdictSource};
+use crate::{OrchestratorError, Result};
+
+/// The text that closes a thinking model's reasoning span; the JSON constraint starts after it.
+pub const THINK_END: &str = "◁/think▷";
+
+/// How the analyst loads and asks its model.
+#[derive(Clone)]
+pub struct AnalystConfig {
+    /// Primary model id.
+    pub model: String,
+    /// Tried in order when the primary fails to load and `enable_fallback` is on.
+    pub fallback_models: Vec<String>,
+    /// Whether fallbacks are tried.
+    pub enable_fallback: bool,
+    /// How to load.
+    pub load: LoadOptions,
+    /// Generation limits and sampling.
+    pub generation: GenerationParams,
+    /// Time limit of one analysis, from the moment the thread takes the job.
+    pub timeout: Duration,
+    /// Constrain instruction models' answers to the verdict schema.
+    pub constrained: bool,
+}
+
+/// One request for an analysis. `C` is the caller's context, handed back with the result.
+pub struct AnalysisJob<C> {
+    /// Images: the frame, then optionally a crop of the person of interest.
+    pub images: Vec<RgbImage>,
+    /// System turn.
+    pub system: String,
+    /// User turn.
+    pub prompt: String,
+    /// Tool observations of the frame (captioner verdicts are built from them).
+    pub observations: Vec<Observation>,
+    /// Why the VLM was asked (`persons_present`, `tool_cue`, `periodic`).
+    pub trigger: String,
+    /// The caller's context (the frame, its tracks, ...).
+    pub context: C,
+}
+
+/// What came back.
+pub struct AnalysisResult<C> {
+    /// The verdict as read from the answer (`parse_failed` ones included, with the raw text);
+    /// `None` when generation failed, timed out or was cancelled.
+    pub verdict: Option<ParsedVerdict>,
+    /// The call's record for the event.
+    pub record: VlmCallRecord,
+    /// The caller's context of the job.
+    pub context: C,
+}
+
+/// What the thread reports when it ends.
+#[derive(Debug, Clone)]
+pub struct AnalystExit {
+    /// Memory snapshots of the load cycle: before and after load, after the first
+    /// inference, after unload.
+    pub memory: MemoryReport,
+    /// Analyses run.
+    pub analyses: u64,
+}
+
+struct Slot<C> {
+    pending: Option<(AnalysisJob<C>, Instant)>,
+    stop: bool,
+}
+
+struct Shared<C> {
+    slot: Mutex<Slot<C>>,
+    wake: Condvar,
+    busy: AtomicBool,
+    /// Abandon the analysis in flight (Ctrl-C).
+    cancel: AtomicBool,
+}
+
+/// Handle of the analyst thread.
+pub struct Analyst<C: Send + 'static> {
+    shared: Arc<Shared<C>>,
+    results: Receiver<AnalysisResult<C>>,
+    handle: Option<JoinHandle<AnalystExit>>,
+    model_id: String,
+    kind: VlmKind,
+    load: LoadSummary,
+    failures: Vec<(String, String)>,
+    superseded: u64,
+}
+
+impl<C: Send + 'static> Analyst<C> {
+    /// Start the thread, load the model on it and wait until it is resident. Returns the load
+    /// error (after the failed attempts were released) when no model could be loaded.
+    pub fn start(config: AnalystConfig) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot {
+                pending: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            busy: AtomicBool::new(false),
+            cancel: AtomicBool::new(false),
+        });
+        let (result_tx, results) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("surveil-analyst".into())
+            .spawn(move || analyst_thread(config, thread_shared, ready_tx, result_tx))
+            .map_err(|e| OrchestratorError::Config(format!("cannot start the analyst: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(ready)) => Ok(Self {
+                shared,
+                results,
+                handle: Some(handle),
+                model_id: ready.model_id,
+                kind: ready.kind,
+                load: ready.load,
+                failures: ready.failures,
+                superseded: 0,
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(OrchestratorError::ThreadLost("analyst".into()))
+            }
+        }
+    }
+
+    /// Id of the resident model.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Captioner, instruction or thinking model.
+    pub fn kind(&self) -> VlmKind {
+        self.kind
+    }
+
+    /// What the load did.
+    pub fn load_summary(&self) -> &LoadSummary {
+        &self.load
+    }
+
+    /// Models that failed to load before the resident one (id, error).
+    pub fn load_failures(&self) -> &[(String, String)] {
+        &self.failures
+    }
+
+    /// True while an analysis runs or waits in the slot.
+    pub fn is_busy(&self) -> bool {
+        self.shared.busy.load(Ordering::SeqCst)
+            || self
+                .shared
+                .slot
+                .lock()
+                .map(|s| s.pending.is_some())
+                .unwrap_or(false)
+    }
+
+    /// Jobs replaced in the slot by a newer one before the model took them.
+    pub fn superseded(&self) -> u64 {
+        self.superseded
+    }
+
+    /// Hand a job over; a job still waiting in the slot is replaced (latest scene wins) and
+    /// returned so the caller can count it.
+    pub fn submit(&mut self, job: AnalysisJob<C>) -> Option<AnalysisJob<C>> {
+        let old = match self.shared.slot.lock() {
+            Ok(mut slot) => slot.pending.replace((job, Instant::now())).map(|(j, _)| j),
+            Err(_) => None,
+        };
+        if old.is_some() {
+            self.superseded += 1;
+        }
+        self.shared.wake.notify_all();
+        old
+    }
+
+    /// Results that arrived since the last call, without waiting.
+    pub fn poll(&self) -> Vec<AnalysisResult<C>> {
+        self.results.try_iter().collect()
+    }
+
+    /// Wait up to `timeout` for one result.
+    pub fn wait_result(&self, timeout: Duration) -> Option<AnalysisResult<C>> {
+        self.results.recv_timeout(timeout).ok()
+    }
+
+    /// End the thread. With `abandon`, the analysis in flight is cancelled at its next
+    /// checkpoint; otherwise it may finish (within its own timeout). A job still waiting in
+    /// the slot is dropped and returned. Waits at most `grace` for the thread (which unloads
+    /// the model); returns its exit report, the last results, and the dropped job, or `None`
+    /// for the report when the thread did not end in time (it is left to finish on its own).
+    pub fn finish(
+        mut self,
+        abandon: bool,
+        grace: Duration,
+    ) -> (
+        Option<AnalystExit>,
+        Vec<AnalysisResult<C>>,
+        Option<AnalysisJob<C>>,
+    ) {
+        if abandon {
+            self.shared.cancel.store(true, Ordering::SeqCst);
+        }
+        let dropped = match self.shared.slot.lock() {
+            Ok(mut slot) => {
+                slot.stop = true;
+                slot.pending.take().map(|(j, _)| j)
+            }
+            Err(_) => None,
+        };
+        self.shared.wake.notify_all();
+        let deadline = Instant::now() + grace;
+        let mut results = Vec::new();
+        let handle = self.handle.take();
+        let exit = match handle {
+            Some(h) => {
+                while !h.is_finished() && Instant::now() < deadline {
+                    if let Some(r) = self.wait_result(Duration::from_millis(50)) {
+                        results.push(r);
+                    }
+                }
+                if h.is_finished() {
+                    h.join().ok()
+                } else {
+                    tracing::warn!(
+                        grace_s = grace.as_secs_f64(),
+                        "the analyst did not stop in time; leaving it"
+                    );
+                    None
+                }
+            }
+            None => None,
+        };
+        results.extend(self.results.try_iter());
+        (exit, results, dropped)
+    }
+}
+
+struct Ready {
+    model_id: String,
+    kind: VlmKind,
+    load: LoadSummary,
+    failures: Vec<(String, String)>,
+}
+
+/// Hooks of one analysis: the schema constraint, the deadline, and cancellation.
+struct AnalysisHooks<'a> {
+    constraint: Option<JsonSchemaConstraint>,
+    constrained: bool,
+    constraint_error: Option<String>,
+    deadline: Instant,
+    cancel: &'a AtomicBool,
+    timed_out: bool,
+}
+
+impl GenerationHooks for AnalysisHooks<'_> {
+    fn mask_logits(&mut self, logits: &mut [f32]) -> surveil_models::Result<()> {
+        match self.constraint.as_mut() {
+            Some(c) => c.mask(logits),
+            None => Ok(()),
+        }
+    }
+
+    fn on_token(&mut self, token: u32, text: &str) -> ControlFlow<()> {
+        if let Some(c) = self.constraint.as_mut() {
+            if let Err(e) = c.commit(token, text) {
+                self.constraint_error = Some(e.to_string());
+                return ControlFlow::Break(());
+            }
+        }
+        if self.cancelled() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst) || Instant::now() >= self.deadline
+    }
+}
+
+fn analyst_thread<C: Send>(
+    config: AnalystConfig,
+    shared: Arc<Shared<C>>,
+    ready: Sender<Result<Ready>>,
+    results: Sender<AnalysisResult<C>>,
+) -> AnalystExit {
+    let mut manager = ModelManager::new();
+    let loaded = manager
+        .load_with_fallback(
+            &config.model,
+            &config.fallback_models,
+            config.enable_fallback,
+            &config.load,
+        )
+        .map(|(summary, failures)| (summary.clone(), failures));
+    let (load, failures) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return AnalystExit {
+                memory: manager.memory().clone(),
+                analyses: 0,
+            };
+        }
+    };
+    let Some(vlm) = manager.vlm() else {
+        let _ = ready.send(Err(OrchestratorError::Config(
+            "the model loaded but has no text side".into(),
+        )));
+        manager.unload();
+        return AnalystExit {
+            memory: manager.memory().clone(),
+            analyses: 0,
+        };
+    };
+    let model_id = vlm.model_id().to_string();
+    let kind = vlm.kind();
+    let _ = ready.send(Ok(Ready {
+        model_id: model_id.clone(),
+        kind,
+        load,
+        failures,
+    }));
+    let mut analyses = 0u64;
+    let mut first_inference_recorded = false;
+    loop {
+        let job = {
+            let Ok(mut slot) = shared.slot.lock() else {
+                break;
+            };
+            loop {
+                if slot.stop {
+                    break None;
+                }
+                if let Some(job) = slot.pending.take() {
+                    shared.busy.store(true, Ordering::SeqCst);
+                    break Some(job);
+                }
+                slot = match shared.wake.wait(slot) {
+                    Ok(s) => s,
+                    Err(_) => break None,
+                };
+            }
+        };
+        let Some((job, submitted)) = job else {
+            break;
+        };
+        let Some(vlm) = manager.vlm() else {
+            break;
+        };
+        let result = analyse(vlm, &config, job, submitted, &shared.cancel, &model_id);
+        analyses += 1;
+        if !first_inference_recorded {
+            manager.record_memory("after_first_inference");
+            first_inference_recorded = true;
+        }
+        shared.busy.store(false, Ordering::SeqCst);
+        if results.send(result).is_err() {
+            break;
+        }
+    }
+    shared.busy.store(false, Ordering::SeqCst);
+    manager.unload();
+    AnalystExit {
+        memory: manager.memory().clone(),
+        analyses,
+    }
+}
+
+fn analyse<C>(
+    vlm: &dyn Vlm,
+    config: &AnalystConfig,
+    job: AnalysisJob<C>,
+    submitted: Instant,
+    cancel: &AtomicBool,
+    model_id: &str,
+) -> AnalysisResult<C> {
+    let _span = tracing::info_span!("vlm_analysis", model = model_id, trigger = %job.trigger)
+        .entered();
+    let kind = vlm.kind();
+    let constrained = config.constrained && kind != VlmKind::Captioner;
+    let mut constraint_error = None;
+    let constraint = if constrained {
+        let start = if kind == VlmKind::Thinking {
+            // Half of the token budget for the reasoning, the rest for the JSON answer.
+            ConstraintStart::after_text(THINK_END, config.generation.max_new_tokens / 2)
+        } else {
+            ConstraintStart::Immediately
+        };
+        match vlm.tokenizer().vocabulary() {
+            Some(vocab) => match JsonSchemaConstraint::new(
+                &verdict_json_schema(),
+                vocab,
+                &vlm.tokenizer().stop_token_ids(),
+                start,
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    constraint_error = Some(format!("cannot build the JSON constraint: {e}"));
+                    None
+                }
+            },
+            None => {
+                constraint_error = Some("the tokenizer exposes no byte vocabulary".into());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut hooks = AnalysisHooks {
+        constrained: constraint.is_some(),
+        constraint,
+        constraint_error: None,
+        deadline: Instant::now() + config.timeout,
+        cancel,
+        timed_out: false,
+    };
+    let request = VlmRequest {
+        images: &job.images,
+        system: Some(job.system.as_str()),
+        prompt: &job.prompt,
+    };
+    let outcome = vlm.analyse(&request, &config.generation, &mut hooks);
+    hooks.timed_out = Instant::now() >= hooks.deadline && !cancel.load(Ordering::SeqCst);
+    let mut record = VlmCallRecord {
+        model: model_id.to_string(),
+        trigger: job.trigger.clone(),
+        outcome: VlmOutcome::Ok,
+        error: constraint_error.or(hooks.constraint_error.take()),
+        raw_text: String::new(),
+        reasoning: None,
+        tokens: 0,
+        images: job.images.len(),
+        prompt_tokens: 0,
+        vision_s: 0.0,
+        ttft_s: 0.0,
+        decode_tokens_per_s: 0.0,
+        total_s: 0.0,
+        constrained: hooks.constrained,
+    };
+    let verdict = match outcome {
+        Err(e) => {
+            record.outcome = VlmOutcome::Error;
+            record.error = Some(e.to_string());
+            None
+        }
+        Ok(generation) => {
+            fill_record(&mut record, &generation);
+            if generation.stop_reason == StopReason::Cancelled {
+                record.outcome = if hooks.timed_out {
+                    VlmOutcome::Timeout
+                } else {
+                    VlmOutcome::Cancelled
+                };
+                record.error = Some(match record.outcome {
+                    VlmOutcome::Timeout => format!(
+                        "no verdict within {:.0} s (orchestration.vlm_timeout_seconds)",
+                        config.timeout.as_secs_f64()
+                    ),
+                    _ => "abandoned: the run is stopping".to_string(),
+                });
+                None
+            } else if kind == VlmKind::Captioner {
+                Some(ParsedVerdict::parsed(caption_verdict(
+                    &generation.text,
+                    &job.observations,
+                )))
+            } else {
+                let parsed = parse_verdict(&generation.text);
+                if let VerdictSource::ParseFailed { reason, .. } = &parsed.source {
+                    record.outcome = VlmOutcome::ParseFailed;
+                    record.error = Some(if generation.reasoning_unfinished {
+                        "generation stopped inside the reasoning span: no answer".into()
+                    } else {
+                        reason.clone()
+                    });
+                }
+                Some(parsed)
+            }
+        }
+    };
+    record.total_s = submitted.elapsed().as_secs_f64();
+    tracing::info!(
+        outcome = ?record.outcome,
+        tokens = record.tokens,
+        total_s = record.total_s,
+        "analysis done"
+    );
+    AnalysisResult {
+        verdict,
+        record,
+        context: job.context,
+    }
+}
+
+fn fill_record(record: &mut VlmCallRecord, g: &Generation) {
+    record.raw_text = g.text.clone();
+    record.reasoning = g.reasoning.clone();
+    record.tokens = g.tokens.len();
+    record.prompt_tokens = g.timings.prompt_tokens;
+    record.vision_s = g.timings.vision_s;
+    record.ttft_s = g.timings.time_to_first_token_s;
+    record.decode_tokens_per_s = g.timings.decode_tokens_per_s;
+}

@@ -1,0 +1,977 @@
+//! The surveillance pipeline of `surveil run`: the only module that knows every stage.
+//!
+//! decode → detect/track ([`DetectTrackStream`]) → [`Scene`] → behaviour tools
+//! ([`ToolRunner`]) → [`Trigger`] → [`Analyst`] (the VLM, on its own thread) → [`decide`] →
+//! sinks (`events.jsonl`, annotated alert frames, `summary.json`).
+//!
+//! The per-frame loop never waits for the VLM: scenes go to the analyst through its one-slot
+//! hand-off and verdicts come back as separate analysis events. A stop request (Ctrl-C,
+//! SIGTERM) ends the loop after the current frame; the analysis in flight is abandoned at its
+//! next checkpoint, the model is unloaded, and the summary is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use serde::Serialize;
+use surveil_config::{SystemConfig, ZoneConfig, ZoneCoordinates};
+use surveil_memory::{MemoryReport, MemorySampler, SamplerConfig};
+use surveil_models::generation::{GenerationParams, Sampling};
+use surveil_models::manager::{LoadOptions, LoadSummary, ProgressFn};
+use surveil_vision::{
+    DarknetYolo, DetectTrackStream, FfmpegOptions, Frame, PipelineOptions, TrackedFrame,
+    TrackedObject, TrackerParams, YoloOptions,
+};
+
+use crate::analyst::{AnalysisJob, AnalysisResult, Analyst, AnalystConfig};
+use crate::decision::{decide, AlertLevel, Decision, DecisionInput, DecisionPolicy, TimeOfDay};
+use crate::event::{Event, EventKind, EventTrack, ToolFailureRecord, VlmOutcome};
+use crate::metrics::{MemoryPoint, MetricsSummary, RunMetrics, Stage};
+use crate::prompt::{user_prompt, PromptContext, TrackNote, SYSTEM_PROMPT};
+use crate::scene::{ObjectKind, Scene, SceneObject};
+use crate::sink::{draw_level, draw_polygon, write_json_atomic, EventSink, JsonlSink};
+use crate::tools::{Cue, Observation, ToolReport, ToolRunner};
+use crate::trigger::{Trigger, TriggerDecision, TriggerSettings};
+use crate::verdict::ParsedVerdict;
+use crate::{OrchestratorError, Result};
+
+/// What to run on, and where to write.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Video file, rtsp:// or http(s):// URL, image folder, or image.
+    pub source: String,
+    /// Camera name recorded in events and used to pick zones.
+    pub camera: String,
+    /// Stop after this many frames.
+    pub max_frames: Option<u64>,
+    /// The run folder (created; must not hold a previous run's `events.jsonl`).
+    pub output_dir: PathBuf,
+    /// Directory with the detector's `.cfg`, `.weights` and class names.
+    pub detector_dir: PathBuf,
+    /// Decoding options of ffmpeg sources.
+    pub ffmpeg: FfmpegOptions,
+    /// How long the end of the run waits for the analysis in flight, at most (after a stop
+    /// request it is abandoned at its next checkpoint; at the end of a file it may finish).
+    pub analyst_grace: Duration,
+}
+
+/// Progress of a run, given to the observer after every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RunProgress {
+    /// Frames analysed.
+    pub frames: u64,
+    /// Frames the source holds, when known.
+    pub total_frames: Option<u64>,
+    /// Frames per second since the first frame.
+    pub fps: f64,
+    /// Events at level alert or critical so far.
+    pub alerts: u64,
+    /// VLM analyses finished so far.
+    pub analyses: u64,
+    /// Seconds since the first frame.
+    pub elapsed_s: f64,
+}
+
+/// Receives what a run does as it goes (progress bars, logs). Every method has a no-op default.
+pub trait RunObserver {
+    /// The model is resident.
+    fn model_loaded(&mut self, summary: &LoadSummary) {
+        let _ = summary;
+    }
+    /// The source is open.
+    fn source_opened(&mut self, description: &str, total_frames: Option<u64>) {
+        let _ = (description, total_frames);
+    }
+    /// A frame was analysed.
+    fn frame_done(&mut self, progress: &RunProgress) {
+        let _ = progress;
+    }
+}
+
+/// An observer that does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl RunObserver for NoObserver {}
+
+/// VLM calls by how they ended, and skipped analyses by reason.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VlmCounts {
+    /// Calls made, by trigger reason.
+    pub calls_by_trigger: BTreeMap<String, u64>,
+    /// Calls finished, by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Frames on which no analysis was asked, by the trigger's reason.
+    pub skipped_by_reason: BTreeMap<String, u64>,
+    /// Scenes handed over but never analysed (replaced by a newer one, or the run ended).
+    pub dropped: u64,
+}
+
+/// Memory of the run: the model's load cycle and the monitor.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemorySummary {
+    /// Snapshots before load, after load, after the first inference, after unload.
+    pub snapshots: serde_json::Value,
+    /// Highest RSS the kernel saw for the process (`VmHWM`), bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Profile name.
+    pub profile: String,
+    /// Camera name.
+    pub camera: String,
+    /// Source (credentials redacted).
+    pub source: String,
+    /// The run folder.
+    pub output_dir: PathBuf,
+    /// Start, RFC 3339 UTC.
+    pub started_at: String,
+    /// End, RFC 3339 UTC.
+    pub finished_at: String,
+    /// Wall time of the frame loop, seconds.
+    pub duration_s: f64,
+    /// Why the run ended: `end_of_source`, `max_frames`, `interrupted`, `error`.
+    pub end_reason: String,
+    /// The error that ended the run, if one did.
+    pub error: Option<String>,
+    /// Frames analysed.
+    pub frames: u64,
+    /// Frames decoded by the source.
+    pub frames_decoded: u64,
+    /// Frames dropped by the decode queue (live sources under load).
+    pub frames_dropped: u64,
+    /// Frames per second over the loop.
+    pub fps: f64,
+    /// Detections over all frames.
+    pub detections: u64,
+    /// Distinct track ids seen.
+    pub tracks: u64,
+    /// Distinct person track ids seen.
+    pub person_tracks: u64,
+    /// The model: id, device, load time, bytes resident.
+    pub model: Option<LoadSummary>,
+    /// Models that failed to load before it (id, error).
+    pub model_load_failures: Vec<(String, String)>,
+    /// VLM calls and skips.
+    pub vlm: VlmCounts,
+    /// Events by alert level.
+    pub alerts_by_level: BTreeMap<String, u64>,
+    /// Events flagged for human review.
+    pub needs_review: u64,
+    /// Tool failures by tool.
+    pub tool_failures: BTreeMap<String, u64>,
+    /// Lines written to `events.jsonl`.
+    pub events: u64,
+    /// Annotated frames written.
+    pub snapshots: u64,
+    /// Latency per stage, queue depths, memory samples.
+    pub metrics: MetricsSummary,
+    /// Memory of the model's load cycle.
+    pub memory: MemorySummary,
+}
+
+/// The caller's context of an analysis job: what the analysis event needs.
+struct JobContext {
+    frame: Frame,
+    tracks: Vec<TrackedObject>,
+    event_tracks: Vec<EventTrack>,
+    persons: usize,
+    observations: Vec<Observation>,
+    time: TimeOfDay,
+}
+
+/// Zones of this camera in pixel coordinates of a frame of `size`.
+fn zone_polygons(zones: &[ZoneConfig], camera: &str, size: (u32, u32)) -> Vec<Vec<(f32, f32)>> {
+    zones
+        .iter()
+        .filter(|z| z.camera.as_deref().is_none_or(|c| c == camera))
+        .map(|z| {
+            z.polygon
+                .iter()
+                .map(|[x, y]| match z.coordinates {
+                    ZoneCoordinates::Pixel => (*x as f32, *y as f32),
+                    ZoneCoordinates::Normalized => {
+                        ((x * f64::from(size.0)) as f32, (y * f64::from(size.1)) as f32)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The detector and the stream options for a configuration: `detection.confidence` is
+/// ByteTrack's high threshold and the detector keeps boxes down to the tracker's low threshold
+/// (ByteTrack's second association round needs them).
+pub fn vision_setup(
+    config: &SystemConfig,
+    detector_dir: &Path,
+    max_frames: Option<u64>,
+) -> Result<(DarknetYolo, PipelineOptions)> {
+    let mut yolo = YoloOptions::from_config(&config.detection, detector_dir)?;
+    let mut tracker = TrackerParams::from_config(&config.tracker);
+    tracker.track_high_thresh = config.detection.confidence as f32;
+    tracker.new_track_thresh = tracker.new_track_thresh.max(tracker.track_high_thresh);
+    yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);
+    let detector = DarknetYolo::new(&yolo, &candle_core::Device::Cpu)?;
+    let options = PipelineOptions {
+        max_frames,
+        tracker,
+        ..PipelineOptions::default()
+    };
+    Ok((detector, options))
+}
+
+/// The decision policy of a configuration.
+pub fn decision_policy(config: &SystemConfig) -> DecisionPolicy {
+    DecisionPolicy {
+        confidence_threshold: config.orchestration.confidence_threshold as f32,
+        opening_hours: config.decision.opening_hours.and_then(|h| {
+            crate::decision::OpeningHours::parse(&h.open.to_string(), &h.close.to_string()).ok()
+        }),
+        after_hours_escalation: config.decision.after_hours_escalation,
+    }
+}
+
+/// The analyst's settings from a configuration.
+pub fn analyst_config(config: &SystemConfig, progress: Option<ProgressFn>) -> AnalystConfig {
+    let mut load = LoadOptions::from_config(config);
+    load.progress = progress;
+    AnalystConfig {
+        model: config.vlm.primary_model.clone(),
+        fallback_models: config.vlm.fallback_models.clone(),
+        enable_fallback: config.vlm.enable_fallback,
+        load,
+        generation: GenerationParams {
+            max_new_tokens: config.vlm.max_new_tokens,
+            sampling: Sampling::from_params(config.vlm.temperature, config.vlm.top_p),
+            seed: config.vlm.seed.unwrap_or(0),
+        },
+        timeout: Duration::from_secs_f64(config.orchestration.vlm_timeout_seconds),
+        constrained: true,
+    }
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+fn local_time() -> (TimeOfDay, String) {
+    let now = jiff::Zoned::now();
+    // jiff keeps hours in 0..=23 and minutes in 0..=59.
+    let time = TimeOfDay {
+        hour: now.hour().clamp(0, 23) as u8,
+        minute: now.minute().clamp(0, 59) as u8,
+    };
+    (time, now.strftime("%Y-%m-%d %H:%M").to_string())
+}
+
+fn frame_image(frame: &Frame) -> Option<RgbImage> {
+    RgbImage::from_raw(frame.width, frame.height, frame.data.clone())
+}
+
+/// A crop around `bbox` with 15 % margin, at least 32 pixels a side, inside the frame.
+fn crop(image: &RgbImage, bbox: &surveil_vision::BBox) -> Option<RgbImage> {
+    let (w, h) = (image.width() as f32, image.height() as f32);
+    let mx = (bbox.x2 - bbox.x1).abs() * 0.15;
+    let my = (bbox.y2 - bbox.y1).abs() * 0.15;
+    let x1 = (bbox.x1 - mx).clamp(0.0, w);
+    let y1 = (bbox.y1 - my).clamp(0.0, h);
+    let x2 = (bbox.x2 + mx).clamp(0.0, w);
+    let y2 = (bbox.y2 + my).clamp(0.0, h);
+    if !(x2 - x1 >= 32.0 && y2 - y1 >= 32.0) {
+        return None;
+    }
+    Some(
+        image::imageops::crop_imm(
+            image,
+            x1 as u32,
+            y1 as u32,
+            (x2 - x1) as u32,
+            (y2 - y1) as u32,
+        )
+        .to_image(),
+    )
+}
+
+struct Counters {
+    detections: u64,
+    track_ids: BTreeSet<u64>,
+    person_ids: BTreeSet<u64>,
+    alerts_by_level: BTreeMap<String, u64>,
+    alerts: u64,
+    needs_review: u64,
+    tool_failures: BTreeMap<String, u64>,
+    analyses: u64,
+    snapshots: u64,
+    vlm: VlmCounts,
+}
+
+/// Run the pipeline until the source ends, `max_frames`, or `stop` is set. Writes
+/// `events.jsonl`, alert frames and `summary.json` into `options.output_dir` and returns the
+/// summary. A run stopped by `stop` is a success.
+///
+/// Errors: the run folder cannot be created or already holds events, the detector or the model
+/// cannot be loaded, the source cannot be opened. Errors after the first frame end the loop,
+/// are recorded in the summary (`end_reason = error`), and are returned after the summary is
+/// written.
+pub fn run(
+    config: &SystemConfig,
+    options: &RunOptions,
+    stop: Arc<AtomicBool>,
+    progress: Option<ProgressFn>,
+    observer: &mut dyn RunObserver,
+) -> Result<RunSummary> {
+    let started_at = now_rfc3339();
+    std::fs::create_dir_all(&options.output_dir).map_err(|e| OrchestratorError::Io {
+        path: options.output_dir.clone(),
+        source: e,
+    })?;
+    let events_path = options.output_dir.join("events.jsonl");
+    let mut events = JsonlSink::create(&events_path)?;
+    let alerts_dir = options.output_dir.join("alerts");
+
+    let (detector, mut stream_options) =
+        vision_setup(config, &options.detector_dir, options.max_frames)?;
+    stream_options.max_frames = options.max_frames;
+
+    let sampler = if config.monitoring.enabled {
+        MemorySampler::start(SamplerConfig {
+            enabled: true,
+            interval: Duration::from_secs_f64(config.monitoring.interval_seconds.max(0.05)),
+            history_len: 100_000,
+            include_gpu: true,
+        })
+        .ok()
+    } else {
+        None
+    };
+
+    let mut analyst: Analyst<JobContext> = Analyst::start(analyst_config(config, progress))?;
+    observer.model_loaded(analyst.load_summary());
+    tracing::info!(model = analyst.model_id(), kind = ?analyst.kind(), "model resident");
+
+    let mut stream = match DetectTrackStream::open(
+        &options.source,
+        &options.ffmpeg,
+        Box::new(detector) as Box<dyn surveil_vision::Detector>,
+        stream_options,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = analyst.finish(true, options.analyst_grace);
+            return Err(e.into());
+        }
+    };
+    observer.source_opened(stream.source_description(), stream.total_frames_hint());
+    // Ctrl-C must reach a stream blocked waiting for a frame.
+    let interrupt = stream.interrupt_handle();
+    let watcher_stop = stop.clone();
+    let loop_done = Arc::new(AtomicBool::new(false));
+    let watcher_done = loop_done.clone();
+    let watcher = std::thread::Builder::new()
+        .name("surveil-stop-watch".into())
+        .spawn(move || {
+            while !watcher_done.load(Ordering::SeqCst) {
+                if watcher_stop.load(Ordering::SeqCst) {
+                    interrupt.interrupt();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .ok();
+
+    let class_names: Vec<String> = stream.class_names().to_vec();
+    let mut scene = Arc::new(Scene::new(
+        options.camera.clone(),
+        config.tools.history_seconds,
+    ));
+    let mut runner = ToolRunner::from_config(config);
+    let mut trigger = Trigger::new(TriggerSettings::from_config(&config.orchestration));
+    let policy = decision_policy(config);
+    let mut metrics = RunMetrics::default();
+    let mut counters = Counters {
+        detections: 0,
+        track_ids: BTreeSet::new(),
+        person_ids: BTreeSet::new(),
+        alerts_by_level: BTreeMap::new(),
+        alerts: 0,
+        needs_review: 0,
+        tool_failures: BTreeMap::new(),
+        analyses: 0,
+        snapshots: 0,
+        vlm: VlmCounts::default(),
+    };
+    let loop_start = Instant::now();
+    let mut frames = 0u64;
+    let mut next_sample = Duration::ZERO;
+    let mut end_reason = "end_of_source";
+    let mut run_error: Option<OrchestratorError> = None;
+
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            end_reason = "interrupted";
+            break;
+        }
+        let Some(item) = stream.next() else {
+            if stop.load(Ordering::SeqCst) {
+                end_reason = "interrupted";
+            } else if options.max_frames.is_some_and(|m| frames >= m) {
+                end_reason = "max_frames";
+            }
+            break;
+        };
+        let tf = match item {
+            Ok(tf) => tf,
+            Err(e) => {
+                tracing::error!(error = %e, "frame source failed");
+                end_reason = "error";
+                run_error = Some(e.into());
+                break;
+            }
+        };
+        let frame_start = Instant::now();
+        record_vision_timings(&mut metrics, &tf);
+        metrics.record_queue_depth(stream.buffered() as u32);
+        frames += 1;
+
+        // Results that came back since the last frame.
+        for result in analyst.poll() {
+            if let Err(e) = handle_analysis(
+                result,
+                &mut trigger,
+                &mut events,
+                &policy,
+                options,
+                config,
+                &alerts_dir,
+                &mut counters,
+                &mut metrics,
+            ) {
+                run_error = Some(e);
+            }
+        }
+        if run_error.is_some() {
+            end_reason = "error";
+            break;
+        }
+
+        // Scene and tools.
+        let objects = scene_objects(&tf.tracks, &class_names);
+        counters.detections += tf.detections.len() as u64;
+        for o in &objects {
+            counters.track_ids.insert(o.track_id);
+            if o.kind == ObjectKind::Person {
+                counters.person_ids.insert(o.track_id);
+            }
+        }
+        let event_tracks = event_tracks(&objects);
+        Arc::make_mut(&mut scene).update(
+            tf.frame.index,
+            tf.frame.timestamp,
+            (tf.frame.width, tf.frame.height),
+            objects,
+        );
+        let t = Instant::now();
+        let report = runner.run(scene.clone());
+        metrics.record(Stage::Tools, t.elapsed());
+        for f in &report.failures {
+            *counters.tool_failures.entry(f.tool.clone()).or_default() += 1;
+        }
+
+        // Trigger → analyst.
+        let t = Instant::now();
+        let persons = scene.persons().count();
+        let (time, local) = local_time();
+        let decision_now = trigger.evaluate_scene(tf.frame.timestamp, &scene, &report.observations);
+        let trigger_note = match decision_now {
+            TriggerDecision::Fire(reason) => {
+                let reason = reason.as_str().to_string();
+                *counters
+                    .vlm
+                    .calls_by_trigger
+                    .entry(reason.clone())
+                    .or_default() += 1;
+                let job = build_job(
+                    &tf,
+                    &scene,
+                    &report,
+                    &reason,
+                    time,
+                    &local,
+                    &policy,
+                    &event_tracks,
+                    persons,
+                );
+                match job {
+                    Some(job) => {
+                        if analyst.submit(job).is_some() {
+                            counters.vlm.dropped += 1;
+                        }
+                    }
+                    None => {
+                        trigger.analysis_finished(Duration::ZERO);
+                    }
+                }
+                reason
+            }
+            TriggerDecision::Skip(reason) => {
+                *counters
+                    .vlm
+                    .skipped_by_reason
+                    .entry(reason.as_str().to_string())
+                    .or_default() += 1;
+                format!("skip:{}", reason.as_str())
+            }
+        };
+        metrics.record(Stage::Trigger, t.elapsed());
+
+        // Decide on the frame (tool cues; verdicts arrive as analysis events).
+        let t = Instant::now();
+        let decision = decide(
+            &policy,
+            &DecisionInput {
+                verdict: None,
+                observations: &report.observations,
+                time,
+                persons_present: persons,
+            },
+        );
+        metrics.record(Stage::Decide, t.elapsed());
+
+        let t = Instant::now();
+        let mut event = Event {
+            kind: EventKind::Frame,
+            frame_id: tf.frame.index,
+            source_time_s: tf.frame.timestamp.as_secs_f64(),
+            timestamp: now_rfc3339(),
+            camera: options.camera.clone(),
+            persons,
+            tracks: event_tracks,
+            tool_observations: report.observations.clone(),
+            tool_failures: report
+                .failures
+                .iter()
+                .map(|f| ToolFailureRecord {
+                    tool: f.tool.clone(),
+                    reason: f.reason.to_string(),
+                })
+                .collect(),
+            alert_level: decision.alert_level,
+            needs_review: decision.needs_review,
+            rules: decision.rules_fired.iter().map(|r| r.to_string()).collect(),
+            vlm_analysis: None,
+            vlm: None,
+            trigger: Some(trigger_note),
+            actions: action_names(&decision),
+            processing_ms: 0.0,
+            snapshot: None,
+        };
+        count_decision(&mut counters, &decision);
+        if decision.alert_level >= AlertLevel::Alert {
+            event.snapshot = save_alert_frame(
+                &alerts_dir,
+                &tf.frame,
+                &tf.tracks,
+                decision.alert_level,
+                config,
+                &options.camera,
+                "frame",
+            );
+            counters.snapshots += u64::from(event.snapshot.is_some());
+        }
+        event.processing_ms =
+            (frame_start.elapsed() + tf.timings.total()).as_secs_f64() * 1e3;
+        if let Err(e) = events.write(&event) {
+            end_reason = "error";
+            run_error = Some(e);
+            break;
+        }
+        metrics.record(Stage::Sinks, t.elapsed());
+        metrics.record(Stage::Frame, frame_start.elapsed() + tf.timings.total());
+
+        // Monitoring.
+        let elapsed = loop_start.elapsed();
+        if let Some(s) = sampler.as_ref() {
+            if elapsed >= next_sample {
+                let latest = s.stats().latest;
+                metrics.record_memory(MemoryPoint {
+                    t_s: elapsed.as_secs_f64(),
+                    rss_bytes: latest.as_ref().and_then(|l| l.process.rss_bytes),
+                    gpu_allocated_bytes: latest.as_ref().and_then(|l| l.gpu_allocated_bytes),
+                });
+                tracing::info!(
+                    frames,
+                    fps = frames as f64 / elapsed.as_secs_f64().max(1e-9),
+                    rss_mb = latest
+                        .as_ref()
+                        .and_then(|l| l.process.rss_bytes)
+                        .map(|b| b / 1_000_000),
+                    queue = stream.buffered(),
+                    "monitor"
+                );
+                next_sample =
+                    elapsed + Duration::from_secs_f64(config.monitoring.interval_seconds);
+            }
+        }
+        observer.frame_done(&RunProgress {
+            frames,
+            total_frames: stream.total_frames_hint(),
+            fps: frames as f64 / elapsed.as_secs_f64().max(1e-9),
+            alerts: counters.alerts,
+            analyses: counters.analyses,
+            elapsed_s: elapsed.as_secs_f64(),
+        });
+    }
+    let loop_time = loop_start.elapsed();
+    loop_done.store(true, Ordering::SeqCst);
+    let stream_stats = stream.stats();
+    let source = stream.source_description().to_string();
+    drop(stream);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+
+    // The analysis in flight: abandoned after a stop request or an error; at the end of the
+    // source it may finish within the grace time.
+    let abandon = end_reason != "end_of_source" && end_reason != "max_frames";
+    let (exit, results, dropped) = analyst_finish(analyst, abandon, options.analyst_grace);
+    let model = exit.1;
+    let failures = exit.2;
+    let exit = exit.0;
+    let mut trigger_for_results = trigger;
+    for result in results {
+        if let Err(e) = handle_analysis(
+            result,
+            &mut trigger_for_results,
+            &mut events,
+            &policy,
+            options,
+            config,
+            &alerts_dir,
+            &mut counters,
+            &mut metrics,
+        ) {
+            run_error.get_or_insert(e);
+        }
+    }
+    if dropped {
+        counters.vlm.dropped += 1;
+    }
+    let _ = events.finish();
+
+    let memory_report: MemoryReport = exit.as_ref().map(|e| e.memory.clone()).unwrap_or_default();
+    let peak = sampler
+        .as_ref()
+        .and_then(|s| s.stats().process_peak_rss_bytes)
+        .or_else(|| surveil_memory::ProcessMemory::current().peak_rss_bytes);
+    let summary = RunSummary {
+        profile: config.profile.clone(),
+        camera: options.camera.clone(),
+        source,
+        output_dir: options.output_dir.clone(),
+        started_at,
+        finished_at: now_rfc3339(),
+        duration_s: loop_time.as_secs_f64(),
+        end_reason: end_reason.to_string(),
+        error: run_error.as_ref().map(ToString::to_string),
+        frames,
+        frames_decoded: stream_stats.frames_decoded,
+        frames_dropped: stream_stats.frames_dropped,
+        fps: frames as f64 / loop_time.as_secs_f64().max(1e-9),
+        detections: counters.detections,
+        tracks: counters.track_ids.len() as u64,
+        person_tracks: counters.person_ids.len() as u64,
+        model: Some(model),
+        model_load_failures: failures,
+        vlm: counters.vlm.clone(),
+        alerts_by_level: counters.alerts_by_level.clone(),
+        needs_review: counters.needs_review,
+        tool_failures: counters.tool_failures.clone(),
+        events: events.lines(),
+        snapshots: counters.snapshots,
+        metrics: metrics.summary(),
+        memory: MemorySummary {
+            snapshots: serde_json::from_str(&memory_report.to_json())
+                .unwrap_or(serde_json::Value::Null),
+            peak_rss_bytes: peak,
+        },
+    };
+    write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
+    match run_error {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+type AnalystEnd = (
+    (
+        Option<crate::analyst::AnalystExit>,
+        LoadSummary,
+        Vec<(String, String)>,
+    ),
+    Vec<AnalysisResult<JobContext>>,
+    bool,
+);
+
+fn analyst_finish(analyst: Analyst<JobContext>, abandon: bool, grace: Duration) -> AnalystEnd {
+    let load = analyst.load_summary().clone();
+    let failures = analyst.load_failures().to_vec();
+    let (exit, results, dropped) = analyst.finish(abandon, grace);
+    ((exit, load, failures), results, dropped.is_some())
+}
+
+fn record_vision_timings(metrics: &mut RunMetrics, tf: &TrackedFrame) {
+    let t = &tf.timings;
+    metrics.record(Stage::Decode, t.queue_wait);
+    metrics.record(Stage::Detect, t.preprocess + t.forward + t.postprocess);
+    metrics.record(Stage::Track, t.track);
+}
+
+fn scene_objects(tracks: &[TrackedObject], class_names: &[String]) -> Vec<SceneObject> {
+    tracks
+        .iter()
+        .map(|t| {
+            let class_name = class_names
+                .get(t.class_id)
+                .cloned()
+                .unwrap_or_else(|| format!("class_{}", t.class_id));
+            SceneObject {
+                track_id: t.track_id,
+                kind: ObjectKind::from_class_name(&class_name),
+                class_name,
+                bbox: t.bbox,
+                score: t.score,
+            }
+        })
+        .collect()
+}
+
+fn event_tracks(objects: &[SceneObject]) -> Vec<EventTrack> {
+    objects
+        .iter()
+        .map(|o| EventTrack {
+            track_id: o.track_id,
+            class: o.class_name.clone(),
+            bbox: [o.bbox.x1, o.bbox.y1, o.bbox.x2, o.bbox.y2],
+            score: o.score,
+        })
+        .collect()
+}
+
+fn action_names(decision: &Decision) -> Vec<String> {
+    decision
+        .actions
+        .iter()
+        .filter_map(|a| {
+            serde_json::to_value(a)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+        })
+        .collect()
+}
+
+fn count_decision(counters: &mut Counters, decision: &Decision) {
+    *counters
+        .alerts_by_level
+        .entry(decision.alert_level.as_str().to_string())
+        .or_default() += 1;
+    if decision.alert_level >= AlertLevel::Alert {
+        counters.alerts += 1;
+    }
+    counters.needs_review += u64::from(decision.needs_review);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_job(
+    tf: &TrackedFrame,
+    scene: &Scene,
+    report: &ToolReport,
+    reason: &str,
+    time: TimeOfDay,
+    local: &str,
+    policy: &DecisionPolicy,
+    event_tracks: &[EventTrack],
+    persons: usize,
+) -> Option<AnalysisJob<JobContext>> {
+    let image = frame_image(&tf.frame)?;
+    // The person of interest: the track of the strongest cue, when it is in view.
+    let interest = report
+        .observations
+        .iter()
+        .filter(|o| o.cue >= Cue::Notable)
+        .max_by(|a, b| a.cue.cmp(&b.cue).then(a.score.total_cmp(&b.score)))
+        .and_then(|o| o.track_id)
+        .and_then(|id| scene.persons().find(|p| p.track_id == id));
+    let crop_image = interest.and_then(|p| crop(&image, &p.bbox));
+    let after_hours = policy
+        .opening_hours
+        .as_ref()
+        .is_some_and(|h| !h.is_open(time));
+    let notes: Vec<TrackNote> = scene
+        .persons()
+        .map(|p| TrackNote {
+            track_id: p.track_id,
+            seconds_tracked: scene
+                .history(p.track_id)
+                .map_or(0.0, |h| h.age_seconds()),
+            zones: report
+                .observations
+                .iter()
+                .filter(|o| o.tool == "zones" && o.track_id == Some(p.track_id))
+                .map(|o| o.kind.clone())
+                .collect(),
+            of_interest: interest.is_some_and(|i| i.track_id == p.track_id),
+        })
+        .collect();
+    let prompt = user_prompt(&PromptContext {
+        camera: scene.camera(),
+        local_time: local,
+        after_hours,
+        persons,
+        bags: scene.bags().count(),
+        tracks: &notes,
+        observations: &report.observations,
+        has_crop: crop_image.is_some(),
+    });
+    let mut images = vec![image];
+    images.extend(crop_image);
+    Some(AnalysisJob {
+        images,
+        system: SYSTEM_PROMPT.to_string(),
+        prompt,
+        observations: report.observations.clone(),
+        trigger: reason.to_string(),
+        context: JobContext {
+            frame: tf.frame.clone(),
+            tracks: tf.tracks.clone(),
+            event_tracks: event_tracks.to_vec(),
+            persons,
+            observations: report.observations.clone(),
+            time,
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_analysis(
+    result: AnalysisResult<JobContext>,
+    trigger: &mut Trigger,
+    events: &mut JsonlSink,
+    policy: &DecisionPolicy,
+    options: &RunOptions,
+    config: &SystemConfig,
+    alerts_dir: &Path,
+    counters: &mut Counters,
+    metrics: &mut RunMetrics,
+) -> Result<()> {
+    let took = Duration::from_secs_f64(result.record.total_s.max(0.0));
+    trigger.analysis_finished(took);
+    counters.analyses += 1;
+    metrics.record(Stage::Vlm, took);
+    if result.record.outcome == VlmOutcome::Ok || result.record.outcome == VlmOutcome::ParseFailed
+    {
+        metrics.record(
+            Stage::VlmVision,
+            Duration::from_secs_f64(result.record.vision_s.max(0.0)),
+        );
+        metrics.record(
+            Stage::VlmTtft,
+            Duration::from_secs_f64(result.record.ttft_s.max(0.0)),
+        );
+    }
+    let outcome = serde_json::to_value(result.record.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    *counters.vlm.outcomes.entry(outcome).or_default() += 1;
+    let ctx = result.context;
+    let verdict: Option<&ParsedVerdict> = result.verdict.as_ref();
+    let decision = decide(
+        policy,
+        &DecisionInput {
+            verdict,
+            observations: &ctx.observations,
+            time: ctx.time,
+            persons_present: ctx.persons,
+        },
+    );
+    count_decision(counters, &decision);
+    let mut event = Event {
+        kind: EventKind::Analysis,
+        frame_id: ctx.frame.index,
+        source_time_s: ctx.frame.timestamp.as_secs_f64(),
+        timestamp: now_rfc3339(),
+        camera: options.camera.clone(),
+        persons: ctx.persons,
+        tracks: ctx.event_tracks,
+        tool_observations: ctx.observations,
+        tool_failures: Vec::new(),
+        alert_level: decision.alert_level,
+        needs_review: decision.needs_review,
+        rules: decision.rules_fired.iter().map(|r| r.to_string()).collect(),
+        vlm_analysis: result.verdict.clone(),
+        vlm: Some(result.record),
+        trigger: None,
+        actions: action_names(&decision),
+        processing_ms: took.as_secs_f64() * 1e3,
+        snapshot: None,
+    };
+    if decision.alert_level >= AlertLevel::Alert {
+        event.snapshot = save_alert_frame(
+            alerts_dir,
+            &ctx.frame,
+            &ctx.tracks,
+            decision.alert_level,
+            config,
+            &options.camera,
+            "analysis",
+        );
+        counters.snapshots += u64::from(event.snapshot.is_some());
+    }
+    events.write(&event)
+}
+
+/// Draw boxes, track ids, the camera's zones and the level, and save
+/// `alerts/<kind>-<frame>.png`; returns the path relative to the run folder. A failure is
+/// logged, never fatal.
+fn save_alert_frame(
+    alerts_dir: &Path,
+    frame: &Frame,
+    tracks: &[TrackedObject],
+    level: AlertLevel,
+    config: &SystemConfig,
+    camera: &str,
+    kind: &str,
+) -> Option<String> {
+    let mut img = match surveil_vision::draw_tracks(frame, tracks) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot render the alert frame");
+            return None;
+        }
+    };
+    for polygon in zone_polygons(&config.zones, camera, (frame.width, frame.height)) {
+        draw_polygon(&mut img, &polygon, image::Rgb([0, 200, 255]));
+    }
+    draw_level(&mut img, level);
+    if let Err(e) = std::fs::create_dir_all(alerts_dir) {
+        tracing::warn!(error = %e, dir = %alerts_dir.display(), "cannot create the alerts folder");
+        return None;
+    }
+    let name = format!("{kind}-{:06}.png", frame.index);
+    let path = alerts_dir.join(&name);
+    match img.save(&path) {
+        Ok(()) => Some(format!("alerts/{name}")),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cannot write the alert frame");
+            None
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Where events go. The pipeline produces [`Event`]s; sinks decide what to write: JSON lines
+//! flushed per event, annotated frames for alerts, and the run summary written atomically.
+//!
+//! Files are never left half-written where a good one was: the events file is created new
+//! (an existing one is an error, never truncated), each line goes out in one `write` and is
+//! flushed, and the summary is written to a temporary file in the same directory, synced and
+//! renamed over the final name.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use serde::Serialize;
+
+use crate::decision::AlertLevel;
+use crate::event::Event;
+use crate::{OrchestratorError, Result};
+
+/// Receives every event of a run, in order.
+pub trait EventSink: Send {
+    /// Record one event. An error stops the run (the caller decides).
+    fn write(&mut self, event: &Event) -> Result<()>;
+    /// Called once at the end of the run.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> OrchestratorError {
+    OrchestratorError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `events.jsonl`: one JSON object per line, flushed as written.
+pub struct JsonlSink {
+    path: PathBuf,
+    file: File,
+    lines: u64,
+}
+
+impl JsonlSink {
+    /// Create `path`; fails when it already exists (a previous run's events are never
+    /// overwritten).
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            lines: 0,
+        })
+    }
+
+    /// Lines written so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+}
+
+impl EventSink for JsonlSink {
+    fn write(&mut self, event: &Event) -> Result<()> {
+        let mut line = serde_json::to_vec(event).map_err(|e| {
+            io_err(
+                &self.path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        line.push(b'\n');
+        // One write per line: a crash leaves whole lines only (O_APPEND is not needed, the
+        // file is ours alone).
+        self.file
+            .write_all(&line)
+            .and_then(|_| self.file.flush())
+            .map_err(|e| io_err(&self.path, e))?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(|e| io_err(&self.path, e))
+    }
+}
+
+/// Serialise `value` as pretty JSON to `path` atomically: a temporary file in the same
+/// directory, synced, then renamed over `path`.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "summary.json".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut f, value)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path, e));
+    }
+    Ok(())
+}
+
+/// Colour of an alert level on annotated frames.
+pub fn level_color(level: AlertLevel) -> Rgb<u8> {
+    match level {
+        AlertLevel::Normal => Rgb([40, 180, 60]),
+        AlertLevel::Attention => Rgb([240, 200, 0]),
+        AlertLevel::Alert => Rgb([250, 120, 0]),
+        AlertLevel::Critical => Rgb([220, 20, 30]),
+    }
+}
+
+/// Draw a closed polygon (pixel coordinates) with 2-pixel lines.
+pub fn draw_polygon(img: &mut RgbImage, points: &[(f32, f32)], color: Rgb<u8>) {
+    if points.len() < 2 {
+        return;
+    }
+    for i in 0..points.len() {
+        let a = points[i];
+        let b = points[(i + 1) % points.len()];
+        draw_line(img, a, b, color);
+        draw_line(img, (a.0 + 1.0, a.1), (b.0 + 1.0, b.1), color);
+    }
+}
+
+/// Bresenham line, clipped to the image.
+fn draw_line(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), color: Rgb<u8>) {
+    let (w, h) = (i64::from(img.width()), i64::from(img.height()));
+    let (mut x0, mut y0) = (a.0.round() as i64, a.1.round() as i64);
+    let (x1, y1) = (b.0.round() as i64, b.1.round() as i64);
+    let dx = (x1 - x0).abs();
+    let dy = -(y1 - y0).abs();
+    let sx = if x0 < x1 { 1 } else { -1 };
+    let sy = if y0 < y1 { 1 } else { -1 };
+    let mut err = dx + dy;
+    // At most dx + dy + 1 steps; the bound also guards against absurd coordinates.
+    for _ in 0..=(dx - dy).min(4 * (w + h)) {
+        if (0..w).contains(&x0) && (0..h).contains(&y0) {
+            img.put_pixel(x0 as u32, y0 as u32, color);
+        }
+        if x0 == x1 && y0 == y1 {
+            break;
+        }
+        let e2 = 2 * err;
+        if e2 >= dy {
+            err += dy;
+            x0 += sx;
+        }
+        if e2 <= dx {
+            err += dx;
+            y0 += sy;
+        }
+    }
+}
+
+/// A border of the level's colour around the whole frame, thicker for higher levels, and a
+/// bar of `level + 1` blocks in the top-left corner (readable without a font).
+pub fn draw_level(img: &mut RgbImage, level: AlertLevel) {
+    let color = level_color(level);
+    let rank = level as u32 + 1;
+    let t = 2 + 2 * rank;
+    let (w, h) = (img.width(), img.height());
+    for y in 0..h {
+        for x in 0..w {
+            if x < t || y < t || x + t >= w || y + t >= h {
+                img.put_pixel(x, y, color);
+            }
+        }
+    }
+    for i in 0..rank {
+        let x0 = t + 4 + i * 18;
+        for y in t + 4..(t + 18).min(h) {
+            for x in x0..(x0 + 14).min(w) {
+                img.put_pixel(x, y, color);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("summary.json");
+        write_json_atomic(&p, &serde_json::json!({"a": 1})).unwrap();
+        write_json_atomic(&p, &serde_json::json!({"a": 2})).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn events_file_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        std::fs::write(&p, "previous\n").unwrap();
+        assert!(JsonlSink::create(&p).is_err());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "previous\n");
+    }
+
+    #[test]
+    fn lines_clip_to_the_image() {
+        let mut img = RgbImage::new(20, 10);
+        draw_polygon(
+            &mut img,
+            &[(-50.0, -50.0), (1e6, 5.0), (10.0, 1e6)],
+            Rgb([255, 0, 0]),
+        );
+        assert!(img.pixels().any(|p| p.0 == [255, 0, 0]));
+        draw_level(&mut img, AlertLevel::Critical);
+        assert_eq!(img.get_pixel(0, 0).0, level_color(AlertLevel::Critical).0);
+    }
+}
