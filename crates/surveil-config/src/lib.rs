@@ -21,8 +21,8 @@ pub use error::ConfigError;
 pub use loader::{ConfigLoader, LoadedConfig, Origin, Override};
 pub use profiles::{ProfileSet, BUILTIN_PROFILES, DEFAULT_PROFILE};
 pub use schema::{
-    ClockTime, DecisionConfig, DetectionConfig, Device, LogLevel, MonitoringConfig,
-    OpeningHours, OrchestrationConfig, OrchestrationMode, OutputConfig, Quant, RawConfig,
-    SystemConfig, ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec, ZoneConfig,
-    ZoneCoordinates, KNOWN_MODEL_IDS,
+    ClockTime, DecisionConfig, DetectionConfig, Device, LogLevel, MonitoringConfig, OpeningHours,
+    OrchestrationConfig, OrchestrationMode, OutputConfig, Quant, RawConfig, SystemConfig,
+    ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec, ZoneConfig, ZoneCoordinates,
+    KNOWN_MODEL_IDS,
 };

@@ -747,8 +747,7 @@ impl RawConfig {
                 return Err(rule(
                     "decision.opening_hours",
                     format!("{{ open = \"{}\", close = \"{}\" }}", h.open, h.close),
-                    "open and close must differ (leave opening_hours out for always open)"
-                        .into(),
+                    "open and close must differ (leave opening_hours out for always open)".into(),
                 ));
             }
         }
@@ -783,7 +782,9 @@ impl ToolsConfig {
                 let bracket = if lo_open { '(' } else { '[' };
                 let mut text = format!("must be within {bracket}{lo}, {hi}]");
                 if hi == history && field != "history_seconds" {
-                    text.push_str(" (at most tools.history_seconds: it is measured over the history)");
+                    text.push_str(
+                        " (at most tools.history_seconds: it is measured over the history)",
+                    );
                 }
                 if field == "return_excursion_body_lengths" {
                     text.push_str(" (more than tools.return_radius_body_lengths)");
@@ -807,7 +808,13 @@ impl ToolsConfig {
             true,
             self.history_seconds,
         )?;
-        in_range("turn_angle_degrees", self.turn_angle_degrees, 0.0, true, 180.0)?;
+        in_range(
+            "turn_angle_degrees",
+            self.turn_angle_degrees,
+            0.0,
+            true,
+            180.0,
+        )?;
         in_range(
             "heading_step_body_lengths",
             self.heading_step_body_lengths,

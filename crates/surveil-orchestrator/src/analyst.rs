@@ -107,7 +107,7 @@ pub struct Analyst<C: Send + 'static> {
     handle: Option<JoinHandle<AnalystExit>>,
     model_id: String,
     kind: VlmKind,
-    load: LoadSummary,
+    load: Option<LoadSummary>,
     failures: Vec<(String, String)>,
     superseded: u64,
 }
@@ -116,6 +116,16 @@ impl<C: Send + 'static> Analyst<C> {
     /// Start the thread, load the model on it and wait until it is resident. Returns the load
     /// error (after the failed attempts were released) when no model could be loaded.
     pub fn start(config: AnalystConfig) -> Result<Self> {
+        Self::spawn(config, None)
+    }
+
+    /// Start the thread with a model the caller built (a library user's own [`Vlm`], or a
+    /// test double); nothing is loaded or unloaded and the memory report stays empty.
+    pub fn start_with_vlm(config: AnalystConfig, vlm: Box<dyn Vlm>) -> Result<Self> {
+        Self::spawn(config, Some(vlm))
+    }
+
+    fn spawn(config: AnalystConfig, given: Option<Box<dyn Vlm>>) -> Result<Self> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 pending: None,
@@ -130,7 +140,7 @@ impl<C: Send + 'static> Analyst<C> {
         let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("surveil-analyst".into())
-            .spawn(move || analyst_thread(config, thread_shared, ready_tx, result_tx))
+            .spawn(move || analyst_thread(config, given, thread_shared, ready_tx, result_tx))
             .map_err(|e| OrchestratorError::Config(format!("cannot start the analyst: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(ready)) => Ok(Self {
@@ -164,9 +174,9 @@ impl<C: Send + 'static> Analyst<C> {
         self.kind
     }
 
-    /// What the load did.
-    pub fn load_summary(&self) -> &LoadSummary {
-        &self.load
+    /// What the load did (`None` for a model given with [`Analyst::start_with_vlm`]).
+    pub fn load_summary(&self) -> Option<&LoadSummary> {
+        self.load.as_ref()
     }
 
     /// Models that failed to load before the resident one (id, error).
@@ -269,7 +279,7 @@ impl<C: Send + 'static> Analyst<C> {
 struct Ready {
     model_id: String,
     kind: VlmKind,
-    load: LoadSummary,
+    load: Option<LoadSummary>,
     failures: Vec<(String, String)>,
 }
 
@@ -309,29 +319,69 @@ impl GenerationHooks for AnalysisHooks<'_> {
     }
 }
 
+/// The model the thread serves: loaded and owned through the manager, or given.
+enum Resident {
+    Managed(ModelManager),
+    Given(Box<dyn Vlm>),
+}
+
+impl Resident {
+    fn vlm(&self) -> Option<&dyn Vlm> {
+        match self {
+            Resident::Managed(m) => m.vlm(),
+            Resident::Given(v) => Some(v.as_ref()),
+        }
+    }
+
+    fn memory(&self) -> MemoryReport {
+        match self {
+            Resident::Managed(m) => m.memory().clone(),
+            Resident::Given(_) => MemoryReport::new(),
+        }
+    }
+
+    fn record_memory(&mut self, label: &str) {
+        if let Resident::Managed(m) = self {
+            m.record_memory(label);
+        }
+    }
+
+    fn unload(&mut self) {
+        if let Resident::Managed(m) = self {
+            m.unload();
+        }
+    }
+}
+
 fn analyst_thread<C: Send>(
     config: AnalystConfig,
+    given: Option<Box<dyn Vlm>>,
     shared: Arc<Shared<C>>,
     ready: Sender<Result<Ready>>,
     results: Sender<AnalysisResult<C>>,
 ) -> AnalystExit {
-    let mut manager = ModelManager::new();
-    let loaded = manager
-        .load_with_fallback(
-            &config.model,
-            &config.fallback_models,
-            config.enable_fallback,
-            &config.load,
-        )
-        .map(|(summary, failures)| (summary.clone(), failures));
-    let (load, failures) = match loaded {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = ready.send(Err(e.into()));
-            return AnalystExit {
-                memory: manager.memory().clone(),
-                analyses: 0,
-            };
+    let (mut manager, load, failures) = match given {
+        Some(vlm) => (Resident::Given(vlm), None, Vec::new()),
+        None => {
+            let mut m = ModelManager::new();
+            let loaded = m
+                .load_with_fallback(
+                    &config.model,
+                    &config.fallback_models,
+                    config.enable_fallback,
+                    &config.load,
+                )
+                .map(|(summary, failures)| (summary.clone(), failures));
+            match loaded {
+                Ok((load, failures)) => (Resident::Managed(m), Some(load), failures),
+                Err(e) => {
+                    let _ = ready.send(Err(e.into()));
+                    return AnalystExit {
+                        memory: m.memory().clone(),
+                        analyses: 0,
+                    };
+                }
+            }
         }
     };
     let Some(vlm) = manager.vlm() else {
@@ -340,7 +390,7 @@ fn analyst_thread<C: Send>(
         )));
         manager.unload();
         return AnalystExit {
-            memory: manager.memory().clone(),
+            memory: manager.memory(),
             analyses: 0,
         };
     };
@@ -393,7 +443,7 @@ fn analyst_thread<C: Send>(
     shared.busy.store(false, Ordering::SeqCst);
     manager.unload();
     AnalystExit {
-        memory: manager.memory().clone(),
+        memory: manager.memory(),
         analyses,
     }
 }
@@ -432,7 +482,7 @@ fn analyse<C>(
                 }
             },
             None => {
-                constraint_error = Some("the tokenizer exposes no byte vocabulary".into());
+                tracing::debug!("the tokenizer exposes no byte vocabulary: answers are not constrained");
                 None
             }
         }
@@ -452,7 +502,20 @@ fn analyse<C>(
         system: Some(job.system.as_str()),
         prompt: &job.prompt,
     };
-    let outcome = vlm.analyse(&request, &config.generation, &mut hooks);
+    // A model that panics is one failed analysis, not a lost analyst thread.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        vlm.analyse(&request, &config.generation, &mut hooks)
+    }))
+    .unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(surveil_models::ModelError::InvalidInput(format!(
+            "the model panicked: {what}"
+        )))
+    });
     hooks.timed_out = Instant::now() >= hooks.deadline && !cancel.load(Ordering::SeqCst);
     let mut record = VlmCallRecord {
         model: model_id.to_string(),

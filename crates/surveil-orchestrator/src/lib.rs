@@ -23,4 +23,4 @@ pub mod verdict;
 
 pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
-pub use pipeline::{run, RunObserver, RunOptions, RunProgress, RunSummary};
+pub use pipeline::{run, ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};

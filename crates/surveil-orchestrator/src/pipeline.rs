@@ -21,6 +21,7 @@ use surveil_config::{SystemConfig, ZoneConfig, ZoneCoordinates};
 use surveil_memory::{MemoryReport, MemorySampler, SamplerConfig};
 use surveil_models::generation::{GenerationParams, Sampling};
 use surveil_models::manager::{LoadOptions, LoadSummary, ProgressFn};
+use surveil_models::vlm::Vlm;
 use surveil_vision::{
     DarknetYolo, DetectTrackStream, FfmpegOptions, Frame, PipelineOptions, TrackedFrame,
     TrackedObject, TrackerParams, YoloOptions,
@@ -53,8 +54,9 @@ pub struct RunOptions {
     pub detector_dir: PathBuf,
     /// Decoding options of ffmpeg sources.
     pub ffmpeg: FfmpegOptions,
-    /// How long the end of the run waits for the analysis in flight, at most (after a stop
-    /// request it is abandoned at its next checkpoint; at the end of a file it may finish).
+    /// How long the end of the run waits for the analyst, at most, after a stop request (the
+    /// analysis in flight is abandoned at its next checkpoint). At the end of the source the
+    /// analysis in flight may finish: the wait is this plus `orchestration.vlm_timeout_seconds`.
     pub analyst_grace: Duration,
 }
 
@@ -312,6 +314,15 @@ struct Counters {
     vlm: VlmCounts,
 }
 
+/// Which model the analyst serves.
+pub enum ModelChoice {
+    /// Load `vlm.primary_model` (and fallbacks) as the configuration says, reporting load
+    /// progress to the function.
+    FromConfig(Option<ProgressFn>),
+    /// A model the caller built (any [`Vlm`] implementation).
+    Given(Box<dyn Vlm>),
+}
+
 /// Run the pipeline until the source ends, `max_frames`, or `stop` is set. Writes
 /// `events.jsonl`, alert frames and `summary.json` into `options.output_dir` and returns the
 /// summary. A run stopped by `stop` is a success.
@@ -323,8 +334,8 @@ struct Counters {
 pub fn run(
     config: &SystemConfig,
     options: &RunOptions,
+    model: ModelChoice,
     stop: Arc<AtomicBool>,
-    progress: Option<ProgressFn>,
     observer: &mut dyn RunObserver,
 ) -> Result<RunSummary> {
     let started_at = now_rfc3339();
@@ -352,8 +363,13 @@ pub fn run(
         None
     };
 
-    let mut analyst: Analyst<JobContext> = Analyst::start(analyst_config(config, progress))?;
-    observer.model_loaded(analyst.load_summary());
+    let mut analyst: Analyst<JobContext> = match model {
+        ModelChoice::FromConfig(progress) => Analyst::start(analyst_config(config, progress))?,
+        ModelChoice::Given(vlm) => Analyst::start_with_vlm(analyst_config(config, None), vlm)?,
+    };
+    if let Some(load) = analyst.load_summary() {
+        observer.model_loaded(load);
+    }
     tracing::info!(model = analyst.model_id(), kind = ?analyst.kind(), "model resident");
 
     let mut stream = match DetectTrackStream::open(
@@ -641,7 +657,14 @@ pub fn run(
     // The analysis in flight: abandoned after a stop request or an error; at the end of the
     // source it may finish within the grace time.
     let abandon = end_reason != "end_of_source" && end_reason != "max_frames";
-    let (exit, results, dropped) = analyst_finish(analyst, abandon, options.analyst_grace);
+    let grace = if abandon {
+        options.analyst_grace
+    } else {
+        // Let the last analysis finish: it ends by itself within its own time limit.
+        options.analyst_grace
+            + Duration::from_secs_f64(config.orchestration.vlm_timeout_seconds)
+    };
+    let (exit, results, dropped) = analyst_finish(analyst, abandon, grace);
     let model = exit.1;
     let failures = exit.2;
     let exit = exit.0;
@@ -688,7 +711,7 @@ pub fn run(
         detections: counters.detections,
         tracks: counters.track_ids.len() as u64,
         person_tracks: counters.person_ids.len() as u64,
-        model: Some(model),
+        model,
         model_load_failures: failures,
         vlm: counters.vlm.clone(),
         alerts_by_level: counters.alerts_by_level.clone(),
@@ -713,7 +736,7 @@ pub fn run(
 type AnalystEnd = (
     (
         Option<crate::analyst::AnalystExit>,
-        LoadSummary,
+        Option<LoadSummary>,
         Vec<(String, String)>,
     ),
     Vec<AnalysisResult<JobContext>>,
@@ -721,7 +744,7 @@ type AnalystEnd = (
 );
 
 fn analyst_finish(analyst: Analyst<JobContext>, abandon: bool, grace: Duration) -> AnalystEnd {
-    let load = analyst.load_summary().clone();
+    let load = analyst.load_summary().cloned();
     let failures = analyst.load_failures().to_vec();
     let (exit, results, dropped) = analyst.finish(abandon, grace);
     ((exit, load, failures), results, dropped.is_some())

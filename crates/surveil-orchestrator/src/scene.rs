@@ -204,14 +204,17 @@ impl Scene {
                 timestamp,
                 bbox: o.bbox,
             };
-            let h = self.tracks.entry(o.track_id).or_insert_with(|| TrackHistory {
-                track_id: o.track_id,
-                kind: o.kind,
-                class_name: o.class_name.clone(),
-                first_seen: timestamp,
-                last_seen: timestamp,
-                points: VecDeque::new(),
-            });
+            let h = self
+                .tracks
+                .entry(o.track_id)
+                .or_insert_with(|| TrackHistory {
+                    track_id: o.track_id,
+                    kind: o.kind,
+                    class_name: o.class_name.clone(),
+                    first_seen: timestamp,
+                    last_seen: timestamp,
+                    points: VecDeque::new(),
+                });
             h.kind = o.kind;
             if h.class_name != o.class_name {
                 h.class_name.clone_from(&o.class_name);

@@ -253,7 +253,11 @@ impl Trigger {
         for k in cue_keys {
             self.cues.insert(k, now);
         }
-        tracing::debug!(reason = reason.as_str(), now_s = now.as_secs_f64(), "VLM due");
+        tracing::debug!(
+            reason = reason.as_str(),
+            now_s = now.as_secs_f64(),
+            "VLM due"
+        );
         TriggerDecision::Fire(reason)
     }
 }

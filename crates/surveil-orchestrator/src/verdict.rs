@@ -840,9 +840,7 @@ fn read_confidence(value: &Value) -> Option<(f32, Option<String>)> {
         return None;
     }
     let original = value.to_string();
-    let (scaled, why) = if percent {
-        (number / 100.0, "as a percentage")
-    } else if number > 1.0 && number <= 100.0 {
+    let (scaled, why) = if percent || (number > 1.0 && number <= 100.0) {
         (number / 100.0, "as a percentage")
     } else if !(0.0..=1.0).contains(&number) {
         (number, "clamped to [0, 1]")

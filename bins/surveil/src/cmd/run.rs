@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use surveil_config::paths::asset;
 use surveil_models::manager::{LoadSummary, ProgressFn};
-use surveil_orchestrator::{RunObserver, RunOptions, RunProgress, RunSummary};
+use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
 use surveil_vision::FfmpegOptions;
 
 use crate::cli::{Cli, RunArgs};
@@ -250,7 +250,13 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             options.output_dir.display()
         );
     }
-    let result = surveil_orchestrator::run(config, &options, stop.clone(), load_fn, &mut observer);
+    let result = surveil_orchestrator::run(
+        config,
+        &options,
+        ModelChoice::FromConfig(load_fn),
+        stop.clone(),
+        &mut observer,
+    );
     if let Some(b) = observer.load_bar.take() {
         b.finish_and_clear();
     }

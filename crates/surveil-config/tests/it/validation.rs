@@ -234,14 +234,19 @@ fn zones_load_with_defaults() {
     assert_eq!(z[0].polygon, vec![[0.0, 0.0], [100.0, 0.0], [100.0, 50.0]]);
     assert!(z[0].restricted);
     assert_eq!(z[0].max_dwell_seconds, Some(10.0));
-    assert_eq!(z[1].coordinates, surveil_config::ZoneCoordinates::Normalized);
+    assert_eq!(
+        z[1].coordinates,
+        surveil_config::ZoneCoordinates::Normalized
+    );
     assert!(!z[1].restricted && z[1].camera.is_none() && z[1].max_dwell_seconds.is_none());
     assert!(c.origin("zones").to_string().contains("bad.toml"));
 }
 
 #[test]
 fn zone_unknown_key() {
-    let msg = profile_err(&zone("polygon = [[0, 0], [1, 0], [1, 1]]\ncolour = \"red\""));
+    let msg = profile_err(&zone(
+        "polygon = [[0, 0], [1, 0], [1, 1]]\ncolour = \"red\"",
+    ));
     assert!(msg.contains("colour") && msg.contains("polygon"), "{msg}");
 }
 
@@ -249,19 +254,28 @@ fn zone_unknown_key() {
 fn zone_polygon_needs_three_points() {
     let msg = profile_err(&zone("polygon = [[0, 0], [10, 0]]"));
     assert!(msg.contains("zones[0].polygon"), "{msg}");
-    assert!(msg.contains("at least 3 points") && msg.contains("bad.toml"), "{msg}");
+    assert!(
+        msg.contains("at least 3 points") && msg.contains("bad.toml"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn zone_polygon_must_be_finite() {
     let msg = profile_err(&zone("polygon = [[0, 0], [10, 0], [nan, 5]]"));
-    assert!(msg.contains("zones[0].polygon") && msg.contains("finite"), "{msg}");
+    assert!(
+        msg.contains("zones[0].polygon") && msg.contains("finite"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn zone_polygon_needs_area() {
     let msg = profile_err(&zone("polygon = [[0, 0], [5, 5], [10, 10]]"));
-    assert!(msg.contains("zones[0].polygon") && msg.contains("no area"), "{msg}");
+    assert!(
+        msg.contains("zones[0].polygon") && msg.contains("no area"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -269,7 +283,10 @@ fn normalized_zone_within_unit_square() {
     let msg = profile_err(&zone(
         "polygon = [[0, 0], [1.5, 0], [1, 1]]\ncoordinates = \"normalized\"",
     ));
-    assert!(msg.contains("zones[0].polygon") && msg.contains("[0, 1]"), "{msg}");
+    assert!(
+        msg.contains("zones[0].polygon") && msg.contains("[0, 1]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -302,14 +319,22 @@ fn zone_names_unique_and_not_empty() {
         zone("polygon = [[0, 0], [10, 0], [0, 10]]")
     );
     let msg = profile_err(&twice);
-    assert!(msg.contains("zones[1].name") && msg.contains("unique"), "{msg}");
+    assert!(
+        msg.contains("zones[1].name") && msg.contains("unique"),
+        "{msg}"
+    );
     let msg = profile_err("[[zones]]\nname = \" \"\npolygon = [[0, 0], [10, 0], [10, 10]]\n");
-    assert!(msg.contains("zones[0].name") && msg.contains("empty"), "{msg}");
+    assert!(
+        msg.contains("zones[0].name") && msg.contains("empty"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn zone_camera_not_empty() {
-    let msg = profile_err(&zone("camera = \"\"\npolygon = [[0, 0], [10, 0], [10, 10]]"));
+    let msg = profile_err(&zone(
+        "camera = \"\"\npolygon = [[0, 0], [10, 0], [10, 10]]",
+    ));
     assert!(msg.contains("zones[0].camera"), "{msg}");
 }
 
@@ -330,29 +355,84 @@ fn tools_defaults() {
 fn tools_ranges() {
     // (variable, bad value, key, words the rule must contain)
     let cases: &[(&str, &str, &str, &str)] = &[
-        ("SURVEIL_TOOLS__HISTORY_SECONDS", "0", "tools.history_seconds", "(0, 3600]"),
-        ("SURVEIL_TOOLS__HISTORY_SECONDS", "7200", "tools.history_seconds", "(0, 3600]"),
-        ("SURVEIL_TOOLS__LOITER_SECONDS", "0", "tools.loiter_seconds", "(0, 60]"),
-        ("SURVEIL_TOOLS__LOITER_SECONDS", "90", "tools.loiter_seconds", "history_seconds"),
-        ("SURVEIL_TOOLS__CROWD_THRESHOLD", "0", "tools.crowd_threshold", "at least 1"),
-        ("SURVEIL_TOOLS__PROXIMITY_MARGIN", "-0.1", "tools.proximity_margin", "[0, 5]"),
-        ("SURVEIL_TOOLS__SPEED_WINDOW_SECONDS", "0", "tools.speed_window_seconds", "(0, 60]"),
-        ("SURVEIL_TOOLS__TURN_ANGLE_DEGREES", "190", "tools.turn_angle_degrees", "(0, 180]"),
-        ("SURVEIL_TOOLS__TURN_ANGLE_DEGREES", "0", "tools.turn_angle_degrees", "(0, 180]"),
+        (
+            "SURVEIL_TOOLS__HISTORY_SECONDS",
+            "0",
+            "tools.history_seconds",
+            "(0, 3600]",
+        ),
+        (
+            "SURVEIL_TOOLS__HISTORY_SECONDS",
+            "7200",
+            "tools.history_seconds",
+            "(0, 3600]",
+        ),
+        (
+            "SURVEIL_TOOLS__LOITER_SECONDS",
+            "0",
+            "tools.loiter_seconds",
+            "(0, 60]",
+        ),
+        (
+            "SURVEIL_TOOLS__LOITER_SECONDS",
+            "90",
+            "tools.loiter_seconds",
+            "history_seconds",
+        ),
+        (
+            "SURVEIL_TOOLS__CROWD_THRESHOLD",
+            "0",
+            "tools.crowd_threshold",
+            "at least 1",
+        ),
+        (
+            "SURVEIL_TOOLS__PROXIMITY_MARGIN",
+            "-0.1",
+            "tools.proximity_margin",
+            "[0, 5]",
+        ),
+        (
+            "SURVEIL_TOOLS__SPEED_WINDOW_SECONDS",
+            "0",
+            "tools.speed_window_seconds",
+            "(0, 60]",
+        ),
+        (
+            "SURVEIL_TOOLS__TURN_ANGLE_DEGREES",
+            "190",
+            "tools.turn_angle_degrees",
+            "(0, 180]",
+        ),
+        (
+            "SURVEIL_TOOLS__TURN_ANGLE_DEGREES",
+            "0",
+            "tools.turn_angle_degrees",
+            "(0, 180]",
+        ),
         (
             "SURVEIL_TOOLS__HEADING_STEP_BODY_LENGTHS",
             "0",
             "tools.heading_step_body_lengths",
             "(0, 10]",
         ),
-        ("SURVEIL_TOOLS__ERRATIC_TURNS", "0", "tools.erratic_turns", "at least 1"),
+        (
+            "SURVEIL_TOOLS__ERRATIC_TURNS",
+            "0",
+            "tools.erratic_turns",
+            "at least 1",
+        ),
         (
             "SURVEIL_TOOLS__STOP_RADIUS_BODY_LENGTHS",
             "0",
             "tools.stop_radius_body_lengths",
             "(0, 10]",
         ),
-        ("SURVEIL_TOOLS__STOP_SECONDS", "0", "tools.stop_seconds", "(0, 60]"),
+        (
+            "SURVEIL_TOOLS__STOP_SECONDS",
+            "0",
+            "tools.stop_seconds",
+            "(0, 60]",
+        ),
         (
             "SURVEIL_TOOLS__RETURN_RADIUS_BODY_LENGTHS",
             "0",
@@ -371,7 +451,12 @@ fn tools_ranges() {
             "tools.bag_association_seconds",
             "[0, 60]",
         ),
-        ("SURVEIL_TOOLS__BAG_GONE_SECONDS", "61", "tools.bag_gone_seconds", "[0, 60]"),
+        (
+            "SURVEIL_TOOLS__BAG_GONE_SECONDS",
+            "61",
+            "tools.bag_gone_seconds",
+            "[0, 60]",
+        ),
     ];
     for (var, bad, key, words) in cases {
         let (e, msg) = load_err(loader(&[(var, bad)]));
@@ -383,7 +468,10 @@ fn tools_ranges() {
 
 #[test]
 fn vlm_timeout_positive() {
-    let (_, msg) = load_err(loader(&[("SURVEIL_ORCHESTRATION__VLM_TIMEOUT_SECONDS", "0")]));
+    let (_, msg) = load_err(loader(&[(
+        "SURVEIL_ORCHESTRATION__VLM_TIMEOUT_SECONDS",
+        "0",
+    )]));
     assert!(
         msg.contains("orchestration.vlm_timeout_seconds") && msg.contains("> 0"),
         "{msg}"

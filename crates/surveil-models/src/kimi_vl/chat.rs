@@ -129,7 +129,12 @@ pub struct KimiPrompt {
 /// [`ModelError::InvalidInput`] when the grid does not divide into the window or is empty.
 pub fn merged_image_tokens(grid: GridHw, merge_kernel_size: [usize; 2]) -> Result<usize> {
     let [kh, kw] = merge_kernel_size;
-    if kh == 0 || kw == 0 || grid.h % kh != 0 || grid.w % kw != 0 || grid.patches() == 0 {
+    if kh == 0
+        || kw == 0
+        || !grid.h.is_multiple_of(kh)
+        || !grid.w.is_multiple_of(kw)
+        || grid.patches() == 0
+    {
         return Err(ModelError::InvalidInput(format!(
             "an image grid of {}x{} patches does not divide into the {kh}x{kw} merge window",
             grid.h, grid.w

@@ -56,55 +56,63 @@ impl KimiVlm {
     /// `checkpoint_dir` (`None` for dummy weights: the asset cache only).
     ///
     /// # Errors
-    /// Tokenizer errors (not found, malformed), and [`ModelError::Config`] when the model's
-    /// image placeholder id or vocabulary disagrees with the tokenizer.
+    /// Tokenizer errors (not found, malformed).
     pub fn load(
         model: Arc<KimiVlModel>,
         model_id: &str,
         checkpoint_dir: Option<&Path>,
     ) -> Result<Self> {
         let tokenizer = KimiTokenizer::load(checkpoint_dir)?;
-        Self::new(model, model_id, tokenizer)
+        Ok(Self::new(model, model_id, tokenizer))
     }
 
-    /// Wrap a loaded model and its tokenizer.
-    ///
-    /// # Errors
-    /// [`ModelError::Config`] when the model's `media_placeholder_token_id` is not
-    /// `<|media_pad|>` or its vocabulary is smaller than the tokenizer's.
-    pub fn new(model: Arc<KimiVlModel>, model_id: &str, tokenizer: KimiTokenizer) -> Result<Self> {
+    /// Wrap a loaded model and its tokenizer. A model whose image placeholder id or
+    /// vocabulary disagrees with the tokenizer (the tiny test checkpoints) is accepted with a
+    /// warning; [`Vlm::analyse`] then refuses it (see [`Self::check_vocabulary`]).
+    pub fn new(model: Arc<KimiVlModel>, model_id: &str, tokenizer: KimiTokenizer) -> Self {
         let cfg = model.config();
         let text = model.language_model().config();
-        let config_err = |reason: String| ModelError::Config {
-            path: format!("{model_id} config.json").into(),
-            reason,
-        };
-        if cfg.media_placeholder_token_id != KimiSpecialIds::MEDIA_PAD {
-            return Err(config_err(format!(
-                "media_placeholder_token_id is {}, the tokenizer's <|media_pad|> is {}",
-                cfg.media_placeholder_token_id,
-                KimiSpecialIds::MEDIA_PAD
-            )));
-        }
-        let vocab = tokenizer.vocabulary().map_or(0, |v| v.len());
-        if text.vocab_size < vocab {
-            return Err(config_err(format!(
-                "vocab_size {} is smaller than the tokenizer's {vocab} ids",
-                text.vocab_size
-            )));
-        }
         let processor = KimiVlImageProcessor {
             patch_size: cfg.vision.patch_size,
             merge_kernel_size: cfg.vision.merge_kernel_size,
             ..KimiVlImageProcessor::default()
         };
-        Ok(Self {
+        let vlm = Self {
             model_id: model_id.to_string(),
             kind: kimi_vlm_kind(model_id),
             max_positions: text.max_position_embeddings,
             model,
             tokenizer,
             processor,
+        };
+        if let Err(e) = vlm.check_vocabulary() {
+            tracing::warn!(model = model_id, "{e}");
+        }
+        vlm
+    }
+
+    /// Check that the model can take this tokenizer's prompts: its `media_placeholder_token_id`
+    /// is `<|media_pad|>` and its embedding has a row for every id of the tokenizer.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the disagreeing values.
+    pub fn check_vocabulary(&self) -> Result<()> {
+        let placeholder = self.model.config().media_placeholder_token_id;
+        let rows = self.model.language_model().config().vocab_size;
+        let ids = self.tokenizer.vocabulary().map_or(0, |v| v.len());
+        let reason = if placeholder != KimiSpecialIds::MEDIA_PAD {
+            format!(
+                "media_placeholder_token_id is {placeholder}, the tokenizer's <|media_pad|> is {}",
+                KimiSpecialIds::MEDIA_PAD
+            )
+        } else if rows < ids {
+            format!("vocab_size {rows} is smaller than the tokenizer's {ids} ids")
+        } else {
+            return Ok(());
+        };
+        Err(ModelError::Config {
+            path: format!("{} config.json", self.model_id).into(),
+            reason: format!("{reason}: this checkpoint cannot take Kimi-VL prompts"),
         })
     }
 
@@ -184,6 +192,7 @@ impl Vlm for KimiVlm {
     ) -> Result<Generation> {
         let started = Instant::now();
         let _span = tracing::info_span!("kimi_vl_analyse", model = %self.model_id).entered();
+        self.check_vocabulary()?;
         let (prompt, images) = self.build_prompt(request)?;
         let mut session = KimiSession::new(self, &prompt, images.as_ref())?;
         let stop = self.tokenizer.stop_token_ids();

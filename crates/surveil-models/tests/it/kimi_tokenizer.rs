@@ -1,16 +1,24 @@
 //! Kimi-VL's text side against the real `tiktoken.model`: golden ids of the reference tiktoken
-//! library, special tokens, streaming decode, the reasoning split over real tokens, and the
-//! chat template written out by hand from the tokenizer README.
+//! library, special tokens, streaming decode, the reasoning split over real tokens, the chat
+//! template written out by hand from the tokenizer README, and the whole `Vlm` call on a tiny
+//! random model with the real vocabulary.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use candle_core::{DType, Device};
 use sha2::{Digest, Sha256};
+use surveil_memory::{QuantPolicy, StorageDtype};
+use surveil_models::arch::LoadedModel;
+use surveil_models::generation::{GenerationParams, StopReason};
 use surveil_models::kimi_vl::{
-    encode_chat, GridHw, KimiMessage, KimiSpecialIds, KimiTokenizer, KimiVlImageProcessor,
+    encode_chat, full_tensor_layout, GridHw, KimiMessage, KimiSpecialIds, KimiTokenizer,
+    KimiVlConfig, KimiVlImageProcessor, KimiVlModel,
 };
 use surveil_models::thinking::{split_thinking, ThinkingMarkers, ThinkingStream};
 use surveil_models::tokenizer::{TextTokenizer, TokenStream};
+use surveil_models::vlm::{build_vlm, GenerationHooks, NoHooks, VlmKind, VlmRequest};
+use surveil_models::weights::{DummySource, Weights};
 
 use crate::common::{assets_dir, fixtures_dir};
 
@@ -238,4 +246,174 @@ fn kimi_tokenizer_is_found_beside_the_checkpoint_first() {
             );
         }
     }
+}
+
+/// Forces a fixed reply through the logits-mask hook: every step allows one token only.
+struct ForceReply {
+    reply: Vec<u32>,
+    step: usize,
+    vocab_rows: usize,
+}
+
+impl GenerationHooks for ForceReply {
+    fn mask_logits(&mut self, logits: &mut [f32]) -> surveil_models::Result<()> {
+        self.vocab_rows = logits.len();
+        let allowed = self.reply.get(self.step).copied();
+        for (id, l) in logits.iter_mut().enumerate() {
+            if Some(id as u32) != allowed {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        self.step += 1;
+        Ok(())
+    }
+}
+
+/// The tiny Kimi-VL of the fixtures with random weights; with `real_vocabulary`, 163,840
+/// embedding rows and `<|media_pad|>` as placeholder, so the whole text side runs for real.
+fn tiny_kimi(real_vocabulary: bool) -> std::sync::Arc<KimiVlModel> {
+    let path = fixtures_dir().join("kimi_vl/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    if real_vocabulary {
+        json["media_placeholder_token_id"] = 163_605.into();
+        json["text_config"]["vocab_size"] = 163_840.into();
+    }
+    let cfg = KimiVlConfig::from_json_str(&json.to_string()).unwrap();
+    let layout = full_tensor_layout(&cfg).unwrap();
+    let source = DummySource::new("tiny-kimi", layout, DType::F32, 7);
+    let w = Weights::new(
+        Box::new(source),
+        Device::Cpu,
+        QuantPolicy::unquantized(StorageDtype::F32),
+    );
+    std::sync::Arc::new(KimiVlModel::load(&cfg, &w).unwrap())
+}
+
+#[test]
+fn kimi_vlm_forced_reply_splits_reasoning_and_stops_on_im_end() {
+    let Some(tok) = tokenizer() else { return };
+    let model = tiny_kimi(true);
+    // The checkpoint directory holds the tokenizer: found there first.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(tok.path(), dir.path().join("tiktoken.model")).unwrap();
+    let vlm = build_vlm(
+        LoadedModel::KimiVl(model.clone()),
+        &Device::Cpu,
+        "kimi-vl-a3b-thinking",
+        Some(dir.path()),
+    )
+    .unwrap();
+    assert_eq!(vlm.kind(), VlmKind::Thinking);
+
+    // 60 × 40 pixels: padded to 84 × 56, a 4 × 6 patch grid, 2 × 3 = 6 image tokens.
+    let images = [image::RgbImage::from_fn(60, 40, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 6) as u8, 90])
+    })];
+    let request = VlmRequest {
+        images: &images,
+        system: None,
+        prompt: "Is anyone hiding an item?",
+    };
+    let mut want_prompt = vec![163_594];
+    want_prompt.extend(tok.encode("system").unwrap());
+    want_prompt.push(163_601);
+    want_prompt.extend(tok.encode("You are a helpful assistant").unwrap());
+    want_prompt.extend([163_586, 163_587]);
+    want_prompt.extend(tok.encode("user").unwrap());
+    want_prompt.extend([163_601, 163_602]);
+    want_prompt.extend(tok.encode("image").unwrap());
+    want_prompt.push(163_603);
+    want_prompt.extend([163_605; 6]);
+    want_prompt.push(163_604);
+    want_prompt.extend(tok.encode("Is anyone hiding an item?").unwrap());
+    want_prompt.extend([163_586, 163_588]);
+    want_prompt.extend(tok.encode("assistant").unwrap());
+    want_prompt.push(163_601);
+
+    let reply_text = "◁think▷The man puts a bottle in his bag.◁/think▷\n{\"level\": \"高\"}";
+    let reply = tok.encode(reply_text).unwrap();
+    let mut forced = reply.clone();
+    forced.push(KimiSpecialIds::IM_END);
+    let mut hooks = ForceReply {
+        reply: forced,
+        step: 0,
+        vocab_rows: 0,
+    };
+    let out = vlm
+        .analyse(&request, &GenerationParams::greedy(64), &mut hooks)
+        .unwrap();
+    assert_eq!(hooks.vocab_rows, 163_840);
+    assert_eq!(out.timings.prompt_tokens, want_prompt.len());
+    assert_eq!(
+        out.stop_reason,
+        StopReason::StopToken(KimiSpecialIds::IM_END)
+    );
+    assert_eq!(out.tokens, reply);
+    assert_eq!(
+        out.reasoning.as_deref(),
+        Some("The man puts a bottle in his bag.")
+    );
+    assert_eq!(out.text, "{\"level\": \"高\"}");
+    assert!(!out.reasoning_unfinished);
+
+    // Stopped by the token limit inside the reasoning: no answer, and the result says so.
+    let head = tok.encode("◁think▷The man puts").unwrap();
+    assert_eq!(reply[..head.len()], head);
+    let mut hooks = ForceReply {
+        reply: reply.clone(),
+        step: 0,
+        vocab_rows: 0,
+    };
+    let out = vlm
+        .analyse(&request, &GenerationParams::greedy(head.len()), &mut hooks)
+        .unwrap();
+    assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
+    assert_eq!(out.tokens, head);
+    assert_eq!(out.text, "");
+    assert_eq!(out.reasoning.as_deref(), Some("The man puts"));
+    assert!(out.reasoning_unfinished);
+
+    // The Instruct model keeps the whole reply as its answer; [EOS] stops too.
+    let instruct = build_vlm(
+        LoadedModel::KimiVl(model),
+        &Device::Cpu,
+        "kimi-vl-a3b-instruct",
+        Some(dir.path()),
+    )
+    .unwrap();
+    assert_eq!(instruct.kind(), VlmKind::Instruction);
+    let answer = tok.encode("Two people are talking.").unwrap();
+    let mut forced = answer.clone();
+    forced.push(KimiSpecialIds::EOS);
+    let mut hooks = ForceReply {
+        reply: forced,
+        step: 0,
+        vocab_rows: 0,
+    };
+    let out = instruct
+        .analyse(&request, &GenerationParams::greedy(64), &mut hooks)
+        .unwrap();
+    assert_eq!(out.stop_reason, StopReason::StopToken(KimiSpecialIds::EOS));
+    assert_eq!(out.tokens, answer);
+    assert_eq!(out.text, "Two people are talking.");
+    assert_eq!(out.reasoning, None);
+
+    // The fixture's own vocabulary (320 ids, placeholder 317) cannot take Kimi prompts: the
+    // model is built (the loader accepts it) but refuses to analyse.
+    let small = build_vlm(
+        LoadedModel::KimiVl(tiny_kimi(false)),
+        &Device::Cpu,
+        "kimi-vl-a3b-thinking",
+        Some(dir.path()),
+    )
+    .unwrap();
+    let e = small
+        .analyse(&request, &GenerationParams::greedy(4), &mut NoHooks)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("media_placeholder_token_id is 317") && e.contains("cannot take"),
+        "{e}"
+    );
 }

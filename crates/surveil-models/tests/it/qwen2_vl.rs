@@ -986,13 +986,17 @@ fn byte_level_chars() -> Vec<char> {
 }
 
 /// A byte-level `tokenizer.json` that fits the fixture model's 320-row vocabulary: the 256
-/// bytes as ids 0..=255 (no merges) and the Qwen2-VL special tokens at the fixture config's
-/// ids (`<|vision_start|>` 313, `<|image_pad|>` 316, ...).
+/// bytes as ids 0..=255 (no merges), fillers, and the Qwen2-VL special tokens at the fixture
+/// config's ids (`<|vision_start|>` 313, `<|image_pad|>` 316, ...).
 fn fixture_tokenizer_json() -> String {
+    // Ids must be contiguous up to the added tokens: 256..310 are filler entries that no
+    // text produces (there are no merges).
     let vocab: serde_json::Map<String, serde_json::Value> = byte_level_chars()
         .iter()
+        .map(char::to_string)
+        .chain((256..310).map(|i| format!("<unused{i}>")))
         .enumerate()
-        .map(|(i, c)| (c.to_string(), serde_json::json!(i)))
+        .map(|(i, t)| (t, serde_json::json!(i)))
         .collect();
     let special = [
         ("<|endoftext|>", 310),
@@ -1123,6 +1127,13 @@ fn qwen2_vl_vlm_end_to_end_through_the_manager() {
                 }),
             )
             .unwrap();
+        println!(
+            "images {}: {:?} {:?} {:?}",
+            images.len(),
+            out.tokens,
+            out.stop_reason,
+            out.text
+        );
         assert_eq!(out.tokens, expected.tokens);
         assert_eq!(out.stop_reason, expected.stop_reason);
         assert_eq!(out.timings.prompt_tokens, input.input_ids.len());

@@ -158,9 +158,7 @@ impl BehaviourTool for ProximityTool {
             let nearest = scene
                 .persons()
                 .filter(|p| is_near(&bag.bbox, &p.bbox, margin))
-                .min_by(|a, b| {
-                    box_gap(&bag.bbox, &a.bbox).total_cmp(&box_gap(&bag.bbox, &b.bbox))
-                });
+                .min_by(|a, b| box_gap(&bag.bbox, &a.bbox).total_cmp(&box_gap(&bag.bbox, &b.bbox)));
             if let Some(p) = nearest {
                 out.push(Observation {
                     tool: NAME.into(),

@@ -197,26 +197,24 @@ impl ToolRunner {
         let (jobs, rx) = mpsc::channel::<Job>();
         let results = self.results_tx.clone();
         let name = format!("surveil-tool-{}", self.spawned);
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let start = Instant::now();
-                    let outcome =
-                        match catch_unwind(AssertUnwindSafe(|| job.tool.observe(&job.scene))) {
-                            Ok(r) => Outcome::Done(r),
-                            Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
-                        };
-                    let sent = results.send(JobResult {
-                        id: job.id,
-                        outcome,
-                        elapsed: start.elapsed(),
-                    });
-                    if sent.is_err() {
-                        break;
-                    }
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                let start = Instant::now();
+                let outcome = match catch_unwind(AssertUnwindSafe(|| job.tool.observe(&job.scene)))
+                {
+                    Ok(r) => Outcome::Done(r),
+                    Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+                };
+                let sent = results.send(JobResult {
+                    id: job.id,
+                    outcome,
+                    elapsed: start.elapsed(),
+                });
+                if sent.is_err() {
+                    break;
                 }
-            });
+            }
+        });
         match handle {
             Ok(handle) => {
                 self.spawned += 1;

@@ -251,10 +251,7 @@ impl BehaviourTool for TrajectoryTool {
         let s = &self.settings;
         let mut out = Vec::new();
         for person in scene.persons() {
-            let Some(m) = scene
-                .history(person.track_id)
-                .and_then(|h| measure(h, s))
-            else {
+            let Some(m) = scene.history(person.track_id).and_then(|h| measure(h, s)) else {
                 continue;
             };
             let id = m.track_id;

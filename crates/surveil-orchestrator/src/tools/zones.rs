@@ -141,10 +141,7 @@ impl BehaviourTool for ZonesTool {
             let limit = zone.max_dwell_seconds;
             for person in scene.persons() {
                 let id = person.track_id;
-                let Some(dwell) = scene
-                    .history(id)
-                    .and_then(|h| dwell_seconds(h, &polygon))
-                else {
+                let Some(dwell) = scene.history(id).and_then(|h| dwell_seconds(h, &polygon)) else {
                     continue;
                 };
                 let name = &zone.name;

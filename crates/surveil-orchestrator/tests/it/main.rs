@@ -1,7 +1,8 @@
 //! Integration tests of surveil-orchestrator: one binary, one module per area.
 
 mod decision;
-mod verdict;
+mod pipeline;
 mod scene;
 mod tools;
 mod trigger;
+mod verdict;

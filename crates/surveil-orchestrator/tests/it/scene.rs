@@ -125,7 +125,10 @@ fn vanished_tracks_stay_queryable_within_the_window() {
     for i in 50..=115 {
         scene.update(i, at(i), FRAME, vec![person(1, 100.0, 400.0, 100.0)]);
     }
-    assert!(scene.history(2).is_some(), "11.5 s - 10 s = 1.5 s: still inside");
+    assert!(
+        scene.history(2).is_some(),
+        "11.5 s - 10 s = 1.5 s: still inside"
+    );
     for i in 116..=121 {
         scene.update(i, at(i), FRAME, vec![person(1, 100.0, 400.0, 100.0)]);
     }

@@ -46,8 +46,15 @@ fn walking_at_a_known_speed() {
     assert!((m.duration_seconds - 10.0).abs() < 1e-6);
     let obs = TrajectoryTool::default().observe(&scene).unwrap();
     assert_eq!(kinds(&obs), [("movement", Some(1), Cue::Info)]);
-    assert!((obs[0].score - 0.25).abs() < 0.01, "0.5 of a 2 body-lengths/s run");
-    assert!(obs[0].detail.contains("0.50 body lengths/s"), "{}", obs[0].detail);
+    assert!(
+        (obs[0].score - 0.25).abs() < 0.01,
+        "0.5 of a 2 body-lengths/s run"
+    );
+    assert!(
+        obs[0].detail.contains("0.50 body lengths/s"),
+        "{}",
+        obs[0].detail
+    );
 }
 
 #[test]
@@ -69,7 +76,10 @@ fn u_turn_returns_to_start() {
     let obs = TrajectoryTool::default().observe(&scene).unwrap();
     let r = find(&obs, "return_to_start").expect("return_to_start");
     assert_eq!((r.track_id, r.cue), (Some(1), Cue::Notable));
-    assert!(find(&obs, "erratic_path").is_none(), "one turn is not erratic");
+    assert!(
+        find(&obs, "erratic_path").is_none(),
+        "one turn is not erratic"
+    );
 }
 
 #[test]
@@ -176,7 +186,12 @@ fn square_zone(restricted: bool, limit: f64) -> Zone {
     Zone {
         name: "till".into(),
         camera: None,
-        polygon: vec![(200.0, 300.0), (600.0, 300.0), (600.0, 600.0), (200.0, 600.0)],
+        polygon: vec![
+            (200.0, 300.0),
+            (600.0, 300.0),
+            (600.0, 600.0),
+            (200.0, 600.0),
+        ],
         normalized: false,
         restricted,
         max_dwell_seconds: limit,
@@ -185,7 +200,9 @@ fn square_zone(restricted: bool, limit: f64) -> Zone {
 
 /// A person standing with feet at (400, 500) for `seconds`.
 fn standing(seconds: f64) -> Scene {
-    play((seconds * FPS) as u64 + 1, |_, _| vec![person(1, 400.0, 500.0, 150.0)])
+    play((seconds * FPS) as u64 + 1, |_, _| {
+        vec![person(1, 400.0, 500.0, 150.0)]
+    })
 }
 
 #[test]
@@ -222,7 +239,9 @@ fn under_the_limit_is_presence_only() {
 fn dwell_counts_from_entering_the_zone() {
     // Walk in from x = 0 at 100 px/s (zone starts at x = 200, reached at 2 s), stop at
     // x = 400 (4 s), stand until 16 s: 14 s inside.
-    let scene = play(161, |_, t| vec![person(1, (100.0 * t).min(400.0), 500.0, 150.0)]);
+    let scene = play(161, |_, t| {
+        vec![person(1, (100.0 * t).min(400.0), 500.0, 150.0)]
+    });
     let h = scene.history(1).unwrap();
     let dwell = surveil_orchestrator::tools::zones::dwell_seconds(
         h,
@@ -236,11 +255,19 @@ fn dwell_counts_from_entering_the_zone() {
 fn the_feet_point_decides() {
     // Box centre inside a shallow zone, feet below it.
     let zone = Zone {
-        polygon: vec![(200.0, 300.0), (600.0, 300.0), (600.0, 450.0), (200.0, 450.0)],
+        polygon: vec![
+            (200.0, 300.0),
+            (600.0, 300.0),
+            (600.0, 450.0),
+            (200.0, 450.0),
+        ],
         ..square_zone(false, 10.0)
     };
     let scene = play(50, |_, _| vec![person(1, 400.0, 500.0, 200.0)]);
-    assert!(ZonesTool::new(vec![zone]).observe(&scene).unwrap().is_empty());
+    assert!(ZonesTool::new(vec![zone])
+        .observe(&scene)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -254,10 +281,18 @@ fn normalized_zones_and_cameras() {
         max_dwell_seconds: None,
     };
     let zone = Zone::from_config(&config(None), 30.0);
-    assert_eq!(zone.max_dwell_seconds, 30.0, "defaults to tools.loiter_seconds");
+    assert_eq!(
+        zone.max_dwell_seconds, 30.0,
+        "defaults to tools.loiter_seconds"
+    );
     assert_eq!(
         zone.polygon_px((1280, 720)),
-        [(320.0, 360.0), (960.0, 360.0), (960.0, 720.0), (320.0, 720.0)]
+        [
+            (320.0, 360.0),
+            (960.0, 360.0),
+            (960.0, 720.0),
+            (320.0, 720.0)
+        ]
     );
     // Feet at (640, 600): inside on a 1280 x 720 frame.
     let scene = play(11, |_, _| vec![person(1, 640.0, 600.0, 150.0)]);
@@ -314,7 +349,10 @@ fn bag_next_to_a_person_is_info() {
     let scene = bag_scene(11, 0..11, 0..11);
     let obs = ProximityTool::default().observe(&scene).unwrap();
     assert_eq!(kinds(&obs), [("bag_near_person", Some(1), Cue::Info)]);
-    assert!((obs[0].score - 0.5).abs() < 1e-6, "half the bag is over the person");
+    assert!(
+        (obs[0].score - 0.5).abs() < 1e-6,
+        "half the bag is over the person"
+    );
 }
 
 #[test]
@@ -385,7 +423,10 @@ fn modes_pick_their_tools() {
         ToolKind::for_mode(OrchestrationMode::Balanced),
         [Trajectory, Zones, Crowding, Proximity]
     );
-    assert_eq!(ToolKind::for_mode(OrchestrationMode::Thorough), ToolKind::ALL);
+    assert_eq!(
+        ToolKind::for_mode(OrchestrationMode::Thorough),
+        ToolKind::ALL
+    );
     let names: Vec<&str> = ToolKind::ALL.iter().map(|k| k.name()).collect();
     assert_eq!(names, ["trajectory", "zones", "crowding", "proximity"]);
 }
@@ -475,7 +516,10 @@ fn late_tool_is_abandoned_and_the_frame_goes_on() {
     assert_eq!(details(&report.observations), ["quick"]);
     assert_eq!(report.failures.len(), 1);
     let f = &report.failures[0];
-    assert_eq!((f.tool.as_str(), &f.reason), ("slow", &ToolFailureReason::TimedOut));
+    assert_eq!(
+        (f.tool.as_str(), &f.reason),
+        ("slow", &ToolFailureReason::TimedOut)
+    );
     assert!(f.elapsed_ms >= 200.0);
     assert_eq!(runner.late_workers(), 1);
     let timed: Vec<&str> = report.timings.iter().map(|t| t.tool.as_str()).collect();
@@ -520,7 +564,9 @@ fn errors_and_panics_are_recorded_and_workers_survive() {
                     reason: "no frame size".into(),
                 })
             }),
-            tool("panicking", |_| panic!("index out of bounds in a test tool")),
+            tool("panicking", |_| {
+                panic!("index out of bounds in a test tool")
+            }),
             sleeper("last", 0),
         ],
         1,
@@ -548,7 +594,10 @@ fn errors_and_panics_are_recorded_and_workers_survive() {
 }
 
 /// Eight tools that count how many of them run at once.
-fn counting_tools(current: &Arc<AtomicUsize>, peak: &Arc<AtomicUsize>) -> Vec<Arc<dyn BehaviourTool>> {
+fn counting_tools(
+    current: &Arc<AtomicUsize>,
+    peak: &Arc<AtomicUsize>,
+) -> Vec<Arc<dyn BehaviourTool>> {
     const NAMES: [&str; 8] = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
     NAMES
         .iter()
@@ -570,8 +619,11 @@ fn concurrency_never_exceeds_the_limit() {
     for limit in [1, 3] {
         let current = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
-        let mut runner =
-            ToolRunner::new(counting_tools(&current, &peak), limit, Duration::from_secs(10));
+        let mut runner = ToolRunner::new(
+            counting_tools(&current, &peak),
+            limit,
+            Duration::from_secs(10),
+        );
         for _ in 0..2 {
             let report = runner.run(empty_scene());
             assert!(report.failures.is_empty(), "{:?}", report.failures);
@@ -583,6 +635,9 @@ fn concurrency_never_exceeds_the_limit() {
         }
         let peak = peak.load(Ordering::SeqCst);
         assert!(peak <= limit, "limit {limit}, peak {peak}");
-        assert!(peak >= limit.min(2), "tools ran in parallel: limit {limit}, peak {peak}");
+        assert!(
+            peak >= limit.min(2),
+            "tools ran in parallel: limit {limit}, peak {peak}"
+        );
     }
 }
