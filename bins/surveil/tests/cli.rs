@@ -401,3 +401,177 @@ fn verdict_parse_closed_stdout_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// The sample clip and the detector, or `None` (skipped with a message) on a developer's
+/// machine without them; a failure under `CI=true`.
+fn run_assets() -> Option<std::path::PathBuf> {
+    let clip = surveil_config::paths::asset("video/vtest.avi");
+    let det = surveil_config::paths::asset("yolov3-tiny");
+    if clip.is_file() && det.is_dir() {
+        return Some(clip);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("sample clip or detector missing under CI=true (scripts/setup.sh fetches them)");
+    }
+    eprintln!("skipped: sample clip or detector missing (run scripts/setup.sh)");
+    None
+}
+
+#[test]
+fn run_git_dummy_end_to_end_json() {
+    let Some(clip) = run_assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let out = surveil(
+        &[
+            "run",
+            "--profile",
+            "testing",
+            "--source",
+            clip.to_str().unwrap(),
+            "--weights",
+            "dummy",
+            "--max-frames",
+            "8",
+            "--output",
+            out_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    let summary = json(&out);
+    assert_eq!(summary["frames"], 8);
+    assert_eq!(summary["end_reason"], "max_frames");
+    assert_eq!(summary["model"]["model"], "git-base-coco");
+    assert_eq!(summary["model"]["weights"], "dummy");
+    let snaps = summary["memory"]["snapshots"]["snapshots"].as_array().unwrap();
+    let labels: Vec<&str> = snaps.iter().map(|s| s["label"].as_str().unwrap()).collect();
+    for l in ["before_load", "after_load", "after_first_inference", "after_unload"] {
+        assert!(labels.contains(&l), "memory snapshot {l} missing: {labels:?}");
+    }
+    let events = std::fs::read_to_string(out_dir.join("events.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let analyses: Vec<_> = lines.iter().filter(|e| e["kind"] == "analysis").collect();
+    assert!(!analyses.is_empty(), "the first frame with people is analysed");
+    for a in analyses {
+        assert_eq!(a["vlm"]["outcome"], "ok");
+        assert_eq!(a["vlm_analysis"]["status"], "parsed");
+        assert!(!a["vlm_analysis"]["description"].as_str().unwrap().is_empty());
+    }
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk["frames"], 8);
+}
+
+#[test]
+fn run_ctrl_c_mid_run_exits_0_with_summary_and_whole_lines() {
+    let Some(clip) = run_assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surveil"))
+        .args([
+            "run",
+            "--profile",
+            "testing",
+            "--source",
+            clip.to_str().unwrap(),
+            "--weights",
+            "dummy",
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
+        .env_remove("ENV")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until frames are being written, then interrupt as Ctrl-C does.
+    let events = out_dir.join("events.jsonl");
+    let start = std::time::Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&events)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if lines >= 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "no frames after 300 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C is a clean stop");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["end_reason"], "interrupted");
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(text.ends_with('\n'), "no half-written last line");
+    let frames = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line parses"))
+        .filter(|e| e["kind"] == "frame")
+        .count() as u64;
+    assert_eq!(summary["frames"], frames);
+    assert!(frames >= 5 && frames < 795, "{frames}");
+}
+
+#[test]
+fn run_refuses_an_output_folder_with_events() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("events.jsonl"), "keep\n").unwrap();
+    let out = surveil(
+        &[
+            "run",
+            "--profile",
+            "testing",
+            "--weights",
+            "dummy",
+            "--output",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("events.jsonl"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap(),
+        "keep\n"
+    );
+}
+
+#[test]
+fn run_auto_weights_missing_suggests_dummy() {
+    let Some(clip) = run_assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = surveil(
+        &[
+            "run",
+            "--profile",
+            "testing",
+            "--source",
+            clip.to_str().unwrap(),
+            "--output",
+            dir.path().join("run").to_str().unwrap(),
+        ],
+        &[
+            ("HF_HOME", dir.path().join("hf").to_str().unwrap()),
+            ("HF_HUB_CACHE", dir.path().join("hf/hub").to_str().unwrap()),
+            ("SURVEIL_MODEL_DIR", dir.path().join("models").to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--weights dummy"), "{err}");
+    assert!(err.contains("searched"), "{err}");
+}

@@ -531,7 +531,8 @@ impl JsonSchemaConstraint {
     /// Errors: [`ModelError::Constraint`] when the grammar engine fails or no token at all is
     /// allowed (a dead end, which the constraint is built never to reach).
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
-        let n = self.shared.len().min(logits.len());
+        let rows = logits.len();
+        let n = self.shared.len().min(rows);
         if let Some(rest) = logits.get_mut(n..) {
             rest.fill(f32::NEG_INFINITY);
         }
@@ -558,7 +559,7 @@ impl JsonSchemaConstraint {
                 "no token is allowed after {:?} (the model's vocabulary has {} rows, the \
                  tokenizer {} ids)",
                 String::from_utf8_lossy(&self.json),
-                logits.len(),
+                rows,
                 self.shared.len()
             )));
         }

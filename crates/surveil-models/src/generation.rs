@@ -89,7 +89,9 @@ impl TokenSampler {
                     .iter()
                     .enumerate()
                     .map(|(i, &l)| (i as u32, (((l - max) as f64) / temperature).exp()))
-                    .filter(|(_, p)| p.is_finite())
+                    // Zero-probability entries (masked logits, or underflow at low
+                    // temperature) can never be drawn: dropping them keeps the sort small.
+                    .filter(|(_, p)| p.is_finite() && *p > 0.0)
                     .collect();
                 let total: f64 = probs.iter().map(|(_, p)| p).sum();
                 if total.is_nan() || total <= 0.0 {
@@ -559,7 +561,11 @@ mod loop_tests {
         assert_eq!(out.tokens, vec![4, 4]);
         assert_eq!(out.text, "dd");
         assert_eq!(out.stop_reason, StopReason::StopToken(3));
-        assert_eq!(s.fed, vec![4, 4], "the chosen tokens are what the model is fed");
+        assert_eq!(
+            s.fed,
+            vec![4, 4],
+            "the chosen tokens are what the model is fed"
+        );
         // Forbidding the stop token lets generation go on past it.
         let mut s = Scripted::new(&[0, 3, 1], 100);
         let out = run(&mut s, 3, &mut Forbid(3)).unwrap();

@@ -321,7 +321,7 @@ impl GenerationHooks for AnalysisHooks<'_> {
 
 /// The model the thread serves: loaded and owned through the manager, or given.
 enum Resident {
-    Managed(ModelManager),
+    Managed(Box<ModelManager>),
     Given(Box<dyn Vlm>),
 }
 
@@ -373,7 +373,7 @@ fn analyst_thread<C: Send>(
                 )
                 .map(|(summary, failures)| (summary.clone(), failures));
             match loaded {
-                Ok((load, failures)) => (Resident::Managed(m), Some(load), failures),
+                Ok((load, failures)) => (Resident::Managed(Box::new(m)), Some(load), failures),
                 Err(e) => {
                     let _ = ready.send(Err(e.into()));
                     return AnalystExit {

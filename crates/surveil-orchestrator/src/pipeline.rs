@@ -505,7 +505,10 @@ pub fn run(
         let t = Instant::now();
         let persons = scene.persons().count();
         let (time, local) = local_time();
-        let decision_now = trigger.evaluate_scene(tf.frame.timestamp, &scene, &report.observations);
+        // The trigger runs on the run's monotonic clock, the clock analysis durations are measured
+        // in: cooldown and pacing are about what the model can serve, whatever the source's pace.
+        let decision_now =
+            trigger.evaluate_scene(loop_start.elapsed(), &scene, &report.observations);
         let trigger_note = match decision_now {
             TriggerDecision::Fire(reason) => {
                 let reason = reason.as_str().to_string();

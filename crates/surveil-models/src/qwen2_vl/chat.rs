@@ -199,7 +199,7 @@ impl Qwen2VlTokenizer {
         let mut plain = inner.clone();
         plain.set_encode_special_tokens(true);
         // The byte strings of the vocabulary, for constrained decoding and streaming.
-        let vocabulary = None;
+        let vocabulary = Some(Vocabulary::from_hf_tokenizer(&inner)?);
         Ok(Self {
             image_pad,
             video_pad,

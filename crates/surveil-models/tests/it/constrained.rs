@@ -132,25 +132,29 @@ fn check_verdict(v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Seeded noise logits, roughly normal (sum of uniforms), scaled so that top-p sampling
-/// spreads over many tokens: what a model with random weights produces.
+/// Seeded uniform noise logits in [-8, 8): what a model with random weights produces.
 struct Noise(u64);
 
 impl Noise {
-    fn next(&mut self) -> f32 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        (x >> 40) as f32 / (1u64 << 24) as f32
-    }
     fn logits(&mut self, rows: usize) -> Vec<f32> {
         (0..rows)
-            .map(|_| (self.next() + self.next() + self.next() - 1.5) * 4.0)
+            .map(|_| {
+                // xorshift64*
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 16.0
+            })
             .collect()
     }
 }
+
+/// Candidates handed to the sampler: the highest allowed logits. Masked ids have probability
+/// zero, and with logits spread over [-8, 8) the ids past the 512th hold a negligible share of
+/// the top-p mass, so this draws like the sampler over the whole masked row at a fraction of
+/// its cost (it sorts every row).
+const CANDIDATES: usize = 512;
 
 /// What one constrained generation produced.
 struct Run {
@@ -181,10 +185,18 @@ fn generate(
         let t = Instant::now();
         constraint.mask(&mut logits).unwrap();
         mask_time += t.elapsed();
-        let allowed = logits.iter().filter(|l| l.is_finite()).count();
-        assert!(allowed > 0, "seed {seed}: dead end at step {step}");
-        let token = sampler.sample_slice(&logits).unwrap();
-        assert!(logits[token as usize].is_finite(), "sampled a masked id");
+        let mut allowed: Vec<(u32, f32)> = (0..rows as u32)
+            .zip(logits)
+            .filter(|(_, l)| l.is_finite())
+            .collect();
+        assert!(!allowed.is_empty(), "seed {seed}: dead end at step {step}");
+        if allowed.len() > CANDIDATES {
+            allowed.select_nth_unstable_by(CANDIDATES - 1, |a, b| b.1.total_cmp(&a.1));
+            allowed.truncate(CANDIDATES);
+            allowed.sort_unstable_by_key(|&(id, _)| id);
+        }
+        let candidate_logits: Vec<f32> = allowed.iter().map(|&(_, l)| l).collect();
+        let token = allowed[sampler.sample_slice(&candidate_logits).unwrap() as usize].0;
         assert!(
             (token as usize) < vocab_len,
             "id {token} past the tokenizer"
@@ -259,6 +271,7 @@ fn random_logits_always_give_valid_verdicts() {
     ));
     let hit_time = again.elapsed();
     let (mut steps, mut mask_time, mut longest) = (0, Duration::ZERO, 0);
+    let (mut fractional, mut full_string, mut full_array) = (false, false, false);
     for seed in 0..50u64 {
         let mut c =
             JsonSchemaConstraint::new(&schema, &q.vocab, &q.stop, ConstraintStart::Immediately)
@@ -273,10 +286,16 @@ fn random_logits_always_give_valid_verdicts() {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text}"));
         check_verdict(&verdict).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text}"));
         assert!(run.steps <= c.max_tokens().unwrap());
+        let c = verdict["confidence"].as_f64().unwrap();
+        fractional |= c > 0.0 && c < 1.0;
+        full_string |= verdict["description"].as_str().unwrap().chars().count() == 200;
+        full_array |= verdict["recommendations"].as_array().unwrap().len() == 3;
         steps += run.steps;
         mask_time += run.mask_time;
         longest = longest.max(run.steps);
     }
+    // The seeds reach the interesting edges: decimals, strings cut at maxLength, full arrays.
+    assert!(fractional && full_string && full_array);
     println!(
         "Qwen vocabulary ({} ids, {QWEN_VOCAB_ROWS} rows): trie built in {build_time:?}, cache \
          hit in {hit_time:?}; {steps} steps over 50 seeds (longest {longest}), mask {:?} per step",
@@ -530,8 +549,37 @@ fn bad_schemas_and_arguments_are_errors() {
     assert!(
         err(JsonSchemaConstraint::new(&unsat, &vocab, &[stop], start())).contains("cannot compile")
     );
+    // Local references compile (the bound does not follow them).
+    let with_ref = json!({"$defs": {"flag": {"type": "boolean"}},
+                          "type": "object", "properties": {"f": {"$ref": "#/$defs/flag"}},
+                          "required": ["f"], "additionalProperties": false});
+    let c = JsonSchemaConstraint::new(&with_ref, &vocab, &[stop], start()).unwrap();
+    assert_eq!(c.max_json_bytes(), None);
     // Unbounded schemas compile but have no length bound.
     let c =
         JsonSchemaConstraint::new(&json!({"type": "string"}), &vocab, &[stop], start()).unwrap();
     assert_eq!(c.max_tokens(), None);
+}
+
+#[test]
+fn generation_hooks_mask_and_commit() {
+    use std::ops::ControlFlow;
+    use surveil_models::vlm::GenerationHooks;
+
+    let (vocab, stop) = byte_vocabulary(&[]);
+    let schema = json!({"type": "boolean"});
+    let mut c =
+        JsonSchemaConstraint::new(&schema, &vocab, &[stop], ConstraintStart::Immediately).unwrap();
+    let hooks: &mut dyn GenerationHooks = &mut c;
+    let mut logits = vec![0.0; vocab.len() + 4];
+    hooks.mask_logits(&mut logits).unwrap();
+    let allowed: Vec<usize> = (0..logits.len()).filter(|&i| logits[i] == 0.0).collect();
+    assert_eq!(allowed, vec![b'f' as usize, b't' as usize]);
+    for b in b"fals" {
+        assert_eq!(hooks.on_token(*b as u32, ""), ControlFlow::Continue(()));
+    }
+    // A refused token stops generation; the error is kept and fails the next mask.
+    assert_eq!(hooks.on_token(b'x' as u32, "x"), ControlFlow::Break(()));
+    assert!(hooks.mask_logits(&mut logits).is_err());
+    assert!(c.error().unwrap().contains("rejected"));
 }

@@ -1066,6 +1066,10 @@ fn qwen2_vl_vlm_end_to_end_through_the_manager() {
     let vlm = m.vlm().unwrap();
     assert_eq!(vlm.kind(), VlmKind::Instruction);
     assert_eq!(vlm.tokenizer().stop_token_ids(), vec![312, 310]);
+    let vocab = vlm.tokenizer().vocabulary().expect("byte-level vocabulary");
+    assert_eq!(vocab.bytes(u32::from(b'A')), Some(&b"A"[..]));
+    assert_eq!(vocab.bytes(0xE9), Some(&[0xE9u8][..]), "raw byte tokens");
+    assert!(vocab.is_special(312) && vocab.bytes(312).is_none());
 
     let tok = Qwen2VlTokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
     // Plain encoding keeps special-token text as text; the template inserts them by id.

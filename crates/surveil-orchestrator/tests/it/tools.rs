@@ -104,7 +104,7 @@ fn zigzag_is_erratic() {
     let scene = play(101, |_, t| {
         let leg = (t / 2.0).floor().min(4.0);
         let along = 100.0 * (t - 2.0 * leg);
-        let x = if leg as u64 % 2 == 0 {
+        let x = if (leg as u64).is_multiple_of(2) {
             100.0 + along
         } else {
             300.0 - along
@@ -450,7 +450,8 @@ fn tools_for_a_loaded_config() {
 
 // ---------------------------------------------------------------- runner
 
-type ObserveFn = dyn Fn(&Scene) -> surveil_orchestrator::Result<Vec<Observation>> + Send + Sync;
+/// A test tool's body; an `Err` becomes [`OrchestratorError::Tool`].
+type ObserveFn = dyn Fn(&Scene) -> Result<Vec<Observation>, String> + Send + Sync;
 
 struct TestTool {
     name: &'static str,
@@ -462,13 +463,16 @@ impl BehaviourTool for TestTool {
         self.name
     }
     fn observe(&self, scene: &Scene) -> surveil_orchestrator::Result<Vec<Observation>> {
-        (self.f)(scene)
+        (self.f)(scene).map_err(|reason| OrchestratorError::Tool {
+            tool: self.name.into(),
+            reason,
+        })
     }
 }
 
 fn tool(
     name: &'static str,
-    f: impl Fn(&Scene) -> surveil_orchestrator::Result<Vec<Observation>> + Send + Sync + 'static,
+    f: impl Fn(&Scene) -> Result<Vec<Observation>, String> + Send + Sync + 'static,
 ) -> Arc<dyn BehaviourTool> {
     Arc::new(TestTool {
         name,
@@ -558,12 +562,7 @@ fn errors_and_panics_are_recorded_and_workers_survive() {
     let mut runner = ToolRunner::new(
         vec![
             sleeper("first", 0),
-            tool("failing", |_| {
-                Err(OrchestratorError::Tool {
-                    tool: "failing".into(),
-                    reason: "no frame size".into(),
-                })
-            }),
+            tool("failing", |_| Err("no frame size".into())),
             tool("panicking", |_| {
                 panic!("index out of bounds in a test tool")
             }),
