@@ -29,7 +29,7 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{ApproximateTokEnv, TokEnv, TokRxInfo, TokTrie};
@@ -111,6 +111,23 @@ pub struct ConstraintVocabulary {
     /// Regular, non-empty tokens: what free text (reasoning) may use.
     regular: Vec<bool>,
     numbers: Vec<NumberShape>,
+    /// Tokens made only of JSON punctuation and digits (`"`, `",`, `]}`, `0`, ...): what the
+    /// closing mode prefers, since they end strings, arrays and objects rather than fill them.
+    closers: Vec<bool>,
+}
+
+/// Tokens kept in reserve to close the document: when fewer than this many remain of the
+/// budget set with [`JsonSchemaConstraint::with_token_budget`], only closing tokens are
+/// allowed where the grammar leaves a choice, and the longest allowed tokens where it forces
+/// text. The longest forced tail of the verdict schema (every key with an empty or shortest
+/// value) is under 48 tokens of a byte-level BPE vocabulary written that way.
+pub const CLOSING_RESERVE: usize = 48;
+
+fn is_closer(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':' | b'0'..=b'9' | b'.'))
 }
 
 impl std::fmt::Debug for ConstraintVocabulary {
@@ -135,6 +152,7 @@ impl ConstraintVocabulary {
         let mut words: Vec<Vec<u8>> = Vec::with_capacity(n + 1);
         let mut regular = Vec::with_capacity(n);
         let mut numbers = Vec::with_capacity(n);
+        let mut closers = Vec::with_capacity(n);
         for id in 0..grammar_end {
             let entry = vocab.entry(id).unwrap_or_default();
             if vocab.is_special(id) {
@@ -146,10 +164,12 @@ impl ConstraintVocabulary {
                 words.push(word);
                 regular.push(false);
                 numbers.push(NumberShape::default());
+                closers.push(false);
             } else {
                 words.push(entry.to_vec());
                 regular.push(!entry.is_empty());
                 numbers.push(NumberShape::of(entry));
+                closers.push(is_closer(entry));
             }
         }
         words.push(GRAMMAR_END.to_vec());
@@ -169,23 +189,33 @@ impl ConstraintVocabulary {
             factory,
             regular,
             numbers,
+            closers,
         })
     }
 
     /// The shared trie of `vocab`: built on first use, then taken from a process-wide cache
-    /// (up to four vocabularies; a hit costs one comparison of the token tables).
+    /// of weak references (up to four vocabularies; a hit costs one comparison of the token
+    /// tables) for as long as some caller holds it. Hold the returned `Arc` for as long as the
+    /// model lives; dropping the last one frees the trie.
     ///
     /// Errors: as [`ConstraintVocabulary::build`].
     pub fn shared(vocab: &Vocabulary) -> Result<Arc<Self>> {
-        static SHARED: OnceLock<Mutex<Vec<Arc<ConstraintVocabulary>>>> = OnceLock::new();
+        // Weak entries: the cache never keeps a trie alive by itself, so the memory goes
+        // with the last user (the model's owner drops it when the model is unloaded).
+        static SHARED: OnceLock<Mutex<Vec<Weak<ConstraintVocabulary>>>> = OnceLock::new();
         let cache = SHARED.get_or_init(Default::default);
-        // A panic while the lock was held cannot leave the list half-updated (push is the
-        // only write), so a poisoned lock is still usable.
+        // A panic while the lock was held cannot leave the list half-updated (push and
+        // retain are the only writes), so a poisoned lock is still usable.
         let mut cached = cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(hit) = cached.iter().find(|c| c.same_vocabulary(vocab)) {
-            return Ok(Arc::clone(hit));
+        cached.retain(|w| w.strong_count() > 0);
+        if let Some(hit) = cached
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| c.same_vocabulary(vocab))
+        {
+            return Ok(hit);
         }
         let started = std::time::Instant::now();
         let built = Arc::new(Self::build(vocab)?);
@@ -197,7 +227,7 @@ impl ConstraintVocabulary {
         if cached.len() >= SHARED_CAPACITY {
             cached.remove(0);
         }
-        cached.push(Arc::clone(&built));
+        cached.push(Arc::downgrade(&built));
         Ok(built)
     }
 
@@ -418,6 +448,10 @@ pub struct JsonSchemaConstraint {
     json: Vec<u8>,
     max_json_bytes: Option<usize>,
     error: Option<String>,
+    /// Tokens the whole generation may use (reasoning, marker and document), if bounded.
+    token_budget: Option<usize>,
+    /// Tokens committed so far, every phase.
+    committed: usize,
 }
 
 impl std::fmt::Debug for JsonSchemaConstraint {
@@ -521,7 +555,25 @@ impl JsonSchemaConstraint {
             scan: JsonScan::default(),
             json: Vec::new(),
             error: None,
+            token_budget: None,
+            committed: 0,
         })
+    }
+
+    /// Bound the generation to `max_new_tokens` tokens (reasoning included): once fewer than
+    /// [`CLOSING_RESERVE`] remain, wherever the grammar leaves a choice only closing tokens
+    /// (JSON punctuation and digits) are allowed, and the stop tokens as soon as the document
+    /// is complete, so the document ends within the budget instead of being cut off. With a
+    /// budget below the reserve, closing starts with the document.
+    pub fn with_token_budget(mut self, max_new_tokens: usize) -> Self {
+        self.token_budget = Some(max_new_tokens);
+        self
+    }
+
+    /// Whether the closing mode is on (see [`JsonSchemaConstraint::with_token_budget`]).
+    pub fn is_closing(&self) -> bool {
+        self.token_budget
+            .is_some_and(|b| b.saturating_sub(self.committed) <= CLOSING_RESERVE)
     }
 
     /// Set the logits of every forbidden token to `f32::NEG_INFINITY`. `logits` has one entry
@@ -627,9 +679,45 @@ impl JsonSchemaConstraint {
             );
             use_cap = false;
         }
+        let allowed = |id: usize| set.is_allowed(id as u32) && (!use_cap || within_cap(id));
+        let closing = self.is_closing();
+        if closing && end_allowed {
+            // Out of budget and the document is complete: stop now.
+            logits.fill(f32::NEG_INFINITY);
+            let mut kept = 0;
+            for (id, l) in stops {
+                logits[id] = l;
+                kept += 1;
+            }
+            return Ok(kept);
+        }
+        // Inside a string, punctuation is text: only a token that starts with the closing quote
+        // ends it. Outside, punctuation and digits are the structure itself.
+        let in_string = self.scan.in_string;
+        let (closers, vocab) = (&self.shared.closers, &self.shared.vocab);
+        let closes = |id: usize| {
+            closers.get(id).copied().unwrap_or(false)
+                && (!in_string
+                    || vocab.bytes(id as u32).and_then(|b| b.first()) == Some(&b'"'))
+        };
+        let prefer_closers = closing && (0..logits.len()).any(|id| allowed(id) && closes(id));
+        // Where nothing closes (a forced key, an enum value), the longest allowed tokens
+        // write the required text in the fewest steps.
+        let token_len = |id: usize| vocab.bytes(id as u32).map_or(0, <[u8]>::len);
+        let longest = if closing && !prefer_closers {
+            (0..logits.len())
+                .filter(|&id| allowed(id))
+                .map(token_len)
+                .max()
+        } else {
+            None
+        };
         let mut kept = 0;
         for (id, l) in logits.iter_mut().enumerate() {
-            if set.is_allowed(id as u32) && (!use_cap || within_cap(id)) {
+            let keep = allowed(id)
+                && (!prefer_closers || closes(id))
+                && longest.is_none_or(|n| token_len(id) == n);
+            if keep {
                 kept += 1;
             } else {
                 *l = f32::NEG_INFINITY;
@@ -662,6 +750,7 @@ impl JsonSchemaConstraint {
     }
 
     fn commit_inner(&mut self, token: u32) -> Result<()> {
+        self.committed += 1;
         let is_stop = self.stop_tokens.binary_search(&token).is_ok();
         match &mut self.phase {
             Phase::Stopped => {

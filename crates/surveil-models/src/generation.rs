@@ -193,6 +193,11 @@ pub struct GenerationStats {
     pub decode_tokens_per_s: f64,
     /// Wall time of the whole call.
     pub total_s: f64,
+    /// Mixture-of-experts models: bytes of routed-expert weights read per decoded token (mean
+    /// over the decode steps); `None` for dense models.
+    pub routed_expert_bytes_per_token: Option<f64>,
+    /// Mixture-of-experts models: bytes of all routed-expert weights resident.
+    pub routed_expert_bytes_total: Option<u64>,
 }
 
 /// What [`generate`] returns.

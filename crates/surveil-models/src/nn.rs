@@ -19,6 +19,17 @@ impl Linear {
         Self { weight, bias }
     }
 
+    /// Bytes the weight occupies (quantized blocks, or the float tensor), bias excluded: what
+    /// one forward pass reads of it.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        }
+    }
+
     /// Apply to `x` (`[..., in]`, f32).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // Quantized matmul kernels need a contiguous input.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use surveil_memory::MemoryReport;
-use surveil_models::constrained::{ConstraintStart, JsonSchemaConstraint};
+use surveil_models::constrained::{ConstraintStart, ConstraintVocabulary, JsonSchemaConstraint};
 use surveil_models::generation::{GenerationParams, StopReason};
 use surveil_models::manager::{LoadOptions, LoadSummary, ModelManager};
 use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
@@ -404,6 +404,9 @@ fn analyst_thread<C: Send>(
     }));
     let mut analyses = 0u64;
     let mut first_inference_recorded = false;
+    // The token trie of the constraint: built at the first analysis, kept while the model is
+    // resident, dropped before it is unloaded.
+    let mut trie: Option<Arc<ConstraintVocabulary>> = None;
     loop {
         let job = {
             let Ok(mut slot) = shared.slot.lock() else {
@@ -429,7 +432,15 @@ fn analyst_thread<C: Send>(
         let Some(vlm) = manager.vlm() else {
             break;
         };
-        let result = analyse(vlm, &config, job, submitted, &shared.cancel, &model_id);
+        let result = analyse(
+            vlm,
+            &config,
+            job,
+            submitted,
+            &shared.cancel,
+            &model_id,
+            &mut trie,
+        );
         analyses += 1;
         if !first_inference_recorded {
             manager.record_memory("after_first_inference");
@@ -441,6 +452,7 @@ fn analyst_thread<C: Send>(
         }
     }
     shared.busy.store(false, Ordering::SeqCst);
+    drop(trie);
     manager.unload();
     AnalystExit {
         memory: manager.memory(),
@@ -455,6 +467,7 @@ fn analyse<C>(
     submitted: Instant,
     cancel: &AtomicBool,
     model_id: &str,
+    trie: &mut Option<Arc<ConstraintVocabulary>>,
 ) -> AnalysisResult<C> {
     let _span = tracing::info_span!("vlm_analysis", model = model_id, trigger = %job.trigger)
         .entered();
@@ -468,23 +481,30 @@ fn analyse<C>(
         } else {
             ConstraintStart::Immediately
         };
-        match vlm.tokenizer().vocabulary() {
-            Some(vocab) => match JsonSchemaConstraint::new(
-                &verdict_json_schema(),
-                vocab,
-                &vlm.tokenizer().stop_token_ids(),
-                start,
-            ) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    constraint_error = Some(format!("cannot build the JSON constraint: {e}"));
-                    None
-                }
-            },
-            None => {
-                tracing::debug!("the tokenizer exposes no byte vocabulary: answers are not constrained");
+        let stops = vlm.tokenizer().stop_token_ids();
+        let built = match (trie.as_ref(), vlm.tokenizer().vocabulary()) {
+            (Some(t), _) => Some(Ok(t.clone())),
+            (None, Some(vocab)) => Some(ConstraintVocabulary::shared(vocab)),
+            (None, None) => {
+                tracing::debug!(
+                    "the tokenizer exposes no byte vocabulary: answers are not constrained"
+                );
                 None
             }
+        };
+        match built.map(|t| {
+            t.and_then(|t| {
+                *trie = Some(t.clone());
+                JsonSchemaConstraint::with_vocabulary(&verdict_json_schema(), t, &stops, start)
+            })
+        }) {
+            // The document must end within the token budget, not be cut off by it.
+            Some(Ok(c)) => Some(c.with_token_budget(config.generation.max_new_tokens)),
+            Some(Err(e)) => {
+                constraint_error = Some(format!("cannot build the JSON constraint: {e}"));
+                None
+            }
+            None => None,
         }
     } else {
         None

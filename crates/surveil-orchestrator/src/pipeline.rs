@@ -301,6 +301,22 @@ fn crop(image: &RgbImage, bbox: &surveil_vision::BBox) -> Option<RgbImage> {
     )
 }
 
+/// What every stage reads: the configuration, the run's options, the decision policy.
+struct RunContext<'a> {
+    config: &'a SystemConfig,
+    options: &'a RunOptions,
+    policy: DecisionPolicy,
+    alerts_dir: PathBuf,
+}
+
+/// Where results go: the events file, the counters of the summary, the metrics.
+struct Sinks {
+    events: JsonlSink,
+    counters: Counters,
+    metrics: RunMetrics,
+}
+
+#[derive(Default)]
 struct Counters {
     detections: u64,
     track_ids: BTreeSet<u64>,
@@ -344,8 +360,7 @@ pub fn run(
         source: e,
     })?;
     let events_path = options.output_dir.join("events.jsonl");
-    let mut events = JsonlSink::create(&events_path)?;
-    let alerts_dir = options.output_dir.join("alerts");
+    let events = JsonlSink::create(&events_path)?;
 
     let (detector, mut stream_options) =
         vision_setup(config, &options.detector_dir, options.max_frames)?;
@@ -410,19 +425,16 @@ pub fn run(
     ));
     let mut runner = ToolRunner::from_config(config);
     let mut trigger = Trigger::new(TriggerSettings::from_config(&config.orchestration));
-    let policy = decision_policy(config);
-    let mut metrics = RunMetrics::default();
-    let mut counters = Counters {
-        detections: 0,
-        track_ids: BTreeSet::new(),
-        person_ids: BTreeSet::new(),
-        alerts_by_level: BTreeMap::new(),
-        alerts: 0,
-        needs_review: 0,
-        tool_failures: BTreeMap::new(),
-        analyses: 0,
-        snapshots: 0,
-        vlm: VlmCounts::default(),
+    let ctx = RunContext {
+        config,
+        options,
+        policy: decision_policy(config),
+        alerts_dir: options.output_dir.join("alerts"),
+    };
+    let mut sinks = Sinks {
+        events,
+        metrics: RunMetrics::default(),
+        counters: Counters::default(),
     };
     let loop_start = Instant::now();
     let mut frames = 0u64;
@@ -453,23 +465,13 @@ pub fn run(
             }
         };
         let frame_start = Instant::now();
-        record_vision_timings(&mut metrics, &tf);
-        metrics.record_queue_depth(stream.buffered() as u32);
+        record_vision_timings(&mut sinks.metrics, &tf);
+        sinks.metrics.record_queue_depth(stream.buffered() as u32);
         frames += 1;
 
         // Results that came back since the last frame.
         for result in analyst.poll() {
-            if let Err(e) = handle_analysis(
-                result,
-                &mut trigger,
-                &mut events,
-                &policy,
-                options,
-                config,
-                &alerts_dir,
-                &mut counters,
-                &mut metrics,
-            ) {
+            if let Err(e) = handle_analysis(result, &mut trigger, &ctx, &mut sinks) {
                 run_error = Some(e);
             }
         }
@@ -480,11 +482,11 @@ pub fn run(
 
         // Scene and tools.
         let objects = scene_objects(&tf.tracks, &class_names);
-        counters.detections += tf.detections.len() as u64;
+        sinks.counters.detections += tf.detections.len() as u64;
         for o in &objects {
-            counters.track_ids.insert(o.track_id);
+            sinks.counters.track_ids.insert(o.track_id);
             if o.kind == ObjectKind::Person {
-                counters.person_ids.insert(o.track_id);
+                sinks.counters.person_ids.insert(o.track_id);
             }
         }
         let event_tracks = event_tracks(&objects);
@@ -496,9 +498,9 @@ pub fn run(
         );
         let t = Instant::now();
         let report = runner.run(scene.clone());
-        metrics.record(Stage::Tools, t.elapsed());
+        sinks.metrics.record(Stage::Tools, t.elapsed());
         for f in &report.failures {
-            *counters.tool_failures.entry(f.tool.clone()).or_default() += 1;
+            *sinks.counters.tool_failures.entry(f.tool.clone()).or_default() += 1;
         }
 
         // Trigger → analyst.
@@ -512,7 +514,8 @@ pub fn run(
         let trigger_note = match decision_now {
             TriggerDecision::Fire(reason) => {
                 let reason = reason.as_str().to_string();
-                *counters
+                *sinks
+                    .counters
                     .vlm
                     .calls_by_trigger
                     .entry(reason.clone())
@@ -524,14 +527,14 @@ pub fn run(
                     &reason,
                     time,
                     &local,
-                    &policy,
+                    &ctx.policy,
                     &event_tracks,
                     persons,
                 );
                 match job {
                     Some(job) => {
                         if analyst.submit(job).is_some() {
-                            counters.vlm.dropped += 1;
+                            sinks.counters.vlm.dropped += 1;
                         }
                     }
                     None => {
@@ -541,7 +544,8 @@ pub fn run(
                 reason
             }
             TriggerDecision::Skip(reason) => {
-                *counters
+                *sinks
+                    .counters
                     .vlm
                     .skipped_by_reason
                     .entry(reason.as_str().to_string())
@@ -549,12 +553,12 @@ pub fn run(
                 format!("skip:{}", reason.as_str())
             }
         };
-        metrics.record(Stage::Trigger, t.elapsed());
+        sinks.metrics.record(Stage::Trigger, t.elapsed());
 
         // Decide on the frame (tool cues; verdicts arrive as analysis events).
         let t = Instant::now();
         let decision = decide(
-            &policy,
+            &ctx.policy,
             &DecisionInput {
                 verdict: None,
                 observations: &report.observations,
@@ -562,7 +566,7 @@ pub fn run(
                 persons_present: persons,
             },
         );
-        metrics.record(Stage::Decide, t.elapsed());
+        sinks.metrics.record(Stage::Decide, t.elapsed());
 
         let t = Instant::now();
         let mut event = Event {
@@ -592,10 +596,10 @@ pub fn run(
             processing_ms: 0.0,
             snapshot: None,
         };
-        count_decision(&mut counters, &decision);
+        count_decision(&mut sinks.counters, &decision);
         if decision.alert_level >= AlertLevel::Alert {
             event.snapshot = save_alert_frame(
-                &alerts_dir,
+                &ctx.alerts_dir,
                 &tf.frame,
                 &tf.tracks,
                 decision.alert_level,
@@ -603,24 +607,24 @@ pub fn run(
                 &options.camera,
                 "frame",
             );
-            counters.snapshots += u64::from(event.snapshot.is_some());
+            sinks.counters.snapshots += u64::from(event.snapshot.is_some());
         }
         event.processing_ms =
             (frame_start.elapsed() + tf.timings.total()).as_secs_f64() * 1e3;
-        if let Err(e) = events.write(&event) {
+        if let Err(e) = sinks.events.write(&event) {
             end_reason = "error";
             run_error = Some(e);
             break;
         }
-        metrics.record(Stage::Sinks, t.elapsed());
-        metrics.record(Stage::Frame, frame_start.elapsed() + tf.timings.total());
+        sinks.metrics.record(Stage::Sinks, t.elapsed());
+        sinks.metrics.record(Stage::Frame, frame_start.elapsed() + tf.timings.total());
 
         // Monitoring.
         let elapsed = loop_start.elapsed();
         if let Some(s) = sampler.as_ref() {
             if elapsed >= next_sample {
                 let latest = s.stats().latest;
-                metrics.record_memory(MemoryPoint {
+                sinks.metrics.record_memory(MemoryPoint {
                     t_s: elapsed.as_secs_f64(),
                     rss_bytes: latest.as_ref().and_then(|l| l.process.rss_bytes),
                     gpu_allocated_bytes: latest.as_ref().and_then(|l| l.gpu_allocated_bytes),
@@ -643,8 +647,8 @@ pub fn run(
             frames,
             total_frames: stream.total_frames_hint(),
             fps: frames as f64 / elapsed.as_secs_f64().max(1e-9),
-            alerts: counters.alerts,
-            analyses: counters.analyses,
+            alerts: sinks.counters.alerts,
+            analyses: sinks.counters.analyses,
             elapsed_s: elapsed.as_secs_f64(),
         });
     }
@@ -673,24 +677,14 @@ pub fn run(
     let exit = exit.0;
     let mut trigger_for_results = trigger;
     for result in results {
-        if let Err(e) = handle_analysis(
-            result,
-            &mut trigger_for_results,
-            &mut events,
-            &policy,
-            options,
-            config,
-            &alerts_dir,
-            &mut counters,
-            &mut metrics,
-        ) {
+        if let Err(e) = handle_analysis(result, &mut trigger_for_results, &ctx, &mut sinks) {
             run_error.get_or_insert(e);
         }
     }
     if dropped {
-        counters.vlm.dropped += 1;
+        sinks.counters.vlm.dropped += 1;
     }
-    let _ = events.finish();
+    let _ = sinks.events.finish();
 
     let memory_report: MemoryReport = exit.as_ref().map(|e| e.memory.clone()).unwrap_or_default();
     let peak = sampler
@@ -711,18 +705,18 @@ pub fn run(
         frames_decoded: stream_stats.frames_decoded,
         frames_dropped: stream_stats.frames_dropped,
         fps: frames as f64 / loop_time.as_secs_f64().max(1e-9),
-        detections: counters.detections,
-        tracks: counters.track_ids.len() as u64,
-        person_tracks: counters.person_ids.len() as u64,
+        detections: sinks.counters.detections,
+        tracks: sinks.counters.track_ids.len() as u64,
+        person_tracks: sinks.counters.person_ids.len() as u64,
         model,
         model_load_failures: failures,
-        vlm: counters.vlm.clone(),
-        alerts_by_level: counters.alerts_by_level.clone(),
-        needs_review: counters.needs_review,
-        tool_failures: counters.tool_failures.clone(),
-        events: events.lines(),
-        snapshots: counters.snapshots,
-        metrics: metrics.summary(),
+        vlm: sinks.counters.vlm.clone(),
+        alerts_by_level: sinks.counters.alerts_by_level.clone(),
+        needs_review: sinks.counters.needs_review,
+        tool_failures: sinks.counters.tool_failures.clone(),
+        events: sinks.events.lines(),
+        snapshots: sinks.counters.snapshots,
+        metrics: sinks.metrics.summary(),
         memory: MemorySummary {
             snapshots: serde_json::from_str(&memory_report.to_json())
                 .unwrap_or(serde_json::Value::Null),
@@ -885,18 +879,19 @@ fn build_job(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn handle_analysis(
     result: AnalysisResult<JobContext>,
     trigger: &mut Trigger,
-    events: &mut JsonlSink,
-    policy: &DecisionPolicy,
-    options: &RunOptions,
-    config: &SystemConfig,
-    alerts_dir: &Path,
-    counters: &mut Counters,
-    metrics: &mut RunMetrics,
+    ctx: &RunContext<'_>,
+    sinks: &mut Sinks,
 ) -> Result<()> {
+    let (options, config, policy, alerts_dir) =
+        (ctx.options, ctx.config, &ctx.policy, ctx.alerts_dir.as_path());
+    let Sinks {
+        events,
+        counters,
+        metrics,
+    } = sinks;
     let took = Duration::from_secs_f64(result.record.total_s.max(0.0));
     trigger.analysis_finished(took);
     counters.analyses += 1;

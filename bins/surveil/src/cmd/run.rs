@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use surveil_config::paths::asset;
-use surveil_models::manager::{LoadSummary, ProgressFn};
+use surveil_models::manager::LoadSummary;
 use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
 use surveil_vision::FfmpegOptions;
 
@@ -97,26 +97,6 @@ impl RunObserver for Progress {
     }
 }
 
-fn load_bar(enabled: bool) -> Option<(indicatif::ProgressBar, ProgressFn)> {
-    if !enabled {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "loading {bar:30} {pos}/{len} tensors, {msg} resident ({elapsed})",
-        )
-        .ok()?,
-    );
-    let b = bar.clone();
-    let f: ProgressFn = Arc::new(move |done, total, bytes| {
-        b.set_length(total as u64);
-        b.set_position(done as u64);
-        b.set_message(format!("{:.1} MB", bytes as f64 / 1e6));
-    });
-    Some((bar, f))
-}
-
 fn default_output(base: &std::path::Path) -> PathBuf {
     let stamp = jiff::Zoned::now().strftime("%Y%m%d-%H%M%S").to_string();
     let mut dir = base.join(format!("run-{stamp}"));
@@ -182,7 +162,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     install_signal_handlers();
     let quiet = cli.quiet;
     let terminal = std::io::stderr().is_terminal() && !quiet;
-    let load = load_bar(terminal);
+    let load = crate::cmd::test_model::progress_bar(terminal);
     let mut progress = Progress {
         bar: None,
         plain_every: Duration::from_secs(5),

@@ -41,7 +41,9 @@ fn print_block(title: &str, s: Option<&MemorySnapshot>) {
     }
 }
 
-fn progress_bar(
+/// A model-load progress bar on stderr (tensors loaded, bytes resident) and the callback that
+/// drives it; `None` when `enabled` is false.
+pub(crate) fn progress_bar(
     enabled: bool,
 ) -> Option<(indicatif::ProgressBar, surveil_models::manager::ProgressFn)> {
     if !enabled {

@@ -298,6 +298,11 @@ impl Mlp {
         })
     }
 
+    /// Bytes of the three projection weights.
+    fn weight_bytes(&self) -> u64 {
+        (self.gate.weight_bytes() + self.up.weight_bytes() + self.down.weight_bytes()) as u64
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
         self.down.forward(&(g * self.up.forward(x)?)?)
@@ -388,6 +393,9 @@ impl Router {
 
 /// Routed experts plus shared experts.
 struct Moe {
+    /// Bytes of routed-expert weights read by forward passes so far (each chosen expert's
+    /// three projections, once per pass): the traffic that top-k routing saves.
+    routed_bytes_read: std::sync::atomic::AtomicU64,
     router: Router,
     experts: Vec<Mlp>,
     shared: Option<Mlp>,
@@ -397,6 +405,7 @@ impl Moe {
     fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
+            routed_bytes_read: std::sync::atomic::AtomicU64::new(0),
             router: Router::load(cfg, &w.pp("gate"))?,
             experts: (0..cfg.n_routed_experts)
                 .map(|e| Mlp::load(&w.pp(format!("experts.{e}")), h, cfg.moe_intermediate_size))
@@ -440,6 +449,8 @@ impl Moe {
             if idx.is_empty() {
                 continue;
             }
+            self.routed_bytes_read
+                .fetch_add(expert.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
             let n = idx.len();
             let idx = Tensor::from_slice(idx, n, device)?;
             let ws = Tensor::from_slice(ws, (n, 1), device)?;
@@ -500,6 +511,32 @@ pub struct DeepseekV3Model {
 }
 
 impl DeepseekV3Model {
+    /// Bytes of routed-expert weights read by every forward pass of this model so far (each
+    /// chosen expert's gate, up and down projections once per pass; shared experts and dense
+    /// layers not counted). The difference over a decode step is what that token read.
+    pub fn routed_expert_bytes_read(&self) -> u64 {
+        self.moe_layers()
+            .map(|m| {
+                m.routed_bytes_read
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    /// Bytes of all routed-expert weights resident (every expert of every MoE layer).
+    pub fn routed_expert_bytes(&self) -> u64 {
+        self.moe_layers()
+            .flat_map(|m| m.experts.iter().map(Mlp::weight_bytes))
+            .sum()
+    }
+
+    fn moe_layers(&self) -> impl Iterator<Item = &Moe> {
+        self.layers.iter().filter_map(|l| match &l.ff {
+            FeedForward::Moe(m) => Some(m),
+            FeedForward::Dense(_) => None,
+        })
+    }
+
     /// Load from `w` scoped at the checkpoint root: names `model.*` and `lm_head.weight`
     /// (for Kimi-VL pass `w.pp("language_model")`).
     pub fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {

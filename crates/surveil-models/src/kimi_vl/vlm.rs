@@ -196,7 +196,7 @@ impl Vlm for KimiVlm {
         let (prompt, images) = self.build_prompt(request)?;
         let mut session = KimiSession::new(self, &prompt, images.as_ref())?;
         let stop = self.tokenizer.stop_token_ids();
-        let out = generate(
+        let mut out = generate(
             &mut session,
             Some(&self.tokenizer),
             params,
@@ -204,6 +204,13 @@ impl Vlm for KimiVlm {
             hooks,
             started,
         )?;
+        let lm = self.model.language_model();
+        out.stats.routed_expert_bytes_total = Some(lm.routed_expert_bytes());
+        if session.decode_steps > 0 {
+            out.stats.routed_expert_bytes_per_token =
+                Some(session.decode_expert_bytes as f64 / session.decode_steps as f64);
+        }
+        drop(session);
         let (text, reasoning, reasoning_unfinished) = match self.kind {
             VlmKind::Thinking => {
                 let split = split_thinking(&out.text, ThinkingMarkers::KIMI);
@@ -235,6 +242,9 @@ struct KimiSession<'a> {
     features: Option<Tensor>,
     cache: DeepseekV3Cache,
     max_positions: usize,
+    /// Routed-expert weight bytes read by the decode steps, and their number.
+    decode_expert_bytes: u64,
+    decode_steps: u64,
 }
 
 impl<'a> KimiSession<'a> {
@@ -262,6 +272,8 @@ impl<'a> KimiSession<'a> {
             features: None,
             cache: vlm.model.new_cache(),
             max_positions: vlm.max_positions,
+            decode_expert_bytes: 0,
+            decode_steps: 0,
         })
     }
 }
@@ -301,7 +313,12 @@ impl DecodeSession for KimiSession<'_> {
     }
 
     fn step(&mut self, token: u32) -> Result<Vec<f32>> {
-        last_row(&self.model.decode_step(token, &mut self.cache)?)
+        let lm = self.model.language_model();
+        let before = lm.routed_expert_bytes_read();
+        let logits = last_row(&self.model.decode_step(token, &mut self.cache)?)?;
+        self.decode_expert_bytes += lm.routed_expert_bytes_read().saturating_sub(before);
+        self.decode_steps += 1;
+        Ok(logits)
     }
 
     fn remaining_context(&self) -> usize {

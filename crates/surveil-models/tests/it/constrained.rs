@@ -583,3 +583,40 @@ fn generation_hooks_mask_and_commit() {
     assert!(hooks.mask_logits(&mut logits).is_err());
     assert!(c.error().unwrap().contains("rejected"));
 }
+
+#[test]
+fn a_token_budget_closes_the_document_in_time() {
+    let Some(q) = qwen() else { return };
+    let schema = verdict_schema();
+    // A model that keeps writing one long word, as random weights do: the strings would run
+    // to their maxLength (hundreds of tokens) without the budget.
+    let word = q.tokenizer.token_to_id("Ġgovernments").unwrap() as usize;
+    for budget in [64usize, 128] {
+        for seed in 0..8u64 {
+            let mut c =
+                JsonSchemaConstraint::new(&schema, &q.vocab, &q.stop, ConstraintStart::Immediately)
+                    .unwrap()
+                    .with_token_budget(budget);
+            let run = generate(&mut c, QWEN_VOCAB_ROWS, q.vocab.len(), seed, |_, l| {
+                l[word] += 30.0;
+            });
+            assert!(q.stop.contains(&run.stopped_by));
+            let text = c.json_text();
+            let verdict: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("budget {budget}, seed {seed}: {e}: {text}"));
+            check_verdict(&verdict).unwrap_or_else(|e| panic!("seed {seed}: {e}: {text}"));
+            assert!(
+                run.steps <= budget,
+                "budget {budget}, seed {seed}: {} steps: {text}",
+                run.steps
+            );
+        }
+    }
+    // Without a budget the same model writes far longer.
+    let mut c = JsonSchemaConstraint::new(&schema, &q.vocab, &q.stop, ConstraintStart::Immediately)
+        .unwrap();
+    let run = generate(&mut c, QWEN_VOCAB_ROWS, q.vocab.len(), 0, |_, l| {
+        l[word] += 30.0;
+    });
+    assert!(run.steps > 64, "{} steps", run.steps);
+}

@@ -494,3 +494,39 @@ fn deepseek_v3_reads_kimi_vl_text_config_and_layout() {
         .unwrap();
     assert_eq!(logits.dims(), &[1, 3, 320]);
 }
+
+#[test]
+fn deepseek_v3_decode_reads_only_the_chosen_experts() {
+    let case = prompt_case();
+    let model = load_model();
+    let cfg = model.config().clone();
+    let moe_layers = (0..cfg.num_hidden_layers)
+        .filter(|&l| {
+            l >= cfg.first_k_dense_replace
+                && (l - cfg.first_k_dense_replace) % cfg.moe_layer_freq.max(1) == 0
+        })
+        .count() as u64;
+    let total = model.routed_expert_bytes();
+    assert!(moe_layers > 0 && total > 0);
+    // Every routed expert has the same shape, so each weighs total / (layers × experts).
+    let per_expert = total / (moe_layers * cfg.n_routed_experts as u64);
+    assert_eq!(per_expert * moe_layers * cfg.n_routed_experts as u64, total);
+    let mut cache = model.new_cache();
+    model
+        .forward_ids(&case.input_ids, &mut cache, Logits::Last)
+        .unwrap();
+    for token in [3u32, 11, 5] {
+        let before = model.routed_expert_bytes_read();
+        model
+            .forward_ids(&[token], &mut cache, Logits::Last)
+            .unwrap();
+        let read = model.routed_expert_bytes_read() - before;
+        // One token picks `num_experts_per_tok` distinct experts in each MoE layer.
+        assert_eq!(
+            read,
+            moe_layers * cfg.num_experts_per_tok as u64 * per_expert,
+            "decode step read {read} of {total} routed-expert bytes"
+        );
+        assert!(read < total);
+    }
+}
