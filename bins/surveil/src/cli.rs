@@ -41,7 +41,8 @@ pub enum Command {
     },
     /// The surveillance pipeline: frames → detection and tracking → behaviour tools → VLM
     /// verdicts → alerts, recorded in an output folder.
-    #[command(after_help = "Writes into --output (default: output.directory/run-<start time>):
+    #[command(
+        after_help = "Writes into --output (default: output.directory/run-<start time>):
   events.jsonl   one JSON object per analysed frame and per VLM analysis, flushed as written
   summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory
   alerts/        an annotated PNG per alert (boxes, track ids, zones, the level)
@@ -50,7 +51,8 @@ Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the s
 Examples:
   surveil run --profile testing --source ~/.cache/surveil/assets/video/vtest.avi --weights dummy --max-frames 200
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
-  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json")]
+  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json"
+    )]
     Run(RunArgs),
     /// Load one model, report its memory before load, after load and after unload, unload it.
     #[command(visible_alias = "test-model")]

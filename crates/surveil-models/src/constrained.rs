@@ -125,9 +125,12 @@ pub const CLOSING_RESERVE: usize = 48;
 
 fn is_closer(bytes: &[u8]) -> bool {
     !bytes.is_empty()
-        && bytes
-            .iter()
-            .all(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':' | b'0'..=b'9' | b'.'))
+        && bytes.iter().all(|b| {
+            matches!(
+                b,
+                b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':' | b'0'..=b'9' | b'.'
+            )
+        })
 }
 
 impl std::fmt::Debug for ConstraintVocabulary {
@@ -697,8 +700,7 @@ impl JsonSchemaConstraint {
         let (closers, vocab) = (&self.shared.closers, &self.shared.vocab);
         let closes = |id: usize| {
             closers.get(id).copied().unwrap_or(false)
-                && (!in_string
-                    || vocab.bytes(id as u32).and_then(|b| b.first()) == Some(&b'"'))
+                && (!in_string || vocab.bytes(id as u32).and_then(|b| b.first()) == Some(&b'"'))
         };
         let prefer_closers = closing && (0..logits.len()).any(|id| allowed(id) && closes(id));
         // Where nothing closes (a forced key, an enum value), the longest allowed tokens

@@ -115,17 +115,24 @@ pub struct Analyst<C: Send + 'static> {
 impl<C: Send + 'static> Analyst<C> {
     /// Start the thread, load the model on it and wait until it is resident. Returns the load
     /// error (after the failed attempts were released) when no model could be loaded.
-    pub fn start(config: AnalystConfig) -> Result<Self> {
-        Self::spawn(config, None)
+    ///
+    /// `stop` (Ctrl-C) is watched while loading: when it is set, this returns
+    /// [`OrchestratorError::Interrupted`] at once and the thread ends after the load.
+    pub fn start(config: AnalystConfig, stop: Option<Arc<AtomicBool>>) -> Result<Self> {
+        Self::spawn(config, None, stop)
     }
 
     /// Start the thread with a model the caller built (a library user's own [`Vlm`], or a
     /// test double); nothing is loaded or unloaded and the memory report stays empty.
     pub fn start_with_vlm(config: AnalystConfig, vlm: Box<dyn Vlm>) -> Result<Self> {
-        Self::spawn(config, Some(vlm))
+        Self::spawn(config, Some(vlm), None)
     }
 
-    fn spawn(config: AnalystConfig, given: Option<Box<dyn Vlm>>) -> Result<Self> {
+    fn spawn(
+        config: AnalystConfig,
+        given: Option<Box<dyn Vlm>>,
+        config_stop: Option<Arc<AtomicBool>>,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
                 pending: None,
@@ -142,7 +149,29 @@ impl<C: Send + 'static> Analyst<C> {
             .name("surveil-analyst".into())
             .spawn(move || analyst_thread(config, given, thread_shared, ready_tx, result_tx))
             .map_err(|e| OrchestratorError::Config(format!("cannot start the analyst: {e}")))?;
-        match ready_rx.recv() {
+        let ready = loop {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(r) => break Ok(r),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if config_stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(Ordering::SeqCst))
+                    {
+                        // A load cannot be cut short: leave the thread to finish it (it
+                        // unloads and ends on its own once it sees the stop below).
+                        shared.cancel.store(true, Ordering::SeqCst);
+                        if let Ok(mut slot) = shared.slot.lock() {
+                            slot.stop = true;
+                        }
+                        break Err(OrchestratorError::Interrupted);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(OrchestratorError::ThreadLost("analyst".into()))
+                }
+            }
+        };
+        match ready {
             Ok(Ok(ready)) => Ok(Self {
                 shared,
                 results,
@@ -157,9 +186,10 @@ impl<C: Send + 'static> Analyst<C> {
                 let _ = handle.join();
                 Err(e)
             }
-            Err(_) => {
+            Err(OrchestratorError::Interrupted) => Err(OrchestratorError::Interrupted),
+            Err(e) => {
                 let _ = handle.join();
-                Err(OrchestratorError::ThreadLost("analyst".into()))
+                Err(e)
             }
         }
     }
@@ -469,8 +499,8 @@ fn analyse<C>(
     model_id: &str,
     trie: &mut Option<Arc<ConstraintVocabulary>>,
 ) -> AnalysisResult<C> {
-    let _span = tracing::info_span!("vlm_analysis", model = model_id, trigger = %job.trigger)
-        .entered();
+    let _span =
+        tracing::info_span!("vlm_analysis", model = model_id, trigger = %job.trigger).entered();
     let kind = vlm.kind();
     let constrained = config.constrained && kind != VlmKind::Captioner;
     let mut constraint_error = None;

@@ -31,6 +31,9 @@ pub enum OrchestratorError {
         /// What went wrong.
         reason: String,
     },
+    /// A stop was requested (Ctrl-C, SIGTERM) before the pipeline could start.
+    #[error("interrupted before the first frame (while the model was loading)")]
+    Interrupted,
     /// A worker thread of the pipeline stopped unexpectedly.
     #[error("pipeline thread `{0}` stopped unexpectedly")]
     ThreadLost(String),

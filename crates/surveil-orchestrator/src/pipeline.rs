@@ -198,9 +198,10 @@ fn zone_polygons(zones: &[ZoneConfig], camera: &str, size: (u32, u32)) -> Vec<Ve
                 .iter()
                 .map(|[x, y]| match z.coordinates {
                     ZoneCoordinates::Pixel => (*x as f32, *y as f32),
-                    ZoneCoordinates::Normalized => {
-                        ((x * f64::from(size.0)) as f32, (y * f64::from(size.1)) as f32)
-                    }
+                    ZoneCoordinates::Normalized => (
+                        (x * f64::from(size.0)) as f32,
+                        (y * f64::from(size.1)) as f32,
+                    ),
                 })
                 .collect()
         })
@@ -378,9 +379,53 @@ pub fn run(
         None
     };
 
-    let mut analyst: Analyst<JobContext> = match model {
-        ModelChoice::FromConfig(progress) => Analyst::start(analyst_config(config, progress))?,
-        ModelChoice::Given(vlm) => Analyst::start_with_vlm(analyst_config(config, None), vlm)?,
+    let started = match model {
+        ModelChoice::FromConfig(progress) => {
+            Analyst::start(analyst_config(config, progress), Some(stop.clone()))
+        }
+        ModelChoice::Given(vlm) => Analyst::start_with_vlm(analyst_config(config, None), vlm),
+    };
+    let mut analyst: Analyst<JobContext> = match started {
+        Ok(a) => a,
+        Err(OrchestratorError::Interrupted) => {
+            // Ctrl-C while the model was loading: nothing was analysed; say so and stop.
+            let mut events = events;
+            let _ = events.finish();
+            let summary = RunSummary {
+                profile: config.profile.clone(),
+                camera: options.camera.clone(),
+                source: options.source.clone(),
+                output_dir: options.output_dir.clone(),
+                started_at,
+                finished_at: now_rfc3339(),
+                duration_s: 0.0,
+                end_reason: "interrupted".into(),
+                error: Some(OrchestratorError::Interrupted.to_string()),
+                frames: 0,
+                frames_decoded: 0,
+                frames_dropped: 0,
+                fps: 0.0,
+                detections: 0,
+                tracks: 0,
+                person_tracks: 0,
+                model: None,
+                model_load_failures: Vec::new(),
+                vlm: VlmCounts::default(),
+                alerts_by_level: BTreeMap::new(),
+                needs_review: 0,
+                tool_failures: BTreeMap::new(),
+                events: 0,
+                snapshots: 0,
+                metrics: RunMetrics::default().summary(),
+                memory: MemorySummary {
+                    snapshots: serde_json::Value::Null,
+                    peak_rss_bytes: surveil_memory::ProcessMemory::current().peak_rss_bytes,
+                },
+            };
+            write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
+            return Ok(summary);
+        }
+        Err(e) => return Err(e),
     };
     if let Some(load) = analyst.load_summary() {
         observer.model_loaded(load);
@@ -500,7 +545,11 @@ pub fn run(
         let report = runner.run(scene.clone());
         sinks.metrics.record(Stage::Tools, t.elapsed());
         for f in &report.failures {
-            *sinks.counters.tool_failures.entry(f.tool.clone()).or_default() += 1;
+            *sinks
+                .counters
+                .tool_failures
+                .entry(f.tool.clone())
+                .or_default() += 1;
         }
 
         // Trigger → analyst.
@@ -609,15 +658,16 @@ pub fn run(
             );
             sinks.counters.snapshots += u64::from(event.snapshot.is_some());
         }
-        event.processing_ms =
-            (frame_start.elapsed() + tf.timings.total()).as_secs_f64() * 1e3;
+        event.processing_ms = (frame_start.elapsed() + tf.timings.total()).as_secs_f64() * 1e3;
         if let Err(e) = sinks.events.write(&event) {
             end_reason = "error";
             run_error = Some(e);
             break;
         }
         sinks.metrics.record(Stage::Sinks, t.elapsed());
-        sinks.metrics.record(Stage::Frame, frame_start.elapsed() + tf.timings.total());
+        sinks
+            .metrics
+            .record(Stage::Frame, frame_start.elapsed() + tf.timings.total());
 
         // Monitoring.
         let elapsed = loop_start.elapsed();
@@ -639,8 +689,7 @@ pub fn run(
                     queue = stream.buffered(),
                     "monitor"
                 );
-                next_sample =
-                    elapsed + Duration::from_secs_f64(config.monitoring.interval_seconds);
+                next_sample = elapsed + Duration::from_secs_f64(config.monitoring.interval_seconds);
             }
         }
         observer.frame_done(&RunProgress {
@@ -668,8 +717,7 @@ pub fn run(
         options.analyst_grace
     } else {
         // Let the last analysis finish: it ends by itself within its own time limit.
-        options.analyst_grace
-            + Duration::from_secs_f64(config.orchestration.vlm_timeout_seconds)
+        options.analyst_grace + Duration::from_secs_f64(config.orchestration.vlm_timeout_seconds)
     };
     let (exit, results, dropped) = analyst_finish(analyst, abandon, grace);
     let model = exit.1;
@@ -838,9 +886,7 @@ fn build_job(
         .persons()
         .map(|p| TrackNote {
             track_id: p.track_id,
-            seconds_tracked: scene
-                .history(p.track_id)
-                .map_or(0.0, |h| h.age_seconds()),
+            seconds_tracked: scene.history(p.track_id).map_or(0.0, |h| h.age_seconds()),
             zones: report
                 .observations
                 .iter()
@@ -885,8 +931,12 @@ fn handle_analysis(
     ctx: &RunContext<'_>,
     sinks: &mut Sinks,
 ) -> Result<()> {
-    let (options, config, policy, alerts_dir) =
-        (ctx.options, ctx.config, &ctx.policy, ctx.alerts_dir.as_path());
+    let (options, config, policy, alerts_dir) = (
+        ctx.options,
+        ctx.config,
+        &ctx.policy,
+        ctx.alerts_dir.as_path(),
+    );
     let Sinks {
         events,
         counters,
@@ -896,8 +946,7 @@ fn handle_analysis(
     trigger.analysis_finished(took);
     counters.analyses += 1;
     metrics.record(Stage::Vlm, took);
-    if result.record.outcome == VlmOutcome::Ok || result.record.outcome == VlmOutcome::ParseFailed
-    {
+    if result.record.outcome == VlmOutcome::Ok || result.record.outcome == VlmOutcome::ParseFailed {
         metrics.record(
             Stage::VlmVision,
             Duration::from_secs_f64(result.record.vision_s.max(0.0)),

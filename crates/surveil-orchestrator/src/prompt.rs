@@ -83,11 +83,7 @@ pub fn user_prompt(ctx: &PromptContext<'_>) -> String {
             s.push_str(&format!(
                 "\n- person {}{}: seen for {:.0} s",
                 t.track_id,
-                if t.of_interest {
-                    " (of interest)"
-                } else {
-                    ""
-                },
+                if t.of_interest { " (of interest)" } else { "" },
                 t.seconds_tracked
             ));
             if !t.zones.is_empty() {
@@ -156,7 +152,9 @@ mod tests {
             observations: &observations,
             has_crop: true,
         });
-        assert!(p.starts_with("Camera \"aisle-3\" at 2026-11-29 22:10 (the shop is closed). 2 people and 1 bag"));
+        assert!(p.starts_with(
+            "Camera \"aisle-3\" at 2026-11-29 22:10 (the shop is closed). 2 people and 1 bag"
+        ));
         assert!(p.contains("person 3 (of interest): seen for 42 s, in electronics"));
         assert!(p.contains("loiters 42 s"));
         assert!(!p.contains("1.1 m/s"), "Info observations stay out: {p}");

@@ -135,18 +135,46 @@ pub fn draw_polygon(img: &mut RgbImage, points: &[(f32, f32)], color: Rgb<u8>) {
     }
 }
 
-/// Bresenham line, clipped to the image.
+/// The part of segment `a`–`b` inside `[0, w] × [0, h]` (Liang–Barsky), or `None`.
+fn clip_segment(a: (f32, f32), b: (f32, f32), w: f64, h: f64) -> Option<((f64, f64), (f64, f64))> {
+    let (x0, y0) = (f64::from(a.0), f64::from(a.1));
+    let (dx, dy) = (f64::from(b.0) - x0, f64::from(b.1) - y0);
+    if !(x0.is_finite() && y0.is_finite() && dx.is_finite() && dy.is_finite()) {
+        return None;
+    }
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for (p, q) in [(-dx, x0), (dx, w - x0), (-dy, y0), (dy, h - y0)] {
+        if p == 0.0 {
+            if q < 0.0 {
+                return None;
+            }
+        } else {
+            let r = q / p;
+            if p < 0.0 {
+                t0 = t0.max(r);
+            } else {
+                t1 = t1.min(r);
+            }
+        }
+    }
+    (t0 <= t1).then_some(((x0 + t0 * dx, y0 + t0 * dy), (x0 + t1 * dx, y0 + t1 * dy)))
+}
+
+/// Bresenham line, clipped to the image first (so any coordinates cost at most the image's
+/// size in steps).
 fn draw_line(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), color: Rgb<u8>) {
     let (w, h) = (i64::from(img.width()), i64::from(img.height()));
-    let (mut x0, mut y0) = (a.0.round() as i64, a.1.round() as i64);
-    let (x1, y1) = (b.0.round() as i64, b.1.round() as i64);
+    let Some((p, q)) = clip_segment(a, b, (w - 1).max(0) as f64, (h - 1).max(0) as f64) else {
+        return;
+    };
+    let (mut x0, mut y0) = (p.0.round() as i64, p.1.round() as i64);
+    let (x1, y1) = (q.0.round() as i64, q.1.round() as i64);
     let dx = (x1 - x0).abs();
     let dy = -(y1 - y0).abs();
     let sx = if x0 < x1 { 1 } else { -1 };
     let sy = if y0 < y1 { 1 } else { -1 };
     let mut err = dx + dy;
-    // At most dx + dy + 1 steps; the bound also guards against absurd coordinates.
-    for _ in 0..=(dx - dy).min(4 * (w + h)) {
+    for _ in 0..=(dx - dy) {
         if (0..w).contains(&x0) && (0..h).contains(&y0) {
             img.put_pixel(x0 as u32, y0 as u32, color);
         }
@@ -221,12 +249,16 @@ mod tests {
     #[test]
     fn lines_clip_to_the_image() {
         let mut img = RgbImage::new(20, 10);
-        draw_polygon(
-            &mut img,
-            &[(-50.0, -50.0), (1e6, 5.0), (10.0, 1e6)],
-            Rgb([255, 0, 0]),
-        );
-        assert!(img.pixels().any(|p| p.0 == [255, 0, 0]));
+        let red = Rgb([255, 0, 0]);
+        // Far outside on three sides; the first edge crosses the image along y = 5.
+        draw_polygon(&mut img, &[(-50.0, 5.0), (1e6, 5.0), (10.0, 1e6)], red);
+        assert_eq!(img.get_pixel(0, 5).0, red.0);
+        assert_eq!(img.get_pixel(19, 5).0, red.0);
+        assert_eq!(img.get_pixel(3, 1).0, [0, 0, 0]);
+        // Entirely outside: nothing drawn, and no time spent walking the far coordinates.
+        let mut empty = RgbImage::new(20, 10);
+        draw_polygon(&mut empty, &[(-1e9, -1e9), (-1e9, 1e9), (-5.0, 0.0)], red);
+        assert!(empty.pixels().all(|p| p.0 == [0, 0, 0]));
         draw_level(&mut img, AlertLevel::Critical);
         assert_eq!(img.get_pixel(0, 0).0, level_color(AlertLevel::Critical).0);
     }

@@ -59,7 +59,11 @@ fn history_is_bounded_and_ordered() {
     {
         let max_in_history = history.iter().filter_map(|s| s.process.rss_bytes).max();
         assert!(stats.peak_rss_bytes >= max_in_history);
-        assert!(stats.process_peak_rss_bytes >= stats.peak_rss_bytes);
+        // The kernel's high-water mark (VmHWM) is only brought up to date at some events
+        // (unmaps, exit), so it can trail an RSS seen in an earlier sample; it is never below
+        // the RSS of the same read.
+        let last_rss = history.last().and_then(|s| s.process.rss_bytes);
+        assert!(stats.process_peak_rss_bytes >= last_rss);
     }
 }
 

@@ -503,7 +503,7 @@ fn deepseek_v3_decode_reads_only_the_chosen_experts() {
     let moe_layers = (0..cfg.num_hidden_layers)
         .filter(|&l| {
             l >= cfg.first_k_dense_replace
-                && (l - cfg.first_k_dense_replace) % cfg.moe_layer_freq.max(1) == 0
+                && (l - cfg.first_k_dense_replace).is_multiple_of(cfg.moe_layer_freq.max(1))
         })
         .count() as u64;
     let total = model.routed_expert_bytes();
