@@ -218,6 +218,27 @@ pub fn split_thinking(text: &str, markers: ThinkingMarkers) -> ThinkingSplit {
     stream.finish()
 }
 
+/// [`split_thinking`] for a reply that was constrained to end its reasoning with the close
+/// marker: when the model never wrote the open marker but the close marker is there, the
+/// reasoning is what comes before it (the constraint forces the close marker after the
+/// reasoning budget even when the model did not open the span; the reference's own
+/// post-processing also splits on the close marker alone).
+pub fn split_thinking_closed(text: &str, markers: ThinkingMarkers) -> ThinkingSplit {
+    let split = split_thinking(text, markers);
+    if split.reasoning.is_empty() && !split.reasoning_unfinished {
+        if let Some((reasoning, answer)) = split.answer.split_once(markers.close) {
+            if !reasoning.contains(markers.open) {
+                return ThinkingSplit {
+                    reasoning: reasoning.trim().to_string(),
+                    answer: answer.trim().to_string(),
+                    reasoning_unfinished: false,
+                };
+            }
+        }
+    }
+    split
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +269,20 @@ mod tests {
         let s = split("◁think▷abc◁/thi");
         assert_eq!(s.reasoning, "abc◁/thi");
         assert!(s.reasoning_unfinished);
+    }
+
+    #[test]
+    fn thinking_close_marker_alone_ends_the_reasoning() {
+        let s = split_thinking_closed("noise before◁/think▷{\"a\": 1}", K);
+        assert_eq!(s.reasoning, "noise before");
+        assert_eq!(s.answer, "{\"a\": 1}");
+        assert!(!s.reasoning_unfinished);
+        // Without the close marker it is all answer, as with split_thinking.
+        let s = split_thinking_closed("no markers here", K);
+        assert_eq!(
+            (s.reasoning.as_str(), s.answer.as_str()),
+            ("", "no markers here")
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::processor::{KimiVlImageProcessor, PackedImages};
 use super::tokenizer::{KimiSpecialIds, KimiTokenizer};
 use crate::deepseek_v3::{DeepseekV3Cache, Logits};
 use crate::generation::{generate, DecodeSession, GenerationParams};
-use crate::thinking::{split_thinking, ThinkingMarkers};
+use crate::thinking::{split_thinking_closed, ThinkingMarkers};
 use crate::tokenizer::TextTokenizer;
 use crate::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
 use crate::{ModelError, Result};
@@ -213,7 +213,7 @@ impl Vlm for KimiVlm {
         drop(session);
         let (text, reasoning, reasoning_unfinished) = match self.kind {
             VlmKind::Thinking => {
-                let split = split_thinking(&out.text, ThinkingMarkers::KIMI);
+                let split = split_thinking_closed(&out.text, ThinkingMarkers::KIMI);
                 (
                     split.answer,
                     Some(split.reasoning),
