@@ -57,14 +57,20 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(e)) => {
-            eprintln!("error: {}", chain(&e));
+            report_error(&e);
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("error: {}", chain(&e));
+            report_error(&e);
             ExitCode::from(1)
         }
     }
+}
+
+/// Print `error: ...` on stderr; a closed stderr is not worth a panic.
+fn report_error(e: &anyhow::Error) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {}", chain(e));
 }
 
 /// `outer: inner: root` on one line, without backtraces.

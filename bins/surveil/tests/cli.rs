@@ -642,3 +642,80 @@ fn run_ctrl_c_while_the_model_loads_exits_0_at_once() {
         );
     }
 }
+
+#[test]
+fn run_sigterm_while_a_dead_camera_connects_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    // A loopback port with nothing listening: the camera never answers.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surveil"))
+        .args([
+            "run",
+            "--profile",
+            "testing",
+            "--weights",
+            "dummy",
+            "--source",
+            &format!("rtsp://127.0.0.1:{port}/stream"),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ])
+        .env_remove("ENV")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let sent = std::time::Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(0));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["end_reason"], "interrupted");
+    assert_eq!(summary["frames"], 0);
+}
+
+#[test]
+fn run_missing_source_fails_fast_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let start = std::time::Instant::now();
+    let out = surveil(
+        &[
+            "run",
+            "--profile",
+            "testing",
+            "--weights",
+            "dummy",
+            "--source",
+            dir.path().join("no-such-clip.mp4").to_str().unwrap(),
+            "--output",
+            out_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-clip.mp4"));
+    // The source is checked before the model is loaded, and the empty run folder is removed.
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!out_dir.exists());
+}

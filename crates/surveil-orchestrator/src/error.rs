@@ -5,8 +5,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while running the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
-    /// A file of the run's output could not be written.
-    #[error("cannot write {path}: {source}")]
+    /// A file of the run's output could not be written (the OS error is the source).
+    #[error("cannot write {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -356,6 +356,7 @@ pub fn run(
     observer: &mut dyn RunObserver,
 ) -> Result<RunSummary> {
     let started_at = now_rfc3339();
+    let created_dir = !options.output_dir.exists();
     std::fs::create_dir_all(&options.output_dir).map_err(|e| OrchestratorError::Io {
         path: options.output_dir.clone(),
         source: e,
@@ -364,7 +365,13 @@ pub fn run(
     let events = JsonlSink::create(&events_path)?;
 
     let (detector, mut stream_options) =
-        vision_setup(config, &options.detector_dir, options.max_frames)?;
+        match vision_setup(config, &options.detector_dir, options.max_frames) {
+            Ok(x) => x,
+            Err(e) => {
+                discard_empty_run(options, events, created_dir);
+                return Err(e);
+            }
+        };
     stream_options.max_frames = options.max_frames;
 
     let sampler = if config.monitoring.enabled {
@@ -379,6 +386,19 @@ pub fn run(
         None
     };
 
+    // The source first: a missing file or a dead camera fails in seconds, before a model load
+    // that can take minutes. Ctrl-C reaches a source that is still connecting.
+    let opened = open_stream(options, detector, stream_options, &stop);
+    let mut stream = match opened {
+        Ok(Some(stream)) => stream,
+        Ok(None) => {
+            return finish_before_start(config, options, started_at, events, "interrupted", None)
+        }
+        Err(e) => {
+            discard_empty_run(options, events, created_dir);
+            return Err(e);
+        }
+    };
     let started = match model {
         ModelChoice::FromConfig(progress) => {
             Analyst::start(analyst_config(config, progress), Some(stop.clone()))
@@ -389,61 +409,26 @@ pub fn run(
         Ok(a) => a,
         Err(OrchestratorError::Interrupted) => {
             // Ctrl-C while the model was loading: nothing was analysed; say so and stop.
-            let mut events = events;
-            let _ = events.finish();
-            let summary = RunSummary {
-                profile: config.profile.clone(),
-                camera: options.camera.clone(),
-                source: options.source.clone(),
-                output_dir: options.output_dir.clone(),
+            return finish_before_start(
+                config,
+                options,
                 started_at,
-                finished_at: now_rfc3339(),
-                duration_s: 0.0,
-                end_reason: "interrupted".into(),
-                error: Some(OrchestratorError::Interrupted.to_string()),
-                frames: 0,
-                frames_decoded: 0,
-                frames_dropped: 0,
-                fps: 0.0,
-                detections: 0,
-                tracks: 0,
-                person_tracks: 0,
-                model: None,
-                model_load_failures: Vec::new(),
-                vlm: VlmCounts::default(),
-                alerts_by_level: BTreeMap::new(),
-                needs_review: 0,
-                tool_failures: BTreeMap::new(),
-                events: 0,
-                snapshots: 0,
-                metrics: RunMetrics::default().summary(),
-                memory: MemorySummary {
-                    snapshots: serde_json::Value::Null,
-                    peak_rss_bytes: surveil_memory::ProcessMemory::current().peak_rss_bytes,
-                },
-            };
-            write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
-            return Ok(summary);
+                events,
+                "interrupted",
+                Some(OrchestratorError::Interrupted.to_string()),
+            );
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            drop(stream);
+            discard_empty_run(options, events, created_dir);
+            return Err(e);
+        }
     };
     if let Some(load) = analyst.load_summary() {
         observer.model_loaded(load);
     }
     tracing::info!(model = analyst.model_id(), kind = ?analyst.kind(), "model resident");
 
-    let mut stream = match DetectTrackStream::open(
-        &options.source,
-        &options.ffmpeg,
-        Box::new(detector) as Box<dyn surveil_vision::Detector>,
-        stream_options,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = analyst.finish(true, options.analyst_grace);
-            return Err(e.into());
-        }
-    };
     observer.source_opened(stream.source_description(), stream.total_frames_hint());
     // Ctrl-C must reach a stream blocked waiting for a frame.
     let interrupt = stream.interrupt_handle();
@@ -776,6 +761,105 @@ pub fn run(
         Some(e) => Err(e),
         None => Ok(summary),
     }
+}
+
+/// Open the source and the detect-and-track stream on a helper thread, so that `stop` is
+/// seen while a live source is still connecting (`Ok(None)` then; the opening thread is left to
+/// give up on its own).
+fn open_stream(
+    options: &RunOptions,
+    detector: DarknetYolo,
+    stream_options: PipelineOptions,
+    stop: &AtomicBool,
+) -> Result<Option<DetectTrackStream>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let source = options.source.clone();
+    let ffmpeg = options.ffmpeg.clone();
+    std::thread::Builder::new()
+        .name("surveil-open-source".into())
+        .spawn(move || {
+            let detector: Box<dyn surveil_vision::Detector> = Box::new(detector);
+            let _ = tx.send(DetectTrackStream::open(
+                &source,
+                &ffmpeg,
+                detector,
+                stream_options,
+            ));
+        })
+        .map_err(|e| OrchestratorError::Config(format!("cannot start the source thread: {e}")))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(opened) => return Ok(Some(opened?)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(OrchestratorError::ThreadLost("source".into()))
+            }
+        }
+    }
+}
+
+/// A run that failed before its first frame leaves nothing behind: the empty events file goes,
+/// and the run folder too when this run created it and it is empty.
+fn discard_empty_run(options: &RunOptions, events: JsonlSink, created_dir: bool) {
+    let path = options.output_dir.join("events.jsonl");
+    drop(events);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(&path);
+        if created_dir {
+            let _ = std::fs::remove_dir(&options.output_dir);
+        }
+    }
+}
+
+/// The summary of a run stopped before its first frame (Ctrl-C while the source connected or
+/// the model loaded): nothing analysed, written like any other.
+fn finish_before_start(
+    config: &SystemConfig,
+    options: &RunOptions,
+    started_at: String,
+    events: JsonlSink,
+    end_reason: &str,
+    error: Option<String>,
+) -> Result<RunSummary> {
+    let mut events = events;
+    let _ = events.finish();
+    let summary = RunSummary {
+        profile: config.profile.clone(),
+        camera: options.camera.clone(),
+        source: options.source.clone(),
+        output_dir: options.output_dir.clone(),
+        started_at,
+        finished_at: now_rfc3339(),
+        duration_s: 0.0,
+        end_reason: end_reason.into(),
+        error,
+        frames: 0,
+        frames_decoded: 0,
+        frames_dropped: 0,
+        fps: 0.0,
+        detections: 0,
+        tracks: 0,
+        person_tracks: 0,
+        model: None,
+        model_load_failures: Vec::new(),
+        vlm: VlmCounts::default(),
+        alerts_by_level: BTreeMap::new(),
+        needs_review: 0,
+        tool_failures: BTreeMap::new(),
+        events: 0,
+        snapshots: 0,
+        metrics: RunMetrics::default().summary(),
+        memory: MemorySummary {
+            snapshots: serde_json::Value::Null,
+            peak_rss_bytes: surveil_memory::ProcessMemory::current().peak_rss_bytes,
+        },
+    };
+    write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
+    Ok(summary)
 }
 
 type AnalystEnd = (

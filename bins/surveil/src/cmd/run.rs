@@ -16,6 +16,15 @@ use surveil_vision::FfmpegOptions;
 use crate::cli::{Cli, RunArgs};
 use crate::Failure;
 
+/// `eprintln!` that ignores a closed stderr instead of panicking: the run's progress is not
+/// worth losing the run over.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Set by the signal handler; the pipeline polls it.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -44,7 +53,7 @@ impl RunObserver for Progress {
         if self.quiet {
             return;
         }
-        eprintln!(
+        say!(
             "model {} on {} ({}), {:.1} s, {:.2} GB resident",
             s.model,
             s.device,
@@ -62,7 +71,7 @@ impl RunObserver for Progress {
             bar.set_length(total.unwrap_or(0));
             bar.reset_elapsed();
         }
-        eprintln!(
+        say!(
             "source {description}{}",
             total.map_or(String::new(), |t| format!(" ({t} frames)"))
         );
@@ -87,9 +96,13 @@ impl RunObserver for Progress {
                 if self.last_plain.elapsed() >= self.plain_every {
                     self.last_plain = Instant::now();
                     let total = p.total_frames.map_or(String::new(), |t| format!("/{t}"));
-                    eprintln!(
+                    say!(
                         "frames {}{total}, {:.1} fps, {} analyses, {} alerts, {:.0} s",
-                        p.frames, p.fps, p.analyses, p.alerts, p.elapsed_s
+                        p.frames,
+                        p.fps,
+                        p.analyses,
+                        p.alerts,
+                        p.elapsed_s
                     );
                 }
             }
@@ -222,7 +235,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         terminal,
     };
     if !quiet {
-        eprintln!(
+        say!(
             "surveil run: profile {}, model {} ({}), output {}",
             config.profile,
             config.vlm.primary_model,
@@ -245,12 +258,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     }
     forwarder_done.store(true, Ordering::SeqCst);
     let _ = forwarder.join();
-    let summary = result.with_context(|| {
-        format!(
-            "surveil run (output in {}; summary.json is written when the frame loop started)",
-            options.output_dir.display()
-        )
-    })?;
+    let summary = result.context("surveil run")?;
     print_summary(&summary, args.json, quiet)?;
     Ok(())
 }

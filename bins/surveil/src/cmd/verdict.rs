@@ -12,10 +12,16 @@ use crate::Failure;
 /// be parsed, 2 when the input cannot be read.
 pub fn parse(args: &VerdictParseArgs) -> Result<(), Failure> {
     let input = read_input(args)?;
-    let replies: Vec<&str> = if args.lines {
-        input.lines().filter(|l| !l.trim().is_empty()).collect()
+    // Each reply with its line number in the input (1 without --lines).
+    let replies: Vec<(usize, &str)> = if args.lines {
+        input
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (i + 1, l))
+            .collect()
     } else {
-        vec![input.as_str()]
+        vec![(1, input.as_str())]
     };
     if replies.is_empty() {
         return Err(Failure::Runtime(anyhow!("no reply in the input")));
@@ -24,10 +30,10 @@ pub fn parse(args: &VerdictParseArgs) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
     let mut failed = Vec::new();
     let mut closed = false;
-    for (index, reply) in replies.iter().enumerate() {
+    for &(line, reply) in &replies {
         let parsed = parse_verdict(reply);
         if let VerdictSource::ParseFailed { reason, .. } = &parsed.source {
-            failed.push((index + 1, reason.clone()));
+            failed.push((line, reason.clone()));
         }
         let json = if args.lines {
             serde_json::to_string(&parsed)
