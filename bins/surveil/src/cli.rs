@@ -49,7 +49,7 @@ pub enum Command {
 Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the summary and exits 0.
 
 Examples:
-  surveil run --profile testing --source ~/.cache/surveil/assets/video/vtest.avi --weights dummy --max-frames 200
+  surveil run --profile testing --weights dummy --max-frames 200     # the sample clip
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
   surveil run --profile testing_kimi --source frames/ --output runs/kimi --json"
     )]
