@@ -14,7 +14,8 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::arch::LoadedModel;
-use crate::generation::{GenerationParams, GenerationStats, StopReason};
+use crate::generation::{GenerationOutput, GenerationParams, GenerationStats, StopReason};
+use crate::thinking::ThinkingSplit;
 use crate::tokenizer::TextTokenizer;
 use crate::{ModelError, Result};
 
@@ -100,6 +101,41 @@ pub struct Generation {
     pub stop_reason: StopReason,
     /// Preprocessing, vision, prefill, time to first token, decode speed, prompt length.
     pub timings: GenerationStats,
+}
+
+impl Generation {
+    /// The whole output of the loop as the answer: models without a reasoning span.
+    pub fn answer(out: GenerationOutput) -> Self {
+        Self {
+            text: out.text,
+            reasoning: None,
+            reasoning_unfinished: false,
+            tokens: out.tokens,
+            stop_reason: out.stop_reason,
+            timings: out.stats,
+        }
+    }
+
+    /// The same answer without leading and trailing whitespace.
+    pub fn trimmed(mut self) -> Self {
+        let t = self.text.trim();
+        if t.len() != self.text.len() {
+            self.text = t.to_string();
+        }
+        self
+    }
+
+    /// The output of a thinking model, split into its reasoning and its answer.
+    pub fn thinking(out: GenerationOutput, split: ThinkingSplit) -> Self {
+        Self {
+            text: split.answer,
+            reasoning: Some(split.reasoning),
+            reasoning_unfinished: split.reasoning_unfinished,
+            tokens: out.tokens,
+            stop_reason: out.stop_reason,
+            timings: out.stats,
+        }
+    }
 }
 
 /// A resident vision-language model with its tokenizer and image processor: the one way the

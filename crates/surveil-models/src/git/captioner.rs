@@ -142,14 +142,7 @@ impl GitCaptioner {
         model: GitModel,
         settings: CaptionSettings,
     ) -> Result<Self> {
-        let size = model.config().vision_config.image_size as u32;
-        let p = processor.config();
-        if p.crop_width != size || p.crop_height != size {
-            return Err(ModelError::InvalidInput(format!(
-                "processor crops {}x{} but the model takes {size}x{size} images",
-                p.crop_width, p.crop_height
-            )));
-        }
+        check_crop(&model, &processor)?;
         Ok(Self {
             processor,
             tokenizer,
@@ -217,4 +210,17 @@ impl GitCaptioner {
             .map(|ids| self.tokenizer.decode(ids))
             .collect()
     }
+}
+
+/// Errors unless `processor` crops to the square image size `model` takes.
+pub(crate) fn check_crop(model: &GitModel, processor: &ClipProcessor) -> Result<()> {
+    let size = model.config().vision_config.image_size as u32;
+    let p = processor.config();
+    if p.crop_width != size || p.crop_height != size {
+        return Err(ModelError::InvalidInput(format!(
+            "processor crops {}x{} but the model takes {size}x{size} images",
+            p.crop_width, p.crop_height
+        )));
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::captioner::GitTokenizer;
+use super::captioner::{check_crop, GitTokenizer};
 use super::model::GitModel;
 use super::processor::ClipProcessor;
 use crate::generation::GenerationParams;
@@ -28,14 +28,7 @@ impl GitVlm {
         processor: ClipProcessor,
         tokenizer: GitTokenizer,
     ) -> Result<Self> {
-        let size = model.config().vision_config.image_size as u32;
-        let p = processor.config();
-        if p.crop_width != size || p.crop_height != size {
-            return Err(ModelError::InvalidInput(format!(
-                "processor crops {}x{} but the model takes {size}x{size} images",
-                p.crop_width, p.crop_height
-            )));
-        }
+        check_crop(&model, &processor)?;
         Ok(Self {
             model_id: model_id.into(),
             model,
@@ -86,13 +79,6 @@ impl Vlm for GitVlm {
             hooks,
             started,
         )?;
-        Ok(Generation {
-            text: out.text.trim().to_string(),
-            reasoning: None,
-            reasoning_unfinished: false,
-            tokens: out.tokens,
-            stop_reason: out.stop_reason,
-            timings: out.stats,
-        })
+        Ok(Generation::answer(out).trimmed())
     }
 }

@@ -211,24 +211,12 @@ impl Vlm for KimiVlm {
                 Some(session.decode_expert_bytes as f64 / session.decode_steps as f64);
         }
         drop(session);
-        let (text, reasoning, reasoning_unfinished) = match self.kind {
+        Ok(match self.kind {
             VlmKind::Thinking => {
                 let split = split_thinking_closed(&out.text, ThinkingMarkers::KIMI);
-                (
-                    split.answer,
-                    Some(split.reasoning),
-                    split.reasoning_unfinished,
-                )
+                Generation::thinking(out, split)
             }
-            VlmKind::Instruction | VlmKind::Captioner => (out.text.trim().to_string(), None, false),
-        };
-        Ok(Generation {
-            text,
-            reasoning,
-            reasoning_unfinished,
-            tokens: out.tokens,
-            stop_reason: out.stop_reason,
-            timings: out.stats,
+            VlmKind::Instruction | VlmKind::Captioner => Generation::answer(out).trimmed(),
         })
     }
 }

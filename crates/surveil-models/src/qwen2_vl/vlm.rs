@@ -109,13 +109,6 @@ impl Vlm for Qwen2VlVlm {
             hooks,
             started,
         )?;
-        Ok(Generation {
-            text: out.text,
-            reasoning: None,
-            reasoning_unfinished: false,
-            tokens: out.tokens,
-            stop_reason: out.stop_reason,
-            timings: out.stats,
-        })
+        Ok(Generation::answer(out))
     }
 }
