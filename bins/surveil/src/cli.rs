@@ -71,6 +71,9 @@ Examples:
     #[command(after_help = "Each output line is one tracked object in one frame:
   {\"frame\":12,\"timestamp\":1.2,\"track_id\":3,\"class\":\"person\",\"x1\":..,\"y1\":..,\"x2\":..,\"y2\":..,\"score\":0.87}
 Ctrl-C stops after the current frame; everything analysed so far is written.
+Outputs (--output, --snapshot) are written as FILE.XXXXXX.partial beside FILE and renamed over
+FILE when the run ends (end of source, --max-frames, Ctrl-C). A failed run leaves FILE as it was
+and keeps the partial file, named in the error. Options are checked before anything is written.
 
 Examples:
   surveil detect --source ~/.cache/surveil/assets/video/vtest.avi --output tracks.jsonl
@@ -88,6 +91,21 @@ Examples:
   surveil doctor
   surveil doctor --json | jq .memory")]
     Doctor(DoctorArgs),
+    /// System RAM (cgroup-aware), swap, the memory of every running surveil process and GPU
+    /// memory; once, or one line every --watch seconds.
+    #[command(
+        after_help = "RAM `available` is MemAvailable, or what the tightest cgroup limit leaves when that is
+lower; `used` is MemTotal - MemAvailable. surveil processes are found by executable name; only
+their program and first argument are shown (the rest of a command line can hold credentials).
+--watch prints a header, then one line per interval until Ctrl-C or SIGTERM (exit 0); with
+--json, one JSON object per line (JSONL), each with an RFC 3339 UTC `time`.
+
+Examples:
+  surveil memory
+  surveil memory --watch 1
+  surveil memory --watch 0.5 --json | jq -c '{time, avail: .ram.available_bytes, surveil: .surveil.rss_bytes}'"
+    )]
+    Memory(MemoryArgs),
     /// Read VLM verdict replies the way the pipeline does.
     Verdict {
         /// What to do.
@@ -144,6 +162,9 @@ pub struct ConfigShowArgs {
 pub struct RunArgs {
     /// Video file, rtsp:// or http(s):// URL, image folder, or image (default: the sample clip
     /// of the asset cache).
+    ///
+    /// An image folder's png/jpg/jpeg files are read in natural name order (frame2 before
+    /// frame10); unreadable images are skipped with a warning and counted in the summary.
     #[arg(long, value_name = "PATH|URL")]
     pub source: Option<String>,
     /// Camera name recorded in events (default: `camera-1`).
@@ -174,29 +195,32 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct DetectArgs {
     /// Video file, rtsp:// or http(s):// URL, image folder, or image.
+    ///
+    /// An image folder's png/jpg/jpeg files are read in natural name order (frame2 before
+    /// frame10); unreadable images are skipped with a warning and counted in the summary.
     #[arg(long, value_name = "PATH|URL")]
     pub source: String,
-    /// JSONL file to write.
+    /// JSONL file to write (replaced only when the run succeeds).
     #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
-    /// Frames per detector pass.
-    #[arg(long, default_value_t = 1)]
+    /// Frames per detector pass (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = crate::cmd::detect::parse_batch)]
     pub batch: usize,
-    /// Stop after this many frames.
-    #[arg(long, value_name = "N")]
+    /// Stop after this many frames (at least 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_frames: Option<u64>,
     /// Scale frames to this width (ffmpeg sources).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub width: Option<u32>,
     /// Scale frames to this height (ffmpeg sources).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub height: Option<u32>,
-    /// Resample to this frame rate (ffmpeg sources).
-    #[arg(long)]
+    /// Resample to this frame rate (ffmpeg sources; above 0).
+    #[arg(long, value_parser = crate::cmd::detect::parse_fps)]
     pub fps: Option<f64>,
     /// Render boxes and track ids of frame N into a PNG: `N:PATH.png` (repeatable).
-    #[arg(long, value_name = "N:PNG")]
-    pub snapshot: Vec<String>,
+    #[arg(long, value_name = "N:PNG", value_parser = crate::cmd::detect::parse_snapshot)]
+    pub snapshot: Vec<surveil_vision::pipeline::SnapshotRequest>,
     /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache).
     #[arg(long, value_name = "DIR")]
     pub detector_dir: Option<PathBuf>,
@@ -218,9 +242,16 @@ pub enum ModelsCommand {
     List(ModelsListArgs),
     /// Write a dummy checkpoint (config.json + model.safetensors with random weights of the real
     /// shapes), to measure loading from disk without the real weights.
-    #[command(after_help = "Examples:
+    #[command(
+        after_help = "A directory that already holds checkpoint files (config.json, *.safetensors, an index,
+tokenizer files) is refused (exit 2) unless --force is given. Files are written under a temporary
+name and renamed into place: a symbolic link (as in a Hugging Face cache snapshot) is replaced
+by a regular file, never written through.
+
+Examples:
   surveil models synth qwen2-vl-2b-instruct --out /tmp/qwen2-vl-2b-dummy
-  surveil test-model --qwen --weights /tmp/qwen2-vl-2b-dummy --memory-stats")]
+  surveil test-model --qwen --weights /tmp/qwen2-vl-2b-dummy --memory-stats"
+    )]
     Synth(ModelsSynthArgs),
 }
 
@@ -240,8 +271,12 @@ pub struct ModelsSynthArgs {
     /// Output directory (created).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace config.json and model.safetensors in a directory that already holds a
+    /// checkpoint (other files are left as they are).
+    #[arg(long)]
+    pub force: bool,
     /// Stored dtype: bf16 (like the published checkpoints), f16 or f32.
-    #[arg(long, default_value = "bf16")]
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
     pub dtype: String,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
@@ -264,14 +299,14 @@ pub struct TestModelArgs {
     /// git-base-coco (profile testing).
     #[arg(long)]
     pub git_base: bool,
-    /// Any registry id (see `surveil models list`).
+    /// Any registry id or Hugging Face repo id, any case (see `surveil models list`).
     #[arg(long, value_name = "ID")]
     pub model: Option<String>,
     /// `auto`, `dummy`, or a checkpoint directory.
     #[arg(long, value_name = "auto|dummy|DIR")]
     pub weights: Option<String>,
-    /// `auto`, `cpu` or `cuda`.
-    #[arg(long, value_name = "auto|cpu|cuda")]
+    /// `auto`, `cpu`, `cuda` (device 0) or `cuda:N`, any case.
+    #[arg(long, value_name = "auto|cpu|cuda|cuda:N")]
     pub device: Option<String>,
     /// Print the memory blocks (before load, after load, after unload) and the peak RSS.
     #[arg(long)]
@@ -292,10 +327,12 @@ pub struct TestModelArgs {
 }
 
 impl TestModelArgs {
-    /// The model id asked for (`--kimi` when nothing is given).
+    /// The model id asked for (`--kimi` when nothing is given). A `--model` given as a
+    /// Hugging Face repo id or in another case is returned as our id; an unknown name is
+    /// returned as written (loading it reports the error).
     pub fn model_id(&self) -> &str {
         if let Some(m) = &self.model {
-            m
+            surveil_config::canonical_model_id(m).unwrap_or(m)
         } else if self.qwen {
             "qwen2-vl-2b-instruct"
         } else if self.git_base {
@@ -319,6 +356,17 @@ impl TestModelArgs {
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `surveil memory`
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// Print one line every SECONDS (fractions allowed, above 0) until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "SECONDS", value_parser = crate::cmd::memory::parse_watch_interval)]
+    pub watch: Option<std::time::Duration>,
+    /// Machine-readable output: one JSON object (one per line with --watch).
     #[arg(long)]
     pub json: bool,
 }

@@ -2,6 +2,8 @@
 //! configuration, calls the libraries and prints; the work itself lives in the crates.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+// `unwrap`/`expect` only in tests: code outside them reports failures as errors.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod cli;
 mod cmd;
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Show(args),
         } => cmd::config::show(&cli, args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Memory(args) => cmd::memory::run(args),
         Command::Detect(args) => cmd::detect::run(&cli, args),
         Command::Run(args) => cmd::run::run(&cli, args),
         Command::TestSingleModel(args) => cmd::test_model::run(&cli, args),
@@ -94,8 +97,12 @@ fn init_logging(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs redirected to a file or a pipe stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colour only on a terminal: logs redirected to a file or a pipe stay plain text, and
+        // a non-empty NO_COLOR (https://no-color.org) turns colour off on a terminal too.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_target(false)
         .try_init();
 }

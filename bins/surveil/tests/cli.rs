@@ -123,12 +123,37 @@ fn help_has_examples() {
     }
 }
 
+/// Whether this is a CI run: `CI` set to a non-empty value other than `false` or `0`. Under CI
+/// a missing asset fails the test that needs it instead of skipping it.
+fn under_ci() -> bool {
+    let ci = std::env::var("CI").unwrap_or_default();
+    let ci = ci.trim();
+    !(ci.is_empty() || ci == "0" || ci.eq_ignore_ascii_case("false"))
+}
+
+/// The asset files the CLI tests run on: the sample clip and the detector.
+const CLI_ASSETS: [&str; 4] = [
+    "video/vtest.avi",
+    "yolov3-tiny/yolov3-tiny.weights",
+    "yolov3-tiny/yolov3-tiny.cfg",
+    "yolov3-tiny/coco.names",
+];
+
+/// The asset cache (`$SURVEIL_ASSETS`, else `~/.cache/surveil/assets`). Under CI every file of
+/// [`CLI_ASSETS`] must be there (a failure otherwise); on a developer's machine the tests check
+/// and skip.
 fn assets() -> std::path::PathBuf {
-    std::env::var_os("SURVEIL_ASSETS")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/surveil/assets")
-        })
+    let dir = surveil_config::paths::assets_dir();
+    if under_ci() {
+        for rel in CLI_ASSETS {
+            assert!(
+                dir.join(rel).is_file(),
+                "asset {} is missing under CI (scripts/setup.sh fetches it)",
+                dir.join(rel).display()
+            );
+        }
+    }
+    dir
 }
 
 #[test]
@@ -403,18 +428,23 @@ fn verdict_parse_closed_stdout_does_not_panic() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
 
-/// The sample clip and the detector, or `None` (skipped with a message) on a developer's
-/// machine without them; a failure under `CI=true`.
+/// The sample clip, once every file of [`CLI_ASSETS`] is there; `None` (skipped with a
+/// message) on a developer's machine without them; a failure under CI.
 fn run_assets() -> Option<std::path::PathBuf> {
-    let clip = surveil_config::paths::asset("video/vtest.avi");
-    let det = surveil_config::paths::asset("yolov3-tiny");
-    if clip.is_file() && det.is_dir() {
-        return Some(clip);
+    let dir = assets();
+    let missing: Vec<String> = CLI_ASSETS
+        .iter()
+        .map(|rel| dir.join(rel))
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return Some(dir.join(CLI_ASSETS[0]));
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("sample clip or detector missing under CI=true (scripts/setup.sh fetches them)");
-    }
-    eprintln!("skipped: sample clip or detector missing (run scripts/setup.sh)");
+    eprintln!(
+        "skipped: missing {} (run scripts/setup.sh)",
+        missing.join(", ")
+    );
     None
 }
 

@@ -21,6 +21,46 @@ pub(crate) const ENV_ALIASES: &[(&str, &str)] = &[
 /// Prefix of the generic form `SURVEIL_<SECTION>__<FIELD>`.
 pub(crate) const GENERIC_PREFIX: &str = "SURVEIL_";
 
+/// The variable that sets `monitoring.enabled` to the negation of its value.
+pub(crate) const DISABLE_MONITORING: &str = "DISABLE_MONITORING";
+
+/// The environment variables that set dotted `key`, for documentation: the short variables of
+/// the original system first (`DISABLE_MONITORING` written as `DISABLE_MONITORING (negated)`),
+/// then the generic `SURVEIL_<SECTION>__<FIELD>`. Empty when the key can only be set in a
+/// profile file (tables such as `decision.opening_hours`, and `zones`).
+pub(crate) fn variables_for(defaults: &Dict, key: &str) -> Vec<String> {
+    if !settable(defaults, key) {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = ENV_ALIASES
+        .iter()
+        .filter(|(_, k)| *k == key)
+        .map(|(var, _)| var.to_string())
+        .collect();
+    if key == "monitoring.enabled" {
+        out.push(format!("{DISABLE_MONITORING} (negated)"));
+    }
+    if let Some((section, field)) = key.split_once('.') {
+        out.push(format!(
+            "{GENERIC_PREFIX}{}__{}",
+            section.to_ascii_uppercase(),
+            field.to_ascii_uppercase()
+        ));
+    }
+    out
+}
+
+/// Whether `key` can be given as text (a variable or a `--set` flag): a boolean, a number, a
+/// string or a list of strings. Tables and lists of tables are written in profile files only.
+pub(crate) fn settable(defaults: &Dict, key: &str) -> bool {
+    OPTIONAL_NUMBERS.contains(&key)
+        || OPTIONAL_REALS.contains(&key)
+        || matches!(
+            lookup(defaults, key),
+            Some(Value::Bool(..) | Value::Num(..) | Value::String(..) | Value::Array(..))
+        )
+}
+
 /// Parse a boolean the way users write them: true/false, 1/0, yes/no (any case).
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -54,6 +94,9 @@ pub(crate) fn all_keys(defaults: &Dict) -> Vec<String> {
 /// Fields that may hold a number or nothing (their default is absent/null).
 const OPTIONAL_NUMBERS: &[&str] = &["vlm.seed"];
 
+/// Fields that may hold a real number or nothing (their default is absent/null).
+const OPTIONAL_REALS: &[&str] = &["tracker.frame_rate"];
+
 /// Turn the text of a variable or flag into a value of the type `key` has.
 pub(crate) fn typed_value(
     defaults: &Dict,
@@ -65,6 +108,13 @@ pub(crate) fn typed_value(
         origin: origin.to_string(),
         reason,
     };
+    if OPTIONAL_REALS.contains(&key) {
+        return text
+            .trim()
+            .parse::<f64>()
+            .map(Value::from)
+            .map_err(|_| bad(format!("{key} must be a number, got `{text}`")));
+    }
     if OPTIONAL_NUMBERS.contains(&key) {
         return text.trim().parse::<u64>().map(Value::from).map_err(|_| {
             bad(format!(
@@ -79,6 +129,11 @@ pub(crate) fn typed_value(
             keys.join(", ")
         )));
     };
+    if !settable(defaults, key) {
+        return Err(bad(format!(
+            "{key} is a table; set it in a profile file (see docs/configuration.md)"
+        )));
+    }
     Ok(match default {
         Value::Bool(..) => Value::from(parse_bool(text).ok_or_else(|| {
             bad(format!(
@@ -168,5 +223,85 @@ mod tests {
         );
         assert_eq!(generic_key("SURVEIL_ASSETS"), None);
         assert_eq!(generic_key("VLM_MODEL"), None);
+    }
+
+    fn defaults() -> Dict {
+        match Value::serialize(crate::RawConfig::default()) {
+            Ok(Value::Dict(_, d)) => d,
+            other => panic!("defaults serialize to a dictionary, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn variables_that_set_each_key() {
+        let d = defaults();
+        assert_eq!(
+            variables_for(&d, "vlm.load_in_4bit"),
+            ["LOAD_IN_4BIT", "VLM_4BIT", "SURVEIL_VLM__LOAD_IN_4BIT"]
+        );
+        assert_eq!(
+            variables_for(&d, "monitoring.enabled"),
+            [
+                "DISABLE_MONITORING (negated)",
+                "SURVEIL_MONITORING__ENABLED"
+            ]
+        );
+        assert_eq!(
+            variables_for(&d, "tools.stop_seconds"),
+            ["SURVEIL_TOOLS__STOP_SECONDS"]
+        );
+        assert_eq!(variables_for(&d, "vlm.seed"), ["SURVEIL_VLM__SEED"]);
+        assert_eq!(
+            variables_for(&d, "tracker.frame_rate"),
+            ["SURVEIL_TRACKER__FRAME_RATE"]
+        );
+        // Lists of strings are written `a,b`; tables only in profile files.
+        assert!(settable(&d, "detection.classes"));
+        assert!(!settable(&d, "decision.opening_hours"));
+        assert!(variables_for(&d, "decision.opening_hours").is_empty());
+        assert!(variables_for(&d, "zones").is_empty());
+        // Every variable named for a key is read back as that key.
+        for key in all_keys(&d) {
+            for var in variables_for(&d, &key) {
+                let var = var.split(' ').next().unwrap_or_default();
+                let read = generic_key(var).or_else(|| {
+                    ENV_ALIASES
+                        .iter()
+                        .find(|(v, _)| *v == var)
+                        .map(|(_, k)| k.to_string())
+                        .or_else(|| {
+                            (var == DISABLE_MONITORING).then(|| "monitoring.enabled".into())
+                        })
+                });
+                assert_eq!(read.as_deref(), Some(key.as_str()), "{var}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_given_as_text_says_where_to_set_it() {
+        let d = defaults();
+        let err = typed_value(
+            &d,
+            "decision.opening_hours",
+            "08:00-18:00",
+            "flag --set decision.opening_hours",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "flag --set decision.opening_hours: decision.opening_hours is a table; set it in a \
+             profile file (see docs/configuration.md)"
+        );
+        // Choice values reach deserialization as written; case is handled there.
+        assert_eq!(
+            typed_value(&d, "vlm.device", "DeviceType.CPU", "env VLM_DEVICE").unwrap(),
+            Value::from("DeviceType.CPU".to_string())
+        );
+        assert_eq!(
+            typed_value(&d, "tracker.frame_rate", "12.5", "env").unwrap(),
+            Value::from(12.5)
+        );
     }
 }

@@ -284,7 +284,7 @@ impl ConfigLoader {
         let mut origins = BTreeMap::new();
         for key in crate::env::all_keys(&defaults)
             .into_iter()
-            .chain(["vlm.seed".to_string(), "zones".to_string()])
+            .chain(["vlm.seed", "tracker.frame_rate", "zones"].map(String::from))
         {
             if let Some(meta) = figment.find_metadata(&key) {
                 origins.insert(key, origin_from_name(&meta.name));

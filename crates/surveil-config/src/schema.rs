@@ -4,31 +4,173 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Model ids surveil knows (the model registry in `surveil-models` lists exactly these).
-pub const KNOWN_MODEL_IDS: &[&str] = &[
-    "git-base-coco",
-    "qwen2-vl-2b-instruct",
-    "qwen2-vl-7b-instruct",
-    "kimi-vl-a3b-thinking",
-    "kimi-vl-a3b-thinking-2506",
-    "kimi-vl-a3b-instruct",
+/// One model surveil knows: our id and the Hugging Face repository it is published in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KnownModel {
+    /// Our id (`qwen2-vl-2b-instruct`): lower case, no `/`.
+    pub id: &'static str,
+    /// The Hugging Face repo id (`Qwen/Qwen2-VL-2B-Instruct`), accepted wherever an id is.
+    pub hf_repo: &'static str,
+}
+
+/// Every model surveil knows, with its Hugging Face repo id. The model registry in
+/// `surveil-models` describes exactly these (its tests check that the pairs agree).
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        id: "git-base-coco",
+        hf_repo: "microsoft/git-base-coco",
+    },
+    KnownModel {
+        id: "qwen2-vl-2b-instruct",
+        hf_repo: "Qwen/Qwen2-VL-2B-Instruct",
+    },
+    KnownModel {
+        id: "qwen2-vl-7b-instruct",
+        hf_repo: "Qwen/Qwen2-VL-7B-Instruct",
+    },
+    KnownModel {
+        id: "kimi-vl-a3b-thinking",
+        hf_repo: "moonshotai/Kimi-VL-A3B-Thinking",
+    },
+    KnownModel {
+        id: "kimi-vl-a3b-thinking-2506",
+        hf_repo: "moonshotai/Kimi-VL-A3B-Thinking-2506",
+    },
+    KnownModel {
+        id: "kimi-vl-a3b-instruct",
+        hf_repo: "moonshotai/Kimi-VL-A3B-Instruct",
+    },
 ];
 
+/// The ids of [`KNOWN_MODELS`], in the same order.
+const KNOWN_MODEL_ID_ARRAY: [&str; KNOWN_MODELS.len()] = {
+    let mut ids = [""; KNOWN_MODELS.len()];
+    let mut i = 0;
+    while i < ids.len() {
+        ids[i] = KNOWN_MODELS[i].id;
+        i += 1;
+    }
+    ids
+};
+
+/// Model ids surveil knows: the ids of [`KNOWN_MODELS`].
+pub const KNOWN_MODEL_IDS: &[&str] = &KNOWN_MODEL_ID_ARRAY;
+
+/// The canonical id of the model `name` designates: our id or the Hugging Face repo id, in any
+/// letter case, surrounding whitespace ignored (`microsoft/git-base-coco`, `Git-Base-Coco` →
+/// `git-base-coco`). `None` for any other text.
+pub fn canonical_model_id(name: &str) -> Option<&'static str> {
+    let name = name.trim();
+    KNOWN_MODELS
+        .iter()
+        .find(|m| m.id.eq_ignore_ascii_case(name) || m.hf_repo.eq_ignore_ascii_case(name))
+        .map(|m| m.id)
+}
+
+/// A configuration value chosen from a fixed list of names. Names match in any letter case
+/// (`CPU`, `Cpu`, `cpu`); the canonical name is lower case, and serialization writes it.
+pub trait Choice: Sized + Copy + PartialEq + 'static {
+    /// Every value, in the order messages and docs list them.
+    const ALL: &'static [Self];
+    /// The canonical names of [`Choice::ALL`], in the same order.
+    const NAMES: &'static [&'static str];
+    /// Other spellings accepted (any case) and the value each stands for.
+    const ALIASES: &'static [(&'static str, Self)] = &[];
+
+    /// The value `text` names (any case, surrounding whitespace ignored), if any.
+    fn parse_choice(text: &str) -> Option<Self> {
+        let text = text.trim();
+        Self::NAMES
+            .iter()
+            .zip(Self::ALL)
+            .chain(Self::ALIASES.iter().map(|(name, value)| (name, value)))
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+            .map(|(_, value)| *value)
+    }
+
+    /// The canonical name of this value.
+    fn choice_name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .zip(Self::NAMES)
+            .find(|(value, _)| **value == self)
+            .map_or("", |(_, name)| name)
+    }
+}
+
+/// Deserialize a [`Choice`] from its name in any case; an unknown name is an "unknown
+/// variant" error listing [`Choice::NAMES`].
+fn deserialize_choice<'de, T: Choice, D: serde::Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    let text = String::deserialize(d)?;
+    T::parse_choice(&text).ok_or_else(|| serde::de::Error::unknown_variant(&text, T::NAMES))
+}
+
 /// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
-    /// CUDA when compiled in and the model fits, else CPU.
+    /// CUDA device 0 when compiled in and the model fits, else CPU.
     #[default]
     Auto,
     /// Always the CPU.
     Cpu,
-    /// Always CUDA (an error when unavailable).
-    Cuda,
+    /// Always this CUDA device, by ordinal (an error when it is not present).
+    Cuda(usize),
+}
+
+impl Device {
+    /// The forms a device is written in, for messages: `cuda` means `cuda:0`.
+    pub const ALLOWED: &'static [&'static str] = &["auto", "cpu", "cuda", "cuda:N"];
+
+    /// Parse `auto`, `cpu`, `cuda` (device 0) or `cuda:N`, in any case, optionally prefixed
+    /// by `DeviceType.` (as in `DeviceType.CPU`). `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        const PREFIX: &str = "devicetype.";
+        let text = match text.get(..PREFIX.len()) {
+            Some(head) if head.eq_ignore_ascii_case(PREFIX) => &text[PREFIX.len()..],
+            _ => text,
+        };
+        let lower = text.to_ascii_lowercase();
+        match lower.as_str() {
+            "auto" => Some(Device::Auto),
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            other => {
+                let n = other.strip_prefix("cuda:")?;
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                n.parse().ok().map(Device::Cuda)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Device::parse(&text).ok_or_else(|| serde::de::Error::unknown_variant(&text, Self::ALLOWED))
+    }
 }
 
 /// Storage type of quantizable weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Quant {
     /// 4-bit k-quants (256-weight blocks).
@@ -65,6 +207,24 @@ impl Quant {
     }
 }
 
+impl Choice for Quant {
+    const ALL: &'static [Self] = &[
+        Quant::Q4k,
+        Quant::Q4_0,
+        Quant::Q8_0,
+        Quant::F16,
+        Quant::Bf16,
+        Quant::F32,
+    ];
+    const NAMES: &'static [&'static str] = &["q4k", "q4_0", "q8_0", "f16", "bf16", "f32"];
+}
+
+impl<'de> Deserialize<'de> for Quant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_choice(d)
+    }
+}
+
 /// Where weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum WeightsSpec {
@@ -95,11 +255,12 @@ impl<'de> Deserialize<'de> for WeightsSpec {
 }
 
 impl WeightsSpec {
-    /// `auto`, `dummy`, or a directory path.
+    /// `auto` or `dummy` (any case), else a directory path (write `./Dummy` for a directory
+    /// of that name).
     pub fn parse(s: &str) -> Self {
         match s.trim() {
-            "auto" => WeightsSpec::Auto,
-            "dummy" => WeightsSpec::Dummy,
+            t if t.eq_ignore_ascii_case("auto") => WeightsSpec::Auto,
+            t if t.eq_ignore_ascii_case("dummy") => WeightsSpec::Dummy,
             other => WeightsSpec::Dir(PathBuf::from(other)),
         }
     }
@@ -116,7 +277,7 @@ impl std::fmt::Display for WeightsSpec {
 }
 
 /// How much analysis each frame gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OrchestrationMode {
     /// Few tools, short timeouts.
@@ -128,8 +289,23 @@ pub enum OrchestrationMode {
     Thorough,
 }
 
+impl Choice for OrchestrationMode {
+    const ALL: &'static [Self] = &[
+        OrchestrationMode::Fast,
+        OrchestrationMode::Balanced,
+        OrchestrationMode::Thorough,
+    ];
+    const NAMES: &'static [&'static str] = &["fast", "balanced", "thorough"];
+}
+
+impl<'de> Deserialize<'de> for OrchestrationMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_choice(d)
+    }
+}
+
 /// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Errors only.
@@ -155,6 +331,25 @@ impl LogLevel {
             LogLevel::Debug => "debug",
             LogLevel::Trace => "trace",
         }
+    }
+}
+
+impl Choice for LogLevel {
+    const ALL: &'static [Self] = &[
+        LogLevel::Error,
+        LogLevel::Warn,
+        LogLevel::Info,
+        LogLevel::Debug,
+        LogLevel::Trace,
+    ];
+    const NAMES: &'static [&'static str] = &["error", "warn", "info", "debug", "trace"];
+    /// Python's `logging` spells it `WARNING`.
+    const ALIASES: &'static [(&'static str, Self)] = &[("warning", LogLevel::Warn)];
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_choice(d)
     }
 }
 
@@ -252,8 +447,10 @@ pub struct TrackerConfig {
     pub track_buffer: u32,
     /// IoU matching threshold (as a cost: 1 − IoU ≤ threshold).
     pub match_threshold: f64,
-    /// Nominal frame rate of the source.
-    pub frame_rate: u32,
+    /// Frames per second the lost-track buffer is scaled by (`track_buffer * frame_rate / 30`
+    /// frames); absent: the source's nominal rate, 30 when the source does not report one.
+    /// Fractional rates (12.5, 29.97) are allowed.
+    pub frame_rate: Option<f64>,
 }
 
 impl Default for TrackerConfig {
@@ -261,7 +458,7 @@ impl Default for TrackerConfig {
         Self {
             track_buffer: 30,
             match_threshold: 0.8,
-            frame_rate: 30,
+            frame_rate: None,
         }
     }
 }
@@ -367,7 +564,7 @@ impl Default for ToolsConfig {
 }
 
 /// How a zone's polygon coordinates are given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ZoneCoordinates {
     /// Pixels of the camera's frame.
@@ -375,6 +572,17 @@ pub enum ZoneCoordinates {
     Pixel,
     /// Fractions of the frame width and height, each in [0, 1].
     Normalized,
+}
+
+impl Choice for ZoneCoordinates {
+    const ALL: &'static [Self] = &[ZoneCoordinates::Pixel, ZoneCoordinates::Normalized];
+    const NAMES: &'static [&'static str] = &["pixel", "normalized"];
+}
+
+impl<'de> Deserialize<'de> for ZoneCoordinates {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_choice(d)
+    }
 }
 
 /// A named area of a camera's view (`[[zones]]`). A person is in the zone when the bottom
@@ -597,8 +805,20 @@ pub struct SystemConfig {
     pub zones: Vec<ZoneConfig>,
 }
 
+/// The entry of `names` equal to `text` in any letter case (surrounding whitespace ignored).
+fn canonical_name(names: &[&'static str], text: &str) -> Option<&'static str> {
+    let text = text.trim();
+    names
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(text))
+        .copied()
+}
+
+/// Person detectors `detection.model` may name.
+pub const DETECTORS: &[&str] = &["yolov3-tiny"];
+
 /// COCO class names the detector can keep.
-const DETECTION_CLASSES: &[&str] = &[
+pub const DETECTION_CLASSES: &[&str] = &[
     "person",
     "bicycle",
     "car",
@@ -621,7 +841,7 @@ const DETECTION_CLASSES: &[&str] = &[
 impl RawConfig {
     /// Check every rule; `origin(key)` says where a key's value came from (for messages).
     pub fn validate(
-        self,
+        mut self,
         profile: &str,
         origin: impl Fn(&str) -> String,
     ) -> Result<SystemConfig, crate::ConfigError> {
@@ -631,31 +851,41 @@ impl RawConfig {
             origin: origin(key),
             rule,
         };
-        let known = || KNOWN_MODEL_IDS.join(", ");
+        let unknown_model = || {
+            let known: Vec<String> = KNOWN_MODELS
+                .iter()
+                .map(|m| format!("{} ({})", m.id, m.hf_repo))
+                .collect();
+            format!(
+                "unknown model id; known ids (or their Hugging Face repo ids, any case): {}",
+                known.join(", ")
+            )
+        };
+        // Ids are stored canonical: code after validation compares them as written here.
+        self.vlm.primary_model = canonical_model_id(&self.vlm.primary_model)
+            .ok_or_else(|| {
+                rule(
+                    "vlm.primary_model",
+                    format!("{:?}", self.vlm.primary_model),
+                    unknown_model(),
+                )
+            })?
+            .to_string();
+        let mut fallbacks = Vec::with_capacity(self.vlm.fallback_models.len());
+        for m in &self.vlm.fallback_models {
+            let id = canonical_model_id(m)
+                .ok_or_else(|| rule("vlm.fallback_models", format!("{m:?}"), unknown_model()))?;
+            if id == self.vlm.primary_model {
+                return Err(rule(
+                    "vlm.fallback_models",
+                    format!("{:?}", self.vlm.fallback_models),
+                    format!("contains the primary model `{id}`; a fallback must be another model"),
+                ));
+            }
+            fallbacks.push(id.to_string());
+        }
+        self.vlm.fallback_models = fallbacks;
         let v = &self.vlm;
-        if !KNOWN_MODEL_IDS.contains(&v.primary_model.as_str()) {
-            return Err(rule(
-                "vlm.primary_model",
-                format!("{:?}", v.primary_model),
-                format!("unknown model id; known ids: {}", known()),
-            ));
-        }
-        for m in &v.fallback_models {
-            if !KNOWN_MODEL_IDS.contains(&m.as_str()) {
-                return Err(rule(
-                    "vlm.fallback_models",
-                    format!("{m:?}"),
-                    format!("unknown model id; known ids: {}", known()),
-                ));
-            }
-            if *m == v.primary_model {
-                return Err(rule(
-                    "vlm.fallback_models",
-                    format!("{:?}", v.fallback_models),
-                    format!("contains the primary model `{m}`; a fallback must be another model"),
-                ));
-            }
-        }
         if v.max_new_tokens == 0 {
             return Err(rule(
                 "vlm.max_new_tokens",
@@ -685,21 +915,37 @@ impl RawConfig {
             "orchestration.confidence_threshold",
             self.orchestration.confidence_threshold,
         )?;
+        let mut classes = Vec::with_capacity(self.detection.classes.len());
         for c in &self.detection.classes {
-            if !DETECTION_CLASSES.contains(&c.as_str()) {
-                return Err(rule(
+            let class = canonical_name(DETECTION_CLASSES, c).ok_or_else(|| {
+                rule(
                     "detection.classes",
                     format!("{c:?}"),
                     format!("unknown class; allowed: {}", DETECTION_CLASSES.join(", ")),
+                )
+            })?;
+            classes.push(class.to_string());
+        }
+        self.detection.classes = classes;
+        self.detection.model = canonical_name(DETECTORS, &self.detection.model)
+            .ok_or_else(|| {
+                rule(
+                    "detection.model",
+                    format!("{:?}", self.detection.model),
+                    format!("unknown detector; allowed: {}", DETECTORS.join(", ")),
+                )
+            })?
+            .to_string();
+        if let Some(rate) = self.tracker.frame_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(rule(
+                    "tracker.frame_rate",
+                    rate.to_string(),
+                    "must be a finite number > 0 (frames per second), or absent (from the \
+                     source)"
+                        .into(),
                 ));
             }
-        }
-        if self.tracker.frame_rate == 0 {
-            return Err(rule(
-                "tracker.frame_rate",
-                "0".into(),
-                "must be at least 1".into(),
-            ));
         }
         let o = &self.orchestration;
         if o.max_concurrent_tools < 1 {
@@ -709,14 +955,17 @@ impl RawConfig {
                 "must be at least 1".into(),
             ));
         }
+        // Seconds must also fit a `Duration` (at most about 1.8e19 s): the pipeline converts
+        // them without re-checking.
+        let seconds = |x: f64| std::time::Duration::try_from_secs_f64(x).is_ok();
         let positive = |key: &str, x: f64| {
-            if x > 0.0 && x.is_finite() {
+            if x > 0.0 && seconds(x) {
                 Ok(())
             } else {
                 Err(rule(
                     key,
                     x.to_string(),
-                    "must be a finite number > 0".into(),
+                    "must be a finite number > 0 of seconds, at most 1.8e19".into(),
                 ))
             }
         };
@@ -725,20 +974,20 @@ impl RawConfig {
             "monitoring.interval_seconds",
             self.monitoring.interval_seconds,
         )?;
-        if o.vlm_cooldown_seconds < 0.0 || !o.vlm_cooldown_seconds.is_finite() {
+        if !seconds(o.vlm_cooldown_seconds) {
             return Err(rule(
                 "orchestration.vlm_cooldown_seconds",
                 o.vlm_cooldown_seconds.to_string(),
-                "must be a finite number ≥ 0".into(),
+                "must be a finite number ≥ 0 of seconds, at most 1.8e19".into(),
             ));
         }
         positive("orchestration.vlm_periodic_seconds", o.vlm_periodic_seconds)?;
         positive("orchestration.vlm_timeout_seconds", o.vlm_timeout_seconds)?;
-        if o.vlm_cue_cooldown_seconds < 0.0 || !o.vlm_cue_cooldown_seconds.is_finite() {
+        if !seconds(o.vlm_cue_cooldown_seconds) {
             return Err(rule(
                 "orchestration.vlm_cue_cooldown_seconds",
                 o.vlm_cue_cooldown_seconds.to_string(),
-                "must be a finite number ≥ 0".into(),
+                "must be a finite number ≥ 0 of seconds, at most 1.8e19".into(),
             ));
         }
         self.tools.validate(&rule)?;
@@ -980,4 +1229,209 @@ fn validate_zones(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(raw: RawConfig) -> Result<SystemConfig, crate::ConfigError> {
+        raw.validate("test", |_| "test".to_string())
+    }
+
+    #[test]
+    fn the_model_table_lists_each_id_once_in_canonical_form() {
+        assert_eq!(KNOWN_MODEL_IDS.len(), KNOWN_MODELS.len());
+        for (id, m) in KNOWN_MODEL_IDS.iter().zip(KNOWN_MODELS) {
+            assert_eq!(*id, m.id);
+            assert_eq!(m.id, m.id.to_ascii_lowercase(), "ids are lower case");
+            assert!(!m.id.contains('/'), "{}", m.id);
+            assert_eq!(m.hf_repo.matches('/').count(), 1, "{}", m.hf_repo);
+            // Each name designates its own model and no other.
+            assert_eq!(canonical_model_id(m.id), Some(m.id));
+            assert_eq!(canonical_model_id(m.hf_repo), Some(m.id));
+        }
+    }
+
+    #[test]
+    fn model_names_in_any_case() {
+        for (name, id) in [
+            ("microsoft/git-base-coco", "git-base-coco"),
+            ("MICROSOFT/GIT-BASE-COCO", "git-base-coco"),
+            (" Git-Base-Coco\n", "git-base-coco"),
+            ("Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-2b-instruct"),
+            ("moonshotai/Kimi-VL-A3B-Thinking", "kimi-vl-a3b-thinking"),
+            (
+                "MOONSHOTAI/KIMI-VL-A3B-THINKING-2506",
+                "kimi-vl-a3b-thinking-2506",
+            ),
+        ] {
+            assert_eq!(canonical_model_id(name), Some(id), "{name:?}");
+        }
+        for other in [
+            "",
+            "git",
+            "microsoft/git-large",
+            "Qwen/git-base-coco",
+            "git-base-coco/",
+        ] {
+            assert_eq!(canonical_model_id(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn choices_parse_in_any_case_and_name_themselves_canonically() {
+        assert_eq!(Quant::parse_choice("Q8_0"), Some(Quant::Q8_0));
+        assert_eq!(Quant::parse_choice(" bf16 "), Some(Quant::Bf16));
+        assert_eq!(Quant::parse_choice("q5k"), None);
+        assert_eq!(
+            OrchestrationMode::parse_choice("FAST"),
+            Some(OrchestrationMode::Fast)
+        );
+        assert_eq!(LogLevel::parse_choice("WARNING"), Some(LogLevel::Warn));
+        assert_eq!(LogLevel::parse_choice("Debug"), Some(LogLevel::Debug));
+        assert_eq!(
+            ZoneCoordinates::parse_choice("Normalized"),
+            Some(ZoneCoordinates::Normalized)
+        );
+        assert_eq!(LogLevel::Warn.choice_name(), "warn");
+        assert_eq!(Quant::Q4_0.choice_name(), "q4_0");
+        // Every value has a name, and the names are what serialization writes.
+        fn names_round_trip<T: Choice + Serialize + std::fmt::Debug>() {
+            assert_eq!(T::ALL.len(), T::NAMES.len());
+            for (value, name) in T::ALL.iter().zip(T::NAMES) {
+                assert_eq!(value.choice_name(), *name);
+                assert_eq!(T::parse_choice(&name.to_ascii_uppercase()), Some(*value));
+                assert_eq!(serde_json::to_value(value).unwrap(), *name);
+            }
+        }
+        names_round_trip::<Quant>();
+        names_round_trip::<OrchestrationMode>();
+        names_round_trip::<LogLevel>();
+        names_round_trip::<ZoneCoordinates>();
+    }
+
+    #[test]
+    fn devices_parse_with_ordinals_and_the_device_type_prefix() {
+        for (text, device) in [
+            ("auto", Device::Auto),
+            ("AUTO", Device::Auto),
+            ("cpu", Device::Cpu),
+            ("CPU", Device::Cpu),
+            ("DeviceType.CPU", Device::Cpu),
+            ("devicetype.cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("DeviceType.CUDA", Device::Cuda(0)),
+            ("cuda:0", Device::Cuda(0)),
+            ("CUDA:7", Device::Cuda(7)),
+            (" cuda:12 ", Device::Cuda(12)),
+        ] {
+            assert_eq!(Device::parse(text), Some(device), "{text:?}");
+        }
+        for bad in [
+            "",
+            "gpu",
+            "cuda:",
+            "cuda:x",
+            "cuda:-1",
+            "cuda:+1",
+            "cuda: 1",
+            "cuda0",
+            "DeviceType.",
+            "DeviceType.GPU",
+            "DeviceType.DeviceType.CPU",
+            "cuda:99999999999999999999999",
+        ] {
+            assert_eq!(Device::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        assert_eq!(serde_json::to_value(Device::Cuda(0)).unwrap(), "cuda:0");
+        assert_eq!(serde_json::to_value(Device::Cpu).unwrap(), "cpu");
+        let back: Device = serde_json::from_value(serde_json::json!("Cuda:2")).unwrap();
+        assert_eq!(back, Device::Cuda(2));
+        let err = serde_json::from_value::<Device>(serde_json::json!("gpu")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variant `gpu`, expected one of `auto`, `cpu`, `cuda`, `cuda:N`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn profile_files_take_choice_values_in_any_case() {
+        let raw: RawConfig = toml::from_str(
+            "[vlm]\ndevice = \"DeviceType.CPU\"\nquant = \"Q4_0\"\nweights = \"Dummy\"\n\
+             [orchestration]\nmode = \"Thorough\"\n[output]\nlog_level = \"WARNING\"\n",
+        )
+        .unwrap();
+        assert_eq!(raw.vlm.device, Device::Cpu);
+        assert_eq!(raw.vlm.quant, Quant::Q4_0);
+        assert_eq!(raw.vlm.weights, WeightsSpec::Dummy);
+        assert_eq!(raw.orchestration.mode, OrchestrationMode::Thorough);
+        assert_eq!(raw.output.log_level, LogLevel::Warn);
+        let err = toml::from_str::<RawConfig>("[orchestration]\nmode = \"quick\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "unknown variant `quick`, expected one of `fast`, `balanced`, `thorough`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_stores_canonical_models_classes_and_detector() {
+        let mut raw = RawConfig::default();
+        raw.vlm.primary_model = "Qwen/Qwen2-VL-2B-Instruct".into();
+        raw.vlm.fallback_models = vec![
+            "MICROSOFT/git-base-coco".into(),
+            "Kimi-VL-A3B-Instruct".into(),
+        ];
+        raw.detection.classes = vec!["Person".into(), "CELL PHONE".into()];
+        raw.detection.model = "YOLOv3-Tiny".into();
+        let config = validate(raw).unwrap();
+        assert_eq!(config.vlm.primary_model, "qwen2-vl-2b-instruct");
+        assert_eq!(
+            config.vlm.fallback_models,
+            ["git-base-coco", "kimi-vl-a3b-instruct"]
+        );
+        assert_eq!(config.detection.classes, ["person", "cell phone"]);
+        assert_eq!(config.detection.model, "yolov3-tiny");
+    }
+
+    #[test]
+    fn validation_refuses_unknown_names_listing_what_is_allowed() {
+        let mut raw = RawConfig::default();
+        raw.vlm.primary_model = "microsoft/git-large".into();
+        let msg = validate(raw).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("vlm.primary_model = \"microsoft/git-large\""),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("git-base-coco (microsoft/git-base-coco)"),
+            "{msg}"
+        );
+
+        let mut raw = RawConfig::default();
+        raw.vlm.primary_model = "git-base-coco".into();
+        raw.vlm.fallback_models = vec!["Microsoft/Git-Base-Coco".into()];
+        let msg = validate(raw).unwrap_err().to_string();
+        assert!(
+            msg.contains("contains the primary model `git-base-coco`"),
+            "{msg}"
+        );
+
+        let mut raw = RawConfig::default();
+        raw.detection.model = "yolov8n".into();
+        let msg = validate(raw).unwrap_err().to_string();
+        assert!(
+            msg.contains("detection.model") && msg.contains("yolov3-tiny"),
+            "{msg}"
+        );
+
+        let mut raw = RawConfig::default();
+        raw.detection.classes = vec!["people".into()];
+        let msg = validate(raw).unwrap_err().to_string();
+        assert!(msg.contains("unknown class; allowed: person"), "{msg}");
+    }
 }

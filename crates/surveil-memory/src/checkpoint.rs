@@ -7,9 +7,12 @@
 //! Reading is defensive, because checkpoints come from downloads that get truncated: a file
 //! shorter than 8 bytes, a header length beyond the end of the file or above
 //! [`MAX_HEADER_BYTES`], invalid JSON, a malformed tensor entry, or a tensor whose bytes lie
-//! beyond the end of the file each give a typed [`MemoryError`] naming the file. The header
-//! buffer is allocated only after its length has been checked against the file size, so a
-//! corrupt length can never make this allocate more than the file holds.
+//! beyond the end of the file each give a typed [`MemoryError`] naming the file. So do a shape
+//! whose element count overflows 64 bits, a byte range that does not match the dtype and shape
+//! (for dtypes this crate does not know: fewer than one bit per element), and byte ranges of
+//! two tensors that overlap. The header buffer is allocated only after its length has been
+//! checked against the file size, so a corrupt length can never make this allocate more than
+//! the file holds.
 //!
 //! Sharded checkpoints are read through their `model.safetensors.index.json`.
 
@@ -177,10 +180,14 @@ fn parse_header_json(
     let entries: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(header).map_err(json_error)?;
     let mut tensors = Vec::with_capacity(entries.len());
+    let mut spans: Vec<(u64, u64, usize)> = Vec::with_capacity(entries.len());
     let mut metadata = BTreeMap::new();
     for (name, value) in entries {
         if name == "__metadata__" {
-            metadata = serde_json::from_value(value).map_err(json_error)?;
+            // `null` means no metadata, as in the reference implementation.
+            metadata = serde_json::from_value::<Option<_>>(value)
+                .map_err(json_error)?
+                .unwrap_or_default();
             continue;
         }
         let invalid = |reason: String| MemoryError::InvalidTensor {
@@ -203,14 +210,8 @@ fn parse_header_json(
             )));
         }
         let stored_bytes = end - start;
-        if let Some(expected) = expected_stored_bytes(&entry.dtype, &entry.shape) {
-            if expected != stored_bytes {
-                return Err(invalid(format!(
-                    "{} {:?} needs {expected} bytes but data_offsets span {stored_bytes}",
-                    entry.dtype, entry.shape
-                )));
-            }
-        }
+        check_size(&entry.dtype, &entry.shape, stored_bytes).map_err(invalid)?;
+        spans.push((start, end, tensors.len()));
         tensors.push(CheckpointTensor {
             name,
             shape: entry.shape,
@@ -218,6 +219,27 @@ fn parse_header_json(
             stored_bytes,
             file: path.to_path_buf(),
         });
+    }
+    // Byte ranges may not overlap (empty ranges included, as in the reference implementation,
+    // which requires the ranges to tile the data section in order).
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        if let [(a_start, a_end, a), (b_start, b_end, b)] = *pair {
+            if b_start < a_end {
+                let (Some(first), Some(second)) = (tensors.get(a), tensors.get(b)) else {
+                    continue;
+                };
+                return Err(MemoryError::InvalidTensor {
+                    path: path.to_path_buf(),
+                    tensor: second.name.clone(),
+                    reason: format!(
+                        "data_offsets [{b_start}, {b_end}] overlap those of tensor `{}` \
+                         [{a_start}, {a_end}]",
+                        first.name
+                    ),
+                });
+            }
+        }
     }
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(SafetensorsFileHeader {
@@ -228,19 +250,54 @@ fn parse_header_json(
     })
 }
 
-/// Bytes a tensor of a byte-sized safetensors dtype takes on disk; `None` for dtypes this crate
-/// does not know (sub-byte and future types), which are then not cross-checked.
-fn expected_stored_bytes(dtype: &str, shape: &[usize]) -> Option<u64> {
-    let size: u64 = match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => 1,
-        "U16" | "I16" | "F16" | "BF16" => 2,
-        "U32" | "I32" | "F32" => 4,
-        "U64" | "I64" | "F64" | "C64" => 8,
+/// Bits per element of the safetensors dtypes (`Dtype::bitsize` of the reference
+/// implementation); `None` for names this crate does not know (future types).
+fn dtype_bits(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" | "F8_E4M3FNUZ"
+        | "F8_E5M2FNUZ" => 8,
+        "U16" | "I16" | "F16" | "BF16" => 16,
+        "U32" | "I32" | "F32" => 32,
+        "U64" | "I64" | "F64" | "C64" => 64,
         _ => return None,
-    };
-    shape
+    })
+}
+
+/// Checks that `stored_bytes` holds a tensor of `dtype` and `shape`: exactly, for dtypes this
+/// crate knows; at least one bit per element for the others. The element count must fit in 64
+/// bits either way, so that everything computed from the shape later (parameter counts,
+/// quantized sizes) stays in range.
+fn check_size(dtype: &str, shape: &[usize], stored_bytes: u64) -> Result<(), String> {
+    let elements = shape
         .iter()
-        .try_fold(size, |acc, &d| acc.checked_mul(d as u64))
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| format!("shape {shape:?} has more elements than fit in 64 bits"))?;
+    let Some(bits) = dtype_bits(dtype) else {
+        if elements > stored_bytes.saturating_mul(8) {
+            return Err(format!(
+                "{dtype} {shape:?} has {elements} elements, more than the {stored_bytes} bytes of \
+                 its data_offsets can hold at one bit each"
+            ));
+        }
+        return Ok(());
+    };
+    let expected_bits = elements
+        .checked_mul(bits)
+        .ok_or_else(|| format!("{dtype} {shape:?} needs more bytes than fit in 64 bits"))?;
+    if expected_bits % 8 != 0 {
+        return Err(format!(
+            "{dtype} {shape:?} takes {expected_bits} bits, not a whole number of bytes"
+        ));
+    }
+    let expected = expected_bits / 8;
+    if expected != stored_bytes {
+        return Err(format!(
+            "{dtype} {shape:?} needs {expected} bytes but data_offsets span {stored_bytes}"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

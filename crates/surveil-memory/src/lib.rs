@@ -4,6 +4,8 @@
 //! - [`ProcessMemory`]: RSS, VMS and peak RSS of this process (cheap, per frame).
 //! - [`GpuMemory`]: the CUDA driver's view per device plus our registered tensor bytes
 //!   ([`GpuAllocation`]); feature `cuda`, otherwise [`GpuMemory::Unavailable`].
+//! - [`SwapMemory`] / [`processes_named`]: swap, and the RSS of every process running one
+//!   executable (all `surveil` processes of the machine).
 //! - [`MemorySnapshot`] / [`MemoryReport`]: labelled snapshots of a model lifecycle with
 //!   deltas, as a human table or JSON.
 //! - [`estimate_checkpoint`] / [`estimate_tensors`]: bytes a model takes under a
@@ -15,7 +17,8 @@
 //!
 //! Not for: deciding *which* model or device to use (that is `surveil-models`), or loading
 //! anything. This crate measures and advises; it never allocates model memory itself.
-
+// Library code reports failures as errors; `unwrap`/`expect` are for tests only.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
 pub mod checkpoint;
@@ -24,6 +27,7 @@ pub mod error;
 pub mod estimate;
 pub mod fit;
 pub mod gpu;
+pub mod host;
 pub mod process;
 pub mod quant;
 pub mod sampler;
@@ -40,6 +44,7 @@ pub use estimate::{
 };
 pub use fit::{available_bytes, check_fit, fits, fits_with_hints, Device, Fit, FitHints};
 pub use gpu::{gpu_allocated_bytes, GpuAllocation, GpuDeviceMemory, GpuMemory};
+pub use host::{processes_named, NamedProcess, SwapMemory};
 pub use process::ProcessMemory;
 pub use quant::{QuantPolicy, StorageDtype, TensorRole};
 pub use sampler::{MemorySampler, Sample, SamplerConfig, SamplerStats};

@@ -56,6 +56,14 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A directory that already holds checkpoint files was not to be written into.
+    #[error("{} already holds checkpoint files ({}); nothing was written", dir.display(), files.join(", "))]
+    CheckpointExists {
+        /// The directory.
+        dir: PathBuf,
+        /// The checkpoint files found in it.
+        files: Vec<String>,
+    },
     /// A model's weights are in none of the places searched.
     #[error("weights of `{model}` ({repo}) not found: missing {missing}; searched: {}. No download is attempted: put the checkpoint in the Hugging Face cache, pass --weights DIR, or use --weights dummy", searched.join(", "))]
     WeightsNotFound {

@@ -3,6 +3,8 @@
 //!
 //! Not here: memory measurement (`surveil-memory`), frames and detection (`surveil-vision`),
 //! the analysis pipeline (`surveil-orchestrator`).
+// Library code reports failures as errors; `unwrap`/`expect` are for tests only.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod arch;
 pub mod constrained;

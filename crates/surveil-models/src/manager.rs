@@ -154,6 +154,24 @@ impl Default for ModelManager {
     }
 }
 
+/// Check that CUDA device `ordinal` is one of the `present` devices the driver reports
+/// (ordinals `0..present`). The error names the configured value and the count present, and
+/// `driver_reason` (why the driver reported no devices) when there is one.
+fn check_cuda_ordinal(ordinal: usize, present: usize, driver_reason: Option<&str>) -> Result<()> {
+    if ordinal < present {
+        return Ok(());
+    }
+    let devices = match present {
+        0 => "no CUDA device is present".to_string(),
+        1 => "1 CUDA device is present (cuda:0)".to_string(),
+        n => format!("{n} CUDA devices are present (cuda:0 to cuda:{})", n - 1),
+    };
+    let reason = driver_reason.map_or(String::new(), |r| format!(" ({r})"));
+    Err(ModelError::Unsupported(format!(
+        "vlm.device = cuda:{ordinal}, but {devices}{reason}"
+    )))
+}
+
 fn candle_device(
     choice: DeviceChoice,
     estimate: &Estimate,
@@ -161,18 +179,20 @@ fn candle_device(
     let cpu_fit = || fits(estimate, surveil_memory::Device::Cpu);
     match choice {
         DeviceChoice::Cpu => Ok((candle_core::Device::Cpu, "device=cpu".into(), cpu_fit())),
-        DeviceChoice::Cuda => {
+        DeviceChoice::Cuda(ordinal) => {
             if !cfg!(feature = "cuda") {
-                return Err(ModelError::Unsupported(
-                    "device=cuda, but this build has no CUDA support (rebuild with --features cuda)"
-                        .into(),
-                ));
+                return Err(ModelError::Unsupported(format!(
+                    "device=cuda:{ordinal}, but this build has no CUDA support (rebuild with \
+                     --features cuda)"
+                )));
             }
-            let dev = candle_core::Device::new_cuda(0)?;
+            let gpus = surveil_memory::GpuMemory::query();
+            check_cuda_ordinal(ordinal, gpus.devices().len(), gpus.unavailable_reason())?;
+            let dev = candle_core::Device::new_cuda(ordinal)?;
             Ok((
                 dev,
-                "device=cuda".into(),
-                fits(estimate, surveil_memory::Device::Cuda(0)),
+                format!("device=cuda:{ordinal}"),
+                fits(estimate, surveil_memory::Device::Cuda(ordinal)),
             ))
         }
         DeviceChoice::Auto => {
@@ -201,11 +221,20 @@ fn candle_device(
     }
 }
 
+/// `cpu`, `cuda:N` or `metal:N`, with the device's own ordinal.
 fn device_name(d: &candle_core::Device) -> String {
-    match d {
-        candle_core::Device::Cpu => "cpu".into(),
-        candle_core::Device::Cuda(_) => "cuda:0".into(),
-        candle_core::Device::Metal(_) => "metal".into(),
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// The CUDA ordinal of `d`, if it is a CUDA device.
+fn cuda_ordinal(d: &candle_core::Device) -> Option<usize> {
+    match d.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+        _ => None,
     }
 }
 
@@ -258,6 +287,8 @@ impl ModelManager {
     /// ([`build_vlm`]: tokenizer, image processor). On failure nothing is resident and the
     /// state is `Failed`.
     pub fn load(&mut self, id: &str, opts: &LoadOptions) -> Result<&LoadSummary> {
+        // A repo id or another spelling is reported as our id.
+        let id = registry::find(id).map_or(id, |spec| spec.id);
         self.unload();
         self.memory = MemoryReport::new();
         self.memory.record("before_load");
@@ -275,9 +306,9 @@ impl ModelManager {
         });
         match loaded {
             Ok((vlm, model, device, summary)) => {
-                let gpu_bytes = device
-                    .is_cuda()
-                    .then(|| surveil_memory::GpuAllocation::new(0, summary.report.total_bytes()));
+                let gpu_bytes = cuda_ordinal(&device).map(|ordinal| {
+                    surveil_memory::GpuAllocation::new(ordinal, summary.report.total_bytes())
+                });
                 self.memory.record("after_load");
                 self.state = ModelState::Loaded {
                     model: id.to_string(),
@@ -422,7 +453,7 @@ pub fn load_model(
     let report = weights.report();
     drop(weights);
     let summary = LoadSummary {
-        model: id.to_string(),
+        model: spec.id.to_string(),
         architecture: spec.architecture.name(),
         device: device_name(&device),
         device_reason,
@@ -435,4 +466,82 @@ pub fn load_model(
         fit,
     };
     Ok((model, device, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_estimate() -> Estimate {
+        let spec = registry::find("git-base-coco").unwrap();
+        ArchConfig::full_size(spec)
+            .unwrap()
+            .estimate(&policy_for(Quant::Q4k))
+            .unwrap()
+    }
+
+    #[test]
+    fn cuda_ordinals_are_checked_against_the_devices_present() {
+        assert!(check_cuda_ordinal(0, 1, None).is_ok());
+        assert!(check_cuda_ordinal(3, 4, None).is_ok());
+        let msg = check_cuda_ordinal(1, 1, None).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "vlm.device = cuda:1, but 1 CUDA device is present (cuda:0)"
+        );
+        let msg = check_cuda_ordinal(4, 2, None).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "vlm.device = cuda:4, but 2 CUDA devices are present (cuda:0 to cuda:1)"
+        );
+        let msg = check_cuda_ordinal(0, 0, None).unwrap_err().to_string();
+        assert_eq!(msg, "vlm.device = cuda:0, but no CUDA device is present");
+        let msg = check_cuda_ordinal(0, 0, Some("libcuda.so.1: cannot open shared object file"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "vlm.device = cuda:0, but no CUDA device is present (libcuda.so.1: cannot open \
+             shared object file)"
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_cuda_compiled_in_is_the_no_cuda_error() {
+        for ordinal in [0, 2] {
+            let err = candle_device(DeviceChoice::Cuda(ordinal), &git_estimate()).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("device=cuda:{ordinal}")) && msg.contains("no CUDA support"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn an_ordinal_past_the_devices_present_is_refused() {
+        let present = surveil_memory::GpuMemory::query().devices().len();
+        let err = candle_device(DeviceChoice::Cuda(present), &git_estimate()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("cuda:{present}")) && msg.contains("present"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn cpu_and_auto_name_the_device_they_chose() {
+        let (dev, reason, _) = candle_device(DeviceChoice::Cpu, &git_estimate()).unwrap();
+        assert!(dev.is_cpu());
+        assert_eq!(reason, "device=cpu");
+        assert_eq!(device_name(&dev), "cpu");
+        assert_eq!(cuda_ordinal(&dev), None);
+        if !cfg!(feature = "cuda") {
+            let (dev, reason, _) = candle_device(DeviceChoice::Auto, &git_estimate()).unwrap();
+            assert!(dev.is_cpu());
+            assert_eq!(reason, "auto: CPU (built without CUDA)");
+        }
+    }
 }

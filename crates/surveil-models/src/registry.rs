@@ -72,7 +72,8 @@ const THINKING: GenerationDefaults = GenerationDefaults {
     top_p: 0.95,
 };
 
-/// Every model surveil can load. Ids equal `surveil_config::KNOWN_MODEL_IDS`.
+/// Every model surveil can load. Ids and repo ids equal those of `surveil_config::KNOWN_MODELS`,
+/// the one list configuration validation and [`find`] accept names from.
 pub const REGISTRY: &[ModelSpec] = &[
     ModelSpec {
         id: "git-base-coco",
@@ -124,8 +125,11 @@ pub const REGISTRY: &[ModelSpec] = &[
     },
 ];
 
-/// Look a model up by id. Ids with path characters never match.
-pub fn find(id: &str) -> Option<&'static ModelSpec> {
+/// Look a model up by our id or its Hugging Face repo id, in any letter case
+/// (`microsoft/git-base-coco`, `Git-Base-Coco`); see [`surveil_config::canonical_model_id`].
+/// Anything else (a path, an unknown name) never matches.
+pub fn find(name: &str) -> Option<&'static ModelSpec> {
+    let id = surveil_config::canonical_model_id(name)?;
     REGISTRY.iter().find(|m| m.id == id)
 }
 
@@ -163,9 +167,45 @@ mod tests {
     }
 
     #[test]
+    fn registry_repo_ids_equal_the_config_table() {
+        let ours: Vec<(&str, &str)> = REGISTRY.iter().map(|m| (m.id, m.hf_repo)).collect();
+        let config: Vec<(&str, &str)> = surveil_config::KNOWN_MODELS
+            .iter()
+            .map(|m| (m.id, m.hf_repo))
+            .collect();
+        assert_eq!(ours, config);
+    }
+
+    #[test]
     fn lookup_rejects_paths() {
         assert!(find("qwen2-vl-2b-instruct").is_some());
         assert!(find("../qwen2-vl-2b-instruct").is_none());
+        assert!(find("../Qwen/Qwen2-VL-2B-Instruct").is_none());
+        assert!(find("models--Qwen--Qwen2-VL-2B-Instruct").is_none());
+        assert!(find("").is_none());
+    }
+
+    #[test]
+    fn lookup_by_repo_id_and_any_case() {
+        for (name, id) in [
+            ("microsoft/git-base-coco", "git-base-coco"),
+            ("MICROSOFT/GIT-BASE-COCO", "git-base-coco"),
+            ("Git-Base-Coco", "git-base-coco"),
+            (" git-base-coco ", "git-base-coco"),
+            ("Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-2b-instruct"),
+            ("qwen/qwen2-vl-7b-instruct", "qwen2-vl-7b-instruct"),
+            ("moonshotai/Kimi-VL-A3B-Thinking", "kimi-vl-a3b-thinking"),
+            (
+                "moonshotai/Kimi-VL-A3B-Thinking-2506",
+                "kimi-vl-a3b-thinking-2506",
+            ),
+            ("KIMI-VL-A3B-INSTRUCT", "kimi-vl-a3b-instruct"),
+        ] {
+            assert_eq!(find(name).map(|m| m.id), Some(id), "{name}");
+        }
+        // A repo's owner alone, or a repo id with our id's owner, is not a model.
+        assert!(find("microsoft").is_none());
+        assert!(find("microsoft/qwen2-vl-2b-instruct").is_none());
     }
 
     #[test]

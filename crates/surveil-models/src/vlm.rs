@@ -150,6 +150,13 @@ pub trait Vlm: Send {
     /// The model's tokenizer (for stop ids, vocabulary and decoding in hooks).
     fn tokenizer(&self) -> &dyn TextTokenizer;
 
+    /// The most images one [`Vlm::analyse`] call takes: a captioner (GIT) describes exactly
+    /// one image, chat models take several. Callers that gather optional extra views (a crop
+    /// of the person of interest after the frame) keep the first `max_images()` of them.
+    fn max_images(&self) -> usize {
+        usize::MAX
+    }
+
     /// Answer `request`: image processing, chat template, vision tower, prefill and the shared
     /// generation loop with `hooks`, stopping at the tokenizer's stop ids.
     ///

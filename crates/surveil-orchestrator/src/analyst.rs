@@ -547,8 +547,10 @@ fn analyse<C>(
         cancel,
         timed_out: false,
     };
+    // The frame comes first; a model that takes fewer images (a captioner) gets the first ones.
+    let images = &job.images[..job.images.len().min(vlm.max_images())];
     let request = VlmRequest {
-        images: &job.images,
+        images,
         system: Some(job.system.as_str()),
         prompt: &job.prompt,
     };
@@ -575,7 +577,7 @@ fn analyse<C>(
         raw_text: String::new(),
         reasoning: None,
         tokens: 0,
-        images: job.images.len(),
+        images: images.len(),
         prompt_tokens: 0,
         vision_s: 0.0,
         ttft_s: 0.0,

@@ -4,7 +4,8 @@
 //!
 //! Not here: frame decoding, detection and tracking (`surveil-vision`), model loading and
 //! generation (`surveil-models`), configuration merging (`surveil-config`).
-
+// Library code reports failures as errors; `unwrap`/`expect` are for tests only.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
 pub mod analyst;

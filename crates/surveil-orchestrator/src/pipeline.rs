@@ -148,6 +148,9 @@ pub struct RunSummary {
     pub frames_decoded: u64,
     /// Frames dropped by the decode queue (live sources under load).
     pub frames_dropped: u64,
+    /// Inputs the source could not decode and skipped with a warning (an image folder's
+    /// unreadable images).
+    pub frames_skipped: u64,
     /// Frames per second over the loop.
     pub fps: f64,
     /// Detections over all frames.
@@ -219,7 +222,6 @@ pub fn vision_setup(
     let mut yolo = YoloOptions::from_config(&config.detection, detector_dir)?;
     let mut tracker = TrackerParams::from_config(&config.tracker);
     tracker.track_high_thresh = config.detection.confidence as f32;
-    tracker.new_track_thresh = tracker.new_track_thresh.max(tracker.track_high_thresh);
     yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);
     let detector = DarknetYolo::new(&yolo, &candle_core::Device::Cpu)?;
     let options = PipelineOptions {
@@ -737,6 +739,7 @@ pub fn run(
         frames,
         frames_decoded: stream_stats.frames_decoded,
         frames_dropped: stream_stats.frames_dropped,
+        frames_skipped: stream_stats.frames_skipped,
         fps: frames as f64 / loop_time.as_secs_f64().max(1e-9),
         detections: sinks.counters.detections,
         tracks: sinks.counters.track_ids.len() as u64,
@@ -775,23 +778,32 @@ fn open_stream(
     let (tx, rx) = std::sync::mpsc::channel();
     let source = options.source.clone();
     let ffmpeg = options.ffmpeg.clone();
+    // A stop ends the connection attempt itself (its ffmpeg child killed and reaped), not only
+    // the wait for it.
+    let open_stop = surveil_vision::StopSignal::new();
+    let thread_stop = open_stop.clone();
     std::thread::Builder::new()
         .name("surveil-open-source".into())
         .spawn(move || {
             let detector: Box<dyn surveil_vision::Detector> = Box::new(detector);
-            let _ = tx.send(DetectTrackStream::open(
+            let _ = tx.send(DetectTrackStream::open_with_stop(
                 &source,
                 &ffmpeg,
                 detector,
                 stream_options,
+                &thread_stop,
             ));
         })
         .map_err(|e| OrchestratorError::Config(format!("cannot start the source thread: {e}")))?;
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Err(surveil_vision::VisionError::Interrupted { .. })) => return Ok(None),
             Ok(opened) => return Ok(Some(opened?)),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if stop.load(Ordering::SeqCst) {
+                    open_stop.stop();
+                    // Give the attempt a moment to kill and reap its child before the run ends.
+                    let _ = rx.recv_timeout(Duration::from_secs(2));
                     return Ok(None);
                 }
             }
@@ -840,6 +852,7 @@ fn finish_before_start(
         frames: 0,
         frames_decoded: 0,
         frames_dropped: 0,
+        frames_skipped: 0,
         fps: 0.0,
         detections: 0,
         tracks: 0,

@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--width" => ff.width = Some(val(i + 1)?.parse()?),
             "--height" => ff.height = Some(val(i + 1)?.parse()?),
             "--fps" => ff.fps = Some(val(i + 1)?.parse()?),
-            "--track-frame-rate" => opts.tracker.frame_rate = val(i + 1)?.parse()?,
+            "--track-frame-rate" => opts.tracker.frame_rate = Some(val(i + 1)?.parse()?),
             "--snapshot" => {
                 snapshot = Some((val(i + 1)?.parse()?, PathBuf::from(val(i + 2)?)));
                 i += 1;

@@ -96,6 +96,13 @@ pub enum VisionError {
         last_error: Box<VisionError>,
     },
 
+    /// A source was stopped (a stop request, e.g. Ctrl-C) before its stream opened.
+    #[error("stopped while opening {input}")]
+    Interrupted {
+        /// The input, with credentials redacted.
+        input: String,
+    },
+
     /// An image could not be decoded, or has no pixels.
     #[error("image {path}: {message}")]
     Image {

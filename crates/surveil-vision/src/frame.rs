@@ -9,8 +9,10 @@ use crate::error::{Result, VisionError};
 pub struct Frame {
     /// Position in the source, counting from 0 (frames dropped by a queue keep their index).
     pub index: u64,
-    /// Time of the frame relative to the start of the source (files: index / fps; live
-    /// sources: wall-clock time since the source was opened).
+    /// Time of the frame relative to the start of the source (video files: the frame's
+    /// presentation time, so a variable-frame-rate file keeps its irregular times; with a
+    /// fixed output rate, or where the file carries none, index / fps; image folders:
+    /// index / fps; live sources: wall-clock time since the source was opened).
     pub timestamp: Duration,
     /// Width in pixels.
     pub width: u32,
@@ -92,6 +94,12 @@ pub trait FrameSource: Send {
     /// The next frame, `Ok(None)` at the end.
     fn next_frame(&mut self) -> Result<Option<Frame>>;
 
+    /// Frames this source could not decode and skipped so far (an image folder's unreadable
+    /// images); 0 for sources that never skip.
+    fn skipped_frames(&self) -> u64 {
+        0
+    }
+
     /// A handle that makes a blocked `next_frame` return `Ok(None)` soon, from another thread.
     fn interrupt_handle(&self) -> Option<InterruptHandle> {
         None
@@ -110,6 +118,9 @@ impl<T: FrameSource + ?Sized> FrameSource for Box<T> {
     }
     fn next_frame(&mut self) -> Result<Option<Frame>> {
         (**self).next_frame()
+    }
+    fn skipped_frames(&self) -> u64 {
+        (**self).skipped_frames()
     }
     fn interrupt_handle(&self) -> Option<InterruptHandle> {
         (**self).interrupt_handle()

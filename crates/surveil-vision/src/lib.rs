@@ -14,7 +14,8 @@
 //! Not here: behaviour analysis, VLM calls, alerts (those live in `surveil-orchestrator`), and
 //! configuration merging (`surveil-config`; this crate takes plain option structs, built from
 //! the config with `YoloOptions::from_config` and `TrackerParams::from_config`).
-
+// Library code reports failures as errors; `unwrap`/`expect` are for tests only.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
 pub mod darknet;
@@ -37,6 +38,9 @@ pub use pipeline::{
     StageTimings, TrackLine, TrackSink,
 };
 pub use render::{draw_tracks, save_tracks_png};
-pub use source::{open_source, FfmpegOptions, FfmpegSource, FrameQueue, QueuePolicy};
+pub use source::{
+    open_source, open_source_with_stop, FfmpegOptions, FfmpegSource, FrameQueue, QueuePolicy,
+    StopSignal,
+};
 pub use stream::{probe_total_frames, DetectTrackStream, FrameTimings, StreamStats, TrackedFrame};
 pub use track::{ByteTracker, Track, TrackedObject, TrackerParams};

@@ -4,14 +4,22 @@
 //!
 //! The stream yields tracked frames; sinks decide what to write (as ripgrep's searcher hands
 //! matches to a `Sink` and the printer owns the formats).
+//!
+//! Files are never left half-written where a good one was: every output file of a run is an
+//! [`AtomicOutputFile`], written under a temporary name beside its target and renamed over it
+//! when the run succeeds (a stop on request, such as Ctrl-C or `max_frames`, is a success); a
+//! failed run leaves the targets as they were and keeps the partial files. [`PngSnapshotSink`]
+//! draws requested frames into PNG files the same way.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tempfile::NamedTempFile;
 
 use crate::detect::Detector;
 use crate::error::{Result, VisionError};
@@ -388,6 +396,346 @@ where
     Ok(summary)
 }
 
+/// A file that replaces its target only when complete: written (buffered) under a temporary
+/// name beside the target, `TARGET.XXXXXX.partial` (created exclusively, so never through an
+/// existing link), and renamed over the target by [`commit`](Self::commit) after an `fsync`.
+/// Until then the target, if any, is left exactly as it was.
+///
+/// A run that fails [`abandon`](Self::abandon)s its outputs: the partial file is kept under its
+/// temporary name (so nothing written is lost) when it holds any bytes, and removed when empty.
+/// Dropping an uncommitted file abandons it the same way. A symbolic link at the target is
+/// replaced by the new file; the file it pointed to is not touched.
+///
+/// The same idea as `tempfile::NamedTempFile::persist`, on which it is built; new files get the
+/// permissions `File::create` would give (0o666 less the umask).
+#[derive(Debug)]
+pub struct AtomicOutputFile {
+    target: PathBuf,
+    partial: PathBuf,
+    file: Option<BufWriter<NamedTempFile>>,
+}
+
+impl AtomicOutputFile {
+    /// Creates the temporary file in the target's directory.
+    ///
+    /// Errors: [`VisionError::InvalidOption`] when `target` names no file (`/`, `..`);
+    /// [`VisionError::Io`] when the directory does not exist or is not writable.
+    pub fn create(target: &Path) -> Result<Self> {
+        let Some(name) = target.file_name() else {
+            return Err(VisionError::InvalidOption {
+                name: "output",
+                value: target.display().to_string(),
+                message: "must name a file".to_string(),
+            });
+        };
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".partial");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let file = builder
+            .tempfile_in(dir)
+            .map_err(VisionError::io("cannot create a file in", dir))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            partial: file.path().to_path_buf(),
+            file: Some(BufWriter::new(file)),
+        })
+    }
+
+    /// The file this one replaces on [`commit`](Self::commit).
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Where the output is written until it is committed, and kept when it is abandoned.
+    pub fn partial_path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Flushes, syncs and renames the file over the target.
+    ///
+    /// Errors: [`VisionError::Io`] when a write, the sync or the rename fails; the target is
+    /// then left as it was and what was written stays in [`partial_path`](Self::partial_path).
+    pub fn commit(mut self) -> Result<()> {
+        let Some(writer) = self.file.take() else {
+            return Ok(());
+        };
+        let file = match writer.into_inner() {
+            Ok(file) => file,
+            Err(e) => {
+                let (error, writer) = e.into_parts();
+                keep_partial(writer.into_parts().0);
+                return Err(VisionError::Io {
+                    action: "cannot write",
+                    path: self.partial.clone(),
+                    source: error,
+                });
+            }
+        };
+        if let Err(error) = file.as_file().sync_all() {
+            keep_partial(file);
+            return Err(VisionError::Io {
+                action: "cannot write",
+                path: self.partial.clone(),
+                source: error,
+            });
+        }
+        file.persist(&self.target).map_err(|e| {
+            keep_partial(e.file);
+            VisionError::Io {
+                action: "cannot replace",
+                path: self.target.clone(),
+                source: e.error,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Gives up on the file, leaving the target as it was: what was written is flushed and
+    /// kept at [`partial_path`](Self::partial_path), which is returned, or the empty temporary
+    /// file is removed and `None` returned.
+    pub fn abandon(mut self) -> Option<PathBuf> {
+        self.abandon_in_place()
+    }
+
+    fn abandon_in_place(&mut self) -> Option<PathBuf> {
+        let writer = self.file.take()?;
+        let file = match writer.into_inner() {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(path = %self.partial.display(), error = %e.error(), "cannot flush the partial output");
+                e.into_parts().1.into_parts().0
+            }
+        };
+        let empty = file
+            .as_file()
+            .metadata()
+            .map(|m| m.len() == 0)
+            .unwrap_or(false);
+        if empty {
+            // Dropping the temporary file removes it.
+            return None;
+        }
+        keep_partial(file);
+        Some(self.partial.clone())
+    }
+}
+
+/// Keeps a temporary file on disk under its temporary name (it is not removed on drop).
+fn keep_partial(file: NamedTempFile) {
+    if let Err(e) = file.keep() {
+        tracing::warn!(error = %e, "cannot keep the partial output");
+    }
+}
+
+impl Write for AtomicOutputFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("output file already closed"))?
+            .write(buf)
+    }
+
+    /// Pushes buffered bytes to the temporary file (no `fsync`; [`commit`](Self::commit) does
+    /// that).
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.file.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AtomicOutputFile {
+    fn drop(&mut self) {
+        if let Some(kept) = self.abandon_in_place() {
+            tracing::warn!(
+                target = %self.target.display(),
+                partial = %kept.display(),
+                "output not completed; the target was left as it was and the partial output kept"
+            );
+        }
+    }
+}
+
+/// A frame whose tracks are drawn into a PNG file (`surveil detect --snapshot N:PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    /// Frame index in the source.
+    pub frame: u64,
+    /// The PNG file to write.
+    pub path: PathBuf,
+}
+
+/// Draws the tracks of requested frames ([`crate::render::draw_tracks`]) into PNG files, each
+/// written as an [`AtomicOutputFile`] and held until the run ends: the caller commits them with
+/// the run's other outputs, or abandons them. A snapshot that cannot be drawn or written is
+/// logged as a warning and does not stop the run.
+#[derive(Debug)]
+pub struct PngSnapshotSink {
+    requests: Vec<(SnapshotRequest, bool)>,
+    files: Vec<AtomicOutputFile>,
+}
+
+impl PngSnapshotSink {
+    /// A sink for `requests` (none written yet).
+    pub fn new(requests: Vec<SnapshotRequest>) -> Self {
+        Self {
+            requests: requests.into_iter().map(|r| (r, false)).collect(),
+            files: Vec::new(),
+        }
+    }
+
+    /// The requests whose frame has not been seen (the run ended before it, or the frame was
+    /// dropped or skipped).
+    pub fn pending(&self) -> Vec<&SnapshotRequest> {
+        self.requests
+            .iter()
+            .filter(|(_, seen)| !seen)
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// The snapshots written so far, not yet committed.
+    pub fn into_files(self) -> Vec<AtomicOutputFile> {
+        self.files
+    }
+}
+
+fn write_png(tf: &TrackedFrame, path: &Path) -> Result<AtomicOutputFile> {
+    use image::ImageEncoder;
+    let img = crate::render::draw_tracks(&tf.frame, &tf.tracks)?;
+    let mut file = AtomicOutputFile::create(path)?;
+    image::codecs::png::PngEncoder::new(&mut file)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| VisionError::Image {
+            path: path.to_path_buf(),
+            message: format!("cannot write PNG: {e}"),
+        })?;
+    file.flush()
+        .map_err(VisionError::io("cannot write", file.partial_path()))?;
+    Ok(file)
+}
+
+impl TrackSink for PngSnapshotSink {
+    fn write_frame(&mut self, tf: &TrackedFrame) -> Result<()> {
+        for (request, seen) in &mut self.requests {
+            if request.frame != tf.frame.index || *seen {
+                continue;
+            }
+            *seen = true;
+            match write_png(tf, &request.path) {
+                Ok(file) => {
+                    tracing::info!(frame = request.frame, path = %request.path.display(), "snapshot drawn");
+                    self.files.push(file);
+                }
+                Err(e) => tracing::warn!(frame = request.frame, error = %e, "snapshot failed"),
+            }
+        }
+        Ok(())
+    }
+}
+
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn commit_replaces_the_target_only_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.jsonl");
+        std::fs::write(&target, "old\n").unwrap();
+        let mut f = AtomicOutputFile::create(&target).unwrap();
+        f.write_all(b"new\n").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
+        let partial = f.partial_path().to_path_buf();
+        assert!(partial
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("t.jsonl."));
+        assert_eq!(std::fs::read_to_string(&partial).unwrap(), "new\n");
+        f.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
+        assert_eq!(names(dir.path()), ["t.jsonl"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn commit_replaces_a_link_and_leaves_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.jsonl");
+        std::fs::write(&real, "precious\n").unwrap();
+        let link = dir.path().join("t.jsonl");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut f = AtomicOutputFile::create(&link).unwrap();
+        f.write_all(b"new\n").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "precious\n");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(std::fs::read_to_string(&link).unwrap(), "new\n");
+    }
+
+    #[test]
+    fn abandon_keeps_written_bytes_and_removes_an_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t.jsonl");
+        std::fs::write(&target, "old\n").unwrap();
+        // Buffered bytes are flushed into the kept partial file.
+        let mut f = AtomicOutputFile::create(&target).unwrap();
+        f.write_all(b"partial line\n").unwrap();
+        let kept = f.abandon().unwrap();
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "partial line\n");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
+        std::fs::remove_file(&kept).unwrap();
+        // Nothing written: nothing left behind.
+        let f = AtomicOutputFile::create(&target).unwrap();
+        assert_eq!(f.abandon(), None);
+        // Dropped without a commit: abandoned the same way.
+        let mut f = AtomicOutputFile::create(&target).unwrap();
+        f.write_all(b"x").unwrap();
+        let partial = f.partial_path().to_path_buf();
+        drop(f);
+        assert_eq!(std::fs::read_to_string(&partial).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
+    }
+
+    #[test]
+    fn a_target_without_a_file_name_is_refused() {
+        assert!(matches!(
+            AtomicOutputFile::create(Path::new("..")),
+            Err(VisionError::InvalidOption { .. })
+        ));
+    }
 }

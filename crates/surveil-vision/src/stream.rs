@@ -30,7 +30,9 @@ use crate::frame::{Frame, FrameSource, InterruptHandle};
 use crate::pipeline::PipelineOptions;
 use crate::source::ffmpeg::url_scheme;
 use crate::source::images::is_image_path;
-use crate::source::{open_source, FfmpegOptions, FrameQueue, QueuePolicy, QueueStats};
+use crate::source::{
+    open_source_with_stop, FfmpegOptions, FrameQueue, QueuePolicy, QueueStats, StopSignal,
+};
 use crate::track::{ByteTracker, Track, TrackedObject};
 
 /// Where the time of one frame went.
@@ -98,6 +100,8 @@ pub struct StreamStats {
     pub frames_decoded: u64,
     /// Frames the queue discarded (`drop_oldest`).
     pub frames_dropped: u64,
+    /// Frames the source could not decode and skipped (an image folder's unreadable images).
+    pub frames_skipped: u64,
     /// Frames handed to the detector.
     pub frames_detected: u64,
     /// Frames returned by `next` (detected and tracked).
@@ -191,7 +195,7 @@ where
     D: Deref,
     D::Target: Detector,
 {
-    /// Opens `input` as [`open_source`] does (video file or URL through ffmpeg, image folder,
+    /// Opens `input` as [`open_source`](crate::source::open_source) does (video file or URL through ffmpeg, image folder,
     /// single image) and starts decoding. The options are checked before anything is opened.
     /// For files the frame count is probed ([`probe_total_frames`]) for
     /// [`total_frames_hint`](Self::total_frames_hint).
@@ -204,8 +208,24 @@ where
         detector: D,
         options: PipelineOptions,
     ) -> Result<Self> {
+        Self::open_with_stop(input, ffmpeg, detector, options, &StopSignal::new())
+    }
+
+    /// [`open`](Self::open) that a [`StopSignal`] can end while it connects: a live source
+    /// still waiting for its first connection (or in its reconnect backoff) returns
+    /// [`VisionError::Interrupted`] soon after `stop.stop()`, with its ffmpeg child killed and
+    /// reaped.
+    ///
+    /// Errors: as [`open`](Self::open), plus [`VisionError::Interrupted`].
+    pub fn open_with_stop(
+        input: &str,
+        ffmpeg: &FfmpegOptions,
+        detector: D,
+        options: PipelineOptions,
+        stop: &StopSignal,
+    ) -> Result<Self> {
         validate_options(&options)?;
-        let source = open_source(input, ffmpeg)?;
+        let source = open_source_with_stop(input, ffmpeg, stop)?;
         let count = if source.is_live() {
             None
         } else {
@@ -226,7 +246,6 @@ where
         options: PipelineOptions,
     ) -> Result<Self> {
         validate_options(&options)?;
-        let tracker = ByteTracker::new(options.tracker.clone())?;
         let policy = options
             .queue_policy
             .unwrap_or_else(|| QueuePolicy::default_for(source.is_live()));
@@ -234,6 +253,8 @@ where
         let queue = FrameQueue::spawn(source, options.queue_capacity, policy)?;
         let description = queue.describe().to_string();
         let fps = queue.fps();
+        // The lost-track buffer is in frames: scale it by the source's rate unless configured.
+        let tracker = ByteTracker::for_source(options.tracker.clone(), fps)?;
         let interrupted = Arc::new(AtomicBool::new(false));
         let interrupt = {
             let flag = Arc::clone(&interrupted);
@@ -253,6 +274,8 @@ where
             policy = ?policy,
             capacity = options.queue_capacity,
             max_frames = ?options.max_frames,
+            tracker_fps = tracker.frame_rate(),
+            max_time_lost = tracker.max_time_lost(),
             "detect-track stream opened"
         );
         Ok(Self {
@@ -495,6 +518,7 @@ impl<D> DetectTrackStream<D> {
         StreamStats {
             frames_decoded: q.decoded,
             frames_dropped: q.dropped,
+            frames_skipped: q.skipped,
             decode_time: q.decode_time,
             ..self.stats
         }

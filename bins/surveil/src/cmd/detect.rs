@@ -1,18 +1,19 @@
 //! `surveil detect`: the detect-and-track stream (frames → YOLO person detection → ByteTrack)
-//! drained into two sinks: the JSONL track writer and the `--snapshot` renderer.
+//! drained into two sinks: the JSONL track writer and the `--snapshot` renderer, both writing
+//! [`AtomicOutputFile`]s that replace their targets only when the run succeeds.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use surveil_config::paths::asset;
+use surveil_vision::pipeline::{AtomicOutputFile, PngSnapshotSink, SnapshotRequest};
+use surveil_vision::source::redact_url;
 use surveil_vision::stream::validate_options;
 use surveil_vision::{
-    run_stream, save_tracks_png, DarknetYolo, DetectTrackStream, FfmpegOptions, JsonlTrackWriter,
-    PipelineOptions, TrackSink, TrackedFrame, TrackerParams, YoloOptions,
+    run_stream, DarknetYolo, DetectTrackStream, FfmpegOptions, JsonlTrackWriter, PipelineOptions,
+    StopSignal, TrackSink, TrackerParams, VisionError, YoloOptions,
 };
 
 use crate::cli::{Cli, DetectArgs};
@@ -38,6 +39,11 @@ fn install_signal_handlers() {
 }
 
 /// `surveil detect`
+///
+/// Every option is checked before anything is opened or written (bad values are usage errors,
+/// exit 2). Outputs are [`AtomicOutputFile`]s: they replace their targets only when the run
+/// succeeds (end of source, `--max-frames`, Ctrl-C); a failed run leaves the targets as they
+/// were and its error names the partial files kept.
 pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     let loaded = crate::cmd::config::load(cli, &args.config, &[])?;
     let config = &loaded.config;
@@ -51,7 +57,6 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     // the tracker's low threshold and `detection.confidence` is the tracker's high threshold.
     let mut tracker = TrackerParams::from_config(&config.tracker);
     tracker.track_high_thresh = config.detection.confidence as f32;
-    tracker.new_track_thresh = tracker.new_track_thresh.max(tracker.track_high_thresh);
     yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);
     let options = PipelineOptions {
         batch_size: args.batch,
@@ -60,12 +65,10 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
         ..PipelineOptions::default()
     };
     validate_options(&options).map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
-    let snapshots: Vec<(u64, PathBuf)> = args
-        .snapshot
-        .iter()
-        .map(|s| parse_snapshot(s))
-        .collect::<Result<_, _>>()
-        .map_err(Failure::Usage)?;
+    check_output_target("--output", &args.output)?;
+    for s in &args.snapshot {
+        check_output_target("--snapshot", &s.path)?;
+    }
 
     let detector = DarknetYolo::new(&yolo, &candle_core::Device::Cpu).with_context(|| {
         format!(
@@ -79,29 +82,49 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
         fps: args.fps,
         ..FfmpegOptions::default()
     };
-    let mut stream = DetectTrackStream::open(&args.source, &ff, &detector, options)
-        .context("opening the source")?;
-    let file = File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut jsonl = JsonlTrackWriter::new(BufWriter::new(file), stream.class_names());
-    let mut snapshot = |tf: &TrackedFrame| -> surveil_vision::Result<()> {
-        for (frame, path) in &snapshots {
-            if tf.frame.index == *frame {
-                match save_tracks_png(&tf.frame, &tf.tracks, path) {
-                    Ok(()) => tracing::info!(frame, path = %path.display(), "snapshot written"),
-                    Err(e) => tracing::warn!(frame, error = %e, "snapshot failed"),
-                }
-            }
-        }
-        Ok(())
-    };
-
+    // Signals are caught before the source is opened: a camera that does not answer (first
+    // connection, reconnect backoff) is abandoned at Ctrl-C, its ffmpeg child killed and reaped.
     install_signal_handlers();
+    let stop = StopSignal::new();
+    let opening = AtomicBool::new(true);
+    let opened = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while opening.load(Ordering::SeqCst) {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    stop.stop();
+                    break;
+                }
+                std::thread::sleep(SIGNAL_POLL);
+            }
+        });
+        let opened =
+            DetectTrackStream::open_with_stop(&args.source, &ff, &detector, options, &stop);
+        opening.store(false, Ordering::SeqCst);
+        opened
+    });
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        Err(VisionError::Interrupted { .. }) => {
+            eprintln!(
+                "surveil detect: interrupted while opening {}; nothing analysed, {} left as it was",
+                redact_url(&args.source),
+                args.output.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("opening the source").into()),
+    };
+    let output = AtomicOutputFile::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    tracing::info!(partial = %output.partial_path().display(), "writing tracks");
+    let mut jsonl = JsonlTrackWriter::new(output, stream.class_names());
+    let mut snapshots = PngSnapshotSink::new(args.snapshot.clone());
+
     // The signal handler can only set a flag; this thread turns it into a stream interrupt, so
     // a run waiting on a stalled live source stops too.
     let interrupt = stream.interrupt_handle();
     let finished = AtomicBool::new(false);
-    let summary = std::thread::scope(|scope| {
+    let result = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !finished.load(Ordering::SeqCst) {
                 if INTERRUPTED.load(Ordering::SeqCst) {
@@ -112,17 +135,31 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
                 std::thread::sleep(SIGNAL_POLL);
             }
         });
-        let sinks: &mut [&mut dyn TrackSink] = &mut [&mut jsonl, &mut snapshot];
+        let sinks: &mut [&mut dyn TrackSink] = &mut [&mut jsonl, &mut snapshots];
         let result = run_stream(&mut stream, sinks, Some(&INTERRUPTED));
         finished.store(true, Ordering::SeqCst);
         result
-    })
-    .context("running detection and tracking")?;
+    });
     drop(stream);
-    jsonl
-        .into_inner()
-        .flush()
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    for s in snapshots.pending() {
+        tracing::warn!(
+            frame = s.frame,
+            path = %s.path.display(),
+            "no snapshot: the run did not analyse that frame"
+        );
+    }
+    let mut files = vec![jsonl.into_inner()];
+    files.extend(snapshots.into_files());
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            let kept = abandon_all(files);
+            return Err(Failure::Runtime(
+                anyhow::Error::new(e).context(format!("running detection and tracking ({kept})")),
+            ));
+        }
+    };
+    commit_all(files)?;
     if args.json {
         println!(
             "{}",
@@ -154,12 +191,98 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn parse_snapshot(s: &str) -> anyhow::Result<(u64, PathBuf)> {
+/// Replaces every target with its completed file, in order. When one fails, the files not yet
+/// committed are abandoned and the error names the partial files kept.
+fn commit_all(files: Vec<AtomicOutputFile>) -> Result<(), Failure> {
+    let mut files = files.into_iter();
+    while let Some(file) = files.next() {
+        let partial = file.partial_path().to_path_buf();
+        if let Err(e) = file.commit() {
+            let mut kept = format!("the output is kept in {}", partial.display());
+            let rest = abandon_all(files.collect());
+            if !rest.is_empty() {
+                kept = format!("{kept}; {rest}");
+            }
+            return Err(Failure::Runtime(
+                anyhow::Error::new(e).context(format!("finishing the outputs ({kept})")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Abandons `files` (targets left as they were) and says, for each, where its partial output
+/// is kept.
+fn abandon_all(files: Vec<AtomicOutputFile>) -> String {
+    files
+        .into_iter()
+        .map(|f| {
+            let target = f.target().display().to_string();
+            match f.abandon() {
+                Some(kept) => format!(
+                    "{target} left as it was; the output so far is kept in {}",
+                    kept.display()
+                ),
+                None => format!("{target} left as it was; nothing had been written"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// An output path must name a file in an existing directory (checked before the run, so a typo
+/// fails at once with exit 2 and not after the analysis).
+fn check_output_target(flag: &str, path: &Path) -> Result<(), Failure> {
+    let usage = |why: String| Failure::Usage(anyhow::anyhow!("{flag} {}: {why}", path.display()));
+    if path.file_name().is_none() || path.is_dir() {
+        return Err(usage("is a directory, not a file".into()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(usage(format!("directory {} does not exist", dir.display())));
+    }
+    Ok(())
+}
+
+/// `--batch`: frames per detector pass, in the range [`validate_options`] accepts.
+pub fn parse_batch(s: &str) -> Result<usize, String> {
+    let batch_size: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number"))?;
+    let options = PipelineOptions {
+        batch_size,
+        ..PipelineOptions::default()
+    };
+    validate_options(&options).map_err(|e| e.to_string())?;
+    Ok(batch_size)
+}
+
+/// `--fps`: a finite frame rate above 0.
+pub fn parse_fps(s: &str) -> Result<f64, String> {
+    let fps: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if fps.is_finite() && fps > 0.0 {
+        Ok(fps)
+    } else {
+        Err(format!("{s}: must be a frame rate above 0"))
+    }
+}
+
+/// `--snapshot N:PATH.png`.
+pub fn parse_snapshot(s: &str) -> Result<SnapshotRequest, String> {
     let (frame, path) = s
         .split_once(':')
-        .ok_or_else(|| anyhow::anyhow!("--snapshot {s}: expected FRAME:PATH.png"))?;
+        .ok_or_else(|| format!("`{s}`: expected FRAME:PATH.png"))?;
     let frame = frame
         .parse()
-        .map_err(|_| anyhow::anyhow!("--snapshot {s}: `{frame}` is not a frame number"))?;
-    Ok((frame, PathBuf::from(path)))
+        .map_err(|_| format!("`{s}`: `{frame}` is not a frame number"))?;
+    if path.is_empty() {
+        return Err(format!("`{s}`: no file after `:`"));
+    }
+    Ok(SnapshotRequest {
+        frame,
+        path: PathBuf::from(path),
+    })
 }

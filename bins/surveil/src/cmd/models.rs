@@ -9,6 +9,8 @@ use surveil_config::Quant;
 use surveil_models::arch::ArchConfig;
 use surveil_models::manager::policy_for;
 use surveil_models::registry::{self, REGISTRY};
+use surveil_models::synth::{write_dummy_checkpoint_with, OnExisting};
+use surveil_models::ModelError;
 
 use crate::cli::{ModelsListArgs, ModelsSynthArgs};
 use crate::Failure;
@@ -61,8 +63,8 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
     }
     println!("Hugging Face cache: {}", hub.display());
     println!(
-        "{:<27} {:<9} {:>8}  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "id", "arch", "params", "cache", "q4k", "q4_0", "q8_0", "bf16", "f32"
+        "{:<27} {:<37} {:<9} {:>8}  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "id", "hugging face repo", "arch", "params", "cache", "q4k", "q4_0", "q8_0", "bf16", "f32"
     );
     for r in &rows {
         let size = |q: &str| {
@@ -72,8 +74,9 @@ pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "{:<27} {:<9} {:>7.2}B  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<27} {:<37} {:<9} {:>7.2}B  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             r["id"].as_str().unwrap_or_default(),
+            r["hf_repo"].as_str().unwrap_or_default(),
             r["architecture"].as_str().unwrap_or_default(),
             r["parameters"].as_u64().unwrap_or(0) as f64 / 1e9,
             if r["present"] == true {
@@ -121,25 +124,43 @@ pub fn synth(args: &ModelsSynthArgs) -> Result<(), Failure> {
         }
         b
     });
-    let report = surveil_models::synth::write_dummy_checkpoint(
+    let on_existing = if args.force {
+        OnExisting::Replace
+    } else {
+        OnExisting::Refuse
+    };
+    let report = match write_dummy_checkpoint_with(
         spec,
         &args.out,
         dtype,
         args.seed,
+        on_existing,
         |done, total| {
             if let Some(b) = &bar {
                 b.set_length(total as u64);
                 b.set_position(done as u64);
             }
         },
-    )
-    .with_context(|| {
-        format!(
-            "writing a dummy {} checkpoint to {}",
-            spec.id,
-            args.out.display()
-        )
-    })?;
+    ) {
+        Ok(report) => report,
+        Err(e @ ModelError::CheckpointExists { .. }) => {
+            return Err(Failure::Usage(anyhow::Error::new(e).context(format!(
+                "refusing to write a dummy {} checkpoint over an existing one \
+                 (choose another --out directory, or pass --force to replace config.json and \
+                 model.safetensors)",
+                spec.id
+            ))))
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!(
+                    "writing a dummy {} checkpoint to {}",
+                    spec.id,
+                    args.out.display()
+                ))
+                .into())
+        }
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -279,9 +279,27 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let calls: u64 = s.vlm.calls_by_trigger.values().sum();
+        let mut losses = Vec::new();
+        if s.frames_skipped > 0 {
+            losses.push(format!(
+                "{} unreadable input(s) skipped (see the warnings)",
+                s.frames_skipped
+            ));
+        }
+        if s.frames_dropped > 0 {
+            losses.push(format!(
+                "{} frame(s) dropped by the decode queue",
+                s.frames_dropped
+            ));
+        }
+        let losses = if losses.is_empty() {
+            String::new()
+        } else {
+            format!("\nnot analysed: {}", losses.join("; "))
+        };
         writeln!(
             out,
-            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}\nwritten: {}",
+            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{losses}\nwritten: {}",
             s.frames,
             s.duration_s,
             s.fps,

@@ -1,6 +1,8 @@
 //! Integration tests of surveil-config.
 
+mod fuzz;
 mod layers;
+mod rules;
 mod validation;
 
 use surveil_config::{ConfigError, ConfigLoader, LoadedConfig};

@@ -1,4 +1,6 @@
-//! Every validation rule, fed a bad value, with the message checked.
+//! What the loader refuses before the rules run (unknown keys and profiles, bad TOML, wrong
+//! types, enum values, booleans, times of day), and what loads; the range and consistency
+//! rules of `validate` have one test each in `rules.rs`.
 
 use surveil_config::ConfigError;
 
@@ -88,83 +90,13 @@ fn unknown_profile_lists_profiles() {
 }
 
 #[test]
-fn max_concurrent_tools_at_least_one() {
-    let (_, msg) = load_err(loader(&[("MAX_CONCURRENT_TOOLS", "0")]));
-    assert!(msg.contains("orchestration.max_concurrent_tools"), "{msg}");
+fn integer_key_rejects_text() {
+    let (e, msg) = load_err(loader(&[("MAX_CONCURRENT_TOOLS", "two")]));
+    assert!(matches!(e, ConfigError::BadOverride { .. }), "{msg}");
     assert!(
-        msg.contains("at least 1") && msg.contains("MAX_CONCURRENT_TOOLS"),
+        msg.contains("MAX_CONCURRENT_TOOLS") && msg.contains("integer") && msg.contains("two"),
         "{msg}"
     );
-    let (_, msg) = load_err(loader(&[("MAX_CONCURRENT_TOOLS", "two")]));
-    assert!(msg.contains("integer"), "{msg}");
-}
-
-#[test]
-fn thresholds_within_unit_interval() {
-    for (var, key) in [
-        ("SURVEIL_DETECTION__CONFIDENCE", "detection.confidence"),
-        ("SURVEIL_DETECTION__IOU", "detection.iou"),
-        (
-            "SURVEIL_TRACKER__MATCH_THRESHOLD",
-            "tracker.match_threshold",
-        ),
-        (
-            "SURVEIL_ORCHESTRATION__CONFIDENCE_THRESHOLD",
-            "orchestration.confidence_threshold",
-        ),
-        ("SURVEIL_VLM__TOP_P", "vlm.top_p"),
-    ] {
-        for bad in ["1.5", "-0.1"] {
-            let (e, msg) = load_err(loader(&[(var, bad)]));
-            assert!(matches!(e, ConfigError::Rule { .. }), "{msg}");
-            assert!(
-                msg.contains(key) && msg.contains("[0, 1]") && msg.contains(var),
-                "{msg}"
-            );
-        }
-    }
-}
-
-#[test]
-fn fallback_must_not_contain_primary() {
-    let (_, msg) = load_err(loader(&[(
-        "SURVEIL_VLM__FALLBACK_MODELS",
-        "qwen2-vl-2b-instruct,kimi-vl-a3b-thinking",
-    )]));
-    assert!(msg.contains("vlm.fallback_models"), "{msg}");
-    assert!(
-        msg.contains("primary model `kimi-vl-a3b-thinking`"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn unknown_model_lists_known_ids() {
-    let (_, msg) = load_err(loader(&[("VLM_MODEL", "llava-13b")]));
-    assert!(
-        msg.contains("llava-13b") && msg.contains("VLM_MODEL"),
-        "{msg}"
-    );
-    for id in surveil_config::KNOWN_MODEL_IDS {
-        assert!(msg.contains(id), "{msg}");
-    }
-    let (_, msg) = load_err(loader(&[("SURVEIL_VLM__FALLBACK_MODELS", "gpt-5")]));
-    assert!(
-        msg.contains("gpt-5") && msg.contains("qwen2-vl-7b-instruct"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn other_rules() {
-    let (_, msg) = load_err(loader(&[("SURVEIL_DETECTION__CLASSES", "person,dragon")]));
-    assert!(msg.contains("dragon") && msg.contains("handbag"), "{msg}");
-    let (_, msg) = load_err(loader(&[("SURVEIL_MONITORING__INTERVAL_SECONDS", "0")]));
-    assert!(msg.contains("monitoring.interval_seconds"), "{msg}");
-    let (_, msg) = load_err(loader(&[("SURVEIL_VLM__TEMPERATURE", "-1")]));
-    assert!(msg.contains("vlm.temperature"), "{msg}");
-    let (_, msg) = load_err(loader(&[("SURVEIL_VLM__MAX_NEW_TOKENS", "0")]));
-    assert!(msg.contains("vlm.max_new_tokens"), "{msg}");
 }
 
 #[test]
@@ -251,45 +183,6 @@ fn zone_unknown_key() {
 }
 
 #[test]
-fn zone_polygon_needs_three_points() {
-    let msg = profile_err(&zone("polygon = [[0, 0], [10, 0]]"));
-    assert!(msg.contains("zones[0].polygon"), "{msg}");
-    assert!(
-        msg.contains("at least 3 points") && msg.contains("bad.toml"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn zone_polygon_must_be_finite() {
-    let msg = profile_err(&zone("polygon = [[0, 0], [10, 0], [nan, 5]]"));
-    assert!(
-        msg.contains("zones[0].polygon") && msg.contains("finite"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn zone_polygon_needs_area() {
-    let msg = profile_err(&zone("polygon = [[0, 0], [5, 5], [10, 10]]"));
-    assert!(
-        msg.contains("zones[0].polygon") && msg.contains("no area"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn normalized_zone_within_unit_square() {
-    let msg = profile_err(&zone(
-        "polygon = [[0, 0], [1.5, 0], [1, 1]]\ncoordinates = \"normalized\"",
-    ));
-    assert!(
-        msg.contains("zones[0].polygon") && msg.contains("[0, 1]"),
-        "{msg}"
-    );
-}
-
-#[test]
 fn zone_coordinates_enum() {
     let msg = profile_err(&zone(
         "polygon = [[0, 0], [1, 0], [1, 1]]\ncoordinates = \"metres\"",
@@ -298,44 +191,6 @@ fn zone_coordinates_enum() {
         msg.contains("zones") && msg.contains("pixel") && msg.contains("normalized"),
         "{msg}"
     );
-}
-
-#[test]
-fn zone_dwell_limit_positive_and_within_history() {
-    for bad in ["0", "-3", "61"] {
-        let msg = profile_err(&zone(&format!(
-            "polygon = [[0, 0], [10, 0], [10, 10]]\nmax_dwell_seconds = {bad}"
-        )));
-        assert!(msg.contains("zones[0].max_dwell_seconds"), "{msg}");
-        assert!(msg.contains("history_seconds"), "{msg}");
-    }
-}
-
-#[test]
-fn zone_names_unique_and_not_empty() {
-    let twice = format!(
-        "{}{}",
-        zone("polygon = [[0, 0], [10, 0], [10, 10]]"),
-        zone("polygon = [[0, 0], [10, 0], [0, 10]]")
-    );
-    let msg = profile_err(&twice);
-    assert!(
-        msg.contains("zones[1].name") && msg.contains("unique"),
-        "{msg}"
-    );
-    let msg = profile_err("[[zones]]\nname = \" \"\npolygon = [[0, 0], [10, 0], [10, 10]]\n");
-    assert!(
-        msg.contains("zones[0].name") && msg.contains("empty"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn zone_camera_not_empty() {
-    let msg = profile_err(&zone(
-        "camera = \"\"\npolygon = [[0, 0], [10, 0], [10, 10]]",
-    ));
-    assert!(msg.contains("zones[0].camera"), "{msg}");
 }
 
 #[test]
@@ -349,145 +204,6 @@ fn tools_defaults() {
     assert!(c.decision.after_hours_escalation);
     assert!(c.decision.opening_hours.is_none());
     assert!(c.zones.is_empty());
-}
-
-#[test]
-fn tools_ranges() {
-    // (variable, bad value, key, words the rule must contain)
-    let cases: &[(&str, &str, &str, &str)] = &[
-        (
-            "SURVEIL_TOOLS__HISTORY_SECONDS",
-            "0",
-            "tools.history_seconds",
-            "(0, 3600]",
-        ),
-        (
-            "SURVEIL_TOOLS__HISTORY_SECONDS",
-            "7200",
-            "tools.history_seconds",
-            "(0, 3600]",
-        ),
-        (
-            "SURVEIL_TOOLS__LOITER_SECONDS",
-            "0",
-            "tools.loiter_seconds",
-            "(0, 60]",
-        ),
-        (
-            "SURVEIL_TOOLS__LOITER_SECONDS",
-            "90",
-            "tools.loiter_seconds",
-            "history_seconds",
-        ),
-        (
-            "SURVEIL_TOOLS__CROWD_THRESHOLD",
-            "0",
-            "tools.crowd_threshold",
-            "at least 1",
-        ),
-        (
-            "SURVEIL_TOOLS__PROXIMITY_MARGIN",
-            "-0.1",
-            "tools.proximity_margin",
-            "[0, 5]",
-        ),
-        (
-            "SURVEIL_TOOLS__SPEED_WINDOW_SECONDS",
-            "0",
-            "tools.speed_window_seconds",
-            "(0, 60]",
-        ),
-        (
-            "SURVEIL_TOOLS__TURN_ANGLE_DEGREES",
-            "190",
-            "tools.turn_angle_degrees",
-            "(0, 180]",
-        ),
-        (
-            "SURVEIL_TOOLS__TURN_ANGLE_DEGREES",
-            "0",
-            "tools.turn_angle_degrees",
-            "(0, 180]",
-        ),
-        (
-            "SURVEIL_TOOLS__HEADING_STEP_BODY_LENGTHS",
-            "0",
-            "tools.heading_step_body_lengths",
-            "(0, 10]",
-        ),
-        (
-            "SURVEIL_TOOLS__ERRATIC_TURNS",
-            "0",
-            "tools.erratic_turns",
-            "at least 1",
-        ),
-        (
-            "SURVEIL_TOOLS__STOP_RADIUS_BODY_LENGTHS",
-            "0",
-            "tools.stop_radius_body_lengths",
-            "(0, 10]",
-        ),
-        (
-            "SURVEIL_TOOLS__STOP_SECONDS",
-            "0",
-            "tools.stop_seconds",
-            "(0, 60]",
-        ),
-        (
-            "SURVEIL_TOOLS__RETURN_RADIUS_BODY_LENGTHS",
-            "0",
-            "tools.return_radius_body_lengths",
-            "(0, 100]",
-        ),
-        (
-            "SURVEIL_TOOLS__RETURN_EXCURSION_BODY_LENGTHS",
-            "0.5",
-            "tools.return_excursion_body_lengths",
-            "return_radius_body_lengths",
-        ),
-        (
-            "SURVEIL_TOOLS__BAG_ASSOCIATION_SECONDS",
-            "-1",
-            "tools.bag_association_seconds",
-            "[0, 60]",
-        ),
-        (
-            "SURVEIL_TOOLS__BAG_GONE_SECONDS",
-            "61",
-            "tools.bag_gone_seconds",
-            "[0, 60]",
-        ),
-    ];
-    for (var, bad, key, words) in cases {
-        let (e, msg) = load_err(loader(&[(var, bad)]));
-        assert!(matches!(e, ConfigError::Rule { .. }), "{msg}");
-        assert!(msg.contains(key) && msg.contains(var), "{msg}");
-        assert!(msg.contains(words), "{words}: {msg}");
-    }
-}
-
-#[test]
-fn vlm_timeout_positive() {
-    let (_, msg) = load_err(loader(&[(
-        "SURVEIL_ORCHESTRATION__VLM_TIMEOUT_SECONDS",
-        "0",
-    )]));
-    assert!(
-        msg.contains("orchestration.vlm_timeout_seconds") && msg.contains("> 0"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn vlm_cue_cooldown_not_negative() {
-    let (_, msg) = load_err(loader(&[(
-        "SURVEIL_ORCHESTRATION__VLM_CUE_COOLDOWN_SECONDS",
-        "-5",
-    )]));
-    assert!(
-        msg.contains("orchestration.vlm_cue_cooldown_seconds") && msg.contains("≥ 0"),
-        "{msg}"
-    );
 }
 
 #[test]
@@ -520,15 +236,6 @@ fn opening_hours_time_format() {
         assert!(msg.contains("decision.opening_hours.open"), "{msg}");
         assert!(msg.contains(bad) && msg.contains("HH:MM"), "{msg}");
     }
-}
-
-#[test]
-fn opening_hours_open_differs_from_close() {
-    let msg = profile_err("[decision]\nopening_hours = { open = \"09:00\", close = \"09:00\" }\n");
-    assert!(
-        msg.contains("decision.opening_hours") && msg.contains("must differ"),
-        "{msg}"
-    );
 }
 
 #[test]

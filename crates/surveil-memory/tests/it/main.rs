@@ -2,5 +2,6 @@
 //! `tests/rss.rs`, a binary of their own, so parallel tests cannot disturb them).
 
 mod checkpoint;
+mod fuzz;
 mod report;
 mod sampler;

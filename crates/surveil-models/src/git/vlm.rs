@@ -53,6 +53,10 @@ impl Vlm for GitVlm {
 
     /// Caption the request's one image (prompt and system text ignored), stopping at the
     /// config's `eos_token_id` (`[SEP]`). Errors unless exactly one image is given.
+    fn max_images(&self) -> usize {
+        1
+    }
+
     fn analyse(
         &self,
         request: &VlmRequest<'_>,

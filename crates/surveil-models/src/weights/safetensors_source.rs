@@ -8,6 +8,8 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::SafeTensors;
+use surveil_memory::checkpoint::read_safetensors_header;
+use surveil_memory::MemoryError;
 
 use super::{TensorMeta, TensorSource};
 use crate::{ModelError, Result};
@@ -28,7 +30,8 @@ pub struct SafetensorsSource {
 
 impl SafetensorsSource {
     /// Open one or more safetensors files (the shards of one checkpoint). Every header is
-    /// validated (length, JSON, offsets within the file) before anything is returned.
+    /// validated (length, JSON, offsets within the file, sizes matching dtypes and shapes)
+    /// before anything is returned.
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Self> {
         let mut shards = Vec::with_capacity(paths.len());
         let mut index = BTreeMap::new();
@@ -44,6 +47,18 @@ impl SafetensorsSource {
                 path: path.clone(),
                 source,
             })?;
+            // The reference reader adds the end of the data section to the header length
+            // unchecked (an overflow panic in debug builds when a crafted header's offsets sum
+            // past 64 bits), so the byte ranges are first checked against the file by the
+            // header reader the memory estimate uses.
+            if let Err(MemoryError::InvalidTensor { tensor, reason, .. }) =
+                read_safetensors_header(&path)
+            {
+                return Err(ModelError::Safetensors {
+                    path,
+                    reason: format!("tensor `{tensor}`: {reason}"),
+                });
+            }
             let (header_len, metadata) =
                 SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Safetensors {
                     path: path.clone(),
@@ -201,6 +216,23 @@ impl TensorSource for SafetensorsSource {
             name: name.to_string(),
             dtype: format!("{:?}", info.dtype),
         })?;
+        // An empty tensor may state huge dimensions next to its zero; candle's strides are the
+        // products of the trailing dimensions and must fit.
+        if info
+            .shape
+            .iter()
+            .rev()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .is_none()
+        {
+            return Err(ModelError::Safetensors {
+                path: shard.path.clone(),
+                reason: format!(
+                    "tensor `{name}` has shape {:?}, whose strides do not fit in 64 bits",
+                    info.shape
+                ),
+            });
+        }
         let (start, end) = info.data_offsets;
         let bytes = shard
             .mmap

@@ -1,5 +1,6 @@
 //! GIT parity tests: the tiny GitForCausalLM fixture (`git/`), the CLIP processor cases
-//! (`processors/`, `clip_*`) and the BERT tokenizer (`tokenizers/`, `bert`).
+//! (`processors/`, CLIPImageProcessor) and the BERT tokenizer (`tokenizers/`, `bert`). Cases,
+//! ids and tolerances are read from the fixtures; every output a case lists is compared.
 
 use std::path::{Path, PathBuf};
 
@@ -14,14 +15,13 @@ use surveil_models::git::{
 use surveil_models::image_ops::resize_bicubic_u8;
 use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
 
-use crate::common::{assets_dir, cases, fixtures_dir, load_tensors, max_abs_diff};
+use crate::common::{
+    assert_close, asset, case_list, cases, fixture, floats, max_abs_diff_values, max_abs_tolerance,
+    open_rgb, processor_cases, processor_images, sha256_hex, token_ids, tolerance, usizes,
+    Tolerance,
+};
 
-fn git_dir() -> PathBuf {
-    fixtures_dir().join("git")
-}
-
-fn load_fixture_model() -> GitModel {
-    let dir = git_dir();
+fn load_fixture_model(dir: &Path) -> GitModel {
     let cfg = GitConfig::from_file(&dir.join("config.json")).unwrap();
     let source = SafetensorsSource::open(&[dir.join("model.safetensors")]).unwrap();
     let w = Weights::new(
@@ -30,12 +30,6 @@ fn load_fixture_model() -> GitModel {
         QuantPolicy::unquantized(StorageDtype::F32),
     );
     GitModel::load(&cfg, &w).unwrap()
-}
-
-fn tol(case: &Value, tensor: &str) -> f32 {
-    case["tolerance"][tensor]["max_abs_diff"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no tolerance for {tensor}")) as f32
 }
 
 fn ids_of(t: &Tensor) -> Vec<Vec<u32>> {
@@ -48,121 +42,134 @@ fn ids_of(t: &Tensor) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn check_shape(case: &Value, group: &str, name: &str, t: &Tensor) {
-    let shape: Vec<usize> = serde_json::from_value(case[group][name]["shape"].clone()).unwrap();
-    assert_eq!(t.dims(), shape.as_slice(), "{name}");
-}
-
-/// Image features, projection and logits of every case, within the fixture tolerances.
-#[test]
-fn parity_git_logits() {
-    let model = load_fixture_model();
-    let all = cases(&git_dir());
-    for (name, case) in all["cases"].as_object().unwrap() {
-        let t = load_tensors(&git_dir().join(case["file"].as_str().unwrap()));
-        let pixels = &t["pixel_values"];
-        let ids = &t["input_ids"];
-        check_shape(case, "inputs", "pixel_values", pixels);
-
-        let feats = model.image_features(pixels).unwrap();
-        check_shape(case, "outputs", "image_features", &feats);
-        let d = max_abs_diff(&feats, &t["image_features"]);
-        println!(
-            "{name}: image_features max diff {d:e} (tol {:e})",
-            tol(case, "image_features")
-        );
-        assert!(
-            d <= tol(case, "image_features"),
-            "{name} image_features {d}"
-        );
-
-        let proj = model.project_image_features(&feats).unwrap();
-        check_shape(case, "outputs", "projected_image_features", &proj);
-        let d = max_abs_diff(&proj, &t["projected_image_features"]);
-        let limit = tol(case, "projected_image_features");
-        println!("{name}: projected_image_features max diff {d:e} (tol {limit:e})");
-        assert!(d <= limit, "{name} projected {d}");
-
-        assert_eq!(
-            model.num_image_tokens() as u64,
-            case["num_image_tokens"].as_u64().unwrap()
-        );
-        let logits = model.forward(pixels, ids).unwrap();
-        check_shape(case, "outputs", "logits", &logits);
-        let d = max_abs_diff(&logits, &t["logits"]);
-        println!(
-            "{name}: logits max diff {d:e} (tol {:e})",
-            tol(case, "logits")
-        );
-        assert!(d <= tol(case, "logits"), "{name} logits {d}");
+/// Greedy decoding with the KV cache from `(pixels, ids)`: per step (batch of one), the id
+/// chosen and the logits it was chosen from. The cache starts with room for one text token,
+/// so it has to grow during the steps.
+fn greedy_steps(
+    model: &GitModel,
+    pixels: &Tensor,
+    ids: &Tensor,
+    steps: usize,
+) -> Vec<(u32, Vec<f32>)> {
+    let image = model.image_embeddings(pixels).unwrap();
+    let mut cache = model.new_cache(1);
+    let mut logits = floats(&model.prefill(&image, ids, &mut cache).unwrap());
+    let mut out = Vec::with_capacity(steps);
+    for s in 0..steps {
+        let token = surveil_models::generation::argmax(&logits);
+        out.push((token, logits));
+        if s + 1 == steps {
+            break;
+        }
+        let next = Tensor::new(&[[token]], &Device::Cpu).unwrap();
+        logits = floats(&model.step(&next, &mut cache).unwrap());
     }
+    assert_eq!(cache.text_tokens(), ids.dim(1).unwrap() + steps - 1);
+    out
 }
 
-/// Greedy decoding with the KV cache: every step's logits within tolerance and the ids exact,
-/// both through prefill/step and through `generate` (no EOS stopping, like the fixture).
+/// Every case of the GIT fixture: image features, projection, prompt logits and greedy
+/// decoding, each compared when the case lists it, with its tolerance.
 #[test]
-fn parity_git_greedy() {
-    let model = load_fixture_model();
-    let all = cases(&git_dir());
-    for (name, case) in all["cases"].as_object().unwrap() {
-        let t = load_tensors(&git_dir().join(case["file"].as_str().unwrap()));
-        let pixels = &t["pixel_values"];
-        let ids = &t["input_ids"];
-        let expected = ids_of(&t["greedy_ids"]);
-        let steps = expected[0].len();
-        let ref_steps = &t["greedy_step_logits"];
-        let limit = tol(case, "logits");
-
-        let image = model.image_embeddings(pixels).unwrap();
-        // Room for one text token only: the cache has to grow during the steps.
-        let mut cache = model.new_cache(1);
-        let mut logits = model.prefill(&image, ids, &mut cache).unwrap();
-        let mut ours = Vec::new();
-        let mut worst = 0f32;
-        for s in 0..steps {
-            let reference = ref_steps.narrow(1, s, 1).unwrap().squeeze(1).unwrap();
-            let d = max_abs_diff(&logits, &reference);
-            worst = worst.max(d);
-            assert!(
-                d <= limit,
-                "{name}: step {s} logits differ by {d} (tol {limit})"
-            );
-            let row: Vec<f32> = logits.squeeze(0).unwrap().to_vec1().unwrap();
-            let token = surveil_models::generation::argmax(&row);
-            ours.push(token);
-            if s + 1 < steps {
-                let next = Tensor::new(&[[token]], &Device::Cpu).unwrap();
-                logits = model.step(&next, &mut cache).unwrap();
+fn parity_git() {
+    let Some(dir) = fixture("git") else {
+        return;
+    };
+    let model = load_fixture_model(&dir);
+    for case in case_list(&cases(&dir)) {
+        let name = &case.name;
+        let t = case.tensors(&dir);
+        case.check_file(&t, &["inputs", "outputs"]);
+        for input in case.listed("inputs") {
+            if !matches!(input.as_str(), "pixel_values" | "input_ids") {
+                case.unknown("input", &input);
             }
         }
-        println!("{name}: greedy_step_logits max diff {worst:e} (tol {limit:e}), ids {ours:?}");
-        assert_eq!(ours, expected[0], "{name}: greedy ids");
-        assert_eq!(cache.text_tokens(), ids.dim(1).unwrap() + steps - 1);
-
-        let prompt: Vec<u32> = ids_of(ids)[0].clone();
-        let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
-        let generated = model
-            .generate(pixels, &prompt, steps, &mut sampler, None)
-            .unwrap();
-        assert_eq!(generated, expected, "{name}: generate ids");
+        let pixels = &t["pixel_values"];
+        let ids = &t["input_ids"];
+        println!("git/{name}: {} prompt tokens", ids.dim(1).unwrap());
+        if let Some(n) = case.spec["num_image_tokens"].as_u64() {
+            assert_eq!(
+                model.num_image_tokens() as u64,
+                n,
+                "git/{name}: num_image_tokens"
+            );
+        }
+        let features = model.image_features(pixels).unwrap();
+        let mut greedy = None;
+        for output in case.listed("outputs") {
+            let label = format!("git/{name}: {output}");
+            let reference = &t[&output];
+            match output.as_str() {
+                "image_features" => {
+                    let tl = max_abs_tolerance(&case, &output);
+                    assert_close(&label, &features, reference, tl);
+                }
+                "projected_image_features" => {
+                    let proj = model.project_image_features(&features).unwrap();
+                    let tl = max_abs_tolerance(&case, &output);
+                    assert_close(&label, &proj, reference, tl);
+                }
+                "logits" => {
+                    let logits = model.forward(pixels, ids).unwrap();
+                    let tl = max_abs_tolerance(&case, &output);
+                    assert_close(&label, &logits, reference, tl);
+                }
+                "greedy_ids" | "greedy_step_logits" => {
+                    let steps = reference.dim(1).unwrap();
+                    let ours =
+                        greedy.get_or_insert_with(|| greedy_steps(&model, pixels, ids, steps));
+                    assert_eq!(ours.len(), steps, "{label}: steps");
+                    if output == "greedy_ids" {
+                        assert_eq!(tolerance(&case, &output), Tolerance::Exact, "{label}");
+                        let expected = ids_of(reference);
+                        let got: Vec<u32> = ours.iter().map(|(id, _)| *id).collect();
+                        println!("{label}: {got:?}");
+                        assert_eq!(got, expected[0], "{label}");
+                        // `generate` gives the same ids (no EOS stopping, like the fixture).
+                        let prompt = token_ids(ids);
+                        let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
+                        let generated = model
+                            .generate(pixels, &prompt, steps, &mut sampler, None)
+                            .unwrap();
+                        assert_eq!(generated, expected, "{label}: generate()");
+                    } else {
+                        let tl = max_abs_tolerance(&case, &output);
+                        let mut worst = 0f32;
+                        for (s, (_, row)) in ours.iter().enumerate() {
+                            let r = floats(&reference.narrow(1, s, 1).unwrap());
+                            let d = max_abs_diff_values(row, &r);
+                            assert!(d <= tl, "{label}: step {s}: {d} > {tl} (first divergence)");
+                            worst = worst.max(d);
+                        }
+                        println!("{label}: max_abs_diff {worst:.3e} (tolerance {tl:.0e})");
+                    }
+                }
+                other => case.unknown("output", other),
+            }
+        }
     }
+}
+
+/// The pixels of every case of the GIT fixture, in case-name order.
+fn case_pixels(dir: &Path) -> Vec<Tensor> {
+    case_list(&cases(dir))
+        .iter()
+        .map(|c| c.tensors(dir)["pixel_values"].clone())
+        .collect()
 }
 
 /// Several frames in one batch give the same tokens as one at a time, and stopping at a token
 /// truncates exactly there.
 #[test]
 fn git_generate_batches_and_stops() {
-    let model = load_fixture_model();
-    let all = cases(&git_dir());
-    let mut names: Vec<&String> = all["cases"].as_object().unwrap().keys().collect();
-    names.sort();
-    let pixels: Vec<Tensor> = names
-        .iter()
-        .map(|n| {
-            let file = all["cases"][n.as_str()]["file"].as_str().unwrap();
-            load_tensors(&git_dir().join(file))["pixel_values"].clone()
-        })
-        .collect();
+    let Some(dir) = fixture("git") else {
+        return;
+    };
+    let model = load_fixture_model(&dir);
+    // The cases' frames and a dimmed copy of the first: at least two frames.
+    let mut pixels = case_pixels(&dir);
+    pixels.push((&pixels[0] * 0.5).unwrap());
     let cfg = model.config().clone();
     let bos = [cfg.bos_token_id];
     let greedy = || TokenSampler::new(Sampling::Greedy, 0);
@@ -181,15 +188,16 @@ fn git_generate_batches_and_stops() {
         .unwrap();
     assert_eq!(together, single);
 
-    // Stop at the third token of the first sequence: it ends before it, the other continues
-    // unless it produces the same token.
+    // Stop at the third token of the first sequence: every sequence ends just before its first
+    // occurrence of it.
     let stop = single[0][2];
     let stopped = model
         .generate(&batch, &bos, 6, &mut greedy(), Some(stop))
         .unwrap();
-    assert_eq!(stopped[0], single[0][..2].to_vec());
-    let cut = single[1].iter().position(|&t| t == stop).unwrap_or(6);
-    assert_eq!(stopped[1], single[1][..cut].to_vec());
+    for (i, (got, alone)) in stopped.iter().zip(&single).enumerate() {
+        let cut = alone.iter().position(|&t| t == stop).unwrap_or(alone.len());
+        assert_eq!(got, &alone[..cut].to_vec(), "frame {i}");
+    }
 
     // Nucleus sampling with a tiny top_p keeps only the best token: greedy again.
     let mut narrow = TokenSampler::new(Sampling::from_params(1.0, 1e-6), 5);
@@ -208,7 +216,10 @@ fn git_generate_batches_and_stops() {
 /// Bad inputs are errors, not panics.
 #[test]
 fn git_rejects_bad_inputs() {
-    let model = load_fixture_model();
+    let Some(dir) = fixture("git") else {
+        return;
+    };
+    let model = load_fixture_model(&dir);
     let cfg = model.config().clone();
     let s = cfg.vision_config.image_size;
     let wrong = Tensor::zeros((1, 3, s + 16, s), DType::F32, &Device::Cpu).unwrap();
@@ -224,102 +235,105 @@ fn git_rejects_bad_inputs() {
     assert!(model.generate(&pixels, &[], 3, &mut sampler, None).is_err());
 }
 
-fn clip_case_names(all: &Value) -> Vec<String> {
-    let mut names: Vec<String> = all["cases"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| k.starts_with("clip_"))
-        .cloned()
-        .collect();
-    names.sort();
-    names
-}
-
-/// Our processor from the PNG vs transformers' CLIPImageProcessor (PIL backend).
-fn check_clip_case(name: &str) {
-    let dir = fixtures_dir().join("processors");
-    let all = cases(&dir);
-    let case = &all["cases"][name];
-    assert!(case.is_object(), "no case {name}");
-    let img = image::open(dir.join(case["image"].as_str().unwrap()))
-        .unwrap()
-        .to_rgb8();
-    let hw: Vec<u32> = serde_json::from_value(case["input_size_hw"].clone()).unwrap();
-    assert_eq!((img.height(), img.width()), (hw[0], hw[1]));
-
+/// Our processor from the PNG vs transformers' CLIPImageProcessor (PIL backend): the resized
+/// size, the crop position and `pixel_values`, with the folder's own-resize tolerances.
+fn check_clip_case(dir: &Path, all: &Value, case: &crate::common::Case) {
+    let name = format!("processors/{}", case.name);
+    let t = case.tensors(dir);
+    case.check_file(&t, &["tensors"]);
+    let img = open_rgb(&dir.join(case.spec["image"].as_str().unwrap()));
+    if let Some(hw) = case.spec.get("input_size_hw") {
+        assert_eq!(
+            usizes(hw),
+            [img.height() as usize, img.width() as usize],
+            "{name}: input size"
+        );
+    }
     let pc = &all["clip_processor_config"];
     let cfg = ClipProcessorConfig::from_json(&pc.to_string()).unwrap();
-    let processor = ClipProcessor::new(cfg, Device::Cpu);
-    let resized: Vec<u32> = serde_json::from_value(case["resized_hw"].clone()).unwrap();
-    assert_eq!(
-        processor.resized_size(img.width(), img.height()),
-        (resized[1], resized[0])
-    );
-    let ours = processor.preprocess(&img).unwrap();
-    let t = load_tensors(&dir.join(case["file"].as_str().unwrap()));
-    let reference = &t["pixel_values"];
+    let processor = ClipProcessor::new(cfg.clone(), Device::Cpu);
+    let (rw, rh) = processor.resized_size(img.width(), img.height());
+    if let Some(resized) = case.spec.get("resized_hw") {
+        assert_eq!(
+            usizes(resized),
+            [rh as usize, rw as usize],
+            "{name}: resized_hw"
+        );
+    }
+    if let Some(top_left) = case.spec.get("crop_top_left") {
+        // The processor's crop is the resized image's window at the stated corner.
+        let tl = usizes(top_left);
+        let resized = resize_bicubic_u8(&img, rw, rh).unwrap();
+        let window = image::imageops::crop_imm(
+            &resized,
+            tl[1] as u32,
+            tl[0] as u32,
+            cfg.crop_width,
+            cfg.crop_height,
+        )
+        .to_image();
+        assert_eq!(
+            processor.resize_and_crop(&img).unwrap(),
+            window,
+            "{name}: crop at {tl:?}"
+        );
+    }
     let tier = &all["tolerance"]["own_resize"]["tier_pil_structured"];
-    let max_tol = tier["pixel_values_max_abs_diff"].as_f64().unwrap() as f32;
-    let mean_tol = tier["pixel_values_mean_abs_diff"].as_f64().unwrap();
-    let d = max_abs_diff(&ours, reference);
-    let mean = (&ours - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .mean_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    println!("{name}: pixel_values max diff {d:e} (tol {max_tol}), mean {mean:e} (tol {mean_tol})");
-    assert!(d <= max_tol, "{name}: max diff {d}");
-    assert!(mean <= mean_tol, "{name}: mean diff {mean}");
+    for tensor in case.listed("tensors") {
+        let label = format!("{name}: {tensor}");
+        match tensor.as_str() {
+            "pixel_values" => {
+                let ours = processor.preprocess(&img).unwrap();
+                let reference = &t[&tensor];
+                let max_tol = tier["pixel_values_max_abs_diff"].as_f64().unwrap() as f32;
+                let mean_tol = tier["pixel_values_mean_abs_diff"].as_f64().unwrap();
+                assert_close(&label, &ours, reference, max_tol);
+                let (a, b) = (floats(&ours), floats(reference));
+                let mean = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| f64::from((x - y).abs()))
+                    .sum::<f64>()
+                    / a.len() as f64;
+                println!("{label}: mean {mean:e} (tolerance {mean_tol})");
+                assert!(mean <= mean_tol, "{label}: mean diff {mean}");
+            }
+            other => case.unknown("tensor", other),
+        }
+    }
 }
 
 #[test]
-fn parity_processors_clip_vtest_frame() {
-    check_clip_case("clip_vtest_frame");
-}
-
-#[test]
-fn parity_processors_clip_synthetic() {
-    check_clip_case("clip_synthetic");
-}
-
-#[test]
-fn parity_processors_clip_small() {
-    check_clip_case("clip_small");
-}
-
-/// Every `clip_*` case of the fixture set has a test above (other sets have the same names).
-#[test]
-fn parity_processors_clip_cases_are_covered() {
-    let all = cases(&fixtures_dir().join("processors"));
-    assert_eq!(
-        clip_case_names(&all),
-        ["clip_small", "clip_synthetic", "clip_vtest_frame"]
-    );
+fn parity_processors_clip() {
+    let Some(dir) = fixture("processors") else {
+        return;
+    };
+    let all = cases(&dir);
+    for case in processor_cases(&all, "CLIPImageProcessor") {
+        check_clip_case(&dir, &all, &case);
+    }
 }
 
 /// `image_ops::resize_bicubic_u8` against every `resized_u8` the processor fixtures store
 /// (Pillow's output; downscale, mixed and upscale cases).
 #[test]
 fn parity_processors_bicubic_resized_u8() {
-    let dir = fixtures_dir().join("processors");
+    let Some(dir) = fixture("processors") else {
+        return;
+    };
     let all = cases(&dir);
     let tier = &all["tolerance"]["own_resize"]["tier_pil_structured"];
     let max_tol = tier["resized_u8_max_abs_diff"].as_f64().unwrap();
     let mean_tol = tier["resized_u8_mean_abs_diff"].as_f64().unwrap();
     let mut checked = 0;
-    for (name, case) in all["cases"].as_object().unwrap() {
-        let t = load_tensors(&dir.join(case["file"].as_str().unwrap()));
+    for case in case_list(&all) {
+        let name = &case.name;
+        let t = case.tensors(&dir);
         let Some(reference) = t.get("resized_u8") else {
             continue;
         };
         let (h, w, _) = reference.dims3().unwrap();
-        let img = image::open(dir.join(case["image"].as_str().unwrap()))
-            .unwrap()
-            .to_rgb8();
+        let img = open_rgb(&dir.join(case.spec["image"].as_str().unwrap()));
         let ours = resize_bicubic_u8(&img, w as u32, h as u32).unwrap();
         let reference: Vec<u8> = reference.flatten_all().unwrap().to_vec1().unwrap();
         let diffs: Vec<f64> = ours
@@ -340,27 +354,23 @@ fn parity_processors_bicubic_resized_u8() {
     assert!(checked > 0, "no resized_u8 in the processor fixtures");
 }
 
-fn sha256_hex(path: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The BERT tokenizer fetched by setup, if it is there and has the recorded hash.
+/// The BERT tokenizer fetched by setup (its hash checked against the fixture's record), or
+/// `None` when the asset is absent on a developer's machine (a failure under CI).
 fn bert_tokenizer(bert: &Value) -> Option<GitTokenizer> {
-    let path = assets_dir().join("tokenizers/bert-base-uncased/tokenizer.json");
-    if !path.is_file() {
-        println!("SKIP: {} absent (run scripts/setup.sh)", path.display());
-        return None;
-    }
+    let path = asset("tokenizers/bert-base-uncased/tokenizer.json")?;
     let expected = bert["tokenizer_files"]["tokenizer.json"]["sha256"]
         .as_str()
         .unwrap();
     assert_eq!(sha256_hex(&path), expected, "{} hash", path.display());
     Some(GitTokenizer::from_file(&path).unwrap())
+}
+
+/// The fixture's BERT record and the tokenizer, or `None` (see [`bert_tokenizer`]).
+fn bert() -> Option<(Value, GitTokenizer)> {
+    let dir = fixture("tokenizers")?;
+    let bert = cases(&dir)["bert"].clone();
+    let tok = bert_tokenizer(&bert)?;
+    Some((bert, tok))
 }
 
 /// Word pieces of the fixture joined the way a caption should read.
@@ -383,23 +393,27 @@ fn join_tokens(tokens: &[String]) -> String {
 
 #[test]
 fn parity_tokenizers_bert_ids_and_decode() {
-    let all = cases(&fixtures_dir().join("tokenizers"));
-    let bert = &all["bert"];
-    let Some(tok) = bert_tokenizer(bert) else {
+    let Some((bert, tok)) = bert() else {
         return;
     };
-    assert_eq!(tok.token_id("[CLS]"), Some(101));
-    assert_eq!(tok.token_id("[SEP]"), Some(102));
-    for case in bert["cases"].as_array().unwrap() {
+    let list = bert["cases"].as_array().expect("bert cases");
+    assert!(!list.is_empty(), "the fixture lists no bert case");
+    for case in list {
         let text = case["text"].as_str().unwrap();
         let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
         let plain: Vec<u32> =
             serde_json::from_value(case["ids_without_special_tokens"].clone()).unwrap();
         let tokens: Vec<String> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        assert_eq!(tokens.len(), ids.len(), "{text}: tokens vs ids");
+        // Every token, [CLS] and [SEP] included, has the listed id.
+        for (t, &id) in tokens.iter().zip(&ids) {
+            assert_eq!(tok.token_id(t), Some(id), "{text}: {t}");
+        }
         assert_eq!(tok.encode(text, true).unwrap(), ids, "{text}");
         assert_eq!(tok.encode(text, false).unwrap(), plain, "{text}");
         // A generated caption: [CLS] ... [SEP] decodes to clean text.
         assert_eq!(tok.decode(&ids).unwrap(), join_tokens(&tokens), "{text}");
+        println!("bert: {text:?} {} ids", ids.len());
     }
 }
 
@@ -407,26 +421,29 @@ fn parity_tokenizers_bert_ids_and_decode() {
 /// batched captions equal single ones and the decoded ids of `generate`.
 #[test]
 fn git_captioner_batches_frames() {
-    let all = cases(&fixtures_dir().join("tokenizers"));
-    let Some(tok) = bert_tokenizer(&all["bert"]) else {
+    let (Some(dir), Some(processors), Some((_, tok))) =
+        (fixture("git"), fixture("processors"), bert())
+    else {
         return;
     };
-    let model = load_fixture_model();
+    let model = load_fixture_model(&dir);
     let size = model.config().vision_config.image_size as u32;
     let processor = ClipProcessor::new(ClipProcessorConfig::square(size), Device::Cpu);
     let settings = CaptionSettings {
         max_new_tokens: 5,
         ..CaptionSettings::default()
     };
-    let images = fixtures_dir().join("processors/images");
-    let frames: Vec<_> = ["vtest_frame.png", "synthetic.png"]
+    // The two largest fixture images.
+    let frames: Vec<_> = processor_images(&processors)
         .iter()
-        .map(|f| image::open(images.join(f)).unwrap().to_rgb8())
+        .rev()
+        .take(2)
+        .map(|p| open_rgb(p))
         .collect();
     let captioner =
         GitCaptioner::new(processor.clone(), tok.clone(), model.clone(), settings).unwrap();
     let both = captioner.caption(&frames).unwrap();
-    assert_eq!(both.len(), 2);
+    assert_eq!(both.len(), frames.len());
     for (frame, caption) in frames.iter().zip(&both) {
         let one = captioner.caption(std::slice::from_ref(frame)).unwrap();
         assert_eq!(&one[0], caption);
@@ -482,9 +499,10 @@ fn git_base_coco_full_size_dummy_4bit() {
     let gib = report.total_bytes() as f64 / (1u64 << 30) as f64;
     assert!(gib < 0.15, "4-bit weights take {gib:.3} GiB");
 
-    let frame = image::open(fixtures_dir().join("processors/images/vtest_frame.png"))
-        .unwrap()
-        .to_rgb8();
+    let Some(processors) = fixture("processors") else {
+        return;
+    };
+    let frame = open_rgb(processor_images(&processors).last().unwrap());
     let processor = ClipProcessor::new(ClipProcessorConfig::git_base_coco(), Device::Cpu);
     let pixels = processor.preprocess(&frame).unwrap();
     let features = model.image_features(&pixels).unwrap();
@@ -507,11 +525,12 @@ fn git_vlm_captions_like_the_batch_loop() {
     use std::sync::Arc;
     use surveil_models::generation::{GenerationParams, StopReason};
     use surveil_models::vlm::{NoHooks, OnToken, Vlm, VlmKind, VlmRequest};
-    let all = cases(&fixtures_dir().join("tokenizers"));
-    let Some(tok) = bert_tokenizer(&all["bert"]) else {
+    let (Some(dir), Some(processors), Some((_, tok))) =
+        (fixture("git"), fixture("processors"), bert())
+    else {
         return;
     };
-    let model = load_fixture_model();
+    let model = load_fixture_model(&dir);
     let cfg = model.config().clone();
     let size = cfg.vision_config.image_size as u32;
     let processor = ClipProcessor::new(ClipProcessorConfig::square(size), Device::Cpu);
@@ -524,9 +543,9 @@ fn git_vlm_captions_like_the_batch_loop() {
     .unwrap();
     assert_eq!(vlm.kind(), VlmKind::Captioner);
     assert_eq!(vlm.model_id(), "git-base-coco");
-    let images = fixtures_dir().join("processors/images");
-    for file in ["vtest_frame.png", "synthetic.png"] {
-        let frame = image::open(images.join(file)).unwrap().to_rgb8();
+    let images = processor_images(&processors);
+    for file in images.iter().rev().take(2) {
+        let frame = open_rgb(file);
         let frames = [frame];
         let mut sampler = TokenSampler::new(Sampling::Greedy, 0);
         let pixels = processor.preprocess(&frames[0]).unwrap();
@@ -553,7 +572,7 @@ fn git_vlm_captions_like_the_batch_loop() {
             .analyse(&req, &greedy, &mut NoSep(cfg.eos_token_id))
             .unwrap();
         if !reference.contains(&cfg.eos_token_id) {
-            assert_eq!(out.tokens, reference, "{file}");
+            assert_eq!(out.tokens, reference, "{}", file.display());
             assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
         }
         // With the stop rule: the captioner's batch of one and the batch loop with [SEP].
@@ -579,7 +598,7 @@ fn git_vlm_captions_like_the_batch_loop() {
                 }),
             )
             .unwrap();
-        assert_eq!(out.tokens, stopped, "{file}");
+        assert_eq!(out.tokens, stopped, "{}", file.display());
         assert!(!out.tokens.contains(&cfg.eos_token_id));
         if out.tokens.len() < 8 {
             assert_eq!(out.stop_reason, StopReason::StopToken(cfg.eos_token_id));
@@ -605,7 +624,7 @@ fn git_vlm_captions_like_the_batch_loop() {
         );
     }
     // Exactly one image.
-    let frame = image::open(images.join("small.png")).unwrap().to_rgb8();
+    let frame = open_rgb(&images[0]);
     for imgs in [vec![], vec![frame.clone(), frame]] {
         let req = VlmRequest {
             images: &imgs,
@@ -627,12 +646,13 @@ fn git_manager_builds_the_vlm() {
     use surveil_models::generation::GenerationParams;
     use surveil_models::manager::{LoadOptions, ModelManager};
     use surveil_models::vlm::{NoHooks, VlmKind, VlmRequest};
-    let all = cases(&fixtures_dir().join("tokenizers"));
-    let Some(tok) = bert_tokenizer(&all["bert"]) else {
+    let (Some(dir), Some(processors), Some((_, tok))) =
+        (fixture("git"), fixture("processors"), bert())
+    else {
         return;
     };
     let opts = LoadOptions {
-        weights: surveil_config::WeightsSpec::Dir(git_dir()),
+        weights: surveil_config::WeightsSpec::Dir(dir.clone()),
         device: surveil_config::Device::Cpu,
         quant: surveil_config::Quant::F32,
         hub_cache: PathBuf::from("/nonexistent/hub"),
@@ -642,17 +662,17 @@ fn git_manager_builds_the_vlm() {
     };
     let mut m = ModelManager::new();
     let summary = m.load("git-base-coco", &opts).unwrap();
-    assert_eq!(summary.checkpoint_dir.as_deref(), Some(git_dir().as_path()));
+    assert_eq!(summary.checkpoint_dir.as_deref(), Some(dir.as_path()));
     assert!(m.memory().get("after_load").is_some());
     let vlm = m.vlm().unwrap();
     assert_eq!(vlm.kind(), VlmKind::Captioner);
     assert_eq!(vlm.model_id(), "git-base-coco");
-    assert_eq!(vlm.tokenizer().stop_token_ids(), vec![102], "[SEP]");
-    let frames = [
-        image::open(fixtures_dir().join("processors/images/vtest_frame.png"))
-            .unwrap()
-            .to_rgb8(),
-    ];
+    let eos = GitConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .eos_token_id;
+    assert_eq!(tok.token_id("[SEP]"), Some(eos));
+    assert_eq!(vlm.tokenizer().stop_token_ids(), vec![eos], "[SEP]");
+    let frames = [open_rgb(processor_images(&processors).last().unwrap())];
     let req = VlmRequest {
         images: &frames,
         system: None,
@@ -661,7 +681,7 @@ fn git_manager_builds_the_vlm() {
     let out = vlm
         .analyse(&req, &GenerationParams::greedy(5), &mut NoHooks)
         .unwrap();
-    let model = load_fixture_model();
+    let model = load_fixture_model(&dir);
     let size = model.config().vision_config.image_size as u32;
     let processor = ClipProcessor::new(ClipProcessorConfig::square(size), Device::Cpu);
     let settings = CaptionSettings {

@@ -8,7 +8,7 @@ use surveil_models::arch::ArchConfig;
 use surveil_models::manager::{policy_for, LoadOptions, ModelManager, ModelState};
 use surveil_models::registry;
 
-use crate::common::fixtures_dir;
+use crate::common::fixture;
 
 fn opts(weights: WeightsSpec, quant: Quant) -> LoadOptions {
     LoadOptions {
@@ -22,17 +22,15 @@ fn opts(weights: WeightsSpec, quant: Quant) -> LoadOptions {
     }
 }
 
-fn git_fixture() -> PathBuf {
-    fixtures_dir().join("git")
-}
-
-/// A copy of the GIT fixture checkpoint that a test may damage.
-fn git_copy() -> tempfile::TempDir {
+/// A copy of the GIT fixture checkpoint that a test may damage, or `None` (see
+/// `common::require`).
+fn git_copy() -> Option<tempfile::TempDir> {
+    let git = fixture("git")?;
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(git_fixture().join(f), dir.path().join(f)).unwrap();
+        std::fs::copy(git.join(f), dir.path().join(f)).unwrap();
     }
-    dir
+    Some(dir)
 }
 
 fn load_err(dir: &Path) -> String {
@@ -55,11 +53,14 @@ fn load_err(dir: &Path) -> String {
 
 #[test]
 fn load_unload_from_directory_records_memory_and_matches_estimate() {
+    let Some(git) = fixture("git") else {
+        return;
+    };
     let mut m = ModelManager::new();
     let summary = m
         .load(
             "git-base-coco",
-            &opts(WeightsSpec::Dir(git_fixture()), Quant::F32),
+            &opts(WeightsSpec::Dir(git.clone()), Quant::F32),
         )
         .unwrap()
         .clone();
@@ -75,7 +76,7 @@ fn load_unload_from_directory_records_memory_and_matches_estimate() {
             .collect::<Vec<_>>(),
         vec![StorageDtype::F32]
     );
-    let file_bytes = std::fs::metadata(git_fixture().join("model.safetensors"))
+    let file_bytes = std::fs::metadata(git.join("model.safetensors"))
         .unwrap()
         .len();
     // f32 in, f32 resident: the report equals the tensor data of the file (minus its header).
@@ -124,7 +125,10 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
 #[test]
 fn fallback_only_when_enabled_and_one_model_at_a_time() {
     // The GIT checkpoint is no Qwen2-VL checkpoint: loading it as one fails (bad config).
-    let o = opts(WeightsSpec::Dir(git_fixture()), Quant::F32);
+    let Some(git) = fixture("git") else {
+        return;
+    };
+    let o = opts(WeightsSpec::Dir(git), Quant::F32);
     let mut m = ModelManager::new();
     let err = m
         .load_with_fallback("qwen2-vl-2b-instruct", &["git-base-coco".into()], false, &o)
@@ -147,7 +151,9 @@ fn fallback_only_when_enabled_and_one_model_at_a_time() {
 
 #[test]
 fn kimi_vl_fixture_loads_and_matches_its_estimate() {
-    let dir = fixtures_dir().join("kimi_vl");
+    let Some(dir) = fixture("kimi_vl") else {
+        return;
+    };
     let spec = registry::find("kimi-vl-a3b-thinking").unwrap();
     let cfg = ArchConfig::from_file(spec, &dir.join("config.json")).unwrap();
     for quant in [Quant::Q8_0, Quant::F32] {
@@ -220,7 +226,9 @@ fn bad_model_ids() {
 
 #[test]
 fn truncated_safetensors() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
     let f = dir.path().join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
     let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
@@ -234,7 +242,9 @@ fn truncated_safetensors() {
 
 #[test]
 fn header_claims_more_than_the_file() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
     let f = dir.path().join("model.safetensors");
     let mut bytes = std::fs::read(&f).unwrap();
     let claimed = (bytes.len() as u64 * 2).to_le_bytes();
@@ -246,7 +256,9 @@ fn header_claims_more_than_the_file() {
 
 #[test]
 fn header_over_100_mb() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
     let f = dir.path().join("model.safetensors");
     let mut bytes = std::fs::read(&f).unwrap();
     bytes[..8].copy_from_slice(&200_000_000u64.to_le_bytes());
@@ -268,7 +280,9 @@ fn rewrite(
 
 #[test]
 fn missing_tensor_is_named() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
     let name = "git.embeddings.LayerNorm.weight";
     rewrite(dir.path(), |t| {
         assert!(t.remove(name).is_some(), "fixture layout changed");
@@ -279,7 +293,9 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn shape_mismatch_names_tensor_and_shapes() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
     let name = "git.embeddings.LayerNorm.weight";
     rewrite(dir.path(), |t| {
         let old = t.get(name).unwrap().clone();
@@ -296,7 +312,9 @@ fn shape_mismatch_names_tensor_and_shapes() {
 
 #[test]
 fn unexpected_dtype() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
     let name = "git.embeddings.LayerNorm.weight";
     rewrite(dir.path(), |t| {
         let old = t.get(name).unwrap().clone();
@@ -308,27 +326,29 @@ fn unexpected_dtype() {
 
 #[test]
 fn config_not_json_or_missing_field() {
-    let dir = git_copy();
+    let Some(dir) = git_copy() else {
+        return;
+    };
+    let original = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
     let e = load_err(dir.path());
     assert!(e.contains("config.json"), "{e}");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(git_fixture().join("config.json")).unwrap())
-            .unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
     cfg["hidden_size"] = serde_json::json!("wide");
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     let e = load_err(dir.path());
     assert!(e.contains("config.json") && e.contains("wide"), "{e}");
     // A field without a default: Qwen2-VL needs its vision config.
+    let Some(qwen) = fixture("qwen2_vl") else {
+        return;
+    };
     let qdir = tempfile::tempdir().unwrap();
-    let mut q: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures_dir().join("qwen2_vl/config.json")).unwrap(),
-    )
-    .unwrap();
+    let mut q: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(qwen.join("config.json")).unwrap()).unwrap();
     q.as_object_mut().unwrap().remove("vision_config");
     std::fs::write(qdir.path().join("config.json"), q.to_string()).unwrap();
     std::fs::copy(
-        fixtures_dir().join("qwen2_vl/model.safetensors"),
+        qwen.join("model.safetensors"),
         qdir.path().join("model.safetensors"),
     )
     .unwrap();
@@ -405,7 +425,9 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
 
 #[test]
 fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
-    let dir = fixtures_dir().join("qwen2_vl");
+    let Some(dir) = fixture("qwen2_vl") else {
+        return;
+    };
     let spec = registry::find("qwen2-vl-2b-instruct").unwrap();
     let cfg = ArchConfig::from_file(spec, &dir.join("config.json")).unwrap();
     for quant in [Quant::Q4k, Quant::Q4_0, Quant::Q8_0, Quant::F16, Quant::F32] {

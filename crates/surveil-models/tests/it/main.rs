@@ -3,6 +3,7 @@
 mod common;
 mod constrained;
 mod deepseek_v3;
+mod fuzz;
 mod git;
 mod kimi_tokenizer;
 mod kimi_vl;

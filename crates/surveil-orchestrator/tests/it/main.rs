@@ -1,5 +1,6 @@
 //! Integration tests of surveil-orchestrator: one binary, one module per area.
 
+mod analyst;
 mod decision;
 mod pipeline;
 mod scene;

@@ -547,3 +547,84 @@ fn deep_nesting_does_not_overflow() {
     let braces = "{\"a\":".repeat(50_000);
     assert!(parse_verdict(&braces).is_failed());
 }
+
+/// Every table reply that gives a verdict, cut at every character boundary: no panic; a
+/// failure keeps the cut text as `raw`; what is read stays in bounds and never names a level or
+/// action the whole reply does not give (the fallback's low / normal shopping aside).
+#[test]
+fn fuzz_every_prefix_of_valid_replies() {
+    let mut cuts = 0;
+    for (name, reply, want) in table() {
+        if matches!(want, Want::Fail(_)) {
+            continue;
+        }
+        let full = parse_verdict(&reply).verdict;
+        for cut in (0..=reply.len()).filter(|&i| reply.is_char_boundary(i)) {
+            let text = &reply[..cut];
+            let got = parse_verdict(text);
+            cuts += 1;
+            match &got.source {
+                VerdictSource::ParseFailed { raw, .. } => {
+                    assert_eq!(raw, text, "{name} cut at {cut}");
+                    assert_eq!(got.verdict, Verdict::fallback(), "{name} cut at {cut}");
+                }
+                _ => {
+                    let v = &got.verdict;
+                    assert!(v.within_schema(), "{name} cut at {cut}: {v:?}");
+                    assert!(
+                        [full.suspicion_level, Low].contains(&v.suspicion_level),
+                        "{name} cut at {cut} ({text:?}): level {:?}, the whole reply says {:?}",
+                        v.suspicion_level,
+                        full.suspicion_level
+                    );
+                    assert!(
+                        [full.action_type, NormalShopping].contains(&v.action_type),
+                        "{name} cut at {cut} ({text:?}): action {:?}, the whole reply says {:?}",
+                        v.action_type,
+                        full.action_type
+                    );
+                }
+            }
+        }
+    }
+    assert!(cuts > 1000, "only {cuts} cuts");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Arbitrary bytes read the way a model's output is (lossy UTF-8).
+    #[test]
+    fn fuzz_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let got = parse_verdict(&text);
+        match &got.source {
+            VerdictSource::ParseFailed { raw, .. } => prop_assert_eq!(raw, &text),
+            _ => prop_assert!(got.verdict.within_schema()),
+        }
+    }
+
+    /// A valid reply cut anywhere and followed by junk (a stream stopped mid-token, then
+    /// whatever came next).
+    #[test]
+    fn fuzz_cut_replies_with_junk_tails(
+        case in any::<prop::sample::Index>(),
+        cut in any::<prop::sample::Index>(),
+        tail in prop_oneof![".{0,12}", prop::sample::select(FRAGMENTS).prop_map(str::to_string)],
+    ) {
+        let cases = table();
+        let (_, reply, _) = &cases[case.index(cases.len())];
+        let at = cut.index(reply.len() + 1);
+        let at = (0..=at).rev().find(|&i| reply.is_char_boundary(i)).unwrap_or(0);
+        let text = format!("{}{tail}", &reply[..at]);
+        let got = parse_verdict(&text);
+        match &got.source {
+            VerdictSource::ParseFailed { raw, .. } => prop_assert_eq!(raw, &text),
+            _ => prop_assert!(got.verdict.within_schema()),
+        }
+    }
+}

@@ -4,11 +4,20 @@
 //! `[upsample]` and `[yolo]`. Anything else is an error naming the section, so a cfg that this
 //! crate cannot run is rejected when it is loaded, not halfway through a forward pass. The parse
 //! also infers every layer's output shape, which the weights reader needs for its size check.
+//!
+//! Sizes are checked, never left to overflow: the input and every layer's output may hold at
+//! most `i32::MAX` values (channels × height × width), and so may a convolution's kernel
+//! (filters × channels × size²), because Darknet keeps both in C `int`s (`l.outputs`,
+//! `l.nweights` in `src/parser.c`): a larger cfg does not run in the reference implementation
+//! either. A maxpool's padded input, which the forward pass materialises, has the same bound.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, VisionError};
+
+/// Largest number of values in a layer's output or a convolution's kernel (Darknet's `int`).
+const MAX_LAYER_ELEMENTS: usize = i32::MAX as usize;
 
 /// Activation of a convolutional layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +48,25 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
-    /// Number of f32 values this layer reads from a `.weights` file.
+    /// Number of f32 values this layer reads from a `.weights` file (saturating at
+    /// `usize::MAX` for a spec that was not built by [`DarknetConfig::parse`], which bounds it).
     pub fn param_count(&self) -> usize {
         let bn = if self.batch_normalize {
-            3 * self.filters
+            self.filters.saturating_mul(3)
         } else {
             0
         };
-        self.filters + bn + self.filters * self.in_channels * self.size * self.size
+        self.filters
+            .saturating_add(bn)
+            .saturating_add(self.kernel_len())
+    }
+
+    /// Kernel values, `filters * in_channels * size * size` (saturating).
+    fn kernel_len(&self) -> usize {
+        self.filters
+            .saturating_mul(self.in_channels)
+            .saturating_mul(self.size)
+            .saturating_mul(self.size)
     }
 }
 
@@ -109,6 +129,16 @@ pub struct LayerShape {
     pub height: usize,
     /// Width.
     pub width: usize,
+}
+
+impl LayerShape {
+    /// `channels * height * width`, or `None` beyond [`MAX_LAYER_ELEMENTS`].
+    fn elements(&self) -> Option<usize> {
+        self.channels
+            .checked_mul(self.height)?
+            .checked_mul(self.width)
+            .filter(|&n| n <= MAX_LAYER_ELEMENTS)
+    }
 }
 
 /// A parsed and shape-checked Darknet network.
@@ -189,14 +219,19 @@ impl DarknetConfig {
                 "[net] width, height and channels must be > 0".to_string()
             ));
         }
-
-        let mut layers = Vec::new();
-        let mut shapes: Vec<LayerShape> = Vec::new();
         let input = LayerShape {
             channels,
             height,
             width,
         };
+        if input.elements().is_none() {
+            return Err(err(format!(
+                "[net] input {width}x{height}x{channels} has more than {MAX_LAYER_ELEMENTS} values"
+            )));
+        }
+
+        let mut layers = Vec::new();
+        let mut shapes: Vec<LayerShape> = Vec::new();
         for section in iter {
             let index = layers.len();
             let prev = shapes.last().copied().unwrap_or(input);
@@ -233,24 +268,35 @@ impl DarknetConfig {
                             return Err(lerr(format!("activation {other:?} is not supported")))
                         }
                     };
-                    let out_h = (prev.height + 2 * padding)
-                        .checked_sub(size)
-                        .map(|v| v / stride + 1)
-                        .ok_or_else(|| lerr("kernel larger than its padded input".to_string()))?;
-                    let out_w = (prev.width + 2 * padding)
-                        .checked_sub(size)
-                        .map(|v| v / stride + 1)
-                        .ok_or_else(|| lerr("kernel larger than its padded input".to_string()))?;
+                    // Darknet's `(n + 2 * pad - size) / stride + 1`.
+                    let out = |n: usize| {
+                        padding
+                            .checked_mul(2)
+                            .and_then(|p| p.checked_add(n))
+                            .ok_or_else(|| lerr(format!("padding={padding} is too large")))?
+                            .checked_sub(size)
+                            .map(|v| v / stride + 1)
+                            .ok_or_else(|| lerr("kernel larger than its padded input".to_string()))
+                    };
+                    let (out_h, out_w) = (out(prev.height)?, out(prev.width)?);
+                    let spec = ConvSpec {
+                        filters,
+                        in_channels: prev.channels,
+                        size,
+                        stride,
+                        padding,
+                        batch_normalize,
+                        activation,
+                    };
+                    if spec.kernel_len() > MAX_LAYER_ELEMENTS {
+                        return Err(lerr(format!(
+                            "kernel of {filters} filters x {} channels x {size}x{size} has more \
+                             than {MAX_LAYER_ELEMENTS} weights",
+                            prev.channels
+                        )));
+                    }
                     (
-                        LayerSpec::Convolutional(ConvSpec {
-                            filters,
-                            in_channels: prev.channels,
-                            size,
-                            stride,
-                            padding,
-                            batch_normalize,
-                            activation,
-                        }),
+                        LayerSpec::Convolutional(spec),
                         LayerShape {
                             channels: filters,
                             height: out_h,
@@ -267,11 +313,23 @@ impl DarknetConfig {
                         return Err(lerr("size and stride must be > 0".to_string()));
                     }
                     let out = |n: usize| {
-                        (n + padding)
+                        n.checked_add(padding)
+                            .ok_or_else(|| lerr(format!("padding={padding} is too large")))?
                             .checked_sub(size)
                             .map(|v| v / stride + 1)
                             .ok_or_else(|| lerr("window larger than its padded input".to_string()))
                     };
+                    let padded = LayerShape {
+                        channels: prev.channels,
+                        height: prev.height.saturating_add(padding),
+                        width: prev.width.saturating_add(padding),
+                    };
+                    if padded.elements().is_none() {
+                        return Err(lerr(format!(
+                            "padding={padding} makes the padded input larger than \
+                             {MAX_LAYER_ELEMENTS} values"
+                        )));
+                    }
                     (
                         LayerSpec::MaxPool(MaxPoolSpec {
                             size,
@@ -303,7 +361,7 @@ impl DarknetConfig {
                         sources.push(abs as usize);
                     }
                     let first = shapes[sources[0]];
-                    let mut channels = 0;
+                    let mut channels: usize = 0;
                     for &s in &sources {
                         let sh = shapes[s];
                         if sh.height != first.height || sh.width != first.width {
@@ -311,7 +369,9 @@ impl DarknetConfig {
                                 "layers {sources:?} have different spatial sizes"
                             )));
                         }
-                        channels += sh.channels;
+                        channels = channels.checked_add(sh.channels).ok_or_else(|| {
+                            lerr(format!("layers {sources:?} have too many channels"))
+                        })?;
                     }
                     (
                         LayerSpec::Route { layers: sources },
@@ -331,8 +391,8 @@ impl DarknetConfig {
                         LayerSpec::Upsample { stride },
                         LayerShape {
                             channels: prev.channels,
-                            height: prev.height * stride,
-                            width: prev.width * stride,
+                            height: prev.height.saturating_mul(stride),
+                            width: prev.width.saturating_mul(stride),
                         },
                     )
                 }
@@ -361,6 +421,12 @@ impl DarknetConfig {
                 }
                 other => return Err(lerr(format!("section type [{other}] is not supported"))),
             };
+            if shape.elements().is_none() {
+                return Err(lerr(format!(
+                    "output {}x{}x{} has more than {MAX_LAYER_ELEMENTS} values",
+                    shape.width, shape.height, shape.channels
+                )));
+            }
             layers.push(layer);
             shapes.push(shape);
         }
@@ -414,7 +480,8 @@ impl DarknetConfig {
         }
     }
 
-    /// Number of f32 values a matching `.weights` file holds after its header.
+    /// Number of f32 values a matching `.weights` file holds after its header (saturating at
+    /// `usize::MAX`, which no file matches).
     pub fn weight_param_count(&self) -> usize {
         self.layers
             .iter()
@@ -422,7 +489,7 @@ impl DarknetConfig {
                 LayerSpec::Convolutional(c) => c.param_count(),
                 _ => 0,
             })
-            .sum()
+            .fold(0, usize::saturating_add)
     }
 }
 
@@ -436,7 +503,20 @@ fn validate_yolo(spec: &YoloSpec, input: LayerShape) -> std::result::Result<(), 
             spec.anchors.len()
         ));
     }
-    let expected = spec.mask.len() * (5 + spec.classes);
+    if let Some(&(w, h)) = spec
+        .anchors
+        .iter()
+        .find(|&&(w, h)| !(w.is_finite() && h.is_finite() && w > 0.0 && h > 0.0))
+    {
+        return Err(format!(
+            "anchor ({w}, {h}): anchors must be finite numbers > 0"
+        ));
+    }
+    let expected = spec
+        .classes
+        .checked_add(5)
+        .and_then(|per_anchor| per_anchor.checked_mul(spec.mask.len()))
+        .ok_or_else(|| format!("classes={} is too large", spec.classes))?;
     if input.channels != expected {
         return Err(format!(
             "input has {} channels, expected {} anchors x (5 + {} classes) = {expected}",

@@ -60,7 +60,9 @@ impl DarknetWeights {
     pub fn from_bytes(bytes: &[u8], cfg: &DarknetConfig, path: &Path) -> Result<Self> {
         let header = read_header(bytes, path)?;
         let params = cfg.weight_param_count();
-        let expected = header.bytes as u64 + 4 * params as u64;
+        let expected = (params as u64)
+            .saturating_mul(4)
+            .saturating_add(header.bytes as u64);
         if bytes.len() as u64 != expected {
             return Err(VisionError::WeightsSize {
                 path: path.to_path_buf(),

@@ -8,7 +8,7 @@ pub mod redact;
 
 use std::path::Path;
 
-pub use ffmpeg::{FfmpegOptions, FfmpegSource, ReconnectPolicy, StreamInfo};
+pub use ffmpeg::{FfmpegOptions, FfmpegSource, ReconnectPolicy, StopSignal, StreamInfo};
 pub use images::{ImageFolderSource, SingleImageSource};
 pub use queue::{FrameQueue, QueuePolicy, QueueStats};
 pub use redact::{redact_text, redact_url};
@@ -20,6 +20,18 @@ use crate::frame::FrameSource;
 /// from `options.fps`, default 1 fps), an image file (png/jpg/jpeg) → [`SingleImageSource`],
 /// anything else (video file, URL) → [`FfmpegSource`].
 pub fn open_source(input: &str, options: &FfmpegOptions) -> Result<Box<dyn FrameSource>> {
+    open_source_with_stop(input, options, &StopSignal::new())
+}
+
+/// [`open_source`] that `stop` can end: a live source still connecting (or waiting to retry)
+/// returns [`crate::VisionError::Interrupted`] at once, its ffmpeg child killed and reaped, and
+/// an opened ffmpeg source stops when `stop` does ([`FfmpegSource::open_with_stop`]). Image
+/// sources open without waiting and ignore `stop`.
+pub fn open_source_with_stop(
+    input: &str,
+    options: &FfmpegOptions,
+    stop: &StopSignal,
+) -> Result<Box<dyn FrameSource>> {
     let path = Path::new(input);
     if ffmpeg::url_scheme(input).is_none() {
         if path.is_dir() {
@@ -32,5 +44,7 @@ pub fn open_source(input: &str, options: &FfmpegOptions) -> Result<Box<dyn Frame
             return Ok(Box::new(SingleImageSource::open(path)?));
         }
     }
-    Ok(Box::new(FfmpegSource::open(input, options)?))
+    Ok(Box::new(FfmpegSource::open_with_stop(
+        input, options, stop,
+    )?))
 }

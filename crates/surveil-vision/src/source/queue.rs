@@ -44,6 +44,8 @@ pub struct QueueStats {
     pub decoded: u64,
     /// Frames discarded by `DropOldest`.
     pub dropped: u64,
+    /// Frames the source could not decode and skipped ([`FrameSource::skipped_frames`]).
+    pub skipped: u64,
     /// Time the decoding thread spent inside `next_frame`.
     pub decode_time: Duration,
 }
@@ -134,8 +136,10 @@ impl FrameQueue {
         })
     }
 
-    /// The next frame; `None` at the end of the source. A source error is returned once,
-    /// after the frames queued before it.
+    /// The next frame; `None` at the end of the source, or once the queue is stopped and the
+    /// frames queued before the stop were taken (a waiting `recv` wakes at the stop, without
+    /// waiting for the source to notice it). A source error is returned once, after the
+    /// frames queued before it.
     pub fn recv(&self) -> Option<Result<Frame>> {
         let mut st = self.inner.state.lock().ok()?;
         loop {
@@ -149,7 +153,7 @@ impl FrameQueue {
             if let Some(e) = st.error.take() {
                 return Some(Err(e));
             }
-            if st.finished {
+            if st.finished || st.closed {
                 return None;
             }
             st = self.inner.not_empty.wait(st).ok()?;
@@ -219,12 +223,15 @@ impl FrameQueue {
         })
     }
 
-    /// Stops decoding; queued frames can still be received.
+    /// Stops decoding (interrupting the source: a live source's backoff or blocked read ends,
+    /// its ffmpeg child is killed); queued frames can still be received, then `recv` returns
+    /// `None`, also a `recv` that is already waiting.
     pub fn stop(&self) {
         if let Ok(mut st) = self.inner.state.lock() {
             st.closed = true;
         }
         self.inner.not_full.notify_all();
+        self.inner.not_empty.notify_all();
         if let Some(i) = &self.interrupt {
             i.interrupt();
         }
@@ -256,6 +263,7 @@ fn decode_loop(source: &mut dyn FrameSource, inner: &Inner, desc: &str) {
             break;
         };
         st.stats.decode_time += spent;
+        st.stats.skipped = source.skipped_frames();
         match next {
             Ok(Some(frame)) => {
                 st.stats.decoded += 1;
@@ -390,6 +398,65 @@ mod tests {
         assert!(after <= 1, "{after} frames after the abort");
         assert!(started.elapsed() < Duration::from_secs(2));
         t.join().unwrap();
+    }
+
+    /// One frame, then a `next_frame` that blocks until released: a source that does not
+    /// answer interrupts (it has no interrupt handle).
+    struct Stalled {
+        sent: bool,
+        release: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl FrameSource for Stalled {
+        fn describe(&self) -> String {
+            "stalled".into()
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn fps(&self) -> Option<f64> {
+            None
+        }
+        fn next_frame(&mut self) -> Result<Option<Frame>> {
+            if !self.sent {
+                self.sent = true;
+                return Frame::new(0, Duration::ZERO, 1, 1, vec![0, 0, 0]).map(Some);
+            }
+            let _ = self.release.recv();
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn stop_wakes_a_receiver_waiting_on_a_stalled_source() {
+        let (release, rx) = std::sync::mpsc::channel();
+        let src = Stalled {
+            sent: false,
+            release: rx,
+        };
+        let q = FrameQueue::spawn(Box::new(src), 2, QueuePolicy::DropOldest).unwrap();
+        assert_eq!(q.recv().unwrap().unwrap().index, 0);
+        let started = Instant::now();
+        let waited = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                q.stop();
+            });
+            // Releases the source after 3 s whatever happens, so a failure cannot hang.
+            let release = release.clone();
+            s.spawn(move || {
+                std::thread::sleep(Duration::from_secs(3));
+                let _ = release.send(());
+            });
+            let got = q.recv();
+            assert!(got.is_none(), "a frame after stop");
+            started.elapsed()
+        });
+        assert!(
+            waited < Duration::from_secs(1),
+            "recv returned {waited:?} after stop, not at once"
+        );
+        drop(q);
     }
 
     #[test]

@@ -1,16 +1,27 @@
 //! ByteTrack (Zhang et al., 2022): tracking by associating every detection box, high and low
-//! score, in two rounds.
+//! score, in two rounds. Reference: FoundationVision/ByteTrack, `yolox/tracker/byte_tracker.py`
+//! (`BYTETracker.update`), which this follows step by step.
 //!
 //! Per frame: (1) predict every tracked and lost track with its Kalman filter; (2) match
-//! high-score detections (`>= track_high_thresh`) to them by IoU fused with the detection
+//! high-score detections (`> track_high_thresh`, the reference's `scores > track_thresh`; a
+//! score equal to the threshold is in neither round) to them by IoU fused with the detection
 //! score, optimal assignment, cost limit `match_threshold`; (3) match the remaining tracked
 //! tracks to low-score detections (`track_low_thresh < score < track_high_thresh`) by plain
 //! IoU (cost limit 0.5); unmatched tracked tracks become lost; (4) unconfirmed tracks (born
 //! last frame) take leftover high-score detections (cost limit 0.7) or are removed;
-//! (5) leftover detections scoring `>= new_track_thresh` start new tracks, confirmed when
-//! matched again on the next frame; (6) lost tracks are removed after
-//! `track_buffer * frame_rate / 30` frames without a match. Detections only match tracks of
-//! their own class.
+//! (5) leftover detections scoring `>= track_high_thresh + 0.1` (the reference's `det_thresh`)
+//! start new tracks, confirmed when matched again on the next frame; (6) a lost track last
+//! matched on frame `L` is removed on the first frame `f` it is still unmatched with
+//! `f - L > max(max_time_lost, 1) + 1`, where `max_time_lost = track_buffer * frame_rate / 30`:
+//! the reference marks it removed once `f - L > max_time_lost` (checking only tracks that were
+//! already lost when the frame began) but keeps it in its lost list, still matchable, for one
+//! more frame, because `sub_stracks(lost, removed)` runs before the removed list is extended;
+//! (7) of a tracked and a lost track closer than IoU distance 0.15, the one tracked over more
+//! frames (last match minus birth frame) stays; on a tie the lost one stays. Detections only
+//! match tracks of their own class.
+//!
+//! The frame rate is the configured one, else the source's nominal rate, else 30
+//! ([`TrackerParams::frame_rate_for`]).
 
 use std::time::Duration;
 
@@ -22,22 +33,31 @@ use crate::detect::Detection;
 use crate::error::{Result, VisionError};
 use crate::geometry::BBox;
 
+/// The frame rate the lost-track buffer assumes when neither the config nor the source gives
+/// one (ByteTrack's default, frames per second).
+pub const FALLBACK_FRAME_RATE: f64 = 30.0;
+
+/// What a new track's detection must score above the high threshold (ByteTrack's
+/// `det_thresh = track_thresh + 0.1`).
+pub const NEW_TRACK_MARGIN: f32 = 0.1;
+
 /// Tracker parameters (config section `tracker`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerParams {
-    /// Frames (at 30 fps) a lost track is kept before it is removed.
+    /// How long a lost track is kept, in frames at 30 fps (so `track_buffer / 30` seconds).
     pub track_buffer: u32,
     /// Cost limit of the first (high-score) association; cost = 1 - IoU x score.
     pub match_threshold: f32,
-    /// Frame rate the buffer is scaled by: patience = `track_buffer * frame_rate / 30` frames.
-    pub frame_rate: f32,
-    /// Detections at or above this score are "high" (first round).
+    /// Frames per second the buffer is scaled by (`max_time_lost = track_buffer * frame_rate /
+    /// 30` frames). `None`: the source's nominal rate, [`FALLBACK_FRAME_RATE`] when the source
+    /// does not know it. Fractional rates (12.5, 29.97) are fine.
+    pub frame_rate: Option<f64>,
+    /// Detections above this score are "high" (first round); new tracks need
+    /// [`new_track_thresh`](Self::new_track_thresh) = this + 0.1.
     pub track_high_thresh: f32,
     /// Detections above this score and below `track_high_thresh` are "low" (second round).
     pub track_low_thresh: f32,
-    /// An unmatched high detection starts a track only at or above this score.
-    pub new_track_thresh: f32,
 }
 
 impl Default for TrackerParams {
@@ -45,10 +65,9 @@ impl Default for TrackerParams {
         Self {
             track_buffer: 30,
             match_threshold: 0.8,
-            frame_rate: 30.0,
+            frame_rate: None,
             track_high_thresh: 0.5,
             track_low_thresh: 0.1,
-            new_track_thresh: 0.6,
         }
     }
 }
@@ -60,7 +79,7 @@ impl TrackerParams {
         Self {
             track_buffer: c.track_buffer,
             match_threshold: c.match_threshold as f32,
-            frame_rate: c.frame_rate as f32,
+            frame_rate: c.frame_rate,
             ..Self::default()
         }
     }
@@ -81,7 +100,6 @@ impl TrackerParams {
         unit("tracker.match_threshold", self.match_threshold)?;
         unit("tracker.track_high_thresh", self.track_high_thresh)?;
         unit("tracker.track_low_thresh", self.track_low_thresh)?;
-        unit("tracker.new_track_thresh", self.new_track_thresh)?;
         if self.match_threshold == 0.0 {
             return Err(VisionError::InvalidOption {
                 name: "tracker.match_threshold",
@@ -96,19 +114,39 @@ impl TrackerParams {
                 message: format!("must be <= track_high_thresh ({})", self.track_high_thresh),
             });
         }
-        if !(self.frame_rate.is_finite() && self.frame_rate > 0.0) {
-            return Err(VisionError::InvalidOption {
-                name: "tracker.frame_rate",
-                value: self.frame_rate.to_string(),
-                message: "must be > 0".to_string(),
-            });
+        if let Some(rate) = self.frame_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(VisionError::InvalidOption {
+                    name: "tracker.frame_rate",
+                    value: rate.to_string(),
+                    message: "must be a finite number > 0 (frames per second)".to_string(),
+                });
+            }
         }
         Ok(())
     }
 
-    /// Frames a lost track survives: `track_buffer * frame_rate / 30`, truncated.
-    pub fn max_time_lost(&self) -> u64 {
-        (self.frame_rate as f64 / 30.0 * self.track_buffer as f64) as u64
+    /// The score an unmatched high detection needs to start a track: `track_high_thresh + 0.1`
+    /// (ByteTrack's `det_thresh`; above 1 when the high threshold is above 0.9, and then no track
+    /// starts, as in the reference).
+    pub fn new_track_thresh(&self) -> f32 {
+        self.track_high_thresh + NEW_TRACK_MARGIN
+    }
+
+    /// The frame rate the buffer is scaled by: `frame_rate` when set, else `source_fps` when it
+    /// is a finite rate > 0, else [`FALLBACK_FRAME_RATE`].
+    pub fn frame_rate_for(&self, source_fps: Option<f64>) -> f64 {
+        self.frame_rate
+            .or(source_fps.filter(|r| r.is_finite() && *r > 0.0))
+            .unwrap_or(FALLBACK_FRAME_RATE)
+    }
+
+    /// ByteTrack's `max_time_lost` for a source of `source_fps` frames per second:
+    /// `int(frame_rate / 30 * track_buffer)` with the rate of
+    /// [`frame_rate_for`](Self::frame_rate_for); 10 for the default buffer at 10 fps, 30 at
+    /// 30 fps. (A lost track stays matchable one frame longer; see the module docs.)
+    pub fn max_time_lost(&self, source_fps: Option<f64>) -> u64 {
+        (self.frame_rate_for(source_fps) / 30.0 * f64::from(self.track_buffer)) as u64
     }
 }
 
@@ -120,7 +158,8 @@ pub enum TrackState {
     Tracked,
     /// Not matched recently; predicted forward, can be re-found.
     Lost,
-    /// Finished: lost for longer than the buffer, or an unconfirmed track that was not matched.
+    /// Finished: lost for longer than the buffer, an unconfirmed track that was not matched, or
+    /// the shorter-tracked of two duplicates.
     Removed,
 }
 
@@ -201,6 +240,8 @@ pub struct TrackedObject {
 #[derive(Debug)]
 pub struct ByteTracker {
     params: TrackerParams,
+    frame_rate: f64,
+    max_time_lost: u64,
     frame_id: u64,
     next_id: u64,
     tracked: Vec<Track>,
@@ -215,11 +256,34 @@ const UNCONFIRMED_MATCH_THRESH: f64 = 0.7;
 const DUPLICATE_IOU_DIST: f64 = 0.15;
 
 impl ByteTracker {
-    /// A tracker with validated parameters.
+    /// A tracker with validated parameters, for a source whose frame rate is unknown: the
+    /// configured `frame_rate`, else [`FALLBACK_FRAME_RATE`]. Use
+    /// [`for_source`](Self::for_source) when the source's rate is known.
+    ///
+    /// Errors: [`VisionError::InvalidOption`] from [`TrackerParams::validate`].
     pub fn new(params: TrackerParams) -> Result<Self> {
+        Self::for_source(params, None)
+    }
+
+    /// A tracker with validated parameters for a source of `source_fps` nominal frames per
+    /// second (used unless `params.frame_rate` is set; ignored when not finite and > 0).
+    ///
+    /// Errors: [`VisionError::InvalidOption`] from [`TrackerParams::validate`].
+    pub fn for_source(params: TrackerParams, source_fps: Option<f64>) -> Result<Self> {
         params.validate()?;
+        let frame_rate = params.frame_rate_for(source_fps);
+        let max_time_lost = params.max_time_lost(source_fps);
+        tracing::debug!(
+            frame_rate,
+            configured = ?params.frame_rate,
+            source_fps = ?source_fps,
+            max_time_lost,
+            "tracker frame rate"
+        );
         Ok(Self {
             params,
+            frame_rate,
+            max_time_lost,
             frame_id: 0,
             next_id: 1,
             tracked: Vec::new(),
@@ -231,6 +295,17 @@ impl ByteTracker {
     /// The parameters.
     pub fn params(&self) -> &TrackerParams {
         &self.params
+    }
+
+    /// The frame rate the lost-track buffer is scaled by (frames per second).
+    pub fn frame_rate(&self) -> f64 {
+        self.frame_rate
+    }
+
+    /// ByteTrack's `max_time_lost` in frames ([`TrackerParams::max_time_lost`] at
+    /// [`frame_rate`](Self::frame_rate)).
+    pub fn max_time_lost(&self) -> u64 {
+        self.max_time_lost
     }
 
     /// Tracks currently tracked (confirmed or not) and lost.
@@ -260,7 +335,7 @@ impl ByteTracker {
         let p = &self.params;
         let high: Vec<&Detection> = detections
             .iter()
-            .filter(|d| d.score >= p.track_high_thresh)
+            .filter(|d| d.score > p.track_high_thresh)
             .collect();
         let low: Vec<&Detection> = detections
             .iter()
@@ -342,7 +417,7 @@ impl ByteTracker {
         // New tracks.
         for &di in &c.unmatched_cols {
             let d = remaining_high[di];
-            if d.score < p.new_track_thresh {
+            if d.score < p.new_track_thresh() {
                 continue;
             }
             let mut t = Track {
@@ -362,11 +437,13 @@ impl ByteTracker {
             activated.push(t);
         }
 
-        // Lost too long: removed.
-        let max_lost = p.max_time_lost();
+        // Lost too long: removed. The reference marks a track once `fid - end_frame >
+        // max_time_lost` (only tracks lost before this frame) and drops it from its lost list one
+        // frame later; until then it can still be matched. See the module docs, step (6).
+        let keep_until = self.max_time_lost.max(1) + 1;
         let mut still_lost = Vec::new();
         for mut t in lost_now {
-            if fid - t.last_frame > max_lost {
+            if fid - t.last_frame > keep_until {
                 t.state = TrackState::Removed;
                 removed.push(t);
             } else {
@@ -374,8 +451,8 @@ impl ByteTracker {
             }
         }
 
-        // Resolve near-duplicates between tracked and lost: keep the older one.
-        let (tracked, lost) = remove_duplicates(activated, still_lost, fid, &mut removed);
+        // Resolve near-duplicates between tracked and lost: keep the one tracked longer.
+        let (tracked, lost) = remove_duplicates(activated, still_lost, &mut removed);
         self.tracked = tracked;
         self.lost = lost;
         for t in &removed {
@@ -448,10 +525,13 @@ fn cost_matrix(tracks: &[Track], dets: &[&Detection], fuse_score: bool) -> Vec<V
         .collect()
 }
 
+/// ByteTrack's `remove_duplicate_stracks`: for every tracked/lost pair of one class with IoU
+/// distance < 0.15, the track matched over more frames (`last_frame - start_frame`, the
+/// reference's `frame_id - start_frame`) stays and the other is removed; on a tie the tracked
+/// one is removed.
 fn remove_duplicates(
     tracked: Vec<Track>,
     lost: Vec<Track>,
-    fid: u64,
     removed: &mut Vec<Track>,
 ) -> (Vec<Track>, Vec<Track>) {
     let mut drop_t = vec![false; tracked.len()];
@@ -461,9 +541,9 @@ fn remove_duplicates(
             if t.class_id == l.class_id
                 && 1.0 - (t.bbox().iou(&l.bbox()) as f64) < DUPLICATE_IOU_DIST
             {
-                let t_age = fid - t.start_frame;
-                let l_age = fid - l.start_frame;
-                if t_age > l_age {
+                let t_span = t.last_frame - t.start_frame;
+                let l_span = l.last_frame - l.start_frame;
+                if t_span > l_span {
                     drop_l[j] = true;
                 } else {
                     drop_t[i] = true;
@@ -548,11 +628,40 @@ mod tests {
         );
     }
 
+    /// The reference splits with `scores > track_thresh` (first round) and
+    /// `0.1 < scores < track_thresh` (second round), so a score equal to the high threshold is
+    /// in neither: the track it sits on is not matched and goes lost (no output). A 0.51 box
+    /// is high again and re-finds the lost track (cost 1 - 1 x 0.51 = 0.49 < 0.8), with its id.
+    #[test]
+    fn a_detection_at_exactly_the_high_threshold_is_in_neither_round() {
+        let mut t = ByteTracker::new(TrackerParams::default()).unwrap();
+        let high = TrackerParams::default().track_high_thresh;
+        assert_eq!(high, 0.5);
+        let out = run(
+            &mut t,
+            &[
+                vec![det(100.0, 50.0, 0.9)],
+                vec![det(100.0, 50.0, 0.9)],
+                vec![det(100.0, 50.0, high)],
+                vec![det(100.0, 50.0, 0.51)],
+            ],
+        );
+        let id = out[0][0].track_id;
+        assert_eq!(out[1].len(), 1);
+        assert!(
+            out[2].is_empty(),
+            "a score of exactly 0.5 matches nothing: {:?}",
+            out[2]
+        );
+        assert_eq!(out[3].len(), 1, "0.51 re-finds the track");
+        assert_eq!(out[3][0].track_id, id);
+    }
+
     #[test]
     fn short_occlusion_keeps_the_id_and_long_one_ends_the_track() {
         let params = TrackerParams {
             track_buffer: 10,
-            frame_rate: 30.0,
+            frame_rate: Some(30.0),
             ..TrackerParams::default()
         };
         let mut t = ByteTracker::new(params).unwrap();
@@ -631,18 +740,68 @@ mod tests {
         let c = surveil_config::TrackerConfig {
             track_buffer: 12,
             match_threshold: 0.7,
-            frame_rate: 10,
+            frame_rate: Some(10.0),
         };
         let p = TrackerParams::from_config(&c);
         assert_eq!(
             (p.track_buffer, p.match_threshold, p.frame_rate),
-            (12, 0.7, 10.0)
+            (12, 0.7, Some(10.0))
         );
-        assert_eq!(p.max_time_lost(), 4);
+        // int(10 / 30 * 12) = 4, whatever the source says.
+        assert_eq!(p.max_time_lost(Some(25.0)), 4);
         assert_eq!(
             p.track_high_thresh,
             TrackerParams::default().track_high_thresh
         );
+        let p = TrackerParams::from_config(&surveil_config::TrackerConfig::default());
+        assert_eq!(p.frame_rate, None, "absent in the config: from the source");
+    }
+
+    #[test]
+    fn max_time_lost_follows_the_source_frame_rate() {
+        let p = TrackerParams::default(); // track_buffer 30 = one second
+        assert_eq!(p.max_time_lost(Some(10.0)), 10);
+        assert_eq!(p.max_time_lost(Some(30.0)), 30);
+        // Fractional rates: int(12.5 / 30 * 30) = 12, int(29.97) = 29, int(25 / 30 * 30) = 25.
+        assert_eq!(p.max_time_lost(Some(12.5)), 12);
+        assert_eq!(p.max_time_lost(Some(30000.0 / 1001.0)), 29);
+        assert_eq!(p.max_time_lost(Some(25.0)), 25);
+        // Unknown or unusable source rate: 30 fps.
+        for unknown in [
+            None,
+            Some(0.0),
+            Some(-5.0),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+        ] {
+            assert_eq!(
+                p.frame_rate_for(unknown),
+                FALLBACK_FRAME_RATE,
+                "{unknown:?}"
+            );
+            assert_eq!(p.max_time_lost(unknown), 30, "{unknown:?}");
+        }
+        // The config wins over the source.
+        let fixed = TrackerParams {
+            frame_rate: Some(15.0),
+            ..TrackerParams::default()
+        };
+        assert_eq!(fixed.max_time_lost(Some(10.0)), 15);
+        let t = ByteTracker::for_source(TrackerParams::default(), Some(10.0)).unwrap();
+        assert_eq!((t.frame_rate(), t.max_time_lost()), (10.0, 10));
+        let t = ByteTracker::new(TrackerParams::default()).unwrap();
+        assert_eq!((t.frame_rate(), t.max_time_lost()), (30.0, 30));
+    }
+
+    #[test]
+    fn new_track_threshold_is_the_high_threshold_plus_a_tenth() {
+        for (high, want) in [(0.5f32, 0.6f32), (0.4, 0.5), (0.7, 0.8)] {
+            let p = TrackerParams {
+                track_high_thresh: high,
+                ..TrackerParams::default()
+            };
+            assert!((p.new_track_thresh() - want).abs() < 1e-6, "{high}");
+        }
     }
 
     #[test]
@@ -654,21 +813,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("match_threshold"), "{e}");
-        let e = ByteTracker::new(TrackerParams {
-            frame_rate: 0.0,
-            ..TrackerParams::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("frame_rate"), "{e}");
-        assert_eq!(TrackerParams::default().max_time_lost(), 30);
-        assert_eq!(
-            TrackerParams {
-                frame_rate: 10.0,
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = ByteTracker::new(TrackerParams {
+                frame_rate: Some(bad),
                 ..TrackerParams::default()
-            }
-            .max_time_lost(),
-            10
-        );
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("tracker.frame_rate") && e.contains("> 0"), "{e}");
+        }
     }
 }

@@ -1,6 +1,23 @@
-//! Shared test helpers: locating fixtures and assets, hashing files.
+//! Locating fixtures and assets (what CI requires), hashing files: shared by the test modules.
 
 use std::path::{Path, PathBuf};
+
+/// Whether this run is a CI run: `CI` set to a non-empty value other than `false` or `0`
+/// (any case). Under CI a missing asset or fixture fails the test that needs it.
+pub fn under_ci() -> bool {
+    ci_value_means_ci(std::env::var_os("CI").as_deref())
+}
+
+/// The rule of [`under_ci`] for one value of `CI` (`None`: not set).
+pub fn ci_value_means_ci(value: Option<&std::ffi::OsStr>) -> bool {
+    match value.map(|v| v.to_string_lossy()) {
+        None => false,
+        Some(v) => {
+            let v = v.trim();
+            !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
+        }
+    }
+}
 
 /// The fixture root: `$SURVEIL_FIXTURES`, else the first `shared/fixtures` found walking up from
 /// this crate's manifest dir (i.e. `../shared/fixtures` relative to the workspace).
@@ -14,6 +31,29 @@ pub fn fixtures_root() -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
+/// A fixture folder (`yolov3_tiny`, ...). Missing: a failure under CI or when
+/// `$SURVEIL_FIXTURES` names the set to run; otherwise `None`, with the reason printed.
+pub fn fixture_dir(folder: &str) -> Option<PathBuf> {
+    let explicit = std::env::var_os("SURVEIL_FIXTURES").is_some();
+    let dir = fixtures_root().map(|root| root.join(folder));
+    match dir {
+        Some(dir) if dir.join("cases.json").is_file() => Some(dir),
+        _ => {
+            let shown = dir.map_or_else(
+                || "shared/fixtures (not found next to the project)".to_string(),
+                |d| d.join("cases.json").display().to_string(),
+            );
+            if explicit || under_ci() {
+                panic!(
+                    "fixture {shown} is missing (CI or SURVEIL_FIXTURES set: the test needs it)"
+                );
+            }
+            eprintln!("SKIP: fixture {shown} is missing (set SURVEIL_FIXTURES)");
+            None
+        }
+    }
+}
+
 /// The asset cache: `$SURVEIL_ASSETS`, else `~/.cache/surveil/assets`.
 pub fn assets_root() -> PathBuf {
     if let Some(p) = std::env::var_os("SURVEIL_ASSETS") {
@@ -25,18 +65,30 @@ pub fn assets_root() -> PathBuf {
     home.join(".cache").join("surveil").join("assets")
 }
 
-/// An asset path if the file exists; otherwise prints why the calling test is skipped.
+/// An asset of the cache (`rel` below [`assets_root`]). Missing: a failure under CI
+/// ([`under_ci`]); on a developer's machine `None`, with the reason printed, and the calling
+/// test returns early.
 pub fn asset(rel: &str) -> Option<PathBuf> {
-    let p = assets_root().join(rel);
+    asset_in(&assets_root(), rel, under_ci())
+}
+
+/// [`asset`] with the cache and the CI decision given.
+pub fn asset_in(root: &Path, rel: &str, ci: bool) -> Option<PathBuf> {
+    let p = root.join(rel);
     if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIP: asset {} is missing (run scripts/setup.sh or set SURVEIL_ASSETS)",
+        return Some(p);
+    }
+    if ci {
+        panic!(
+            "asset {} is missing under CI (scripts/setup.sh fetches every asset the tests use)",
             p.display()
         );
-        None
     }
+    eprintln!(
+        "SKIP: asset {} is missing (run scripts/setup.sh or set SURVEIL_ASSETS)",
+        p.display()
+    );
+    None
 }
 
 /// Lowercase hex SHA-256 of a file.
@@ -121,4 +173,43 @@ fn sha256_known_vectors() {
         sha256_hex(b"abc"),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
+}
+
+#[test]
+fn ci_variable_values() {
+    use std::ffi::OsStr;
+    for (value, ci) in [
+        (None, false),
+        (Some(""), false),
+        (Some("0"), false),
+        (Some("false"), false),
+        (Some("False"), false),
+        (Some("true"), true),
+        (Some("1"), true),
+        (Some("yes"), true),
+        (Some("woodpecker"), true),
+    ] {
+        assert_eq!(ci_value_means_ci(value.map(OsStr::new)), ci, "CI={value:?}");
+    }
+}
+
+#[test]
+fn missing_asset_is_skipped_off_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("video")).unwrap();
+    std::fs::write(dir.path().join("video/present.avi"), b"x").unwrap();
+    assert_eq!(
+        asset_in(dir.path(), "video/present.avi", true),
+        Some(dir.path().join("video/present.avi"))
+    );
+    assert_eq!(asset_in(dir.path(), "video/absent.avi", false), None);
+    // A directory is not an asset file.
+    assert_eq!(asset_in(dir.path(), "video", false), None);
+}
+
+#[test]
+#[should_panic(expected = "absent.avi is missing under CI")]
+fn missing_asset_fails_under_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    asset_in(dir.path(), "video/absent.avi", true);
 }

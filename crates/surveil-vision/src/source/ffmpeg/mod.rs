@@ -1,17 +1,25 @@
 //! Video files and network streams decoded by an `ffmpeg` child process.
 //!
 //! ffmpeg writes raw RGB24 frames to a pipe; scaling and frame-rate conversion are ffmpeg
-//! filters (`-vf fps=..,scale=..`), never done in Rust. The frame size is read from ffmpeg's own
-//! stream report on stderr (the `Output #0 ... Stream #0:0: Video: rawvideo ... WxH` line),
-//! so no second process or second connection is needed. The rest of stderr is kept (warnings
-//! and errors only, credentials redacted) for error messages.
+//! filters (`-vf fps=..,scale=..`), never done in Rust. Without a fixed `fps`, every decoded
+//! frame is passed through once, at its own time (a variable-frame-rate file is not expanded
+//! to a constant rate), so a frame's index is its position in the source. The frame size is
+//! read from ffmpeg's own stream report on stderr and each frame's presentation time from the
+//! `showinfo` filter's line ([`stderr`]), so no second process or connection is needed. The
+//! rest of stderr is kept (warnings and errors only, credentials redacted) for error messages.
+//! How the command line is built, and how a URL's credentials stay out of it, is in [`args`].
 //!
 //! Files end at EOF. Live sources (RTSP, HTTP, ...) reconnect with exponential backoff when the
-//! stream drops or cannot be opened, and log each attempt. The child is killed and reaped when
-//! the source is dropped, so no zombie ffmpeg is left behind.
+//! stream drops or cannot be opened, and log each attempt. A [`StopSignal`] (or the source's
+//! interrupt handle) ends a pending connection, the backoff and a blocked read at once. The
+//! child is killed and reaped on every way out: end of stream, error, stop, and drop.
+
+pub mod args;
+pub mod stderr;
+pub mod stop;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +29,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use args::url_scheme;
+pub use stderr::{parse_showinfo_line, parse_stream_line, ShowinfoLine, StreamInfo};
+pub use stop::StopSignal;
+
+use self::args::{invocation, scheme_is_live, FrameSync, FPS_MODE_UNKNOWN};
+use self::stderr::{read_stderr, StderrEvent, StderrLog};
+use self::stop::StopHook;
 use super::redact::{redact_text, url_secrets};
 use crate::error::{Result, VisionError};
 use crate::frame::{Frame, FrameSource, InterruptHandle};
@@ -65,7 +80,8 @@ pub struct FfmpegOptions {
     pub width: Option<u32>,
     /// Output height (ffmpeg `scale`).
     pub height: Option<u32>,
-    /// Output frame rate (ffmpeg `fps` filter); `None` keeps every decoded frame.
+    /// Output frame rate (ffmpeg `fps` filter: a constant rate, frames dropped or repeated to
+    /// fit); `None` passes every decoded frame through once, at its own time.
     pub fps: Option<f64>,
     /// Whether the input is live; `None` decides by the URL scheme (rtsp, rtmp, http, udp, ...
     /// are live, plain paths are files).
@@ -96,109 +112,34 @@ impl Default for FfmpegOptions {
     }
 }
 
-/// The URL scheme of an input (`rtsp`, `http`, ...), or `None` for a plain path.
-pub fn url_scheme(input: &str) -> Option<&str> {
-    let (scheme, _) = input.split_once("://")?;
-    (!scheme.is_empty()
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
-    .then_some(scheme)
-}
+/// How long to wait for a frame's `showinfo` line once the frame itself has been read. ffmpeg
+/// prints the line before it writes the frame, so it is normally there already.
+const FRAME_TIME_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether a scheme is a live stream by default.
-fn scheme_is_live(scheme: &str) -> bool {
-    matches!(
-        scheme.to_ascii_lowercase().as_str(),
-        "rtsp" | "rtsps" | "rtmp" | "rtmps" | "http" | "https" | "udp" | "rtp" | "srt" | "tcp"
-    )
-}
+/// After a kill, how long a stop waits to reap the child itself (the reading thread or drop
+/// reaps it otherwise).
+const REAP_WAIT: Duration = Duration::from_millis(500);
 
-/// What ffmpeg reported about its output stream.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StreamInfo {
-    /// Output width.
-    pub width: u32,
-    /// Output height.
-    pub height: u32,
-    /// Output frame rate, when reported.
-    pub fps: Option<f64>,
-}
+/// The running child, shared with the stop hook.
+type ChildSlot = Arc<Mutex<Option<Child>>>;
 
-/// Parses the output stream line of ffmpeg's report, e.g.
-/// `Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24(pc, ...), 416x416, q=2-31, ..., 5 fps, 5 tbn`.
-pub fn parse_stream_line(line: &str) -> Option<StreamInfo> {
-    let video = &line[line.find("Video:")? + 6..];
-    // Split on commas outside parentheses.
-    let mut fields = Vec::new();
-    let (mut depth, mut start) = (0i32, 0usize);
-    for (i, ch) in video.char_indices() {
-        match ch {
-            '(' | '[' => depth += 1,
-            ')' | ']' => depth -= 1,
-            ',' if depth == 0 => {
-                fields.push(video[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
+/// Kills the child in `slot` (if any) and reaps it when it exits within [`REAP_WAIT`]. The
+/// `Child` stays in the slot: a later `wait` returns the status it recorded.
+fn kill_child(slot: &Mutex<Option<Child>>) {
+    let Ok(mut guard) = slot.lock() else {
+        return;
+    };
+    let Some(child) = guard.as_mut() else {
+        return;
+    };
+    // Fails only when the child was already reaped.
+    let _ = child.kill();
+    let until = Instant::now() + REAP_WAIT;
+    while Instant::now() < until {
+        match child.try_wait() {
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Ok(Some(_)) | Err(_) => break,
         }
-    }
-    fields.push(video[start..].trim());
-    let mut size = None;
-    let mut fps = None;
-    for f in fields {
-        let first = f.split_whitespace().next().unwrap_or("");
-        if size.is_none() {
-            if let Some((w, h)) = first.split_once('x') {
-                if let (Ok(w), Ok(h)) = (w.parse::<u32>(), h.parse::<u32>()) {
-                    size = Some((w, h));
-                    continue;
-                }
-            }
-        }
-        if let Some(v) = f.strip_suffix(" fps") {
-            fps = v.trim().parse::<f64>().ok().filter(|v| *v > 0.0);
-        }
-    }
-    let (width, height) = size?;
-    Some(StreamInfo { width, height, fps })
-}
-
-/// Warning and error lines of one ffmpeg run, redacted, the last few kept.
-#[derive(Debug, Default)]
-struct StderrLog {
-    lines: VecDeque<String>,
-    errors: u64,
-}
-
-const STDERR_KEEP: usize = 12;
-
-impl StderrLog {
-    fn tail(&self) -> String {
-        self.lines.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-}
-
-/// State shared with the interrupt handle.
-#[derive(Debug, Default)]
-struct Shared {
-    stopped: AtomicBool,
-    child: Mutex<Option<Child>>,
-}
-
-impl Shared {
-    fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
-        if let Ok(mut guard) = self.child.lock() {
-            if let Some(child) = guard.as_mut() {
-                // Already exited is fine.
-                let _ = child.kill();
-            }
-        }
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
     }
 }
 
@@ -207,9 +148,60 @@ struct Session {
     stdout: ChildStdout,
     stderr_thread: Option<JoinHandle<()>>,
     log: Arc<Mutex<StderrLog>>,
+    events: mpsc::Receiver<StderrEvent>,
+    /// Frame times received before they were asked for.
+    times: VecDeque<(u64, Option<Duration>)>,
+    /// Set once a frame had no `showinfo` line: later frames do not wait for one.
+    times_lost: bool,
+    /// The frame of this run at which ffmpeg's current filter graph started.
+    graph_start: u64,
     info: StreamInfo,
     pid: u32,
     frames: u64,
+}
+
+impl Session {
+    /// The time of frame `n` (from 0) of this run, from its `showinfo` line; `None` when the
+    /// line is missing or carries no usable time.
+    fn frame_time(&mut self, n: u64) -> Option<Duration> {
+        loop {
+            let (k, time) = match self.times.pop_front() {
+                Some(t) => t,
+                None => {
+                    let wait = if self.times_lost {
+                        Duration::ZERO
+                    } else {
+                        FRAME_TIME_WAIT
+                    };
+                    match self.events.recv_timeout(wait) {
+                        Ok(StderrEvent::Frame { n, time }) => (n, time),
+                        Ok(StderrEvent::Stream(_)) => continue,
+                        Err(_) => {
+                            self.times_lost = true;
+                            return None;
+                        }
+                    }
+                }
+            };
+            let want = n.saturating_sub(self.graph_start);
+            if k == want {
+                return time;
+            }
+            if k == 0 {
+                // ffmpeg rebuilt its filters (the stream changed size or format): showinfo
+                // counts from 0 again.
+                self.graph_start = n;
+                return time;
+            }
+            if k < want {
+                // The line of a frame that already went without it.
+                continue;
+            }
+            // The line of frame n never came; keep this one for its own frame.
+            self.times.push_front((k, time));
+            return None;
+        }
+    }
 }
 
 /// A video file or stream decoded by ffmpeg. See the module docs.
@@ -219,7 +211,13 @@ pub struct FfmpegSource {
     secrets: Vec<String>,
     options: FfmpegOptions,
     live: bool,
-    shared: Arc<Shared>,
+    stop: StopSignal,
+    child: ChildSlot,
+    /// Kills `child` on a stop; registered (weakly) with `stop`, so it lives as long as the
+    /// source.
+    _stop_hook: Arc<StopHook>,
+    /// `-vsync` instead of `-fps_mode` (an ffmpeg older than 5.1).
+    use_vsync: AtomicBool,
     session: Option<Session>,
     finished: bool,
     next_index: u64,
@@ -240,8 +238,22 @@ impl std::fmt::Debug for FfmpegSource {
 
 impl FfmpegSource {
     /// Starts ffmpeg on `input` (a path or URL) and waits until it reports the video stream.
-    /// Live sources retry per `options.reconnect`; files fail at once.
+    /// Live sources retry per `options.reconnect`; files fail at once. Same as
+    /// [`open_with_stop`](Self::open_with_stop) with a signal of its own.
     pub fn open(input: &str, options: &FfmpegOptions) -> Result<Self> {
+        Self::open_with_stop(input, options, &StopSignal::new())
+    }
+
+    /// Like [`open`](Self::open), and `stop` ends it: a stop while a live source is still
+    /// connecting (or waiting to retry) returns [`VisionError::Interrupted`] at once, with the
+    /// ffmpeg child killed and reaped. The source keeps `stop` as its interrupt: a later stop
+    /// ends `next_frame` (`Ok(None)`) like [`FrameSource::interrupt_handle`].
+    ///
+    /// Errors: missing file, invalid options ([`VisionError::InvalidOption`]), ffmpeg missing
+    /// ([`VisionError::FfmpegSpawn`]), ffmpeg failing on a file ([`VisionError::Ffmpeg`]), a
+    /// live source failing `max_attempts` times ([`VisionError::SourceUnavailable`]), a stop
+    /// ([`VisionError::Interrupted`]).
+    pub fn open_with_stop(input: &str, options: &FfmpegOptions, stop: &StopSignal) -> Result<Self> {
         let secrets = url_secrets(input);
         let display = redact_text(input, &secrets);
         let scheme = url_scheme(input);
@@ -271,13 +283,29 @@ impl FfmpegSource {
                 message: "must be > 0".to_string(),
             });
         }
+        // The arguments are checked once here (a URL with a line break is refused).
+        invocation(input, options, FrameSync::FpsMode)?;
+        let child: ChildSlot = Arc::new(Mutex::new(None));
+        let stop_hook: Arc<StopHook> = {
+            let child = Arc::clone(&child);
+            Arc::new(move || kill_child(&child))
+        };
+        let interrupted = || VisionError::Interrupted {
+            input: display.clone(),
+        };
+        if !stop.add_hook(&stop_hook) {
+            return Err(interrupted());
+        }
         let mut source = Self {
             input: input.to_string(),
-            display,
+            display: display.clone(),
             secrets,
             options: options.clone(),
             live,
-            shared: Arc::new(Shared::default()),
+            stop: stop.clone(),
+            child,
+            _stop_hook: stop_hook,
+            use_vsync: AtomicBool::new(false),
             session: None,
             finished: false,
             next_index: 0,
@@ -285,10 +313,19 @@ impl FfmpegSource {
             fps: options.fps,
             reconnects: 0,
         };
-        if live {
-            source.connect_with_backoff()?;
+        // On every early return below, dropping `source` kills and reaps its child.
+        let opened = if live {
+            source.connect_with_backoff()?
         } else {
-            source.session = Some(source.spawn_session()?);
+            match source.spawn_session() {
+                Ok(s) => source.session = Some(s),
+                Err(_) if source.stop.is_stopped() => return Err(interrupted()),
+                Err(e) => return Err(e),
+            }
+            true
+        };
+        if !opened || source.stop.is_stopped() {
+            return Err(interrupted());
         }
         if let Some(s) = &source.session {
             source.fps = options.fps.or(s.info.fps);
@@ -320,71 +357,50 @@ impl FfmpegSource {
         self.reconnects
     }
 
-    fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "-hide_banner",
-            "-nostdin",
-            "-nostats",
-            "-loglevel",
-            "level+info",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let timeout_us = (self.options.io_timeout_ms.saturating_mul(1000)).to_string();
-        match url_scheme(&self.input).map(|s| s.to_ascii_lowercase()) {
-            Some(s) if s == "rtsp" || s == "rtsps" => {
-                a.extend([
-                    "-rtsp_transport".into(),
-                    self.options.rtsp_transport.clone(),
-                    "-timeout".into(),
-                    timeout_us,
-                ]);
-            }
-            Some(_) => a.extend(["-rw_timeout".into(), timeout_us]),
-            None => {}
-        }
-        a.extend([
-            "-i".into(),
-            self.input.clone(),
-            "-map".into(),
-            "0:v:0".into(),
-        ]);
-        let mut filters = Vec::new();
-        if let Some(fps) = self.options.fps {
-            filters.push(format!("fps={fps}"));
-        }
-        match (self.options.width, self.options.height) {
-            (None, None) => {}
-            (w, h) => filters.push(format!(
-                "scale={}:{}",
-                w.map_or("-2".to_string(), |v| v.to_string()),
-                h.map_or("-2".to_string(), |v| v.to_string())
-            )),
-        }
-        if !filters.is_empty() {
-            a.extend(["-vf".into(), filters.join(",")]);
-        }
-        a.extend(
-            [
-                "-an", "-sn", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        a
+    /// The signal that stops this source (the one given to
+    /// [`open_with_stop`](Self::open_with_stop), or its own).
+    pub fn stop_signal(&self) -> StopSignal {
+        self.stop.clone()
     }
 
+    fn frame_sync(&self) -> FrameSync {
+        if self.use_vsync.load(Ordering::SeqCst) {
+            FrameSync::Vsync
+        } else {
+            FrameSync::FpsMode
+        }
+    }
+
+    /// One ffmpeg run up to its stream report; on an ffmpeg older than 5.1 (no `-fps_mode`)
+    /// the run is repeated once with `-vsync`.
     fn spawn_session(&self) -> Result<Session> {
-        let args = self.args();
+        match self.spawn_session_with(self.frame_sync()) {
+            Err(VisionError::Ffmpeg { stderr, .. })
+                if stderr.contains(FPS_MODE_UNKNOWN) && !self.stop.is_stopped() =>
+            {
+                tracing::debug!(source = %self.display, "ffmpeg has no -fps_mode; using -vsync");
+                self.use_vsync.store(true, Ordering::SeqCst);
+                self.spawn_session_with(FrameSync::Vsync)
+            }
+            other => other,
+        }
+    }
+
+    fn spawn_session_with(&self, sync: FrameSync) -> Result<Session> {
+        let inv = invocation(&self.input, &self.options, sync)?;
         tracing::debug!(
             ffmpeg = %self.options.ffmpeg_path.display(),
-            args = %redact_text(&args.join(" "), &self.secrets),
+            args = %redact_text(&inv.args.join(" "), &self.secrets),
+            input_on_stdin = inv.stdin.is_some(),
             "starting ffmpeg"
         );
         let mut child = Command::new(&self.options.ffmpeg_path)
-            .args(&args)
-            .stdin(Stdio::null())
+            .args(&inv.args)
+            .stdin(if inv.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -401,27 +417,49 @@ impl FfmpegSource {
                 return Err(self.ffmpeg_error("ffmpeg started without pipes", String::new()));
             }
         };
+        if let (Some(script), Some(mut pipe)) = (&inv.stdin, child.stdin.take()) {
+            // A few hundred bytes into an empty pipe: does not block. A failed write means
+            // ffmpeg already exited, which its stderr explains.
+            if let Err(e) = pipe.write_all(script.as_bytes()) {
+                tracing::debug!(source = %self.display, error = %e, "writing ffmpeg's input script failed");
+            }
+            drop(pipe);
+        }
         let log = Arc::new(Mutex::new(StderrLog::default()));
-        let (info_tx, info_rx) = mpsc::channel();
+        let (events_tx, events) = mpsc::channel();
         let stderr_thread = {
             let log = Arc::clone(&log);
             let secrets = self.secrets.clone();
             let label = self.display.clone();
             std::thread::Builder::new()
                 .name("ffmpeg-stderr".to_string())
-                .spawn(move || read_stderr(stderr, log, secrets, label, info_tx))
-                .map_err(VisionError::io("cannot start thread for", "ffmpeg stderr"))?
+                .spawn(move || read_stderr(stderr, log, secrets, label, events_tx))
         };
-        if let Ok(mut guard) = self.shared.child.lock() {
+        let stderr_thread = match stderr_thread {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(VisionError::io("cannot start thread for", "ffmpeg stderr")(
+                    e,
+                ));
+            }
+        };
+        if let Ok(mut guard) = self.child.lock() {
             *guard = Some(child);
         }
-        if self.shared.is_stopped() {
-            self.shared.stop();
+        // A stop between spawning and storing the child found nothing to kill.
+        if self.stop.is_stopped() {
+            kill_child(&self.child);
         }
         let mut session = Session {
             stdout,
             stderr_thread: Some(stderr_thread),
             log,
+            events,
+            times: VecDeque::new(),
+            times_lost: false,
+            graph_start: 0,
             info: StreamInfo {
                 width: 0,
                 height: 0,
@@ -431,32 +469,31 @@ impl FfmpegSource {
             frames: 0,
         };
         let timeout = Duration::from_millis(self.options.startup_timeout_ms);
-        match info_rx.recv_timeout(timeout) {
-            Ok(info) if info.width > 0 && info.height > 0 => {
-                session.info = info;
-                Ok(session)
-            }
-            Ok(info) => {
-                let (_, tail) = self.end_session(session, true);
-                Err(self.ffmpeg_error(
-                    &format!("zero-size video stream {}x{}", info.width, info.height),
-                    tail,
-                ))
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let (_, tail) = self.end_session(session, true);
-                Err(self.ffmpeg_error(
-                    &format!("no video stream reported within {} ms", timeout.as_millis()),
-                    tail,
-                ))
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let (status, tail) = self.end_session(session, false);
-                let what = match status {
-                    Some(s) => format!("ffmpeg exited ({s}) before producing a video stream"),
-                    None => "ffmpeg ended before producing a video stream".to_string(),
-                };
-                Err(self.ffmpeg_error(&what, tail))
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match session.events.recv_timeout(left) {
+                Ok(StderrEvent::Stream(info)) => {
+                    session.info = info;
+                    return Ok(session);
+                }
+                // showinfo reports the first frame before ffmpeg reports its output stream.
+                Ok(StderrEvent::Frame { n, time }) => session.times.push_back((n, time)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let (_, tail) = self.end_session(session, true);
+                    return Err(self.ffmpeg_error(
+                        &format!("no video stream reported within {} ms", timeout.as_millis()),
+                        tail,
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let (status, tail) = self.end_session(session, false);
+                    let what = match status {
+                        Some(s) => format!("ffmpeg exited ({s}) before producing a video stream"),
+                        None => "ffmpeg ended before producing a video stream".to_string(),
+                    };
+                    return Err(self.ffmpeg_error(&what, tail));
+                }
             }
         }
     }
@@ -479,7 +516,7 @@ impl FfmpegSource {
             ..
         } = session;
         drop(stdout);
-        let child = self.shared.child.lock().ok().and_then(|mut g| g.take());
+        let child = self.child.lock().ok().and_then(|mut g| g.take());
         let status = child.and_then(|mut c| {
             if kill {
                 let _ = c.kill();
@@ -493,12 +530,12 @@ impl FfmpegSource {
         (status, tail)
     }
 
-    /// Connects a live source, retrying with backoff. `Ok(false)` when interrupted.
+    /// Connects a live source, retrying with backoff. `Ok(false)` when stopped.
     fn connect_with_backoff(&mut self) -> Result<bool> {
         let policy = self.options.reconnect.clone();
         let mut attempt = 0u32;
         loop {
-            if self.shared.is_stopped() {
+            if self.stop.is_stopped() {
                 return Ok(false);
             }
             attempt += 1;
@@ -513,7 +550,7 @@ impl FfmpegSource {
                 // A missing binary will not appear by waiting.
                 Err(e @ VisionError::FfmpegSpawn { .. }) => return Err(e),
                 Err(e) => {
-                    if self.shared.is_stopped() {
+                    if self.stop.is_stopped() {
                         return Ok(false);
                     }
                     if policy.max_attempts.is_some_and(|m| attempt >= m) {
@@ -532,26 +569,21 @@ impl FfmpegSource {
                         error = %e,
                         "cannot open live source; retrying"
                     );
-                    self.sleep_interruptible(delay);
+                    if self.stop.wait_timeout(delay) {
+                        return Ok(false);
+                    }
                 }
             }
         }
     }
 
-    fn sleep_interruptible(&self, d: Duration) {
-        let until = Instant::now() + d;
-        while !self.shared.is_stopped() {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            std::thread::sleep((until - now).min(Duration::from_millis(20)));
-        }
-    }
-
-    fn timestamp(&self, index: u64) -> Duration {
-        match (self.live, self.fps) {
-            (false, Some(fps)) => Duration::from_secs_f64(index as f64 / fps),
+    /// The time of a frame: a file's frame keeps its presentation time (from `showinfo`,
+    /// relative to the start of the file); without one, `index / fps`. A live frame gets the
+    /// wall-clock time since the source was opened (stream times restart at a reconnect).
+    fn timestamp(&self, index: u64, source_time: Option<Duration>) -> Duration {
+        match (self.live, source_time, self.fps) {
+            (false, Some(t), _) => t,
+            (false, None, Some(fps)) => Duration::from_secs_f64(index as f64 / fps),
             _ => self.opened_at.elapsed(),
         }
     }
@@ -592,7 +624,7 @@ impl FrameSource for FfmpegSource {
 
     fn next_frame(&mut self) -> Result<Option<Frame>> {
         loop {
-            if self.shared.is_stopped() {
+            if self.stop.is_stopped() {
                 if let Some(s) = self.session.take() {
                     self.end_session(s, true);
                 }
@@ -615,10 +647,12 @@ impl FrameSource for FfmpegSource {
             let read = read_frame(&mut session.stdout, &mut buf);
             match read {
                 Ok(Read1::Frame) => {
+                    let n = session.frames;
                     session.frames += 1;
+                    let source_time = session.frame_time(n);
                     let index = self.next_index;
                     self.next_index += 1;
-                    let ts = self.timestamp(index);
+                    let ts = self.timestamp(index, source_time);
                     return Frame::new(index, ts, w, h, buf).map(Some);
                 }
                 Ok(Read1::Eof(partial)) => {
@@ -628,7 +662,7 @@ impl FrameSource for FfmpegSource {
                     let frames = session.frames;
                     let errors = session.log.lock().map(|l| l.errors).unwrap_or(0);
                     let (status, tail) = self.end_session(session, false);
-                    if self.shared.is_stopped() {
+                    if self.stop.is_stopped() {
                         return Ok(None);
                     }
                     if partial > 0 {
@@ -670,7 +704,7 @@ impl FrameSource for FfmpegSource {
                     if let Some(s) = self.session.take() {
                         self.end_session(s, true);
                     }
-                    if self.shared.is_stopped() {
+                    if self.stop.is_stopped() {
                         return Ok(None);
                     }
                     self.finished = !self.live;
@@ -687,8 +721,7 @@ impl FrameSource for FfmpegSource {
     }
 
     fn interrupt_handle(&self) -> Option<InterruptHandle> {
-        let shared = Arc::clone(&self.shared);
-        Some(InterruptHandle::new(move || shared.stop()))
+        Some(self.stop.interrupt_handle())
     }
 }
 
@@ -699,72 +732,10 @@ impl Drop for FfmpegSource {
             let (status, _) = self.end_session(s, true);
             tracing::debug!(source = %self.display, pid, status = ?status, "ffmpeg child reaped");
         }
-    }
-}
-
-/// Reads ffmpeg's stderr line by line: reports the output stream, keeps warnings/errors.
-fn read_stderr(
-    stderr: std::process::ChildStderr,
-    log: Arc<Mutex<StderrLog>>,
-    secrets: Vec<String>,
-    label: String,
-    info_tx: mpsc::Sender<StreamInfo>,
-) {
-    let mut reader = BufReader::new(stderr);
-    let mut raw = Vec::new();
-    let mut in_output = false;
-    let mut sent = false;
-    let mut level = "info";
-    loop {
-        raw.clear();
-        match reader.read_until(b'\n', &mut raw) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&raw);
-        for part in text.split('\r') {
-            let line = part.trim_end();
-            if line.is_empty() {
-                continue;
-            }
-            let line = redact_text(line, &secrets);
-            if let Some(l) = [
-                "[fatal]",
-                "[error]",
-                "[warning]",
-                "[info]",
-                "[verbose]",
-                "[debug]",
-            ]
-            .iter()
-            .find(|t| line.contains(*t))
-            {
-                level = &l[1..l.len() - 1];
-            }
-            if level == "info" {
-                if line.contains("Output #0") {
-                    in_output = true;
-                } else if in_output && !sent && line.contains("Stream #") {
-                    if let Some(info) = parse_stream_line(&line) {
-                        sent = info_tx.send(info).is_ok();
-                    }
-                }
-                continue;
-            }
-            if level == "fatal" || level == "error" || level == "warning" {
-                if level != "warning" {
-                    tracing::debug!(source = %label, "ffmpeg: {line}");
-                }
-                if let Ok(mut l) = log.lock() {
-                    if level != "warning" {
-                        l.errors += 1;
-                    }
-                    if l.lines.len() == STDERR_KEEP {
-                        l.lines.pop_front();
-                    }
-                    l.lines.push_back(line);
-                }
-            }
+        // A child without a session (none today; kept as a guarantee) is reaped too.
+        if let Some(mut child) = self.child.lock().ok().and_then(|mut g| g.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -772,23 +743,6 @@ fn read_stderr(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_output_stream_line() {
-        let l = "[info]   Stream #0:0: Video: rawvideo (RGB[24] / 0x18424752), rgb24(pc, gbr/unknown/unknown, progressive), 416x416, q=2-31, 20766 kb/s, 5 fps, 5 tbn";
-        assert_eq!(
-            parse_stream_line(l),
-            Some(StreamInfo {
-                width: 416,
-                height: 416,
-                fps: Some(5.0)
-            })
-        );
-        let l = "Stream #0:0: Video: rawvideo, rgb24, 768x576 [SAR 1:1 DAR 4:3], q=2-31, 29.97 fps";
-        let i = parse_stream_line(l).unwrap();
-        assert_eq!((i.width, i.height, i.fps), (768, 576, Some(29.97)));
-        assert_eq!(parse_stream_line("Stream #0:1: Audio: aac, 44100 Hz"), None);
-    }
 
     #[test]
     fn backoff_doubles_and_caps() {
@@ -800,13 +754,5 @@ mod tests {
         let d: Vec<u64> = (1..7).map(|a| p.delay(a).as_millis() as u64).collect();
         assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(p.delay(200).as_millis(), 1000);
-    }
-
-    #[test]
-    fn live_by_scheme() {
-        assert_eq!(url_scheme("rtsp://h/x"), Some("rtsp"));
-        assert_eq!(url_scheme("/a/b.mp4"), None);
-        assert_eq!(url_scheme("C:/x"), None);
-        assert!(scheme_is_live("RTSP") && scheme_is_live("https") && !scheme_is_live("file"));
     }
 }

@@ -1,0 +1,123 @@
+//! The analyst thread against a model that takes fewer images than a job carries.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::RgbImage;
+use surveil_config::ConfigLoader;
+use surveil_models::generation::{GenerationParams, GenerationStats, StopReason};
+use surveil_models::manager::LoadOptions;
+use surveil_models::tokenizer::{TextTokenizer, Vocabulary};
+use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
+use surveil_models::{ModelError, Result as ModelResult};
+use surveil_orchestrator::analyst::{AnalysisJob, Analyst, AnalystConfig};
+use surveil_orchestrator::event::VlmOutcome;
+
+struct Bytes;
+
+impl TextTokenizer for Bytes {
+    fn encode(&self, text: &str) -> ModelResult<Vec<u32>> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn decode(&self, ids: &[u32]) -> ModelResult<String> {
+        Ok(ids.iter().map(|&i| char::from(i as u8)).collect())
+    }
+    fn vocabulary(&self) -> Option<&Vocabulary> {
+        None
+    }
+    fn stop_token_ids(&self) -> Vec<u32> {
+        vec![]
+    }
+}
+
+/// A captioner like GIT: exactly one image per call, the frame.
+struct OneImageCaptioner {
+    images_seen: Arc<AtomicUsize>,
+    tokenizer: Bytes,
+}
+
+impl Vlm for OneImageCaptioner {
+    fn model_id(&self) -> &str {
+        "one-image-captioner"
+    }
+    fn kind(&self) -> VlmKind {
+        VlmKind::Captioner
+    }
+    fn tokenizer(&self) -> &dyn TextTokenizer {
+        &self.tokenizer
+    }
+    fn max_images(&self) -> usize {
+        1
+    }
+    fn analyse(
+        &self,
+        request: &VlmRequest<'_>,
+        _params: &GenerationParams,
+        _hooks: &mut dyn GenerationHooks,
+    ) -> ModelResult<Generation> {
+        self.images_seen
+            .store(request.images.len(), Ordering::SeqCst);
+        let [frame] = request.images else {
+            return Err(ModelError::InvalidInput(format!(
+                "captions exactly one image per call, got {}",
+                request.images.len()
+            )));
+        };
+        // The frame (first image) is the one described, not the crop after it.
+        assert_eq!(frame.width(), 64, "the frame comes first");
+        Ok(Generation {
+            text: "a man standing in a store".into(),
+            reasoning: None,
+            reasoning_unfinished: false,
+            tokens: vec![1],
+            stop_reason: StopReason::StopToken(0),
+            timings: GenerationStats::default(),
+        })
+    }
+}
+
+#[test]
+fn a_one_image_model_gets_the_frame_of_a_job_with_a_crop() {
+    let images_seen = Arc::new(AtomicUsize::new(0));
+    let vlm = OneImageCaptioner {
+        images_seen: images_seen.clone(),
+        tokenizer: Bytes,
+    };
+    let testing_config = ConfigLoader::with_env(std::iter::empty::<(String, String)>())
+        .profile(Some("testing"))
+        .load()
+        .unwrap()
+        .config;
+    let config = AnalystConfig {
+        model: "one-image-captioner".into(),
+        fallback_models: vec![],
+        enable_fallback: false,
+        load: LoadOptions::from_config(&testing_config),
+        generation: GenerationParams::greedy(8),
+        timeout: Duration::from_secs(30),
+        constrained: false,
+    };
+    let mut analyst: Analyst<u32> = Analyst::start_with_vlm(config, Box::new(vlm)).unwrap();
+    let job = AnalysisJob {
+        // The frame, then a crop of the person of interest.
+        images: vec![RgbImage::new(64, 48), RgbImage::new(16, 32)],
+        system: "system".into(),
+        prompt: "prompt".into(),
+        observations: vec![],
+        trigger: "tool_cue".into(),
+        context: 7,
+    };
+    assert!(analyst.submit(job).is_none());
+    let result = analyst
+        .wait_result(Duration::from_secs(30))
+        .expect("the analysis finishes");
+    assert_eq!(images_seen.load(Ordering::SeqCst), 1);
+    assert_eq!(result.record.outcome, VlmOutcome::Ok, "{:?}", result.record);
+    assert_eq!(
+        result.record.images, 1,
+        "the record counts the images the model saw"
+    );
+    assert_eq!(result.context, 7);
+    assert!(result.verdict.is_some());
+}
