@@ -10,6 +10,7 @@
 //! next checkpoint, the model is unloaded, and the summary is written.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,7 +34,9 @@ use crate::event::{Event, EventKind, EventTrack, ToolFailureRecord, VlmOutcome};
 use crate::metrics::{MemoryPoint, MetricsSummary, RunMetrics, Stage};
 use crate::prompt::{user_prompt, PromptContext, TrackNote, SYSTEM_PROMPT};
 use crate::scene::{ObjectKind, Scene, SceneObject};
-use crate::sink::{draw_level, draw_polygon, write_json_atomic, EventSink, JsonlSink};
+use crate::sink::{
+    draw_level, draw_polygon, write_atomic, write_json_atomic, EventSink, JsonlSink,
+};
 use crate::tools::{Cue, Observation, ToolReport, ToolRunner};
 use crate::trigger::{Trigger, TriggerDecision, TriggerSettings};
 use crate::verdict::ParsedVerdict;
@@ -1134,7 +1137,13 @@ fn save_alert_frame(
     }
     let name = format!("{kind}-{:06}.png", frame.index);
     let path = alerts_dir.join(&name);
-    match img.save(&path) {
+    // Encoded in memory, then written atomically: a failed write never leaves a cut PNG.
+    let mut png = std::io::Cursor::new(Vec::new());
+    let written = img
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| OrchestratorError::Config(format!("encoding the alert frame: {e}")))
+        .and_then(|()| write_atomic(&path, |out| out.write_all(png.get_ref())));
+    match written {
         Ok(()) => Some(format!("alerts/{name}")),
         Err(e) => {
             tracing::warn!(error = %e, path = %path.display(), "cannot write the alert frame");

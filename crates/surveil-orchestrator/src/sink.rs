@@ -87,28 +87,36 @@ impl EventSink for JsonlSink {
     }
 }
 
-/// Serialise `value` as pretty JSON to `path` atomically: a temporary file in the same
-/// directory, synced, then renamed over `path`.
+/// Serialise `value` as pretty JSON to `path` atomically, through
+/// [`AtomicOutputFile`](surveil_vision::pipeline::AtomicOutputFile): a temporary file with an
+/// unpredictable name in the same directory, synced, then renamed over `path` (a link at `path`
+/// is replaced, never written through).
+///
+/// Errors: [`OrchestratorError::Io`] naming `path` when serialising or writing fails (`path` is
+/// then left as it was), [`OrchestratorError::Vision`] when the temporary file cannot be made or
+/// renamed.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let dir = dir.unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "summary.json".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, value)
+    write_atomic(path, |out| {
+        serde_json::to_writer_pretty(&mut *out, value)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
+        out.write_all(b"\n")
+    })
+}
+
+/// Writes `path` through an [`AtomicOutputFile`](surveil_vision::pipeline::AtomicOutputFile)
+/// filled by `fill`: the previous file stays until the new one is complete and synced.
+///
+/// Errors: as [`write_json_atomic`].
+pub fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut surveil_vision::pipeline::AtomicOutputFile) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut out = surveil_vision::pipeline::AtomicOutputFile::create(path)?;
+    if let Err(e) = fill(&mut out) {
+        out.abandon();
         return Err(io_err(path, e));
     }
+    out.commit()?;
     Ok(())
 }
 
@@ -235,6 +243,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn atomic_write_replaces_a_link_and_never_writes_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, "keep me").unwrap();
+        let p = dir.path().join("summary.json");
+        std::os::unix::fs::symlink(&elsewhere, &p).unwrap();
+        write_json_atomic(&p, &serde_json::json!({"a": 3})).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "keep me");
+        assert!(!std::fs::symlink_metadata(&p)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["a"], 3);
     }
 
     #[test]
