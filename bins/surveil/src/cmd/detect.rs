@@ -38,6 +38,26 @@ fn install_signal_handlers() {
     }
 }
 
+/// Runs `work` while a watcher thread turns a caught SIGINT/SIGTERM into `on_signal` (the
+/// signal handler itself can only set a flag), at most once; the watcher ends with `work`.
+fn relaying_signals<R>(on_signal: impl Fn() + Sync, work: impl FnOnce() -> R) -> R {
+    let finished = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::SeqCst) {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    on_signal();
+                    break;
+                }
+                std::thread::sleep(SIGNAL_POLL);
+            }
+        });
+        let result = work();
+        finished.store(true, Ordering::SeqCst);
+        result
+    })
+}
+
 /// `surveil detect`
 ///
 /// Every option is checked before anything is opened or written (bad values are usage errors,
@@ -86,22 +106,10 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     // connection, reconnect backoff) is abandoned at Ctrl-C, its ffmpeg child killed and reaped.
     install_signal_handlers();
     let stop = StopSignal::new();
-    let opening = AtomicBool::new(true);
-    let opened = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while opening.load(Ordering::SeqCst) {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    stop.stop();
-                    break;
-                }
-                std::thread::sleep(SIGNAL_POLL);
-            }
-        });
-        let opened =
-            DetectTrackStream::open_with_stop(&args.source, &ff, &detector, options, &stop);
-        opening.store(false, Ordering::SeqCst);
-        opened
-    });
+    let opened = relaying_signals(
+        || stop.stop(),
+        || DetectTrackStream::open_with_stop(&args.source, &ff, &detector, options, &stop),
+    );
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(VisionError::Interrupted { .. }) => {
@@ -120,26 +128,18 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     let mut jsonl = JsonlTrackWriter::new(output, stream.class_names());
     let mut snapshots = PngSnapshotSink::new(args.snapshot.clone());
 
-    // The signal handler can only set a flag; this thread turns it into a stream interrupt, so
-    // a run waiting on a stalled live source stops too.
+    // A run waiting on a stalled live source stops too.
     let interrupt = stream.interrupt_handle();
-    let finished = AtomicBool::new(false);
-    let result = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !finished.load(Ordering::SeqCst) {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    tracing::info!("interrupted; stopping");
-                    interrupt.interrupt();
-                    break;
-                }
-                std::thread::sleep(SIGNAL_POLL);
-            }
-        });
-        let sinks: &mut [&mut dyn TrackSink] = &mut [&mut jsonl, &mut snapshots];
-        let result = run_stream(&mut stream, sinks, Some(&INTERRUPTED));
-        finished.store(true, Ordering::SeqCst);
-        result
-    });
+    let result = relaying_signals(
+        || {
+            tracing::info!("interrupted; stopping");
+            interrupt.interrupt();
+        },
+        || {
+            let sinks: &mut [&mut dyn TrackSink] = &mut [&mut jsonl, &mut snapshots];
+            run_stream(&mut stream, sinks, Some(&INTERRUPTED))
+        },
+    );
     drop(stream);
     for s in snapshots.pending() {
         tracing::warn!(

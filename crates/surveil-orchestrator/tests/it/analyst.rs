@@ -8,33 +8,18 @@ use image::RgbImage;
 use surveil_config::ConfigLoader;
 use surveil_models::generation::{GenerationParams, GenerationStats, StopReason};
 use surveil_models::manager::LoadOptions;
-use surveil_models::tokenizer::{TextTokenizer, Vocabulary};
+use surveil_models::tokenizer::TextTokenizer;
 use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
 use surveil_models::{ModelError, Result as ModelResult};
 use surveil_orchestrator::analyst::{AnalysisJob, Analyst, AnalystConfig};
 use surveil_orchestrator::event::VlmOutcome;
 
-struct Bytes;
-
-impl TextTokenizer for Bytes {
-    fn encode(&self, text: &str) -> ModelResult<Vec<u32>> {
-        Ok(text.bytes().map(u32::from).collect())
-    }
-    fn decode(&self, ids: &[u32]) -> ModelResult<String> {
-        Ok(ids.iter().map(|&i| char::from(i as u8)).collect())
-    }
-    fn vocabulary(&self) -> Option<&Vocabulary> {
-        None
-    }
-    fn stop_token_ids(&self) -> Vec<u32> {
-        vec![]
-    }
-}
+use crate::pipeline::NoVocab;
 
 /// A captioner like GIT: exactly one image per call, the frame.
 struct OneImageCaptioner {
     images_seen: Arc<AtomicUsize>,
-    tokenizer: Bytes,
+    tokenizer: NoVocab,
 }
 
 impl Vlm for OneImageCaptioner {
@@ -82,7 +67,7 @@ fn a_one_image_model_gets_the_frame_of_a_job_with_a_crop() {
     let images_seen = Arc::new(AtomicUsize::new(0));
     let vlm = OneImageCaptioner {
         images_seen: images_seen.clone(),
-        tokenizer: Bytes,
+        tokenizer: NoVocab,
     };
     let testing_config = ConfigLoader::with_env(std::iter::empty::<(String, String)>())
         .profile(Some("testing"))

@@ -41,7 +41,8 @@ fn asset(rel: &str) -> Option<PathBuf> {
     None
 }
 
-struct NoVocab;
+/// A byte tokenizer without a vocabulary, for fake models.
+pub(crate) struct NoVocab;
 
 impl TextTokenizer for NoVocab {
     fn encode(&self, text: &str) -> ModelResult<Vec<u32>> {
