@@ -16,9 +16,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use surveil_memory::{QuantPolicy, StorageDtype};
+use surveil_models::arch::git::{
+    git_base_coco_config, ClipProcessor, ClipProcessorConfig, GitModel,
+};
 use surveil_models::generation::{Sampling, TokenSampler};
-use surveil_models::git::{git_base_coco_config, ClipProcessor, ClipProcessorConfig, GitModel};
-use surveil_models::weights::{DummySource, Weights};
+use surveil_models::load::weights::{DummySource, Weights};
 
 const CHILD_ENV: &str = "SURVEIL_GIT_BENCH_MODE";
 

@@ -19,12 +19,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use surveil_memory::{QuantPolicy, StorageDtype};
-use surveil_models::qwen2_vl::{
+use surveil_models::arch::qwen2_vl::{
     qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, ChatMessage, GenerationParams, Logits,
     MultimodalInput, Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
 };
+use surveil_models::load::weights::{DummySource, Weights};
 use surveil_models::vlm::OnToken;
-use surveil_models::weights::{DummySource, Weights};
 
 fn status_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

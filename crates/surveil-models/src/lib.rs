@@ -7,24 +7,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod arch;
-pub mod constrained;
-pub mod deepseek_v3;
 pub mod error;
 pub mod generation;
-pub mod git;
 pub mod image_ops;
-mod kernels;
-pub mod kimi_vl;
-pub mod manager;
-pub mod nn;
-pub mod qwen2_vl;
-pub mod registry;
-pub mod smoke;
-pub mod source;
-pub mod synth;
-pub mod thinking;
+pub mod layers;
+pub mod load;
 pub mod tokenizer;
 pub mod vlm;
-pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -14,8 +14,8 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::arch::LoadedModel;
+use crate::generation::thinking::ThinkingSplit;
 use crate::generation::{GenerationOutput, GenerationParams, GenerationStats, StopReason};
-use crate::thinking::ThinkingSplit;
 use crate::tokenizer::TextTokenizer;
 use crate::{ModelError, Result};
 
@@ -229,15 +229,15 @@ pub fn build_vlm(
                 "tokenizer.json",
                 "tokenizers/bert-base-uncased/tokenizer.json",
             )?;
-            let tokenizer = crate::git::GitTokenizer::from_file(&path)?;
+            let tokenizer = crate::arch::git::GitTokenizer::from_file(&path)?;
             let config = match preprocessor {
-                Some(p) => crate::git::ClipProcessorConfig::from_file(&p)?,
-                None => crate::git::ClipProcessorConfig::square(
+                Some(p) => crate::arch::git::ClipProcessorConfig::from_file(&p)?,
+                None => crate::arch::git::ClipProcessorConfig::square(
                     git.config().vision_config.image_size as u32,
                 ),
             };
-            let processor = crate::git::ClipProcessor::new(config, device.clone());
-            Box::new(crate::git::GitVlm::new(
+            let processor = crate::arch::git::ClipProcessor::new(config, device.clone());
+            Box::new(crate::arch::git::GitVlm::new(
                 model_id, git, processor, tokenizer,
             )?)
         }
@@ -247,18 +247,18 @@ pub fn build_vlm(
                 "tokenizer.json",
                 "tokenizers/qwen2-vl/tokenizer.json",
             )?;
-            let tokenizer = crate::qwen2_vl::Qwen2VlTokenizer::from_file(&path)?;
+            let tokenizer = crate::arch::qwen2_vl::Qwen2VlTokenizer::from_file(&path)?;
             let processor = match preprocessor {
                 Some(p) => {
                     let json = std::fs::read_to_string(&p).map_err(|source| ModelError::Io {
                         path: p.clone(),
                         source,
                     })?;
-                    crate::qwen2_vl::Qwen2VlImageProcessor::from_preprocessor_config(&json)?
+                    crate::arch::qwen2_vl::Qwen2VlImageProcessor::from_preprocessor_config(&json)?
                 }
-                None => crate::qwen2_vl::Qwen2VlImageProcessor::default(),
+                None => crate::arch::qwen2_vl::Qwen2VlImageProcessor::default(),
             };
-            Box::new(crate::qwen2_vl::Qwen2VlVlm::new(
+            Box::new(crate::arch::qwen2_vl::Qwen2VlVlm::new(
                 model_id,
                 qwen,
                 tokenizer,
@@ -266,7 +266,7 @@ pub fn build_vlm(
                 device.clone(),
             ))
         }
-        LoadedModel::KimiVl(kimi) => Box::new(crate::kimi_vl::KimiVlm::load(
+        LoadedModel::KimiVl(kimi) => Box::new(crate::arch::kimi_vl::KimiVlm::load(
             kimi,
             model_id,
             checkpoint_dir,

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use surveil_config::{Device, Quant, WeightsSpec};
 use surveil_memory::ProcessMemory;
-use surveil_models::manager::{LoadOptions, ModelManager};
+use surveil_models::load::manager::{LoadOptions, ModelManager};
 
 #[test]
 fn file_backed_rss_stays_small_during_a_load_from_disk() {
-    let spec = surveil_models::registry::find("git-base-coco").unwrap();
+    let spec = surveil_models::load::registry::find("git-base-coco").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let written = surveil_models::synth::write_dummy_checkpoint(
+    let written = surveil_models::load::synth::write_dummy_checkpoint(
         spec,
         dir.path(),
         candle_core::DType::F32,

@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use surveil_memory::MemoryReport;
-use surveil_models::constrained::{ConstraintStart, ConstraintVocabulary, JsonSchemaConstraint};
+use surveil_models::generation::constrained::{
+    ConstraintStart, ConstraintVocabulary, JsonSchemaConstraint,
+};
 use surveil_models::generation::{GenerationParams, StopReason};
-use surveil_models::manager::{LoadOptions, LoadSummary, ModelManager};
+use surveil_models::load::manager::{LoadOptions, LoadSummary, ModelManager};
 use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
 
 use crate::caption::caption_verdict;

@@ -21,7 +21,7 @@ use serde::Serialize;
 use surveil_config::{SystemConfig, ZoneConfig, ZoneCoordinates};
 use surveil_memory::{MemoryReport, MemorySampler, SamplerConfig};
 use surveil_models::generation::{GenerationParams, Sampling};
-use surveil_models::manager::{LoadOptions, LoadSummary, ProgressFn};
+use surveil_models::load::manager::{LoadOptions, LoadSummary, ProgressFn};
 use surveil_models::vlm::Vlm;
 use surveil_vision::{
     DarknetYolo, DetectTrackStream, FfmpegOptions, Frame, PipelineOptions, TrackedFrame,

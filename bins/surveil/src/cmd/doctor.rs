@@ -7,7 +7,7 @@ use serde::Serialize;
 use surveil_config::paths::{assets_dir, hf_hub_cache, ASSET_FILES};
 use surveil_memory::gpu::GpuMemory;
 use surveil_memory::system::HostMemory;
-use surveil_models::registry::REGISTRY;
+use surveil_models::load::registry::REGISTRY;
 
 use crate::cli::DoctorArgs;
 use crate::Failure;

@@ -7,9 +7,9 @@ use serde_json::json;
 use surveil_config::paths::hf_hub_cache;
 use surveil_config::Quant;
 use surveil_models::arch::ArchConfig;
-use surveil_models::manager::policy_for;
-use surveil_models::registry::{self, REGISTRY};
-use surveil_models::synth::{write_dummy_checkpoint_with, OnExisting};
+use surveil_models::load::manager::policy_for;
+use surveil_models::load::registry::{self, REGISTRY};
+use surveil_models::load::synth::{write_dummy_checkpoint_with, OnExisting};
 use surveil_models::ModelError;
 
 use crate::cli::{ModelsListArgs, ModelsSynthArgs};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use surveil_config::paths::asset;
-use surveil_models::manager::LoadSummary;
+use surveil_models::load::manager::LoadSummary;
 use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
 use surveil_vision::FfmpegOptions;
 

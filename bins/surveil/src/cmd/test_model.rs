@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde_json::json;
 use surveil_memory::{MemorySnapshot, ProcessMemory};
-use surveil_models::manager::{LoadOptions, ModelManager};
+use surveil_models::load::manager::{LoadOptions, ModelManager};
 
 use crate::cli::{Cli, TestModelArgs};
 use crate::Failure;
@@ -45,7 +45,10 @@ fn print_block(title: &str, s: Option<&MemorySnapshot>) {
 /// drives it; `None` when `enabled` is false.
 pub(crate) fn progress_bar(
     enabled: bool,
-) -> Option<(indicatif::ProgressBar, surveil_models::manager::ProgressFn)> {
+) -> Option<(
+    indicatif::ProgressBar,
+    surveil_models::load::manager::ProgressFn,
+)> {
     if !enabled {
         return None;
     }
@@ -57,7 +60,7 @@ pub(crate) fn progress_bar(
         .ok()?,
     );
     let b = bar.clone();
-    let f: surveil_models::manager::ProgressFn = Arc::new(move |done, total, bytes| {
+    let f: surveil_models::load::manager::ProgressFn = Arc::new(move |done, total, bytes| {
         b.set_length(total as u64);
         b.set_position(done as u64);
         b.set_message(format!("{:.1} MB", bytes as f64 / 1e6));
@@ -118,7 +121,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                 "the model vanished after loading"
             )));
         };
-        let outcome = surveil_models::smoke::describe_test_image(vlm, args.infer_tokens)
+        let outcome = surveil_models::load::smoke::describe_test_image(vlm, args.infer_tokens)
             .context("running the test inference")?;
         manager.record_memory("after_inference");
         Some(outcome)

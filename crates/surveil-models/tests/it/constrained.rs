@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use surveil_models::constrained::{
+use surveil_models::generation::constrained::{
     ConstraintStart, ConstraintVocabulary, JsonSchemaConstraint, MAX_NUMBER_LEN,
 };
 use surveil_models::generation::{Sampling, TokenSampler};

@@ -9,12 +9,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use surveil_memory::{QuantPolicy, StorageDtype};
-use surveil_models::deepseek_v3::{
+use surveil_models::arch::deepseek_v3::{
     kimi_vl_a3b_text_config, tensor_layout, tensor_layout_with_prefix, DeepseekV3Config,
     DeepseekV3Model, Logits, RouterChoice,
 };
 use surveil_models::generation::argmax;
-use surveil_models::weights::{DummySource, SafetensorsSource, TensorSource, Weights};
+use surveil_models::load::weights::{DummySource, SafetensorsSource, TensorSource, Weights};
 
 use crate::common::{
     case_list, cases, check_quantized_greedy, correlation, fixture, floats, ints, max_abs_diff,
@@ -262,7 +262,7 @@ fn deepseek_v3_kv_cache_matches_full_recompute() {
         // A fork of the cache after the prompt is independent: the original's next token does
         // not leak into the fork's history.
         let mut fork = cache.try_clone().unwrap();
-        let next = |c: &mut surveil_models::deepseek_v3::DeepseekV3Cache, tok: u32| {
+        let next = |c: &mut surveil_models::arch::deepseek_v3::DeepseekV3Cache, tok: u32| {
             floats(&model.forward_ids(&[tok], c, Logits::Last).unwrap())
         };
         let [t9, t7, t5] = in_vocab(&cfg, &[9, 7, 5])[..] else {

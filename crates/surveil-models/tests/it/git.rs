@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use surveil_memory::{QuantPolicy, StorageDtype};
-use surveil_models::generation::{Sampling, TokenSampler};
-use surveil_models::git::{
+use surveil_models::arch::git::{
     git_base_coco_config, CaptionSettings, ClipProcessor, ClipProcessorConfig, GitCaptioner,
     GitConfig, GitModel, GitTokenizer,
 };
+use surveil_models::generation::{Sampling, TokenSampler};
 use surveil_models::image_ops::resize_bicubic_u8;
-use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
+use surveil_models::load::weights::{DummySource, SafetensorsSource, Weights};
 
 use crate::common::{
     assert_close, asset, case_list, cases, fixture, floats, max_abs_diff_values, max_abs_tolerance,
@@ -534,7 +534,7 @@ fn git_vlm_captions_like_the_batch_loop() {
     let cfg = model.config().clone();
     let size = cfg.vision_config.image_size as u32;
     let processor = ClipProcessor::new(ClipProcessorConfig::square(size), Device::Cpu);
-    let vlm = surveil_models::git::GitVlm::new(
+    let vlm = surveil_models::arch::git::GitVlm::new(
         "git-base-coco",
         Arc::new(model.clone()),
         processor.clone(),
@@ -644,7 +644,7 @@ fn git_vlm_captions_like_the_batch_loop() {
 #[test]
 fn git_manager_builds_the_vlm() {
     use surveil_models::generation::GenerationParams;
-    use surveil_models::manager::{LoadOptions, ModelManager};
+    use surveil_models::load::manager::{LoadOptions, ModelManager};
     use surveil_models::vlm::{NoHooks, VlmKind, VlmRequest};
     let (Some(dir), Some(processors), Some((_, tok))) =
         (fixture("git"), fixture("processors"), bert())

@@ -9,16 +9,16 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device};
 use sha2::{Digest, Sha256};
 use surveil_memory::{QuantPolicy, StorageDtype};
-use surveil_models::arch::LoadedModel;
-use surveil_models::generation::{GenerationParams, StopReason};
-use surveil_models::kimi_vl::{
+use surveil_models::arch::kimi_vl::{
     encode_chat, full_tensor_layout, GridHw, KimiMessage, KimiSpecialIds, KimiTokenizer,
     KimiVlConfig, KimiVlImageProcessor, KimiVlModel,
 };
-use surveil_models::thinking::{split_thinking, ThinkingMarkers, ThinkingStream};
+use surveil_models::arch::LoadedModel;
+use surveil_models::generation::thinking::{split_thinking, ThinkingMarkers, ThinkingStream};
+use surveil_models::generation::{GenerationParams, StopReason};
+use surveil_models::load::weights::{DummySource, Weights};
 use surveil_models::tokenizer::{TextTokenizer, TokenStream};
 use surveil_models::vlm::{build_vlm, GenerationHooks, NoHooks, VlmKind, VlmRequest};
-use surveil_models::weights::{DummySource, Weights};
 
 use crate::common::{assets_dir, fixture, fixtures_dir, require};
 

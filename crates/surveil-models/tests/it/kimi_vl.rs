@@ -10,12 +10,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use surveil_memory::{QuantPolicy, StorageDtype};
-use surveil_models::deepseek_v3::Logits;
-use surveil_models::kimi_vl::{
+use surveil_models::arch::deepseek_v3::Logits;
+use surveil_models::arch::kimi_vl::{
     full_tensor_layout, tensor_layout, GridHw, KimiVlConfig, KimiVlImageProcessor, KimiVlModel,
     KimiVlProjector, MoonVit,
 };
-use surveil_models::weights::{SafetensorsSource, Weights};
+use surveil_models::load::weights::{SafetensorsSource, Weights};
 
 use crate::common::{
     case_list, cases, correlation, fixture, floats, ints, load_tensors, max_abs_diff, open_rgb,
@@ -370,7 +370,7 @@ fn check_preprocess_case(dir: &Path, tower: &MoonVit, projector: &KimiVlProjecto
     let merge = usizes(&params["merge_kernel_size"]);
     struct Run {
         processor: KimiVlImageProcessor,
-        out: surveil_models::kimi_vl::ProcessedImage,
+        out: surveil_models::arch::kimi_vl::ProcessedImage,
         /// Whether our resize is bit-exact with Pillow's (else the relaxed tolerances apply).
         exact_resize: Option<bool>,
     }

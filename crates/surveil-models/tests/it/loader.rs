@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use surveil_config::{Device, Quant, WeightsSpec};
 use surveil_memory::{estimate_tensors, StorageDtype};
 use surveil_models::arch::ArchConfig;
-use surveil_models::manager::{policy_for, LoadOptions, ModelManager, ModelState};
-use surveil_models::registry;
+use surveil_models::load::manager::{policy_for, LoadOptions, ModelManager, ModelState};
+use surveil_models::load::registry;
 
 use crate::common::fixture;
 
@@ -385,7 +385,7 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     let spec = registry::find("git-base-coco").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut calls = 0;
-    let written = surveil_models::synth::write_dummy_checkpoint(
+    let written = surveil_models::load::synth::write_dummy_checkpoint(
         spec,
         dir.path(),
         candle_core::DType::BF16,

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use surveil_memory::{QuantPolicy, StorageDtype};
-use surveil_models::qwen2_vl::{
+use surveil_models::arch::qwen2_vl::{
     render_chat, tensor_layout, ChatMessage, ContentPart, GenerationParams, GridThw, Logits,
     MultimodalInput, Qwen2VlConfig, Qwen2VlImageProcessor, Qwen2VlModel, Qwen2VlTokenizer,
     StopReason,
 };
+use surveil_models::load::weights::{DummySource, SafetensorsSource, Weights};
 use surveil_models::vlm::{GenerationHooks, NoHooks, OnToken};
-use surveil_models::weights::{DummySource, SafetensorsSource, Weights};
 
 use crate::common::{
     assert_close, asset, case_list, cases, check_quantized_greedy, correlation, fixture, floats,
@@ -1069,7 +1069,7 @@ fn check_chat(tok: &Qwen2VlTokenizer, merge: usize, name: &str, case: &Value) {
     }
     // Rendering with the pads already expanded and tokenizing gives the same ids.
     let mut text = case["rendered_text"].as_str().unwrap().to_string();
-    let pad = surveil_models::qwen2_vl::IMAGE_PAD;
+    let pad = surveil_models::arch::qwen2_vl::IMAGE_PAD;
     for i in 0..grids.len() {
         text = text.replacen(pad, &format!("<|IMG{i}|>"), 1);
     }
@@ -1260,7 +1260,7 @@ fn fixture_tokenizer_json(special: &serde_json::Map<String, Value>, vocab_size: 
 /// tokenizer's stop ids.
 #[test]
 fn qwen2_vl_vlm_end_to_end_through_the_manager() {
-    use surveil_models::manager::{LoadOptions, ModelManager};
+    use surveil_models::load::manager::{LoadOptions, ModelManager};
     use surveil_models::tokenizer::TextTokenizer;
     use surveil_models::vlm::{VlmKind, VlmRequest};
     let (Some(fixture_dir), Some(processors)) = (fixture("qwen2_vl"), fixture("processors")) else {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use image::RgbImage;
 use surveil_config::ConfigLoader;
 use surveil_models::generation::{GenerationParams, GenerationStats, StopReason};
-use surveil_models::manager::LoadOptions;
+use surveil_models::load::manager::LoadOptions;
 use surveil_models::tokenizer::TextTokenizer;
 use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
 use surveil_models::{ModelError, Result as ModelResult};

@@ -1,0 +1,186 @@
+//! Activations and attention shared by the GIT vision tower and text decoder.
+//!
+//! On the CPU with contiguous f32 input, the activations run as fused kernels
+//! (one pass over memory, rows split over threads); elsewhere they fall back to candle's
+//! composite ops with the same math.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+
+use super::config::Activation;
+use crate::layers::kernels::{contiguous_f32, for_rows};
+use crate::Result;
+
+/// Apply `act` elementwise (f32).
+pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        match act {
+            Activation::Gelu => return Ok(x.apply_op1_no_bwd(&ActivationOp(act))?),
+            Activation::QuickGelu => return crate::layers::kernels::quick_gelu(x),
+            _ => {}
+        }
+    }
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluNew => x.gelu()?,
+        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+/// `e^x` for f32 by range reduction to `2^n · e^g`, |g| ≤ ln2/2, and a degree-7 Taylor
+/// polynomial: relative error ~1e-7 (f32 rounding), branch-free so loops vectorise.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two (Cody–Waite) so that `n · LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let g = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + g * (1.0
+            + g * (1.0 / 2.0
+                + g * (1.0 / 6.0
+                    + g * (1.0 / 24.0
+                        + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+#[inline(always)]
+fn erf_f32(z: f32) -> f32 {
+    let a = z.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_f32(-a * a);
+    y.copysign(z)
+}
+
+/// Fused exact-erf GELU for contiguous f32 on the CPU (quick-GELU is `crate::layers::kernels::quick_gelu`).
+struct ActivationOp(Activation);
+
+impl CustomOp1 for ActivationOp {
+    fn name(&self) -> &'static str {
+        "git-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout)?;
+        let mut dst = vec![0f32; src.len()];
+        let row = 4096.min(src.len().max(1));
+        match self.0 {
+            Activation::Gelu => for_rows(src, &mut dst, row, |s, d| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+                }
+            }),
+            other => candle_core::bail!("no fused kernel for {other:?}"),
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// Multi-head attention over `[B, heads, L, head_dim]` tensors: `softmax(q kᵀ · scale + mask) v`.
+/// `mask` is additive (`0` or `-inf`), `[Lq, Lk]`, broadcast over batch and heads.
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    Ok(probs.matmul(v)?)
+}
+
+/// A fused q/k/v projection `[B, L, 3·heads·d]` → q, k, v as `[B, heads, L, d]`, contiguous,
+/// with one copy.
+pub(crate) fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, three_hd) = qkv.dims3()?;
+    let d = three_hd / (3 * heads);
+    let all = qkv
+        .reshape((b, l, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+}
+
+/// `[B, heads, L, d]` → `[B, L, heads·d]` (contiguous).
+pub(crate) fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, l, d) = x.dims4()?;
+    Ok(x.transpose(1, 2)?.contiguous()?.reshape((b, l, h * d))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn activations_match_their_formulas() {
+        let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
+        let t = Tensor::new(&xs[..], &Device::Cpu).unwrap();
+        let get = |a| activate(&t, a).unwrap().to_vec1::<f32>().unwrap();
+        let erf_gelu = |x: f32| 0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2));
+        for (i, &x) in xs.iter().enumerate() {
+            let quick = x as f64 / (1.0 + (-1.702 * x as f64).exp());
+            assert!((get(Activation::QuickGelu)[i] as f64 - quick).abs() < 1e-6);
+            assert!((get(Activation::Gelu)[i] as f64 - erf_gelu(x)).abs() < 1e-6);
+            assert!((get(Activation::Relu)[i] - x.max(0.0)).abs() < 1e-7);
+        }
+    }
+
+    /// Reference erf in f64 (candle's port of the Boost/Cephes implementation).
+    fn erf(x: f64) -> f64 {
+        candle_core::cpu::erf::erf_f64(x)
+    }
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let (mut worst_exp, mut worst_erf) = (0f64, 0f64);
+        for i in -4000..4000 {
+            let x = i as f32 * 0.005;
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp_f32(x) as f64 - e) / e).abs());
+            worst_erf = worst_erf.max((erf_f32(x) as f64 - erf(x as f64)).abs());
+        }
+        // f32 carries ~6e-8 relative; A&S 7.1.26 is within 1.5e-7 before f32 rounding.
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+        assert!(worst_erf < 4e-7, "erf absolute error {worst_erf:e}");
+    }
+
+    #[test]
+    fn masked_keys_get_no_weight() {
+        let dev = Device::Cpu;
+        let q = Tensor::ones((1, 1, 2, 4), candle_core::DType::F32, &dev).unwrap();
+        let k = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((1, 1, 3, 4))
+            .unwrap();
+        let v = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [5.0, 5.0]], &dev)
+            .unwrap()
+            .reshape((1, 1, 3, 2))
+            .unwrap();
+        let ninf = f32::NEG_INFINITY;
+        let mask = Tensor::new(&[[0f32, ninf, ninf], [0.0, 0.0, ninf]], &dev).unwrap();
+        let out = attention(&q, &k, &v, Some(&mask), 0.5).unwrap();
+        let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(&out[0..2], &[1.0, 0.0]);
+        assert!(out[2] < 0.01 && out[3] > 0.99, "{out:?}");
+    }
+}

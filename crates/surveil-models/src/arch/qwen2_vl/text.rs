@@ -1,0 +1,504 @@
+//! The Qwen2 text decoder of Qwen2-VL: GQA attention with q/k/v biases, multimodal RoPE,
+//! RMSNorm, SwiGLU MLP, tied or untied output head, and a growable KV cache.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use super::config::TextConfig;
+use crate::layers::kernels::scaled_softmax;
+use surveil_memory::{QuantPolicy, StorageDtype};
+
+use crate::layers::RmsNorm;
+use crate::load::weights::Weights;
+use crate::{ModelError, Result};
+
+/// Rows by which the KV cache grows when it is full.
+const KV_GROW: usize = 512;
+
+/// Key/value cache of one decoder layer: `(1, kv_heads, capacity, head_dim)` buffers filled
+/// from the front; grows in steps of [`KV_GROW`] positions.
+#[derive(Debug, Clone)]
+struct LayerCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl LayerCache {
+    fn new() -> Self {
+        Self {
+            k: None,
+            v: None,
+            len: 0,
+        }
+    }
+
+    fn grow(buf: &Tensor, extra: usize) -> Result<Tensor> {
+        let (b, h, _, d) = buf.dims4()?;
+        let pad = Tensor::zeros((b, h, extra, d), buf.dtype(), buf.device())?;
+        Ok(Tensor::cat(&[buf, &pad], 2)?)
+    }
+
+    /// Append `k`, `v` `(1, kv_heads, s, head_dim)`; return views of everything cached so far.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let s = k.dim(2)?;
+        let need = self.len + s;
+        let cap = self.k.as_ref().map(|t| t.dim(2)).transpose()?.unwrap_or(0);
+        if need > cap {
+            let extra = (need - cap).div_ceil(KV_GROW) * KV_GROW;
+            match (&self.k, &self.v) {
+                (Some(kb), Some(vb)) => {
+                    self.k = Some(Self::grow(kb, extra)?);
+                    self.v = Some(Self::grow(vb, extra)?);
+                }
+                _ => {
+                    let (b, h, _, d) = k.dims4()?;
+                    self.k = Some(Tensor::zeros((b, h, extra, d), k.dtype(), k.device())?);
+                    self.v = Some(Tensor::zeros((b, h, extra, d), v.dtype(), v.device())?);
+                }
+            }
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => return Err(ModelError::InvalidInput("kv cache not allocated".into())),
+        };
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
+}
+
+/// The KV cache of the whole decoder for one sequence.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| LayerCache::new()).collect(),
+        }
+    }
+
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().map(|l| l.len).unwrap_or(0)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the cache buffers (capacity, not just the filled part).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v])
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// Multimodal rotary tables for a run of tokens.
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// A linear layer `y = x Wᵀ + b` over a possibly quantized weight, like [`crate::layers::Linear`],
+/// keeping access to the quantized tensor so that projections sharing an input can run as one
+/// fused call in decode.
+struct QLinear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl QLinear {
+    fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool, name: &str) -> Result<Self> {
+        let w = w.pp(name);
+        Ok(Self {
+            weight: w.matmul_weight(&[out_dim, in_dim], "weight")?,
+            bias: if bias {
+                Some(w.get(&[out_dim], "bias")?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if x.is_contiguous() {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
+        self.add_bias(self.weight.forward(&x)?)
+    }
+
+    fn qtensor(&self) -> Option<&QTensor> {
+        match &self.weight {
+            QMatMul::QTensor(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Apply linears that share the input `x`. For a single row (decode) with quantized weights,
+/// candle can run them as one call (one input quantization, one parallel region); otherwise
+/// they run one by one.
+fn forward_shared(linears: &[&QLinear], x: &Tensor) -> Result<Vec<Tensor>> {
+    let row = x.dim(D::Minus1)?;
+    if x.elem_count() == row {
+        if let Some(qs) = linears
+            .iter()
+            .map(|l| l.qtensor())
+            .collect::<Option<Vec<_>>>()
+        {
+            let x = x.contiguous()?;
+            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x)? {
+                return outs
+                    .into_iter()
+                    .zip(linears)
+                    .map(|(y, l)| l.add_bias(y))
+                    .collect();
+            }
+        }
+    }
+    linears.iter().map(|l| l.forward(x)).collect()
+}
+
+struct Attention {
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    o: QLinear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(cfg: &TextConfig, w: &Weights) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let d = cfg.head_dim();
+        let kv = cfg.num_key_value_heads * d;
+        Ok(Self {
+            q: QLinear::load(w, h, h, true, "q_proj")?,
+            k: QLinear::load(w, h, kv, true, "k_proj")?,
+            v: QLinear::load(w, h, kv, true, "v_proj")?,
+            o: QLinear::load(w, h, h, false, "o_proj")?,
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: d,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rot: &Rotary,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let d = self.head_dim;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let mut qkv = forward_shared(&[&self.q, &self.k, &self.v], x)?.into_iter();
+        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            return Err(ModelError::InvalidInput("q/k/v projection failed".into()));
+        };
+        let q = heads(q, self.heads)?;
+        let k = heads(k, self.kv_heads)?;
+        let v = heads(v, self.kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, &rot.cos, &rot.sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &rot.cos, &rot.sin)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let total = k.dim(2)?;
+        // Grouped-query attention without repeating K/V: query head h uses KV head h / rep, so
+        // (heads, s) regroups as (kv_heads, rep * s).
+        let rep = self.heads / self.kv_heads;
+        let q = q.reshape((b, self.kv_heads, rep * s, d))?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((b, self.kv_heads, rep, s, total))?
+                .broadcast_add(mask)?
+                .reshape((b, self.kv_heads, rep * s, total))?,
+            None => scores,
+        };
+        let probs = scaled_softmax(&scores, scale)?;
+        let out = probs.matmul(&v)?; // (b, kv_heads, rep*s, d)
+        let out = out
+            .reshape((b, self.heads, s, d))?
+            .transpose(1, 2)?
+            .reshape((b, s, self.heads * d))?;
+        self.o.forward(&out)
+    }
+}
+
+struct Mlp {
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
+}
+
+impl Mlp {
+    fn load(cfg: &TextConfig, w: &Weights) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: QLinear::load(w, h, i, false, "gate_proj")?,
+            up: QLinear::load(w, h, i, false, "up_proj")?,
+            down: QLinear::load(w, i, h, false, "down_proj")?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut gu = forward_shared(&[&self.gate, &self.up], x)?.into_iter();
+        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+            return Err(ModelError::InvalidInput("gate/up projection failed".into()));
+        };
+        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
+    }
+}
+
+struct DecoderLayer {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn load(cfg: &TextConfig, w: &Weights) -> Result<Self> {
+        Ok(Self {
+            attn: Attention::load(cfg, &w.pp("self_attn"))?,
+            mlp: Mlp::load(cfg, &w.pp("mlp"))?,
+            input_norm: RmsNorm::load(&w.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            post_norm: RmsNorm::load(
+                &w.pp("post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rot: &Rotary,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let h = (x + self
+            .attn
+            .forward(&self.input_norm.forward(x)?, rot, mask, cache)?)?;
+        Ok((&h + self.mlp.forward(&self.post_norm.forward(&h)?)?)?)
+    }
+}
+
+/// Whether a tied token table is kept once, as the quantized output matrix, with input rows
+/// dequantized on lookup (as llama.cpp does). True at 4 bits, where a float table would cost
+/// more memory than all decoder layers of a 2B model together; at 8 bits and in float the table
+/// stays a float table beside the output head, because its rows feed every layer and 8-bit rows
+/// measurably move the logits (they flip greedy tokens on the parity fixture).
+pub fn shares_tied_embedding(policy: &QuantPolicy) -> bool {
+    matches!(policy.linear, StorageDtype::Q4K | StorageDtype::Q4_0)
+}
+
+/// Token embedding table: a float table, or — for tied checkpoints loaded with a quantized
+/// policy — the quantized output-head matrix itself (rows are dequantized on lookup, so the
+/// vocabulary is resident once, not twice).
+enum TokenEmbedding {
+    Table(crate::layers::Embedding),
+    SharedWithHead,
+}
+
+/// Which logits [`TextModel::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Logits for every input position: `(1, s, vocab)`.
+    All,
+    /// Only for the last input position: `(1, 1, vocab)` (generation).
+    Last,
+}
+
+/// The Qwen2 decoder with M-RoPE.
+pub struct TextModel {
+    cfg: TextConfig,
+    embed: TokenEmbedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: QMatMul,
+    inv_freq: Vec<f32>,
+    device: Device,
+}
+
+impl TextModel {
+    /// Load from `w` scoped at the checkpoint root (names `model.*`, `lm_head.weight`).
+    pub fn load(cfg: &TextConfig, tie_word_embeddings: bool, w: &Weights) -> Result<Self> {
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+        let m = w.pp("model");
+        let share = tie_word_embeddings && shares_tied_embedding(&w.policy());
+        let (embed, lm_head) = if share {
+            let head = m.matmul_weight(&[vocab, hidden], "embed_tokens.weight")?;
+            (TokenEmbedding::SharedWithHead, head)
+        } else {
+            let table = crate::layers::Embedding::load(&m.pp("embed_tokens"), vocab, hidden)?;
+            let head = if tie_word_embeddings {
+                m.matmul_weight(&[vocab, hidden], "embed_tokens.weight")?
+            } else {
+                w.matmul_weight(&[vocab, hidden], "lm_head.weight")?
+            };
+            (TokenEmbedding::Table(table), head)
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(cfg, &m.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&m.pp("norm"), hidden, cfg.rms_norm_eps)?;
+        let d = cfg.head_dim();
+        let inv_freq = (0..d / 2)
+            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
+            .collect();
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            device: w.device().clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// A fresh KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Embeddings `(1, n, hidden)` of token ids.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let vocab = self.cfg.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let t = Tensor::new(ids, &self.device)?;
+        let e = match &self.embed {
+            TokenEmbedding::Table(e) => e.forward(&t)?,
+            TokenEmbedding::SharedWithHead => self.lm_head.embedding(&t)?.to_dtype(DType::F32)?,
+        };
+        Ok(e.reshape((1, ids.len(), self.cfg.hidden_size))?)
+    }
+
+    /// cos/sin `(s, head_dim/2)`: frequency j takes its angle from axis 0 (temporal) for the
+    /// first `mrope_section[0]` frequencies, axis 1 (height) for the next, axis 2 (width) last.
+    fn rotary(&self, positions: [&[i64]; 3]) -> Result<Rotary> {
+        let s = positions[0].len();
+        let half = self.inv_freq.len();
+        let [s0, s1, _] = self.cfg.mrope_section;
+        let mut cos = Vec::with_capacity(s * half);
+        let mut sin = Vec::with_capacity(s * half);
+        let [pt, ph, pw] = positions;
+        for ((&t, &h), &w) in pt.iter().zip(ph).zip(pw) {
+            for (j, &f) in self.inv_freq.iter().enumerate() {
+                let pos = if j < s0 {
+                    t
+                } else if j < s0 + s1 {
+                    h
+                } else {
+                    w
+                };
+                let a = (pos as f32 * f) as f64;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Rotary {
+            cos: Tensor::from_vec(cos, (s, half), &self.device)?,
+            sin: Tensor::from_vec(sin, (s, half), &self.device)?,
+        })
+    }
+
+    /// Run the decoder on input embeddings `(1, s, hidden)` at M-RoPE `positions` (three
+    /// slices of length `s`), appending to `cache`. Returns logits as asked.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: [&[i64]; 3],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let (b, s, hidden) = embeds.dims3()?;
+        if b != 1 || hidden != self.cfg.hidden_size {
+            return Err(ModelError::InvalidInput(format!(
+                "embeddings must be (1, s, {}), got {:?}",
+                self.cfg.hidden_size,
+                embeds.dims()
+            )));
+        }
+        if positions.iter().any(|p| p.len() != s) || s == 0 {
+            return Err(ModelError::InvalidInput(format!(
+                "need {s} > 0 positions on each of the 3 axes"
+            )));
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput(
+                "KV cache belongs to another model".into(),
+            ));
+        }
+        let past = cache.len();
+        let rot = self.rotary(positions)?;
+        let mask = if s > 1 {
+            let total = past + s;
+            let data: Vec<f32> = (0..s)
+                .flat_map(|i| {
+                    (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            Some(Tensor::from_vec(data, (s, total), &self.device)?)
+        } else {
+            None
+        };
+        let mut x = embeds.clone();
+        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = layer.forward(&x, &rot, mask.as_ref(), lc)?;
+        }
+        let x = match logits {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, s - 1, 1)?,
+        };
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x.contiguous()?)?)
+    }
+
+    /// Convenience: logits of the last position as a vector.
+    pub fn last_logits_vec(logits: &Tensor) -> Result<Vec<f32>> {
+        let v = logits.dim(D::Minus1)?;
+        Ok(logits
+            .reshape(((), v))?
+            .narrow(0, logits.elem_count() / v - 1, 1)?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+}
