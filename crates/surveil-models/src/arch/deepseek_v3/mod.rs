@@ -16,10 +16,14 @@
 //! batches of several sequences.
 
 mod config;
+mod mla;
 mod model;
+mod moe;
 
 pub use config::{
     kimi_vl_a3b_text_config, tensor_layout, tensor_layout_with_prefix, DeepseekV3Config,
     KV_A_LAYERNORM_EPS,
 };
-pub use model::{DeepseekV3Cache, DeepseekV3Model, Logits, RouterChoice};
+pub use mla::DeepseekV3Cache;
+pub use model::{DeepseekV3Model, Logits};
+pub use moe::RouterChoice;

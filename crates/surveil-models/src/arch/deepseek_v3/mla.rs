@@ -1,0 +1,261 @@
+//! Multi-head latent attention (MLA, `q_lora_rank = null`) and its cache of the compressed
+//! key/value latent.
+
+use candle_core::{Tensor, D};
+
+use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
+use crate::layers::{Linear, RmsNorm};
+use crate::load::weights::Weights;
+use crate::{ModelError, Result};
+
+/// Positions by which a layer's KV cache grows when it is full.
+const KV_GROW: usize = 256;
+
+/// The compressed attention state of one layer: the normalised key/value latent
+/// `(1, capacity, kv_lora_rank)` and the rotated shared key part `(1, capacity,
+/// qk_rope_head_dim)`, filled from the front. Per token this is `kv_lora_rank +
+/// qk_rope_head_dim` values instead of `heads * (qk_head_dim + v_head_dim)` (576 vs 5120 for
+/// Kimi-VL-A3B).
+#[derive(Debug, Default)]
+pub(super) struct LayerCache {
+    latent: Option<Tensor>,
+    k_rot: Option<Tensor>,
+    len: usize,
+}
+
+fn grow(buf: Option<&Tensor>, like: &Tensor, extra: usize) -> Result<Tensor> {
+    let (b, _, d) = like.dims3()?;
+    let pad = Tensor::zeros((b, extra, d), like.dtype(), like.device())?;
+    Ok(match buf {
+        Some(buf) => Tensor::cat(&[buf, &pad], 1)?,
+        None => pad,
+    })
+}
+
+impl LayerCache {
+    /// Append `latent` `(1, s, kv_lora_rank)` and `k_rot` `(1, s, rope)`; return views of
+    /// everything cached so far.
+    fn append(&mut self, latent: &Tensor, k_rot: &Tensor) -> Result<(Tensor, Tensor)> {
+        let need = self.len + latent.dim(1)?;
+        let cap = self
+            .latent
+            .as_ref()
+            .map(|t| t.dim(1))
+            .transpose()?
+            .unwrap_or(0);
+        if need > cap {
+            let extra = (need - cap).div_ceil(KV_GROW) * KV_GROW;
+            self.latent = Some(grow(self.latent.as_ref(), latent, extra)?);
+            self.k_rot = Some(grow(self.k_rot.as_ref(), k_rot, extra)?);
+        }
+        let (Some(lb), Some(rb)) = (&self.latent, &self.k_rot) else {
+            return Err(ModelError::InvalidInput("kv cache not allocated".into()));
+        };
+        lb.slice_set(&latent.contiguous()?, 1, self.len)?;
+        rb.slice_set(&k_rot.contiguous()?, 1, self.len)?;
+        self.len = need;
+        Ok((lb.narrow(1, 0, need)?, rb.narrow(1, 0, need)?))
+    }
+}
+
+/// The KV cache of the whole decoder for one sequence. Not `Clone`: appending writes into
+/// the buffers in place, so a shallow copy would see the other's tokens; use
+/// [`DeepseekV3Cache::try_clone`] to fork a sequence (e.g. after a shared prompt).
+#[derive(Debug)]
+pub struct DeepseekV3Cache {
+    pub(super) layers: Vec<LayerCache>,
+}
+
+impl DeepseekV3Cache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| LayerCache::default()).collect(),
+        }
+    }
+
+    /// A deep copy that grows independently of `self`.
+    pub fn try_clone(&self) -> Result<Self> {
+        let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy()).transpose();
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerCache {
+                    latent: copy(&l.latent)?,
+                    k_rot: copy(&l.k_rot)?,
+                    len: l.len,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Positions cached so far (= the position of the next token).
+    pub fn len(&self) -> usize {
+        self.layers.first().map(|l| l.len).unwrap_or(0)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the cache buffers (capacity, not just the filled part).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.latent, &l.k_rot])
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
+
+/// cos/sin tables `(s, qk_rope_head_dim / 2)` for a run of positions.
+pub(super) struct Rotary {
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
+}
+
+/// Multi-head latent attention with `q_lora_rank = null`.
+///
+/// Only the latent and the rotated key part are cached. Runs of several tokens (prefill)
+/// expand the cached latent into per-head keys and values with `kv_b_proj`; a single token
+/// (decode) absorbs `kv_b_proj` into the query and the output instead, attending over the
+/// latent directly, so decode reads the small cache only.
+pub(super) struct Attention {
+    q_proj: Linear,
+    kv_a_proj: Linear,
+    kv_a_norm: RmsNorm,
+    /// Key half of `kv_b_proj`: `(heads * qk_nope_head_dim, kv_lora_rank)`, f32 (absorption
+    /// multiplies by it from both sides, which a quantized matmul cannot).
+    w_uk: Tensor,
+    /// Value half of `kv_b_proj`: `(heads * v_head_dim, kv_lora_rank)`, f32.
+    w_uv: Tensor,
+    o_proj: Linear,
+    heads: usize,
+    kv_lora_rank: usize,
+    nope: usize,
+    rope: usize,
+    v_dim: usize,
+}
+
+impl Attention {
+    pub(super) fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {
+        let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
+        let (nope, v_dim, rank) = (cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank);
+        let kv_b = w
+            .get(&[heads * (nope + v_dim), rank], "kv_b_proj.weight")?
+            .reshape((heads, nope + v_dim, rank))?;
+        let w_uk = kv_b
+            .narrow(1, 0, nope)?
+            .contiguous()?
+            .reshape((heads * nope, rank))?;
+        let w_uv = kv_b
+            .narrow(1, nope, v_dim)?
+            .contiguous()?
+            .reshape((heads * v_dim, rank))?;
+        Ok(Self {
+            q_proj: w.linear(h, heads * cfg.qk_head_dim(), false, "q_proj")?,
+            kv_a_proj: w.linear(h, rank + cfg.qk_rope_head_dim, false, "kv_a_proj_with_mqa")?,
+            kv_a_norm: RmsNorm::load(&w.pp("kv_a_layernorm"), rank, KV_A_LAYERNORM_EPS)?,
+            w_uk,
+            w_uv,
+            o_proj: w.linear(heads * v_dim, h, false, "o_proj")?,
+            heads,
+            kv_lora_rank: rank,
+            nope,
+            rope: cfg.qk_rope_head_dim,
+            v_dim,
+        })
+    }
+
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        rot: &Rotary,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        if b != 1 {
+            return Err(ModelError::InvalidInput(format!(
+                "batch must be 1, got {b}"
+            )));
+        }
+        let (heads, nope, rope) = (self.heads, self.nope, self.rope);
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, s, heads, nope + rope))?
+            .transpose(1, 2)?;
+        let q_nope = q.narrow(D::Minus1, 0, nope)?;
+        let q_rot = q.narrow(D::Minus1, nope, rope)?.contiguous()?;
+        let ckv = self.kv_a_proj.forward(x)?;
+        let latent = self
+            .kv_a_norm
+            .forward(&ckv.narrow(D::Minus1, 0, self.kv_lora_rank)?)?;
+        let k_rot = ckv
+            .narrow(D::Minus1, self.kv_lora_rank, rope)?
+            .reshape((b, s, 1, rope))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        // The rope slices hold interleaved pairs. `rope_i` writes the rotated pairs back in
+        // place while the reference writes them de-interleaved; both q and k get the same
+        // order, so their dot products (all attention uses) are identical.
+        let q_rot = candle_nn::rotary_emb::rope_i(&q_rot, &rot.cos, &rot.sin)?;
+        let k_rot = candle_nn::rotary_emb::rope_i(&k_rot, &rot.cos, &rot.sin)?;
+        let (latent, k_rot) = cache.append(&latent, &k_rot.reshape((b, s, rope))?)?;
+        let total = latent.dim(1)?;
+        let scale = 1.0 / ((nope + rope) as f64).sqrt();
+        let out = if s == 1 {
+            // Absorbed: score = (q_nope W_uk) · latent + q_rot · k_rot; out = (p latent) W_uv.
+            let latent = latent.squeeze(0)?; // (total, rank)
+            let q_lat = q_nope
+                .reshape((heads, 1, nope))?
+                .matmul(&self.w_uk.reshape((heads, nope, self.kv_lora_rank))?)?
+                .reshape((heads, self.kv_lora_rank))?;
+            let scores = (q_lat.matmul(&latent.t()?)?
+                + q_rot
+                    .reshape((heads, rope))?
+                    .matmul(&k_rot.squeeze(0)?.t()?)?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
+            let ctx = probs
+                .matmul(&latent)?
+                .reshape((heads, 1, self.kv_lora_rank))?;
+            ctx.matmul(
+                &self
+                    .w_uv
+                    .reshape((heads, self.v_dim, self.kv_lora_rank))?
+                    .transpose(1, 2)?,
+            )?
+            .reshape((b, s, heads * self.v_dim))?
+        } else {
+            // Expanded: per-head keys and values of every cached position.
+            let latent = latent.squeeze(0)?; // (total, rank)
+            let k_nope = latent
+                .matmul(&self.w_uk.t()?)?
+                .reshape((b, total, heads, nope))?
+                .transpose(1, 2)?;
+            let v = latent
+                .matmul(&self.w_uv.t()?)?
+                .reshape((b, total, heads, self.v_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k_rot = k_rot.unsqueeze(1)?.broadcast_as((b, heads, total, rope))?;
+            let q = Tensor::cat(&[&q_nope, &q_rot], D::Minus1)?;
+            let k = Tensor::cat(&[&k_nope, &k_rot], D::Minus1)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let scores = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            candle_nn::ops::softmax_last_dim(&scores)?
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, s, heads * self.v_dim))?
+        };
+        self.o_proj.forward(&out)
+    }
+}

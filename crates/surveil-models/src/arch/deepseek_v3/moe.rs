@@ -1,0 +1,259 @@
+//! The feed-forward side of the DeepSeek-V3 decoder: the SwiGLU MLP (dense layers, routed and
+//! shared experts) and the sigmoid-routed mixture of experts.
+
+use candle_core::{Device, Tensor};
+
+use super::config::DeepseekV3Config;
+use crate::layers::Linear;
+use crate::load::weights::Weights;
+use crate::Result;
+
+/// The routing of one MoE layer for the tokens of one forward call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterChoice {
+    /// Decoder layer index.
+    pub layer: usize,
+    /// Per token: chosen routed experts, ascending id.
+    pub experts: Vec<Vec<u32>>,
+    /// Per token: the matching weights (after normalisation and `routed_scaling_factor`).
+    pub weights: Vec<Vec<f32>>,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+pub(super) struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    pub(super) fn load(w: &Weights, hidden: usize, inner: usize) -> Result<Self> {
+        Ok(Self {
+            gate: w.linear(hidden, inner, false, "gate_proj")?,
+            up: w.linear(hidden, inner, false, "up_proj")?,
+            down: w.linear(inner, hidden, false, "down_proj")?,
+        })
+    }
+
+    /// Bytes of the three projection weights.
+    fn weight_bytes(&self) -> u64 {
+        (self.gate.weight_bytes() + self.up.weight_bytes() + self.down.weight_bytes()) as u64
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+/// Routing of a run of tokens: per token, the chosen experts (ascending) and their weights.
+struct Routing {
+    experts: Vec<Vec<u32>>,
+    weights: Vec<Vec<f32>>,
+}
+
+/// Sigmoid router with a correction bias that only affects the choice (`noaux_tc`).
+struct Router {
+    /// `(n_routed_experts, hidden)`, always f32: the choice is sensitive to rounding.
+    weight: Tensor,
+    bias: Vec<f32>,
+    top_k: usize,
+    n_group: usize,
+    topk_group: usize,
+    norm_topk_prob: bool,
+    scaling: f32,
+}
+
+impl Router {
+    fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {
+        let e = cfg.n_routed_experts;
+        Ok(Self {
+            weight: w.get(&[e, cfg.hidden_size], "weight")?,
+            bias: w
+                .get(&[e], "e_score_correction_bias")?
+                .to_device(&Device::Cpu)?
+                .to_vec1()?,
+            top_k: cfg.num_experts_per_tok,
+            n_group: cfg.n_group,
+            topk_group: cfg.topk_group,
+            norm_topk_prob: cfg.norm_topk_prob,
+            scaling: cfg.routed_scaling_factor as f32,
+        })
+    }
+
+    /// Route `x` (`(n, hidden)`, f32).
+    fn route(&self, x: &Tensor) -> Result<Routing> {
+        let scores = candle_nn::ops::sigmoid(&x.matmul(&self.weight.t()?)?)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?;
+        let e = self.bias.len();
+        let per_group = e / self.n_group;
+        let mut experts = Vec::with_capacity(scores.len());
+        let mut weights = Vec::with_capacity(scores.len());
+        for row in &scores {
+            let biased: Vec<f32> = row.iter().zip(&self.bias).map(|(s, b)| s + b).collect();
+            // Group-limited routing: keep the `topk_group` groups whose two best biased scores
+            // sum highest (a no-op when n_group = 1). As in transformers, experts of dropped
+            // groups compete with a score of 0.
+            let mut candidate = biased.clone();
+            if self.n_group > 1 {
+                let mut groups: Vec<(usize, f32)> = biased
+                    .chunks(per_group)
+                    .enumerate()
+                    .map(|(g, c)| {
+                        let mut c = c.to_vec();
+                        c.sort_by(|a, b| b.total_cmp(a));
+                        (g, c.iter().take(2).sum())
+                    })
+                    .collect();
+                groups.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                for (g, _) in groups.iter().skip(self.topk_group) {
+                    candidate[g * per_group..(g + 1) * per_group].fill(0.0);
+                }
+            }
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&a, &b| candidate[b].total_cmp(&candidate[a]).then(a.cmp(&b)));
+            let mut chosen: Vec<usize> = order.into_iter().take(self.top_k).collect();
+            chosen.sort_unstable();
+            let raw: Vec<f32> = chosen.iter().map(|&i| row[i]).collect();
+            let denom = if self.norm_topk_prob {
+                raw.iter().sum::<f32>() + 1e-20
+            } else {
+                1.0
+            };
+            weights.push(raw.iter().map(|w| w / denom * self.scaling).collect());
+            experts.push(chosen.into_iter().map(|i| i as u32).collect());
+        }
+        Ok(Routing { experts, weights })
+    }
+}
+
+/// Routed experts plus shared experts.
+pub(super) struct Moe {
+    /// Bytes of routed-expert weights read by forward passes so far (each chosen expert's
+    /// three projections, once per pass): the traffic that top-k routing saves.
+    routed_bytes_read: std::sync::atomic::AtomicU64,
+    router: Router,
+    experts: Vec<Mlp>,
+    shared: Option<Mlp>,
+}
+
+impl Moe {
+    pub(super) fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            routed_bytes_read: std::sync::atomic::AtomicU64::new(0),
+            router: Router::load(cfg, &w.pp("gate"))?,
+            experts: (0..cfg.n_routed_experts)
+                .map(|e| Mlp::load(&w.pp(format!("experts.{e}")), h, cfg.moe_intermediate_size))
+                .collect::<Result<_>>()?,
+            shared: if cfg.n_shared_experts > 0 {
+                Some(Mlp::load(
+                    &w.pp("shared_experts"),
+                    h,
+                    cfg.shared_intermediate_size(),
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Bytes of routed-expert weights read by forward passes so far.
+    pub(super) fn routed_bytes_read(&self) -> u64 {
+        self.routed_bytes_read
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of all routed-expert weights of this layer.
+    pub(super) fn routed_expert_bytes(&self) -> u64 {
+        self.experts.iter().map(Mlp::weight_bytes).sum()
+    }
+
+    /// `x` is `(1, s, hidden)`. Tokens are grouped per expert: each chosen expert runs once
+    /// over the rows routed to it, and its weighted output is scattered back with `index_add`.
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        trace: Option<(usize, &mut Vec<RouterChoice>)>,
+    ) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let flat = x.reshape((b * s, h))?;
+        let routing = self.router.route(&flat)?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
+        let mut row_weights: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
+        for (t, (ex, ws)) in routing.experts.iter().zip(&routing.weights).enumerate() {
+            for (&e, &w) in ex.iter().zip(ws) {
+                rows[e as usize].push(t as u32);
+                row_weights[e as usize].push(w);
+            }
+        }
+        let device = x.device();
+        let mut out = match &self.shared {
+            Some(shared) => shared.forward(&flat)?,
+            None => flat.zeros_like()?,
+        };
+        for ((expert, idx), ws) in self.experts.iter().zip(&rows).zip(&row_weights) {
+            if idx.is_empty() {
+                continue;
+            }
+            self.routed_bytes_read
+                .fetch_add(expert.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
+            let n = idx.len();
+            let idx = Tensor::from_slice(idx, n, device)?;
+            let ws = Tensor::from_slice(ws, (n, 1), device)?;
+            let y = expert
+                .forward(&flat.index_select(&idx, 0)?)?
+                .broadcast_mul(&ws)?;
+            out = out.index_add(&idx, &y, 0)?;
+        }
+        if let Some((layer, trace)) = trace {
+            trace.push(RouterChoice {
+                layer,
+                experts: routing.experts,
+                weights: routing.weights,
+            });
+        }
+        Ok(out.reshape((b, s, h))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(n_group: usize, topk_group: usize, bias: Vec<f32>) -> Router {
+        let eye: Vec<f32> = (0..16)
+            .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        Router {
+            weight: Tensor::from_vec(eye, (4, 4), &Device::Cpu).unwrap(),
+            bias,
+            top_k: 2,
+            n_group,
+            topk_group,
+            norm_topk_prob: true,
+            scaling: 2.0,
+        }
+    }
+
+    #[test]
+    fn routing_keeps_best_groups_and_weighs_raw_scores() {
+        // Router logits = x: sigmoid scores 0.95, 0.05, 0.88, 0.88.
+        let x = Tensor::new(&[[3f32, -3.0, 2.0, 2.0]], &Device::Cpu).unwrap();
+        let r = router(1, 1, vec![0.0; 4]).route(&x).unwrap();
+        assert_eq!(r.experts, vec![vec![0, 2]]);
+        // Two groups {0,1}, {2,3}: the second has the larger sum of its two best scores, so
+        // expert 0 (best alone) is dropped.
+        let r = router(2, 1, vec![0.0; 4]).route(&x).unwrap();
+        assert_eq!(r.experts, vec![vec![2, 3]]);
+        assert!((r.weights[0][0] - 1.0).abs() < 1e-6 && (r.weights[0][1] - 1.0).abs() < 1e-6);
+        // The correction bias changes the choice, not the weights.
+        let r = router(1, 1, vec![0.0, 1.0, 0.0, -1.0]).route(&x).unwrap();
+        assert_eq!(r.experts, vec![vec![0, 1]]);
+        let s = |v: f32| 1.0 / (1.0 + (-v).exp());
+        let (a, b) = (s(3.0), s(-3.0));
+        assert!((r.weights[0][0] - 2.0 * a / (a + b)).abs() < 1e-5);
+        assert!((r.weights[0][1] - 2.0 * b / (a + b)).abs() < 1e-5);
+    }
+}
