@@ -1,4 +1,13 @@
-//! [`FusedLinear`]: checkpoint linears loaded through [`Weights`] and joined into one matmul.
+//! [`Linear`]: `y = x Wᵀ + b` over a weight stored as the load policy says (f32, f16, bf16 or
+//! quantized blocks), read through [`Weights`].
+//!
+//! One type for every linear layer of the architectures:
+//! - one checkpoint linear: [`Linear::load`];
+//! - several checkpoint linears over the same input joined into one matmul:
+//!   [`Linear::load_fused`];
+//! - linears over the same input run as one quantized call in decode:
+//!   [`Linear::forward_shared`] (the reason the weight stays a [`QMatMul`] whose quantized
+//!   tensor is reachable).
 //!
 //! Two CPU speed-ups that do not change the math: q/k/v projections share one matmul (one
 //! pass over the input, one activation quantization instead of three), and quantized weights
@@ -17,22 +26,60 @@ use crate::Result;
 /// Row multiple candle's x86 tiled quantized kernels need.
 const TILE_ROWS: usize = 16;
 
-/// One matmul over the concatenation of several `[out_i, in]` linears (+ biases).
+/// A linear layer `y = x Wᵀ + b` whose weight `[rows, in]` may be quantized; possibly several
+/// checkpoint linears `[out_i, in]` stacked into one weight, with zero rows appended.
 #[derive(Debug, Clone)]
-pub(crate) struct FusedLinear {
+pub struct Linear {
     weight: QMatMul,
+    /// `[Σ out_i]`, f32.
     bias: Option<Tensor>,
-    /// Output width of each part, in order.
+    /// Output width of each part, in order (one part for a single linear).
     splits: Vec<usize>,
     /// Rows of `weight`: the parts' outputs plus zero padding.
     rows: usize,
 }
 
-impl FusedLinear {
+impl Linear {
+    /// From a (possibly quantized) weight `[out, in]` and an optional f32 bias `[out]`.
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
+        let rows = match &weight {
+            QMatMul::QTensor(q) => q.shape().dims().first().copied(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().first().copied(),
+        }
+        .unwrap_or(0);
+        Self {
+            weight,
+            bias,
+            splits: vec![rows],
+            rows,
+        }
+    }
+
+    /// The linear `name` under `w`: weight `[out_dim, in_dim]` stored as the policy says
+    /// ([`Weights::matmul_weight`]), plus bias `[out_dim]` in f32 when `bias`.
+    ///
+    /// Errors: the tensor is missing, has another shape or a non-float dtype.
+    pub fn load(
+        w: &Weights,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        name: &str,
+    ) -> Result<Self> {
+        let w = w.pp(name);
+        let weight = w.matmul_weight(&[out_dim, in_dim], "weight")?;
+        let bias = if bias {
+            Some(w.get(&[out_dim], "bias")?)
+        } else {
+            None
+        };
+        Ok(Self::new(weight, bias))
+    }
+
     /// Load the linears `parts` (name under `w`, output width), all with input width `in_dim`,
-    /// as one matmul. Each is read and stored exactly as [`Weights::linear`] would (same
-    /// quantization, same load report).
-    pub(crate) fn load(
+    /// as one matmul. Each is read and stored exactly as [`Linear::load`] would (same
+    /// quantization, same load report). A single part is padded only.
+    pub fn load_fused(
         w: &Weights,
         in_dim: usize,
         parts: &[(&str, usize)],
@@ -63,22 +110,50 @@ impl FusedLinear {
         })
     }
 
-    /// `x` `[..., in]` → `[..., Σ out_i]`.
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Bytes the weight occupies (quantized blocks, or the float tensor), bias excluded: what
+    /// one forward pass reads of it.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        }
+    }
+
+    /// `x` `[..., in]` (f32) → `[..., Σ out_i]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Quantized matmul kernels need a contiguous input.
         let x = if x.is_contiguous() {
             x.clone()
         } else {
             x.contiguous()?
         };
-        let mut y = self.weight.forward(&x)?;
-        let out: usize = self.splits.iter().sum();
-        if self.rows != out {
-            y = y.narrow(D::Minus1, 0, out)?;
+        self.finish(self.weight.forward(&x)?)
+    }
+
+    /// Apply linears that share the input `x` `[..., in]`. For a single row (decode) with
+    /// quantized weights, candle can run them as one call (one input quantization, one
+    /// parallel region); otherwise they run one by one. One output per linear.
+    pub fn forward_shared(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let row = x.dim(D::Minus1)?;
+        if x.elem_count() == row {
+            if let Some(qs) = linears
+                .iter()
+                .map(|l| l.qtensor())
+                .collect::<Option<Vec<_>>>()
+            {
+                let x = x.contiguous()?;
+                if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x)? {
+                    return outs
+                        .into_iter()
+                        .zip(linears)
+                        .map(|(y, l)| l.finish(y))
+                        .collect();
+                }
+            }
         }
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        linears.iter().map(|l| l.forward(x)).collect()
     }
 
     /// `x` `[..., in]` → one `[..., out_i]` per part (views into one result).
@@ -92,6 +167,28 @@ impl FusedLinear {
             start += n;
         }
         Ok(out)
+    }
+
+    /// The matmul result `[..., rows]` → `[..., Σ out_i]` (padding rows cut off) plus bias.
+    fn finish(&self, y: Tensor) -> Result<Tensor> {
+        let out: usize = self.splits.iter().sum();
+        let y = if self.rows != out {
+            y.narrow(D::Minus1, 0, out)?
+        } else {
+            y
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The quantized weight, when it is one.
+    fn qtensor(&self) -> Option<&QTensor> {
+        match &self.weight {
+            QMatMul::QTensor(t) => Some(t),
+            _ => None,
+        }
     }
 }
 
@@ -197,11 +294,14 @@ mod tests {
             QuantPolicy::four_bit(StorageDtype::F16),
         ] {
             let w = weights(policy, layout.clone());
-            let fused = FusedLinear::load(&w, 256, &[("a", 32), ("b", 7)], true).unwrap();
+            let fused = Linear::load_fused(&w, 256, &[("a", 32), ("b", 7)], true).unwrap();
             let parts = fused.forward_parts(&x).unwrap();
             assert_eq!(parts[1].dims(), &[2, 3, 7]);
             for (part, (name, out)) in parts.iter().zip([("a", 32), ("b", 7)]) {
-                let single = w.linear(256, out, true, name).unwrap().forward(&x).unwrap();
+                let single = Linear::load(&w, 256, out, true, name)
+                    .unwrap()
+                    .forward(&x)
+                    .unwrap();
                 let d = (part - &single)
                     .unwrap()
                     .abs()

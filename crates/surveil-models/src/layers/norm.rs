@@ -1,50 +1,9 @@
-//! Small building blocks shared by the architectures.
+//! [`LayerNorm`] and [`RmsNorm`] over the last dimension, f32.
 
-use candle_core::quantized::QMatMul;
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::load::weights::Weights;
 use crate::Result;
-
-/// A linear layer whose weight may be quantized: `y = x Wᵀ + b`.
-#[derive(Debug, Clone)]
-pub struct Linear {
-    weight: QMatMul,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    /// From a (possibly quantized) weight and an optional f32 bias.
-    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
-    }
-
-    /// Bytes the weight occupies (quantized blocks, or the float tensor), bias excluded: what
-    /// one forward pass reads of it.
-    pub fn weight_bytes(&self) -> usize {
-        match &self.weight {
-            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                t.elem_count() * t.dtype().size_in_bytes()
-            }
-        }
-    }
-
-    /// Apply to `x` (`[..., in]`, f32).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Quantized matmul kernels need a contiguous input.
-        let x = if x.is_contiguous() {
-            x.clone()
-        } else {
-            x.contiguous()?
-        };
-        let y = self.weight.forward(&x)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-}
 
 /// LayerNorm over the last dimension with weight and bias, f32. The fused CPU kernel computes
 /// the mean first and the variance of the centred values second (no `E[x²] − E[x]²`
@@ -112,34 +71,6 @@ impl RmsNorm {
             x.contiguous()?
         };
         Ok(candle_nn::ops::rms_norm(&x, &self.weight, self.eps)?)
-    }
-}
-
-/// An embedding table kept in the policy's float type; looked-up rows come back in f32.
-#[derive(Debug, Clone)]
-pub struct Embedding {
-    table: Tensor,
-}
-
-impl Embedding {
-    /// Load a `[vocab, dim]` table named `weight` under `w`.
-    pub fn load(w: &Weights, vocab: usize, dim: usize) -> Result<Self> {
-        Ok(Self {
-            table: w.get_table(&[vocab, dim], "weight")?,
-        })
-    }
-
-    /// Rows for `ids` (any shape of u32 ids) → `[..ids, dim]` in f32.
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let mut shape = ids.dims().to_vec();
-        shape.push(self.table.dim(1)?);
-        let rows = self.table.index_select(&ids.flatten_all()?, 0)?;
-        Ok(rows.to_dtype(DType::F32)?.reshape(shape)?)
-    }
-
-    /// The table itself (for tied output heads).
-    pub fn table(&self) -> &Tensor {
-        &self.table
     }
 }
 

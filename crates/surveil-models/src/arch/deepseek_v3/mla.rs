@@ -4,111 +4,66 @@
 use candle_core::{Tensor, D};
 
 use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
-use crate::layers::{Linear, RmsNorm};
+use crate::layers::{KvCache, LayerKvCache, Linear, RmsNorm};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
 
 /// Positions by which a layer's KV cache grows when it is full.
 const KV_GROW: usize = 256;
 
-/// The compressed attention state of one layer: the normalised key/value latent
-/// `(1, capacity, kv_lora_rank)` and the rotated shared key part `(1, capacity,
-/// qk_rope_head_dim)`, filled from the front. Per token this is `kv_lora_rank +
+/// The MLA cache of the whole decoder for one sequence: per layer, the compressed attention
+/// state instead of keys and values, as a [`KvCache`] pair along axis 1: the normalised
+/// key/value latent `(1, capacity, kv_lora_rank)` and the rotated shared key part
+/// `(1, capacity, qk_rope_head_dim)`, filled from the front. Per token this is `kv_lora_rank +
 /// qk_rope_head_dim` values instead of `heads * (qk_head_dim + v_head_dim)` (576 vs 5120 for
 /// Kimi-VL-A3B).
-#[derive(Debug, Default)]
-pub(super) struct LayerCache {
-    latent: Option<Tensor>,
-    k_rot: Option<Tensor>,
-    len: usize,
-}
-
-fn grow(buf: Option<&Tensor>, like: &Tensor, extra: usize) -> Result<Tensor> {
-    let (b, _, d) = like.dims3()?;
-    let pad = Tensor::zeros((b, extra, d), like.dtype(), like.device())?;
-    Ok(match buf {
-        Some(buf) => Tensor::cat(&[buf, &pad], 1)?,
-        None => pad,
-    })
-}
-
-impl LayerCache {
-    /// Append `latent` `(1, s, kv_lora_rank)` and `k_rot` `(1, s, rope)`; return views of
-    /// everything cached so far.
-    fn append(&mut self, latent: &Tensor, k_rot: &Tensor) -> Result<(Tensor, Tensor)> {
-        let need = self.len + latent.dim(1)?;
-        let cap = self
-            .latent
-            .as_ref()
-            .map(|t| t.dim(1))
-            .transpose()?
-            .unwrap_or(0);
-        if need > cap {
-            let extra = (need - cap).div_ceil(KV_GROW) * KV_GROW;
-            self.latent = Some(grow(self.latent.as_ref(), latent, extra)?);
-            self.k_rot = Some(grow(self.k_rot.as_ref(), k_rot, extra)?);
-        }
-        let (Some(lb), Some(rb)) = (&self.latent, &self.k_rot) else {
-            return Err(ModelError::InvalidInput("kv cache not allocated".into()));
-        };
-        lb.slice_set(&latent.contiguous()?, 1, self.len)?;
-        rb.slice_set(&k_rot.contiguous()?, 1, self.len)?;
-        self.len = need;
-        Ok((lb.narrow(1, 0, need)?, rb.narrow(1, 0, need)?))
-    }
-}
-
-/// The KV cache of the whole decoder for one sequence. Not `Clone`: appending writes into
-/// the buffers in place, so a shallow copy would see the other's tokens; use
-/// [`DeepseekV3Cache::try_clone`] to fork a sequence (e.g. after a shared prompt).
+///
+/// Not `Clone`: appending writes into the buffers in place, so a shallow copy would see the
+/// other's tokens; use [`DeepseekV3Cache::try_clone`] to fork a sequence (e.g. after a shared
+/// prompt).
 #[derive(Debug)]
 pub struct DeepseekV3Cache {
-    pub(super) layers: Vec<LayerCache>,
+    kv: KvCache,
 }
 
 impl DeepseekV3Cache {
     /// An empty cache for `layers` decoder layers.
     pub fn new(layers: usize) -> Self {
         Self {
-            layers: (0..layers).map(|_| LayerCache::default()).collect(),
+            kv: KvCache::new(layers, 1, KV_GROW),
         }
     }
 
     /// A deep copy that grows independently of `self`.
     pub fn try_clone(&self) -> Result<Self> {
-        let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy()).transpose();
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(LayerCache {
-                    latent: copy(&l.latent)?,
-                    k_rot: copy(&l.k_rot)?,
-                    len: l.len,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers })
+        Ok(Self {
+            kv: self.kv.try_clone()?,
+        })
     }
 
     /// Positions cached so far (= the position of the next token).
     pub fn len(&self) -> usize {
-        self.layers.first().map(|l| l.len).unwrap_or(0)
+        self.kv.len()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.kv.is_empty()
     }
 
     /// Bytes held by the cache buffers (capacity, not just the filled part).
     pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.latent, &l.k_rot])
-            .flatten()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
+        self.kv.bytes()
+    }
+
+    /// Decoder layers the cache is for.
+    pub(super) fn num_layers(&self) -> usize {
+        self.kv.num_layers()
+    }
+
+    /// Per layer: the latent (first) and rotated key part (second) pair.
+    pub(super) fn layers_mut(&mut self) -> &mut [LayerKvCache] {
+        self.kv.layers_mut()
     }
 }
 
@@ -157,12 +112,18 @@ impl Attention {
             .contiguous()?
             .reshape((heads * v_dim, rank))?;
         Ok(Self {
-            q_proj: w.linear(h, heads * cfg.qk_head_dim(), false, "q_proj")?,
-            kv_a_proj: w.linear(h, rank + cfg.qk_rope_head_dim, false, "kv_a_proj_with_mqa")?,
+            q_proj: Linear::load(w, h, heads * cfg.qk_head_dim(), false, "q_proj")?,
+            kv_a_proj: Linear::load(
+                w,
+                h,
+                rank + cfg.qk_rope_head_dim,
+                false,
+                "kv_a_proj_with_mqa",
+            )?,
             kv_a_norm: RmsNorm::load(&w.pp("kv_a_layernorm"), rank, KV_A_LAYERNORM_EPS)?,
             w_uk,
             w_uv,
-            o_proj: w.linear(heads * v_dim, h, false, "o_proj")?,
+            o_proj: Linear::load(w, heads * v_dim, h, false, "o_proj")?,
             heads,
             kv_lora_rank: rank,
             nope,
@@ -176,7 +137,7 @@ impl Attention {
         x: &Tensor,
         rot: &Rotary,
         mask: Option<&Tensor>,
-        cache: &mut LayerCache,
+        cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         if b != 1 {

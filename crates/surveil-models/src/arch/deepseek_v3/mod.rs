@@ -20,10 +20,11 @@ mod mla;
 mod model;
 mod moe;
 
+pub use crate::layers::Logits;
 pub use config::{
     kimi_vl_a3b_text_config, tensor_layout, tensor_layout_with_prefix, DeepseekV3Config,
     KV_A_LAYERNORM_EPS,
 };
 pub use mla::DeepseekV3Cache;
-pub use model::{DeepseekV3Model, Logits};
+pub use model::DeepseekV3Model;
 pub use moe::RouterChoice;

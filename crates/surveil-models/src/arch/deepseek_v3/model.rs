@@ -9,18 +9,9 @@ use super::config::DeepseekV3Config;
 use super::mla::{Attention, DeepseekV3Cache, Rotary};
 use super::moe::{Mlp, Moe, RouterChoice};
 use crate::generation::TokenSampler;
-use crate::layers::{Embedding, RmsNorm};
+use crate::layers::{Embedding, Logits, RmsNorm};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
-
-/// Which logits [`DeepseekV3Model::forward`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// For every input position: `(1, s, vocab)`.
-    All,
-    /// Only for the last input position: `(1, 1, vocab)`.
-    Last,
-}
 
 enum FeedForward {
     Dense(Mlp),
@@ -200,7 +191,7 @@ impl DeepseekV3Model {
                 embeds.dims()
             )));
         }
-        if cache.layers.len() != self.layers.len() {
+        if cache.num_layers() != self.layers.len() {
             return Err(ModelError::InvalidInput(
                 "KV cache belongs to another model".into(),
             ));
@@ -226,7 +217,7 @@ impl DeepseekV3Model {
             None
         };
         let mut x = embeds.to_dtype(DType::F32)?;
-        for (i, (layer, lc)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        for (i, (layer, lc)) in self.layers.iter().zip(cache.layers_mut()).enumerate() {
             let a = layer
                 .attn
                 .forward(&layer.input_norm.forward(&x)?, &rot, mask.as_ref(), lc)?;
@@ -238,10 +229,7 @@ impl DeepseekV3Model {
             };
             x = (x + f)?;
         }
-        let x = match logits {
-            Logits::All => x,
-            Logits::Last => x.narrow(1, s - 1, 1)?,
-        };
+        let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x.contiguous()?)?)
     }

@@ -29,9 +29,9 @@ pub(super) struct Mlp {
 impl Mlp {
     pub(super) fn load(w: &Weights, hidden: usize, inner: usize) -> Result<Self> {
         Ok(Self {
-            gate: w.linear(hidden, inner, false, "gate_proj")?,
-            up: w.linear(hidden, inner, false, "up_proj")?,
-            down: w.linear(inner, hidden, false, "down_proj")?,
+            gate: Linear::load(w, hidden, inner, false, "gate_proj")?,
+            up: Linear::load(w, hidden, inner, false, "up_proj")?,
+            down: Linear::load(w, inner, hidden, false, "down_proj")?,
         })
     }
 

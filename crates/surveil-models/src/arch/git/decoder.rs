@@ -3,13 +3,10 @@
 //! `[image tokens, text tokens]` with GIT's mask, and a key/value cache.
 
 use candle_core::{Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 use super::config::{Activation, GitConfig};
 use super::ops::{activate, attention, merge_heads, split_qkv};
-use crate::layers::FusedLinear;
-use crate::layers::LayerNorm;
-use crate::layers::{Embedding, Linear};
+use crate::layers::{Embedding, KvCache, LayerKvCache, LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
 
@@ -98,7 +95,7 @@ impl TextEmbeddings {
 #[derive(Debug, Clone)]
 pub(crate) struct DecoderLayer {
     /// `query`, `key`, `value` as one matmul.
-    qkv: FusedLinear,
+    qkv: Linear,
     attn_dense: Linear,
     attn_norm: LayerNorm,
     intermediate: Linear,
@@ -117,11 +114,11 @@ impl DecoderLayer {
         let sa = w.pp("attention.self");
         let ao = w.pp("attention.output");
         Ok(Self {
-            qkv: FusedLinear::load(&sa, h, &[("query", h), ("key", h), ("value", h)], true)?,
-            attn_dense: ao.linear(h, h, true, "dense")?,
+            qkv: Linear::load_fused(&sa, h, &[("query", h), ("key", h), ("value", h)], true)?,
+            attn_dense: Linear::load(&ao, h, h, true, "dense")?,
             attn_norm: LayerNorm::load(&ao.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
-            intermediate: w.pp("intermediate").linear(h, i, true, "dense")?,
-            output_dense: w.pp("output").linear(i, h, true, "dense")?,
+            intermediate: Linear::load(&w.pp("intermediate"), h, i, true, "dense")?,
+            output_dense: Linear::load(&w.pp("output"), i, h, true, "dense")?,
             output_norm: LayerNorm::load(&w.pp("output.LayerNorm"), h, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
             scale: 1.0 / ((h / cfg.num_attention_heads) as f64).sqrt(),
@@ -135,7 +132,7 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         mask: Option<&Tensor>,
-        kv: Option<&mut KvCache>,
+        kv: Option<&mut LayerKvCache>,
     ) -> Result<Tensor> {
         let (q, mut k, mut v) = split_qkv(&self.qkv.forward(x)?, self.heads)?;
         if let Some(cache) = kv {
@@ -153,10 +150,11 @@ impl DecoderLayer {
 
 /// Keys and values of every decoder layer for the positions processed so far: the image tokens
 /// (they attend only to each other, so they never change) followed by the text tokens. Buffers
-/// are preallocated for a capacity and grow when it is exceeded.
+/// are preallocated for a capacity and grow by that capacity again when it is exceeded.
 #[derive(Debug)]
 pub struct GitCache {
-    pub(crate) layers: Vec<KvCache>,
+    /// Keys and values `[B, heads, positions, head_dim]` of every layer.
+    pub(crate) kv: KvCache,
     pub(crate) image_tokens: usize,
     pub(crate) text_tokens: usize,
     pub(crate) batch: usize,
@@ -167,9 +165,7 @@ impl GitCache {
     /// (image + text) before it has to grow.
     pub fn new(layers: usize, capacity: usize) -> Self {
         Self {
-            layers: (0..layers)
-                .map(|_| KvCache::new(2, capacity.max(1)))
-                .collect(),
+            kv: KvCache::new(layers, 2, capacity.max(1)),
             image_tokens: 0,
             text_tokens: 0,
             batch: 0,

@@ -10,9 +10,7 @@ use super::config::GitConfig;
 use super::decoder::{decoder_layout, decoder_mask, DecoderLayer, GitCache, TextEmbeddings};
 use super::vision::{vision_layout, VisionTransformer};
 use crate::generation::{DecodeSession, TokenSampler};
-use crate::layers::FusedLinear;
-use crate::layers::LayerNorm;
-use crate::layers::Linear;
+use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
 
@@ -30,24 +28,9 @@ pub struct GitModel {
     projection_norm: LayerNorm,
     embeddings: TextEmbeddings,
     layers: Vec<DecoderLayer>,
-    output: OutputHead,
-}
-
-/// The language-model head: its own `output.weight` (row-padded for the tiled kernels) or the
-/// tied word embeddings.
-#[derive(Debug, Clone)]
-enum OutputHead {
-    Own(FusedLinear),
-    Tied(Linear),
-}
-
-impl OutputHead {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            OutputHead::Own(l) => l.forward(x),
-            OutputHead::Tied(l) => l.forward(x),
-        }
-    }
+    /// The language-model head: its own `output.weight` (row-padded for the tiled kernels) or
+    /// the tied word embeddings.
+    output: Linear,
 }
 
 impl GitModel {
@@ -88,7 +71,7 @@ impl GitModel {
         let _span = tracing::info_span!("git_load", layers = cfg.num_hidden_layers).entered();
         let vision = VisionTransformer::load(&cfg.vision_config, &w.pp(VISION_PREFIX))?;
         let proj = w.pp(PROJECTION_PREFIX);
-        let projection = proj.linear(vh, h, true, "0")?;
+        let projection = Linear::load(&proj, vh, h, true, "0")?;
         let projection_norm = LayerNorm::load(&proj.pp("1"), h, cfg.vision_config.layer_norm_eps)?;
         let embeddings = TextEmbeddings::load(cfg, &w.pp("git.embeddings"))?;
         let layers = (0..cfg.num_hidden_layers)
@@ -100,17 +83,9 @@ impl GitModel {
                 DType::F16 => QMatMul::TensorF16(table.clone()),
                 _ => QMatMul::Tensor(table.to_dtype(DType::F32)?),
             };
-            OutputHead::Tied(Linear::new(
-                weight,
-                Some(w.get(&[cfg.vocab_size], "output.bias")?),
-            ))
+            Linear::new(weight, Some(w.get(&[cfg.vocab_size], "output.bias")?))
         } else {
-            OutputHead::Own(FusedLinear::load(
-                w,
-                h,
-                &[("output", cfg.vocab_size)],
-                true,
-            )?)
+            Linear::load_fused(w, h, &[("output", cfg.vocab_size)], true)?
         };
         tracing::debug!(tensors = w.report().tensors_loaded, "git loaded");
         Ok(Self {
@@ -248,7 +223,7 @@ impl GitModel {
         let mask = decoder_mask(past_image + past_text, image_new, t, x.device())?;
         let mut x = x;
         for (l, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let slot = cache.as_deref_mut().map(|c| &mut c.kv.layers_mut()[l]);
             x = layer.forward(&x, mask.as_ref(), slot)?;
         }
         if let Some(c) = cache {

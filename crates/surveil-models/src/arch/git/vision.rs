@@ -9,9 +9,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
 use super::ops::{activate, attention, merge_heads, split_qkv};
-use crate::layers::FusedLinear;
-use crate::layers::LayerNorm;
-use crate::layers::Linear;
+use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
 
@@ -58,7 +56,7 @@ pub(crate) fn vision_layout(cfg: &GitVisionConfig) -> Vec<(String, Vec<usize>)> 
 struct VisionLayer {
     layer_norm1: LayerNorm,
     /// `q_proj`, `k_proj`, `v_proj` as one matmul.
-    qkv: FusedLinear,
+    qkv: Linear,
     out_proj: Linear,
     layer_norm2: LayerNorm,
     fc1: Linear,
@@ -74,16 +72,16 @@ impl VisionLayer {
         let attn = w.pp("self_attn");
         Ok(Self {
             layer_norm1: LayerNorm::load(&w.pp("layer_norm1"), d, cfg.layer_norm_eps)?,
-            qkv: FusedLinear::load(
+            qkv: Linear::load_fused(
                 &attn,
                 d,
                 &[("q_proj", d), ("k_proj", d), ("v_proj", d)],
                 true,
             )?,
-            out_proj: attn.linear(d, d, true, "out_proj")?,
+            out_proj: Linear::load(&attn, d, d, true, "out_proj")?,
             layer_norm2: LayerNorm::load(&w.pp("layer_norm2"), d, cfg.layer_norm_eps)?,
-            fc1: w.pp("mlp").linear(d, cfg.intermediate_size, true, "fc1")?,
-            fc2: w.pp("mlp").linear(cfg.intermediate_size, d, true, "fc2")?,
+            fc1: Linear::load(&w.pp("mlp"), d, cfg.intermediate_size, true, "fc1")?,
+            fc2: Linear::load(&w.pp("mlp"), cfg.intermediate_size, d, true, "fc2")?,
             heads: cfg.num_attention_heads,
             scale: 1.0 / ((d / cfg.num_attention_heads) as f64).sqrt(),
             act: cfg.hidden_act,

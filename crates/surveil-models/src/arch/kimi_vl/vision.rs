@@ -92,10 +92,10 @@ impl EncoderBlock {
         Ok(Self {
             norm0: LayerNorm::load(&w.pp("norm0"), e, LN_EPS)?,
             norm1: LayerNorm::load(&w.pp("norm1"), e, LN_EPS)?,
-            wqkv: w.linear(e, 3 * e, true, "wqkv")?,
-            wo: w.linear(e, e, true, "wo")?,
-            fc0: w.pp("mlp").linear(e, cfg.intermediate_size, true, "fc0")?,
-            fc1: w.pp("mlp").linear(cfg.intermediate_size, e, true, "fc1")?,
+            wqkv: Linear::load(w, e, 3 * e, true, "wqkv")?,
+            wo: Linear::load(w, e, e, true, "wo")?,
+            fc0: Linear::load(&w.pp("mlp"), e, cfg.intermediate_size, true, "fc0")?,
+            fc1: Linear::load(&w.pp("mlp"), cfg.intermediate_size, e, true, "fc1")?,
             num_heads: cfg.num_attention_heads,
         })
     }
@@ -375,8 +375,8 @@ impl KimiVlProjector {
         let m = e * cfg.merge_unit();
         Ok(Self {
             pre_norm: LayerNorm::load(&w.pp("pre_norm"), e, LN_EPS)?,
-            linear_1: w.linear(m, m, true, "linear_1")?,
-            linear_2: w.linear(m, text_hidden_size, true, "linear_2")?,
+            linear_1: Linear::load(w, m, m, true, "linear_1")?,
+            linear_2: Linear::load(w, m, text_hidden_size, true, "linear_2")?,
             in_dim: m,
         })
     }

@@ -61,6 +61,7 @@ mod vision;
 mod vlm;
 
 pub use crate::generation::{GenerationOutput, GenerationParams, GenerationStats, StopReason};
+pub use crate::layers::{KvCache, Logits};
 pub use chat::{
     render_chat, ChatMessage, ChatPrompt, ContentPart, Qwen2VlTokenizer, DEFAULT_SYSTEM_PROMPT,
     ENDOFTEXT, IMAGE_PAD, IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START,
@@ -73,6 +74,6 @@ pub use processor::{
     smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO,
 };
 pub use rope_index::{rope_index, RopeIndex, VisionTokens};
-pub use text::{shares_tied_embedding, KvCache, Logits, TextModel};
+pub use text::{shares_tied_embedding, TextModel};
 pub use vision::{GridThw, VisionOutput, VisionTower};
 pub use vlm::Qwen2VlVlm;

@@ -7,9 +7,10 @@ use candle_core::{Device, Tensor};
 
 use super::config::Qwen2VlConfig;
 use super::rope_index::{rope_index, RopeIndex, VisionTokens};
-use super::text::{KvCache, Logits, TextModel};
+use super::text::TextModel;
 use super::vision::{GridThw, VisionTower};
 use crate::generation::{DecodeSession, GenerationOutput, GenerationParams};
+use crate::layers::{KvCache, Logits};
 use crate::load::weights::Weights;
 use crate::tokenizer::TextTokenizer;
 use crate::vlm::GenerationHooks;

@@ -1,108 +1,19 @@
 //! The Qwen2 text decoder of Qwen2-VL: GQA attention with q/k/v biases, multimodal RoPE,
 //! RMSNorm, SwiGLU MLP, tied or untied output head, and a growable KV cache.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::config::TextConfig;
 use crate::layers::kernels::scaled_softmax;
 use surveil_memory::{QuantPolicy, StorageDtype};
 
-use crate::layers::RmsNorm;
+use crate::layers::{KvCache, LayerKvCache, Linear, Logits, RmsNorm};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
 
-/// Rows by which the KV cache grows when it is full.
+/// Positions by which the KV cache grows when it is full.
 const KV_GROW: usize = 512;
-
-/// Key/value cache of one decoder layer: `(1, kv_heads, capacity, head_dim)` buffers filled
-/// from the front; grows in steps of [`KV_GROW`] positions.
-#[derive(Debug, Clone)]
-struct LayerCache {
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    len: usize,
-}
-
-impl LayerCache {
-    fn new() -> Self {
-        Self {
-            k: None,
-            v: None,
-            len: 0,
-        }
-    }
-
-    fn grow(buf: &Tensor, extra: usize) -> Result<Tensor> {
-        let (b, h, _, d) = buf.dims4()?;
-        let pad = Tensor::zeros((b, h, extra, d), buf.dtype(), buf.device())?;
-        Ok(Tensor::cat(&[buf, &pad], 2)?)
-    }
-
-    /// Append `k`, `v` `(1, kv_heads, s, head_dim)`; return views of everything cached so far.
-    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let s = k.dim(2)?;
-        let need = self.len + s;
-        let cap = self.k.as_ref().map(|t| t.dim(2)).transpose()?.unwrap_or(0);
-        if need > cap {
-            let extra = (need - cap).div_ceil(KV_GROW) * KV_GROW;
-            match (&self.k, &self.v) {
-                (Some(kb), Some(vb)) => {
-                    self.k = Some(Self::grow(kb, extra)?);
-                    self.v = Some(Self::grow(vb, extra)?);
-                }
-                _ => {
-                    let (b, h, _, d) = k.dims4()?;
-                    self.k = Some(Tensor::zeros((b, h, extra, d), k.dtype(), k.device())?);
-                    self.v = Some(Tensor::zeros((b, h, extra, d), v.dtype(), v.device())?);
-                }
-            }
-        }
-        let (kb, vb) = match (&self.k, &self.v) {
-            (Some(kb), Some(vb)) => (kb, vb),
-            _ => return Err(ModelError::InvalidInput("kv cache not allocated".into())),
-        };
-        kb.slice_set(&k.contiguous()?, 2, self.len)?;
-        vb.slice_set(&v.contiguous()?, 2, self.len)?;
-        self.len = need;
-        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
-    }
-}
-
-/// The KV cache of the whole decoder for one sequence.
-#[derive(Debug, Clone)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-}
-
-impl KvCache {
-    /// An empty cache for `layers` decoder layers.
-    pub fn new(layers: usize) -> Self {
-        Self {
-            layers: (0..layers).map(|_| LayerCache::new()).collect(),
-        }
-    }
-
-    /// Positions cached so far.
-    pub fn len(&self) -> usize {
-        self.layers.first().map(|l| l.len).unwrap_or(0)
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Bytes held by the cache buffers (capacity, not just the filled part).
-    pub fn bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.k, &l.v])
-            .flatten()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
-    }
-}
 
 /// Multimodal rotary tables for a run of tokens.
 struct Rotary {
@@ -110,80 +21,11 @@ struct Rotary {
     sin: Tensor,
 }
 
-/// A linear layer `y = x Wᵀ + b` over a possibly quantized weight, like [`crate::layers::Linear`],
-/// keeping access to the quantized tensor so that projections sharing an input can run as one
-/// fused call in decode.
-struct QLinear {
-    weight: QMatMul,
-    bias: Option<Tensor>,
-}
-
-impl QLinear {
-    fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool, name: &str) -> Result<Self> {
-        let w = w.pp(name);
-        Ok(Self {
-            weight: w.matmul_weight(&[out_dim, in_dim], "weight")?,
-            bias: if bias {
-                Some(w.get(&[out_dim], "bias")?)
-            } else {
-                None
-            },
-        })
-    }
-
-    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = if x.is_contiguous() {
-            x.clone()
-        } else {
-            x.contiguous()?
-        };
-        self.add_bias(self.weight.forward(&x)?)
-    }
-
-    fn qtensor(&self) -> Option<&QTensor> {
-        match &self.weight {
-            QMatMul::QTensor(t) => Some(t),
-            _ => None,
-        }
-    }
-}
-
-/// Apply linears that share the input `x`. For a single row (decode) with quantized weights,
-/// candle can run them as one call (one input quantization, one parallel region); otherwise
-/// they run one by one.
-fn forward_shared(linears: &[&QLinear], x: &Tensor) -> Result<Vec<Tensor>> {
-    let row = x.dim(D::Minus1)?;
-    if x.elem_count() == row {
-        if let Some(qs) = linears
-            .iter()
-            .map(|l| l.qtensor())
-            .collect::<Option<Vec<_>>>()
-        {
-            let x = x.contiguous()?;
-            if let Some(outs) = QTensor::gemv_fused_shared_lhs(&qs, &x)? {
-                return outs
-                    .into_iter()
-                    .zip(linears)
-                    .map(|(y, l)| l.add_bias(y))
-                    .collect();
-            }
-        }
-    }
-    linears.iter().map(|l| l.forward(x)).collect()
-}
-
 struct Attention {
-    q: QLinear,
-    k: QLinear,
-    v: QLinear,
-    o: QLinear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -195,10 +37,10 @@ impl Attention {
         let d = cfg.head_dim();
         let kv = cfg.num_key_value_heads * d;
         Ok(Self {
-            q: QLinear::load(w, h, h, true, "q_proj")?,
-            k: QLinear::load(w, h, kv, true, "k_proj")?,
-            v: QLinear::load(w, h, kv, true, "v_proj")?,
-            o: QLinear::load(w, h, h, false, "o_proj")?,
+            q: Linear::load(w, h, h, true, "q_proj")?,
+            k: Linear::load(w, h, kv, true, "k_proj")?,
+            v: Linear::load(w, h, kv, true, "v_proj")?,
+            o: Linear::load(w, h, h, false, "o_proj")?,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
@@ -210,14 +52,14 @@ impl Attention {
         x: &Tensor,
         rot: &Rotary,
         mask: Option<&Tensor>,
-        cache: &mut LayerCache,
+        cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let d = self.head_dim;
         let heads = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.reshape((b, s, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let mut qkv = forward_shared(&[&self.q, &self.k, &self.v], x)?.into_iter();
+        let mut qkv = Linear::forward_shared(&[&self.q, &self.k, &self.v], x)?.into_iter();
         let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
             return Err(ModelError::InvalidInput("q/k/v projection failed".into()));
         };
@@ -252,23 +94,23 @@ impl Attention {
 }
 
 struct Mlp {
-    gate: QLinear,
-    up: QLinear,
-    down: QLinear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 impl Mlp {
     fn load(cfg: &TextConfig, w: &Weights) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate: QLinear::load(w, h, i, false, "gate_proj")?,
-            up: QLinear::load(w, h, i, false, "up_proj")?,
-            down: QLinear::load(w, i, h, false, "down_proj")?,
+            gate: Linear::load(w, h, i, false, "gate_proj")?,
+            up: Linear::load(w, h, i, false, "up_proj")?,
+            down: Linear::load(w, i, h, false, "down_proj")?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut gu = forward_shared(&[&self.gate, &self.up], x)?.into_iter();
+        let mut gu = Linear::forward_shared(&[&self.gate, &self.up], x)?.into_iter();
         let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
             return Err(ModelError::InvalidInput("gate/up projection failed".into()));
         };
@@ -302,7 +144,7 @@ impl DecoderLayer {
         x: &Tensor,
         rot: &Rotary,
         mask: Option<&Tensor>,
-        cache: &mut LayerCache,
+        cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let h = (x + self
             .attn
@@ -326,15 +168,6 @@ pub fn shares_tied_embedding(policy: &QuantPolicy) -> bool {
 enum TokenEmbedding {
     Table(crate::layers::Embedding),
     SharedWithHead,
-}
-
-/// Which logits [`TextModel::forward`] returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Logits for every input position: `(1, s, vocab)`.
-    All,
-    /// Only for the last input position: `(1, 1, vocab)` (generation).
-    Last,
 }
 
 /// The Qwen2 decoder with M-RoPE.
@@ -392,7 +225,7 @@ impl TextModel {
 
     /// A fresh KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+        KvCache::new(self.layers.len(), 2, KV_GROW)
     }
 
     /// Embeddings `(1, n, hidden)` of token ids.
@@ -462,7 +295,7 @@ impl TextModel {
                 "need {s} > 0 positions on each of the 3 axes"
             )));
         }
-        if cache.layers.len() != self.layers.len() {
+        if cache.num_layers() != self.layers.len() {
             return Err(ModelError::InvalidInput(
                 "KV cache belongs to another model".into(),
             ));
@@ -481,13 +314,10 @@ impl TextModel {
             None
         };
         let mut x = embeds.clone();
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (layer, lc) in self.layers.iter().zip(cache.layers_mut()) {
             x = layer.forward(&x, &rot, mask.as_ref(), lc)?;
         }
-        let x = match logits {
-            Logits::All => x,
-            Logits::Last => x.narrow(1, s - 1, 1)?,
-        };
+        let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x.contiguous()?)?)
     }

@@ -59,10 +59,10 @@ impl VisionBlock {
         Ok(Self {
             norm1: LayerNorm::load(&w.pp("norm1"), e, 1e-6)?,
             norm2: LayerNorm::load(&w.pp("norm2"), e, 1e-6)?,
-            qkv: w.pp("attn").linear(e, 3 * e, true, "qkv")?,
-            proj: w.pp("attn").linear(e, e, true, "proj")?,
-            fc1: w.pp("mlp").linear(e, cfg.mlp_hidden(), true, "fc1")?,
-            fc2: w.pp("mlp").linear(cfg.mlp_hidden(), e, true, "fc2")?,
+            qkv: Linear::load(&w.pp("attn"), e, 3 * e, true, "qkv")?,
+            proj: Linear::load(&w.pp("attn"), e, e, true, "proj")?,
+            fc1: Linear::load(&w.pp("mlp"), e, cfg.mlp_hidden(), true, "fc1")?,
+            fc2: Linear::load(&w.pp("mlp"), cfg.mlp_hidden(), e, true, "fc2")?,
             num_heads: cfg.num_heads,
         })
     }
@@ -98,8 +98,8 @@ impl PatchMerger {
         let m = cfg.embed_dim * cfg.merge_unit();
         Ok(Self {
             ln_q: LayerNorm::load(&w.pp("ln_q"), cfg.embed_dim, 1e-6)?,
-            fc1: w.pp("mlp").linear(m, m, true, "0")?,
-            fc2: w.pp("mlp").linear(m, cfg.out_hidden_size, true, "2")?,
+            fc1: Linear::load(&w.pp("mlp"), m, m, true, "0")?,
+            fc2: Linear::load(&w.pp("mlp"), m, cfg.out_hidden_size, true, "2")?,
             unit_dim: m,
         })
     }

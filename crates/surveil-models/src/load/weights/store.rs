@@ -9,7 +9,6 @@ use serde::Serialize;
 use surveil_memory::{QuantPolicy, StorageDtype, TensorRole};
 
 use super::TensorSource;
-use crate::layers::Linear;
 use crate::{ModelError, Result};
 
 /// What a load made resident, tensor by tensor.
@@ -207,18 +206,6 @@ impl Weights {
             .to_device(&self.inner.device)?;
         self.record(&full, storage, shape, false);
         Ok(t)
-    }
-
-    /// A linear layer `[out, in]` (+ optional bias `[out]`) stored as the policy says.
-    pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool, name: &str) -> Result<Linear> {
-        let w = self.pp(name);
-        let weight = w.matmul_weight(&[out_dim, in_dim], "weight")?;
-        let bias = if bias {
-            Some(w.get(&[out_dim], "bias")?)
-        } else {
-            None
-        };
-        Ok(Linear::new(weight, bias))
     }
 
     /// A matmul weight `[out, in]` stored as the policy says (quantized when rows allow).
