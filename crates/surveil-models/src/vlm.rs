@@ -1,8 +1,7 @@
 //! One interface for every vision-language model: images + a prompt + generation parameters in,
 //! text (and a thinking model's reasoning), tokens and timings out. Each architecture
-//! implements [`Vlm`] over the shared loop of [`crate::generation::generate`]; [`build_vlm`] is
-//! the one place that matches on the architecture, so adding one means a folder and a line
-//! there.
+//! implements [`Vlm`] over the shared loop of [`crate::generation::generate`]; [`build_vlm`]
+//! wraps any loaded model (the match on the architecture is in [`crate::arch`]).
 //!
 //! The shape follows mistral.rs (every multimodal model behind one pipeline trait) and Hugging
 //! Face transformers' logits processors / streamers for the per-step hooks.
@@ -200,7 +199,7 @@ pub fn find_tokenizer_file(
 }
 
 /// `preprocessor_config.json` of the checkpoint, when there is one.
-fn preprocessor_config(checkpoint_dir: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn preprocessor_config(checkpoint_dir: Option<&Path>) -> Option<PathBuf> {
     checkpoint_dir
         .map(|d| d.join("preprocessor_config.json"))
         .filter(|p| p.is_file())
@@ -212,8 +211,8 @@ fn preprocessor_config(checkpoint_dir: Option<&Path>) -> Option<PathBuf> {
 /// defaults) around `model`, behind [`Vlm`]. `model` shares its weights with the caller's
 /// handle; `device` is the model's.
 ///
-/// The one place that matches on the architecture. Errors: a missing or unreadable tokenizer
-/// or preprocessor config.
+/// Each architecture's [`Vlm`] finds its own files; [`LoadedModel::into_vlm`] is the dispatch.
+/// Errors: a missing or unreadable tokenizer or preprocessor config.
 pub fn build_vlm(
     model: LoadedModel,
     device: &candle_core::Device,
@@ -221,57 +220,7 @@ pub fn build_vlm(
     checkpoint_dir: Option<&Path>,
 ) -> Result<Box<dyn Vlm>> {
     let _span = tracing::debug_span!("build_vlm", model = model_id).entered();
-    let preprocessor = preprocessor_config(checkpoint_dir);
-    Ok(match model {
-        LoadedModel::Git(git) => {
-            let path = find_tokenizer_file(
-                checkpoint_dir,
-                "tokenizer.json",
-                "tokenizers/bert-base-uncased/tokenizer.json",
-            )?;
-            let tokenizer = crate::arch::git::GitTokenizer::from_file(&path)?;
-            let config = match preprocessor {
-                Some(p) => crate::arch::git::ClipProcessorConfig::from_file(&p)?,
-                None => crate::arch::git::ClipProcessorConfig::square(
-                    git.config().vision_config.image_size as u32,
-                ),
-            };
-            let processor = crate::arch::git::ClipProcessor::new(config, device.clone());
-            Box::new(crate::arch::git::GitVlm::new(
-                model_id, git, processor, tokenizer,
-            )?)
-        }
-        LoadedModel::Qwen2Vl(qwen) => {
-            let path = find_tokenizer_file(
-                checkpoint_dir,
-                "tokenizer.json",
-                "tokenizers/qwen2-vl/tokenizer.json",
-            )?;
-            let tokenizer = crate::arch::qwen2_vl::Qwen2VlTokenizer::from_file(&path)?;
-            let processor = match preprocessor {
-                Some(p) => {
-                    let json = std::fs::read_to_string(&p).map_err(|source| ModelError::Io {
-                        path: p.clone(),
-                        source,
-                    })?;
-                    crate::arch::qwen2_vl::Qwen2VlImageProcessor::from_preprocessor_config(&json)?
-                }
-                None => crate::arch::qwen2_vl::Qwen2VlImageProcessor::default(),
-            };
-            Box::new(crate::arch::qwen2_vl::Qwen2VlVlm::new(
-                model_id,
-                qwen,
-                tokenizer,
-                processor,
-                device.clone(),
-            ))
-        }
-        LoadedModel::KimiVl(kimi) => Box::new(crate::arch::kimi_vl::KimiVlm::load(
-            kimi,
-            model_id,
-            checkpoint_dir,
-        )?),
-    })
+    model.into_vlm(device, model_id, checkpoint_dir)
 }
 
 #[cfg(test)]

@@ -1,4 +1,10 @@
-//! Dispatch over the implemented architectures: configs, tensor layouts, loading.
+//! The architectures, one folder each, and the dispatch over them: configs, tensor layouts,
+//! loading, and the text side behind [`Vlm`].
+//!
+//! Each folder owns its config (the parser, the full-size published values and the
+//! Hugging Face `config.json` writer), its tensor layout, its model and its [`Vlm`]. Adding an
+//! architecture means a folder, a variant of [`ArchConfig`] and [`LoadedModel`] with one line
+//! in each match below, and a registry entry ([`crate::load::registry`]).
 
 pub mod deepseek_v3;
 pub mod git;
@@ -8,14 +14,16 @@ pub mod qwen2_vl;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::arch::git::{git_base_coco_config, GitConfig, GitModel};
-use crate::arch::kimi_vl::{kimi_vl_a3b_vision_config, KimiVlConfig, KimiVlModel};
-use crate::arch::qwen2_vl::{qwen2_vl_2b_config, qwen2_vl_7b_config, Qwen2VlConfig, Qwen2VlModel};
+use candle_core::Device;
 use surveil_memory::{estimate_with_roles, Estimate, QuantPolicy, TensorRole};
 
 use crate::load::registry::{Architecture, ModelSpec};
 use crate::load::weights::Weights;
-use crate::{ModelError, Result};
+use crate::vlm::Vlm;
+use crate::Result;
+use git::{GitConfig, GitModel, GitVlm};
+use kimi_vl::{KimiVlConfig, KimiVlModel, KimiVlm};
+use qwen2_vl::{Qwen2VlConfig, Qwen2VlModel, Qwen2VlVlm};
 
 /// The parsed config of one architecture.
 #[derive(Debug, Clone)]
@@ -28,40 +36,16 @@ pub enum ArchConfig {
     KimiVl(Box<KimiVlConfig>),
 }
 
-/// `<|media_pad|>` of the Kimi-VL tokenizer.
-const KIMI_MEDIA_PLACEHOLDER: u32 = 163_605;
-
-/// The published Kimi-VL-A3B config: MoonViT + the DeepSeek-V3-style decoder.
-fn kimi_vl_a3b_config() -> Result<KimiVlConfig> {
-    let text = crate::arch::deepseek_v3::kimi_vl_a3b_text_config();
-    let mut text_config = serde_json::to_value(&text)
-        .map_err(|e| ModelError::InvalidInput(format!("text config: {e}")))?;
-    if let Some(obj) = text_config.as_object_mut() {
-        obj.insert("model_type".into(), "deepseek_v3".into());
-        obj.insert(
-            "eos_token_id".into(),
-            serde_json::json!(text.eos_token_ids.first()),
-        );
-    }
-    Ok(KimiVlConfig {
-        vision: kimi_vl_a3b_vision_config(),
-        text_hidden_size: text.hidden_size,
-        text_config,
-        media_placeholder_token_id: KIMI_MEDIA_PLACEHOLDER,
-    })
-}
-
 impl ArchConfig {
     /// The published full-size config of `spec` (used for dummy weights).
     pub fn full_size(spec: &ModelSpec) -> Result<Self> {
-        match (spec.architecture, spec.id) {
-            (Architecture::Git, _) => Ok(ArchConfig::Git(git_base_coco_config())),
-            (Architecture::Qwen2Vl, "qwen2-vl-7b-instruct") => {
-                Ok(ArchConfig::Qwen2Vl(Box::new(qwen2_vl_7b_config())))
+        Ok(match spec.architecture {
+            Architecture::Git => ArchConfig::Git(git::git_base_coco_config()),
+            Architecture::Qwen2Vl => {
+                ArchConfig::Qwen2Vl(Box::new(qwen2_vl::full_size_config(spec.id)))
             }
-            (Architecture::Qwen2Vl, _) => Ok(ArchConfig::Qwen2Vl(Box::new(qwen2_vl_2b_config()))),
-            (Architecture::KimiVl, _) => Ok(ArchConfig::KimiVl(Box::new(kimi_vl_a3b_config()?))),
-        }
+            Architecture::KimiVl => ArchConfig::KimiVl(Box::new(kimi_vl::kimi_vl_a3b_config()?)),
+        })
     }
 
     /// Parse a checkpoint's `config.json` for `spec`'s architecture.
@@ -129,104 +113,10 @@ impl ArchConfig {
     /// The config as a Hub-layout `config.json` (flat layout for Qwen2-VL), which
     /// [`ArchConfig::from_file`] reads back to the same config.
     pub fn hub_config_json(&self) -> serde_json::Value {
-        use crate::arch::git::Activation;
-        let act = |a: Activation| match a {
-            Activation::Gelu => "gelu",
-            Activation::GeluNew => "gelu_new",
-            Activation::QuickGelu => "quick_gelu",
-            Activation::Relu => "relu",
-            Activation::Silu => "silu",
-        };
         match self {
-            ArchConfig::Git(c) => {
-                let v = &c.vision_config;
-                serde_json::json!({
-                    "architectures": ["GitForCausalLM"],
-                    "model_type": "git",
-                    "vocab_size": c.vocab_size,
-                    "hidden_size": c.hidden_size,
-                    "num_hidden_layers": c.num_hidden_layers,
-                    "num_attention_heads": c.num_attention_heads,
-                    "intermediate_size": c.intermediate_size,
-                    "hidden_act": act(c.hidden_act),
-                    "max_position_embeddings": c.max_position_embeddings,
-                    "layer_norm_eps": c.layer_norm_eps,
-                    "position_embedding_type": c.position_embedding_type,
-                    "num_image_with_embedding": c.num_image_with_embedding,
-                    "tie_word_embeddings": c.tie_word_embeddings,
-                    "bos_token_id": c.bos_token_id,
-                    "eos_token_id": c.eos_token_id,
-                    "pad_token_id": c.pad_token_id,
-                    "vision_config": {
-                        "hidden_size": v.hidden_size,
-                        "intermediate_size": v.intermediate_size,
-                        "num_hidden_layers": v.num_hidden_layers,
-                        "num_attention_heads": v.num_attention_heads,
-                        "num_channels": v.num_channels,
-                        "image_size": v.image_size,
-                        "patch_size": v.patch_size,
-                        "hidden_act": act(v.hidden_act),
-                        "layer_norm_eps": v.layer_norm_eps,
-                    },
-                })
-            }
-            ArchConfig::Qwen2Vl(c) => {
-                let (t, v) = (&c.text, &c.vision);
-                serde_json::json!({
-                    "architectures": ["Qwen2VLForConditionalGeneration"],
-                    "model_type": "qwen2_vl",
-                    "vocab_size": t.vocab_size,
-                    "hidden_size": t.hidden_size,
-                    "intermediate_size": t.intermediate_size,
-                    "num_hidden_layers": t.num_hidden_layers,
-                    "num_attention_heads": t.num_attention_heads,
-                    "num_key_value_heads": t.num_key_value_heads,
-                    "rms_norm_eps": t.rms_norm_eps,
-                    "rope_theta": t.rope_theta,
-                    "max_position_embeddings": t.max_position_embeddings,
-                    "hidden_act": "silu",
-                    "rope_scaling": {"type": "mrope", "mrope_section": t.mrope_section},
-                    "tie_word_embeddings": c.tie_word_embeddings,
-                    "image_token_id": c.image_token_id,
-                    "video_token_id": c.video_token_id,
-                    "vision_start_token_id": c.vision_start_token_id,
-                    "vision_end_token_id": c.vision_end_token_id,
-                    "bos_token_id": c.bos_token_id,
-                    "eos_token_id": c.eos_token_ids.first(),
-                    "vision_config": {
-                        "depth": v.depth,
-                        "embed_dim": v.embed_dim,
-                        "num_heads": v.num_heads,
-                        "mlp_ratio": v.mlp_ratio,
-                        "in_chans": v.in_channels,
-                        "hidden_size": v.out_hidden_size,
-                        "patch_size": v.patch_size,
-                        "spatial_merge_size": v.spatial_merge_size,
-                        "temporal_patch_size": v.temporal_patch_size,
-                        "hidden_act": "quick_gelu",
-                    },
-                })
-            }
-            ArchConfig::KimiVl(c) => {
-                let v = &c.vision;
-                serde_json::json!({
-                    "architectures": ["KimiVLForConditionalGeneration"],
-                    "model_type": "kimi_vl",
-                    "media_placeholder_token_id": c.media_placeholder_token_id,
-                    "vision_config": {
-                        "model_type": "moonvit",
-                        "patch_size": v.patch_size,
-                        "init_pos_emb_height": v.init_pos_emb_height,
-                        "init_pos_emb_width": v.init_pos_emb_width,
-                        "num_attention_heads": v.num_attention_heads,
-                        "num_hidden_layers": v.num_hidden_layers,
-                        "hidden_size": v.hidden_size,
-                        "intermediate_size": v.intermediate_size,
-                        "merge_kernel_size": v.merge_kernel_size,
-                    },
-                    "text_config": c.text_config,
-                })
-            }
+            ArchConfig::Git(c) => c.hub_config_json(),
+            ArchConfig::Qwen2Vl(c) => c.hub_config_json(),
+            ArchConfig::KimiVl(c) => c.hub_config_json(),
         }
     }
 
@@ -234,8 +124,8 @@ impl ArchConfig {
     pub fn tensor_layout(&self) -> Result<Vec<(String, Vec<usize>)>> {
         Ok(match self {
             ArchConfig::Git(c) => GitModel::tensor_layout(c),
-            ArchConfig::Qwen2Vl(c) => crate::arch::qwen2_vl::tensor_layout(c),
-            ArchConfig::KimiVl(c) => crate::arch::kimi_vl::full_tensor_layout(c)?,
+            ArchConfig::Qwen2Vl(c) => qwen2_vl::tensor_layout(c),
+            ArchConfig::KimiVl(c) => kimi_vl::full_tensor_layout(c)?,
         })
     }
 }
@@ -269,6 +159,24 @@ impl LoadedModel {
             ArchConfig::Git(c) => LoadedModel::Git(Arc::new(GitModel::load(c, w)?)),
             ArchConfig::Qwen2Vl(c) => LoadedModel::Qwen2Vl(Arc::new(Qwen2VlModel::load(c, w)?)),
             ArchConfig::KimiVl(c) => LoadedModel::KimiVl(Arc::new(KimiVlModel::load(c, w)?)),
+        })
+    }
+
+    /// The model behind [`Vlm`] with its text side: tokenizer and image processor found from
+    /// `checkpoint_dir` (the directory of the resolved `config.json`; `None` for dummy
+    /// weights), see [`crate::vlm::build_vlm`]. `device` is the model's.
+    pub fn into_vlm(
+        self,
+        device: &Device,
+        model_id: &str,
+        checkpoint_dir: Option<&Path>,
+    ) -> Result<Box<dyn Vlm>> {
+        Ok(match self {
+            LoadedModel::Git(m) => Box::new(GitVlm::load(m, model_id, checkpoint_dir, device)?),
+            LoadedModel::Qwen2Vl(m) => {
+                Box::new(Qwen2VlVlm::load(m, model_id, checkpoint_dir, device)?)
+            }
+            LoadedModel::KimiVl(m) => Box::new(KimiVlm::load(m, model_id, checkpoint_dir)?),
         })
     }
 }

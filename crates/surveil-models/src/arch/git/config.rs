@@ -24,6 +24,19 @@ pub enum Activation {
     Silu,
 }
 
+impl Activation {
+    /// The `hidden_act` string of a Hub `config.json`.
+    pub fn hub_name(self) -> &'static str {
+        match self {
+            Activation::Gelu => "gelu",
+            Activation::GeluNew => "gelu_new",
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        }
+    }
+}
+
 fn default_vision_hidden() -> usize {
     768
 }
@@ -307,6 +320,43 @@ impl GitConfig {
     /// Image tokens the decoder sees per image (class token + patches).
     pub fn num_image_tokens(&self) -> usize {
         self.vision_config.num_positions()
+    }
+}
+
+impl GitConfig {
+    /// The config as a Hub `config.json`, which [`GitConfig::from_file`] reads back to the
+    /// same config.
+    pub fn hub_config_json(&self) -> serde_json::Value {
+        let v = &self.vision_config;
+        serde_json::json!({
+            "architectures": ["GitForCausalLM"],
+            "model_type": "git",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act.hub_name(),
+            "max_position_embeddings": self.max_position_embeddings,
+            "layer_norm_eps": self.layer_norm_eps,
+            "position_embedding_type": self.position_embedding_type,
+            "num_image_with_embedding": self.num_image_with_embedding,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "vision_config": {
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "num_hidden_layers": v.num_hidden_layers,
+                "num_attention_heads": v.num_attention_heads,
+                "num_channels": v.num_channels,
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "hidden_act": v.hidden_act.hub_name(),
+                "layer_norm_eps": v.layer_norm_eps,
+            },
+        })
     }
 }
 

@@ -1,15 +1,20 @@
 //! GIT behind [`Vlm`]: a captioner. The prompt and system text are ignored; the one image is
 //! captioned from `[CLS]` until `[SEP]` through the shared generation loop.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::Device;
+
 use super::captioner::{check_crop, GitTokenizer};
 use super::model::GitModel;
-use super::processor::ClipProcessor;
+use super::processor::{ClipProcessor, ClipProcessorConfig};
 use crate::generation::GenerationParams;
 use crate::tokenizer::TextTokenizer;
-use crate::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
+use crate::vlm::{
+    find_tokenizer_file, preprocessor_config, Generation, GenerationHooks, Vlm, VlmKind, VlmRequest,
+};
 use crate::{ModelError, Result};
 
 /// GIT with its CLIP processor and BERT tokenizer, as a [`VlmKind::Captioner`].
@@ -21,6 +26,34 @@ pub struct GitVlm {
 }
 
 impl GitVlm {
+    /// The captioner of a loaded model: the BERT tokenizer (`tokenizer.json` in
+    /// `checkpoint_dir`, else the asset cache; see [`find_tokenizer_file`]) and the CLIP
+    /// processor (the checkpoint's `preprocessor_config.json`, else a square crop of the
+    /// model's image size) on `device`, the model's. `checkpoint_dir` is `None` for dummy
+    /// weights.
+    ///
+    /// Errors: a missing or unreadable tokenizer or preprocessor config, a crop that is not the
+    /// model's image size.
+    pub fn load(
+        model: Arc<GitModel>,
+        model_id: &str,
+        checkpoint_dir: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let path = find_tokenizer_file(
+            checkpoint_dir,
+            "tokenizer.json",
+            "tokenizers/bert-base-uncased/tokenizer.json",
+        )?;
+        let tokenizer = GitTokenizer::from_file(&path)?;
+        let config = match preprocessor_config(checkpoint_dir) {
+            Some(p) => ClipProcessorConfig::from_file(&p)?,
+            None => ClipProcessorConfig::square(model.config().vision_config.image_size as u32),
+        };
+        let processor = ClipProcessor::new(config, device.clone());
+        Self::new(model_id, model, processor, tokenizer)
+    }
+
     /// Assemble the captioner. Errors when the processor's crop is not the model's image size.
     pub fn new(
         model_id: impl Into<String>,

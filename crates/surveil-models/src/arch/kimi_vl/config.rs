@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::tokenizer::KimiSpecialIds;
 use crate::{ModelError, Result};
 
 /// The MoonViT vision tower and its 2×2 patch merge.
@@ -221,6 +222,28 @@ pub fn kimi_vl_a3b_vision_config() -> MoonVitConfig {
     }
 }
 
+/// The published Kimi-VL-A3B config: [`kimi_vl_a3b_vision_config`], the DeepSeek-V3-style
+/// decoder of [`crate::arch::deepseek_v3::kimi_vl_a3b_text_config`] and `<|media_pad|>` as the
+/// image placeholder.
+pub fn kimi_vl_a3b_config() -> Result<KimiVlConfig> {
+    let text = crate::arch::deepseek_v3::kimi_vl_a3b_text_config();
+    let mut text_config = serde_json::to_value(&text)
+        .map_err(|e| ModelError::InvalidInput(format!("text config: {e}")))?;
+    if let Some(obj) = text_config.as_object_mut() {
+        obj.insert("model_type".into(), "deepseek_v3".into());
+        obj.insert(
+            "eos_token_id".into(),
+            serde_json::json!(text.eos_token_ids.first()),
+        );
+    }
+    Ok(KimiVlConfig {
+        vision: kimi_vl_a3b_vision_config(),
+        text_hidden_size: text.hidden_size,
+        text_config,
+        media_placeholder_token_id: KimiSpecialIds::MEDIA_PAD,
+    })
+}
+
 /// Every tensor of the vision tower and projector of a Hub Kimi-VL checkpoint with its shape,
 /// in the Hub's names (`vision_tower.*`, `multi_modal_projector.*`); `text_hidden_size` is the
 /// projector's output width. The decoder's tensors (`language_model.*`) are not listed.
@@ -285,6 +308,31 @@ pub fn full_tensor_layout(cfg: &KimiVlConfig) -> Result<Vec<(String, Vec<usize>)
         "language_model.",
     ));
     Ok(out)
+}
+
+impl KimiVlConfig {
+    /// The config as a Hub `config.json`, which [`KimiVlConfig::from_file`] reads back to the
+    /// same config.
+    pub fn hub_config_json(&self) -> serde_json::Value {
+        let v = &self.vision;
+        serde_json::json!({
+            "architectures": ["KimiVLForConditionalGeneration"],
+            "model_type": "kimi_vl",
+            "media_placeholder_token_id": self.media_placeholder_token_id,
+            "vision_config": {
+                "model_type": "moonvit",
+                "patch_size": v.patch_size,
+                "init_pos_emb_height": v.init_pos_emb_height,
+                "init_pos_emb_width": v.init_pos_emb_width,
+                "num_attention_heads": v.num_attention_heads,
+                "num_hidden_layers": v.num_hidden_layers,
+                "hidden_size": v.hidden_size,
+                "intermediate_size": v.intermediate_size,
+                "merge_kernel_size": v.merge_kernel_size,
+            },
+            "text_config": self.text_config,
+        })
+    }
 }
 
 #[cfg(test)]

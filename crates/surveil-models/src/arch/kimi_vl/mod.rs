@@ -32,7 +32,8 @@ pub use chat::{
 };
 
 pub use config::{
-    full_tensor_layout, kimi_vl_a3b_vision_config, tensor_layout, KimiVlConfig, MoonVitConfig,
+    full_tensor_layout, kimi_vl_a3b_config, kimi_vl_a3b_vision_config, tensor_layout, KimiVlConfig,
+    MoonVitConfig,
 };
 pub use model::KimiVlModel;
 pub use processor::{KimiVlImageProcessor, PackedImages, ProcessedImage};

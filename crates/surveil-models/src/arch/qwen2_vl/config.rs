@@ -508,6 +508,15 @@ pub fn qwen2_vl_7b_config() -> Qwen2VlConfig {
     cfg
 }
 
+/// The full-size config of the registry model `model_id`: [`qwen2_vl_7b_config`] for
+/// `qwen2-vl-7b-instruct`, else [`qwen2_vl_2b_config`].
+pub fn full_size_config(model_id: &str) -> Qwen2VlConfig {
+    match model_id {
+        "qwen2-vl-7b-instruct" => qwen2_vl_7b_config(),
+        _ => qwen2_vl_2b_config(),
+    }
+}
+
 /// Every tensor of a Hub Qwen2-VL checkpoint with its shape, in the Hub's names
 /// (`model.*`, `visual.*`, `lm_head.weight` when untied). Used for dummy weights and for size
 /// estimates.
@@ -584,6 +593,48 @@ pub fn tensor_layout(cfg: &Qwen2VlConfig) -> Vec<(String, Vec<usize>)> {
     );
     add("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]);
     out
+}
+
+impl Qwen2VlConfig {
+    /// The config as a Hub `config.json` in the flat layout, which
+    /// [`Qwen2VlConfig::from_file`] reads back to the same config.
+    pub fn hub_config_json(&self) -> serde_json::Value {
+        let (t, v) = (&self.text, &self.vision);
+        serde_json::json!({
+            "architectures": ["Qwen2VLForConditionalGeneration"],
+            "model_type": "qwen2_vl",
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_hidden_layers": t.num_hidden_layers,
+            "num_attention_heads": t.num_attention_heads,
+            "num_key_value_heads": t.num_key_value_heads,
+            "rms_norm_eps": t.rms_norm_eps,
+            "rope_theta": t.rope_theta,
+            "max_position_embeddings": t.max_position_embeddings,
+            "hidden_act": "silu",
+            "rope_scaling": {"type": "mrope", "mrope_section": t.mrope_section},
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "image_token_id": self.image_token_id,
+            "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id,
+            "vision_end_token_id": self.vision_end_token_id,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids.first(),
+            "vision_config": {
+                "depth": v.depth,
+                "embed_dim": v.embed_dim,
+                "num_heads": v.num_heads,
+                "mlp_ratio": v.mlp_ratio,
+                "in_chans": v.in_channels,
+                "hidden_size": v.out_hidden_size,
+                "patch_size": v.patch_size,
+                "spatial_merge_size": v.spatial_merge_size,
+                "temporal_patch_size": v.temporal_patch_size,
+                "hidden_act": "quick_gelu",
+            },
+        })
+    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,8 @@ pub use chat::{
     ENDOFTEXT, IMAGE_PAD, IM_END, IM_START, VIDEO_PAD, VISION_END, VISION_START,
 };
 pub use config::{
-    qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, Qwen2VlConfig, TextConfig, VisionConfig,
+    full_size_config, qwen2_vl_2b_config, qwen2_vl_7b_config, tensor_layout, Qwen2VlConfig,
+    TextConfig, VisionConfig,
 };
 pub use model::{MultimodalInput, PrefillState, Qwen2VlModel, Qwen2VlSession};
 pub use processor::{

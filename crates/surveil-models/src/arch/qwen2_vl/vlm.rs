@@ -2,6 +2,7 @@
 //! template, answered through the shared generation loop until `<|im_end|>` /
 //! `<|endoftext|>`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +13,10 @@ use super::model::{MultimodalInput, Qwen2VlModel};
 use super::processor::Qwen2VlImageProcessor;
 use crate::generation::GenerationParams;
 use crate::tokenizer::TextTokenizer;
-use crate::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
-use crate::Result;
+use crate::vlm::{
+    find_tokenizer_file, preprocessor_config, Generation, GenerationHooks, Vlm, VlmKind, VlmRequest,
+};
+use crate::{ModelError, Result};
 
 /// Qwen2-VL with its tokenizer and image processor, as a [`VlmKind::Instruction`] model.
 pub struct Qwen2VlVlm {
@@ -25,6 +28,43 @@ pub struct Qwen2VlVlm {
 }
 
 impl Qwen2VlVlm {
+    /// The text side of a loaded model: the Qwen tokenizer (`tokenizer.json` in
+    /// `checkpoint_dir`, else the asset cache; see [`find_tokenizer_file`]) and the image
+    /// processor (the checkpoint's `preprocessor_config.json`, else the published defaults);
+    /// `device` is the model's. `checkpoint_dir` is `None` for dummy weights.
+    ///
+    /// Errors: a missing or unreadable tokenizer or preprocessor config.
+    pub fn load(
+        model: Arc<Qwen2VlModel>,
+        model_id: &str,
+        checkpoint_dir: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let path = find_tokenizer_file(
+            checkpoint_dir,
+            "tokenizer.json",
+            "tokenizers/qwen2-vl/tokenizer.json",
+        )?;
+        let tokenizer = Qwen2VlTokenizer::from_file(&path)?;
+        let processor = match preprocessor_config(checkpoint_dir) {
+            Some(p) => {
+                let json = std::fs::read_to_string(&p).map_err(|source| ModelError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                Qwen2VlImageProcessor::from_preprocessor_config(&json)?
+            }
+            None => Qwen2VlImageProcessor::default(),
+        };
+        Ok(Self::new(
+            model_id,
+            model,
+            tokenizer,
+            processor,
+            device.clone(),
+        ))
+    }
+
     /// Assemble the model's text side; `device` is where the pixel values go (the model's).
     pub fn new(
         model_id: impl Into<String>,
