@@ -1,18 +1,52 @@
-//! Vision-language models for surveil: where weights come from, how they become resident with
-//! the least memory (4-bit quantization tensor by tensor), and the architectures themselves.
+//! surveil-models: vision-language models for surveil, from a model id to an answer about
+//! images. Where weights come from, how they become resident with the least memory (4-bit
+//! quantization tensor by tensor), the architectures themselves, and one interface to call any
+//! of them.
+//!
+//! - [`vlm`]: the model interface every architecture implements ([`Vlm`]: images + prompt +
+//!   [`GenerationParams`] in, a [`Generation`] out) with its per-step [`GenerationHooks`].
+//! - [`generation`]: the one decoding loop, token sampling, JSON-schema-constrained decoding
+//!   ([`generation::constrained`]) and the reasoning span of thinking models
+//!   ([`generation::thinking`]).
+//! - [`load`]: the model lifecycle ([`ModelManager`], [`LoadOptions`]): the registry of known
+//!   models ([`ModelSpec`], [`Architecture`]), resolving where weights come from, the weight
+//!   store ([`Weights`] over a [`TensorSource`]: safetensors or dummy weights) that quantizes
+//!   while it loads, dummy checkpoints on disk and the first-inference smoke test.
+//! - [`arch`]: one folder per architecture ([`arch::git`], [`arch::qwen2_vl`],
+//!   [`arch::kimi_vl`], [`arch::deepseek_v3`]) and the dispatch over them ([`ArchConfig`],
+//!   [`LoadedModel`]).
+//! - [`tokenizer`]: the tokenizer interface ([`TextTokenizer`]) and UTF-8-safe streaming;
+//!   [`image_ops`]: the resize, crop and normalisation the image processors share.
+//!
+//! The layers the architectures are built from (one `Linear`, one [`KvCache`], norms, fused
+//! CPU kernels) are internal; the cache and [`Logits`] appear in the decoders' signatures and
+//! are re-exported here.
 //!
 //! Not here: memory measurement (`surveil-memory`), frames and detection (`surveil-vision`),
-//! the analysis pipeline (`surveil-orchestrator`).
+//! the analysis pipeline, prompts and verdicts (`surveil-orchestrator`).
 // Library code reports failures as errors; `unwrap`/`expect` are for tests only.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(missing_docs)]
 
 pub mod arch;
 pub mod error;
 pub mod generation;
 pub mod image_ops;
-pub mod layers;
+pub(crate) mod layers;
 pub mod load;
 pub mod tokenizer;
 pub mod vlm;
 
+pub use arch::deepseek_v3::DeepseekV3Model;
+pub use arch::git::{GitModel, GitVlm};
+pub use arch::kimi_vl::{KimiVlModel, KimiVlm};
+pub use arch::qwen2_vl::{Qwen2VlModel, Qwen2VlVlm};
+pub use arch::{ArchConfig, LoadedModel};
 pub use error::{ModelError, Result};
+pub use generation::{GenerationOutput, GenerationParams, GenerationStats, Sampling, StopReason};
+pub use layers::{KvCache, Logits};
+pub use load::manager::{LoadOptions, LoadSummary, ModelManager, ModelState};
+pub use load::registry::{Architecture, ModelSpec, REGISTRY};
+pub use load::weights::{DummySource, LoadReport, SafetensorsSource, TensorSource, Weights};
+pub use tokenizer::TextTokenizer;
+pub use vlm::{build_vlm, Generation, GenerationHooks, NoHooks, Vlm, VlmKind, VlmRequest};

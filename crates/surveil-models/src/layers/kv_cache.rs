@@ -42,11 +42,6 @@ impl LayerKvCache {
         self.len
     }
 
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// `buf` (or, without one, nothing) followed by `extra` zero positions along the axis,
     /// shaped like `like` elsewhere.
     fn grow(&self, buf: Option<&Tensor>, like: &Tensor, extra: usize) -> Result<Tensor> {
@@ -115,7 +110,7 @@ impl LayerKvCache {
     }
 }
 
-/// The cache of a whole decoder for one sequence (or one batch): a [`LayerKvCache`] per layer.
+/// The cache of a whole decoder for one sequence (or one batch): a `LayerKvCache` per layer.
 ///
 /// Not `Clone`: appending writes into the buffers in place, so a shallow copy would see the
 /// other's tokens; use [`KvCache::try_clone`] to fork a sequence (e.g. after a shared prompt).

@@ -1,4 +1,9 @@
-//! Building blocks shared by the architectures.
+//! The building blocks the architectures share: one [`Linear`] (plain, fused parts, shared
+//! input in decode), one [`KvCache`] (a growing per-layer pair), one [`Logits`] choice, the
+//! norms and the token [`Embedding`], and fused CPU kernels (`kernels`).
+//!
+//! Layers read their tensors through [`crate::load::weights::Weights`]; nothing in
+//! [`crate::load`] depends on them.
 
 mod embedding;
 pub(crate) mod kernels;

@@ -2,10 +2,14 @@
 //!
 //! - [`DeepseekV3Config`]: from a `DeepseekV3ForCausalLM` `config.json` or the `text_config`
 //!   of a Kimi-VL config; [`kimi_vl_a3b_text_config`]; [`tensor_layout`] (Hub names);
-//! - [`DeepseekV3Model`]: load through [`crate::load::weights::Weights`], [`DeepseekV3Model::embed`]
-//!   (for splicing image features), [`DeepseekV3Model::forward`] with a
-//!   [`DeepseekV3Cache`] (prefill, then one token per step), [`DeepseekV3Model::generate`];
-//!   [`DeepseekV3Model::forward_traced`] also returns the routing of every MoE layer.
+//! - [`DeepseekV3Model`]: load through [`crate::load::weights::Weights`],
+//!   [`DeepseekV3Model::embed`] (for splicing image features), [`DeepseekV3Model::forward`]
+//!   with a [`DeepseekV3Cache`] (prefill, then one token per step),
+//!   [`DeepseekV3Model::generate`]; [`DeepseekV3Model::forward_traced`] also returns the
+//!   routing of every MoE layer.
+//!
+//! Files: `mla.rs` (multi-head latent attention and its latent cache), `moe.rs` (router,
+//! routed and shared experts, the SwiGLU MLP), `model.rs` (the decoder), `config.rs`.
 //!
 //! Supported: `q_lora_rank = null`, default RoPE (interleaved pairs), `noaux_tc` sigmoid routing
 //! with group-limited choice. The KV cache holds the compressed latent (576 values per token and

@@ -3,8 +3,8 @@
 //! A [`TensorSource`] lists tensors (name, shape, dtype) and produces one tensor at a time: from
 //! memory-mapped safetensors files ([`SafetensorsSource`]) or generated deterministically from
 //! real shapes ([`DummySource`]). [`Weights`] is what architectures read through: a prefix-scoped
-//! view that checks shapes, applies the [`QuantPolicy`] tensor by tensor, and records every byte
-//! it makes resident in a [`LoadReport`].
+//! view that checks shapes, applies the [`QuantPolicy`](surveil_memory::QuantPolicy) tensor by
+//! tensor, and records every byte it makes resident in a [`LoadReport`].
 
 mod dummy;
 mod safetensors_source;
