@@ -35,7 +35,7 @@ pub mod snapshot;
 pub mod system;
 pub mod units;
 
-pub use checkpoint::{CheckpointHeader, CheckpointTensor, MAX_HEADER_BYTES};
+pub use checkpoint::{CheckpointHeader, CheckpointTensor, ShardIndex, MAX_HEADER_BYTES};
 pub use cleanup::{cleanup, release, CleanupReport};
 pub use error::MemoryError;
 pub use estimate::{

@@ -14,7 +14,8 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    /// A safetensors file is malformed (truncated, bad header, offsets past the end, ...).
+    /// A tensor of a mapped safetensors file cannot be materialised (strides beyond 64 bits,
+    /// bytes no longer inside the file). Malformed headers are [`ModelError::Checkpoint`].
     #[error("invalid safetensors file {path}: {reason}")]
     Safetensors {
         /// The file.
@@ -22,6 +23,10 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A checkpoint's headers or shard index are malformed, as `surveil-memory`'s checkpoint
+    /// reader found (the message names the file and the tensor or `weight_map` key at fault).
+    #[error(transparent)]
+    Checkpoint(#[from] surveil_memory::MemoryError),
     /// A tensor the architecture needs is not in the checkpoint.
     #[error("tensor `{name}` is missing from {source_desc}")]
     MissingTensor {
