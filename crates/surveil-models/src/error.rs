@@ -35,6 +35,21 @@ pub enum ModelError {
         /// Where it was looked for.
         source_desc: String,
     },
+    /// The model code asked for a tensor in a role its architecture's rules (the `roles.rs` of
+    /// the architecture) do not give it; the memory estimate follows the rules, so it would not
+    /// match this load.
+    #[error(
+        "tensor `{name}` is loaded as {requested:?}, but its architecture's tensor rules keep it \
+         as {allowed:?}; the memory estimate would not match the load"
+    )]
+    RoleMismatch {
+        /// Full tensor name.
+        name: String,
+        /// The role the call site asked for.
+        requested: surveil_memory::TensorRole,
+        /// The roles the rules give the tensor.
+        allowed: Vec<surveil_memory::TensorRole>,
+    },
     /// A tensor has another shape than the config implies.
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
