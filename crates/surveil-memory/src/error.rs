@@ -34,8 +34,9 @@ pub enum MemoryError {
 
     /// The header length claims more bytes than the file has (typically a truncated download).
     #[error(
-        "{path}: safetensors header length {header_len} bytes does not fit in the file \
-         ({file_len} bytes); the file is truncated or not a safetensors file"
+        "{path}: safetensors header length {header_len} bytes points past the end of the file \
+         ({file_len} bytes){}; the file is truncated or not a safetensors file",
+        beyond_header_limit(*header_len)
     )]
     HeaderLengthExceedsFile {
         /// The file.
@@ -76,6 +77,33 @@ pub enum MemoryError {
         tensor: String,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// The `__metadata__` entry of a header is not a map of strings to strings (or `null`).
+    #[error("{path}: safetensors header `__metadata__`: {reason}")]
+    InvalidMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Bytes of the data section that belong to no tensor: a gap between two tensors, bytes
+    /// after the last one, or the range of a tensor name written twice in the header. The
+    /// format does not allow them ([`crate::checkpoint::SafetensorsFileHeader::check_layout`]).
+    #[error(
+        "{path}: bytes {start}..{end} of the data section belong to no tensor ({place}); the \
+         header does not describe the file (padded, or edited by hand?)"
+    )]
+    UnindexedBytes {
+        /// The file.
+        path: PathBuf,
+        /// First unused byte, counted from the start of the data section.
+        start: u64,
+        /// End of the unused range (exclusive).
+        end: u64,
+        /// Where: before which tensor, or after the last one.
+        place: String,
     },
 
     /// A sharded checkpoint index (`model.safetensors.index.json`) is malformed or points at
@@ -131,6 +159,15 @@ pub enum MemoryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The note a too-long header length gets when it is also above the header size limit.
+fn beyond_header_limit(header_len: u64) -> &'static str {
+    if header_len > crate::checkpoint::MAX_HEADER_BYTES {
+        " and above the 100 MB limit of a header"
+    } else {
+        ""
+    }
 }
 
 impl MemoryError {

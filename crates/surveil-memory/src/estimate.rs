@@ -1,10 +1,12 @@
 //! How many bytes a model will take on a device, known before a single weight is loaded.
 //!
-//! The weights part comes from the checkpoint's safetensors headers alone (see
-//! [`crate::checkpoint`]) or from an in-memory list of `(name, shape)` (dummy weights), and a
-//! [`QuantPolicy`]: every tensor is sized with
-//! `policy.storage_for(TensorRole::guess(name, shape), shape).bytes_for(shape)`, the very
-//! functions the loader uses to allocate, so the estimate is exact for the weights.
+//! The weights part comes from the checkpoint's safetensors headers alone (read by
+//! [`crate::checkpoint`], the reader the loader uses too) or from an in-memory list of
+//! `(name, shape)` (dummy weights, an architecture's layout), a [`QuantPolicy`], and the roles
+//! of the tensors ([`TensorRules`]: an architecture's own rules, which the loader checks every
+//! tensor against, or [`GuessedRoles`] when the architecture is unknown). Every resident entry
+//! is sized with `policy.storage_for(role, shape).bytes_for(shape)`, the very functions the
+//! loader uses to allocate, so the estimate is exact for the weights.
 //!
 //! The runtime part ([`RuntimeAllowance`]) is an allowance, not an exact figure: the KV cache
 //! for a context length, and the working set of one prefill step. Its formula is documented on
@@ -17,12 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointHeader;
 use crate::quant::{QuantPolicy, StorageDtype, TensorRole};
+use crate::roles::{GuessedRoles, TensorRules};
 use crate::MemoryError;
 
 /// How one tensor will be stored once loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorPlan {
-    /// The guessed role ([`TensorRole::guess`]).
+    /// The role it is kept in.
     pub role: TensorRole,
     /// The storage type the policy picks for it.
     pub storage: StorageDtype,
@@ -31,7 +34,8 @@ pub struct TensorPlan {
 }
 
 impl TensorPlan {
-    /// The plan for one tensor under `policy`: the same decision the loader makes.
+    /// The plan for one tensor under `policy`, its role guessed from its name
+    /// ([`TensorRole::guess`]).
     pub fn for_tensor(name: &str, shape: &[usize], policy: &QuantPolicy) -> TensorPlan {
         Self::with_role(TensorRole::guess(name, shape), shape, policy)
     }
@@ -79,7 +83,7 @@ pub struct Estimate {
     pub stored_bytes: Option<u64>,
     /// Number of tensors.
     pub tensor_count: usize,
-    /// Number of tensors guessed to be linear weights.
+    /// Number of entries kept as linear weights (role [`TensorRole::Linear`]).
     pub linear_count: usize,
     /// Count and bytes per storage type (types with no tensor are absent).
     pub by_dtype: BTreeMap<StorageDtype, DtypeTotals>,
@@ -108,8 +112,12 @@ impl Estimate {
     }
 }
 
-/// Estimates a checkpoint from its headers: a `.safetensors` file, a
-/// `model.safetensors.index.json`, or a directory holding either. Reads no tensor data.
+/// Estimates a checkpoint from its headers ([`CheckpointHeader::read`]): a `.safetensors` file,
+/// a `model.safetensors.index.json`, or a directory holding either, with roles guessed from the
+/// tensor names ([`GuessedRoles`]). Reads no tensor data.
+///
+/// Errors: those of [`CheckpointHeader::read`], naming the file and the tensor or `weight_map`
+/// key at fault.
 pub fn estimate_checkpoint(path: &Path, policy: &QuantPolicy) -> Result<Estimate, MemoryError> {
     let header = CheckpointHeader::read(path)?;
     Ok(estimate_header(&header, policy))
@@ -128,15 +136,32 @@ pub fn estimate_header(header: &CheckpointHeader, policy: &QuantPolicy) -> Estim
     estimate
 }
 
-/// Estimates an in-memory list of `(name, shape)`, e.g. the tensors of dummy weights.
+/// Estimates an in-memory list of `(name, shape)`, e.g. the tensors of dummy weights, with roles
+/// guessed from the names ([`GuessedRoles`]).
 pub fn estimate_tensors<'a, I>(tensors: I, policy: &QuantPolicy) -> Estimate
 where
     I: IntoIterator<Item = (&'a str, &'a [usize])>,
 {
+    estimate_with_rules(tensors, &GuessedRoles, policy)
+}
+
+/// Estimates an in-memory list of `(name, shape)` under an architecture's `rules`: every tensor
+/// once per role the rules give it (a tied table that is also the output head twice).
+pub fn estimate_with_rules<'a, I>(
+    tensors: I,
+    rules: &dyn TensorRules,
+    policy: &QuantPolicy,
+) -> Estimate
+where
+    I: IntoIterator<Item = (&'a str, &'a [usize])>,
+{
     estimate_with_roles(
-        tensors
-            .into_iter()
-            .map(|(name, shape)| (name, shape, TensorRole::guess(name, shape))),
+        tensors.into_iter().flat_map(|(name, shape)| {
+            rules
+                .roles(name, shape)
+                .iter()
+                .map(move |role| (name, shape, *role))
+        }),
         policy,
     )
 }

@@ -8,9 +8,13 @@
 //!   executable (all `surveil` processes of the machine).
 //! - [`MemorySnapshot`] / [`MemoryReport`]: labelled snapshots of a model lifecycle with
 //!   deltas, as a human table or JSON.
+//! - [`CheckpointHeader::read`]: the one reader of safetensors headers and shard indexes, for
+//!   the estimate here and the loader of `surveil-models` alike.
 //! - [`estimate_checkpoint`] / [`estimate_tensors`]: bytes a model takes under a
 //!   [`QuantPolicy`], from safetensors headers alone; [`ModelDims::runtime_allowance`] for the
 //!   KV cache and activations.
+//! - [`TensorRules`]: an architecture's rule for the role each tensor is kept in, which the
+//!   estimate sizes and the loader checks ([`GuessedRoles`] when the architecture is unknown).
 //! - [`fits`]: the estimate against free memory on a [`Device`], with advice when it does not fit.
 //! - [`cleanup()`] / [`release`]: hand freed heap and CUDA pool memory back to the OS/driver.
 //! - [`MemorySampler`]: a background thread keeping peak RSS and recent history.
@@ -30,23 +34,26 @@ pub mod gpu;
 pub mod host;
 pub mod process;
 pub mod quant;
+pub mod roles;
 pub mod sampler;
 pub mod snapshot;
 pub mod system;
 pub mod units;
 
-pub use checkpoint::{CheckpointHeader, CheckpointTensor, MAX_HEADER_BYTES};
+pub use checkpoint::{CheckpointHeader, CheckpointTensor, ShardIndex, MAX_HEADER_BYTES};
 pub use cleanup::{cleanup, release, CleanupReport};
 pub use error::MemoryError;
 pub use estimate::{
-    estimate_checkpoint, estimate_header, estimate_tensors, estimate_with_roles, DtypeTotals,
-    Estimate, FloatFallback, ModelDims, RuntimeAllowance, TensorPlan,
+    estimate_checkpoint, estimate_header, estimate_tensors, estimate_with_roles,
+    estimate_with_rules, DtypeTotals, Estimate, FloatFallback, ModelDims, RuntimeAllowance,
+    TensorPlan,
 };
 pub use fit::{available_bytes, check_fit, fits, fits_with_hints, Device, Fit, FitHints};
 pub use gpu::{gpu_allocated_bytes, GpuAllocation, GpuDeviceMemory, GpuMemory};
 pub use host::{processes_named, NamedProcess, SwapMemory};
 pub use process::ProcessMemory;
 pub use quant::{QuantPolicy, StorageDtype, TensorRole};
+pub use roles::{resident_roles, GuessedRoles, TensorRules};
 pub use sampler::{MemorySampler, Sample, SamplerConfig, SamplerStats};
 pub use snapshot::{MemoryReport, MemorySnapshot, SnapshotDelta};
 pub use system::HostMemory;

@@ -14,7 +14,8 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    /// A safetensors file is malformed (truncated, bad header, offsets past the end, ...).
+    /// A tensor of a mapped safetensors file cannot be materialised (strides beyond 64 bits,
+    /// bytes no longer inside the file). Malformed headers are [`ModelError::Checkpoint`].
     #[error("invalid safetensors file {path}: {reason}")]
     Safetensors {
         /// The file.
@@ -22,6 +23,10 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A checkpoint's headers or shard index are malformed, as `surveil-memory`'s checkpoint
+    /// reader found (the message names the file and the tensor or `weight_map` key at fault).
+    #[error(transparent)]
+    Checkpoint(#[from] surveil_memory::MemoryError),
     /// A tensor the architecture needs is not in the checkpoint.
     #[error("tensor `{name}` is missing from {source_desc}")]
     MissingTensor {
@@ -29,6 +34,21 @@ pub enum ModelError {
         name: String,
         /// Where it was looked for.
         source_desc: String,
+    },
+    /// The model code asked for a tensor in a role its architecture's rules (the `roles.rs` of
+    /// the architecture) do not give it; the memory estimate follows the rules, so it would not
+    /// match this load.
+    #[error(
+        "tensor `{name}` is loaded as {requested:?}, but its architecture's tensor rules keep it \
+         as {allowed:?}; the memory estimate would not match the load"
+    )]
+    RoleMismatch {
+        /// Full tensor name.
+        name: String,
+        /// The role the call site asked for.
+        requested: surveil_memory::TensorRole,
+        /// The roles the rules give the tensor.
+        allowed: Vec<surveil_memory::TensorRole>,
     },
     /// A tensor has another shape than the config implies.
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use surveil_memory::checkpoint::read_safetensors_header;
+use surveil_memory::checkpoint::{read_safetensors_header, MAX_INDEX_BYTES};
 use surveil_memory::{
-    estimate_checkpoint, estimate_tensors, CheckpointHeader, MemoryError, QuantPolicy,
+    estimate_checkpoint, estimate_tensors, CheckpointHeader, MemoryError, QuantPolicy, ShardIndex,
     StorageDtype, MAX_HEADER_BYTES,
 };
 
@@ -564,4 +564,143 @@ fn missing_file_and_empty_directory() {
     assert_names_file(&err, &path);
     let err = estimate_checkpoint(dir.path(), &policy).unwrap_err();
     assert!(matches!(err, MemoryError::NoCheckpoint { .. }), "{err:?}");
+}
+
+/// A file of two F32 tensors `a` (bytes 0..8) and `b` (8..16) with `extra` bytes after them.
+fn two_tensor_file(path: &Path, b_offsets: [u64; 2], extra: usize) {
+    let header = serde_json::to_vec(&serde_json::json!({
+        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": b_offsets},
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    body.extend(std::iter::repeat_n(0u8, b_offsets[1] as usize + extra));
+    write_raw(path, header.len() as u64, &body);
+}
+
+#[test]
+fn layout_rules_refuse_unused_bytes_and_unknown_dtypes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layout.safetensors");
+    let policy = QuantPolicy::four_bit(StorageDtype::F16);
+
+    // Tiled exactly: accepted everywhere.
+    two_tensor_file(&path, [8, 16], 0);
+    assert_eq!(estimate_checkpoint(&path, &policy).unwrap().tensor_count, 2);
+
+    // Trailing padding and a gap: the per-file parse sizes them, a checkpoint read refuses.
+    for (offsets, extra, start, end, place) in [
+        ([8, 16], 5, 16, 21, "after the last tensor, `b`"),
+        ([12, 20], 0, 8, 12, "before tensor `b`"),
+    ] {
+        two_tensor_file(&path, offsets, extra);
+        let header = read_safetensors_header(&path).unwrap();
+        assert_eq!(header.tensors.len(), 2);
+        let err = header.check_layout().unwrap_err();
+        assert!(
+            matches!(&err, MemoryError::UnindexedBytes { start: s, end: e, place: p, .. }
+                if *s == start && *e == end && p == place),
+            "{err:?}"
+        );
+        assert_names_file(&err, &path);
+        let err = estimate_checkpoint(&path, &policy).unwrap_err();
+        assert!(matches!(err, MemoryError::UnindexedBytes { .. }), "{err:?}");
+        assert!(err.to_string().contains(place), "{err}");
+    }
+
+    // A dtype the format does not define: the tensor is named.
+    header_with(
+        &path,
+        serde_json::json!({"dtype": "F33", "shape": [32], "data_offsets": [0, 4]}),
+        4,
+    );
+    assert!(read_safetensors_header(&path).is_ok());
+    let err = CheckpointHeader::read(&path).unwrap_err();
+    assert!(
+        matches!(&err, MemoryError::InvalidTensor { tensor, reason, .. }
+            if tensor == "t" && reason.contains("F33")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn shard_names_must_be_plain_file_names_next_to_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = write_sharded(dir.path());
+    let original = std::fs::read_to_string(&index).unwrap();
+    let policy = QuantPolicy::four_bit(StorageDtype::F16);
+    // A subdirectory inside the checkpoint holding a real copy of the shard: still refused, so
+    // that no symbolic link to a directory can redirect a shard.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::copy(
+        dir.path().join("model-00002-of-00002.safetensors"),
+        dir.path().join("sub/model-00002-of-00002.safetensors"),
+    )
+    .unwrap();
+    let absolute = dir.path().join("model-00002-of-00002.safetensors");
+    for bad in [
+        "sub/model-00002-of-00002.safetensors",
+        "..\\model-00002-of-00002.safetensors",
+        ".model-00002-of-00002.safetensors",
+        "",
+        absolute.to_str().unwrap(),
+    ] {
+        let text = original.replace(
+            "\"model-00002-of-00002.safetensors\"",
+            &serde_json::to_string(bad).unwrap(),
+        );
+        std::fs::write(&index, text).unwrap();
+        let err = estimate_checkpoint(&index, &policy).unwrap_err();
+        // The error names the index, a key mapped to the shard, and the shard as written.
+        assert!(
+            matches!(&err, MemoryError::InvalidIndex { reason, .. }
+                if reason.contains("weight_map[`") && reason.contains(&format!("= `{bad}`"))),
+            "{bad}: {err:?}"
+        );
+        assert_names_file(&err, &index);
+        let err = surveil_memory::checkpoint::shard_paths(&index).unwrap_err();
+        assert!(matches!(err, MemoryError::InvalidIndex { .. }), "{err:?}");
+    }
+    // A value that is not a string names its key.
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    json["weight_map"]["lm_head.weight"] = 7.into();
+    std::fs::write(&index, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = ShardIndex::read(&index).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("weight_map[`lm_head.weight`] is a number"),
+        "{err}"
+    );
+    // An index over the size limit is refused before it is read (sparse file).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&index)
+        .unwrap();
+    f.set_len(MAX_INDEX_BYTES + 1).unwrap();
+    let err = estimate_checkpoint(&index, &policy).unwrap_err();
+    assert!(
+        matches!(&err, MemoryError::InvalidIndex { reason, .. } if reason.contains("exceeds the limit")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_directory_holding_both_prefers_the_single_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_sharded(dir.path());
+    let single: Vec<(&str, Vec<usize>)> = vec![("only.weight", vec![4, 4])];
+    write_checkpoint(&dir.path().join("model.safetensors"), &single);
+    assert_eq!(
+        surveil_memory::checkpoint::checkpoint_file(dir.path()),
+        Some(dir.path().join("model.safetensors"))
+    );
+    let header = CheckpointHeader::read(dir.path()).unwrap();
+    assert_eq!(header.tensors.len(), 1);
+    assert_eq!(header.tensors[0].name, "only.weight");
+    // The byte range of a tensor in its file.
+    let t = &header.tensors[0];
+    let range = t.file_range();
+    assert_eq!(range.end - range.start, 4 * 4 * 2);
+    let bytes = std::fs::read(&t.file).unwrap();
+    assert_eq!(range.end, bytes.len() as u64);
 }

@@ -61,44 +61,24 @@ impl ArchConfig {
         }
     }
 
-    /// What the loader makes resident under `policy`: every checkpoint tensor with its role,
-    /// and for a tied output head either the token table stored once as a quantized matrix
-    /// (4-bit, see [`crate::arch::qwen2_vl::shares_tied_embedding`]) or a quantized copy beside the float table. Feed
-    /// it to `surveil_memory::estimate_with_roles`.
+    /// What the loader makes resident under `policy`: every checkpoint tensor once per role
+    /// the architecture's rules give it ([`crate::arch::git::GitRoles`], [`crate::arch::qwen2_vl::Qwen2VlRoles`],
+    /// [`crate::arch::kimi_vl::KimiVlRoles`], which the loader checks every tensor against); a tied
+    /// token table appears twice when it is also kept as the output head. Feed it to
+    /// `surveil_memory::estimate_with_roles`.
     pub fn resident_plan(
         &self,
         policy: &QuantPolicy,
     ) -> Result<Vec<(String, Vec<usize>, TensorRole)>> {
-        let mut plan: Vec<_> = self
-            .tensor_layout()?
-            .into_iter()
-            .map(|(name, shape)| {
-                // MoE routers stay f32 (the expert choice is sensitive to their logits), and so
-                // does MLA's kv_b_proj, which decoding absorbs into the query and output.
-                let role =
-                    if name.ends_with("mlp.gate.weight") || name.ends_with("kv_b_proj.weight") {
-                        TensorRole::Float
-                    } else {
-                        TensorRole::guess(&name, &shape)
-                    };
-                (name, shape, role)
-            })
-            .collect();
-        if let ArchConfig::Qwen2Vl(c) = self {
-            if c.tie_word_embeddings {
-                let head = vec![c.text.vocab_size, c.text.hidden_size];
-                if crate::arch::qwen2_vl::shares_tied_embedding(policy) {
-                    for (name, _, role) in plan.iter_mut() {
-                        if name == "model.embed_tokens.weight" {
-                            *role = TensorRole::Linear;
-                        }
-                    }
-                } else {
-                    plan.push(("lm_head.weight".to_string(), head, TensorRole::Linear));
-                }
-            }
-        }
-        Ok(plan)
+        let rules: Box<dyn surveil_memory::TensorRules> = match self {
+            ArchConfig::Git(_) => Box::new(crate::arch::git::GitRoles),
+            ArchConfig::Qwen2Vl(c) => Box::new(crate::arch::qwen2_vl::Qwen2VlRoles::new(c, policy)),
+            ArchConfig::KimiVl(c) => Box::new(crate::arch::kimi_vl::KimiVlRoles::new(c)?),
+        };
+        Ok(surveil_memory::resident_roles(
+            self.tensor_layout()?,
+            rules.as_ref(),
+        ))
     }
 
     /// The estimate of [`Self::resident_plan`].

@@ -426,7 +426,10 @@ pub fn load_model(
         }
         ResolvedWeights::Files(files) => {
             let cfg = ArchConfig::from_file(spec, &files.config)?;
-            (cfg, Box::new(SafetensorsSource::open(&files.safetensors)?))
+            (
+                cfg,
+                Box::new(SafetensorsSource::open(&[&files.checkpoint])?),
+            )
         }
     };
     let policy = policy_for(opts.quant);

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use surveil_config::WeightsSpec;
+use surveil_memory::checkpoint;
 
 use crate::load::registry::ModelSpec;
 use crate::{ModelError, Result};
@@ -23,6 +24,9 @@ pub struct CheckpointFiles {
     pub dir: PathBuf,
     /// `config.json`.
     pub config: PathBuf,
+    /// The file the checkpoint is read from: `model.safetensors`, or else
+    /// `model.safetensors.index.json` ([`surveil_memory::checkpoint::checkpoint_file`]).
+    pub checkpoint: PathBuf,
     /// The safetensors files (one, or the shards named by the index).
     pub safetensors: Vec<PathBuf>,
     /// How it was found (`hf cache`, `directory`, `SURVEIL_MODEL_DIR`).
@@ -40,7 +44,8 @@ impl ResolvedWeights {
 }
 
 /// The files of the checkpoint in `dir`: `config.json` plus `model.safetensors` or the shards of
-/// `model.safetensors.index.json`. `Err` lists what is missing.
+/// `model.safetensors.index.json` (read with [`surveil_memory::checkpoint::shard_paths`]: plain
+/// file names next to the index, each present). `Err` lists what is missing or wrong.
 pub fn checkpoint_in(
     dir: &Path,
     found_in: &str,
@@ -50,31 +55,32 @@ pub fn checkpoint_in(
     if !config.is_file() {
         missing.push("config.json".to_string());
     }
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    let safetensors = if single.is_file() {
-        vec![single]
-    } else if index.is_file() {
-        match crate::load::weights::shard_paths(&index) {
-            Ok(paths) => paths,
-            Err(e) => {
-                missing.push(e.to_string());
-                Vec::new()
+    let checkpoint = checkpoint::checkpoint_file(dir);
+    let safetensors = match &checkpoint {
+        Some(path) if path.ends_with(checkpoint::INDEX_FILE_NAME) => {
+            match checkpoint::shard_paths(path) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    missing.push(e.to_string());
+                    Vec::new()
+                }
             }
         }
-    } else {
-        missing.push("model.safetensors (or model.safetensors.index.json)".to_string());
-        Vec::new()
+        Some(single) => vec![single.clone()],
+        None => {
+            missing.push("model.safetensors (or model.safetensors.index.json)".to_string());
+            Vec::new()
+        }
     };
-    if missing.is_empty() {
-        Ok(CheckpointFiles {
+    match checkpoint {
+        Some(checkpoint) if missing.is_empty() => Ok(CheckpointFiles {
             dir: dir.to_path_buf(),
             config,
+            checkpoint,
             safetensors,
             found_in: found_in.to_string(),
-        })
-    } else {
-        Err(missing)
+        }),
+        _ => Err(missing),
     }
 }
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use proptest::prelude::*;
-use surveil_memory::checkpoint::read_safetensors_header;
-use surveil_models::load::weights::{shard_paths, SafetensorsSource, TensorSource};
+use surveil_memory::checkpoint::{read_safetensors_header, shard_paths};
+use surveil_models::load::weights::{SafetensorsSource, TensorSource};
 
 /// The system allocator, remembering the largest single request of each thread, so a property
 /// can check that a reader never sizes a buffer from an untrusted length field.

@@ -7,6 +7,7 @@ use surveil_memory::{estimate_tensors, StorageDtype};
 use surveil_models::arch::ArchConfig;
 use surveil_models::load::manager::{policy_for, LoadOptions, ModelManager, ModelState};
 use surveil_models::load::registry;
+use surveil_models::load::weights::SafetensorsSource;
 
 use crate::common::fixture;
 
@@ -445,5 +446,126 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
             "{quant:?}: loaded {got} vs estimate {est}"
         );
         assert_eq!(s.estimate.total_bytes as f64, est);
+    }
+}
+
+/// `dir/config.json` (the full-size GIT config) and two valid shards of small f32 tensors,
+/// `a` in the first and `b` in the second, with `model.safetensors.index.json` mapping them to
+/// `shard_a` and `shard_b` as given. Returns the index path.
+fn sharded_git_dir(dir: &Path, shard_a: &str, shard_b: &str) -> PathBuf {
+    let spec = registry::find("git-base-coco").unwrap();
+    let cfg = ArchConfig::full_size(spec).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.hub_config_json().to_string()).unwrap();
+    for (name, file) in [
+        ("a", "model-00001-of-00002.safetensors"),
+        ("b", "model-00002-of-00002.safetensors"),
+    ] {
+        let t = candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+        candle_core::safetensors::save(&[(name, t)].into_iter().collect(), dir.join(file)).unwrap();
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let json = serde_json::json!({"weight_map": {"a": shard_a, "b": shard_b}});
+    std::fs::write(&index, json.to_string()).unwrap();
+    index
+}
+
+/// The checkpoint errors of the estimate and of the loader for the checkpoint in `dir`: the
+/// estimate's, the loader's, and the model manager's.
+fn estimate_and_loader_errors(dir: &Path, index: &Path) -> (String, String, String) {
+    let policy = policy_for(Quant::Q4k);
+    let estimate = surveil_memory::estimate_checkpoint(dir, &policy)
+        .unwrap_err()
+        .to_string();
+    let loader = SafetensorsSource::open_index(index)
+        .err()
+        .expect("the loader must refuse what the estimate refuses")
+        .to_string();
+    let manager = load_err(dir);
+    (estimate, loader, manager)
+}
+
+#[test]
+fn one_reader_refuses_an_escaping_shard_for_the_estimate_and_the_loader() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ckpt");
+    std::fs::create_dir(&dir).unwrap();
+    // A valid checkpoint file outside the directory, which an escaping name would reach.
+    let outside = root.path().join("outside.safetensors");
+    let t =
+        candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&[("b", t)].into_iter().collect(), &outside).unwrap();
+    for escape in [
+        "../outside.safetensors".to_string(),
+        outside.display().to_string(),
+    ] {
+        let index = sharded_git_dir(&dir, "model-00001-of-00002.safetensors", &escape);
+        let (estimate, loader, manager) = estimate_and_loader_errors(&dir, &index);
+        // One reader: the same words from both doors, naming the index, the key and the shard.
+        assert_eq!(estimate, loader);
+        assert!(
+            estimate.contains("model.safetensors.index.json")
+                && estimate.contains(&format!("weight_map[`b`] = `{escape}`")),
+            "{estimate}"
+        );
+        assert!(
+            manager.contains(&format!("weight_map[`b`] = `{escape}`")),
+            "{manager}"
+        );
+    }
+}
+
+#[test]
+fn one_reader_refuses_an_oversized_shard_header_for_the_estimate_and_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = sharded_git_dir(
+        dir.path(),
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    // The second shard claims a header just over 100 MB, and the (sparse) file is long enough
+    // to hold it.
+    let shard = dir.path().join("model-00002-of-00002.safetensors");
+    let claimed = surveil_memory::MAX_HEADER_BYTES + 1;
+    let mut bytes = claimed.to_le_bytes().to_vec();
+    bytes.push(b'{');
+    std::fs::write(&shard, bytes).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
+    f.set_len(8 + claimed + 16).unwrap();
+    let (estimate, loader, manager) = estimate_and_loader_errors(dir.path(), &index);
+    assert_eq!(estimate, loader);
+    for msg in [&estimate, &manager] {
+        assert!(
+            msg.contains("model-00002-of-00002.safetensors")
+                && msg.contains("exceeds the limit of 100000000 bytes"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn one_reader_refuses_bytes_outside_every_tensor_for_the_estimate_and_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = sharded_git_dir(
+        dir.path(),
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    );
+    // Padding after the last tensor: the reference reader refuses it, and so do both doors.
+    let shard = dir.path().join("model-00001-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes.extend_from_slice(&[0; 3]);
+    std::fs::write(&shard, bytes).unwrap();
+    let (estimate, loader, manager) = estimate_and_loader_errors(dir.path(), &index);
+    assert_eq!(estimate, loader);
+    for msg in [&estimate, &manager] {
+        assert!(
+            msg.contains("model-00001-of-00002.safetensors")
+                && msg.contains("belong to no tensor (after the last tensor, `a`)"),
+            "{msg}"
+        );
     }
 }

@@ -12,6 +12,8 @@
 //! - [`ClipProcessor`]: frames → `pixel_values` (Pillow-exact bicubic resize, crop, CLIP norm).
 //! - [`GitTokenizer`] and [`GitCaptioner`]: frames → caption strings, batched.
 //! - [`GitVlm`]: GIT behind the model-agnostic [`crate::vlm::Vlm`] interface (a captioner).
+//! - [`GitRoles`]: the role each tensor is kept in (what the memory estimate sizes and the
+//!   loader checks).
 //!
 //! Not here: where weights come from (`crate::load::weights`), model lifecycle and registry.
 
@@ -21,6 +23,7 @@ mod decoder;
 mod model;
 mod ops;
 mod processor;
+mod roles;
 mod vision;
 mod vlm;
 
@@ -29,5 +32,6 @@ pub use config::{git_base_coco_config, Activation, GitConfig, GitVisionConfig};
 pub use decoder::GitCache;
 pub use model::{GitModel, GitSession};
 pub use processor::{ClipProcessor, ClipProcessorConfig};
+pub use roles::GitRoles;
 pub use vision::VisionTransformer;
 pub use vlm::GitVlm;

@@ -60,12 +60,14 @@ impl GitModel {
         out
     }
 
-    /// Load every tensor through `w` (scoped at the checkpoint root).
+    /// Load every tensor through `w` (scoped at the checkpoint root), each checked against
+    /// [`super::GitRoles`].
     pub fn load(cfg: &GitConfig, w: &Weights) -> Result<Self> {
         cfg.validate().map_err(|reason| ModelError::Config {
             path: "<GitConfig>".into(),
             reason,
         })?;
+        let w = &w.with_rules(std::sync::Arc::new(super::GitRoles));
         let h = cfg.hidden_size;
         let vh = cfg.vision_config.hidden_size;
         let _span = tracing::info_span!("git_load", layers = cfg.num_hidden_layers).entered();

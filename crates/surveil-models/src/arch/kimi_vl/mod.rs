@@ -13,7 +13,9 @@
 //! - [`KimiTokenizer`]: Moonshot's tiktoken BPE (`tiktoken.model`) and the special slots;
 //! - [`encode_chat`]: the chat template as token ids, one `<|media_pad|>` per merged image token;
 //! - [`KimiVlm`]: all of it behind [`crate::vlm::Vlm`], with the reasoning split of the
-//!   Thinking models.
+//!   Thinking models;
+//! - [`KimiVlRoles`]: the role each tensor is kept in, decoder included (what the memory
+//!   estimate sizes and the loader checks).
 //!
 //! Not here: the decoder itself (`crate::arch::deepseek_v3`), the generation loop
 //! (`crate::generation`).
@@ -22,6 +24,7 @@ mod chat;
 mod config;
 mod model;
 mod processor;
+mod roles;
 mod tokenizer;
 mod vision;
 mod vlm;
@@ -37,6 +40,7 @@ pub use config::{
 };
 pub use model::KimiVlModel;
 pub use processor::{KimiVlImageProcessor, PackedImages, ProcessedImage};
+pub use roles::KimiVlRoles;
 pub use tokenizer::{
     kimi_special_token_name, KimiSpecialIds, KimiTokenizer, KIMI_NAMED_SPECIAL_TOKENS,
     KIMI_REGULAR_TOKENS, KIMI_SPLIT_PATTERN, KIMI_VOCAB_SIZE,

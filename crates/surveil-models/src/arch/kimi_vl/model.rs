@@ -19,9 +19,13 @@ pub struct KimiVlModel {
 
 impl KimiVlModel {
     /// Load from `w` scoped at the checkpoint root (`vision_tower.*`,
-    /// `multi_modal_projector.*`, `language_model.*`).
+    /// `multi_modal_projector.*`, `language_model.*`). Every tensor is checked against
+    /// [`super::KimiVlRoles`].
     pub fn load(cfg: &KimiVlConfig, w: &Weights) -> Result<Self> {
         let text_cfg = DeepseekV3Config::from_value(&cfg.text_config)?;
+        let w = &w.with_rules(std::sync::Arc::new(super::KimiVlRoles::for_decoder(
+            &text_cfg,
+        )));
         if text_cfg.hidden_size != cfg.text_hidden_size {
             return Err(ModelError::Config {
                 path: "kimi-vl config.json".into(),

@@ -11,7 +11,9 @@
 //! - [`Qwen2VlImageProcessor`]: `smart_resize`, bicubic resize, normalisation, patch order;
 //! - [`Qwen2VlTokenizer`] and [`render_chat`]: the Qwen BPE tokenizer and the chat template;
 //! - [`VisionTower`] and [`TextModel`] on their own;
-//! - [`Qwen2VlVlm`]: all of it behind the model-agnostic [`crate::vlm::Vlm`] interface.
+//! - [`Qwen2VlVlm`]: all of it behind the model-agnostic [`crate::vlm::Vlm`] interface;
+//! - [`Qwen2VlRoles`]: the role each tensor is kept in (what the memory estimate sizes and the
+//!   loader checks).
 //!
 //! ```no_run
 //! # fn main() -> surveil_models::Result<()> {
@@ -55,6 +57,7 @@ mod chat;
 mod config;
 mod model;
 mod processor;
+mod roles;
 mod rope_index;
 mod text;
 mod vision;
@@ -74,6 +77,7 @@ pub use model::{MultimodalInput, PrefillState, Qwen2VlModel, Qwen2VlSession};
 pub use processor::{
     smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO,
 };
+pub use roles::Qwen2VlRoles;
 pub use rope_index::{rope_index, RopeIndex, VisionTokens};
 pub use text::{shares_tied_embedding, TextModel};
 pub use vision::{GridThw, VisionOutput, VisionTower};

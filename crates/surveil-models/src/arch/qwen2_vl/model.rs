@@ -55,8 +55,13 @@ pub struct Qwen2VlModel {
 
 impl Qwen2VlModel {
     /// Load every tensor through `w` (scoped at the checkpoint root: `model.*`, `visual.*`,
-    /// `lm_head.weight`), quantizing linear weights as the weights' policy says.
+    /// `lm_head.weight`), quantizing linear weights as the weights' policy says. Every tensor is
+    /// checked against [`super::Qwen2VlRoles`].
     pub fn load(cfg: &Qwen2VlConfig, w: &Weights) -> Result<Self> {
+        let w = &w.with_rules(std::sync::Arc::new(super::Qwen2VlRoles::new(
+            cfg,
+            &w.policy(),
+        )));
         let _span = tracing::info_span!("qwen2_vl_load", policy = %w.policy().describe()).entered();
         let text = TextModel::load(&cfg.text, cfg.tie_word_embeddings, w)?;
         let vision = VisionTower::load(&cfg.vision, &w.pp("visual"))?;

@@ -11,7 +11,7 @@ mod safetensors_source;
 mod store;
 
 pub use dummy::DummySource;
-pub use safetensors_source::{shard_paths, SafetensorsSource};
+pub use safetensors_source::SafetensorsSource;
 pub use store::{LoadProgress, LoadReport, Weights};
 
 use candle_core::{DType, Device, Tensor};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
-use surveil_memory::{QuantPolicy, StorageDtype, TensorRole};
+use surveil_memory::{QuantPolicy, StorageDtype, TensorRole, TensorRules};
 
 use super::TensorSource;
 use crate::{ModelError, Result};
@@ -57,10 +57,16 @@ struct Inner {
 
 /// A prefix-scoped view of a [`TensorSource`] that makes tensors resident on one device, in the
 /// storage type the [`QuantPolicy`] picks, one at a time. Cloning is cheap.
+///
+/// The role of a tensor (float, table, linear weight) is chosen by the call: [`Self::get`],
+/// [`Self::get_table`], [`Self::matmul_weight`]. A view given an architecture's rules
+/// ([`Self::with_rules`]) checks every tensor it stores against them, so that the memory
+/// estimate, which sizes the same rules, cannot disagree with the load.
 #[derive(Clone)]
 pub struct Weights {
     inner: Arc<Inner>,
     prefix: String,
+    rules: Option<Arc<dyn TensorRules>>,
 }
 
 impl Weights {
@@ -77,6 +83,7 @@ impl Weights {
                 total_tensors,
             }),
             prefix: String::new(),
+            rules: None,
         }
     }
 
@@ -98,6 +105,7 @@ impl Weights {
                 total_tensors,
             }),
             prefix: String::new(),
+            rules: None,
         }
     }
 
@@ -111,6 +119,35 @@ impl Weights {
         Self {
             inner: self.inner.clone(),
             prefix,
+            rules: self.rules.clone(),
+        }
+    }
+
+    /// This view (and every view [`Self::pp`] makes from it), checking each tensor it stores
+    /// against an architecture's `rules`: a tensor asked for in a role the rules do not give it
+    /// is refused with [`ModelError::RoleMismatch`] naming it. The load report is shared.
+    pub fn with_rules(&self, rules: Arc<dyn TensorRules>) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            prefix: self.prefix.clone(),
+            rules: Some(rules),
+        }
+    }
+
+    /// Refuses `role` for `full` when the rules in force do not give it that role.
+    fn check_role(&self, full: &str, shape: &[usize], role: TensorRole) -> Result<()> {
+        let Some(rules) = &self.rules else {
+            return Ok(());
+        };
+        let allowed = rules.roles(full, shape);
+        if allowed.contains(&role) {
+            Ok(())
+        } else {
+            Err(ModelError::RoleMismatch {
+                name: full.to_string(),
+                requested: role,
+                allowed: allowed.to_vec(),
+            })
         }
     }
 
@@ -160,9 +197,11 @@ impl Weights {
         }
     }
 
-    /// Read `name`, check its shape, and return it in the source dtype (on CPU, for conversion).
-    fn fetch(&self, name: &str, shape: &[usize]) -> Result<(String, Tensor)> {
+    /// Check that `name` may be stored in `role`, read it, check its shape, and return it in
+    /// the source dtype (on CPU, for conversion).
+    fn fetch(&self, name: &str, shape: &[usize], role: TensorRole) -> Result<(String, Tensor)> {
         let full = self.path(name);
+        self.check_role(&full, shape, role)?;
         let meta = self
             .inner
             .source
@@ -190,7 +229,7 @@ impl Weights {
 
     /// A float tensor in f32 on the target device (norms, biases, positions, convolutions).
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
-        let (full, t) = self.fetch(name, shape)?;
+        let (full, t) = self.fetch(name, shape, TensorRole::Float)?;
         let t = t.to_dtype(DType::F32)?.to_device(&self.inner.device)?;
         self.record(&full, StorageDtype::F32, shape, false);
         Ok(t)
@@ -200,7 +239,7 @@ impl Weights {
     /// the rows they gather to f32.
     pub fn get_table(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         let storage = self.inner.policy.storage_for(TensorRole::Table, shape);
-        let (full, t) = self.fetch(name, shape)?;
+        let (full, t) = self.fetch(name, shape, TensorRole::Table)?;
         let t = t
             .to_dtype(float_dtype(storage))?
             .to_device(&self.inner.device)?;
@@ -212,7 +251,7 @@ impl Weights {
     pub fn matmul_weight(&self, shape: &[usize], name: &str) -> Result<QMatMul> {
         let storage = self.inner.policy.storage_for(TensorRole::Linear, shape);
         let fell_back = self.inner.policy.linear.is_quantized() && !storage.is_quantized();
-        let (full, t) = self.fetch(name, shape)?;
+        let (full, t) = self.fetch(name, shape, TensorRole::Linear)?;
         let q = quantize_onto(&t, storage, &self.inner.device)?;
         drop(t);
         self.record(&full, storage, shape, fell_back);
@@ -312,6 +351,63 @@ fn float_dtype(storage: StorageDtype) -> DType {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use surveil_memory::roles::{FLOAT, LINEAR, TABLE_AND_LINEAR};
+
+    /// `router.weight` stays float, `head.weight` is a tied table, everything else linear.
+    struct Rules;
+
+    impl TensorRules for Rules {
+        fn roles(&self, name: &str, _shape: &[usize]) -> &'static [TensorRole] {
+            match name {
+                "layer.router.weight" => FLOAT,
+                "head.weight" => TABLE_AND_LINEAR,
+                _ => LINEAR,
+            }
+        }
+    }
+
+    #[test]
+    fn a_view_with_rules_refuses_a_role_they_do_not_give() {
+        let layout = vec![
+            ("layer.router.weight".to_string(), vec![8, 64]),
+            ("layer.up.weight".to_string(), vec![64, 64]),
+            ("head.weight".to_string(), vec![32, 64]),
+        ];
+        let source = crate::load::weights::DummySource::new("rules", layout, DType::F32, 1);
+        let plain = Weights::new(
+            Box::new(source),
+            Device::Cpu,
+            QuantPolicy::four_bit(StorageDtype::F16),
+        );
+        // Without rules the call site decides.
+        assert!(plain
+            .pp("layer")
+            .matmul_weight(&[8, 64], "router.weight")
+            .is_ok());
+        let w = plain.with_rules(Arc::new(Rules));
+        let layer = w.pp("layer");
+        let err = layer
+            .matmul_weight(&[8, 64], "router.weight")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`layer.router.weight`")
+                && err.contains("Linear")
+                && err.contains("Float"),
+            "{err}"
+        );
+        assert!(layer.get(&[8, 64], "router.weight").is_ok());
+        assert!(matches!(
+            layer.get(&[64, 64], "up.weight"),
+            Err(ModelError::RoleMismatch { .. })
+        ));
+        assert!(layer.matmul_weight(&[64, 64], "up.weight").is_ok());
+        // A tied table may be read in both of its roles.
+        assert!(w.get_table(&[32, 64], "head.weight").is_ok());
+        assert!(w.matmul_weight(&[32, 64], "head.weight").is_ok());
+        // Refused reads make nothing resident; the report is shared with the plain view.
+        assert_eq!(plain.report().tensors_loaded, 5);
+    }
 
     #[test]
     fn parallel_quantization_gives_the_same_blocks() {
