@@ -110,6 +110,23 @@ impl Estimate {
 
 /// Estimates a checkpoint from its headers: a `.safetensors` file, a
 /// `model.safetensors.index.json`, or a directory holding either. Reads no tensor data.
+///
+/// Errors: whatever [`CheckpointHeader::read`] returns (a missing or unreadable file, a
+/// truncated or malformed header, an index naming a missing shard), each naming the file.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use surveil_memory::{estimate_checkpoint, fits, Device, QuantPolicy, StorageDtype};
+///
+/// let dir = Path::new("/models/Qwen2-VL-2B-Instruct");
+/// let estimate = estimate_checkpoint(dir, &QuantPolicy::four_bit(StorageDtype::Bf16))?;
+/// println!("{} bytes once loaded in 4 bits", estimate.total_bytes);
+/// let fit = fits(&estimate, Device::Cpu);
+/// if !fit.fits() {
+///     eprintln!("{fit}"); // "needs 1.2 GiB, 0.8 GiB available on cpu; try ..."
+/// }
+/// # Ok::<(), surveil_memory::MemoryError>(())
+/// ```
 pub fn estimate_checkpoint(path: &Path, policy: &QuantPolicy) -> Result<Estimate, MemoryError> {
     let header = CheckpointHeader::read(path)?;
     Ok(estimate_header(&header, policy))
