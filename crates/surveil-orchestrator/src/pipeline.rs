@@ -226,7 +226,7 @@ pub fn vision_setup(
     let mut tracker = TrackerParams::from_config(&config.tracker);
     tracker.track_high_thresh = config.detection.confidence as f32;
     yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);
-    let detector = DarknetYolo::new(&yolo, &candle_core::Device::Cpu)?;
+    let detector = DarknetYolo::on_cpu(&yolo)?;
     let options = PipelineOptions {
         max_frames,
         tracker,
