@@ -389,6 +389,8 @@ impl EventSink for Collect {
 }
 
 #[test]
+// The sinks are closures returning the crate's `Result`, whose error is large.
+#[allow(clippy::result_large_err)]
 fn sinks_of_the_caller_get_every_event_in_order() {
     let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
         return;
@@ -432,6 +434,8 @@ fn sinks_of_the_caller_get_every_event_in_order() {
 }
 
 #[test]
+// The sinks are closures returning the crate's `Result`, whose error is large.
+#[allow(clippy::result_large_err)]
 fn a_failing_sink_of_the_caller_ends_the_run_with_its_error() {
     let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
         return;
