@@ -11,7 +11,7 @@
 //! `~/.cache/surveil/assets`, filled by `scripts/setup.sh`). Prints the run summary as JSON on
 //! stdout. Wrong arguments: usage on stderr, exit status 2.
 
-use std::io::BufWriter;
+use std::io::{BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse_args(&args) {
