@@ -62,7 +62,7 @@ pub(crate) fn settable(defaults: &Dict, key: &str) -> bool {
 }
 
 /// Parse a boolean the way users write them: true/false, 1/0, yes/no (any case).
-pub fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Some(true),
         "false" | "0" | "no" => Some(false),

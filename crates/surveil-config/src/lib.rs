@@ -4,13 +4,71 @@
 //!
 //! Raw input is deserialized strictly (unknown keys are errors) into a [`RawConfig`], then
 //! checked once by [`RawConfig::validate`]; code holding a [`SystemConfig`] never re-checks.
-//! Every error names the key, the bad value, where it came from (file, environment variable or
-//! flag) and what is allowed. [`ConfigLoader`] also remembers where each value came from, for
-//! `surveil config show`.
+//! Every error ([`ConfigError`]) names the key, the bad value, where it came from (file,
+//! environment variable or flag) and what is allowed.
 //!
-//! Not here: what the values mean at run time (models, memory, pipeline live in other crates).
+//! # Entry points
+//!
+//! - [`ConfigLoader`]: the merge. [`ConfigLoader::new`] reads the process environment,
+//!   [`ConfigLoader::with_env`] a list of variables you give it (embedding, tests);
+//!   [`ConfigLoader::profile`], [`ConfigLoader::profiles_dir`] and [`ConfigLoader::flag`] set the
+//!   other layers, and [`ConfigLoader::load`] returns a [`LoadedConfig`]: the [`SystemConfig`]
+//!   and the [`Origin`] of each of its values (what `surveil config show` prints).
+//! - [`RawConfig`]: the same sections as plain data with defaults ([`RawConfig::default`]), to
+//!   build a configuration in code and turn it into a [`SystemConfig`] with
+//!   [`RawConfig::validate`].
+//! - [`ProfileSet`]: the profiles that exist ([`BUILTIN_PROFILES`] compiled in, plus the
+//!   `*.toml` files of a profiles directory).
+//! - [`paths`]: the asset cache (`$SURVEIL_ASSETS`, default `~/.cache/surveil/assets`) and
+//!   the Hugging Face cache.
+//! - [`reference_markdown`]: every key with its type, default, environment variable and rule,
+//!   as Markdown (`docs/configuration.md`).
+//!
+//! # Example
+//!
+//! The `testing` profile with one key overridden as a command-line flag would, and no
+//! environment:
+//!
+//! ```
+//! use surveil_config::{ConfigLoader, Origin, WeightsSpec};
+//!
+//! let loaded = ConfigLoader::with_env(Vec::new())
+//!     .profile(Some("testing"))
+//!     .flag("vlm.weights", "dummy", "--weights")
+//!     .load()?;
+//! let config = &loaded.config;
+//! assert_eq!(config.profile, "testing");
+//! assert_eq!(config.vlm.primary_model, "git-base-coco");
+//! assert_eq!(config.vlm.weights, WeightsSpec::Dummy);
+//! assert_eq!(loaded.origin("vlm.weights"), Origin::Flag("--weights".into()));
+//! # Ok::<(), surveil_config::ConfigError>(())
+//! ```
+//!
+//! The same rules apply to a configuration built in code:
+//!
+//! ```
+//! use surveil_config::RawConfig;
+//!
+//! let mut raw = RawConfig::default();
+//! raw.vlm.primary_model = "Qwen/Qwen2-VL-2B-Instruct".into(); // a Hugging Face repo id works too
+//! raw.orchestration.max_concurrent_tools = 0; // breaks a rule
+//! let err = raw.clone().validate("custom", |_key| "code".to_string()).unwrap_err();
+//! assert!(err.to_string().starts_with("orchestration.max_concurrent_tools = 0 (from code)"));
+//!
+//! raw.orchestration.max_concurrent_tools = 2;
+//! let config = raw.validate("custom", |_key| "code".to_string())?;
+//! assert_eq!(config.vlm.primary_model, "qwen2-vl-2b-instruct"); // stored canonical
+//! # Ok::<(), surveil_config::ConfigError>(())
+//! ```
+//!
+//! `examples/system_config.rs` does both and prints the result:
+//! `cargo run -p surveil-config --example system_config`.
+//!
+//! Not here: what the values mean at run time (models, memory, the pipeline live in the other
+//! crates, which take a [`SystemConfig`]), and reading any file other than profiles.
 // Library code reports failures as errors; `unwrap`/`expect` are for tests only.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(missing_docs)]
 
 mod env;
 mod error;
@@ -21,8 +79,8 @@ mod reference;
 mod schema;
 
 pub use error::ConfigError;
-pub use loader::{ConfigLoader, LoadedConfig, Origin, Override};
-pub use profiles::{ProfileSet, BUILTIN_PROFILES, DEFAULT_PROFILE};
+pub use loader::{ConfigLoader, LoadedConfig, Origin};
+pub use profiles::{ProfileOrigin, ProfileSet, BUILTIN_PROFILES, DEFAULT_PROFILE};
 pub use reference::reference_markdown;
 pub use schema::{
     canonical_model_id, Choice, ClockTime, DecisionConfig, DetectionConfig, Device, KnownModel,

@@ -69,7 +69,23 @@ impl Provider for Layer {
     }
 }
 
-/// Builds a [`SystemConfig`] from the layers.
+/// Builds a [`SystemConfig`] from the layers, lowest first: built-in defaults, the profile,
+/// the environment, command-line flags.
+///
+/// ```
+/// use surveil_config::{ConfigLoader, Device, Origin};
+///
+/// // VLM_DEVICE is one of the short aliases; SURVEIL_<SECTION>__<KEY> reaches every key.
+/// let env = [
+///     ("VLM_DEVICE".to_string(), "cpu".to_string()),
+///     ("SURVEIL_TOOLS__LOITER_SECONDS".to_string(), "45".to_string()),
+/// ];
+/// let loaded = ConfigLoader::with_env(env).profile(Some("testing")).load()?;
+/// assert_eq!(loaded.config.vlm.device, Device::Cpu);
+/// assert_eq!(loaded.config.tools.loiter_seconds, 45.0);
+/// assert_eq!(loaded.origin("vlm.device"), Origin::Env("VLM_DEVICE".into()));
+/// # Ok::<(), surveil_config::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ConfigLoader {
     profile: Option<String>,
@@ -231,6 +247,12 @@ impl ConfigLoader {
     }
 
     /// Merge and validate.
+    ///
+    /// Errors: [`ConfigError::UnknownProfile`] (the message lists the profiles that exist),
+    /// [`ConfigError::Io`] (an unreadable profiles directory or file), [`ConfigError::Invalid`]
+    /// (a profile that is not TOML, an unknown key, a wrong type or enum value),
+    /// [`ConfigError::BadOverride`] (an environment variable or flag that names no key or
+    /// does not parse), [`ConfigError::Rule`] (a value out of range or inconsistent).
     pub fn load(&self) -> Result<LoadedConfig, ConfigError> {
         let profile = self.profile_name();
         let set = self.profile_set()?;

@@ -118,6 +118,20 @@ impl Estimate {
 ///
 /// Errors: those of [`CheckpointHeader::read`], naming the file and the tensor or `weight_map`
 /// key at fault.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use surveil_memory::{estimate_checkpoint, fits, Device, QuantPolicy, StorageDtype};
+///
+/// let dir = Path::new("/models/Qwen2-VL-2B-Instruct");
+/// let estimate = estimate_checkpoint(dir, &QuantPolicy::four_bit(StorageDtype::Bf16))?;
+/// println!("{} bytes once loaded in 4 bits", estimate.total_bytes);
+/// let fit = fits(&estimate, Device::Cpu);
+/// if !fit.fits() {
+///     eprintln!("{fit}"); // "needs 1.2 GiB, 0.8 GiB available on cpu; try ..."
+/// }
+/// # Ok::<(), surveil_memory::MemoryError>(())
+/// ```
 pub fn estimate_checkpoint(path: &Path, policy: &QuantPolicy) -> Result<Estimate, MemoryError> {
     let header = CheckpointHeader::read(path)?;
     Ok(estimate_header(&header, policy))

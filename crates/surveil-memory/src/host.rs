@@ -58,7 +58,7 @@ impl SwapMemory {
     }
 
     /// Like [`Self::read`] with `root/proc/meminfo` instead of `/proc/meminfo` (for tests).
-    pub fn read_at(root: &Path) -> Result<SwapMemory, MemoryError> {
+    pub(crate) fn read_at(root: &Path) -> Result<SwapMemory, MemoryError> {
         let path = root.join("proc/meminfo");
         let text = std::fs::read_to_string(&path).map_err(|e| MemoryError::io(&path, e))?;
         parse_swap(&text).ok_or_else(|| MemoryError::SystemFormat {
@@ -76,7 +76,7 @@ impl SwapMemory {
 /// Swap total and use from the text of `/proc/meminfo`; `None` when `SwapTotal` or
 /// `SwapFree` is missing or malformed. A `SwapFree` above `SwapTotal` (the two are read at
 /// slightly different moments) gives 0 used.
-pub fn parse_swap(text: &str) -> Option<SwapMemory> {
+pub(crate) fn parse_swap(text: &str) -> Option<SwapMemory> {
     let (mut total, mut free) = (None, None);
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
@@ -125,7 +125,10 @@ pub fn processes_named(name: &str) -> Result<Vec<NamedProcess>, MemoryError> {
 }
 
 /// Like [`processes_named`] with `root/proc` instead of `/proc` (for tests).
-pub fn processes_named_at(root: &Path, name: &str) -> Result<Vec<NamedProcess>, MemoryError> {
+pub(crate) fn processes_named_at(
+    root: &Path,
+    name: &str,
+) -> Result<Vec<NamedProcess>, MemoryError> {
     let proc_dir = root.join("proc");
     let entries = std::fs::read_dir(&proc_dir).map_err(|e| MemoryError::io(&proc_dir, e))?;
     let mut found = Vec::new();
@@ -185,7 +188,7 @@ fn comm_names(comm: &str, name: &str) -> bool {
 
 /// The file name of an `exe` link target, without the kernel's ` (deleted)` suffix:
 /// `/opt/bin/surveil (deleted)` → `surveil`.
-pub fn executable_name(link_target: &str) -> String {
+pub(crate) fn executable_name(link_target: &str) -> String {
     let path = link_target
         .strip_suffix(DELETED_SUFFIX)
         .unwrap_or(link_target);
@@ -194,7 +197,7 @@ pub fn executable_name(link_target: &str) -> String {
 
 /// The first `keep` words of a `/proc/<pid>/cmdline` (NUL-separated, usually NUL-terminated);
 /// bytes that are not UTF-8 become U+FFFD.
-pub fn parse_cmdline(bytes: &[u8], keep: usize) -> Vec<String> {
+pub(crate) fn parse_cmdline(bytes: &[u8], keep: usize) -> Vec<String> {
     let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     if bytes.is_empty() {
         return Vec::new();

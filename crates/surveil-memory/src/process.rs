@@ -53,7 +53,7 @@ impl ProcessMemory {
 
     /// Parses the text of a Linux `/proc/<pid>/status` file. Lines that are absent or
     /// malformed leave their field `None`.
-    pub fn parse_proc_status(text: &str) -> ProcessMemory {
+    pub(crate) fn parse_proc_status(text: &str) -> ProcessMemory {
         let mut m = ProcessMemory::default();
         for line in text.lines() {
             let Some((key, value)) = line.split_once(':') else {

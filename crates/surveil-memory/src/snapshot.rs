@@ -162,6 +162,23 @@ pub struct SnapshotDelta {
 }
 
 /// Labelled snapshots of one lifecycle, in the order they were taken.
+///
+/// ```
+/// use surveil_memory::MemoryReport;
+///
+/// let mut report = MemoryReport::new();
+/// report.record("before_load");
+/// let model = vec![7u8; 16 << 20]; // 16 MB standing for the weights
+/// report.record("after_load");
+/// drop(model);
+/// report.record("after_unload");
+///
+/// let loaded = report.delta("before_load", "after_load").unwrap();
+/// println!("load: {:?} bytes of RSS", loaded.rss_bytes); // None where /proc is missing
+/// let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+/// assert_eq!(json["snapshots"].as_array().map(Vec::len), Some(3));
+/// assert_eq!(json["deltas"].as_array().map(Vec::len), Some(2));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryReport {
     snapshots: Vec<MemorySnapshot>,

@@ -65,7 +65,7 @@ impl HostMemory {
     }
 
     /// Like [`Self::read`] with every path below `root` instead of `/` (for tests).
-    pub fn read_at(root: &Path) -> Result<HostMemory, MemoryError> {
+    pub(crate) fn read_at(root: &Path) -> Result<HostMemory, MemoryError> {
         let meminfo_path = root.join("proc/meminfo");
         let text = std::fs::read_to_string(&meminfo_path)
             .map_err(|e| MemoryError::io(&meminfo_path, e))?;
@@ -92,7 +92,7 @@ impl HostMemory {
 }
 
 /// `(MemTotal, MemAvailable)` in bytes from the text of `/proc/meminfo`.
-pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
     let mut total = None;
     let mut available = None;
     let (mut free, mut buffers, mut cached) = (None, None, None);

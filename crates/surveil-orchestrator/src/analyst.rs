@@ -31,7 +31,7 @@ use crate::verdict::{parse_verdict, verdict_json_schema, ParsedVerdict, VerdictS
 use crate::{OrchestratorError, Result};
 
 /// The text that closes a thinking model's reasoning span; the JSON constraint starts after it.
-pub const THINK_END: &str = "◁/think▷";
+pub(crate) const THINK_END: &str = "◁/think▷";
 
 /// How the analyst loads and asks its model.
 #[derive(Clone)]

@@ -2,14 +2,88 @@
 //! turn scenes into observations, a trigger decides when the vision-language model is due, the
 //! analyst asks it for a verdict, the decision engine raises alerts, and sinks record it all.
 //!
+//! # Entry points
+//!
+//! - [`run`] / [`run_with_sinks`]: the whole pipeline from a validated
+//!   [`SystemConfig`](surveil_config::SystemConfig) and [`RunOptions`] (source, run folder,
+//!   detector files) until the source ends, `max_frames`, or a stop flag is set. It writes
+//!   `events.jsonl`, alert frames and `summary.json` into the run folder and returns the
+//!   [`RunSummary`]; [`run_with_sinks`] also hands every [`Event`] to your [`EventSink`]s (any
+//!   `FnMut(&Event) -> Result<()> + Send` closure is one). A [`RunObserver`] sees the model
+//!   load, the source open and every frame's [`RunProgress`].
+//! - [`ModelChoice`]: the model the configuration names (loaded and unloaded by the run, with
+//!   fallbacks when enabled), or any [`Vlm`](surveil_models::vlm::Vlm) of yours.
+//! - The stages on their own, for a loop of your own: [`scene`], [`tools`] (behaviour tools and
+//!   their runner), [`trigger`], [`prompt`], [`verdict`] (the verdict, its JSON schema and the
+//!   lenient parser), [`analyst`] (the model on its own thread), [`decision`], [`metrics`].
+//!
+//! Times in events and summaries are seconds (`f64`) unless a field says otherwise;
+//! timestamps are RFC 3339 in UTC; boxes are `[x1, y1, x2, y2]` in pixels of the source frame.
+//!
+//! # Example
+//!
+//! The `testing` profile (git-base-coco) with dummy weights over the sample clip, alerts
+//! collected by a sink of the caller. `examples/run_pipeline.rs` is the runnable version.
+//!
+//! ```no_run
+//! use std::sync::atomic::AtomicBool;
+//! use std::sync::Arc;
+//!
+//! use surveil_config::{paths, ConfigLoader};
+//! use surveil_orchestrator::{
+//!     run_with_sinks, AlertLevel, Event, EventKind, EventSink, ModelChoice, NoObserver,
+//!     RunOptions,
+//! };
+//!
+//! /// Keeps the analysis events at level alert or above.
+//! #[derive(Default)]
+//! struct Alerts(Vec<Event>);
+//!
+//! impl EventSink for Alerts {
+//!     fn write(&mut self, event: &Event) -> surveil_orchestrator::Result<()> {
+//!         if event.kind == EventKind::Analysis && event.alert_level >= AlertLevel::Alert {
+//!             self.0.push(event.clone());
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ConfigLoader::new()
+//!     .profile(Some("testing"))
+//!     .flag("vlm.weights", "dummy", "--weights")
+//!     .load()?
+//!     .config;
+//! let mut options = RunOptions::new(
+//!     paths::asset("video/vtest.avi").to_string_lossy(),
+//!     "/tmp/surveil-example-run",
+//!     paths::asset("yolov3-tiny"),
+//! );
+//! options.max_frames = Some(10);
+//! let stop = Arc::new(AtomicBool::new(false)); // set it from a signal handler to stop early
+//! let mut alerts = Alerts::default();
+//! let summary = run_with_sinks(
+//!     &config,
+//!     &options,
+//!     ModelChoice::FromConfig(None),
+//!     stop,
+//!     &mut NoObserver,
+//!     &mut [&mut alerts],
+//! )?;
+//! println!("{} frames, {} events, {} alerts", summary.frames, summary.events, alerts.0.len());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Not here: frame decoding, detection and tracking (`surveil-vision`), model loading and
-//! generation (`surveil-models`), configuration merging (`surveil-config`).
+//! generation (`surveil-models`), configuration merging (`surveil-config`), signal handling and
+//! progress display (the `surveil` CLI).
 // Library code reports failures as errors; `unwrap`/`expect` are for tests only.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
 pub mod analyst;
-pub mod caption;
+pub(crate) mod caption;
 pub mod decision;
 pub mod error;
 pub mod event;
@@ -22,6 +96,10 @@ pub mod tools;
 pub mod trigger;
 pub mod verdict;
 
+pub use decision::AlertLevel;
 pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
-pub use pipeline::{run, ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
+pub use pipeline::{
+    run, run_with_sinks, ModelChoice, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary,
+};
+pub use sink::{EventSink, JsonlSink};

@@ -63,6 +63,28 @@ pub struct RunOptions {
     pub analyst_grace: Duration,
 }
 
+impl RunOptions {
+    /// Options for `source` written into `output_dir`, with the detector files in
+    /// `detector_dir` (`surveil_config::paths::asset("yolov3-tiny")` after `scripts/setup.sh`),
+    /// and what `surveil run` uses for the rest: camera `camera-1`, no frame limit, default
+    /// ffmpeg decoding, 10 s of grace for the analyst.
+    pub fn new(
+        source: impl Into<String>,
+        output_dir: impl Into<PathBuf>,
+        detector_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            source: source.into(),
+            camera: "camera-1".to_string(),
+            max_frames: None,
+            output_dir: output_dir.into(),
+            detector_dir: detector_dir.into(),
+            ffmpeg: FfmpegOptions::default(),
+            analyst_grace: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Progress of a run, given to the observer after every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RunProgress {
@@ -118,8 +140,10 @@ pub struct VlmCounts {
 /// Memory of the run: the model's load cycle and the monitor.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemorySummary {
-    /// Snapshots before load, after load, after the first inference, after unload.
-    pub snapshots: serde_json::Value,
+    /// Snapshots before load, after load, after the first inference, after unload, with the
+    /// deltas between them (JSON: `{"snapshots": [...], "deltas": [...]}`); `None` (`null`)
+    /// when the run stopped before a model was loaded.
+    pub snapshots: Option<MemoryReport>,
     /// Highest RSS the kernel saw for the process (`VmHWM`), bytes.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -226,7 +250,7 @@ pub fn vision_setup(
     let mut tracker = TrackerParams::from_config(&config.tracker);
     tracker.track_high_thresh = config.detection.confidence as f32;
     yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);
-    let detector = DarknetYolo::new(&yolo, &candle_core::Device::Cpu)?;
+    let detector = DarknetYolo::on_cpu(&yolo)?;
     let options = PipelineOptions {
         max_frames,
         tracker,
@@ -315,11 +339,42 @@ struct RunContext<'a> {
     alerts_dir: PathBuf,
 }
 
-/// Where results go: the events file, the counters of the summary, the metrics.
-struct Sinks {
+/// Where results go: the events file, the caller's sinks, the counters of the summary, the
+/// metrics.
+struct Sinks<'s, 'e> {
     events: JsonlSink,
+    extra: &'s mut [&'e mut dyn EventSink],
     counters: Counters,
     metrics: RunMetrics,
+}
+
+/// Writes `event` to `events.jsonl`, then to each of the caller's sinks in order; the first
+/// error stops there.
+fn write_event(
+    events: &mut JsonlSink,
+    extra: &mut [&mut dyn EventSink],
+    event: &Event,
+) -> Result<()> {
+    events.write(event)?;
+    for sink in extra.iter_mut() {
+        sink.write(event)?;
+    }
+    Ok(())
+}
+
+/// Ends the caller's sinks ([`EventSink::finish`], once each); the first error is returned,
+/// after every sink was given its call.
+fn finish_extra(extra: &mut [&mut dyn EventSink]) -> Result<()> {
+    let mut first = Ok(());
+    for sink in extra.iter_mut() {
+        if let Err(e) = sink.finish() {
+            tracing::warn!(error = %e, "an event sink failed to finish");
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
 }
 
 #[derive(Default)]
@@ -353,12 +408,66 @@ pub enum ModelChoice {
 /// cannot be loaded, the source cannot be opened. Errors after the first frame end the loop,
 /// are recorded in the summary (`end_reason = error`), and are returned after the summary is
 /// written.
+///
+/// [`run_with_sinks`] also hands every event to sinks of the caller.
 pub fn run(
     config: &SystemConfig,
     options: &RunOptions,
     model: ModelChoice,
     stop: Arc<AtomicBool>,
     observer: &mut dyn RunObserver,
+) -> Result<RunSummary> {
+    run_with_sinks(config, options, model, stop, observer, &mut [])
+}
+
+/// [`run`], handing every event to `sinks` as well, in order, right after it is written to
+/// `events.jsonl`: one [`EventKind::Frame`] event per analysed frame and one
+/// [`EventKind::Analysis`] event per finished VLM analysis. Any
+/// `FnMut(&Event) -> Result<()> + Send` closure is a sink.
+///
+/// A sink's error ends the run like a failed `events.jsonl` write: the loop stops, the summary
+/// says `end_reason = error` and the error is returned after the summary is written. Each
+/// sink's [`EventSink::finish`] is called once when a run ends with a summary (also a run
+/// stopped before its first frame), never when it fails to start; a `finish` error is
+/// returned the same way.
+///
+/// ```no_run
+/// use std::sync::atomic::AtomicBool;
+/// use std::sync::Arc;
+/// use surveil_orchestrator::decision::AlertLevel;
+/// use surveil_orchestrator::pipeline::NoObserver;
+/// use surveil_orchestrator::{run_with_sinks, Event, ModelChoice, RunOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = surveil_config::ConfigLoader::new().profile(Some("testing")).load()?.config;
+/// let detector = surveil_config::paths::asset("yolov3-tiny");
+/// let options = RunOptions::new("camera.mp4", "/tmp/surveil-run", detector);
+/// let mut alerts = Vec::new();
+/// let mut keep_alerts = |e: &Event| {
+///     if e.alert_level >= AlertLevel::Alert {
+///         alerts.push(e.clone());
+///     }
+///     Ok(())
+/// };
+/// let summary = run_with_sinks(
+///     &config,
+///     &options,
+///     ModelChoice::FromConfig(None),
+///     Arc::new(AtomicBool::new(false)),
+///     &mut NoObserver,
+///     &mut [&mut keep_alerts],
+/// )?;
+/// println!("{} frames, {} alerts", summary.frames, alerts.len());
+/// # Ok(())
+/// # }
+/// ```
+pub fn run_with_sinks(
+    config: &SystemConfig,
+    options: &RunOptions,
+    model: ModelChoice,
+    stop: Arc<AtomicBool>,
+    observer: &mut dyn RunObserver,
+    sinks: &mut [&mut dyn EventSink],
 ) -> Result<RunSummary> {
     let started_at = now_rfc3339();
     let created_dir = !options.output_dir.exists();
@@ -397,7 +506,15 @@ pub fn run(
     let mut stream = match opened {
         Ok(Some(stream)) => stream,
         Ok(None) => {
-            return finish_before_start(config, options, started_at, events, "interrupted", None)
+            return finish_before_start(
+                config,
+                options,
+                started_at,
+                events,
+                sinks,
+                "interrupted",
+                None,
+            )
         }
         Err(e) => {
             discard_empty_run(options, events, created_dir);
@@ -419,6 +536,7 @@ pub fn run(
                 options,
                 started_at,
                 events,
+                sinks,
                 "interrupted",
                 Some(OrchestratorError::Interrupted.to_string()),
             );
@@ -468,6 +586,7 @@ pub fn run(
     };
     let mut sinks = Sinks {
         events,
+        extra: sinks,
         metrics: RunMetrics::default(),
         counters: Counters::default(),
     };
@@ -649,7 +768,7 @@ pub fn run(
             sinks.counters.snapshots += u64::from(event.snapshot.is_some());
         }
         event.processing_ms = (frame_start.elapsed() + tf.timings.total()).as_secs_f64() * 1e3;
-        if let Err(e) = sinks.events.write(&event) {
+        if let Err(e) = write_event(&mut sinks.events, sinks.extra, &event) {
             end_reason = "error";
             run_error = Some(e);
             break;
@@ -723,6 +842,10 @@ pub fn run(
         sinks.counters.vlm.dropped += 1;
     }
     let _ = sinks.events.finish();
+    if let Err(e) = finish_extra(sinks.extra) {
+        end_reason = "error";
+        run_error.get_or_insert(e);
+    }
 
     let memory_report: MemoryReport = exit.as_ref().map(|e| e.memory.clone()).unwrap_or_default();
     let peak = sampler
@@ -757,8 +880,7 @@ pub fn run(
         snapshots: sinks.counters.snapshots,
         metrics: sinks.metrics.summary(),
         memory: MemorySummary {
-            snapshots: serde_json::from_str(&memory_report.to_json())
-                .unwrap_or(serde_json::Value::Null),
+            snapshots: Some(memory_report),
             peak_rss_bytes: peak,
         },
     };
@@ -837,11 +959,17 @@ fn finish_before_start(
     options: &RunOptions,
     started_at: String,
     events: JsonlSink,
+    sinks: &mut [&mut dyn EventSink],
     end_reason: &str,
     error: Option<String>,
 ) -> Result<RunSummary> {
     let mut events = events;
     let _ = events.finish();
+    let finished = finish_extra(sinks);
+    let (end_reason, error) = match &finished {
+        Err(e) => ("error", Some(e.to_string())),
+        Ok(()) => (end_reason, error),
+    };
     let summary = RunSummary {
         profile: config.profile.clone(),
         camera: options.camera.clone(),
@@ -870,12 +998,12 @@ fn finish_before_start(
         snapshots: 0,
         metrics: RunMetrics::default().summary(),
         memory: MemorySummary {
-            snapshots: serde_json::Value::Null,
+            snapshots: None,
             peak_rss_bytes: surveil_memory::ProcessMemory::current().peak_rss_bytes,
         },
     };
     write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
-    Ok(summary)
+    finished.map(|()| summary)
 }
 
 type AnalystEnd = (
@@ -1029,7 +1157,7 @@ fn handle_analysis(
     result: AnalysisResult<JobContext>,
     trigger: &mut Trigger,
     ctx: &RunContext<'_>,
-    sinks: &mut Sinks,
+    sinks: &mut Sinks<'_, '_>,
 ) -> Result<()> {
     let (options, config, policy, alerts_dir) = (
         ctx.options,
@@ -1039,6 +1167,7 @@ fn handle_analysis(
     );
     let Sinks {
         events,
+        extra,
         counters,
         metrics,
     } = sinks;
@@ -1105,7 +1234,7 @@ fn handle_analysis(
         );
         counters.snapshots += u64::from(event.snapshot.is_some());
     }
-    events.write(&event)
+    write_event(events, extra, &event)
 }
 
 /// Draw boxes, track ids, the camera's zones and the level, and save

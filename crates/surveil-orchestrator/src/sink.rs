@@ -27,6 +27,17 @@ pub trait EventSink: Send {
     }
 }
 
+/// Any `FnMut(&Event) -> Result<()>` closure that can move between threads is a sink without
+/// buffered output.
+impl<F> EventSink for F
+where
+    F: FnMut(&Event) -> Result<()> + Send,
+{
+    fn write(&mut self, event: &Event) -> Result<()> {
+        self(event)
+    }
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> OrchestratorError {
     OrchestratorError::Io {
         path: path.to_path_buf(),
@@ -95,7 +106,7 @@ impl EventSink for JsonlSink {
 /// Errors: [`OrchestratorError::Io`] naming `path` when serialising or writing fails (`path` is
 /// then left as it was), [`OrchestratorError::Vision`] when the temporary file cannot be made or
 /// renamed.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, |out| {
         serde_json::to_writer_pretty(&mut *out, value)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -107,7 +118,7 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// filled by `fill`: the previous file stays until the new one is complete and synced.
 ///
 /// Errors: as [`write_json_atomic`].
-pub fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut surveil_vision::pipeline::AtomicOutputFile) -> std::io::Result<()>,
 ) -> Result<()> {
@@ -121,7 +132,7 @@ pub fn write_atomic(
 }
 
 /// Colour of an alert level on annotated frames.
-pub fn level_color(level: AlertLevel) -> Rgb<u8> {
+pub(crate) fn level_color(level: AlertLevel) -> Rgb<u8> {
     match level {
         AlertLevel::Normal => Rgb([40, 180, 60]),
         AlertLevel::Attention => Rgb([240, 200, 0]),
@@ -131,7 +142,7 @@ pub fn level_color(level: AlertLevel) -> Rgb<u8> {
 }
 
 /// Draw a closed polygon (pixel coordinates) with 2-pixel lines.
-pub fn draw_polygon(img: &mut RgbImage, points: &[(f32, f32)], color: Rgb<u8>) {
+pub(crate) fn draw_polygon(img: &mut RgbImage, points: &[(f32, f32)], color: Rgb<u8>) {
     if points.len() < 2 {
         return;
     }
@@ -203,7 +214,7 @@ fn draw_line(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), color: Rgb<u8>) {
 
 /// A border of the level's colour around the whole frame, thicker for higher levels, and a
 /// bar of `level + 1` blocks in the top-left corner (readable without a font).
-pub fn draw_level(img: &mut RgbImage, level: AlertLevel) {
+pub(crate) fn draw_level(img: &mut RgbImage, level: AlertLevel) {
     let color = level_color(level);
     let rank = level as u32 + 1;
     let t = 2 + 2 * rank;

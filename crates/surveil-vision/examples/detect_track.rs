@@ -1,81 +1,131 @@
-//! Runs a video, URL, image or image folder through YOLOv3-tiny + ByteTrack.
+//! Runs a video, URL, image or image folder through YOLOv3-tiny + ByteTrack into two sinks: the
+//! JSONL track writer, and a closure of this example that counts people per frame (and draws
+//! one frame's tracks into a PNG when asked).
 //!
 //! ```text
 //! cargo run --release -p surveil-vision --example detect_track -- INPUT OUT.jsonl \
-//!     [--batch N] [--max-frames N] [--width W --height H] [--fps F] [--snapshot FRAME PNG]
+//!     [--batch N] [--max-frames N] [--width W --height H] [--fps F] [--track-frame-rate F] \
+//!     [--snapshot FRAME PNG]
 //! ```
-//! Model files come from `$SURVEIL_ASSETS/yolov3-tiny` (default `~/.cache/surveil/assets`).
-//! Prints the run summary as JSON.
+//! Model files come from the asset cache: `$SURVEIL_ASSETS/yolov3-tiny` (default
+//! `~/.cache/surveil/assets`, filled by `scripts/setup.sh`). Prints the run summary as JSON on
+//! stdout. Wrong arguments: usage on stderr, exit status 2.
 
-use std::io::BufWriter;
+use std::io::{BufWriter, IsTerminal};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use candle_core::Device;
 use surveil_vision::{
-    open_source, run_detect_track, save_tracks_png, DarknetYolo, FfmpegOptions, PipelineOptions,
-    RunHooks, YoloOptions,
+    run_stream, save_tracks_png, DarknetYolo, DetectTrackStream, FfmpegOptions, JsonlTrackWriter,
+    PipelineOptions, TrackSink, TrackedFrame, YoloOptions,
 };
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+const USAGE: &str = "usage: detect_track INPUT OUT.jsonl [--batch N] [--max-frames N] \
+[--width W --height H] [--fps F] [--track-frame-rate F] [--snapshot FRAME PNG]";
+
+type BoxError = Box<dyn std::error::Error>;
+
+struct Args {
+    input: String,
+    output: PathBuf,
+    ffmpeg: FfmpegOptions,
+    options: PipelineOptions,
+    snapshot: Option<(u64, PathBuf)>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, BoxError> {
+    let [input, output, rest @ ..] = args else {
+        return Err("INPUT and OUT.jsonl are required".into());
+    };
+    let mut parsed = Args {
+        input: input.clone(),
+        output: PathBuf::from(output),
+        ffmpeg: FfmpegOptions::default(),
+        options: PipelineOptions::default(),
+        snapshot: None,
+    };
+    let mut it = rest.iter();
+    while let Some(option) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{option} needs a value"));
+        match option.as_str() {
+            "--batch" => parsed.options.batch_size = value()?.parse()?,
+            "--max-frames" => parsed.options.max_frames = Some(value()?.parse()?),
+            "--width" => parsed.ffmpeg.width = Some(value()?.parse()?),
+            "--height" => parsed.ffmpeg.height = Some(value()?.parse()?),
+            "--fps" => parsed.ffmpeg.fps = Some(value()?.parse()?),
+            "--track-frame-rate" => parsed.options.tracker.frame_rate = Some(value()?.parse()?),
+            "--snapshot" => {
+                let frame = value()?.parse()?;
+                parsed.snapshot = Some((frame, PathBuf::from(value()?)));
+            }
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 2 {
-        return Err("usage: detect_track INPUT OUT.jsonl [options]".into());
-    }
-    let mut ff = FfmpegOptions::default();
-    let mut opts = PipelineOptions::default();
-    let mut snapshot: Option<(u64, PathBuf)> = None;
-    let mut i = 2;
-    while i < args.len() {
-        let val = |k: usize| args.get(k).cloned().ok_or("missing value");
-        match args[i].as_str() {
-            "--batch" => opts.batch_size = val(i + 1)?.parse()?,
-            "--max-frames" => opts.max_frames = Some(val(i + 1)?.parse()?),
-            "--width" => ff.width = Some(val(i + 1)?.parse()?),
-            "--height" => ff.height = Some(val(i + 1)?.parse()?),
-            "--fps" => ff.fps = Some(val(i + 1)?.parse()?),
-            "--track-frame-rate" => opts.tracker.frame_rate = Some(val(i + 1)?.parse()?),
-            "--snapshot" => {
-                snapshot = Some((val(i + 1)?.parse()?, PathBuf::from(val(i + 2)?)));
-                i += 1;
-            }
-            other => return Err(format!("unknown option {other}").into()),
+    let args = match parse_args(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("detect_track: {e}\n{USAGE}");
+            return ExitCode::from(2);
         }
-        i += 2;
-    }
-    let assets = std::env::var_os("SURVEIL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/surveil/assets")
-        });
-    let detector = DarknetYolo::new(
-        &YoloOptions::yolov3_tiny(&assets.join("yolov3-tiny")),
-        &Device::Cpu,
-    )?;
-    let source = open_source(&args[0], &ff)?;
-    let mut out = BufWriter::new(std::fs::File::create(&args[1])?);
-    let hooks = RunHooks {
-        cancel: None,
-        on_frame: snapshot.map(|(frame, path)| {
-            Box::new(
-                move |f: &surveil_vision::Frame, t: &[surveil_vision::TrackedObject]| {
-                    if f.index == frame {
-                        if let Err(e) = save_tracks_png(f, t, &path) {
-                            eprintln!("snapshot: {e}");
-                        }
-                    }
-                },
-            )
-                as Box<dyn FnMut(&surveil_vision::Frame, &[surveil_vision::TrackedObject])>
-        }),
     };
-    let summary = run_detect_track(source, &detector, &opts, &mut out, hooks)?;
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("detect_track: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), BoxError> {
+    let model_dir = surveil_config::paths::asset("yolov3-tiny");
+    let detector = DarknetYolo::on_cpu(&YoloOptions::yolov3_tiny(&model_dir))?;
+    let mut stream =
+        DetectTrackStream::open(&args.input, &args.ffmpeg, Box::new(detector), args.options)?;
+    let class_names = stream.class_names().to_vec();
+
+    // Sink 1: one JSON line per track per frame.
+    let file = std::fs::File::create(&args.output)?;
+    let mut jsonl = JsonlTrackWriter::new(BufWriter::new(file), &class_names);
+
+    // Sink 2: any `FnMut(&TrackedFrame) -> surveil_vision::Result<()>`.
+    let mut most_people = (0usize, 0u64);
+    let snapshot = args.snapshot;
+    let mut people = |tf: &TrackedFrame| -> surveil_vision::Result<()> {
+        let n = tf
+            .tracks
+            .iter()
+            .filter(|t| class_names.get(t.class_id).is_some_and(|c| c == "person"))
+            .count();
+        if n > most_people.0 {
+            most_people = (n, tf.frame.index);
+        }
+        if let Some((frame, path)) = &snapshot {
+            if tf.frame.index == *frame {
+                save_tracks_png(&tf.frame, &tf.tracks, path)?;
+            }
+        }
+        Ok(())
+    };
+
+    let sinks: &mut [&mut dyn TrackSink] = &mut [&mut jsonl, &mut people];
+    let summary = run_stream(&mut stream, sinks, None)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
+    eprintln!(
+        "most people in one frame: {} (frame {})",
+        most_people.0, most_people.1
+    );
     Ok(())
 }

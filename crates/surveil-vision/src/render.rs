@@ -60,7 +60,7 @@ fn fill_rect(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>)
 }
 
 /// Draws a rectangle outline (corners inclusive, clipped to the image).
-pub fn draw_rect(img: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, c: Rgb<u8>) {
+pub(crate) fn draw_rect(img: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, c: Rgb<u8>) {
     for t in 0..BOX_THICKNESS {
         for x in x1..=x2 {
             put(img, x, y1 + t, c);
@@ -74,7 +74,7 @@ pub fn draw_rect(img: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, c: Rgb<
 }
 
 /// Draws a non-negative number with its top-left corner at `(x, y)`; returns its width.
-pub fn draw_number(img: &mut RgbImage, x: i64, y: i64, n: u64, c: Rgb<u8>) -> i64 {
+pub(crate) fn draw_number(img: &mut RgbImage, x: i64, y: i64, n: u64, c: Rgb<u8>) -> i64 {
     let s = FONT_SCALE as i64;
     let text = n.to_string();
     for (k, ch) in text.bytes().enumerate() {

@@ -13,7 +13,10 @@ use surveil_models::tokenizer::{TextTokenizer, Vocabulary};
 use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest};
 use surveil_models::{ModelError, Result as ModelResult};
 use surveil_orchestrator::pipeline::NoObserver;
-use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress};
+use surveil_orchestrator::{
+    run_with_sinks, AlertLevel, Event, EventKind, EventSink, ModelChoice, OrchestratorError,
+    RunObserver, RunOptions, RunProgress,
+};
 use surveil_vision::FfmpegOptions;
 
 /// An asset of the cache (a file, or a folder of files such as `yolov3-tiny`): `None`
@@ -365,4 +368,107 @@ fn a_previous_runs_events_are_never_overwritten() {
         std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap(),
         "{\"kept\":true}\n"
     );
+}
+
+/// A caller's sink: every event it is given as a JSON line, and how often `finish` was called.
+#[derive(Default)]
+struct Collect {
+    lines: Vec<String>,
+    finished: usize,
+}
+
+impl EventSink for Collect {
+    fn write(&mut self, event: &Event) -> surveil_orchestrator::Result<()> {
+        self.lines.push(serde_json::to_string(event).unwrap());
+        Ok(())
+    }
+    fn finish(&mut self) -> surveil_orchestrator::Result<()> {
+        self.finished += 1;
+        Ok(())
+    }
+}
+
+#[test]
+// The sinks are closures returning the crate's `Result`, whose error is large.
+#[allow(clippy::result_large_err)]
+fn sinks_of_the_caller_get_every_event_in_order() {
+    let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (model, calls) = fake(Behaviour::Answer("high"));
+    let mut collect = Collect::default();
+    let mut alert_frames = Vec::new();
+    let mut alerts = |e: &Event| {
+        if e.kind == EventKind::Analysis && e.alert_level >= AlertLevel::Alert {
+            alert_frames.push(e.frame_id);
+        }
+        Ok(())
+    };
+    let summary = run_with_sinks(
+        &config(&[]),
+        &options(&clip, &out, 8),
+        model,
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+        &mut [&mut collect, &mut alerts],
+    )
+    .unwrap();
+    assert_eq!(summary.frames, 8);
+    // The same events as events.jsonl, in the same order, and `finish` once.
+    let file = std::fs::read_to_string(out.join("events.jsonl")).unwrap();
+    let file_lines: Vec<&str> = file.lines().collect();
+    assert!(
+        collect.lines == file_lines,
+        "the sink's events differ from events.jsonl"
+    );
+    assert_eq!(collect.lines.len() as u64, summary.events);
+    assert_eq!(collect.finished, 1);
+    let written = read_events(&out);
+    // The closure saw each analysis: the fake model's high suspicion is an alert.
+    let analysed = calls.load(Ordering::SeqCst);
+    assert!(analysed >= 1);
+    assert_eq!(alert_frames.len(), analysed);
+    assert_eq!(alert_frames.len(), analyses(&written).len());
+}
+
+#[test]
+// The sinks are closures returning the crate's `Result`, whose error is large.
+#[allow(clippy::result_large_err)]
+fn a_failing_sink_of_the_caller_ends_the_run_with_its_error() {
+    let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (model, _) = fake(Behaviour::Answer("low"));
+    let mut seen = 0u64;
+    let mut fail_on_third = |_: &Event| {
+        seen += 1;
+        if seen == 3 {
+            return Err(OrchestratorError::Config("the sink is full".into()));
+        }
+        Ok(())
+    };
+    let err = run_with_sinks(
+        &config(&[]),
+        &options(&clip, &out, 50),
+        model,
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+        &mut [&mut fail_on_third],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("the sink is full"), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["end_reason"], "error");
+    assert!(s["error"].as_str().unwrap().contains("the sink is full"));
+    // The loop stopped at the refused event (events.jsonl is written first, so it holds it);
+    // only the results of analyses already handed to the model may follow.
+    let events = read_events(&out);
+    assert!(events.len() >= 3, "{}", events.len());
+    assert!(events[3..].iter().all(|e| e["kind"] == "analysis"));
+    assert_eq!(s["events"], events.len() as u64);
 }

@@ -169,6 +169,24 @@ pub fn decode_yolo_head(
 }
 
 /// A Darknet YOLO detector (YOLOv3-tiny, or any cfg made of the supported layer types).
+///
+/// Load it with [`DarknetYolo::on_cpu`] (or [`DarknetYolo::new`] on another candle device) and
+/// call [`Detector::detect`] on a batch of frames, or hand it to a
+/// [`DetectTrackStream`](crate::DetectTrackStream). Boxes come back in frame pixels.
+///
+/// ```no_run
+/// use surveil_vision::{DarknetYolo, Detector, Frame, YoloOptions};
+///
+/// // The files `scripts/setup.sh` installs: yolov3-tiny.cfg, .weights and coco.names.
+/// let dir = surveil_config::paths::asset("yolov3-tiny");
+/// let detector = DarknetYolo::on_cpu(&YoloOptions::yolov3_tiny(&dir))?;
+/// let frame = Frame::new(0, std::time::Duration::ZERO, 640, 480, vec![128; 640 * 480 * 3])?;
+/// let out = detector.detect(&[&frame])?;
+/// for d in &out.detections[0] {
+///     println!("{} {:.2} {:?}", detector.class_names()[d.class_id], d.score, d.bbox);
+/// }
+/// # Ok::<(), surveil_vision::VisionError>(())
+/// ```
 #[derive(Debug)]
 pub struct DarknetYolo {
     net: DarknetNetwork,
@@ -181,7 +199,20 @@ pub struct DarknetYolo {
 }
 
 impl DarknetYolo {
-    /// Loads cfg, weights and names, and checks the options.
+    /// [`new`](Self::new) on the CPU, where surveil runs its detector: no candle types needed.
+    ///
+    /// Errors: as [`new`](Self::new).
+    pub fn on_cpu(options: &YoloOptions) -> Result<Self> {
+        Self::new(options, &Device::Cpu)
+    }
+
+    /// Loads cfg, weights and names onto `device`, and checks the options.
+    ///
+    /// Errors: [`VisionError::Io`] (a file cannot be read), [`VisionError::Cfg`] (a malformed
+    /// or unsupported cfg, a bad mask override, a names file that does not match the cfg's
+    /// classes), [`VisionError::WeightsHeader`] / [`VisionError::WeightsSize`] (weights that do
+    /// not fit the cfg), [`VisionError::InvalidOption`] (a threshold outside `[0, 1)`, an
+    /// unknown class name), [`VisionError::Tensor`] (building the network on `device`).
     pub fn new(options: &YoloOptions, device: &Device) -> Result<Self> {
         let span = tracing::info_span!("load_detector", cfg = %options.cfg.display());
         let _guard = span.enter();

@@ -11,7 +11,7 @@ use std::path::Path;
 pub use ffmpeg::{FfmpegOptions, FfmpegSource, ReconnectPolicy, StopSignal, StreamInfo};
 pub use images::{ImageFolderSource, SingleImageSource};
 pub use queue::{FrameQueue, QueuePolicy, QueueStats};
-pub use redact::{redact_text, redact_url};
+pub use redact::redact_url;
 
 use crate::error::Result;
 use crate::frame::FrameSource;

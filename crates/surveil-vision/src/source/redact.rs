@@ -11,7 +11,7 @@ pub fn redact_url(url: &str) -> String {
 
 /// Redacts every `scheme://user:pass@` in `text`, and every literal occurrence of `secrets`
 /// (passwords taken from the source URL, so that a password echoed on its own is hidden too).
-pub fn redact_text(text: &str, secrets: &[String]) -> String {
+pub(crate) fn redact_text(text: &str, secrets: &[String]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {
@@ -48,7 +48,7 @@ pub fn redact_text(text: &str, secrets: &[String]) -> String {
 
 /// The secrets of a URL (password, or bare user token), raw and percent-decoded, for
 /// [`redact_text`].
-pub fn url_secrets(url: &str) -> Vec<String> {
+pub(crate) fn url_secrets(url: &str) -> Vec<String> {
     let Some(pos) = url.find("://") else {
         return Vec::new();
     };

@@ -189,8 +189,8 @@ pub struct Track {
     pub confirmed: bool,
     /// Score of the last matched detection.
     pub score: f32,
-    /// Kalman filter state.
-    pub kalman: KalmanBox,
+    /// Kalman filter state ([`bbox`](Self::bbox) reads its estimate).
+    pub(crate) kalman: KalmanBox,
     /// Tracker frame number (1-based count of `update` calls) of its birth.
     pub start_frame: u64,
     /// Tracker frame number of its last match.
@@ -237,6 +237,22 @@ pub struct TrackedObject {
 }
 
 /// The ByteTrack tracker. Feed it every analysed frame in order.
+///
+/// ```
+/// use std::time::Duration;
+/// use surveil_vision::{BBox, ByteTracker, Detection, TrackerParams};
+///
+/// let mut tracker = ByteTracker::new(TrackerParams::default())?;
+/// for i in 0..5u64 {
+///     // One person walking right, 5 pixels a frame, at 25 fps.
+///     let x = 100.0 + 5.0 * i as f32;
+///     let person = Detection { class_id: 0, score: 0.9, bbox: BBox::new(x, 50.0, x + 40.0, 150.0) };
+///     let tracks = tracker.update(i, Duration::from_millis(40 * i), &[person]);
+///     assert_eq!(tracks.len(), 1);
+///     assert_eq!(tracks[0].track_id, 1); // the same person keeps its id
+/// }
+/// # Ok::<(), surveil_vision::VisionError>(())
+/// ```
 #[derive(Debug)]
 pub struct ByteTracker {
     params: TrackerParams,
