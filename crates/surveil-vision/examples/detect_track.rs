@@ -48,12 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         i += 2;
     }
-    let assets = std::env::var_os("SURVEIL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/surveil/assets")
-        });
+    let assets = surveil_config::paths::assets_dir();
     let detector = DarknetYolo::new(
         &YoloOptions::yolov3_tiny(&assets.join("yolov3-tiny")),
         &Device::Cpu,
