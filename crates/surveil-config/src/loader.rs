@@ -279,13 +279,11 @@ impl ConfigLoader {
     }
 
     /// The paths the environment alone gives (the path variables over the defaults under
-    /// `HOME`), without a profile or flags; a variable set to empty text counts as unset.
+    /// `HOME`), without a profile or flags: the same overrides, in the same order, as
+    /// [`ConfigLoader::load`] merges.
     pub fn environment_paths(&self) -> PathsConfig {
         let mut raw = RawPathsConfig::default();
         for o in self.env_overrides() {
-            if o.text.is_empty() {
-                continue;
-            }
             let slot = match o.key.as_str() {
                 "paths.hub_cache" => &mut raw.hub_cache,
                 "paths.model_dir" => &mut raw.model_dir,

@@ -201,7 +201,7 @@ impl<'de> Deserialize<'de> for Device {
 /// Where weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum WeightsSpec {
-    /// The Hugging Face cache, then `SURVEIL_MODEL_DIR`.
+    /// The Hugging Face cache (`paths.hub_cache`), then `paths.model_dir/<id>`.
     #[default]
     Auto,
     /// Deterministic random weights with the real shapes.
