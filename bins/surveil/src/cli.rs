@@ -57,9 +57,10 @@ Examples:
     /// Load one model, report its memory before load, after load and after unload, unload it.
     #[command(visible_alias = "test-model")]
     #[command(
-        after_help = "Weights: `auto` looks in the Hugging Face cache ($HF_HOME/hub or $HF_HUB_CACHE)
-and $SURVEIL_MODEL_DIR/<id>; `dummy` generates random weights with the real shapes (for
-capacity planning without the checkpoint); a directory loads config.json + safetensors from it.
+        after_help = "Weights: `auto` looks in the Hugging Face cache (paths.hub_cache: $HF_HUB_CACHE, else
+$HF_HOME/hub) and paths.model_dir/<id> ($SURVEIL_MODEL_DIR); `dummy` generates random weights
+with the real shapes (for capacity planning without the checkpoint); a directory loads
+config.json + safetensors from it. `surveil config show` prints the paths and their origins.
 
 Examples:
   surveil test-single-model --kimi --memory-stats
@@ -87,9 +88,14 @@ Examples:
         command: ModelsCommand,
     },
     /// Report the environment: CPU, memory, CUDA, ffmpeg, model and asset caches.
-    #[command(after_help = "Examples:
+    #[command(
+        after_help = "The caches are the configuration's paths.hub_cache, paths.model_dir and paths.assets,
+each with its origin (see `surveil config show`).
+
+Examples:
   surveil doctor
-  surveil doctor --json | jq .memory")]
+  surveil doctor --json | jq .memory"
+    )]
     Doctor(DoctorArgs),
     /// System RAM (cgroup-aware), swap, the memory of every running surveil process and GPU
     /// memory; once, or one line every --watch seconds.
@@ -123,8 +129,13 @@ pub enum ConfigCommand {
 The profile is --profile, else $ENV, else `development`.
 
 Environment: VLM_MODEL, VLM_DEVICE, LOAD_IN_4BIT (or VLM_4BIT), ENABLE_FALLBACK,
-DISABLE_MONITORING, MAX_CONCURRENT_TOOLS, ORCHESTRATION_MODE, LOG_LEVEL, DEBUG, and any key as
-SURVEIL_<SECTION>__<FIELD> (e.g. SURVEIL_TRACKER__TRACK_BUFFER=45).
+DISABLE_MONITORING, MAX_CONCURRENT_TOOLS, ORCHESTRATION_MODE, LOG_LEVEL, DEBUG, HF_HUB_CACHE
+(else HF_HOME/hub), SURVEIL_MODEL_DIR, SURVEIL_ASSETS, and any key as SURVEIL_<SECTION>__<FIELD>
+(e.g. SURVEIL_TRACKER__TRACK_BUFFER=45).
+
+Resolved values are listed with the keys they come from: vlm.storage (the storage type of
+linear weights, from vlm.load_in_4bit and vlm.quant) and paths.* (the Hugging Face cache, the
+model directory and the asset cache, else their defaults under $HOME).
 
 Examples:
   surveil config show --profile testing_kimi --json
@@ -176,11 +187,12 @@ pub struct RunArgs {
     /// Run folder to create (must not hold a previous run's events).
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Weights: auto (Hugging Face cache, $SURVEIL_MODEL_DIR), dummy (random, real shapes), or a
-    /// checkpoint directory.
+    /// Weights: auto (the Hugging Face cache, then paths.model_dir), dummy (random, real shapes),
+    /// or a checkpoint directory.
     #[arg(long, value_name = "auto|dummy|DIR")]
     pub weights: Option<String>,
-    /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache).
+    /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache,
+    /// paths.assets).
     #[arg(long, value_name = "DIR")]
     pub detector_dir: Option<PathBuf>,
     /// Print the run summary as JSON on stdout.
@@ -221,7 +233,8 @@ pub struct DetectArgs {
     /// Render boxes and track ids of frame N into a PNG: `N:PATH.png` (repeatable).
     #[arg(long, value_name = "N:PNG", value_parser = crate::cmd::detect::parse_snapshot)]
     pub snapshot: Vec<surveil_vision::pipeline::SnapshotRequest>,
-    /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache).
+    /// Directory with yolov3-tiny.cfg/.weights and coco.names (default: the asset cache,
+    /// paths.assets).
     #[arg(long, value_name = "DIR")]
     pub detector_dir: Option<PathBuf>,
     /// Print the run summary as JSON.
@@ -261,6 +274,9 @@ pub struct ModelsListArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Profile and overrides (the Hugging Face cache is `paths.hub_cache`).
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `surveil models synth`
@@ -358,6 +374,9 @@ pub struct DoctorArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Profile and overrides (the caches are the `paths` section).
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `surveil memory`

@@ -42,14 +42,14 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Show(args),
         } => cmd::config::show(&cli, args),
-        Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Doctor(args) => cmd::doctor::run(&cli, args),
         Command::Memory(args) => cmd::memory::run(args),
         Command::Detect(args) => cmd::detect::run(&cli, args),
         Command::Run(args) => cmd::run::run(&cli, args),
         Command::TestSingleModel(args) => cmd::test_model::run(&cli, args),
         Command::Models {
             command: ModelsCommand::List(args),
-        } => cmd::models::list(args),
+        } => cmd::models::list(&cli, args),
         Command::Models {
             command: ModelsCommand::Synth(args),
         } => cmd::models::synth(args),

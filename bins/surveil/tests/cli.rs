@@ -74,6 +74,212 @@ fn set_flag_beats_environment() {
     assert_eq!(v["_origins"]["vlm.device"], "flag --set vlm.device");
 }
 
+/// `(value, origin)` of `key` in the text of `surveil config show`, whose lines read
+/// `  paths.assets   /data/assets   # env SURVEIL_ASSETS`.
+fn shown(text: &str, key: &str) -> (String, String) {
+    text.lines()
+        .find_map(|line| {
+            let (left, origin) = line.split_once('#')?;
+            let mut words = left.split_whitespace();
+            (words.next() == Some(key)).then(|| {
+                let value: Vec<&str> = words.collect();
+                (value.join(" "), origin.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| panic!("no line for {key} in:\n{text}"))
+}
+
+/// The path variables set to empty text (which counts as unset) and `HOME` set to `home`, so
+/// the caller's shell cannot leak into a test of the paths.
+fn path_env<'a>(home: &'a str, set: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![
+        ("HOME", home),
+        ("HF_HOME", ""),
+        ("HF_HUB_CACHE", ""),
+        ("SURVEIL_MODEL_DIR", ""),
+        ("SURVEIL_ASSETS", ""),
+    ];
+    env.extend_from_slice(set);
+    env
+}
+
+#[test]
+fn config_show_lists_the_resolved_paths_with_their_origins() {
+    // Nothing set: the defaults under HOME.
+    let env = path_env("/home/ann", &[]);
+    let v = json(&surveil(&["config", "show", "--json"], &env));
+    assert_eq!(v["paths"]["hub_cache"], "/home/ann/.cache/huggingface/hub");
+    assert_eq!(v["paths"]["model_dir"], serde_json::Value::Null);
+    assert_eq!(v["paths"]["assets"], "/home/ann/.cache/surveil/assets");
+    for key in ["paths.hub_cache", "paths.model_dir", "paths.assets"] {
+        assert_eq!(v["_origins"][key], "default", "{key}");
+    }
+
+    // The variables the tools share.
+    let env = path_env(
+        "/home/ann",
+        &[
+            ("HF_HOME", "/data/hf"),
+            ("SURVEIL_MODEL_DIR", "/data/models"),
+            ("SURVEIL_ASSETS", "/data/assets"),
+        ],
+    );
+    let out = surveil(&["config", "show"], &env);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        shown(&text, "paths.hub_cache"),
+        ("/data/hf/hub".to_string(), "env HF_HOME".to_string())
+    );
+    assert_eq!(
+        shown(&text, "paths.model_dir"),
+        (
+            "/data/models".to_string(),
+            "env SURVEIL_MODEL_DIR".to_string()
+        )
+    );
+    assert_eq!(
+        shown(&text, "paths.assets"),
+        ("/data/assets".to_string(), "env SURVEIL_ASSETS".to_string())
+    );
+    let v = json(&surveil(&["config", "show", "--json"], &env));
+    assert_eq!(v["paths"]["hub_cache"], "/data/hf/hub");
+    assert_eq!(v["_origins"]["paths.hub_cache"], "env HF_HOME");
+
+    // HF_HUB_CACHE wins over HF_HOME, and --set over both.
+    let env = path_env(
+        "/home/ann",
+        &[("HF_HOME", "/data/hf"), ("HF_HUB_CACHE", "/fast/hub")],
+    );
+    let v = json(&surveil(&["config", "show", "--json"], &env));
+    assert_eq!(v["paths"]["hub_cache"], "/fast/hub");
+    assert_eq!(v["_origins"]["paths.hub_cache"], "env HF_HUB_CACHE");
+    let v = json(&surveil(
+        &[
+            "config",
+            "show",
+            "--json",
+            "--set",
+            "paths.hub_cache=/flag/hub",
+        ],
+        &env,
+    ));
+    assert_eq!(v["paths"]["hub_cache"], "/flag/hub");
+    assert_eq!(
+        v["_origins"]["paths.hub_cache"],
+        "flag --set paths.hub_cache"
+    );
+}
+
+#[test]
+fn config_show_lists_the_storage_type_after_the_keys_it_comes_from() {
+    let args = ["config", "show", "--profile", "production"];
+    let out = surveil(&args, &[("LOAD_IN_4BIT", "true")]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        shown(&text, "vlm.load_in_4bit"),
+        ("true".to_string(), "env LOAD_IN_4BIT".to_string())
+    );
+    assert_eq!(
+        shown(&text, "vlm.quant"),
+        ("q8_0".to_string(), "profile builtin:production".to_string())
+    );
+    // 4-bit on overrides a wider quant.
+    assert_eq!(
+        shown(&text, "vlm.storage"),
+        ("q4k".to_string(), "env LOAD_IN_4BIT".to_string())
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |key: &str| {
+        lines
+            .iter()
+            .position(|l| l.split_whitespace().next() == Some(key))
+            .unwrap()
+    };
+    assert_eq!(at("vlm.quant"), at("vlm.load_in_4bit") + 1, "{text}");
+    assert_eq!(at("vlm.storage"), at("vlm.quant") + 1, "{text}");
+
+    let v = json(&surveil(
+        &["config", "show", "--json", "--profile", "production"],
+        &[],
+    ));
+    assert_eq!(v["vlm"]["storage"], "q8_0");
+    assert_eq!(v["_origins"]["vlm.storage"], "profile builtin:production");
+    // Read only.
+    let out = surveil(&["config", "show", "--set", "vlm.storage=f16"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn detection_model_is_checked_with_the_rest_of_the_config() {
+    let out = surveil(
+        &["config", "show"],
+        &[("SURVEIL_DETECTION__MODEL", "yolov8n")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "detection.model = \"yolov8n\" (from env SURVEIL_DETECTION__MODEL): unknown \
+             detector; allowed: yolov3-tiny"
+        ),
+        "{err}"
+    );
+    let v = json(&surveil(
+        &[
+            "config",
+            "show",
+            "--json",
+            "--set",
+            "detection.model=YOLOv3-Tiny",
+        ],
+        &[],
+    ));
+    assert_eq!(v["detection"]["model"], "yolov3-tiny");
+}
+
+#[test]
+fn doctor_reports_the_configured_caches() {
+    let env = path_env("/home/ann", &[("SURVEIL_ASSETS", "/data/assets")]);
+    let v = json(&surveil(
+        &["doctor", "--json", "--set", "paths.hub_cache=/flag/hub"],
+        &env,
+    ));
+    assert_eq!(v["hf_cache"]["path"], "/flag/hub");
+    assert_eq!(v["hf_cache"]["origin"], "flag --set paths.hub_cache");
+    assert_eq!(v["assets"]["path"], "/data/assets");
+    assert_eq!(v["assets"]["origin"], "env SURVEIL_ASSETS");
+    assert_eq!(v["model_dir"], serde_json::Value::Null);
+}
+
+#[test]
+fn test_model_loads_with_the_storage_type_load_in_4bit_resolves() {
+    // Production stores q8_0; LOAD_IN_4BIT=true makes it q4k, and the loader follows.
+    let v = json(&surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--profile",
+            "production",
+            "--json",
+        ],
+        &[("LOAD_IN_4BIT", "true")],
+    ));
+    let q = &v["quantization"];
+    assert!(
+        q["policy"].as_str().unwrap().starts_with("q4k linear"),
+        "{q}"
+    );
+    assert!(
+        q["bytes_by_dtype"]["q4k"].as_u64().unwrap() > 50_000_000,
+        "{q}"
+    );
+    assert!(q["bytes_by_dtype"].get("q8_0").is_none(), "{q}");
+}
+
 #[test]
 fn unknown_profile_exits_2_listing_profiles() {
     let out = surveil(&["config", "show", "--profile", "nope"], &[]);

@@ -16,7 +16,15 @@ pub(crate) const ENV_ALIASES: &[(&str, &str)] = &[
     ("ORCHESTRATION_MODE", "orchestration.mode"),
     ("LOG_LEVEL", "output.log_level"),
     ("DEBUG", "output.debug"),
+    ("HF_HUB_CACHE", "paths.hub_cache"),
+    ("SURVEIL_MODEL_DIR", "paths.model_dir"),
+    ("SURVEIL_ASSETS", "paths.assets"),
 ];
+
+/// The Hugging Face home: sets `paths.hub_cache` to its `hub` folder, below `HF_HUB_CACHE`
+/// (as the Hugging Face tools read them). Not in [`variables_for`], which lists variables
+/// whose text is the value; the reference names it in the key's allowed values.
+pub(crate) const HF_HOME: &str = "HF_HOME";
 
 /// Prefix of the generic form `SURVEIL_<SECTION>__<FIELD>`.
 pub(crate) const GENERIC_PREFIX: &str = "SURVEIL_";
@@ -55,6 +63,7 @@ pub(crate) fn variables_for(defaults: &Dict, key: &str) -> Vec<String> {
 pub(crate) fn settable(defaults: &Dict, key: &str) -> bool {
     OPTIONAL_NUMBERS.contains(&key)
         || OPTIONAL_REALS.contains(&key)
+        || OPTIONAL_PATHS.contains(&key)
         || matches!(
             lookup(defaults, key),
             Some(Value::Bool(..) | Value::Num(..) | Value::String(..) | Value::Array(..))
@@ -97,6 +106,18 @@ const OPTIONAL_NUMBERS: &[&str] = &["vlm.seed"];
 /// Fields that may hold a real number or nothing (their default is absent/null).
 const OPTIONAL_REALS: &[&str] = &["tracker.frame_rate"];
 
+/// Fields that may hold a path or nothing (absent: the default validation resolves).
+pub(crate) const OPTIONAL_PATHS: &[&str] = &["paths.hub_cache", "paths.model_dir", "paths.assets"];
+
+/// Keys whose default is absent, so the serialized defaults do not list them.
+pub(crate) fn optional_keys() -> impl Iterator<Item = &'static str> {
+    OPTIONAL_NUMBERS
+        .iter()
+        .chain(OPTIONAL_REALS)
+        .chain(OPTIONAL_PATHS)
+        .copied()
+}
+
 /// Turn the text of a variable or flag into a value of the type `key` has.
 pub(crate) fn typed_value(
     defaults: &Dict,
@@ -114,6 +135,10 @@ pub(crate) fn typed_value(
             .parse::<f64>()
             .map(Value::from)
             .map_err(|_| bad(format!("{key} must be a number, got `{text}`")));
+    }
+    if OPTIONAL_PATHS.contains(&key) {
+        // As given: a path may start or end with spaces.
+        return Ok(Value::from(text.to_string()));
     }
     if OPTIONAL_NUMBERS.contains(&key) {
         return text.trim().parse::<u64>().map(Value::from).map_err(|_| {

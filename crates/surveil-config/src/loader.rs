@@ -8,7 +8,11 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::Serialize;
 
-use crate::env::{generic_key, nested, parse_bool, typed_value, ENV_ALIASES};
+use crate::env::{
+    generic_key, nested, optional_keys, parse_bool, typed_value, ENV_ALIASES, HF_HOME,
+    OPTIONAL_PATHS,
+};
+use crate::paths::{home_dir, PathsConfig, RawPathsConfig};
 use crate::profiles::{ProfileOrigin, ProfileSet, DEFAULT_PROFILE};
 use crate::{ConfigError, RawConfig, SystemConfig};
 
@@ -24,6 +28,18 @@ pub enum Origin {
     Env(String),
     /// A command-line flag.
     Flag(String),
+}
+
+impl Origin {
+    /// The layer's rank in the merge: default < profile < environment < flag.
+    fn precedence(&self) -> u8 {
+        match self {
+            Origin::Default => 0,
+            Origin::Profile(_) => 1,
+            Origin::Env(_) => 2,
+            Origin::Flag(_) => 3,
+        }
+    }
 }
 
 impl std::fmt::Display for Origin {
@@ -94,25 +110,38 @@ pub struct ConfigLoader {
     flags: Vec<Override>,
 }
 
-/// A validated configuration and the origin of each of its values.
+/// A validated configuration, the values as written, and the origin of each value.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
     /// The configuration.
     pub config: SystemConfig,
+    /// The merged values as written, before validation: what `surveil config show` lists
+    /// beside the resolved ones. Code uses [`LoadedConfig::config`].
+    pub raw: RawConfig,
     /// Where the profile came from.
     pub profile_origin: String,
     origins: BTreeMap<String, Origin>,
 }
 
 impl LoadedConfig {
-    /// Where the value of dotted `key` came from.
+    /// Where the value of dotted `key` came from. A resolved key that two keys decide
+    /// (`vlm.storage`: `vlm.load_in_4bit` and `vlm.quant`) has the origin of the one that
+    /// decided it, the later layer when both did.
     pub fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
     }
 
-    /// Every leaf key with its value (as JSON) and origin, in key order.
+    /// The configuration as `surveil config show --json` prints it (without origins): the
+    /// validated values, and before a resolved key the keys as written that validation folded
+    /// into it (`vlm.load_in_4bit` and `vlm.quant` before `vlm.storage`).
+    pub fn shown(&self) -> serde_json::Value {
+        shown_json(&self.raw, &self.config)
+    }
+
+    /// Every leaf key of [`LoadedConfig::shown`] with its value (as JSON) and origin, in
+    /// section order.
     pub fn entries(&self) -> Vec<(String, serde_json::Value, Origin)> {
-        let json = serde_json::to_value(&self.config).unwrap_or_default();
+        let json = self.shown();
         let mut out = Vec::new();
         if let serde_json::Value::Object(sections) = json {
             for (section, v) in sections {
@@ -210,11 +239,23 @@ impl ConfigLoader {
         }
     }
 
-    /// Environment overrides, in a stable order (aliases first, then generic variables).
+    /// Environment overrides, in a stable order: `HF_HOME`, the aliases (`HF_HUB_CACHE` among
+    /// them wins over `HF_HOME`), then generic variables. A path variable set to empty text is
+    /// unset, as for the other tools that read these variables.
     fn env_overrides(&self) -> Vec<Override> {
         let mut out = Vec::new();
+        if let Some(home) = self.var(HF_HOME).filter(|v| !v.is_empty()) {
+            out.push(Override {
+                key: "paths.hub_cache".into(),
+                text: Path::new(home).join("hub").to_string_lossy().into_owned(),
+                origin: Origin::Env(HF_HOME.into()),
+            });
+        }
         for (var, key) in ENV_ALIASES {
             if let Some(v) = self.var(var) {
+                if v.is_empty() && OPTIONAL_PATHS.contains(key) {
+                    continue;
+                }
                 out.push(Override {
                     key: key.to_string(),
                     text: v.to_string(),
@@ -234,16 +275,40 @@ impl ConfigLoader {
             .env
             .iter()
             .filter_map(|(var, v)| {
-                generic_key(var).map(|key| Override {
-                    key,
-                    text: v.clone(),
-                    origin: Origin::Env(var.clone()),
-                })
+                generic_key(var)
+                    .filter(|key| !(v.is_empty() && OPTIONAL_PATHS.contains(&key.as_str())))
+                    .map(|key| Override {
+                        key,
+                        text: v.clone(),
+                        origin: Origin::Env(var.clone()),
+                    })
             })
             .collect();
         generic.sort_by(|a, b| a.key.cmp(&b.key));
         out.extend(generic);
         out
+    }
+
+    /// The home directory of this loader's variables (`HOME`, else `/`).
+    fn home(&self) -> PathBuf {
+        home_dir(|name| self.var(name).map(str::to_string))
+    }
+
+    /// The paths the environment alone gives (the path variables over the defaults under
+    /// `HOME`), without a profile or flags: the same overrides, in the same order, as
+    /// [`ConfigLoader::load`] merges.
+    pub fn environment_paths(&self) -> PathsConfig {
+        let mut raw = RawPathsConfig::default();
+        for o in self.env_overrides() {
+            let slot = match o.key.as_str() {
+                "paths.hub_cache" => &mut raw.hub_cache,
+                "paths.model_dir" => &mut raw.model_dir,
+                "paths.assets" => &mut raw.assets,
+                _ => continue,
+            };
+            *slot = Some(PathBuf::from(o.text));
+        }
+        raw.with_defaults(&self.home())
     }
 
     /// Merge and validate.
@@ -306,24 +371,76 @@ impl ConfigLoader {
         let mut origins = BTreeMap::new();
         for key in crate::env::all_keys(&defaults)
             .into_iter()
-            .chain(["vlm.seed", "tracker.frame_rate", "zones"].map(String::from))
+            .chain(optional_keys().map(String::from))
+            .chain(std::iter::once("zones".to_string()))
         {
             if let Some(meta) = figment.find_metadata(&key) {
                 origins.insert(key, origin_from_name(&meta.name));
             }
         }
-        let config = raw.validate(&profile, |key| {
-            origins
-                .get(key)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "default".into())
-        })?;
+        let config = raw
+            .clone()
+            .validate_with_home(&profile, &self.home(), |key| {
+                origins
+                    .get(key)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "default".into())
+            })?;
+        // The resolved storage type comes from the key that decided it.
+        let storage_origin = raw
+            .vlm
+            .storage_keys()
+            .iter()
+            .map(|key| origins.get(*key).cloned().unwrap_or(Origin::Default))
+            .max_by_key(Origin::precedence)
+            .unwrap_or(Origin::Default);
+        origins.insert("vlm.storage".into(), storage_origin);
         Ok(LoadedConfig {
             config,
+            raw,
             profile_origin: profile_label,
             origins,
         })
     }
+}
+
+/// The configuration as JSON, with the keys as written that validation folded into a resolved
+/// key placed before that key: the validated sections, each extended by the fields of its raw
+/// section that the validated one lacks (`vlm.load_in_4bit`, `vlm.quant`), inserted before the
+/// first field the raw section lacks (`vlm.storage`).
+pub(crate) fn shown_json(raw: &RawConfig, config: &SystemConfig) -> serde_json::Value {
+    use serde_json::{Map, Value as Json};
+    let mut shown = serde_json::to_value(config).unwrap_or_default();
+    let raw = serde_json::to_value(raw).unwrap_or_default();
+    let (Some(sections), Some(raw_sections)) = (shown.as_object_mut(), raw.as_object()) else {
+        return shown;
+    };
+    for (name, section) in sections.iter_mut() {
+        let (Some(fields), Some(raw_fields)) = (
+            section.as_object_mut(),
+            raw_sections.get(name).and_then(Json::as_object),
+        ) else {
+            continue;
+        };
+        let mut folded: Vec<(String, Json)> = raw_fields
+            .iter()
+            .filter(|(field, _)| !fields.contains_key(*field))
+            .map(|(field, value)| (field.clone(), value.clone()))
+            .collect();
+        if folded.is_empty() {
+            continue;
+        }
+        let mut merged = Map::new();
+        for (field, value) in fields.iter() {
+            if !raw_fields.contains_key(field) {
+                merged.extend(folded.drain(..));
+            }
+            merged.insert(field.clone(), value.clone());
+        }
+        merged.extend(folded);
+        *fields = merged;
+    }
+    shown
 }
 
 fn origin_from_name(name: &str) -> Origin {

@@ -8,10 +8,11 @@ use figment::value::{Dict, Value};
 use serde_json::Value as Json;
 
 use crate::env::variables_for;
-use crate::schema::{Choice, DETECTION_CLASSES, DETECTORS, KNOWN_MODELS};
+use crate::loader::shown_json;
+use crate::schema::{Choice, DETECTION_CLASSES, KNOWN_MODELS};
 use crate::{
-    ConfigError, Device, LogLevel, OrchestrationMode, Quant, RawConfig, SystemConfig,
-    ZoneCoordinates, BUILTIN_PROFILES, DEFAULT_PROFILE,
+    ConfigError, Detector, Device, LogLevel, OrchestrationMode, RawConfig, StorageDtype,
+    SystemConfig, ZoneCoordinates, BUILTIN_PROFILES, DEFAULT_PROFILE,
 };
 
 /// What a key means and which values it takes; one entry per key of [`SystemConfig`] and of
@@ -36,8 +37,6 @@ enum Allowed {
     Device,
     /// A list of names from a fixed set (any case).
     ListOf(&'static [&'static str]),
-    /// One name from a fixed set (any case).
-    OneOf(&'static [&'static str]),
 }
 
 impl Allowed {
@@ -51,7 +50,7 @@ impl Allowed {
         };
         match self {
             Allowed::Text(t) => t.to_string(),
-            Allowed::Choice(n) | Allowed::OneOf(n) => format!("{} (any case)", names(n)),
+            Allowed::Choice(n) => format!("{} (any case)", names(n)),
             Allowed::ListOf(n) => format!("a list of: {} (any case)", names(n)),
             Allowed::Model => "a model id or its Hugging Face repo id, any case (see \
                                [Models](#models)); stored as the model id"
@@ -113,15 +112,22 @@ const KEY_DOCS: &[KeyDoc] = &[
     ),
     doc(
         "vlm.quant",
-        Allowed::Choice(Quant::NAMES),
+        Allowed::Choice(StorageDtype::NAMES),
         "Storage type of linear weights: the 4-bit kind when `load_in_4bit`, else the type used.",
+    ),
+    doc(
+        "vlm.storage",
+        Allowed::Text("read only: resolved from `load_in_4bit` and `quant`"),
+        "The storage type linear weights get: with `load_in_4bit`, `quant` when it is a 4-bit \
+         type (`q4k`, `q4_0`), else `q4k`; without, `quant`. `surveil config show` gives it \
+         the origin of the key that decided it.",
     ),
     doc(
         "vlm.weights",
         Allowed::Text(
-            "`auto` (Hugging Face cache, then `$SURVEIL_MODEL_DIR/<id>`), `dummy` (random \
-             weights with the real shapes), or a checkpoint directory (`./Dummy` for a \
-             directory of that name)",
+            "`auto` (the Hugging Face cache `paths.hub_cache`, then `paths.model_dir/<id>`), \
+             `dummy` (random weights with the real shapes), or a checkpoint directory \
+             (`./Dummy` for a directory of that name)",
         ),
         "Where weights come from.",
     ),
@@ -147,8 +153,8 @@ const KEY_DOCS: &[KeyDoc] = &[
     ),
     doc(
         "detection.model",
-        Allowed::OneOf(DETECTORS),
-        "Person detector.",
+        Allowed::Choice(Detector::NAMES),
+        "Person detector (its files: `paths.assets/<name>/`).",
     ),
     doc(
         "detection.confidence",
@@ -245,6 +251,26 @@ const KEY_DOCS: &[KeyDoc] = &[
         "output.debug",
         Allowed::Text("`true`, `false`"),
         "Extra diagnostics (debug logs, intermediate files).",
+    ),
+    doc(
+        "paths.hub_cache",
+        Allowed::Text(
+            "a directory path; `HF_HOME` sets it too, to its `hub` folder (`HF_HUB_CACHE` wins \
+             over it); empty variables are ignored",
+        ),
+        "The Hugging Face hub cache (`models--<org>--<name>/snapshots/<revision>/`) searched \
+         for checkpoints; nothing is downloaded.",
+    ),
+    doc(
+        "paths.model_dir",
+        Allowed::Text("a directory path, or absent (none); empty variables are ignored"),
+        "A directory of checkpoints, `<model id>/` each, searched after the hub cache.",
+    ),
+    doc(
+        "paths.assets",
+        Allowed::Text("a directory path; empty variables are ignored"),
+        "The asset cache filled by `scripts/setup.sh`: sample footage, the detector's files, \
+         tokenizers.",
     ),
     doc(
         "tools.history_seconds",
@@ -368,9 +394,16 @@ const KEY_DOCS: &[KeyDoc] = &[
     ),
 ];
 
-/// The configuration with nothing but built-in defaults, validated.
-fn default_config() -> Result<SystemConfig, ConfigError> {
-    RawConfig::default().validate(DEFAULT_PROFILE, |_| "default".to_string())
+/// The configuration with nothing but built-in defaults, validated with the home directory
+/// written `~`, as `surveil config show` lists it (keys as written beside resolved ones).
+fn default_config() -> Result<serde_json::Value, ConfigError> {
+    let raw = RawConfig::default();
+    let config: SystemConfig =
+        raw.clone()
+            .validate_with_home(DEFAULT_PROFILE, std::path::Path::new("~"), |_| {
+                "default".to_string()
+            })?;
+    Ok(shown_json(&raw, &config))
 }
 
 /// A default as a profile file would write it: `"auto"`, `0.5`, `["a", "b"]`; `(absent)` for
@@ -459,9 +492,7 @@ const HEADER: &str =
 /// validate, or a key has no entry in the description table (both broken invariants that the
 /// tests of this module catch).
 pub fn reference_markdown() -> Result<String, ConfigError> {
-    let config = default_config()?;
-    let json = serde_json::to_value(&config)
-        .map_err(|e| ConfigError::Invalid(format!("serializing the defaults: {e}")))?;
+    let json = default_config()?;
     let defaults: Dict = match Value::serialize(RawConfig::default()) {
         Ok(Value::Dict(_, d)) => d,
         _ => Dict::new(),
@@ -487,7 +518,12 @@ pub fn reference_markdown() -> Result<String, ConfigError> {
          `yes`/`no` in any case; choice values (device, quant, mode, log level, classes, \
          detector, zone coordinates) in any case; models by their id or their Hugging Face \
          repo id in any case. The stored value is the canonical one shown here. Lists are \
-         written in variables and flags as `a,b,c` or as a JSON list.\n",
+         written in variables and flags as `a,b,c` or as a JSON list.\n\n\
+         Some values are resolved when the configuration is validated: `vlm.storage` (read \
+         only) from `vlm.load_in_4bit` and `vlm.quant`, and each `[paths]` key from the \
+         environment, else its default under the home directory (`~` below). Every command \
+         takes them from the configuration, so `surveil config show` tells where each came \
+         from.\n",
     );
 
     out.push_str("\n## Models\n\n| Model id | Hugging Face repo id |\n|---|---|\n");

@@ -1,8 +1,11 @@
 //! The configuration schema: sections, fields, defaults, and validation.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::paths::{PathsConfig, RawPathsConfig};
+use crate::StorageDtype;
 
 /// One model surveil knows: our id and the Hugging Face repository it is published in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,7 +103,9 @@ pub trait Choice: Sized + Copy + PartialEq + 'static {
 
 /// Deserialize a [`Choice`] from its name in any case; an unknown name is an "unknown
 /// variant" error listing [`Choice::NAMES`].
-fn deserialize_choice<'de, T: Choice, D: serde::Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+pub(crate) fn deserialize_choice<'de, T: Choice, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     let text = String::deserialize(d)?;
     T::parse_choice(&text).ok_or_else(|| serde::de::Error::unknown_variant(&text, T::NAMES))
 }
@@ -144,15 +149,39 @@ impl Device {
             }
         }
     }
+
+    /// How a user would write this device in a configuration, shortest form: `auto`, `cpu`,
+    /// `cuda` (for `cuda:0`), `cuda:1`.
+    pub fn config_value(&self) -> String {
+        match self {
+            Device::Cuda(0) => "cuda".to_string(),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for Device {
+    /// The canonical form: `auto`, `cpu`, `cuda:N`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Device::Auto => f.write_str("auto"),
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
         }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// What [`Device::parse`] accepts; the error lists the devices, then `auto`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Device::parse(s).ok_or_else(|| {
+            format!(
+                "unknown device `{s}`; allowed: cpu, cuda, cuda:N, or auto (CUDA device 0 when \
+                 it has room, else the CPU)"
+            )
+        })
     }
 }
 
@@ -169,66 +198,10 @@ impl<'de> Deserialize<'de> for Device {
     }
 }
 
-/// Storage type of quantizable weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Quant {
-    /// 4-bit k-quants (256-weight blocks).
-    #[default]
-    Q4k,
-    /// 4-bit, 32-weight blocks.
-    Q4_0,
-    /// 8-bit, 32-weight blocks.
-    Q8_0,
-    /// Half precision.
-    F16,
-    /// bfloat16.
-    Bf16,
-    /// Full precision.
-    F32,
-}
-
-impl Quant {
-    /// Lower-case name as written in configs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Quant::Q4k => "q4k",
-            Quant::Q4_0 => "q4_0",
-            Quant::Q8_0 => "q8_0",
-            Quant::F16 => "f16",
-            Quant::Bf16 => "bf16",
-            Quant::F32 => "f32",
-        }
-    }
-
-    /// Whether this is a 4-bit type.
-    pub fn is_four_bit(self) -> bool {
-        matches!(self, Quant::Q4k | Quant::Q4_0)
-    }
-}
-
-impl Choice for Quant {
-    const ALL: &'static [Self] = &[
-        Quant::Q4k,
-        Quant::Q4_0,
-        Quant::Q8_0,
-        Quant::F16,
-        Quant::Bf16,
-        Quant::F32,
-    ];
-    const NAMES: &'static [&'static str] = &["q4k", "q4_0", "q8_0", "f16", "bf16", "f32"];
-}
-
-impl<'de> Deserialize<'de> for Quant {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_choice(d)
-    }
-}
-
 /// Where weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum WeightsSpec {
-    /// The Hugging Face cache, then `SURVEIL_MODEL_DIR`.
+    /// The Hugging Face cache (`paths.hub_cache`), then `paths.model_dir/<id>`.
     #[default]
     Auto,
     /// Deterministic random weights with the real shapes.
@@ -353,11 +326,12 @@ impl<'de> Deserialize<'de> for LogLevel {
     }
 }
 
-/// The vision-language model and how it is loaded.
+/// The `[vlm]` section as written: the keys users set, before validation. Validation turns it
+/// into a [`VlmConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct VlmConfig {
-    /// Model id from the registry.
+pub struct RawVlmConfig {
+    /// Model id or Hugging Face repo id, any case.
     pub primary_model: String,
     /// Models tried in order when the primary fails to load (only with `enable_fallback`).
     pub fallback_models: Vec<String>,
@@ -367,8 +341,8 @@ pub struct VlmConfig {
     pub device: Device,
     /// Quantize linear weights to 4 bits while loading.
     pub load_in_4bit: bool,
-    /// Storage type: the 4-bit kind when `load_in_4bit`, else the type used.
-    pub quant: Quant,
+    /// Storage type of linear weights: the 4-bit kind when `load_in_4bit`, else the type used.
+    pub quant: StorageDtype,
     /// Where weights come from.
     pub weights: WeightsSpec,
     /// Generation limit per answer.
@@ -381,7 +355,7 @@ pub struct VlmConfig {
     pub seed: Option<u64>,
 }
 
-impl Default for VlmConfig {
+impl Default for RawVlmConfig {
     fn default() -> Self {
         Self {
             primary_model: "kimi-vl-a3b-thinking".into(),
@@ -389,7 +363,7 @@ impl Default for VlmConfig {
             enable_fallback: false,
             device: Device::Auto,
             load_in_4bit: true,
-            quant: Quant::Q4k,
+            quant: StorageDtype::Q4K,
             weights: WeightsSpec::Auto,
             max_new_tokens: 512,
             temperature: 0.1,
@@ -399,37 +373,126 @@ impl Default for VlmConfig {
     }
 }
 
-impl VlmConfig {
-    /// The storage type linear weights get: `quant` when it is a 4-bit kind and
-    /// `load_in_4bit` is on; Q4K when 4-bit is on but `quant` names a wider type; `quant`
-    /// otherwise.
-    pub fn effective_quant(&self) -> Quant {
-        match (self.load_in_4bit, self.quant) {
-            (true, q) if q.is_four_bit() => q,
-            (true, _) => Quant::Q4k,
-            (false, q) => q,
+impl RawVlmConfig {
+    /// The keys that decide `vlm.storage` ([`StorageDtype::resolve`]): `vlm.load_in_4bit` alone
+    /// when it overrides a wider `quant`, `vlm.quant` alone when 4-bit is off, both when they
+    /// agree on a 4-bit type.
+    pub fn storage_keys(&self) -> &'static [&'static str] {
+        match (self.load_in_4bit, self.quant.is_four_bit()) {
+            (true, false) => &["vlm.load_in_4bit"],
+            (false, _) => &["vlm.quant"],
+            (true, true) => &["vlm.load_in_4bit", "vlm.quant"],
         }
     }
 }
 
-/// Person (and bag) detection.
+/// The vision-language model and how it is loaded, validated: canonical model ids and one
+/// resolved storage type.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VlmConfig {
+    /// Model id from the registry (canonical: our id, lower case).
+    pub primary_model: String,
+    /// Models tried in order when the primary fails to load (only with `enable_fallback`);
+    /// canonical ids, none of them the primary.
+    pub fallback_models: Vec<String>,
+    /// Whether fallback models are tried at all.
+    pub enable_fallback: bool,
+    /// Where the model runs (`auto` is decided when the model loads).
+    pub device: Device,
+    /// The storage type linear weights get, `load_in_4bit` and `quant` folded into one
+    /// ([`StorageDtype::resolve`]).
+    pub storage: StorageDtype,
+    /// Where weights come from.
+    pub weights: WeightsSpec,
+    /// Generation limit per answer, tokens (at least 1).
+    pub max_new_tokens: usize,
+    /// Sampling temperature (0 = greedy), finite and ≥ 0.
+    pub temperature: f64,
+    /// Nucleus sampling mass, in [0, 1].
+    pub top_p: f64,
+    /// Seed for sampling (none: fixed default seed 0).
+    pub seed: Option<u64>,
+}
+
+/// A person detector `detection.model` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+pub enum Detector {
+    /// YOLOv3-tiny (Darknet `.cfg` and `.weights`, COCO class names), files in the asset
+    /// cache's `yolov3-tiny/` folder.
+    #[default]
+    #[serde(rename = "yolov3-tiny")]
+    Yolov3Tiny,
+}
+
+impl Detector {
+    /// The asset cache folder holding this detector's files (`scripts/setup.sh` fills it).
+    pub fn asset_folder(self) -> &'static str {
+        match self {
+            Detector::Yolov3Tiny => "yolov3-tiny",
+        }
+    }
+}
+
+impl Choice for Detector {
+    const ALL: &'static [Self] = &[Detector::Yolov3Tiny];
+    const NAMES: &'static [&'static str] = &["yolov3-tiny"];
+}
+
+impl std::fmt::Display for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.choice_name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Detector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_choice(d)
+    }
+}
+
+/// The `[detection]` section as written. Validation turns it into a [`DetectionConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DetectionConfig {
-    /// Detector model.
+pub struct RawDetectionConfig {
+    /// Detector name, any case (checked by validation, which names the allowed detectors).
     pub model: String,
     /// Minimum detection score.
     pub confidence: f64,
     /// IoU above which overlapping boxes of a class are suppressed.
     pub iou: f64,
-    /// COCO class names kept.
+    /// COCO class names kept, any case.
+    pub classes: Vec<String>,
+}
+
+impl Default for RawDetectionConfig {
+    fn default() -> Self {
+        let d = DetectionConfig::default();
+        Self {
+            model: d.model.choice_name().to_string(),
+            confidence: d.confidence,
+            iou: d.iou,
+            classes: d.classes,
+        }
+    }
+}
+
+/// Person (and bag) detection, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectionConfig {
+    /// Detector model.
+    pub model: Detector,
+    /// Minimum detection score, in [0, 1].
+    pub confidence: f64,
+    /// IoU above which overlapping boxes of a class are suppressed, in [0, 1].
+    pub iou: f64,
+    /// COCO class names kept, lower case (names of [`DETECTION_CLASSES`]).
     pub classes: Vec<String>,
 }
 
 impl Default for DetectionConfig {
     fn default() -> Self {
         Self {
-            model: "yolov3-tiny".into(),
+            model: Detector::Yolov3Tiny,
             confidence: 0.5,
             iou: 0.45,
             classes: ["person", "handbag", "backpack", "suitcase"]
@@ -460,6 +523,59 @@ impl Default for TrackerConfig {
             match_threshold: 0.8,
             frame_rate: None,
         }
+    }
+}
+
+impl TrackerConfig {
+    /// The tracker's rules: `match_threshold` within [0, 1]; `frame_rate`, when given, a finite
+    /// number > 0. [`RawConfig::validate`] checks the `tracker` section with this, and
+    /// `surveil-vision` checks tracker parameters built by hand with it, so both refuse the same
+    /// values in the same words.
+    pub fn check(&self) -> Result<(), RuleBreach> {
+        within_unit_interval("tracker.match_threshold", self.match_threshold)?;
+        if let Some(rate) = self.frame_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(RuleBreach {
+                    key: "tracker.frame_rate",
+                    value: rate.to_string(),
+                    rule: "must be a finite number > 0 (frames per second), or absent (from the \
+                           source)"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value that breaks a rule of the configuration, before the error names its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleBreach {
+    /// Dotted key, e.g. `tracker.frame_rate`.
+    pub key: &'static str,
+    /// The value as the rule read it.
+    pub value: String,
+    /// The rule it breaks, e.g. `must be within [0, 1]`.
+    pub rule: String,
+}
+
+impl std::fmt::Display for RuleBreach {
+    /// `key = value: rule`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} = {}: {}", self.key, self.value, self.rule)
+    }
+}
+
+/// The rule of every fraction and probability: `x` within [0, 1] (NaN is not).
+pub fn within_unit_interval(key: &'static str, x: f64) -> Result<(), RuleBreach> {
+    if (0.0..=1.0).contains(&x) {
+        Ok(())
+    } else {
+        Err(RuleBreach {
+            key,
+            value: x.to_string(),
+            rule: "must be within [0, 1]".into(),
+        })
     }
 }
 
@@ -760,9 +876,9 @@ impl Default for OutputConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     /// VLM section.
-    pub vlm: VlmConfig,
+    pub vlm: RawVlmConfig,
     /// Detection section.
-    pub detection: DetectionConfig,
+    pub detection: RawDetectionConfig,
     /// Tracker section.
     pub tracker: TrackerConfig,
     /// Orchestration section.
@@ -771,6 +887,8 @@ pub struct RawConfig {
     pub monitoring: MonitoringConfig,
     /// Output section.
     pub output: OutputConfig,
+    /// Paths section (absent paths: their defaults under the home directory).
+    pub paths: RawPathsConfig,
     /// Behaviour tools section.
     pub tools: ToolsConfig,
     /// Decision engine section.
@@ -779,7 +897,9 @@ pub struct RawConfig {
     pub zones: Vec<ZoneConfig>,
 }
 
-/// A validated configuration. Only [`RawConfig::validate`] makes one.
+/// A validated configuration: values resolved once (canonical names, one storage type, enums,
+/// paths), so code holding one never re-checks, combines keys or reads the environment. Only
+/// [`RawConfig::validate`] makes one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SystemConfig {
     /// Name of the profile it was built from.
@@ -796,6 +916,8 @@ pub struct SystemConfig {
     pub monitoring: MonitoringConfig,
     /// Output section.
     pub output: OutputConfig,
+    /// Where the Hugging Face cache, local checkpoints and the asset cache are.
+    pub paths: PathsConfig,
     /// Behaviour tools section.
     pub tools: ToolsConfig,
     /// Decision engine section.
@@ -813,9 +935,6 @@ fn canonical_name(names: &[&'static str], text: &str) -> Option<&'static str> {
         .find(|name| name.eq_ignore_ascii_case(text))
         .copied()
 }
-
-/// Person detectors `detection.model` may name.
-pub const DETECTORS: &[&str] = &["yolov3-tiny"];
 
 /// COCO class names the detector can keep.
 pub const DETECTION_CLASSES: &[&str] = &[
@@ -839,10 +958,26 @@ pub const DETECTION_CLASSES: &[&str] = &[
 ];
 
 impl RawConfig {
-    /// Check every rule; `origin(key)` says where a key's value came from (for messages).
+    /// Check every rule and resolve every value; `origin(key)` says where a key's value came
+    /// from (for messages). Absent paths get their defaults under `$HOME` of this process
+    /// ([`RawConfig::validate_with_home`] takes the home directory from elsewhere).
+    ///
+    /// Errors: [`crate::ConfigError::Rule`] naming the key, the value, its origin and the rule.
     pub fn validate(
+        self,
+        profile: &str,
+        origin: impl Fn(&str) -> String,
+    ) -> Result<SystemConfig, crate::ConfigError> {
+        let home = crate::paths::home_dir(|name| std::env::var(name).ok());
+        self.validate_with_home(profile, &home, origin)
+    }
+
+    /// [`RawConfig::validate`] with absent paths resolved under `home` (the loader passes the
+    /// `HOME` of the variables it reads).
+    pub fn validate_with_home(
         mut self,
         profile: &str,
+        home: &Path,
         origin: impl Fn(&str) -> String,
     ) -> Result<SystemConfig, crate::ConfigError> {
         let rule = |key: &str, value: String, rule: String| crate::ConfigError::Rule {
@@ -886,6 +1021,7 @@ impl RawConfig {
         }
         self.vlm.fallback_models = fallbacks;
         let v = &self.vlm;
+        let storage = StorageDtype::resolve(v.load_in_4bit, v.quant);
         if v.max_new_tokens == 0 {
             return Err(rule(
                 "vlm.max_new_tokens",
@@ -900,17 +1036,11 @@ impl RawConfig {
                 "must be a finite number ≥ 0".into(),
             ));
         }
-        let unit = |key: &str, x: f64| {
-            if (0.0..=1.0).contains(&x) {
-                Ok(())
-            } else {
-                Err(rule(key, x.to_string(), "must be within [0, 1]".into()))
-            }
-        };
+        let breach = |b: RuleBreach| rule(b.key, b.value, b.rule);
+        let unit = |key: &'static str, x: f64| within_unit_interval(key, x).map_err(breach);
         unit("vlm.top_p", v.top_p)?;
         unit("detection.confidence", self.detection.confidence)?;
         unit("detection.iou", self.detection.iou)?;
-        unit("tracker.match_threshold", self.tracker.match_threshold)?;
         unit(
             "orchestration.confidence_threshold",
             self.orchestration.confidence_threshold,
@@ -926,27 +1056,20 @@ impl RawConfig {
             })?;
             classes.push(class.to_string());
         }
-        self.detection.classes = classes;
-        self.detection.model = canonical_name(DETECTORS, &self.detection.model)
-            .ok_or_else(|| {
-                rule(
-                    "detection.model",
-                    format!("{:?}", self.detection.model),
-                    format!("unknown detector; allowed: {}", DETECTORS.join(", ")),
-                )
-            })?
-            .to_string();
-        if let Some(rate) = self.tracker.frame_rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(rule(
-                    "tracker.frame_rate",
-                    rate.to_string(),
-                    "must be a finite number > 0 (frames per second), or absent (from the \
-                     source)"
-                        .into(),
-                ));
-            }
-        }
+        let model = Detector::parse_choice(&self.detection.model).ok_or_else(|| {
+            rule(
+                "detection.model",
+                format!("{:?}", self.detection.model),
+                format!("unknown detector; allowed: {}", Detector::NAMES.join(", ")),
+            )
+        })?;
+        let detection = DetectionConfig {
+            model,
+            confidence: self.detection.confidence,
+            iou: self.detection.iou,
+            classes,
+        };
+        self.tracker.check().map_err(breach)?;
         let o = &self.orchestration;
         if o.max_concurrent_tools < 1 {
             return Err(rule(
@@ -1001,14 +1124,28 @@ impl RawConfig {
             }
         }
         validate_zones(&self.zones, &self.tools, &origin("zones"))?;
+        let paths = self.paths.resolve(home, &rule)?;
+        let v = self.vlm;
         Ok(SystemConfig {
             profile: profile.to_string(),
-            vlm: self.vlm,
-            detection: self.detection,
+            vlm: VlmConfig {
+                primary_model: v.primary_model,
+                fallback_models: v.fallback_models,
+                enable_fallback: v.enable_fallback,
+                device: v.device,
+                storage,
+                weights: v.weights,
+                max_new_tokens: v.max_new_tokens,
+                temperature: v.temperature,
+                top_p: v.top_p,
+                seed: v.seed,
+            },
+            detection,
             tracker: self.tracker,
             orchestration: self.orchestration,
             monitoring: self.monitoring,
             output: self.output,
+            paths,
             tools: self.tools,
             decision: self.decision,
             zones: self.zones,
@@ -1281,9 +1418,12 @@ mod tests {
 
     #[test]
     fn choices_parse_in_any_case_and_name_themselves_canonically() {
-        assert_eq!(Quant::parse_choice("Q8_0"), Some(Quant::Q8_0));
-        assert_eq!(Quant::parse_choice(" bf16 "), Some(Quant::Bf16));
-        assert_eq!(Quant::parse_choice("q5k"), None);
+        assert_eq!(StorageDtype::parse_choice("Q8_0"), Some(StorageDtype::Q8_0));
+        assert_eq!(
+            StorageDtype::parse_choice(" bf16 "),
+            Some(StorageDtype::Bf16)
+        );
+        assert_eq!(StorageDtype::parse_choice("q5k"), None);
         assert_eq!(
             OrchestrationMode::parse_choice("FAST"),
             Some(OrchestrationMode::Fast)
@@ -1295,7 +1435,7 @@ mod tests {
             Some(ZoneCoordinates::Normalized)
         );
         assert_eq!(LogLevel::Warn.choice_name(), "warn");
-        assert_eq!(Quant::Q4_0.choice_name(), "q4_0");
+        assert_eq!(StorageDtype::Q4_0.choice_name(), "q4_0");
         // Every value has a name, and the names are what serialization writes.
         fn names_round_trip<T: Choice + Serialize + std::fmt::Debug>() {
             assert_eq!(T::ALL.len(), T::NAMES.len());
@@ -1305,7 +1445,7 @@ mod tests {
                 assert_eq!(serde_json::to_value(value).unwrap(), *name);
             }
         }
-        names_round_trip::<Quant>();
+        names_round_trip::<StorageDtype>();
         names_round_trip::<OrchestrationMode>();
         names_round_trip::<LogLevel>();
         names_round_trip::<ZoneCoordinates>();
@@ -1365,7 +1505,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raw.vlm.device, Device::Cpu);
-        assert_eq!(raw.vlm.quant, Quant::Q4_0);
+        assert_eq!(raw.vlm.quant, StorageDtype::Q4_0);
         assert_eq!(raw.vlm.weights, WeightsSpec::Dummy);
         assert_eq!(raw.orchestration.mode, OrchestrationMode::Thorough);
         assert_eq!(raw.output.log_level, LogLevel::Warn);
@@ -1395,7 +1535,7 @@ mod tests {
             ["git-base-coco", "kimi-vl-a3b-instruct"]
         );
         assert_eq!(config.detection.classes, ["person", "cell phone"]);
-        assert_eq!(config.detection.model, "yolov3-tiny");
+        assert_eq!(config.detection.model.choice_name(), "yolov3-tiny");
     }
 
     #[test]

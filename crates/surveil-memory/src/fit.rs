@@ -7,7 +7,6 @@
 //! ([`crate::gpu::device_free_bytes`]).
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,54 +15,14 @@ use crate::system::HostMemory;
 use crate::units::format_size;
 use crate::MemoryError;
 
-/// Where a model is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Device {
-    /// Host RAM.
-    Cpu,
-    /// A CUDA device by ordinal.
-    Cuda(usize),
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => f.write_str("cpu"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-        }
-    }
-}
-
-impl FromStr for Device {
-    type Err = String;
-    /// `cpu`, `cuda` (device 0) or `cuda:N`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim().to_ascii_lowercase();
-        match lower.as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}`; allowed: cpu, cuda, cuda:N")),
-        }
-    }
-}
-
-impl Device {
-    /// How a user would write this device in a config: `cpu`, `cuda`, `cuda:1`.
-    pub fn config_value(&self) -> String {
-        match self {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(0) => "cuda".to_string(),
-            Device::Cuda(i) => format!("cuda:{i}"),
-        }
-    }
-}
+/// Where a model is loaded: the configuration's device (`vlm.device`), re-exported. Memory is
+/// measured on a concrete device, `cpu` or `cuda:N`; `auto` is decided by the loader first.
+pub use surveil_config::Device;
 
 /// Bytes a new allocation can use on `device` right now.
+///
+/// Errors: [`MemoryError::Unavailable`] when the driver cannot tell (CUDA without the `cuda`
+/// feature, no such device), or for `auto`, which is not a device until the loader picks one.
 pub fn available_bytes(device: Device) -> Result<u64, MemoryError> {
     match device {
         Device::Cpu => Ok(HostMemory::read()?.effective_available_bytes()),
@@ -73,6 +32,10 @@ pub fn available_bytes(device: Device) -> Result<u64, MemoryError> {
                 what: format!("free memory on {device}"),
                 reason,
             }),
+        Device::Auto => Err(MemoryError::Unavailable {
+            what: "free memory on auto".to_string(),
+            reason: "`auto` names no device; check cpu or cuda:N".to_string(),
+        }),
     }
 }
 
@@ -172,13 +135,16 @@ pub fn fits_with_hints(estimate: &Estimate, device: Device, mut hints: FitHints)
     let required = estimate.required_bytes();
     if required > available && hints.other_device.is_none() {
         let other = match device {
-            Device::Cpu => Device::Cuda(0),
-            Device::Cuda(_) => Device::Cpu,
+            Device::Cpu => Some(Device::Cuda(0)),
+            Device::Cuda(_) => Some(Device::Cpu),
+            Device::Auto => None,
         };
-        match available_bytes(other) {
-            Ok(room) if room >= required => hints.other_device = Some(other),
-            Ok(_) => {}
-            Err(e) => tracing::debug!("not suggesting {other}: {e}"),
+        if let Some(other) = other {
+            match available_bytes(other) {
+                Ok(room) if room >= required => hints.other_device = Some(other),
+                Ok(_) => {}
+                Err(e) => tracing::debug!("not suggesting {other}: {e}"),
+            }
         }
     }
     let fit = check_fit(estimate, device, available, &hints);
@@ -301,6 +267,14 @@ mod tests {
             .contains("allowed: cpu, cuda, cuda:N"));
         assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
         assert_eq!(Device::Cuda(0).config_value(), "cuda");
+    }
+
+    #[test]
+    fn auto_is_not_a_device_to_measure() {
+        let est = estimate_of(1 << 20, QuantPolicy::unquantized(StorageDtype::F16));
+        let fit = fits(&est, Device::Auto);
+        assert!(matches!(fit, Fit::Unknown { .. }), "{fit}");
+        assert!(fit.message().contains("check cpu or cuda:N"), "{fit}");
     }
 
     #[cfg(target_os = "linux")]

@@ -3,106 +3,14 @@
 //! A [`QuantPolicy`] maps each tensor (its [`TensorRole`] and shape) to the [`StorageDtype`] it is
 //! kept in once loaded, and [`StorageDtype::bytes_for`] gives the exact bytes that takes. The
 //! model loader and [`crate::estimate`] both call this one function, so the estimate and the
-//! real allocation cannot drift apart.
+//! real allocation cannot drift apart. [`QuantPolicy::for_storage`] builds the policy from the
+//! storage type the validated configuration resolved (`vlm.storage`).
 
 use serde::{Deserialize, Serialize};
 
-/// How a tensor is stored once resident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StorageDtype {
-    /// 32-bit float.
-    F32,
-    /// IEEE half precision.
-    F16,
-    /// bfloat16.
-    Bf16,
-    /// 8-bit blocks of 32 weights with one f16 scale: 34 bytes per block.
-    Q8_0,
-    /// 4-bit blocks of 32 weights with one f16 scale: 18 bytes per block.
-    Q4_0,
-    /// 4-bit k-quant super-blocks of 256 weights: 144 bytes per block.
-    #[serde(rename = "q4k")]
-    Q4K,
-}
-
-impl StorageDtype {
-    /// Every storage type, in a stable order (for reports).
-    pub const ALL: [StorageDtype; 6] = [
-        StorageDtype::F32,
-        StorageDtype::F16,
-        StorageDtype::Bf16,
-        StorageDtype::Q8_0,
-        StorageDtype::Q4_0,
-        StorageDtype::Q4K,
-    ];
-
-    /// Lower-case name as used in configs and reports (`q4k`, `f16`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            StorageDtype::F32 => "f32",
-            StorageDtype::F16 => "f16",
-            StorageDtype::Bf16 => "bf16",
-            StorageDtype::Q8_0 => "q8_0",
-            StorageDtype::Q4_0 => "q4_0",
-            StorageDtype::Q4K => "q4k",
-        }
-    }
-
-    /// Whether this is a block-quantized type.
-    pub fn is_quantized(self) -> bool {
-        matches!(
-            self,
-            StorageDtype::Q8_0 | StorageDtype::Q4_0 | StorageDtype::Q4K
-        )
-    }
-
-    /// Weights per block (1 for float types).
-    pub fn block_len(self) -> usize {
-        match self {
-            StorageDtype::F32 | StorageDtype::F16 | StorageDtype::Bf16 => 1,
-            StorageDtype::Q8_0 | StorageDtype::Q4_0 => 32,
-            StorageDtype::Q4K => 256,
-        }
-    }
-
-    /// Bytes per block (bytes per element for float types).
-    pub fn block_bytes(self) -> usize {
-        match self {
-            StorageDtype::F32 => 4,
-            StorageDtype::F16 | StorageDtype::Bf16 => 2,
-            StorageDtype::Q8_0 => 34,
-            StorageDtype::Q4_0 => 18,
-            StorageDtype::Q4K => 144,
-        }
-    }
-
-    /// Exact bytes a tensor of `shape` occupies in this storage type. Quantized types require
-    /// the last dimension to be a multiple of [`Self::block_len`]; the policy guarantees it.
-    pub fn bytes_for(self, shape: &[usize]) -> u64 {
-        let elems: u64 = shape.iter().map(|&d| d as u64).product();
-        elems / self.block_len() as u64 * self.block_bytes() as u64
-    }
-}
-
-impl std::fmt::Display for StorageDtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for StorageDtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        StorageDtype::ALL
-            .into_iter()
-            .find(|d| d.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let allowed: Vec<_> = StorageDtype::ALL.iter().map(|d| d.name()).collect();
-                format!("unknown dtype `{s}`; allowed: {}", allowed.join(", "))
-            })
-    }
-}
+/// How a tensor is stored once resident: the configuration's type (`vlm.quant`, `vlm.storage`),
+/// re-exported so this crate's users need not name `surveil-config`.
+pub use surveil_config::StorageDtype;
 
 /// What a tensor is for, as far as quantization is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +65,22 @@ pub struct QuantPolicy {
 }
 
 impl QuantPolicy {
+    /// The policy for the storage type of linear weights (`SystemConfig::vlm.storage`):
+    /// quantized types keep tables and fallback layers in f16; a float type stores everything
+    /// in that type.
+    pub fn for_storage(storage: StorageDtype) -> Self {
+        match storage {
+            StorageDtype::Q4K => Self::four_bit(StorageDtype::F16),
+            StorageDtype::Q4_0 | StorageDtype::Q8_0 => Self {
+                linear: storage,
+                float: StorageDtype::F16,
+            },
+            StorageDtype::F16 | StorageDtype::Bf16 | StorageDtype::F32 => {
+                Self::unquantized(storage)
+            }
+        }
+    }
+
     /// 4-bit: Q4K where rows divide by 256, else Q4_0 where they divide by 32, else `float`.
     pub fn four_bit(float: StorageDtype) -> Self {
         Self {
@@ -268,6 +192,29 @@ mod tests {
         assert_eq!(
             u.storage_for(TensorRole::Linear, &[8, 256]),
             StorageDtype::F32
+        );
+    }
+
+    #[test]
+    fn policy_for_each_resolved_storage_type() {
+        use StorageDtype::*;
+        for (storage, linear, float) in [
+            (Q4K, Q4K, F16),
+            (Q4_0, Q4_0, F16),
+            (Q8_0, Q8_0, F16),
+            (F16, F16, F16),
+            (Bf16, Bf16, Bf16),
+            (F32, F32, F32),
+        ] {
+            assert_eq!(
+                QuantPolicy::for_storage(storage),
+                QuantPolicy { linear, float },
+                "{storage}"
+            );
+        }
+        assert_eq!(
+            QuantPolicy::for_storage(Q4K),
+            QuantPolicy::four_bit(StorageDtype::F16)
         );
     }
 

@@ -73,19 +73,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let policy_name = std::env::var("QWEN2VL_BENCH_POLICY").unwrap_or_else(|_| "q4k".into());
-    let policy = match policy_name.as_str() {
-        "q4k" => QuantPolicy::four_bit(StorageDtype::F16),
-        "q4_0" => QuantPolicy {
-            linear: StorageDtype::Q4_0,
-            float: StorageDtype::F16,
-        },
-        "q8_0" => QuantPolicy {
-            linear: StorageDtype::Q8_0,
-            float: StorageDtype::F16,
-        },
-        "f16" => QuantPolicy::unquantized(StorageDtype::F16),
-        other => return Err(format!("unknown QWEN2VL_BENCH_POLICY {other}").into()),
-    };
+    let policy = QuantPolicy::for_storage(
+        policy_name
+            .parse::<StorageDtype>()
+            .map_err(|e| format!("QWEN2VL_BENCH_POLICY: {e}"))?,
+    );
     let model_name = std::env::var("QWEN2VL_BENCH_MODEL").unwrap_or_else(|_| "2b".into());
     let cfg = if model_name == "7b" {
         qwen2_vl_7b_config()
@@ -134,12 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let preprocess_s = t.elapsed().as_secs_f64();
     let grid = packed.grids[0];
     let merge = cfg.vision.spatial_merge_size;
-    let tok_path = std::env::var_os("SURVEIL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache/surveil/assets")
-        })
-        .join("tokenizers/qwen2-vl/tokenizer.json");
+    let tok_path = surveil_config::paths::asset("tokenizers/qwen2-vl/tokenizer.json");
     let input_ids = match Qwen2VlTokenizer::from_file(&tok_path) {
         Ok(tok) => {
             let mut text = String::from("Describe what the people in this frame are doing");

@@ -170,17 +170,18 @@ pub trait Vlm: Send {
 }
 
 /// A tokenizer file of a model: `file_name` in the checkpoint directory (where the resolved
-/// `config.json` is) when it is there, else `asset` in the asset cache
-/// ([`surveil_config::paths::asset`]). The error names every place looked at.
+/// `config.json` is) when it is there, else `asset` in the asset cache `assets`
+/// (`SystemConfig::paths.assets`). The error names every place looked at.
 pub fn find_tokenizer_file(
     checkpoint_dir: Option<&Path>,
     file_name: &str,
+    assets: &Path,
     asset: &str,
 ) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = checkpoint_dir
         .map(|d| d.join(file_name))
         .into_iter()
-        .chain(std::iter::once(surveil_config::paths::asset(asset)))
+        .chain(std::iter::once(assets.join(asset)))
         .collect();
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
@@ -206,8 +207,8 @@ pub(crate) fn preprocessor_config(checkpoint_dir: Option<&Path>) -> Option<PathB
 }
 
 /// The text side of a loaded model: its tokenizer (found with [`find_tokenizer_file`] from
-/// `checkpoint_dir`, the directory of the resolved `config.json`; `None` for dummy weights)
-/// and image processor (the checkpoint's `preprocessor_config.json`, else the published
+/// `checkpoint_dir`, the directory of the resolved `config.json`, `None` for dummy weights;
+/// then the asset cache `assets`) and image processor (the checkpoint's `preprocessor_config.json`, else the published
 /// defaults) around `model`, behind [`Vlm`]. `model` shares its weights with the caller's
 /// handle; `device` is the model's.
 ///
@@ -218,9 +219,10 @@ pub fn build_vlm(
     device: &candle_core::Device,
     model_id: &str,
     checkpoint_dir: Option<&Path>,
+    assets: &Path,
 ) -> Result<Box<dyn Vlm>> {
     let _span = tracing::debug_span!("build_vlm", model = model_id).entered();
-    model.into_vlm(device, model_id, checkpoint_dir)
+    model.into_vlm(device, model_id, checkpoint_dir, assets)
 }
 
 #[cfg(test)]
@@ -232,19 +234,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let asset = "tokenizers/not-a-model/tokenizer.json";
         let beside = dir.path().join("tokenizer.json");
+        let assets = surveil_config::paths::assets_dir();
         let cached = surveil_config::paths::asset(asset);
-        let err = find_tokenizer_file(Some(dir.path()), "tokenizer.json", asset)
+        let err = find_tokenizer_file(Some(dir.path()), "tokenizer.json", &assets, asset)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&beside.display().to_string()), "{err}");
         assert!(err.contains(&cached.display().to_string()), "{err}");
-        let err = find_tokenizer_file(None, "tokenizer.json", asset)
+        let err = find_tokenizer_file(None, "tokenizer.json", &assets, asset)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&cached.display().to_string()), "{err}");
         std::fs::write(&beside, "{}").unwrap();
         assert_eq!(
-            find_tokenizer_file(Some(dir.path()), "tokenizer.json", asset).unwrap(),
+            find_tokenizer_file(Some(dir.path()), "tokenizer.json", &assets, asset).unwrap(),
             beside
         );
     }

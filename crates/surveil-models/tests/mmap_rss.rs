@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use surveil_config::{Device, Quant, WeightsSpec};
+use surveil_config::{Device, StorageDtype, WeightsSpec};
 use surveil_memory::ProcessMemory;
 use surveil_models::load::manager::{LoadOptions, ModelManager};
 
@@ -25,9 +25,10 @@ fn file_backed_rss_stays_small_during_a_load_from_disk() {
     let opts = LoadOptions {
         weights: WeightsSpec::Dir(PathBuf::from(dir.path())),
         device: Device::Cpu,
-        quant: Quant::Q4k,
+        storage: StorageDtype::Q4K,
         hub_cache: PathBuf::from("/nonexistent"),
         model_dir: None,
+        assets: surveil_config::paths::assets_dir(),
         progress: Some(Arc::new(move |_, _, _| {
             let file = ProcessMemory::current().rss_file_bytes.unwrap_or(0);
             let mut m = seen.lock().unwrap();

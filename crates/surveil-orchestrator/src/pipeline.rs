@@ -246,7 +246,7 @@ pub fn vision_setup(
     detector_dir: &Path,
     max_frames: Option<u64>,
 ) -> Result<(DarknetYolo, PipelineOptions)> {
-    let mut yolo = YoloOptions::from_config(&config.detection, detector_dir)?;
+    let mut yolo = YoloOptions::from_config(&config.detection, detector_dir);
     let mut tracker = TrackerParams::from_config(&config.tracker);
     tracker.track_high_thresh = config.detection.confidence as f32;
     yolo.conf_threshold = yolo.conf_threshold.min(tracker.track_low_thresh);

@@ -9,7 +9,6 @@
 //! so batch sizes are compared against each other under the same conditions. No assertions:
 //! this prints, it does not judge.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -36,12 +35,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let assets = std::env::var_os("SURVEIL_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/surveil/assets")
-        });
+    let assets = surveil_config::paths::assets_dir();
     let video = assets.join("video/vtest.avi");
     let model_dir = assets.join("yolov3-tiny");
     if !video.is_file() || !model_dir.join("yolov3-tiny.weights").is_file() {

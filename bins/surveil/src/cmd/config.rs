@@ -36,7 +36,7 @@ pub fn load(
 pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
     let loaded = load(cli, &args.config, &[])?;
     if args.json {
-        let mut json = serde_json::to_value(&loaded.config).context("serializing the config")?;
+        let mut json = loaded.shown();
         let origins: serde_json::Map<String, serde_json::Value> = loaded
             .entries()
             .into_iter()

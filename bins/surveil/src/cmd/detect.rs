@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use surveil_config::paths::asset;
 use surveil_vision::pipeline::{AtomicOutputFile, PngSnapshotSink, SnapshotRequest};
 use surveil_vision::source::redact_url;
 use surveil_vision::stream::validate_options;
@@ -70,9 +69,8 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     let model_dir = args
         .detector_dir
         .clone()
-        .unwrap_or_else(|| asset("yolov3-tiny"));
-    let mut yolo = YoloOptions::from_config(&config.detection, &model_dir)
-        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+        .unwrap_or_else(|| config.paths.asset(config.detection.model.asset_folder()));
+    let mut yolo = YoloOptions::from_config(&config.detection, &model_dir);
     // ByteTrack's second round needs the low-score boxes: the detector keeps everything down to
     // the tracker's low threshold and `detection.confidence` is the tracker's high threshold.
     let mut tracker = TrackerParams::from_config(&config.tracker);

@@ -4,12 +4,13 @@ use std::process::Command;
 
 use anyhow::Context;
 use serde::Serialize;
-use surveil_config::paths::{assets_dir, hf_hub_cache, ASSET_FILES};
+use surveil_config::paths::ASSET_FILES;
+use surveil_config::LoadedConfig;
 use surveil_memory::gpu::GpuMemory;
 use surveil_memory::system::HostMemory;
 use surveil_models::load::registry::REGISTRY;
 
-use crate::cli::DoctorArgs;
+use crate::cli::{Cli, DoctorArgs};
 use crate::Failure;
 
 #[derive(Debug, Serialize)]
@@ -22,6 +23,7 @@ struct Report {
     cuda: Cuda,
     ffmpeg: Option<String>,
     hf_cache: HfCache,
+    model_dir: Option<ModelDir>,
     assets: Assets,
 }
 
@@ -51,6 +53,8 @@ struct Cuda {
 #[derive(Debug, Serialize)]
 struct HfCache {
     path: String,
+    /// Where `paths.hub_cache` came from (`default`, `env HF_HOME`, ...).
+    origin: String,
     offline: bool,
     models: Vec<CachedModel>,
 }
@@ -62,9 +66,18 @@ struct CachedModel {
     snapshot: Option<String>,
 }
 
+/// `paths.model_dir`, when one is configured.
+#[derive(Debug, Serialize)]
+struct ModelDir {
+    path: String,
+    origin: String,
+}
+
 #[derive(Debug, Serialize)]
 struct Assets {
     path: String,
+    /// Where `paths.assets` came from.
+    origin: String,
     files: Vec<AssetStatus>,
 }
 
@@ -144,7 +157,9 @@ fn ffmpeg_version() -> Option<String> {
         .map(str::to_string)
 }
 
-fn gather() -> Report {
+/// The report, with the paths `loaded` resolved.
+fn gather(loaded: &LoadedConfig) -> Report {
+    let paths = &loaded.config.paths;
     let memory = match HostMemory::read() {
         Ok(m) => Memory {
             total_bytes: Some(m.total_bytes),
@@ -170,9 +185,10 @@ fn gather() -> Report {
             .filter_map(|d| serde_json::to_value(d).ok())
             .collect(),
     };
-    let hub = hf_hub_cache();
+    let hub = &paths.hub_cache;
     let hf_cache = HfCache {
         path: hub.display().to_string(),
+        origin: loaded.origin("paths.hub_cache").to_string(),
         offline: std::env::var("HF_HUB_OFFLINE")
             .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
             .unwrap_or(false),
@@ -181,13 +197,18 @@ fn gather() -> Report {
             .map(|m| CachedModel {
                 id: m.id,
                 repo: m.hf_repo,
-                snapshot: m.cached_snapshot(&hub).map(|p| p.display().to_string()),
+                snapshot: m.cached_snapshot(hub).map(|p| p.display().to_string()),
             })
             .collect(),
     };
-    let dir = assets_dir();
+    let model_dir = paths.model_dir.as_ref().map(|d| ModelDir {
+        path: d.display().to_string(),
+        origin: loaded.origin("paths.model_dir").to_string(),
+    });
+    let dir = &paths.assets;
     let assets = Assets {
         path: dir.display().to_string(),
+        origin: loaded.origin("paths.assets").to_string(),
         files: ASSET_FILES
             .iter()
             .map(|f| {
@@ -210,6 +231,7 @@ fn gather() -> Report {
         cuda,
         ffmpeg: ffmpeg_version(),
         hf_cache,
+        model_dir,
         assets,
     }
 }
@@ -220,8 +242,9 @@ fn gib(b: Option<u64>) -> String {
 }
 
 /// `surveil doctor`
-pub fn run(args: &DoctorArgs) -> Result<(), Failure> {
-    let r = gather();
+pub fn run(cli: &Cli, args: &DoctorArgs) -> Result<(), Failure> {
+    let loaded = crate::cmd::config::load(cli, &args.config, &[])?;
+    let r = gather(&loaded);
     if args.json {
         println!(
             "{}",
@@ -271,8 +294,9 @@ pub fn run(args: &DoctorArgs) -> Result<(), Failure> {
         )
     );
     println!(
-        "hf cache: {}{}",
+        "hf cache: {} ({}){}",
         r.hf_cache.path,
+        r.hf_cache.origin,
         if r.hf_cache.offline {
             " (HF_HUB_OFFLINE)"
         } else {
@@ -286,7 +310,10 @@ pub fn run(args: &DoctorArgs) -> Result<(), Failure> {
             m.snapshot.as_deref().unwrap_or("missing")
         );
     }
-    println!("assets:   {}", r.assets.path);
+    if let Some(d) = &r.model_dir {
+        println!("models:   {} ({})", d.path, d.origin);
+    }
+    println!("assets:   {} ({})", r.assets.path, r.assets.origin);
     for f in &r.assets.files {
         println!(
             "          {:<45} {}",

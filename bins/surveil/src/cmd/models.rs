@@ -4,36 +4,36 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use serde_json::json;
-use surveil_config::paths::hf_hub_cache;
-use surveil_config::Quant;
+use surveil_config::StorageDtype;
+use surveil_memory::QuantPolicy;
 use surveil_models::arch::ArchConfig;
-use surveil_models::load::manager::policy_for;
 use surveil_models::load::registry::{self, REGISTRY};
 use surveil_models::load::synth::{write_dummy_checkpoint_with, OnExisting};
 use surveil_models::ModelError;
 
-use crate::cli::{ModelsListArgs, ModelsSynthArgs};
+use crate::cli::{Cli, ModelsListArgs, ModelsSynthArgs};
 use crate::Failure;
 
-const QUANTS: [Quant; 5] = [
-    Quant::Q4k,
-    Quant::Q4_0,
-    Quant::Q8_0,
-    Quant::Bf16,
-    Quant::F32,
+const STORAGE: [StorageDtype; 5] = [
+    StorageDtype::Q4K,
+    StorageDtype::Q4_0,
+    StorageDtype::Q8_0,
+    StorageDtype::Bf16,
+    StorageDtype::F32,
 ];
 
-/// `surveil models list`
-pub fn list(args: &ModelsListArgs) -> Result<(), Failure> {
-    let hub = hf_hub_cache();
+/// `surveil models list`: presence in the configured hub cache (`paths.hub_cache`).
+pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
+    let loaded = crate::cmd::config::load(cli, &args.config, &[])?;
+    let hub = &loaded.config.paths.hub_cache;
     let mut rows = Vec::new();
     for spec in REGISTRY {
-        let snapshot = spec.cached_snapshot(&hub);
+        let snapshot = spec.cached_snapshot(hub);
         let sizes: serde_json::Map<String, serde_json::Value> = match ArchConfig::full_size(spec) {
-            Ok(cfg) => QUANTS
+            Ok(cfg) => STORAGE
                 .iter()
                 .filter_map(|q| {
-                    let e = cfg.estimate(&policy_for(*q)).ok()?;
+                    let e = cfg.estimate(&QuantPolicy::for_storage(*q)).ok()?;
                     Some((q.name().to_string(), json!(e.total_bytes)))
                 })
                 .collect(),

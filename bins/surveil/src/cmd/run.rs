@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use surveil_config::paths::asset;
-use surveil_models::load::manager::LoadSummary;
+use surveil_models::LoadSummary;
 use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
 use surveil_vision::FfmpegOptions;
 
@@ -137,7 +136,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     let source = match &args.source {
         Some(s) => s.clone(),
         None => {
-            let sample = asset("video/vtest.avi");
+            let sample = config.paths.asset("video/vtest.avi");
             if !sample.is_file() {
                 return Err(Failure::Usage(anyhow::anyhow!(
                     "no --source given and the sample clip {} is missing (run scripts/setup.sh, or pass --source PATH|URL)",
@@ -167,7 +166,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         detector_dir: args
             .detector_dir
             .clone()
-            .unwrap_or_else(|| asset("yolov3-tiny")),
+            .unwrap_or_else(|| config.paths.asset(config.detection.model.asset_folder())),
         ffmpeg: FfmpegOptions::default(),
         analyst_grace: Duration::from_secs(10),
     };

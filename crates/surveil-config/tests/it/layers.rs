@@ -1,6 +1,6 @@
 //! Defaults → profile → environment → flags, and provenance.
 
-use surveil_config::{Device, OrchestrationMode, Origin, Quant, WeightsSpec};
+use surveil_config::{Device, OrchestrationMode, Origin, StorageDtype, WeightsSpec};
 
 use crate::{load, loader};
 
@@ -8,7 +8,7 @@ use crate::{load, loader};
 fn profiles_have_the_documented_values() {
     let t = load(loader(&[]).profile(Some("testing"))).config;
     assert_eq!(t.vlm.primary_model, "git-base-coco");
-    assert!(t.vlm.load_in_4bit);
+    assert!(t.vlm.storage.is_four_bit());
     assert_eq!(t.orchestration.mode, OrchestrationMode::Fast);
     assert_eq!(t.orchestration.max_concurrent_tools, 1);
     assert_eq!(t.orchestration.timeout_seconds, 10.0);
@@ -22,7 +22,7 @@ fn profiles_have_the_documented_values() {
 
     let q = load(loader(&[]).profile(Some("testing_qwen"))).config;
     assert_eq!(q.vlm.primary_model, "qwen2-vl-2b-instruct");
-    assert!(q.vlm.load_in_4bit);
+    assert!(q.vlm.storage.is_four_bit());
 
     let d = load(loader(&[]).profile(Some("development"))).config;
     assert_eq!(d.orchestration.max_concurrent_tools, 2);
@@ -30,9 +30,12 @@ fn profiles_have_the_documented_values() {
     assert_eq!(d.monitoring.interval_seconds, 1.0);
 
     let p = load(loader(&[]).profile(Some("production"))).config;
-    assert!(!p.vlm.load_in_4bit);
-    assert_eq!(p.vlm.quant, Quant::Q8_0);
-    assert_eq!(p.vlm.effective_quant(), Quant::Q8_0);
+    assert!(!p.vlm.storage.is_four_bit());
+    assert_eq!(
+        load(loader(&[]).profile(Some("production"))).raw.vlm.quant,
+        StorageDtype::Q8_0
+    );
+    assert_eq!(p.vlm.storage, StorageDtype::Q8_0);
     assert_eq!(p.orchestration.mode, OrchestrationMode::Balanced);
     assert_eq!(p.orchestration.max_concurrent_tools, 6);
     assert_eq!(p.monitoring.interval_seconds, 0.5);
@@ -71,7 +74,7 @@ fn short_env_overrides() {
     let v = &c.config;
     assert_eq!(v.vlm.primary_model, "qwen2-vl-2b-instruct");
     assert_eq!(v.vlm.device, Device::Cpu);
-    assert!(!v.vlm.load_in_4bit);
+    assert!(!c.raw.vlm.load_in_4bit);
     assert!(v.vlm.enable_fallback);
     assert!(!v.monitoring.enabled);
     assert_eq!(v.orchestration.max_concurrent_tools, 3);
@@ -87,7 +90,7 @@ fn short_env_overrides() {
     );
     // VLM_4BIT is accepted too.
     let c = load(loader(&[("VLM_4BIT", "0")]));
-    assert!(!c.config.vlm.load_in_4bit);
+    assert!(!c.raw.vlm.load_in_4bit);
 }
 
 #[test]
@@ -156,16 +159,16 @@ fn profiles_dir_on_disk_overrides_and_extends() {
 #[test]
 fn effective_quant() {
     let c = load(loader(&[("SURVEIL_VLM__QUANT", "q4_0")]));
-    assert_eq!(c.config.vlm.effective_quant(), Quant::Q4_0);
+    assert_eq!(c.config.vlm.storage, StorageDtype::Q4_0);
     let c = load(loader(&[("SURVEIL_VLM__QUANT", "f16")]));
     assert_eq!(
-        c.config.vlm.effective_quant(),
-        Quant::Q4k,
+        c.config.vlm.storage,
+        StorageDtype::Q4K,
         "4-bit on picks q4k"
     );
     let c = load(loader(&[
         ("SURVEIL_VLM__QUANT", "f16"),
         ("LOAD_IN_4BIT", "false"),
     ]));
-    assert_eq!(c.config.vlm.effective_quant(), Quant::F16);
+    assert_eq!(c.config.vlm.storage, StorageDtype::F16);
 }

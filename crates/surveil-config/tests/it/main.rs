@@ -2,6 +2,7 @@
 
 mod fuzz;
 mod layers;
+mod resolved;
 mod rules;
 mod validation;
 

@@ -3,7 +3,7 @@
 //! and checks that the error is that rule's: its key, the value as written, the rule's words,
 //! and where the value came from. Values just inside a range load.
 
-use surveil_config::{ConfigError, SystemConfig};
+use surveil_config::{Choice, ConfigError, SystemConfig};
 
 use crate::{load, loader};
 
@@ -197,7 +197,8 @@ fn rule_detection_model_is_known() {
     assert_eq!(
         loads(&[("SURVEIL_DETECTION__MODEL", "YOLOv3-Tiny")])
             .detection
-            .model,
+            .model
+            .choice_name(),
         "yolov3-tiny"
     );
 }

@@ -144,19 +144,27 @@ impl LoadedModel {
 
     /// The model behind [`Vlm`] with its text side: tokenizer and image processor found from
     /// `checkpoint_dir` (the directory of the resolved `config.json`; `None` for dummy
-    /// weights), see [`crate::vlm::build_vlm`]. `device` is the model's.
+    /// weights) or else the asset cache `assets` (`paths.assets`), see
+    /// [`crate::vlm::build_vlm`]. `device` is the model's.
     pub fn into_vlm(
         self,
         device: &Device,
         model_id: &str,
         checkpoint_dir: Option<&Path>,
+        assets: &Path,
     ) -> Result<Box<dyn Vlm>> {
         Ok(match self {
-            LoadedModel::Git(m) => Box::new(GitVlm::load(m, model_id, checkpoint_dir, device)?),
-            LoadedModel::Qwen2Vl(m) => {
-                Box::new(Qwen2VlVlm::load(m, model_id, checkpoint_dir, device)?)
+            LoadedModel::Git(m) => {
+                Box::new(GitVlm::load(m, model_id, checkpoint_dir, assets, device)?)
             }
-            LoadedModel::KimiVl(m) => Box::new(KimiVlm::load(m, model_id, checkpoint_dir)?),
+            LoadedModel::Qwen2Vl(m) => Box::new(Qwen2VlVlm::load(
+                m,
+                model_id,
+                checkpoint_dir,
+                assets,
+                device,
+            )?),
+            LoadedModel::KimiVl(m) => Box::new(KimiVlm::load(m, model_id, checkpoint_dir, assets)?),
         })
     }
 }

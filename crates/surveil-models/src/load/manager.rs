@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use surveil_config::{Device as DeviceChoice, Quant, SystemConfig, WeightsSpec};
-use surveil_memory::{fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPolicy, StorageDtype};
+use surveil_config::{Device, StorageDtype, SystemConfig, WeightsSpec};
+use surveil_memory::{fits, CleanupReport, Estimate, Fit, MemoryReport, QuantPolicy};
 
 use crate::arch::{ArchConfig, LoadedModel};
 use crate::load::registry::{self, ModelSpec};
@@ -32,8 +32,8 @@ pub enum ModelState {
     Loaded {
         /// Model id.
         model: String,
-        /// Device it is on.
-        device: String,
+        /// Device it is on (`cpu` or `cuda:N`).
+        device: Device,
     },
     /// The last load failed; nothing is resident.
     Failed {
@@ -52,14 +52,18 @@ pub type ProgressFn = Arc<dyn Fn(usize, usize, u64) + Send + Sync>;
 pub struct LoadOptions {
     /// Where weights come from.
     pub weights: WeightsSpec,
-    /// Device choice.
-    pub device: DeviceChoice,
-    /// Storage type of quantizable weights (already resolved from `load_in_4bit` + `quant`).
-    pub quant: Quant,
-    /// The Hugging Face hub cache to search.
+    /// Device choice (`auto` is decided here, against the estimate).
+    pub device: Device,
+    /// Storage type of linear weights (`vlm.storage`, resolved by the configuration); the
+    /// [`QuantPolicy`] is [`QuantPolicy::for_storage`] of it.
+    pub storage: StorageDtype,
+    /// The Hugging Face hub cache to search (`paths.hub_cache`).
     pub hub_cache: PathBuf,
-    /// Extra directory searched for `<id>/` (`SURVEIL_MODEL_DIR`).
+    /// Extra directory searched for `<id>/` (`paths.model_dir`).
     pub model_dir: Option<PathBuf>,
+    /// The asset cache, where tokenizers are looked for when the checkpoint has none
+    /// (`paths.assets`).
+    pub assets: PathBuf,
     /// Called after every tensor.
     pub progress: Option<ProgressFn>,
     /// Seed of dummy weights.
@@ -67,38 +71,19 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Options from the `vlm` section of a configuration and the standard cache locations.
+    /// Options from the `vlm` and `paths` sections of a configuration: every value as the
+    /// configuration resolved it.
     pub fn from_config(config: &SystemConfig) -> Self {
         Self {
             weights: config.vlm.weights.clone(),
             device: config.vlm.device,
-            quant: config.vlm.effective_quant(),
-            hub_cache: surveil_config::paths::hf_hub_cache(),
-            model_dir: std::env::var_os("SURVEIL_MODEL_DIR")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from),
+            storage: config.vlm.storage,
+            hub_cache: config.paths.hub_cache.clone(),
+            model_dir: config.paths.model_dir.clone(),
+            assets: config.paths.assets.clone(),
             progress: None,
             dummy_seed: config.vlm.seed.unwrap_or(0),
         }
-    }
-}
-
-/// The storage policy for a quantization setting. Tables and fallback layers are kept in f16
-/// (bf16 / f32 when that is the chosen type).
-pub fn policy_for(quant: Quant) -> QuantPolicy {
-    match quant {
-        Quant::Q4k => QuantPolicy::four_bit(StorageDtype::F16),
-        Quant::Q4_0 => QuantPolicy {
-            linear: StorageDtype::Q4_0,
-            float: StorageDtype::F16,
-        },
-        Quant::Q8_0 => QuantPolicy {
-            linear: StorageDtype::Q8_0,
-            float: StorageDtype::F16,
-        },
-        Quant::F16 => QuantPolicy::unquantized(StorageDtype::F16),
-        Quant::Bf16 => QuantPolicy::unquantized(StorageDtype::Bf16),
-        Quant::F32 => QuantPolicy::unquantized(StorageDtype::F32),
     }
 }
 
@@ -110,7 +95,7 @@ pub struct LoadSummary {
     /// Architecture name.
     pub architecture: &'static str,
     /// Device the model is on (`cpu`, `cuda:0`).
-    pub device: String,
+    pub device: Device,
     /// Why that device (for `auto`).
     pub device_reason: String,
     /// `dummy` or the checkpoint directory.
@@ -173,13 +158,13 @@ fn check_cuda_ordinal(ordinal: usize, present: usize, driver_reason: Option<&str
 }
 
 fn candle_device(
-    choice: DeviceChoice,
+    choice: Device,
     estimate: &Estimate,
 ) -> Result<(candle_core::Device, String, Fit)> {
-    let cpu_fit = || fits(estimate, surveil_memory::Device::Cpu);
+    let cpu_fit = || fits(estimate, Device::Cpu);
     match choice {
-        DeviceChoice::Cpu => Ok((candle_core::Device::Cpu, "device=cpu".into(), cpu_fit())),
-        DeviceChoice::Cuda(ordinal) => {
+        Device::Cpu => Ok((candle_core::Device::Cpu, "device=cpu".into(), cpu_fit())),
+        Device::Cuda(ordinal) => {
             if !cfg!(feature = "cuda") {
                 return Err(ModelError::Unsupported(format!(
                     "device=cuda:{ordinal}, but this build has no CUDA support (rebuild with \
@@ -192,14 +177,14 @@ fn candle_device(
             Ok((
                 dev,
                 format!("device=cuda:{ordinal}"),
-                fits(estimate, surveil_memory::Device::Cuda(ordinal)),
+                fits(estimate, Device::Cuda(ordinal)),
             ))
         }
-        DeviceChoice::Auto => {
+        Device::Auto => {
             if cfg!(feature = "cuda") {
                 match candle_core::Device::new_cuda(0) {
                     Ok(dev) => {
-                        let fit = fits(estimate, surveil_memory::Device::Cuda(0));
+                        let fit = fits(estimate, Device::Cuda(0));
                         if fit.fits() {
                             return Ok((dev, "auto: CUDA device 0 has room".into(), fit));
                         }
@@ -221,12 +206,15 @@ fn candle_device(
     }
 }
 
-/// `cpu`, `cuda:N` or `metal:N`, with the device's own ordinal.
-fn device_name(d: &candle_core::Device) -> String {
+/// The configured device a candle device is: `cpu` or `cuda:N`, with the device's own
+/// ordinal. [`candle_device`] makes no other kind; a Metal device is refused.
+fn device_of(d: &candle_core::Device) -> Result<Device> {
     match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => Ok(Device::Cpu),
+        candle_core::DeviceLocation::Cuda { gpu_id } => Ok(Device::Cuda(gpu_id)),
+        candle_core::DeviceLocation::Metal { gpu_id } => Err(ModelError::Unsupported(format!(
+            "metal:{gpu_id}: models load on cpu or cuda:N"
+        ))),
     }
 }
 
@@ -301,6 +289,7 @@ impl ModelManager {
                 &device,
                 id,
                 summary.checkpoint_dir.as_deref(),
+                &opts.assets,
             )?;
             Ok((vlm, model, device, summary))
         });
@@ -312,7 +301,7 @@ impl ModelManager {
                 self.memory.record("after_load");
                 self.state = ModelState::Loaded {
                     model: id.to_string(),
-                    device: summary.device.clone(),
+                    device: summary.device,
                 };
                 let resident = self.resident.insert(Resident {
                     vlm,
@@ -432,9 +421,10 @@ pub fn load_model(
             )
         }
     };
-    let policy = policy_for(opts.quant);
+    let policy = QuantPolicy::for_storage(opts.storage);
     let estimate = cfg.estimate(&policy)?;
     let (device, device_reason, fit) = candle_device(opts.device, &estimate)?;
+    let placed = device_of(&device)?;
     if let Fit::DoesNotFit { message, .. } = &fit {
         return Err(ModelError::DoesNotFit(format!("{id}: {message}")));
     }
@@ -458,7 +448,7 @@ pub fn load_model(
     let summary = LoadSummary {
         model: spec.id.to_string(),
         architecture: spec.architecture.name(),
-        device: device_name(&device),
+        device: placed,
         device_reason,
         weights: resolved.describe(),
         checkpoint_dir,
@@ -479,7 +469,7 @@ mod tests {
         let spec = registry::find("git-base-coco").unwrap();
         ArchConfig::full_size(spec)
             .unwrap()
-            .estimate(&policy_for(Quant::Q4k))
+            .estimate(&QuantPolicy::for_storage(StorageDtype::Q4K))
             .unwrap()
     }
 
@@ -513,7 +503,7 @@ mod tests {
     #[test]
     fn cuda_without_cuda_compiled_in_is_the_no_cuda_error() {
         for ordinal in [0, 2] {
-            let err = candle_device(DeviceChoice::Cuda(ordinal), &git_estimate()).unwrap_err();
+            let err = candle_device(Device::Cuda(ordinal), &git_estimate()).unwrap_err();
             let msg = err.to_string();
             assert!(
                 msg.contains(&format!("device=cuda:{ordinal}")) && msg.contains("no CUDA support"),
@@ -526,7 +516,7 @@ mod tests {
     #[test]
     fn an_ordinal_past_the_devices_present_is_refused() {
         let present = surveil_memory::GpuMemory::query().devices().len();
-        let err = candle_device(DeviceChoice::Cuda(present), &git_estimate()).unwrap_err();
+        let err = candle_device(Device::Cuda(present), &git_estimate()).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("cuda:{present}")) && msg.contains("present"),
@@ -536,13 +526,13 @@ mod tests {
 
     #[test]
     fn cpu_and_auto_name_the_device_they_chose() {
-        let (dev, reason, _) = candle_device(DeviceChoice::Cpu, &git_estimate()).unwrap();
+        let (dev, reason, _) = candle_device(Device::Cpu, &git_estimate()).unwrap();
         assert!(dev.is_cpu());
         assert_eq!(reason, "device=cpu");
-        assert_eq!(device_name(&dev), "cpu");
+        assert_eq!(device_of(&dev).unwrap().to_string(), "cpu");
         assert_eq!(cuda_ordinal(&dev), None);
         if !cfg!(feature = "cuda") {
-            let (dev, reason, _) = candle_device(DeviceChoice::Auto, &git_estimate()).unwrap();
+            let (dev, reason, _) = candle_device(Device::Auto, &git_estimate()).unwrap();
             assert!(dev.is_cpu());
             assert_eq!(reason, "auto: CPU (built without CUDA)");
         }

@@ -654,9 +654,10 @@ fn git_manager_builds_the_vlm() {
     let opts = LoadOptions {
         weights: surveil_config::WeightsSpec::Dir(dir.clone()),
         device: surveil_config::Device::Cpu,
-        quant: surveil_config::Quant::F32,
+        storage: surveil_config::StorageDtype::F32,
         hub_cache: PathBuf::from("/nonexistent/hub"),
         model_dir: None,
+        assets: surveil_config::paths::assets_dir(),
         progress: None,
         dummy_seed: 0,
     };

@@ -224,11 +224,14 @@ fn kimi_tokenizer_is_found_beside_the_checkpoint_first() {
     let dir = tempfile::tempdir().unwrap();
     let beside = dir.path().join("tiktoken.model");
     std::fs::copy(tok.path(), &beside).unwrap();
-    assert_eq!(KimiTokenizer::locate(Some(dir.path())).unwrap(), beside);
+    assert_eq!(
+        KimiTokenizer::locate(Some(dir.path()), &assets_dir()).unwrap(),
+        beside
+    );
 
     let empty = tempfile::tempdir().unwrap();
     let asset = surveil_config::paths::asset(KimiTokenizer::ASSET);
-    match KimiTokenizer::locate(Some(empty.path())) {
+    match KimiTokenizer::locate(Some(empty.path()), &assets_dir()) {
         Ok(found) => assert_eq!(found, asset),
         Err(e) => {
             let msg = e.to_string();
@@ -297,6 +300,7 @@ fn kimi_vlm_forced_reply_splits_reasoning_and_stops_on_im_end() {
         &Device::Cpu,
         "kimi-vl-a3b-thinking",
         Some(dir.path()),
+        &assets_dir(),
     )
     .unwrap();
     assert_eq!(vlm.kind(), VlmKind::Thinking);
@@ -375,6 +379,7 @@ fn kimi_vlm_forced_reply_splits_reasoning_and_stops_on_im_end() {
         &Device::Cpu,
         "kimi-vl-a3b-instruct",
         Some(dir.path()),
+        &assets_dir(),
     )
     .unwrap();
     assert_eq!(instruct.kind(), VlmKind::Instruction);
@@ -403,6 +408,7 @@ fn kimi_vlm_forced_reply_splits_reasoning_and_stops_on_im_end() {
         &Device::Cpu,
         "kimi-vl-a3b-thinking",
         Some(dir.path()),
+        &assets_dir(),
     )
     .unwrap();
     let e = small

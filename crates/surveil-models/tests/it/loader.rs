@@ -2,22 +2,23 @@
 
 use std::path::{Path, PathBuf};
 
-use surveil_config::{Device, Quant, WeightsSpec};
-use surveil_memory::{estimate_tensors, StorageDtype};
+use surveil_config::{Device, WeightsSpec};
+use surveil_memory::{estimate_tensors, QuantPolicy, StorageDtype};
 use surveil_models::arch::ArchConfig;
-use surveil_models::load::manager::{policy_for, LoadOptions, ModelManager, ModelState};
+use surveil_models::load::manager::{LoadOptions, ModelManager, ModelState};
 use surveil_models::load::registry;
 use surveil_models::load::weights::SafetensorsSource;
 
 use crate::common::fixture;
 
-fn opts(weights: WeightsSpec, quant: Quant) -> LoadOptions {
+fn opts(weights: WeightsSpec, storage: StorageDtype) -> LoadOptions {
     LoadOptions {
         weights,
         device: Device::Cpu,
-        quant,
+        storage,
         hub_cache: PathBuf::from("/nonexistent/hub"),
         model_dir: None,
+        assets: surveil_config::paths::assets_dir(),
         progress: None,
         dummy_seed: 1,
     }
@@ -39,7 +40,7 @@ fn load_err(dir: &Path) -> String {
     let e = m
         .load(
             "git-base-coco",
-            &opts(WeightsSpec::Dir(dir.into()), Quant::F32),
+            &opts(WeightsSpec::Dir(dir.into()), StorageDtype::F32),
         )
         .unwrap_err()
         .to_string();
@@ -61,12 +62,12 @@ fn load_unload_from_directory_records_memory_and_matches_estimate() {
     let summary = m
         .load(
             "git-base-coco",
-            &opts(WeightsSpec::Dir(git.clone()), Quant::F32),
+            &opts(WeightsSpec::Dir(git.clone()), StorageDtype::F32),
         )
         .unwrap()
         .clone();
     assert!(
-        matches!(m.state(), ModelState::Loaded { model, device } if model == "git-base-coco" && device == "cpu")
+        matches!(m.state(), ModelState::Loaded { model, device } if model == "git-base-coco" && device.to_string() == "cpu")
     );
     assert_eq!(
         summary
@@ -98,14 +99,17 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
     let cfg = ArchConfig::full_size(spec).unwrap();
     // The header-style estimate (roles guessed from names) of the plain checkpoint layout.
     let layout = cfg.tensor_layout().unwrap();
-    let policy = policy_for(Quant::Q4k);
+    let policy = QuantPolicy::for_storage(StorageDtype::Q4K);
     let estimate = estimate_tensors(
         layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
         &policy,
     );
     let mut m = ModelManager::new();
     let s = m
-        .load("git-base-coco", &opts(WeightsSpec::Dummy, Quant::Q4k))
+        .load(
+            "git-base-coco",
+            &opts(WeightsSpec::Dummy, StorageDtype::Q4K),
+        )
         .unwrap();
     let loaded = s.report.total_bytes() as f64;
     let est = estimate.total_bytes as f64;
@@ -129,7 +133,7 @@ fn fallback_only_when_enabled_and_one_model_at_a_time() {
     let Some(git) = fixture("git") else {
         return;
     };
-    let o = opts(WeightsSpec::Dir(git), Quant::F32);
+    let o = opts(WeightsSpec::Dir(git), StorageDtype::F32);
     let mut m = ModelManager::new();
     let err = m
         .load_with_fallback("qwen2-vl-2b-instruct", &["git-base-coco".into()], false, &o)
@@ -157,7 +161,7 @@ fn kimi_vl_fixture_loads_and_matches_its_estimate() {
     };
     let spec = registry::find("kimi-vl-a3b-thinking").unwrap();
     let cfg = ArchConfig::from_file(spec, &dir.join("config.json")).unwrap();
-    for quant in [Quant::Q8_0, Quant::F32] {
+    for quant in [StorageDtype::Q8_0, StorageDtype::F32] {
         let mut m = ModelManager::new();
         let s = m
             .load(
@@ -165,7 +169,10 @@ fn kimi_vl_fixture_loads_and_matches_its_estimate() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        let est = cfg.estimate(&policy_for(quant)).unwrap().total_bytes as f64;
+        let est = cfg
+            .estimate(&QuantPolicy::for_storage(quant))
+            .unwrap()
+            .total_bytes as f64;
         let got = s.report.total_bytes() as f64;
         assert!(
             (got - est).abs() / est < 0.02,
@@ -216,7 +223,10 @@ fn full_size_configs_round_trip_through_hub_json() {
 fn bad_model_ids() {
     let mut m = ModelManager::new();
     let e = m
-        .load("../git-base-coco", &opts(WeightsSpec::Dummy, Quant::F32))
+        .load(
+            "../git-base-coco",
+            &opts(WeightsSpec::Dummy, StorageDtype::F32),
+        )
         .unwrap_err()
         .to_string();
     assert!(
@@ -357,7 +367,7 @@ fn config_not_json_or_missing_field() {
     let e = m
         .load(
             "qwen2-vl-2b-instruct",
-            &opts(WeightsSpec::Dir(qdir.path().into()), Quant::F32),
+            &opts(WeightsSpec::Dir(qdir.path().into()), StorageDtype::F32),
         )
         .unwrap_err()
         .to_string();
@@ -370,7 +380,7 @@ fn config_not_json_or_missing_field() {
 #[test]
 fn missing_checkpoint_lists_places_searched_without_network() {
     let models = tempfile::tempdir().unwrap();
-    let mut o = opts(WeightsSpec::Auto, Quant::Q4k);
+    let mut o = opts(WeightsSpec::Auto, StorageDtype::Q4K);
     o.model_dir = Some(models.path().into());
     let mut m = ModelManager::new();
     let e = m.load("qwen2-vl-2b-instruct", &o).unwrap_err().to_string();
@@ -401,12 +411,15 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     let from_disk = ModelManager::new()
         .load(
             "git-base-coco",
-            &opts(WeightsSpec::Dir(dir.path().into()), Quant::Q4k),
+            &opts(WeightsSpec::Dir(dir.path().into()), StorageDtype::Q4K),
         )
         .unwrap()
         .clone();
     let dummy = ModelManager::new()
-        .load("git-base-coco", &opts(WeightsSpec::Dummy, Quant::Q4k))
+        .load(
+            "git-base-coco",
+            &opts(WeightsSpec::Dummy, StorageDtype::Q4K),
+        )
         .unwrap()
         .clone();
     assert_eq!(from_disk.report.parameters, written.parameters);
@@ -414,7 +427,7 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     // The header-only estimate of the real file agrees with what was loaded.
     let est = surveil_memory::estimate_checkpoint(
         &dir.path().join("model.safetensors"),
-        &policy_for(Quant::Q4k),
+        &QuantPolicy::for_storage(StorageDtype::Q4K),
     )
     .unwrap();
     let (a, b) = (
@@ -431,7 +444,13 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
     };
     let spec = registry::find("qwen2-vl-2b-instruct").unwrap();
     let cfg = ArchConfig::from_file(spec, &dir.join("config.json")).unwrap();
-    for quant in [Quant::Q4k, Quant::Q4_0, Quant::Q8_0, Quant::F16, Quant::F32] {
+    for quant in [
+        StorageDtype::Q4K,
+        StorageDtype::Q4_0,
+        StorageDtype::Q8_0,
+        StorageDtype::F16,
+        StorageDtype::F32,
+    ] {
         let mut m = ModelManager::new();
         let s = m
             .load(
@@ -439,7 +458,10 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        let est = cfg.estimate(&policy_for(quant)).unwrap().total_bytes as f64;
+        let est = cfg
+            .estimate(&QuantPolicy::for_storage(quant))
+            .unwrap()
+            .total_bytes as f64;
         let got = s.report.total_bytes() as f64;
         assert!(
             (got - est).abs() / est < 0.02,
@@ -473,7 +495,7 @@ fn sharded_git_dir(dir: &Path, shard_a: &str, shard_b: &str) -> PathBuf {
 /// The checkpoint errors of the estimate and of the loader for the checkpoint in `dir`: the
 /// estimate's, the loader's, and the model manager's.
 fn estimate_and_loader_errors(dir: &Path, index: &Path) -> (String, String, String) {
-    let policy = policy_for(Quant::Q4k);
+    let policy = QuantPolicy::for_storage(StorageDtype::Q4K);
     let estimate = surveil_memory::estimate_checkpoint(dir, &policy)
         .unwrap_err()
         .to_string();

@@ -1289,9 +1289,10 @@ fn qwen2_vl_vlm_end_to_end_through_the_manager() {
     let opts = LoadOptions {
         weights: surveil_config::WeightsSpec::Dir(dir.path().to_path_buf()),
         device: surveil_config::Device::Cpu,
-        quant: surveil_config::Quant::F32,
+        storage: surveil_config::StorageDtype::F32,
         hub_cache: PathBuf::from("/nonexistent/hub"),
         model_dir: None,
+        assets: surveil_config::paths::assets_dir(),
         progress: None,
         dummy_seed: 0,
     };

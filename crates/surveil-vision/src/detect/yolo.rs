@@ -66,22 +66,19 @@ pub fn default_classes() -> Vec<String> {
 }
 
 impl YoloOptions {
-    /// Options from the `detection` section of the system config, with the model files of
-    /// `detection.model` (only `yolov3-tiny` exists so far) in `model_dir`.
-    pub fn from_config(c: &surveil_config::DetectionConfig, model_dir: &Path) -> Result<Self> {
-        if c.model != "yolov3-tiny" {
-            return Err(VisionError::InvalidOption {
-                name: "detection.model",
-                value: c.model.clone(),
-                message: "known detectors: yolov3-tiny".to_string(),
-            });
-        }
-        Ok(Self {
+    /// Options from the `detection` section of a validated system config, with the model files
+    /// of `detection.model` in `model_dir` (for the asset cache:
+    /// `paths.asset(detection.model.asset_folder())`).
+    pub fn from_config(c: &surveil_config::DetectionConfig, model_dir: &Path) -> Self {
+        let files = match c.model {
+            surveil_config::Detector::Yolov3Tiny => Self::yolov3_tiny(model_dir),
+        };
+        Self {
             conf_threshold: c.confidence as f32,
             nms_iou: c.iou as f32,
             classes: c.classes.clone(),
-            ..Self::yolov3_tiny(model_dir)
-        })
+            ..files
+        }
     }
 
     /// Options for the YOLOv3-tiny files in `dir` (`yolov3-tiny.cfg`, `yolov3-tiny.weights`,
@@ -473,15 +470,12 @@ mod tests {
     #[test]
     fn options_from_system_config() {
         let c = surveil_config::DetectionConfig::default();
-        let o = YoloOptions::from_config(&c, Path::new("/m")).unwrap();
+        let o = YoloOptions::from_config(&c, Path::new("/m"));
         assert_eq!(o.weights, Path::new("/m/yolov3-tiny.weights"));
         assert_eq!(o.conf_threshold as f64, c.confidence);
         assert_eq!(o.classes, c.classes);
-        let bad = surveil_config::DetectionConfig {
-            model: "yolov8".into(),
-            ..c
-        };
-        assert!(YoloOptions::from_config(&bad, Path::new("/m")).is_err());
+        // An unknown detector name is refused when the configuration is validated (the
+        // `detection.model` rule of surveil-config); a `DetectionConfig` names a known one.
     }
 
     #[test]

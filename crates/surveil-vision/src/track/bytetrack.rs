@@ -73,7 +73,8 @@ impl Default for TrackerParams {
 }
 
 impl TrackerParams {
-    /// The `tracker` section of the system config; the score thresholds it does not carry keep
+    /// The `tracker` section of a validated system config (checked there, by
+    /// [`surveil_config::TrackerConfig::check`]); the score thresholds it does not carry keep
     /// their ByteTrack defaults.
     pub fn from_config(c: &surveil_config::TrackerConfig) -> Self {
         Self {
@@ -84,44 +85,34 @@ impl TrackerParams {
         }
     }
 
-    /// Checks ranges; every later step relies on them.
+    /// Checks ranges; every later step relies on them. The keys of the configuration's
+    /// `tracker` section are checked by its own rule ([`surveil_config::TrackerConfig::check`]),
+    /// so parameters built by hand are refused in the same words as a configuration; the score
+    /// thresholds, which only this type carries, must be within [0, 1], low ≤ high.
     pub fn validate(&self) -> Result<()> {
-        let unit = |name: &'static str, v: f32| {
-            if v.is_finite() && (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(VisionError::InvalidOption {
-                    name,
-                    value: v.to_string(),
-                    message: "must be in [0, 1]".to_string(),
-                })
-            }
+        let invalid = |b: surveil_config::RuleBreach| VisionError::InvalidOption {
+            name: b.key,
+            value: b.value,
+            message: b.rule,
         };
-        unit("tracker.match_threshold", self.match_threshold)?;
+        surveil_config::TrackerConfig {
+            track_buffer: self.track_buffer,
+            match_threshold: f64::from(self.match_threshold),
+            frame_rate: self.frame_rate,
+        }
+        .check()
+        .map_err(invalid)?;
+        let unit = |key: &'static str, v: f32| {
+            surveil_config::within_unit_interval(key, f64::from(v)).map_err(invalid)
+        };
         unit("tracker.track_high_thresh", self.track_high_thresh)?;
         unit("tracker.track_low_thresh", self.track_low_thresh)?;
-        if self.match_threshold == 0.0 {
-            return Err(VisionError::InvalidOption {
-                name: "tracker.match_threshold",
-                value: "0".to_string(),
-                message: "must be > 0".to_string(),
-            });
-        }
         if self.track_low_thresh > self.track_high_thresh {
             return Err(VisionError::InvalidOption {
                 name: "tracker.track_low_thresh",
                 value: self.track_low_thresh.to_string(),
                 message: format!("must be <= track_high_thresh ({})", self.track_high_thresh),
             });
-        }
-        if let Some(rate) = self.frame_rate {
-            if !(rate.is_finite() && rate > 0.0) {
-                return Err(VisionError::InvalidOption {
-                    name: "tracker.frame_rate",
-                    value: rate.to_string(),
-                    message: "must be a finite number > 0 (frames per second)".to_string(),
-                });
-            }
         }
         Ok(())
     }
@@ -818,6 +809,31 @@ mod tests {
             };
             assert!((p.new_track_thresh() - want).abs() < 1e-6, "{high}");
         }
+    }
+
+    #[test]
+    fn params_are_refused_in_the_configuration_s_words() {
+        let config = surveil_config::TrackerConfig {
+            match_threshold: 1.5,
+            ..surveil_config::TrackerConfig::default()
+        };
+        let rule = config.check().unwrap_err();
+        let e = ByteTracker::new(TrackerParams::from_config(&config))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, format!("invalid option {rule}"));
+        assert_eq!(
+            e,
+            "invalid option tracker.match_threshold = 1.5: must be within [0, 1]"
+        );
+        // What the configuration accepts, the tracker takes: 0 is a cost limit no pair of
+        // the first round meets.
+        let edge = surveil_config::TrackerConfig {
+            match_threshold: 0.0,
+            ..surveil_config::TrackerConfig::default()
+        };
+        assert!(edge.check().is_ok());
+        assert!(ByteTracker::new(TrackerParams::from_config(&edge)).is_ok());
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct GitVlm {
 
 impl GitVlm {
     /// The captioner of a loaded model: the BERT tokenizer (`tokenizer.json` in
-    /// `checkpoint_dir`, else the asset cache; see [`find_tokenizer_file`]) and the CLIP
+    /// `checkpoint_dir`, else the asset cache `assets`; see [`find_tokenizer_file`]) and the CLIP
     /// processor (the checkpoint's `preprocessor_config.json`, else a square crop of the
     /// model's image size) on `device`, the model's. `checkpoint_dir` is `None` for dummy
     /// weights.
@@ -38,11 +38,13 @@ impl GitVlm {
         model: Arc<GitModel>,
         model_id: &str,
         checkpoint_dir: Option<&Path>,
+        assets: &Path,
         device: &Device,
     ) -> Result<Self> {
         let path = find_tokenizer_file(
             checkpoint_dir,
             "tokenizer.json",
+            assets,
             "tokenizers/bert-base-uncased/tokenizer.json",
         )?;
         let tokenizer = GitTokenizer::from_file(&path)?;

@@ -125,17 +125,18 @@ impl KimiTokenizer {
     pub const ASSET: &'static str = "tokenizers/kimi/tiktoken.model";
 
     /// Where the tokenizer file is: `tiktoken.model` beside the checkpoint first (a Hub
-    /// snapshot ships its own), then the asset cache.
+    /// snapshot ships its own), then [`Self::ASSET`] in the asset cache `assets`
+    /// (`SystemConfig::paths.assets`).
     ///
     /// # Errors
     /// [`ModelError::Tokenizer`] naming every place looked at when none holds the file.
-    pub fn locate(checkpoint_dir: Option<&Path>) -> Result<PathBuf> {
-        crate::vlm::find_tokenizer_file(checkpoint_dir, Self::FILE_NAME, Self::ASSET)
+    pub fn locate(checkpoint_dir: Option<&Path>, assets: &Path) -> Result<PathBuf> {
+        crate::vlm::find_tokenizer_file(checkpoint_dir, Self::FILE_NAME, assets, Self::ASSET)
     }
 
     /// [`Self::locate`] then [`Self::from_file`].
-    pub fn load(checkpoint_dir: Option<&Path>) -> Result<Self> {
-        Self::from_file(&Self::locate(checkpoint_dir)?)
+    pub fn load(checkpoint_dir: Option<&Path>, assets: &Path) -> Result<Self> {
+        Self::from_file(&Self::locate(checkpoint_dir, assets)?)
     }
 
     /// Load a `tiktoken.model` file.

@@ -53,7 +53,7 @@ pub fn kimi_vlm_kind(model_id: &str) -> VlmKind {
 
 impl KimiVlm {
     /// Wrap a loaded model; the tokenizer is found with [`KimiTokenizer::locate`] from
-    /// `checkpoint_dir` (`None` for dummy weights: the asset cache only).
+    /// `checkpoint_dir` (`None` for dummy weights: the asset cache `assets` only).
     ///
     /// # Errors
     /// Tokenizer errors (not found, malformed).
@@ -61,8 +61,9 @@ impl KimiVlm {
         model: Arc<KimiVlModel>,
         model_id: &str,
         checkpoint_dir: Option<&Path>,
+        assets: &Path,
     ) -> Result<Self> {
-        let tokenizer = KimiTokenizer::load(checkpoint_dir)?;
+        let tokenizer = KimiTokenizer::load(checkpoint_dir, assets)?;
         Ok(Self::new(model, model_id, tokenizer))
     }
 

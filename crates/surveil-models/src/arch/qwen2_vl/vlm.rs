@@ -29,7 +29,7 @@ pub struct Qwen2VlVlm {
 
 impl Qwen2VlVlm {
     /// The text side of a loaded model: the Qwen tokenizer (`tokenizer.json` in
-    /// `checkpoint_dir`, else the asset cache; see [`find_tokenizer_file`]) and the image
+    /// `checkpoint_dir`, else the asset cache `assets`; see [`find_tokenizer_file`]) and the image
     /// processor (the checkpoint's `preprocessor_config.json`, else the published defaults);
     /// `device` is the model's. `checkpoint_dir` is `None` for dummy weights.
     ///
@@ -38,11 +38,13 @@ impl Qwen2VlVlm {
         model: Arc<Qwen2VlModel>,
         model_id: &str,
         checkpoint_dir: Option<&Path>,
+        assets: &Path,
         device: &Device,
     ) -> Result<Self> {
         let path = find_tokenizer_file(
             checkpoint_dir,
             "tokenizer.json",
+            assets,
             "tokenizers/qwen2-vl/tokenizer.json",
         )?;
         let tokenizer = Qwen2VlTokenizer::from_file(&path)?;

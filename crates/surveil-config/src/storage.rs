@@ -1,0 +1,179 @@
+//! The storage type of weights: what `vlm.quant` names, what validation resolves `vlm.storage`
+//! to, what `surveil-memory` sizes and `surveil-models` loads. One type for all of them, defined
+//! here because the configuration is the lowest crate (`surveil-memory` re-exports it).
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::{deserialize_choice, Choice};
+
+/// How a tensor is stored once resident: a float type, or a block-quantized type of GGML's
+/// layout (blocks of `block_len` weights taking `block_bytes` bytes each).
+///
+/// The declaration order (f32 … q4k) is the order of reports (`Ord`); [`Choice::NAMES`] lists
+/// the types as configurations and messages do, 4-bit first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageDtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit blocks of 32 weights with one f16 scale: 34 bytes per block.
+    Q8_0,
+    /// 4-bit blocks of 32 weights with one f16 scale: 18 bytes per block.
+    Q4_0,
+    /// 4-bit k-quant super-blocks of 256 weights: 144 bytes per block.
+    #[default]
+    #[serde(rename = "q4k")]
+    Q4K,
+}
+
+impl StorageDtype {
+    /// Lower-case name as written in configs and reports (`q4k`, `q4_0`, `f16`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageDtype::F32 => "f32",
+            StorageDtype::F16 => "f16",
+            StorageDtype::Bf16 => "bf16",
+            StorageDtype::Q8_0 => "q8_0",
+            StorageDtype::Q4_0 => "q4_0",
+            StorageDtype::Q4K => "q4k",
+        }
+    }
+
+    /// Whether this is a block-quantized type (q8_0, q4_0, q4k).
+    pub fn is_quantized(self) -> bool {
+        matches!(
+            self,
+            StorageDtype::Q8_0 | StorageDtype::Q4_0 | StorageDtype::Q4K
+        )
+    }
+
+    /// Whether this is a 4-bit type (q4_0, q4k).
+    pub fn is_four_bit(self) -> bool {
+        matches!(self, StorageDtype::Q4_0 | StorageDtype::Q4K)
+    }
+
+    /// Weights per block (1 for float types).
+    pub fn block_len(self) -> usize {
+        match self {
+            StorageDtype::F32 | StorageDtype::F16 | StorageDtype::Bf16 => 1,
+            StorageDtype::Q8_0 | StorageDtype::Q4_0 => 32,
+            StorageDtype::Q4K => 256,
+        }
+    }
+
+    /// Bytes per block (bytes per element for float types).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            StorageDtype::F32 => 4,
+            StorageDtype::F16 | StorageDtype::Bf16 => 2,
+            StorageDtype::Q8_0 => 34,
+            StorageDtype::Q4_0 => 18,
+            StorageDtype::Q4K => 144,
+        }
+    }
+
+    /// Exact bytes a tensor of `shape` occupies in this storage type. Quantized types require
+    /// the last dimension to be a multiple of [`Self::block_len`] (the quantization policy of
+    /// `surveil-memory` guarantees it).
+    pub fn bytes_for(self, shape: &[usize]) -> u64 {
+        let elems: u64 = shape.iter().map(|&d| d as u64).product();
+        elems / self.block_len() as u64 * self.block_bytes() as u64
+    }
+
+    /// The storage type of linear weights for the two keys users write: with `load_in_4bit`,
+    /// `quant` when it is a 4-bit type and q4k when it names a wider one; without, `quant`.
+    /// Validation applies this rule once (`vlm.storage`); nothing after it combines the keys.
+    pub fn resolve(load_in_4bit: bool, quant: StorageDtype) -> StorageDtype {
+        match (load_in_4bit, quant) {
+            (true, q) if q.is_four_bit() => q,
+            (true, _) => StorageDtype::Q4K,
+            (false, q) => q,
+        }
+    }
+}
+
+impl Choice for StorageDtype {
+    const ALL: &'static [Self] = &[
+        StorageDtype::Q4K,
+        StorageDtype::Q4_0,
+        StorageDtype::Q8_0,
+        StorageDtype::F16,
+        StorageDtype::Bf16,
+        StorageDtype::F32,
+    ];
+    const NAMES: &'static [&'static str] = &["q4k", "q4_0", "q8_0", "f16", "bf16", "f32"];
+}
+
+impl std::fmt::Display for StorageDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StorageDtype {
+    type Err = String;
+
+    /// A name of [`Choice::NAMES`] in any case; the error lists them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_choice(s).ok_or_else(|| {
+            format!(
+                "unknown storage type `{s}`; allowed: {}",
+                Self::NAMES.join(", ")
+            )
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageDtype {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_choice(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_bit_folds_into_one_storage_type() {
+        use StorageDtype::*;
+        for (four_bit, quant, storage) in [
+            (true, Q4K, Q4K),
+            (true, Q4_0, Q4_0),
+            (true, Q8_0, Q4K),
+            (true, F16, Q4K),
+            (true, F32, Q4K),
+            (false, Q4K, Q4K),
+            (false, Q8_0, Q8_0),
+            (false, Bf16, Bf16),
+        ] {
+            assert_eq!(
+                StorageDtype::resolve(four_bit, quant),
+                storage,
+                "load_in_4bit={four_bit} quant={quant}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_parse_in_any_case_and_serialize_canonically() {
+        for (value, name) in StorageDtype::ALL.iter().zip(StorageDtype::NAMES) {
+            assert_eq!(value.name(), *name);
+            assert_eq!(value.to_string(), *name);
+            assert_eq!(
+                name.to_ascii_uppercase().parse::<StorageDtype>(),
+                Ok(*value)
+            );
+            assert_eq!(serde_json::to_value(value).unwrap(), *name);
+        }
+        let err = "q5k".parse::<StorageDtype>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown storage type `q5k`; allowed: q4k, q4_0, q8_0, f16, bf16, f32"
+        );
+    }
+}
