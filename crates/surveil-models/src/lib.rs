@@ -22,6 +22,54 @@
 //! CPU kernels) are internal; the cache and [`Logits`] appear in the decoders' signatures and
 //! are re-exported here.
 //!
+//! # Example
+//!
+//! Load a model, ask it about an image, unload it and read the memory snapshots of the cycle
+//! (`examples/describe.rs` is the same as a program with options). Dummy weights are
+//! deterministic random tensors with the real shapes: nothing is downloaded and the answer is
+//! meaningless, but the memory and timings are those of the real model. The GIT tokenizer comes
+//! from the asset cache that `scripts/setup.sh` fills.
+//!
+//! ```no_run
+//! use surveil_config::{Device, Quant, WeightsSpec};
+//! use surveil_models::{GenerationParams, LoadOptions, ModelManager, NoHooks, VlmRequest};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let opts = LoadOptions {
+//!     weights: WeightsSpec::Dummy, // or WeightsSpec::Auto: the Hugging Face cache
+//!     device: Device::Auto,        // CUDA device 0 when built with `cuda` and it fits
+//!     quant: Quant::Q4k,           // linear weights in 4 bits
+//!     hub_cache: surveil_config::paths::hf_hub_cache(),
+//!     model_dir: None,
+//!     progress: None,
+//!     dummy_seed: 0,
+//! };
+//! let mut manager = ModelManager::new();
+//! let summary = manager.load("git-base-coco", &opts)?;
+//! println!(
+//!     "{} on {}: {} bytes resident",
+//!     summary.model,
+//!     summary.device,
+//!     summary.report.total_bytes()
+//! );
+//!
+//! let vlm = manager.vlm().ok_or("no model resident")?;
+//! let frame = image::open("frame.png")?.to_rgb8();
+//! let request = VlmRequest {
+//!     images: std::slice::from_ref(&frame),
+//!     system: None,
+//!     prompt: "What are the people doing?",
+//! };
+//! let answer = vlm.analyse(&request, &GenerationParams::greedy(32), &mut NoHooks)?;
+//! println!("{} ({} tokens, {:?})", answer.text, answer.tokens.len(), answer.stop_reason);
+//!
+//! manager.unload();
+//! // RSS, VMS, peak RSS and GPU memory at before_load, after_load, after_unload.
+//! print!("{}", manager.memory());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Not here: memory measurement (`surveil-memory`), frames and detection (`surveil-vision`),
 //! the analysis pipeline, prompts and verdicts (`surveil-orchestrator`).
 // Library code reports failures as errors; `unwrap`/`expect` are for tests only.

@@ -31,6 +31,21 @@ pub enum VlmKind {
 }
 
 /// One question about one or more images.
+///
+/// ```
+/// use image::{Rgb, RgbImage};
+/// use surveil_models::VlmRequest;
+///
+/// let frame = RgbImage::from_pixel(768, 576, Rgb([90, 90, 90]));
+/// let crop = RgbImage::from_pixel(128, 256, Rgb([30, 30, 120]));
+/// let views = [frame, crop];
+/// let request = VlmRequest {
+///     images: &views,
+///     system: Some("You watch a shop's security camera."),
+///     prompt: "The second image is the person in the first. Is anything hidden?",
+/// };
+/// assert_eq!(request.images.len(), 2);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct VlmRequest<'a> {
     /// The images, in the order the prompt refers to them (all placed before the prompt text).
@@ -139,6 +154,45 @@ impl Generation {
 
 /// A resident vision-language model with its tokenizer and image processor: the one way the
 /// pipeline and the CLI call any architecture.
+///
+/// A [`crate::ModelManager`] hands out the resident model as `&dyn Vlm`
+/// ([`crate::ModelManager::vlm`]); [`build_vlm`] wraps a model loaded by other means. Here the
+/// answer is streamed as it is generated ([`OnToken`]) and stopped at the first full stop:
+///
+/// ```no_run
+/// use std::io::Write;
+/// use std::ops::ControlFlow;
+///
+/// use surveil_models::vlm::OnToken;
+/// use surveil_models::{GenerationParams, Vlm, VlmKind, VlmRequest};
+///
+/// fn first_sentence(vlm: &dyn Vlm, frame: &image::RgbImage) -> surveil_models::Result<String> {
+///     // A captioner ignores the prompt and takes exactly one image.
+///     let prompt = match vlm.kind() {
+///         VlmKind::Captioner => "",
+///         VlmKind::Instruction | VlmKind::Thinking => "Describe the scene in one sentence.",
+///     };
+///     let request = VlmRequest {
+///         images: std::slice::from_ref(frame),
+///         system: None,
+///         prompt,
+///     };
+///     let mut hooks = OnToken(|_id: u32, text: &str| {
+///         print!("{text}");
+///         let _ = std::io::stdout().flush();
+///         // `Break` ends the call with `StopReason::Cancelled`; the text so far, this
+///         // token's included, is the answer.
+///         if text.contains('.') {
+///             ControlFlow::Break(())
+///         } else {
+///             ControlFlow::Continue(())
+///         }
+///     });
+///     let answer = vlm.analyse(&request, &GenerationParams::greedy(64), &mut hooks)?;
+///     println!();
+///     Ok(answer.text)
+/// }
+/// ```
 pub trait Vlm: Send {
     /// The registry id of the model (`qwen2-vl-2b-instruct`).
     fn model_id(&self) -> &str;

@@ -137,6 +137,27 @@ pub fn argmax(values: &[f32]) -> u32 {
 }
 
 /// How to generate: how many tokens at most, how each is chosen.
+///
+/// ```
+/// use surveil_models::{GenerationParams, Sampling};
+///
+/// // Reproducible answers: always the most likely token.
+/// let greedy = GenerationParams::greedy(128);
+/// assert_eq!(greedy.sampling, Sampling::Greedy);
+///
+/// // Temperature + top-p, as the `vlm.temperature` / `vlm.top_p` settings give them; the seed
+/// // makes the draw repeatable. A temperature of 0 means greedy.
+/// let sampled = GenerationParams {
+///     max_new_tokens: 128,
+///     sampling: Sampling::from_params(0.7, 0.9),
+///     seed: 42,
+/// };
+/// assert_eq!(
+///     sampled.sampling,
+///     Sampling::TopP { temperature: 0.7, top_p: 0.9 }
+/// );
+/// assert_eq!(Sampling::from_params(0.0, 0.9), Sampling::Greedy);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GenerationParams {
     /// Upper bound on new tokens (the stop token not counted).

@@ -47,7 +47,23 @@ pub enum ModelState {
 /// Progress callback: `(tensors loaded, tensors in the checkpoint, bytes made resident)`.
 pub type ProgressFn = Arc<dyn Fn(usize, usize, u64) + Send + Sync>;
 
-/// How to load: from a [`SystemConfig`] or set by hand.
+/// How to load: from a [`SystemConfig`] ([`LoadOptions::from_config`]) or set by hand.
+///
+/// ```
+/// use surveil_config::{Device, Quant, WeightsSpec};
+/// use surveil_models::LoadOptions;
+///
+/// let opts = LoadOptions {
+///     weights: WeightsSpec::parse("dummy"), // `auto`, `dummy` or a checkpoint directory
+///     device: Device::Cpu,
+///     quant: Quant::Q4k,
+///     hub_cache: surveil_config::paths::hf_hub_cache(),
+///     model_dir: None,
+///     progress: None,
+///     dummy_seed: 0,
+/// };
+/// assert_eq!(opts.weights, WeightsSpec::Dummy);
+/// ```
 #[derive(Clone)]
 pub struct LoadOptions {
     /// Where weights come from.
@@ -127,6 +143,34 @@ struct Resident {
 
 /// Holds at most one model. Every load first unloads; every unload releases memory and
 /// records a snapshot.
+///
+/// The lifecycle is explicit ([`ModelState`]) and every step leaves a labelled snapshot in
+/// [`ModelManager::memory`]: `before_load`, then `after_load` or `after_failed_load`, then
+/// `after_unload` (plus whatever the caller adds with [`ModelManager::record_memory`]).
+///
+/// ```
+/// use surveil_config::{Device, Quant, WeightsSpec};
+/// use surveil_models::{LoadOptions, ModelManager, ModelState};
+///
+/// let opts = LoadOptions {
+///     weights: WeightsSpec::Dummy,
+///     device: Device::Cpu,
+///     quant: Quant::Q4k,
+///     hub_cache: surveil_config::paths::hf_hub_cache(),
+///     model_dir: None,
+///     progress: None,
+///     dummy_seed: 0,
+/// };
+/// let mut manager = ModelManager::new();
+/// assert_eq!(manager.state(), &ModelState::Unloaded);
+///
+/// // A failed load leaves nothing resident, says why, and is recorded.
+/// let err = manager.load("no-such-model", &opts).unwrap_err();
+/// assert!(err.to_string().contains("known ids: git-base-coco"), "{err}");
+/// assert!(matches!(manager.state(), ModelState::Failed { .. }));
+/// assert!(manager.vlm().is_none());
+/// assert!(manager.memory().get("after_failed_load").is_some());
+/// ```
 pub struct ModelManager {
     state: ModelState,
     resident: Option<Resident>,
@@ -274,6 +318,43 @@ impl ModelManager {
     /// Load `id`, unloading whatever is resident first: the weights, then the text side
     /// ([`build_vlm`]: tokenizer, image processor). On failure nothing is resident and the
     /// state is `Failed`.
+    ///
+    /// `id` is a registry id or another spelling of one (the Hub repository); the summary
+    /// names the registry id.
+    ///
+    /// Errors: an unknown id ([`ModelError::InvalidInput`], listing the known ids); weights not
+    /// found ([`ModelError::WeightsNotFound`]); an estimate that does not fit the device
+    /// ([`ModelError::DoesNotFit`]); an unusable device ([`ModelError::Unsupported`]); a
+    /// missing tokenizer ([`ModelError::Tokenizer`], naming the paths looked at and
+    /// `scripts/setup.sh`); unreadable or mis-shaped checkpoint files ([`ModelError::Io`],
+    /// [`ModelError::Config`], [`ModelError::MissingTensor`], [`ModelError::ShapeMismatch`]
+    /// and the like).
+    ///
+    /// ```no_run
+    /// # use surveil_config::{Device, Quant, WeightsSpec};
+    /// # use surveil_models::{LoadOptions, ModelManager};
+    /// # fn main() -> Result<(), surveil_models::ModelError> {
+    /// # let opts = LoadOptions {
+    /// #     weights: WeightsSpec::Dummy,
+    /// #     device: Device::Cpu,
+    /// #     quant: Quant::Q4k,
+    /// #     hub_cache: surveil_config::paths::hf_hub_cache(),
+    /// #     model_dir: None,
+    /// #     progress: None,
+    /// #     dummy_seed: 0,
+    /// # };
+    /// let mut manager = ModelManager::new();
+    /// let summary = manager.load("microsoft/git-base-coco", &opts)?;
+    /// assert_eq!(summary.model, "git-base-coco");
+    /// println!("{}", summary.fit.message()); // "fits: needs 132.6 MB, ..."
+    /// for (dtype, bytes) in &summary.report.bytes_by_dtype {
+    ///     println!("{dtype}: {bytes} bytes");
+    /// }
+    /// let delta = manager.memory().delta("before_load", "after_load");
+    /// println!("RSS change: {:?} bytes", delta.and_then(|d| d.rss_bytes));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load(&mut self, id: &str, opts: &LoadOptions) -> Result<&LoadSummary> {
         // A repo id or another spelling is reported as our id.
         let id = registry::find(id).map_or(id, |spec| spec.id);
