@@ -19,7 +19,6 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-# surveil-models is left out until its broken intra-doc link is fixed (it is being reorganised).
 step "cargo doc --workspace --no-deps (RUSTDOCFLAGS=-D warnings)"
 RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --workspace --no-deps
 
@@ -62,6 +61,12 @@ if [ "$#" -eq 0 ]; then
     RUST_LOG=warn "$examples/detect_track" "$assets/video/vtest.avi" "$tmp/tracks.jsonl" --max-frames 10 >"$tmp/detect.json"
     grep -q '"frames_analysed": 10' "$tmp/detect.json"
     [ -s "$tmp/tracks.jsonl" ]
+  fi
+
+  step "example describe, git-base-coco with dummy weights (surveil-models)"
+  if have_assets tokenizers/bert-base-uncased/tokenizer.json; then
+    RUST_LOG=warn "$examples/describe" --model git-base-coco --weights dummy --max-new-tokens 4 >"$tmp/describe.txt"
+    grep -q '^after_unload ' "$tmp/describe.txt"
   fi
 
   step "example run_pipeline, 4 frames, git-base-coco with dummy weights (surveil-orchestrator)"

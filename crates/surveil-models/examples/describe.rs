@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use image::RgbImage;
-use surveil_config::{Choice, Device, Quant, WeightsSpec};
+use surveil_config::{Choice, Device, StorageDtype, WeightsSpec};
 use surveil_memory::units::{format_mb, format_mb_opt};
 use surveil_memory::ProcessMemory;
 use surveil_models::load::registry;
@@ -45,7 +45,7 @@ struct Args {
     weights: WeightsSpec,
     max_new_tokens: usize,
     device: Device,
-    quant: Quant,
+    storage: StorageDtype,
 }
 
 fn usage() -> String {
@@ -54,7 +54,7 @@ fn usage() -> String {
          \x20               [--max-new-tokens N] [--device {}] [--quant {}]\n\
          models: {}",
         Device::ALLOWED.join("|"),
-        Quant::NAMES.join("|"),
+        StorageDtype::NAMES.join("|"),
         registry::ids().join(", ")
     )
 }
@@ -68,7 +68,7 @@ fn parse_args(mut raw: impl Iterator<Item = String>) -> anyhow::Result<Option<Ar
         weights: WeightsSpec::Dummy,
         max_new_tokens: 8,
         device: Device::Auto,
-        quant: Quant::Q4k,
+        storage: StorageDtype::Q4K,
     };
     while let Some(flag) = raw.next() {
         if flag == "-h" || flag == "--help" {
@@ -96,10 +96,10 @@ fn parse_args(mut raw: impl Iterator<Item = String>) -> anyhow::Result<Option<Ar
                 })?;
             }
             "--quant" => {
-                args.quant = Quant::parse_choice(&value).with_context(|| {
+                args.storage = StorageDtype::parse_choice(&value).with_context(|| {
                     format!(
                         "--quant {value:?}: expected one of {}",
-                        Quant::NAMES.join(", ")
+                        StorageDtype::NAMES.join(", ")
                     )
                 })?;
             }
@@ -173,15 +173,17 @@ fn run() -> anyhow::Result<()> {
         image.height()
     );
 
-    // How to load: the same fields `LoadOptions::from_config` fills from a configuration.
+    // How to load: the same fields `LoadOptions::from_config` fills from a configuration. The
+    // paths (hub cache, model directory, asset cache) as `surveil` resolves them from the
+    // environment (`HF_HUB_CACHE`, `HF_HOME`, `SURVEIL_MODEL_DIR`, `SURVEIL_ASSETS`).
+    let paths = surveil_config::paths::from_environment();
     let opts = LoadOptions {
         weights: args.weights.clone(),
         device: args.device,
-        quant: args.quant,
-        hub_cache: surveil_config::paths::hf_hub_cache(),
-        model_dir: std::env::var_os("SURVEIL_MODEL_DIR")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from),
+        storage: args.storage,
+        hub_cache: paths.hub_cache,
+        model_dir: paths.model_dir,
+        assets: paths.assets,
         progress: None,
         dummy_seed: 0,
     };

@@ -31,16 +31,17 @@
 //! from the asset cache that `scripts/setup.sh` fills.
 //!
 //! ```no_run
-//! use surveil_config::{Device, Quant, WeightsSpec};
+//! use surveil_config::{Device, StorageDtype, WeightsSpec};
 //! use surveil_models::{GenerationParams, LoadOptions, ModelManager, NoHooks, VlmRequest};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let opts = LoadOptions {
 //!     weights: WeightsSpec::Dummy, // or WeightsSpec::Auto: the Hugging Face cache
 //!     device: Device::Auto,        // CUDA device 0 when built with `cuda` and it fits
-//!     quant: Quant::Q4k,           // linear weights in 4 bits
-//!     hub_cache: surveil_config::paths::hf_hub_cache(),
+//!     storage: StorageDtype::Q4K,  // linear weights in 4 bits
+//!     hub_cache: surveil_config::paths::from_environment().hub_cache,
 //!     model_dir: None,
+//!     assets: surveil_config::paths::assets_dir(),
 //!     progress: None,
 //!     dummy_seed: 0,
 //! };

@@ -50,15 +50,16 @@ pub type ProgressFn = Arc<dyn Fn(usize, usize, u64) + Send + Sync>;
 /// How to load: from a [`SystemConfig`] ([`LoadOptions::from_config`]) or set by hand.
 ///
 /// ```
-/// use surveil_config::{Device, Quant, WeightsSpec};
+/// use surveil_config::{Device, StorageDtype, WeightsSpec};
 /// use surveil_models::LoadOptions;
 ///
 /// let opts = LoadOptions {
 ///     weights: WeightsSpec::parse("dummy"), // `auto`, `dummy` or a checkpoint directory
 ///     device: Device::Cpu,
-///     quant: Quant::Q4k,
-///     hub_cache: surveil_config::paths::hf_hub_cache(),
+///     storage: StorageDtype::Q4K,
+///     hub_cache: surveil_config::paths::from_environment().hub_cache,
 ///     model_dir: None,
+///     assets: surveil_config::paths::assets_dir(),
 ///     progress: None,
 ///     dummy_seed: 0,
 /// };
@@ -149,15 +150,16 @@ struct Resident {
 /// `after_unload` (plus whatever the caller adds with [`ModelManager::record_memory`]).
 ///
 /// ```
-/// use surveil_config::{Device, Quant, WeightsSpec};
+/// use surveil_config::{Device, StorageDtype, WeightsSpec};
 /// use surveil_models::{LoadOptions, ModelManager, ModelState};
 ///
 /// let opts = LoadOptions {
 ///     weights: WeightsSpec::Dummy,
 ///     device: Device::Cpu,
-///     quant: Quant::Q4k,
-///     hub_cache: surveil_config::paths::hf_hub_cache(),
+///     storage: StorageDtype::Q4K,
+///     hub_cache: surveil_config::paths::from_environment().hub_cache,
 ///     model_dir: None,
+///     assets: surveil_config::paths::assets_dir(),
 ///     progress: None,
 ///     dummy_seed: 0,
 /// };
@@ -331,15 +333,16 @@ impl ModelManager {
     /// and the like).
     ///
     /// ```no_run
-    /// # use surveil_config::{Device, Quant, WeightsSpec};
+    /// # use surveil_config::{Device, StorageDtype, WeightsSpec};
     /// # use surveil_models::{LoadOptions, ModelManager};
     /// # fn main() -> Result<(), surveil_models::ModelError> {
     /// # let opts = LoadOptions {
     /// #     weights: WeightsSpec::Dummy,
     /// #     device: Device::Cpu,
-    /// #     quant: Quant::Q4k,
-    /// #     hub_cache: surveil_config::paths::hf_hub_cache(),
+    /// #     storage: StorageDtype::Q4K,
+    /// #     hub_cache: surveil_config::paths::from_environment().hub_cache,
     /// #     model_dir: None,
+    /// #     assets: surveil_config::paths::assets_dir(),
     /// #     progress: None,
     /// #     dummy_seed: 0,
     /// # };
