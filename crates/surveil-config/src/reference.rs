@@ -113,13 +113,15 @@ const KEY_DOCS: &[KeyDoc] = &[
     doc(
         "vlm.quant",
         Allowed::Choice(StorageDtype::NAMES),
-        "Storage type of linear weights: the 4-bit kind when `load_in_4bit`, else the type used.",
+        "Storage type of linear weights: the 4-bit kind when `load_in_4bit`, else the type used \
+         (a 4-bit type here then means `bf16`).",
     ),
     doc(
         "vlm.storage",
         Allowed::Text("read only: resolved from `load_in_4bit` and `quant`"),
         "The storage type linear weights get: with `load_in_4bit`, `quant` when it is a 4-bit \
-         type (`q4k`, `q4_0`), else `q4k`; without, `quant`. `surveil config show` gives it \
+         type (`q4k`, `q4_0`), else `q4k`; without, `quant`, or `bf16` when `quant` is a 4-bit \
+         type (so `LOAD_IN_4BIT=false` never loads 4-bit weights). `surveil config show` gives it \
          the origin of the key that decided it.",
     ),
     doc(

@@ -341,7 +341,8 @@ pub struct RawVlmConfig {
     pub device: Device,
     /// Quantize linear weights to 4 bits while loading.
     pub load_in_4bit: bool,
-    /// Storage type of linear weights: the 4-bit kind when `load_in_4bit`, else the type used.
+    /// Storage type of linear weights: the 4-bit kind when `load_in_4bit` (q4k when this names
+    /// a wider type), else the type used (bf16 when this names a 4-bit type).
     pub quant: StorageDtype,
     /// Where weights come from.
     pub weights: WeightsSpec,
@@ -375,12 +376,13 @@ impl Default for RawVlmConfig {
 
 impl RawVlmConfig {
     /// The keys that decide `vlm.storage` ([`StorageDtype::resolve`]): `vlm.load_in_4bit` alone
-    /// when it overrides a wider `quant`, `vlm.quant` alone when 4-bit is off, both when they
-    /// agree on a 4-bit type.
+    /// when it overrides `quant` (a wider type with 4-bit on, a 4-bit type with 4-bit off),
+    /// `vlm.quant` alone when 4-bit is off and it names a wider type, both when they agree on a
+    /// 4-bit type.
     pub fn storage_keys(&self) -> &'static [&'static str] {
         match (self.load_in_4bit, self.quant.is_four_bit()) {
-            (true, false) => &["vlm.load_in_4bit"],
-            (false, _) => &["vlm.quant"],
+            (true, false) | (false, true) => &["vlm.load_in_4bit"],
+            (false, false) => &["vlm.quant"],
             (true, true) => &["vlm.load_in_4bit", "vlm.quant"],
         }
     }

@@ -85,12 +85,15 @@ impl StorageDtype {
     }
 
     /// The storage type of linear weights for the two keys users write: with `load_in_4bit`,
-    /// `quant` when it is a 4-bit type and q4k when it names a wider one; without, `quant`.
-    /// Validation applies this rule once (`vlm.storage`); nothing after it combines the keys.
+    /// `quant` when it is a 4-bit type and q4k when it names a wider one; without, `quant`
+    /// when it names a wider type and bf16 (the checkpoints' own type) when it names a 4-bit
+    /// one, so that `LOAD_IN_4BIT=false` never loads 4-bit weights. Validation applies this
+    /// rule once (`vlm.storage`); nothing after it combines the keys.
     pub fn resolve(load_in_4bit: bool, quant: StorageDtype) -> StorageDtype {
         match (load_in_4bit, quant) {
             (true, q) if q.is_four_bit() => q,
             (true, _) => StorageDtype::Q4K,
+            (false, q) if q.is_four_bit() => StorageDtype::Bf16,
             (false, q) => q,
         }
     }
@@ -147,7 +150,8 @@ mod tests {
             (true, Q8_0, Q4K),
             (true, F16, Q4K),
             (true, F32, Q4K),
-            (false, Q4K, Q4K),
+            (false, Q4K, Bf16),
+            (false, Q4_0, Bf16),
             (false, Q8_0, Q8_0),
             (false, Bf16, Bf16),
         ] {

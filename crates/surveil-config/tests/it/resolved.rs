@@ -223,3 +223,22 @@ fn an_empty_path_written_in_a_profile_or_flag_is_refused() {
          out for its default"
     );
 }
+
+#[test]
+fn load_in_4bit_false_never_loads_four_bit_weights() {
+    // The default quant is q4k: turning 4-bit off must not keep it.
+    let c = load(loader(&[("LOAD_IN_4BIT", "false")]));
+    assert_eq!(c.config.vlm.storage, StorageDtype::Bf16);
+    assert_eq!(c.origin("vlm.storage"), env("LOAD_IN_4BIT"));
+    let c = load(loader(&[
+        ("LOAD_IN_4BIT", "false"),
+        ("SURVEIL_VLM__QUANT", "q4_0"),
+    ]));
+    assert_eq!(c.config.vlm.storage, StorageDtype::Bf16);
+    // A wider type as written is kept.
+    let c = load(loader(&[
+        ("LOAD_IN_4BIT", "false"),
+        ("SURVEIL_VLM__QUANT", "q8_0"),
+    ]));
+    assert_eq!(c.config.vlm.storage, StorageDtype::Q8_0);
+}
