@@ -734,6 +734,9 @@ pub struct ClockTime {
 }
 
 impl ClockTime {
+    /// 00:00.
+    pub const MIDNIGHT: ClockTime = ClockTime { hour: 0, minute: 0 };
+
     /// `hour` in 0..24, `minute` in 0..60; `None` otherwise.
     pub fn new(hour: u8, minute: u8) -> Option<Self> {
         (hour < 24 && minute < 60).then_some(Self { hour, minute })
@@ -790,8 +793,10 @@ impl<'de> Deserialize<'de> for ClockTime {
     }
 }
 
-/// When the premises are open (local time). `close` earlier than `open` means the opening
-/// spans midnight (e.g. 18:00 to 02:00).
+/// When the premises are open (local time): from `open` (included) to `close` (excluded).
+/// `close` earlier than `open` means the opening spans midnight (e.g. 18:00 to 02:00);
+/// `close == open` means open around the clock (the configuration refuses it in
+/// `decision.opening_hours`, where leaving the key out says the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpeningHours {
@@ -802,13 +807,33 @@ pub struct OpeningHours {
 }
 
 impl OpeningHours {
+    /// Reads `OpeningHours::parse("08:00", "21:00")`.
+    ///
+    /// # Errors
+    /// [`crate::ConfigError::Invalid`] naming which time (`open` or `close`) and the text when it is
+    /// not `HH:MM` from 00:00 to 23:59.
+    pub fn parse(open: &str, close: &str) -> Result<Self, crate::ConfigError> {
+        let time = |which: &str, text: &str| {
+            ClockTime::parse(text).ok_or_else(|| {
+                crate::ConfigError::Invalid(format!(
+                    "opening hours, {which}: `{text}` is not a time of day (expected HH:MM, \
+                     00:00 to 23:59)"
+                ))
+            })
+        };
+        Ok(Self {
+            open: time("open", open)?,
+            close: time("close", close)?,
+        })
+    }
+
     /// Whether the premises are open at `t`: `open <= t < close`, wrapping past midnight
-    /// when `close < open`.
+    /// when `close < open`; always when `close == open`.
     pub fn is_open(&self, t: ClockTime) -> bool {
-        if self.open <= self.close {
-            self.open <= t && t < self.close
-        } else {
-            t >= self.open || t < self.close
+        match self.open.cmp(&self.close) {
+            std::cmp::Ordering::Less => self.open <= t && t < self.close,
+            std::cmp::Ordering::Greater => t >= self.open || t < self.close,
+            std::cmp::Ordering::Equal => true,
         }
     }
 }

@@ -13,7 +13,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{OrchestratorError, Result};
 use crate::tools::{Cue, Observation};
 use crate::verdict::{ActionType, ParsedVerdict, SuspicionLevel};
 
@@ -142,94 +141,7 @@ pub enum Action {
     RequestReview,
 }
 
-/// A local time of day, minute resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TimeOfDay {
-    /// Hour, 0–23.
-    pub hour: u8,
-    /// Minute, 0–59.
-    pub minute: u8,
-}
-
-impl TimeOfDay {
-    /// A time of day; `None` when `hour > 23` or `minute > 59`.
-    pub fn new(hour: u8, minute: u8) -> Option<Self> {
-        (hour <= 23 && minute <= 59).then_some(Self { hour, minute })
-    }
-
-    /// Reads `HH:MM` (24-hour clock, one or two digits each).
-    ///
-    /// # Errors
-    /// [`OrchestratorError::Config`] naming the text when it is not a valid time.
-    pub fn parse(text: &str) -> Result<Self> {
-        let bad = || {
-            OrchestratorError::Config(format!(
-                "`{text}` is not a time of day (expected HH:MM, 00:00 to 23:59)"
-            ))
-        };
-        let (h, m) = text.trim().split_once(':').ok_or_else(bad)?;
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(h) || !digits(m) {
-            return Err(bad());
-        }
-        let hour: u8 = h.parse().map_err(|_| bad())?;
-        let minute: u8 = m.parse().map_err(|_| bad())?;
-        Self::new(hour, minute).ok_or_else(bad)
-    }
-
-    /// Minutes since midnight, 0–1439.
-    pub fn minutes(self) -> u16 {
-        u16::from(self.hour) * 60 + u16::from(self.minute)
-    }
-}
-
-impl fmt::Display for TimeOfDay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}", self.hour, self.minute)
-    }
-}
-
-/// When the premises are open: from `open` (included) to `close` (excluded). `close` earlier
-/// than `open` means closing after midnight; `close == open` means open around the clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpeningHours {
-    /// Opening time.
-    pub open: TimeOfDay,
-    /// Closing time.
-    pub close: TimeOfDay,
-}
-
-impl OpeningHours {
-    /// Reads `OpeningHours::parse("08:00", "21:00")`.
-    ///
-    /// # Errors
-    /// [`OrchestratorError::Config`] naming the time that is not `HH:MM`.
-    pub fn parse(open: &str, close: &str) -> Result<Self> {
-        let wrap = |which: &str, e: OrchestratorError| match e {
-            OrchestratorError::Config(m) => {
-                OrchestratorError::Config(format!("opening hours, {which}: {m}"))
-            }
-            other => other,
-        };
-        Ok(Self {
-            open: TimeOfDay::parse(open).map_err(|e| wrap("open", e))?,
-            close: TimeOfDay::parse(close).map_err(|e| wrap("close", e))?,
-        })
-    }
-
-    /// Whether the premises are open at `time`.
-    pub fn is_open(&self, time: TimeOfDay) -> bool {
-        let (o, c, t) = (self.open.minutes(), self.close.minutes(), time.minutes());
-        if o < c {
-            o <= t && t < c
-        } else if o > c {
-            t >= o || t < c
-        } else {
-            true
-        }
-    }
-}
+pub use surveil_config::{ClockTime, OpeningHours};
 
 /// The decision policy: plain values, resolved from the configuration by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -262,7 +174,7 @@ pub struct DecisionInput<'a> {
     /// The behaviour tools' observations for this frame.
     pub observations: &'a [Observation],
     /// Local time of day of the frame.
-    pub time: TimeOfDay,
+    pub time: ClockTime,
     /// People in the frame.
     pub persons_present: usize,
 }

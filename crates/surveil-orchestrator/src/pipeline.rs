@@ -29,7 +29,7 @@ use surveil_vision::{
 };
 
 use crate::analyst::{AnalysisJob, AnalysisResult, Analyst, AnalystConfig};
-use crate::decision::{decide, AlertLevel, Decision, DecisionInput, DecisionPolicy, TimeOfDay};
+use crate::decision::{decide, AlertLevel, ClockTime, Decision, DecisionInput, DecisionPolicy};
 use crate::event::{Event, EventKind, EventTrack, ToolFailureRecord, VlmOutcome};
 use crate::metrics::{MemoryPoint, MetricsSummary, RunMetrics, Stage};
 use crate::prompt::{user_prompt, PromptContext, TrackNote, SYSTEM_PROMPT};
@@ -215,7 +215,7 @@ struct JobContext {
     event_tracks: Vec<EventTrack>,
     persons: usize,
     observations: Vec<Observation>,
-    time: TimeOfDay,
+    time: ClockTime,
 }
 
 /// Zones of this camera in pixel coordinates of a frame of `size`.
@@ -263,9 +263,7 @@ pub fn vision_setup(
 pub fn decision_policy(config: &SystemConfig) -> DecisionPolicy {
     DecisionPolicy {
         confidence_threshold: config.orchestration.confidence_threshold as f32,
-        opening_hours: config.decision.opening_hours.and_then(|h| {
-            crate::decision::OpeningHours::parse(&h.open.to_string(), &h.close.to_string()).ok()
-        }),
+        opening_hours: config.decision.opening_hours,
         after_hours_escalation: config.decision.after_hours_escalation,
     }
 }
@@ -293,13 +291,14 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
 
-fn local_time() -> (TimeOfDay, String) {
+fn local_time() -> (ClockTime, String) {
     let now = jiff::Zoned::now();
     // jiff keeps hours in 0..=23 and minutes in 0..=59.
-    let time = TimeOfDay {
-        hour: now.hour().clamp(0, 23) as u8,
-        minute: now.minute().clamp(0, 59) as u8,
-    };
+    let time = ClockTime::new(
+        now.hour().clamp(0, 23) as u8,
+        now.minute().clamp(0, 59) as u8,
+    )
+    .unwrap_or(ClockTime::MIDNIGHT);
     (time, now.strftime("%Y-%m-%d %H:%M").to_string())
 }
 
@@ -1090,7 +1089,7 @@ fn build_job(
     scene: &Scene,
     report: &ToolReport,
     reason: &str,
-    time: TimeOfDay,
+    time: ClockTime,
     local: &str,
     policy: &DecisionPolicy,
     event_tracks: &[EventTrack],

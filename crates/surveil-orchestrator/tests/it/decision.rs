@@ -1,8 +1,8 @@
 //! The decision engine: one test per rule, the actions per level, opening hours.
 
 use surveil_orchestrator::decision::{
-    decide, rule, Action, AlertLevel, Decision, DecisionInput, DecisionPolicy, OpeningHours,
-    TimeOfDay, RULE_IDS,
+    decide, rule, Action, AlertLevel, ClockTime, Decision, DecisionInput, DecisionPolicy,
+    OpeningHours, RULE_IDS,
 };
 use surveil_orchestrator::tools::{Cue, Observation};
 use surveil_orchestrator::verdict::{
@@ -31,15 +31,15 @@ fn cue(cue: Cue) -> Observation {
     }
 }
 
-fn noon() -> TimeOfDay {
-    TimeOfDay::new(12, 0).unwrap()
+fn noon() -> ClockTime {
+    ClockTime::new(12, 0).unwrap()
 }
 
 fn run(
     policy: &DecisionPolicy,
     verdict: Option<&ParsedVerdict>,
     observations: &[Observation],
-    time: TimeOfDay,
+    time: ClockTime,
     persons: usize,
 ) -> Decision {
     decide(
@@ -169,7 +169,7 @@ fn rule_after_hours_presence_raises_one_level() {
         opening_hours: Some(OpeningHours::parse("08:00", "21:00").unwrap()),
         after_hours_escalation: true,
     };
-    let night = TimeOfDay::new(23, 30).unwrap();
+    let night = ClockTime::new(23, 30).unwrap();
     let d = run(&policy, None, &[], night, 2);
     assert_eq!(d.alert_level, AlertLevel::Attention);
     assert_eq!(
@@ -286,7 +286,7 @@ fn decision_json_shape() {
 #[test]
 fn opening_hours_parse_and_cover_midnight() {
     let day = OpeningHours::parse("08:00", "21:00").unwrap();
-    let t = |h, m| TimeOfDay::new(h, m).unwrap();
+    let t = |h, m| ClockTime::new(h, m).unwrap();
     assert!(!day.is_open(t(7, 59)));
     assert!(day.is_open(t(8, 0)));
     assert!(day.is_open(t(20, 59)));
@@ -313,7 +313,7 @@ fn opening_hours_parse_and_cover_midnight() {
         assert!(err.contains(named), "{err}");
         assert!(err.contains("opening hours"), "{err}");
     }
-    assert!(TimeOfDay::new(24, 0).is_none());
+    assert!(ClockTime::new(24, 0).is_none());
     assert_eq!(t(9, 5).to_string(), "09:05");
 }
 
