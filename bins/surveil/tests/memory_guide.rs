@@ -435,3 +435,33 @@ fn kimi_memory_stats_with_an_empty_cache_names_where_it_looked() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn load_in_4bit_false_loads_bf16_weights_that_answer() {
+    // The default quant is q4k; `LOAD_IN_4BIT=false` must still load unquantized weights, and
+    // a bf16 model must run its test inference on the CPU.
+    let out = surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--device",
+            "cpu",
+            "--infer",
+            "--json",
+        ],
+        &[("LOAD_IN_4BIT", "false")],
+    );
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v}");
+    let by_dtype = v["quantization"]["bytes_by_dtype"]
+        .as_object()
+        .expect("bytes_by_dtype");
+    assert!(by_dtype.contains_key("bf16"), "{by_dtype:?}");
+    assert!(
+        !by_dtype.keys().any(|k| k.starts_with('q')),
+        "no quantized tensor expected: {by_dtype:?}"
+    );
+    assert!(v["inference"]["new_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
+}

@@ -129,7 +129,7 @@ impl Linear {
         } else {
             x.contiguous()?
         };
-        self.finish(self.weight.forward(&x)?)
+        self.finish(matmul(&self.weight, &x)?)
     }
 
     /// Apply linears that share the input `x` `[..., in]`. For a single row (decode) with
@@ -265,6 +265,21 @@ fn concat_rows(
     Ok((QMatMul::Tensor(Tensor::cat(&tensors, 0)?), out))
 }
 
+/// `x · Wᵀ` for a weight in any storage type, the result in `x`'s dtype. candle's [`QMatMul`]
+/// converts the input for quantized and f16 weights but multiplies a plain tensor as it is, so
+/// a bf16 weight (`vlm.storage = bf16`, what `load_in_4bit = false` gives a 4-bit `quant`)
+/// gets the input converted to bf16 here and the product converted back.
+///
+/// Errors: candle's (shape mismatch, a dtype the backend cannot multiply).
+pub(crate) fn matmul(weight: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    match weight {
+        QMatMul::Tensor(w) if w.dtype() != x.dtype() => {
+            weight.forward(&x.to_dtype(w.dtype())?)?.to_dtype(x.dtype())
+        }
+        _ => weight.forward(x),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +293,56 @@ mod tests {
             Device::Cpu,
             policy,
         )
+    }
+
+    #[test]
+    fn a_bf16_weight_takes_an_f32_input_and_gives_f32() {
+        let layout = vec![
+            ("a.weight".to_string(), vec![16, 64]),
+            ("a.bias".to_string(), vec![16]),
+        ];
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 64), &Device::Cpu).unwrap();
+        let f32 = Linear::load(
+            &weights(QuantPolicy::unquantized(StorageDtype::F32), layout.clone()),
+            64,
+            16,
+            true,
+            "a",
+        )
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+        let bf16 = Linear::load(
+            &weights(QuantPolicy::unquantized(StorageDtype::Bf16), layout),
+            64,
+            16,
+            true,
+            "a",
+        )
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+        assert_eq!(bf16.dtype(), DType::F32);
+        let scale = f32
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let d = (&bf16 - &f32)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // bf16 keeps 8 significant bits: a 64-term dot product stays within a few percent.
+        assert!(
+            d <= 0.05 * scale,
+            "max |bf16 - f32| = {d}, max |f32| = {scale}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ([`super::moe`]).
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::DeepseekV3Config;
 use super::mla::{Attention, DeepseekV3Cache, Rotary};
@@ -231,7 +231,7 @@ impl DeepseekV3Model {
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x.contiguous()?)?)
+        Ok(crate::layers::matmul(&self.lm_head, &x.contiguous()?)?)
     }
 
     /// Generate up to `max_new_tokens` after the prompt embeddings `(1, s, hidden)`, stopping

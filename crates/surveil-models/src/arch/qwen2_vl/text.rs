@@ -2,7 +2,7 @@
 //! RMSNorm, SwiGLU MLP, tied or untied output head, and a growable KV cache.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
 use super::config::TextConfig;
 use crate::layers::kernels::scaled_softmax;
@@ -319,7 +319,7 @@ impl TextModel {
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x.contiguous()?)?)
+        Ok(crate::layers::matmul(&self.lm_head, &x.contiguous()?)?)
     }
 
     /// Convenience: logits of the last position as a vector.
