@@ -463,5 +463,8 @@ fn load_in_4bit_false_loads_bf16_weights_that_answer() {
         !by_dtype.keys().any(|k| k.starts_with('q')),
         "no quantized tensor expected: {by_dtype:?}"
     );
-    assert!(v["inference"]["new_tokens"].as_u64().unwrap_or(0) > 0, "{v}");
+    assert!(
+        v["inference"]["new_tokens"].as_u64().unwrap_or(0) > 0,
+        "{v}"
+    );
 }
