@@ -1,0 +1,130 @@
+"""Hugging Face transformers (PyTorch, CPU, bf16) on a surveil dummy checkpoint: the figures of
+benches/compare, measured the way surveil's `test-model --infer` measures them.
+
+Run by benches/compare with the peers' venv (benches/peers/setup.sh):
+  $SURVEIL_PEERS/py-venv/bin/python benches/peers/transformers_bench.py \
+      --model qwen2-vl-2b-instruct --weights DIR --image frame.ppm --prompt TEXT --tokens 64
+
+The checkpoint directory holds config.json, the safetensors and tokenizer.json (benches/compare
+copies it from the asset cache); the image processors are built with their library defaults,
+which are the published checkpoints' settings for these models.
+
+Prints one JSON object on the last line of stdout, with seconds and tokens/s:
+load_s, vision_s (vision tower on one frame), ttft_s (preprocessing + vision + prefill + first
+token), decode_tok_s (greedy, EOS ignored, after the first token), prefill_tok_s (a 512-token
+text prompt, one forward pass), image_prefill_tok_s, prompt_tokens, new_tokens,
+peak_rss_mb (VmHWM), rss_after_load_mb, rss_after_unload_mb (after del + gc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+
+
+def status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, choices=["qwen2-vl-2b-instruct", "git-base-coco"])
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    args = ap.parse_args()
+
+    import torch
+    from PIL import Image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    image = Image.open(args.image).convert("RGB")
+    tok_file = f"{args.weights}/tokenizer.json"
+    out: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    t0 = time.perf_counter()
+    if args.model == "git-base-coco":
+        from transformers import (BertTokenizerFast, CLIPImageProcessor, GitForCausalLM,
+                                  GitProcessor)
+        model = GitForCausalLM.from_pretrained(args.weights, torch_dtype=torch.bfloat16)
+        tokenizer = BertTokenizerFast(tokenizer_file=tok_file)
+        processor = GitProcessor(
+            image_processor=CLIPImageProcessor(size={"shortest_edge": 224},
+                                               crop_size={"height": 224, "width": 224}),
+            tokenizer=tokenizer)
+    else:
+        from transformers import (Qwen2TokenizerFast, Qwen2VLForConditionalGeneration,
+                                  Qwen2VLImageProcessor, Qwen2VLProcessor)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(args.weights,
+                                                                torch_dtype=torch.bfloat16)
+        tokenizer = Qwen2TokenizerFast(tokenizer_file=tok_file)
+        processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer)
+    model.eval()
+    out["load_s"] = time.perf_counter() - t0
+    out["rss_after_load_mb"] = status_mb("VmRSS")
+
+    def inputs():
+        if args.model == "git-base-coco":
+            pv = processor(images=image, return_tensors="pt").pixel_values.to(torch.bfloat16)
+            ids = torch.tensor([[tokenizer.cls_token_id]])
+            return {"pixel_values": pv, "input_ids": ids}
+        text = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+                f"{args.prompt}<|im_end|>\n<|im_start|>assistant\n")
+        enc = processor(text=[text], images=[image], return_tensors="pt")
+        enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
+        return dict(enc)
+
+    def vision(enc):
+        if args.model == "git-base-coco":
+            return model.git.image_encoder(enc["pixel_values"])
+        return model.get_image_features(enc["pixel_values"], enc["image_grid_thw"])
+
+    gen = {"do_sample": False, "num_beams": 1}
+    with torch.inference_mode():
+        enc = inputs()
+        out["prompt_tokens"] = int(enc["input_ids"].shape[1])
+        t = time.perf_counter()
+        vision(enc)
+        out["vision_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        enc = inputs()
+        model.generate(**enc, max_new_tokens=1, min_new_tokens=1, **gen)
+        out["ttft_s"] = time.perf_counter() - t
+        prefill_s = max(out["ttft_s"] - out["vision_s"], 1e-9)
+        out["image_prefill_tok_s"] = out["prompt_tokens"] / prefill_s
+
+        t = time.perf_counter()
+        enc = inputs()
+        res = model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, **gen)
+        total = time.perf_counter() - t
+        new = int(res.shape[1] - enc["input_ids"].shape[1])
+        out["new_tokens"] = new
+        out["decode_tok_s"] = (new - 1) / max(total - out["ttft_s"], 1e-9) if new > 1 else None
+
+        vocab = model.config.get_text_config().vocab_size
+        ids = torch.randint(1000, min(vocab, 30000), (1, args.prefill_tokens))
+        t = time.perf_counter()
+        model(input_ids=ids, use_cache=True)
+        out["prefill_tok_s"] = args.prefill_tokens / (time.perf_counter() - t)
+
+    out["peak_rss_mb"] = status_mb("VmHWM")
+    del model, enc, res
+    gc.collect()
+    out["rss_after_unload_mb"] = status_mb("VmRSS")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
