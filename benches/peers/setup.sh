@@ -185,7 +185,11 @@ build_llama() {
 
 py_venv() {
     fetch_sdist
-    local want="torch=$TORCH_VERSION transformers=$TRANSFORMERS_VERSION numpy=$NUMPY_VERSION safetensors=$SAFETENSORS_VERSION pillow=$PILLOW_VERSION gguf=$(grep -m1 '^version' "$LLAMA_SRC/gguf-py/pyproject.toml" | cut -d'"' -f2)"
+    # the gguf package at the version the sdist vendors (the converter itself imports the
+    # vendored gguf-py)
+    local gguf_version
+    gguf_version="$(grep -m1 '^version' "$LLAMA_SRC/gguf-py/pyproject.toml" | cut -d'"' -f2)"
+    local want="torch=$TORCH_VERSION transformers=$TRANSFORMERS_VERSION numpy=$NUMPY_VERSION safetensors=$SAFETENSORS_VERSION pillow=$PILLOW_VERSION gguf=$gguf_version"
     local stamp="$PY_VENV/SURVEIL_PEERS_STAMP"
     if [ -f "$stamp" ] && head -1 "$stamp" | grep -qxF "$want"; then
         log "python venv already there ($want)"
@@ -194,17 +198,27 @@ py_venv() {
         log "creating $PY_VENV ($want)"
         rm -rf "$PY_VENV"
         "$PYTHON" -m venv "$PY_VENV"
-        local pip=("${NICE[@]}" "$PY_VENV/bin/pip" install --quiet --only-binary :all:)
+        local wheels="$PEERS/downloads/wheels"
+        local others=("${TORCH_PURE_DEPS[@]}" "numpy==$NUMPY_VERSION"
+            "transformers==$TRANSFORMERS_VERSION" "safetensors==$SAFETENSORS_VERSION"
+            "pillow==$PILLOW_VERSION" "sentencepiece==$SENTENCEPIECE_VERSION"
+            "protobuf==$PROTOBUF_VERSION" "gguf==$gguf_version" pyyaml tqdm requests)
+        # every wheel is downloaded once into the cache, then installed from there alone, so
+        # that a rebuilt venv needs no network
+        if [ ! -f "$wheels/.complete" ] || ! head -1 "$wheels/.complete" | grep -qxF "$want"; then
+            step="download torch $TORCH_VERSION and the NVIDIA libraries it links (no triton)"
+            mkdir -p "$wheels"
+            local dl=("${NICE[@]}" "$PY_VENV/bin/pip" download --quiet --only-binary :all: -d "$wheels")
+            "${dl[@]}" --no-deps "torch==$TORCH_VERSION" "${TORCH_NVIDIA_LIBS[@]}"
+            step="download transformers $TRANSFORMERS_VERSION and the converter's requirements"
+            "${dl[@]}" "${others[@]}"
+            echo "$want" >"$wheels/.complete"
+        fi
+        local pip=("${NICE[@]}" "$PY_VENV/bin/pip" install --quiet --no-index --find-links "$wheels")
         step="install torch $TORCH_VERSION (CPU use, no triton) into $PY_VENV"
         "${pip[@]}" --no-deps "torch==$TORCH_VERSION" "${TORCH_NVIDIA_LIBS[@]}"
-        "${pip[@]}" "${TORCH_PURE_DEPS[@]}"
         step="install transformers $TRANSFORMERS_VERSION and the converter's requirements"
-        "${pip[@]}" "numpy==$NUMPY_VERSION" "transformers==$TRANSFORMERS_VERSION" \
-            "safetensors==$SAFETENSORS_VERSION" "pillow==$PILLOW_VERSION" \
-            "sentencepiece==$SENTENCEPIECE_VERSION" "protobuf==$PROTOBUF_VERSION"
-        step="install gguf from $LLAMA_SRC/gguf-py"
-        "${NICE[@]}" "$PY_VENV/bin/pip" install --quiet --no-deps "$LLAMA_SRC/gguf-py"
-        "${pip[@]}" pyyaml tqdm requests
+        "${pip[@]}" "${others[@]}"
         echo "$want" >"$stamp"
     fi
     step="check the python venv"
