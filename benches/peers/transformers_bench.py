@@ -12,8 +12,10 @@ which are the published checkpoints' settings for these models.
 Prints one JSON object on the last line of stdout, with seconds and tokens/s:
 load_s, vision_s (vision tower on one frame), ttft_s (preprocessing + vision + prefill + first
 token), decode_tok_s (greedy, EOS ignored, after the first token), prefill_tok_s (a 512-token
-text prompt, one forward pass), image_prefill_tok_s, prompt_tokens, new_tokens,
-peak_rss_mb (VmHWM), rss_after_load_mb, rss_after_unload_mb (after del + gc).
+text prompt, one forward pass), image_prefill_tok_s (prompt tokens, image tokens included, over
+TTFT minus the vision time), prompt_tokens, new_tokens,
+peak_rss_mb (VmHWM), rss_after_load_mb, rss_after_unload_mb (after del + gc). Every timed
+figure comes after one untimed warm-up generation.
 """
 
 from __future__ import annotations
@@ -92,18 +94,24 @@ def main() -> None:
 
     gen = {"do_sample": False, "num_beams": 1}
     with torch.inference_mode():
+        # one untimed generation first: the timed ones below are warm (surveil's --infer
+        # figures are its first inference after load, see docs/performance.md)
+        model.generate(**inputs(), max_new_tokens=2, min_new_tokens=2, **gen)
         enc = inputs()
-        out["prompt_tokens"] = int(enc["input_ids"].shape[1])
         t = time.perf_counter()
-        vision(enc)
+        feats = vision(enc)
         out["vision_s"] = time.perf_counter() - t
+        out["prompt_tokens"] = int(enc["input_ids"].shape[1])
+        if args.model == "git-base-coco":
+            # GIT puts the image tokens before the text inside the model
+            out["prompt_tokens"] += int(feats.last_hidden_state.shape[1])
 
         t = time.perf_counter()
         enc = inputs()
         model.generate(**enc, max_new_tokens=1, min_new_tokens=1, **gen)
         out["ttft_s"] = time.perf_counter() - t
-        prefill_s = max(out["ttft_s"] - out["vision_s"], 1e-9)
-        out["image_prefill_tok_s"] = out["prompt_tokens"] / prefill_s
+        prefill_s = out["ttft_s"] - out["vision_s"]
+        out["image_prefill_tok_s"] = out["prompt_tokens"] / prefill_s if prefill_s > 0 else None
 
         t = time.perf_counter()
         enc = inputs()
@@ -120,7 +128,7 @@ def main() -> None:
         out["prefill_tok_s"] = args.prefill_tokens / (time.perf_counter() - t)
 
     out["peak_rss_mb"] = status_mb("VmHWM")
-    del model, enc, res
+    del model, enc, res, feats
     gc.collect()
     out["rss_after_unload_mb"] = status_mb("VmRSS")
     print(json.dumps(out))
