@@ -59,7 +59,7 @@ def main() -> None:
     if args.model == "git-base-coco":
         from transformers import (BertTokenizerFast, CLIPImageProcessor, GitForCausalLM,
                                   GitProcessor)
-        model = GitForCausalLM.from_pretrained(args.weights, torch_dtype=torch.bfloat16)
+        model = GitForCausalLM.from_pretrained(args.weights, dtype=torch.bfloat16)
         tokenizer = BertTokenizerFast(tokenizer_file=tok_file)
         processor = GitProcessor(
             image_processor=CLIPImageProcessor(size={"shortest_edge": 224},
@@ -67,11 +67,14 @@ def main() -> None:
             tokenizer=tokenizer)
     else:
         from transformers import (Qwen2TokenizerFast, Qwen2VLForConditionalGeneration,
-                                  Qwen2VLImageProcessor, Qwen2VLProcessor)
+                                  Qwen2VLImageProcessor)
         model = Qwen2VLForConditionalGeneration.from_pretrained(args.weights,
-                                                                torch_dtype=torch.bfloat16)
+                                                                dtype=torch.bfloat16)
         tokenizer = Qwen2TokenizerFast(tokenizer_file=tok_file)
-        processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer)
+        # Qwen2VLProcessor would also want a video processor, which needs torchvision; the
+        # processor's work for one image is this image processor plus expanding <|image_pad|>
+        # to one token per merged patch
+        processor = Qwen2VLImageProcessor()
     model.eval()
     out["load_s"] = time.perf_counter() - t0
     out["rss_after_load_mb"] = status_mb("VmRSS")
@@ -81,11 +84,14 @@ def main() -> None:
             pv = processor(images=image, return_tensors="pt").pixel_values.to(torch.bfloat16)
             ids = torch.tensor([[tokenizer.cls_token_id]])
             return {"pixel_values": pv, "input_ids": ids}
-        text = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-                f"{args.prompt}<|im_end|>\n<|im_start|>assistant\n")
-        enc = processor(text=[text], images=[image], return_tensors="pt")
-        enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
-        return dict(enc)
+        img = processor(images=[image], return_tensors="pt")
+        n_image_tokens = int(img["image_grid_thw"].prod()) // processor.merge_size ** 2
+        text = ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n_image_tokens
+                + f"<|vision_end|>{args.prompt}<|im_end|>\n<|im_start|>assistant\n")
+        enc = tokenizer([text], return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "pixel_values": img["pixel_values"].to(torch.bfloat16),
+                "image_grid_thw": img["image_grid_thw"]}
 
     def vision(enc):
         if args.model == "git-base-coco":
