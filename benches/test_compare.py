@@ -35,6 +35,10 @@ class ParseMtmd(unittest.TestCase):
         self.assertAlmostEqual(f["decode_tok_s"], 20.0)
         self.assertAlmostEqual(f["ttft_s"], 2.345 + 5.0)
 
+    def test_batch_encoding_line(self):
+        log = "0.19.629 I encoding mtmd batch, n_chunks = 1\n2.11.498 I mtmd batch encoding done in 111868 ms\n"
+        self.assertAlmostEqual(compare.parse_mtmd(log)["vision_s"], 111.868)
+
     def test_missing_lines_give_no_figure(self):
         self.assertEqual(compare.parse_mtmd("nothing here"), {})
 
