@@ -31,9 +31,10 @@ class ParseMtmd(unittest.TestCase):
         f = compare.parse_mtmd(MTMD_LOG)
         self.assertAlmostEqual(f["vision_s"], 2.345)
         self.assertAlmostEqual(f["load_s"], 1.2345)
-        self.assertAlmostEqual(f["image_prefill_tok_s"], 128.0)
+        self.assertAlmostEqual(f["image_prefill_tok_s"], 640 / (5.0 - 2.345))
         self.assertAlmostEqual(f["decode_tok_s"], 20.0)
-        self.assertAlmostEqual(f["ttft_s"], 2.345 + 5.0)
+        self.assertAlmostEqual(f["ttft_s"], 5.0)
+        self.assertEqual(f["prompt_tokens"], 640)
 
     def test_batch_encoding_line(self):
         log = "0.19.629 I encoding mtmd batch, n_chunks = 1\n2.11.498 I mtmd batch encoding done in 111868 ms\n"
