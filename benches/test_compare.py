@@ -1,0 +1,112 @@
+"""Unit tests of benches/compare's parsing and bookkeeping (no model, no peers, no build):
+  python3 -m unittest discover -s benches -p 'test_*.py'
+"""
+
+import importlib.machinery
+import importlib.util
+import sys
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_loader = importlib.machinery.SourceFileLoader("compare", str(HERE / "compare"))
+_spec = importlib.util.spec_from_loader("compare", _loader)
+compare = importlib.util.module_from_spec(_spec)
+_loader.exec_module(compare)
+
+MTMD_LOG = """\
+encoding image slice...
+image slice encoded in 2345 ms
+decoding image batch 1/1, n_tokens_batch = 567
+image decoded (batch 1/1) in 4100 ms
+llama_perf_context_print:        load time =    1234.50 ms
+llama_perf_context_print: prompt eval time =    5000.00 ms /   640 tokens (    7.81 ms per token,   128.00 tokens per second)
+llama_perf_context_print:        eval time =    3150.00 ms /    63 runs   (   50.00 ms per token,    20.00 tokens per second)
+llama_perf_context_print:       total time =    9000.00 ms /   703 tokens
+"""
+
+
+class ParseMtmd(unittest.TestCase):
+    def test_figures(self):
+        f = compare.parse_mtmd(MTMD_LOG)
+        self.assertAlmostEqual(f["vision_s"], 2.345)
+        self.assertAlmostEqual(f["load_s"], 1.2345)
+        self.assertAlmostEqual(f["image_prefill_tok_s"], 640 / (5.0 - 2.345))
+        self.assertAlmostEqual(f["decode_tok_s"], 20.0)
+        self.assertAlmostEqual(f["ttft_s"], 5.0)
+        self.assertEqual(f["prompt_tokens"], 640)
+
+    def test_batch_encoding_line(self):
+        log = "0.19.629 I encoding mtmd batch, n_chunks = 1\n2.11.498 I mtmd batch encoding done in 111868 ms\n"
+        self.assertAlmostEqual(compare.parse_mtmd(log)["vision_s"], 111.868)
+
+    def test_missing_lines_give_no_figure(self):
+        self.assertEqual(compare.parse_mtmd("nothing here"), {})
+
+
+class Rounds(unittest.TestCase):
+    def run_(self, rnd, stack, contaminated, value=1.0):
+        return {"round": rnd, "model": "m", "stack": stack, "quant": "4bit",
+                "figures": {"decode_tok_s": value}, "contaminated": contaminated}
+
+    def test_contaminated_round_discarded_whole(self):
+        runs = [self.run_(0, "surveil", False, 1), self.run_(0, "llama.cpp", True, 2),
+                self.run_(1, "surveil", False, 3), self.run_(1, "llama.cpp", False, 4)]
+        clean, notes = compare.clean_runs(runs, 0.05)
+        self.assertEqual([r["round"] for r in clean], [1, 1])
+        self.assertEqual(len(notes), 1)
+
+    def test_all_contaminated_keeps_all_with_note(self):
+        runs = [self.run_(0, "surveil", True), self.run_(1, "surveil", True)]
+        clean, notes = compare.clean_runs(runs, 0.05)
+        self.assertEqual(len(clean), 2)
+        self.assertTrue(any("not fit to quote" in n for n in notes))
+
+    def test_failed_runs_are_not_figures(self):
+        runs = [{"round": 0, "model": "m", "stack": "surveil", "quant": "4bit", "error": "x"},
+                self.run_(0, "llama.cpp", False)]
+        clean, _ = compare.clean_runs(runs, 0.05)
+        self.assertEqual([r["stack"] for r in clean], ["llama.cpp"])
+
+    def test_median(self):
+        med = compare.median_figures([{"a": 1.0, "b": None}, {"a": 3.0}, {"a": 2.0, "b": 5}])
+        self.assertEqual(med, {"a": 2.0, "b": 5})
+
+
+class Measured(unittest.TestCase):
+    def test_own_cpu_is_not_counted_as_other(self):
+        r = compare.run_measured([sys.executable, "-c", "sum(range(3_000_000))"])
+        self.assertGreater(r["own_cpu_s"], 0.0)
+        self.assertGreaterEqual(r["other_cpu_s"], 0.0)
+        self.assertGreater(r["wall_s"], 0.0)
+
+    def test_failure_raises(self):
+        with self.assertRaises(compare.RunFailed):
+            compare.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+class TestImage(unittest.TestCase):
+    def test_same_pixels_as_surveil(self):
+        # crates/surveil-models/src/load/smoke.rs: test_image()
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            p = compare.write_test_image(Path(d))
+            data = p.read_bytes()
+        header = b"P6\n768 576\n255\n"
+        self.assertTrue(data.startswith(header))
+        px = data[len(header):]
+
+        def at(x, y):
+            i = (y * 768 + x) * 3
+            return tuple(px[i:i + 3])
+
+        self.assertEqual(len(px), 768 * 576 * 3)
+        self.assertEqual(at(5, 10), (120, 160, 205))
+        self.assertEqual(at(10, 300), (90 + (310 % 30),) * 3)
+        self.assertEqual(at(250, 300), (30, 30, 120))
+        self.assertEqual(at(510, 479), (140, 20, 20))
+        self.assertEqual(at(510, 480), (90 + (990 % 30),) * 3)
+
+
+if __name__ == "__main__":
+    unittest.main()
