@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints (warnings are errors; `unwrap`/`expect` are denied in
 # library code outside tests by a crate-level lint), the API docs (warnings are errors), the
-# examples (built, and the fast ones run), then every test of the workspace.
+# examples (built, and the fast ones run), the benchmark harness (its unit tests and `benches/compare
+# --quick`, surveil only), then every test of the workspace.
 #
 #   scripts/check.sh            everything
 #   scripts/check.sh -- FILTER  the tests matching FILTER only (after fmt, clippy, the docs and
@@ -67,6 +68,16 @@ if [ "$#" -eq 0 ]; then
   if have_assets tokenizers/bert-base-uncased/tokenizer.json; then
     RUST_LOG=warn "$examples/describe" --model git-base-coco --weights dummy --max-new-tokens 4 >"$tmp/describe.txt"
     grep -q '^after_unload ' "$tmp/describe.txt"
+  fi
+
+  step "benches: the comparison harness's unit tests and --quick (surveil only, git-base-coco)"
+  python3 -m unittest discover -s benches -p 'test_*.py'
+  if have_assets tokenizers/bert-base-uncased/tokenizer.json; then
+    cargo build -p surveil
+    python3 benches/compare --quick --no-peers --surveil "${CARGO_TARGET_DIR:-target}/debug/surveil" \
+      --workdir "$tmp/bench" --out "$tmp/bench.json" >"$tmp/bench.txt"
+    grep -q 'decode (tokens/s)' "$tmp/bench.txt"
+    python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$tmp/bench.json"
   fi
 
   step "example run_pipeline, 4 frames, git-base-coco with dummy weights (surveil-orchestrator)"
