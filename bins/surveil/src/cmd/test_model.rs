@@ -104,6 +104,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                     "model": model,
                     "profile": config.profile,
                     "ok": false,
+                    "stage": "load",
                     "error": format!("{err:#}"),
                     "memory": {
                         "before": snapshot_json(manager.memory().get("before_load")),
@@ -121,10 +122,38 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                 "the model vanished after loading"
             )));
         };
-        let outcome = surveil_models::load::smoke::describe_test_image(vlm, args.infer_tokens)
-            .context("running the test inference")?;
-        manager.record_memory("after_inference");
-        Some(outcome)
+        match surveil_models::load::smoke::describe_test_image(vlm, args.infer_tokens) {
+            Ok(outcome) => {
+                manager.record_memory("after_inference");
+                Some(outcome)
+            }
+            Err(e) => {
+                let err = anyhow::Error::new(e).context("running the test inference");
+                // Released before the report, so that the report shows the memory given back.
+                manager.unload();
+                if args.json {
+                    let memory = manager.memory();
+                    let out = json!({
+                        "model": summary.model,
+                        "profile": config.profile,
+                        "ok": false,
+                        "stage": "inference",
+                        "error": format!("{err:#}"),
+                        "device": summary.device,
+                        "weights": summary.weights,
+                        "load_seconds": summary.load_seconds,
+                        "memory": {
+                            "before": snapshot_json(memory.get("before_load")),
+                            "after_load": snapshot_json(memory.get("after_load")),
+                            "after_unload": snapshot_json(memory.get("after_unload")),
+                            "peak_rss_bytes": ProcessMemory::current().peak_rss_bytes,
+                        },
+                    });
+                    println!("{out}");
+                }
+                return Err(Failure::Runtime(err));
+            }
+        }
     } else {
         None
     };
