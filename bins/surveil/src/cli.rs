@@ -334,6 +334,10 @@ pub struct TestModelArgs {
     /// Token limit of the test inference.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub infer_tokens: usize,
+    /// Run the test inference this many times (the memory "after first inference" is taken
+    /// after the first; `--json` lists every run under `inference_runs`, later runs are warm).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub infer_runs: u64,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -519,3 +519,37 @@ fn a_failed_test_inference_still_reports_json_and_releases_the_model() {
         .expect("after_unload");
     assert!(after_unload < after_load, "{v}");
 }
+
+#[test]
+fn test_model_repeats_the_inference_and_lists_every_run() {
+    let out = surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--device",
+            "cpu",
+            "--infer",
+            "--infer-runs",
+            "2",
+            "--infer-tokens",
+            "3",
+            "--json",
+        ],
+        &[],
+    );
+    let v = json(&out);
+    let runs = v["inference_runs"].as_array().expect("inference_runs");
+    assert_eq!(runs.len(), 2, "{v}");
+    // `inference` stays the first (cold) run, as before the option existed.
+    assert_eq!(v["inference"], runs[0]);
+    for run in runs {
+        assert_eq!(run["new_tokens"], 3, "{run}");
+    }
+    // Greedy decoding of the same image: the same answer both times.
+    assert_eq!(runs[0]["text"], runs[1]["text"]);
+
+    let out = surveil(&["test-model", "--git-base", "--infer-runs", "0"], &[]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+}

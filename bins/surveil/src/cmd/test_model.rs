@@ -117,17 +117,30 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         }
     };
     let inference = if args.infer {
-        let Some(vlm) = manager.vlm() else {
-            return Err(Failure::Runtime(anyhow::anyhow!(
-                "the model vanished after loading"
-            )));
-        };
-        match surveil_models::load::smoke::describe_test_image(vlm, args.infer_tokens) {
-            Ok(outcome) => {
-                manager.record_memory("after_inference");
-                Some(outcome)
+        let mut runs = Vec::with_capacity(args.infer_runs as usize);
+        let mut failure = None;
+        for run in 0..args.infer_runs {
+            let Some(vlm) = manager.vlm() else {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "the model vanished after loading"
+                )));
+            };
+            match surveil_models::load::smoke::describe_test_image(vlm, args.infer_tokens) {
+                Ok(outcome) => {
+                    if run == 0 {
+                        manager.record_memory("after_inference");
+                    }
+                    runs.push(outcome);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
-            Err(e) => {
+        }
+        match failure {
+            None => Some(runs),
+            Some(e) => {
                 let err = anyhow::Error::new(e).context("running the test inference");
                 // Released before the report, so that the report shows the memory given back.
                 manager.unload();
@@ -184,7 +197,8 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             "after_unload": snapshot_json(memory.get("after_unload")),
             "peak_rss_bytes": peak,
         },
-        "inference": inference,
+        "inference": inference.as_ref().and_then(|runs| runs.first()),
+        "inference_runs": inference,
         "ok": true,
     });
     if args.json {
@@ -222,9 +236,14 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             summary.report.fallback_tensors.join(", ")
         );
     }
-    if let Some(i) = &inference {
+    for (n, i) in inference.iter().flatten().enumerate() {
+        let label = if n == 0 {
+            "test inference".to_string()
+        } else {
+            format!("run {}", n + 1)
+        };
         println!(
-            "  test inference: {} tokens in {:.2} s (first token after {:.2} s, {:.1} tokens/s, stop: {:?}): {:?}",
+            "  {label}: {} tokens in {:.2} s (first token after {:.2} s, {:.1} tokens/s, stop: {:?}): {:?}",
             i.new_tokens,
             i.seconds,
             i.time_to_first_token_s,
