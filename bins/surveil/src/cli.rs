@@ -338,6 +338,10 @@ pub struct TestModelArgs {
     /// after the first; `--json` lists every run under `inference_runs`, later runs are warm).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub infer_runs: u64,
+    /// Benchmarks: never stop at an end-of-sequence token, so every run decodes exactly
+    /// `--infer-tokens` tokens (as `llama-bench -n N` does).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

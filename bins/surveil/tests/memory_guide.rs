@@ -535,6 +535,7 @@ fn test_model_repeats_the_inference_and_lists_every_run() {
             "2",
             "--infer-tokens",
             "3",
+            "--ignore-eos",
             "--json",
         ],
         &[],
@@ -546,6 +547,7 @@ fn test_model_repeats_the_inference_and_lists_every_run() {
     assert_eq!(v["inference"], runs[0]);
     for run in runs {
         assert_eq!(run["new_tokens"], 3, "{run}");
+        assert_eq!(run["stop_reason"], "max_new_tokens", "{run}");
     }
     // Greedy decoding of the same image: the same answer both times.
     assert_eq!(runs[0]["text"], runs[1]["text"]);

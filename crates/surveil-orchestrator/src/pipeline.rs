@@ -281,6 +281,7 @@ pub fn analyst_config(config: &SystemConfig, progress: Option<ProgressFn>) -> An
             max_new_tokens: config.vlm.max_new_tokens,
             sampling: Sampling::from_params(config.vlm.temperature, config.vlm.top_p),
             seed: config.vlm.seed.unwrap_or(0),
+            ignore_stop_tokens: false,
         },
         timeout: Duration::from_secs_f64(config.orchestration.vlm_timeout_seconds),
         constrained: true,

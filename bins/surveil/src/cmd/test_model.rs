@@ -125,7 +125,11 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                     "the model vanished after loading"
                 )));
             };
-            match surveil_models::load::smoke::describe_test_image(vlm, args.infer_tokens) {
+            let params = surveil_models::GenerationParams {
+                ignore_stop_tokens: args.ignore_eos,
+                ..surveil_models::GenerationParams::greedy(args.infer_tokens)
+            };
+            match surveil_models::load::smoke::describe_test_image_with(vlm, &params) {
                 Ok(outcome) => {
                     if run == 0 {
                         manager.record_memory("after_inference");

@@ -151,6 +151,7 @@ pub fn argmax(values: &[f32]) -> u32 {
 ///     max_new_tokens: 128,
 ///     sampling: Sampling::from_params(0.7, 0.9),
 ///     seed: 42,
+///     ignore_stop_tokens: false,
 /// };
 /// assert_eq!(
 ///     sampled.sampling,
@@ -166,6 +167,9 @@ pub struct GenerationParams {
     pub sampling: Sampling,
     /// Seed of the sampler (ignored for greedy).
     pub seed: u64,
+    /// Benchmarks only: the stop tokens are masked, so decoding runs to `max_new_tokens` (or a
+    /// full context), as `llama-bench -n N` does. Off for answers.
+    pub ignore_stop_tokens: bool,
 }
 
 impl GenerationParams {
@@ -175,6 +179,7 @@ impl GenerationParams {
             max_new_tokens,
             sampling: Sampling::Greedy,
             seed: 0,
+            ignore_stop_tokens: false,
         }
     }
 }
@@ -322,6 +327,13 @@ pub fn generate(
         let mut sampler = TokenSampler::new(params.sampling, params.seed);
         loop {
             hooks.mask_logits(&mut logits)?;
+            if params.ignore_stop_tokens {
+                for &t in stop_tokens {
+                    if let Some(l) = logits.get_mut(t as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             if !logits.iter().any(|l| l.is_finite()) {
                 return Err(ModelError::InvalidInput(
                     "no token is allowed: every logit is masked or not finite".into(),
@@ -534,6 +546,29 @@ mod loop_tests {
             hooks,
             Instant::now(),
         )
+    }
+
+    #[test]
+    fn ignoring_stop_tokens_decodes_exactly_max_new_tokens() {
+        // Token 3 is the stop token and the argmax of the third step: masked, the runner-up
+        // (4) is chosen and decoding goes on to the limit.
+        let mut s = Scripted::new(&[0, 1, 3, 2, 0], 100);
+        let tok = letters();
+        let params = GenerationParams {
+            ignore_stop_tokens: true,
+            ..GenerationParams::greedy(5)
+        };
+        let out = generate(
+            &mut s,
+            Some(&tok),
+            &params,
+            &[3],
+            &mut NoHooks,
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(out.tokens, vec![0, 1, 4, 2, 0]);
+        assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
     }
 
     #[test]

@@ -73,17 +73,19 @@ pub fn test_image() -> RgbImage {
 /// Ask `vlm` about [`test_image`] ([`TEST_PROMPT`]) in at most `max_new_tokens` tokens,
 /// greedily.
 pub fn describe_test_image(vlm: &dyn Vlm, max_new_tokens: usize) -> Result<SmokeOutcome> {
+    describe_test_image_with(vlm, &GenerationParams::greedy(max_new_tokens))
+}
+
+/// [`describe_test_image`] with any generation parameters (benchmarks set
+/// [`GenerationParams::ignore_stop_tokens`] to decode a fixed number of tokens).
+pub fn describe_test_image_with(vlm: &dyn Vlm, params: &GenerationParams) -> Result<SmokeOutcome> {
     let image = test_image();
     let request = VlmRequest {
         images: std::slice::from_ref(&image),
         system: None,
         prompt: TEST_PROMPT,
     };
-    let out = vlm.analyse(
-        &request,
-        &GenerationParams::greedy(max_new_tokens),
-        &mut NoHooks,
-    )?;
+    let out = vlm.analyse(&request, params, &mut NoHooks)?;
     Ok(SmokeOutcome {
         model: vlm.model_id().to_string(),
         text: out.text,

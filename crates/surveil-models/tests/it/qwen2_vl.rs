@@ -601,6 +601,7 @@ fn qwen2_vl_stop_tokens_and_streaming() {
         max_new_tokens: 6,
         sampling: surveil_models::generation::Sampling::from_params(0.8, 0.9),
         seed: 7,
+        ignore_stop_tokens: false,
     };
     let a = model
         .generate(input, &params, &[], None, &mut NoHooks)

@@ -181,6 +181,7 @@ impl GitCaptioner {
                 max_new_tokens: self.settings.max_new_tokens,
                 sampling: self.settings.sampling,
                 seed: self.settings.seed,
+                ignore_stop_tokens: false,
             };
             let mut session = self.model.session(pixel_values, &[cfg.bos_token_id])?;
             let out = crate::generation::generate(
