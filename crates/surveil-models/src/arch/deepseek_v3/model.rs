@@ -93,9 +93,7 @@ impl DeepseekV3Model {
             w.matmul_weight(&[vocab, hidden], "lm_head.weight")?
         };
         let d = cfg.qk_rope_head_dim;
-        let inv_freq = (0..d / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
-            .collect();
+        let inv_freq = crate::layers::kernels::rope_inv_freq(d, cfg.rope_theta);
         Ok(Self {
             cfg: cfg.clone(),
             embed,

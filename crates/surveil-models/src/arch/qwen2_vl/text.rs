@@ -204,9 +204,7 @@ impl TextModel {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(&m.pp("norm"), hidden, cfg.rms_norm_eps)?;
         let d = cfg.head_dim();
-        let inv_freq = (0..d / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
-            .collect();
+        let inv_freq = crate::layers::kernels::rope_inv_freq(d, cfg.rope_theta);
         Ok(Self {
             cfg: cfg.clone(),
             embed,

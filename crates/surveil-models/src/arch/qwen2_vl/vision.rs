@@ -154,9 +154,7 @@ impl VisionTower {
         let merger = PatchMerger::load(cfg, &w.pp("merger"))?;
         // VisionRotaryEmbedding(dim = head_dim / 2): dim/2 frequencies per axis.
         let dim = cfg.head_dim() / 2;
-        let inv_freq = (0..dim / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / dim as f64)) as f32)
-            .collect();
+        let inv_freq = crate::layers::kernels::rope_inv_freq(dim, cfg.rope_theta);
         Ok(Self {
             cfg: cfg.clone(),
             patch_embed,

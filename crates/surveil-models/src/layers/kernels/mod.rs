@@ -5,6 +5,14 @@ mod attention;
 
 pub(crate) use attention::{packed_rope_attention, quick_gelu, scaled_softmax, RopeLayout};
 
+/// RoPE inverse frequencies `θ^(-2i/dim)` for `i` in `0..dim/2` (RoFormer, Su et al. 2021; the
+/// `inv_freq` of the reference rotary embeddings), f32. `dim` is the rotated width.
+pub(crate) fn rope_inv_freq(dim: usize, theta: f64) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / dim as f64)) as f32)
+        .collect()
+}
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 
 /// Below this many elements a kernel runs on the calling thread only.
