@@ -2,40 +2,8 @@
 
 use std::process::{Command, Output};
 
-fn surveil(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_surveil"));
-    cmd.args(args);
-    // A clean environment for the config variables, whatever the caller's shell has.
-    for var in [
-        "ENV",
-        "VLM_MODEL",
-        "VLM_DEVICE",
-        "LOAD_IN_4BIT",
-        "VLM_4BIT",
-        "ENABLE_FALLBACK",
-        "DISABLE_MONITORING",
-        "MAX_CONCURRENT_TOOLS",
-        "ORCHESTRATION_MODE",
-        "LOG_LEVEL",
-        "DEBUG",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run surveil")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}, stderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
+mod common;
+use common::{in_ci, json, shown, surveil};
 
 #[test]
 fn config_show_profile_json() {
@@ -72,21 +40,6 @@ fn set_flag_beats_environment() {
     ));
     assert_eq!(v["vlm"]["device"], "cpu");
     assert_eq!(v["_origins"]["vlm.device"], "flag --set vlm.device");
-}
-
-/// `(value, origin)` of `key` in the text of `surveil config show`, whose lines read
-/// `  paths.assets   /data/assets   # env SURVEIL_ASSETS`.
-fn shown(text: &str, key: &str) -> (String, String) {
-    text.lines()
-        .find_map(|line| {
-            let (left, origin) = line.split_once('#')?;
-            let mut words = left.split_whitespace();
-            (words.next() == Some(key)).then(|| {
-                let value: Vec<&str> = words.collect();
-                (value.join(" "), origin.trim().to_string())
-            })
-        })
-        .unwrap_or_else(|| panic!("no line for {key} in:\n{text}"))
 }
 
 /// The path variables set to empty text (which counts as unset) and `HOME` set to `home`, so
@@ -329,14 +282,6 @@ fn help_has_examples() {
     }
 }
 
-/// Whether this is a CI run: `CI` set to a non-empty value other than `false` or `0`. Under CI
-/// a missing asset fails the test that needs it instead of skipping it.
-fn under_ci() -> bool {
-    let ci = std::env::var("CI").unwrap_or_default();
-    let ci = ci.trim();
-    !(ci.is_empty() || ci == "0" || ci.eq_ignore_ascii_case("false"))
-}
-
 /// The asset files the CLI tests run on: the sample clip and the detector.
 const CLI_ASSETS: [&str; 4] = [
     "video/vtest.avi",
@@ -350,7 +295,7 @@ const CLI_ASSETS: [&str; 4] = [
 /// and skip.
 fn assets() -> std::path::PathBuf {
     let dir = surveil_config::paths::assets_dir();
-    if under_ci() {
+    if in_ci() {
         for rel in CLI_ASSETS {
             assert!(
                 dir.join(rel).is_file(),

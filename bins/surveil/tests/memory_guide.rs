@@ -3,76 +3,9 @@
 //! test runs the real binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-/// Variables that change the configuration or the model search; removed from every run so the
-/// caller's shell cannot leak into a test.
-const CONFIG_VARS: &[&str] = &[
-    "ENV",
-    "VLM_MODEL",
-    "VLM_DEVICE",
-    "LOAD_IN_4BIT",
-    "VLM_4BIT",
-    "ENABLE_FALLBACK",
-    "DISABLE_MONITORING",
-    "MAX_CONCURRENT_TOOLS",
-    "ORCHESTRATION_MODE",
-    "LOG_LEVEL",
-    "DEBUG",
-    "SURVEIL_PROFILES_DIR",
-];
-
-fn surveil(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_surveil"));
-    cmd.args(args);
-    for var in CONFIG_VARS {
-        cmd.env_remove(var);
-    }
-    // Generic `SURVEIL_<SECTION>__<FIELD>` variables of the caller's shell too.
-    for (var, _) in std::env::vars() {
-        if var.starts_with("SURVEIL_") && var.contains("__") {
-            cmd.env_remove(var);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run surveil")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok_stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}, stderr: {}",
-        out.status.code(),
-        stderr(out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_str(&ok_stdout(out)).expect("stdout is JSON")
-}
-
-/// `(value, origin)` of `key` in the text of `surveil config show`, whose lines read
-/// `  vlm.primary_model   git-base-coco   # env VLM_MODEL`.
-fn shown(text: &str, key: &str) -> (String, String) {
-    for line in text.lines() {
-        let Some((left, origin)) = line.split_once('#') else {
-            continue;
-        };
-        let mut words = left.split_whitespace();
-        if words.next() == Some(key) {
-            let value: Vec<&str> = words.collect();
-            return (value.join(" "), origin.trim().to_string());
-        }
-    }
-    panic!("no line for {key} in:\n{text}");
-}
+mod common;
+use common::{in_ci, json, ok_stdout, shown, stderr, surveil};
 
 /// The config shown for `env`, as text and as JSON.
 fn config_show(env: &[(&str, &str)]) -> (String, serde_json::Value) {
@@ -341,11 +274,6 @@ fn models_list_shows_id_and_repo_id() {
             "row of {id} lacks {repo}: {line}"
         );
     }
-}
-
-/// Whether `CI` asks for hard failures instead of skips (set, non-empty, not false/0).
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// The sample clip, if it and the detector are installed; `None` after printing SKIP outside CI.
