@@ -839,12 +839,11 @@ fn assert_all_reaped(pids: &[u32]) {
     }
 }
 
-#[test]
-fn stop_reaches_a_live_source_in_its_reconnect_backoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let clip = tiny_ts(dir.path(), 5);
-    // The first connection gets the clip; every later one is closed at once: the stream
-    // "drops" and the source waits in its backoff (a minute) before the next attempt.
+/// A camera that sends a clip of `frames` frames to its first connection and closes every later
+/// one at once (the stream "drops"), and ffmpeg options (recording the children's pids) whose
+/// reconnect backoff is a minute, so a source sits in it.
+fn dropping_camera(dir: &Path, frames: u32) -> (TestServer, FfmpegOptions, PathBuf) {
+    let clip = tiny_ts(dir, frames);
     let server = TestServer::start(move |n, _| {
         if n == 1 {
             Reply::SendAndClose(http_ok(&clip))
@@ -852,7 +851,7 @@ fn stop_reaches_a_live_source_in_its_reconnect_backoff() {
             Reply::Close
         }
     });
-    let (ffmpeg, pids) = recording_ffmpeg(dir.path());
+    let (ffmpeg, pids) = recording_ffmpeg(dir);
     let opts = FfmpegOptions {
         ffmpeg_path: ffmpeg,
         reconnect: ReconnectPolicy {
@@ -862,6 +861,13 @@ fn stop_reaches_a_live_source_in_its_reconnect_backoff() {
         },
         ..FfmpegOptions::default()
     };
+    (server, opts, pids)
+}
+
+#[test]
+fn stop_reaches_a_live_source_in_its_reconnect_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, opts, pids) = dropping_camera(dir.path(), 5);
     let url = format!("http://127.0.0.1:{}/cam.ts", server.port);
     let src = FfmpegSource::open(&url, &opts).unwrap();
     let q = FrameQueue::spawn(Box::new(src), 2, QueuePolicy::Block).unwrap();
@@ -1050,24 +1056,7 @@ fn a_stop_signal_ends_a_source_behind_a_queue() {
     // The way a signal handler stops a run: one StopSignal, stopped from another thread,
     // while the consumer waits in `recv` and the source waits to reconnect.
     let dir = tempfile::tempdir().unwrap();
-    let clip = tiny_ts(dir.path(), 3);
-    let server = TestServer::start(move |n, _| {
-        if n == 1 {
-            Reply::SendAndClose(http_ok(&clip))
-        } else {
-            Reply::Close
-        }
-    });
-    let (ffmpeg, pids) = recording_ffmpeg(dir.path());
-    let opts = FfmpegOptions {
-        ffmpeg_path: ffmpeg,
-        reconnect: ReconnectPolicy {
-            initial_ms: 60_000,
-            max_ms: 60_000,
-            max_attempts: None,
-        },
-        ..FfmpegOptions::default()
-    };
+    let (server, opts, pids) = dropping_camera(dir.path(), 3);
     let stop = StopSignal::new();
     let url = format!("http://127.0.0.1:{}/cam.ts", server.port);
     let src = open_source_with_stop(&url, &opts, &stop).unwrap();
