@@ -5,8 +5,36 @@
 // `unwrap`/`expect` only in tests: code outside them reports failures as errors.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+/// `println!` for a command's report: a closed stdout (`surveil config show | head -3`) ends
+/// the process quietly with status 0, as other Unix tools do, instead of panicking; any other
+/// write error ends it with status 1 and a message. Commands that must finish work after
+/// printing (`surveil run`) handle their own writes.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_report_line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 mod cmd;
+
+/// The body of [`outln!`].
+pub(crate) fn write_report_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 use std::process::ExitCode;
 

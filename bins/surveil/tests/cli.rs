@@ -901,3 +901,22 @@ fn run_missing_source_fails_fast_and_leaves_nothing() {
     );
     assert!(!out_dir.exists());
 }
+
+#[test]
+fn reports_to_a_closed_stdout_end_quietly_with_exit_0() {
+    use std::process::Stdio;
+    for args in [&["config", "show"][..], &["doctor"], &["models", "list"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_surveil"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command has written anything, as `| head -0` would.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

@@ -45,15 +45,16 @@ pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
         if let Some(obj) = json.as_object_mut() {
             obj.insert("_origins".into(), serde_json::Value::Object(origins));
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json).context("formatting JSON")?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "profile: {} ({})",
-        loaded.config.profile, loaded.profile_origin
+        loaded.config.profile,
+        loaded.profile_origin
     );
     let entries = loaded.entries();
     let width = entries.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
@@ -61,7 +62,7 @@ pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
     for (key, value, origin) in &entries {
         let (sec, _) = key.split_once('.').unwrap_or((key, ""));
         if sec != section {
-            println!("\n[{sec}]");
+            outln!("\n[{sec}]");
             section = sec;
         }
         let shown = match value {
@@ -69,7 +70,7 @@ pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
             serde_json::Value::Null => "(none)".into(),
             other => other.to_string(),
         };
-        println!("  {key:<width$}  {shown:<28}  # {origin}");
+        outln!("  {key:<width$}  {shown:<28}  # {origin}");
     }
     Ok(())
 }

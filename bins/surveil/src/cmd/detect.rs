@@ -159,12 +159,12 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
     };
     commit_all(files)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&summary).context("formatting JSON")?
         );
     } else {
-        println!(
+        outln!(
             "{}: {} frames analysed ({} dropped) in {:.1} s, {:.1} frames/s",
             summary.source,
             summary.frames_analysed,
@@ -172,7 +172,7 @@ pub fn run(cli: &Cli, args: &DetectArgs) -> Result<(), Failure> {
             summary.wall_time.as_secs_f64(),
             summary.analysed_fps
         );
-        println!(
+        outln!(
             "{} tracks, mean length {:.1} frames (longest {}); {} lines written to {}{}",
             summary.tracks,
             summary.mean_track_length,

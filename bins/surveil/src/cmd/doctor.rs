@@ -246,15 +246,15 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> Result<(), Failure> {
     let loaded = crate::cmd::config::load(cli, &args.config, &[])?;
     let r = gather(&loaded);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&r).context("formatting JSON")?
         );
         return Ok(());
     }
-    println!("surveil {}", r.surveil_version);
-    println!("os:       {} ({})", r.os, r.arch);
-    println!(
+    outln!("surveil {}", r.surveil_version);
+    outln!("os:       {} ({})", r.os, r.arch);
+    outln!(
         "cpu:      {} — {} logical cores, features: {}",
         r.cpu.model.as_deref().unwrap_or("unknown model"),
         r.cpu.logical_cores,
@@ -265,7 +265,7 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> Result<(), Failure> {
         }
     );
     match &r.memory.error {
-        None => println!(
+        None => outln!(
             "memory:   {} total, {} available{}",
             gib(r.memory.total_bytes),
             gib(r.memory.available_bytes),
@@ -274,26 +274,26 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> Result<(), Failure> {
                 .map(|l| format!(" (cgroup limit {})", gib(Some(l))))
                 .unwrap_or_default()
         ),
-        Some(e) => println!("memory:   unknown ({e})"),
+        Some(e) => outln!("memory:   unknown ({e})"),
     }
     if r.cuda.available {
-        println!("cuda:     available, {} device(s)", r.cuda.devices.len());
+        outln!("cuda:     available, {} device(s)", r.cuda.devices.len());
         for d in &r.cuda.devices {
-            println!("          {d}");
+            outln!("          {d}");
         }
     } else {
-        println!(
+        outln!(
             "cuda:     unavailable — {}",
             r.cuda.reason.as_deref().unwrap_or("no reason given")
         );
     }
-    println!(
+    outln!(
         "ffmpeg:   {}",
         r.ffmpeg.as_deref().unwrap_or(
             "not found on PATH (install it: scripts/setup.sh or apt-get install ffmpeg)"
         )
     );
-    println!(
+    outln!(
         "hf cache: {} ({}){}",
         r.hf_cache.path,
         r.hf_cache.origin,
@@ -304,18 +304,18 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> Result<(), Failure> {
         }
     );
     for m in &r.hf_cache.models {
-        println!(
+        outln!(
             "          {:<28} {}",
             m.id,
             m.snapshot.as_deref().unwrap_or("missing")
         );
     }
     if let Some(d) = &r.model_dir {
-        println!("models:   {} ({})", d.path, d.origin);
+        outln!("models:   {} ({})", d.path, d.origin);
     }
-    println!("assets:   {} ({})", r.assets.path, r.assets.origin);
+    outln!("assets:   {} ({})", r.assets.path, r.assets.origin);
     for f in &r.assets.files {
-        println!(
+        outln!(
             "          {:<45} {}",
             f.path,
             if f.present {

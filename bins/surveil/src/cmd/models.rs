@@ -52,7 +52,7 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
         }));
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"hf_cache": hub.display().to_string(), "models": rows})
@@ -61,10 +61,19 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    println!("Hugging Face cache: {}", hub.display());
-    println!(
+    outln!("Hugging Face cache: {}", hub.display());
+    outln!(
         "{:<27} {:<37} {:<9} {:>8}  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "id", "hugging face repo", "arch", "params", "cache", "q4k", "q4_0", "q8_0", "bf16", "f32"
+        "id",
+        "hugging face repo",
+        "arch",
+        "params",
+        "cache",
+        "q4k",
+        "q4_0",
+        "q8_0",
+        "bf16",
+        "f32"
     );
     for r in &rows {
         let size = |q: &str| {
@@ -73,7 +82,7 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
                 .map(|b| format!("{:.2} GB", b as f64 / 1e9))
                 .unwrap_or_else(|| "-".into())
         };
-        println!(
+        outln!(
             "{:<27} {:<37} {:<9} {:>7.2}B  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             r["id"].as_str().unwrap_or_default(),
             r["hf_repo"].as_str().unwrap_or_default(),
@@ -91,8 +100,8 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
             size("f32"),
         );
     }
-    println!("\nSizes are what the loader makes resident (weights only), from the architecture's tensor layout;");
-    println!("`-` marks architectures this build does not implement.");
+    outln!("\nSizes are what the loader makes resident (weights only), from the architecture's tensor layout;");
+    outln!("`-` marks architectures this build does not implement.");
     Ok(())
 }
 
@@ -165,19 +174,19 @@ pub fn synth(args: &ModelsSynthArgs) -> Result<(), Failure> {
         b.finish_and_clear();
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&report).context("formatting JSON")?
         );
     } else {
-        println!(
+        outln!(
             "wrote {} tensors ({:.1} M parameters, {:.2} GB) to {}",
             report.tensors,
             report.parameters as f64 / 1e6,
             report.file_bytes as f64 / 1e9,
             report.dir.display()
         );
-        println!(
+        outln!(
             "load it with: surveil test-model --model {} --weights {}",
             spec.id,
             report.dir.display()

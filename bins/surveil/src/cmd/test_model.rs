@@ -29,15 +29,15 @@ fn snapshot_json(s: Option<&MemorySnapshot>) -> serde_json::Value {
 }
 
 fn print_block(title: &str, s: Option<&MemorySnapshot>) {
-    println!("{title}:");
+    outln!("{title}:");
     match s {
         Some(s) => {
-            println!("  RSS: {}", mb(s.rss_bytes()));
-            println!("  VMS: {}", mb(s.vms_bytes()));
-            println!("  GPU Allocated: {}", mb(s.gpu_allocated_bytes()));
-            println!("  GPU Reserved: {}", mb(s.gpu_reserved_bytes()));
+            outln!("  RSS: {}", mb(s.rss_bytes()));
+            outln!("  VMS: {}", mb(s.vms_bytes()));
+            outln!("  GPU Allocated: {}", mb(s.gpu_allocated_bytes()));
+            outln!("  GPU Reserved: {}", mb(s.gpu_reserved_bytes()));
         }
-        None => println!("  (not taken)"),
+        None => outln!("  (not taken)"),
     }
 }
 
@@ -111,7 +111,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                         "peak_rss_bytes": ProcessMemory::current().peak_rss_bytes,
                     },
                 });
-                println!("{out}");
+                outln!("{out}");
             }
             return Err(Failure::Runtime(err));
         }
@@ -166,7 +166,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                             "peak_rss_bytes": ProcessMemory::current().peak_rss_bytes,
                         },
                     });
-                    println!("{out}");
+                    outln!("{out}");
                 }
                 return Err(Failure::Runtime(err));
             }
@@ -206,19 +206,23 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         "ok": true,
     });
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&out).context("formatting JSON")?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{} ({}) loaded on {} from {} in {:.2} s",
-        summary.model, summary.architecture, summary.device, summary.weights, summary.load_seconds
+        summary.model,
+        summary.architecture,
+        summary.device,
+        summary.weights,
+        summary.load_seconds
     );
-    println!("  device choice: {}", summary.device_reason);
-    println!("  policy: {}", summary.policy.describe());
-    println!(
+    outln!("  device choice: {}", summary.device_reason);
+    outln!("  policy: {}", summary.policy.describe());
+    outln!(
         "  parameters: {:.1} M, resident {} (estimate {})",
         summary.report.parameters as f64 / 1e6,
         mb(Some(summary.report.total_bytes())),
@@ -231,10 +235,10 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             .get(dtype)
             .copied()
             .unwrap_or(0);
-        println!("    {dtype:<5} {:>12}  ({n} tensors)", mb(Some(*bytes)));
+        outln!("    {dtype:<5} {:>12}  ({n} tensors)", mb(Some(*bytes)));
     }
     if !summary.report.fallback_tensors.is_empty() {
-        println!(
+        outln!(
             "  {} linear weights kept in float (rows do not divide into blocks): {}",
             summary.report.fallback_tensors.len(),
             summary.report.fallback_tensors.join(", ")
@@ -246,7 +250,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         } else {
             format!("run {}", n + 1)
         };
-        println!(
+        outln!(
             "  {label}: {} tokens in {:.2} s (first token after {:.2} s, {:.1} tokens/s, stop: {:?}): {:?}",
             i.new_tokens,
             i.seconds,
@@ -256,7 +260,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             i.text
         );
         if let Some(r) = &i.reasoning {
-            println!("  reasoning: {r:?}");
+            outln!("  reasoning: {r:?}");
         }
     }
     if args.memory_stats {
@@ -269,7 +273,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             );
         }
         print_block("Memory after unload", memory.get("after_unload"));
-        println!("Peak RSS: {}", mb(peak));
+        outln!("Peak RSS: {}", mb(peak));
     }
     Ok(())
 }
