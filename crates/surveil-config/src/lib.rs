@@ -91,9 +91,9 @@ pub use profiles::{ProfileOrigin, ProfileSet, BUILTIN_PROFILES, DEFAULT_PROFILE}
 pub use reference::reference_markdown;
 pub use schema::{
     canonical_model_id, within_unit_interval, Choice, ClockTime, DecisionConfig, DetectionConfig,
-    Detector, Device, KnownModel, LogLevel, MonitoringConfig, OpeningHours, OrchestrationConfig,
-    OrchestrationMode, OutputConfig, RawConfig, RawDetectionConfig, RawVlmConfig, RuleBreach,
-    SystemConfig, ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec, ZoneConfig, ZoneCoordinates,
-    DETECTION_CLASSES, KNOWN_MODELS, KNOWN_MODEL_IDS,
+    Detector, Device, KnownModel, LogLevel, MonitoringConfig, MqttConfig, OpeningHours,
+    OrchestrationConfig, OrchestrationMode, OutputConfig, RawConfig, RawDetectionConfig,
+    RawVlmConfig, RuleBreach, SystemConfig, ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec,
+    ZoneConfig, ZoneCoordinates, DETECTION_CLASSES, KNOWN_MODELS, KNOWN_MODEL_IDS,
 };
 pub use storage::StorageDtype;
