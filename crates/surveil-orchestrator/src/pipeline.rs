@@ -100,6 +100,8 @@ pub struct RunProgress {
     pub analyses: u64,
     /// Seconds since the first frame.
     pub elapsed_s: f64,
+    /// Frames waiting in the decode queue after this frame was taken.
+    pub queue_depth: u32,
 }
 
 /// Receives what a run does as it goes (progress bars, logs). Every method has a no-op default.
@@ -206,6 +208,10 @@ pub struct RunSummary {
     pub metrics: MetricsSummary,
     /// Memory of the model's load cycle.
     pub memory: MemorySummary,
+    /// Sections added by the caller's sinks ([`EventSink::summary_section`]), at the top level
+    /// of `summary.json` (`mqtt` for the MQTT sink); absent when none adds one.
+    #[serde(flatten)]
+    pub sinks: BTreeMap<String, serde_json::Value>,
 }
 
 /// The caller's context of an analysis job: what the analysis event needs.
@@ -375,6 +381,20 @@ fn finish_extra(extra: &mut [&mut dyn EventSink]) -> Result<()> {
         }
     }
     first
+}
+
+/// `summary` with the sections of the caller's sinks ([`EventSink::summary_section`]); a name
+/// the summary already has is skipped with a warning.
+fn with_sink_sections(mut summary: RunSummary, extra: &[&mut dyn EventSink]) -> RunSummary {
+    let own = serde_json::to_value(&summary).unwrap_or_default();
+    for (name, value) in extra.iter().filter_map(|s| s.summary_section()) {
+        if own.get(&name).is_some() || summary.sinks.contains_key(&name) {
+            tracing::warn!(section = %name, "a sink's summary section clashes with another; skipped");
+            continue;
+        }
+        summary.sinks.insert(name, value);
+    }
+    summary
 }
 
 #[derive(Default)]
@@ -808,6 +828,7 @@ pub fn run_with_sinks(
             alerts: sinks.counters.alerts,
             analyses: sinks.counters.analyses,
             elapsed_s: elapsed.as_secs_f64(),
+            queue_depth: stream.buffered() as u32,
         });
     }
     let loop_time = loop_start.elapsed();
@@ -883,7 +904,9 @@ pub fn run_with_sinks(
             snapshots: Some(memory_report),
             peak_rss_bytes: peak,
         },
+        sinks: BTreeMap::new(),
     };
+    let summary = with_sink_sections(summary, sinks.extra);
     write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
     match run_error {
         Some(e) => Err(e),
@@ -1001,7 +1024,9 @@ fn finish_before_start(
             snapshots: None,
             peak_rss_bytes: surveil_memory::ProcessMemory::current().peak_rss_bytes,
         },
+        sinks: BTreeMap::new(),
     };
+    let summary = with_sink_sections(summary, sinks);
     write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
     finished.map(|()| summary)
 }
