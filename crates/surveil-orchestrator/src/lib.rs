@@ -11,6 +11,9 @@
 //!   [`RunSummary`]; [`run_with_sinks`] also hands every [`Event`] to your [`EventSink`]s (any
 //!   `FnMut(&Event) -> Result<()> + Send` closure is one). A [`RunObserver`] sees the model
 //!   load, the source open and every frame's [`RunProgress`].
+//! - [`MqttPublisher`] ([`mqtt`]): an [`EventSink`] that publishes events, retained alerts,
+//!   node health and availability to an MQTT broker from `mqtt` configuration, never blocking
+//!   the run; [`MqttStatsObserver`] sends the health messages.
 //! - [`ModelChoice`]: the model the configuration names (loaded and unloaded by the run, with
 //!   fallbacks when enabled), or any [`Vlm`](surveil_models::vlm::Vlm) of yours.
 //! - The stages on their own, for a loop of your own: [`scene`], [`tools`] (behaviour tools and
@@ -88,6 +91,7 @@ pub mod decision;
 pub mod error;
 pub mod event;
 pub mod metrics;
+pub mod mqtt;
 pub mod pipeline;
 pub mod prompt;
 pub mod scene;
@@ -99,6 +103,7 @@ pub mod verdict;
 pub use decision::AlertLevel;
 pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
+pub use mqtt::{MqttHandle, MqttPublisher, MqttStatsObserver};
 pub use pipeline::{
     run, run_with_sinks, ModelChoice, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary,
 };
