@@ -51,7 +51,11 @@ Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the s
 Examples:
   surveil run --profile testing --weights dummy --max-frames 200     # the sample clip
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
-  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json"
+  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json
+  surveil run --profile testing --weights dummy --set mqtt.enabled=true --set mqtt.host=broker.lan
+
+With mqtt.enabled, events also go to an MQTT broker (surveil/<camera>/events, .../alerts,
+surveil/node/<node>/stats, .../available); see docs/mqtt.md."
     )]
     Run(RunArgs),
     /// Load one model, report its memory before load, after load and after unload, unload it.

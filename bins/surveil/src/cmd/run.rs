@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use surveil_models::LoadSummary;
-use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
+use surveil_orchestrator::{
+    EventSink, ModelChoice, MqttPublisher, MqttStatsObserver, OrchestratorError, RunObserver,
+    RunOptions, RunProgress, RunSummary,
+};
 use surveil_vision::FfmpegOptions;
 
 use crate::cli::{Cli, RunArgs};
@@ -171,6 +174,17 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         analyst_grace: Duration::from_secs(10),
     };
 
+    // The MQTT publisher first: a password or CA file that cannot be read fails before any work.
+    let mut mqtt = if config.mqtt.enabled {
+        match MqttPublisher::start(&config.mqtt, |name| std::env::var(name).ok()) {
+            Ok(publisher) => Some(publisher),
+            Err(e @ OrchestratorError::Config(_)) => return Err(Failure::Usage(e.into())),
+            Err(e) => return Err(Failure::Runtime(anyhow::Error::new(e).context("mqtt"))),
+        }
+    } else {
+        None
+    };
+
     install_signal_handlers();
     let quiet = cli.quiet;
     let terminal = std::io::stderr().is_terminal() && !quiet;
@@ -242,13 +256,29 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             options.output_dir.display()
         );
     }
-    let result = surveil_orchestrator::run(
+    let mut stats;
+    let observer_for_run: &mut dyn RunObserver = match mqtt.as_ref().map(MqttPublisher::handle) {
+        Some(handle) => {
+            let every = Duration::from_secs_f64(config.mqtt.stats_interval_seconds);
+            stats = MqttStatsObserver::new(&mut observer, handle, every);
+            &mut stats
+        }
+        None => &mut observer,
+    };
+    let mut sinks: Vec<&mut dyn EventSink> = mqtt
+        .as_mut()
+        .map(|m| m as &mut dyn EventSink)
+        .into_iter()
+        .collect();
+    let result = surveil_orchestrator::run_with_sinks(
         config,
         &options,
         ModelChoice::FromConfig(load_fn),
         stop.clone(),
-        &mut observer,
+        observer_for_run,
+        &mut sinks,
     );
+    drop(sinks);
     if let Some(b) = observer.load_bar.take() {
         b.finish_and_clear();
     }
@@ -296,9 +326,18 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
         } else {
             format!("\nnot analysed: {}", losses.join("; "))
         };
+        let mqtt = s.sinks.get("mqtt").map_or(String::new(), |m| {
+            format!(
+                "\nmqtt {}: {} published, {} dropped, {} reconnect(s)",
+                m["broker"].as_str().unwrap_or("?"),
+                m["published"],
+                m["dropped"],
+                m["reconnects"]
+            )
+        });
         writeln!(
             out,
-            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{losses}\nwritten: {}",
+            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{losses}{mqtt}\nwritten: {}",
             s.frames,
             s.duration_s,
             s.fps,
