@@ -69,6 +69,8 @@ pub const FINISH_GRACE: Duration = Duration::from_secs(5);
 const MAX_PACKET_BYTES: usize = 268_435_455;
 /// Requests rumqttc's own channel holds; the buffer proper is ours (`mqtt.buffer_messages`).
 const CLIENT_CHANNEL: usize = 64;
+/// How long the connection thread reads after DISCONNECT, waiting for the broker to close.
+const DISCONNECT_DRAIN: Duration = Duration::from_secs(2);
 /// Seconds rumqttc waits for a TCP (and TLS) connection and the broker's CONNACK.
 const CONNECT_TIMEOUT_S: u64 = 5;
 
@@ -877,7 +879,10 @@ fn run_connection(connection: &mut Connection, handle: &MqttHandle) {
             Ok(MqttEvent::Outgoing(Outgoing::Publish(_))) => {
                 shared.published.fetch_add(1, Ordering::Relaxed);
             }
-            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                drain_until_closed(connection, DISCONNECT_DRAIN);
+                break;
+            }
             Ok(_) => {}
             Err(e) => {
                 let was_connected = {
@@ -907,6 +912,25 @@ fn run_connection(connection: &mut Connection, handle: &MqttHandle) {
     st.net_alive = false;
     drop(st);
     shared.wake.notify_all();
+}
+
+/// After DISCONNECT, read until the broker closes the connection, at most `limit`. Closing our
+/// end with acknowledgements still unread in the socket makes the kernel reset the connection,
+/// and the broker then loses what it had not read yet (the last messages, the DISCONNECT
+/// itself: it would publish the last will).
+fn drain_until_closed(connection: &mut Connection, limit: Duration) {
+    let until = Instant::now() + limit;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match connection.recv_timeout(left) {
+            Ok(Ok(_)) => continue,
+            // Closed by the broker (the expected end), another error, or the time is up.
+            _ => return,
+        }
+    }
 }
 
 /// A lost connection is a warning once; the attempts that follow are debug lines, with a
