@@ -342,6 +342,18 @@ pub struct TestModelArgs {
     /// `--infer-tokens` tokens (as `llama-bench -n N` does).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// The test inference's image (PNG or JPEG) instead of the built-in 768x576 scene.
+    #[arg(long, value_name = "FILE", requires = "infer")]
+    pub infer_image: Option<PathBuf>,
+    /// The test inference's question instead of the built-in ~60-token one (captioners
+    /// ignore it).
+    #[arg(long, value_name = "TEXT", requires = "infer")]
+    pub infer_prompt: Option<String>,
+    /// Benchmarks: after the test inferences, time the decoder's prefill of a text-only prompt
+    /// of N tokens, chat template included (as `llama-bench -p N`); `--json` reports it under
+    /// `text_prefill`. Instruction and thinking models only.
+    #[arg(long, value_name = "N", requires = "infer", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub prefill_tokens: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
