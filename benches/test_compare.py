@@ -84,6 +84,19 @@ class Measured(unittest.TestCase):
         with self.assertRaises(compare.RunFailed):
             compare.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
 
+    def test_peak_rss_is_each_runs_own(self):
+        # a big run first, then a small one: the small one's peak must not be the big one's
+        big = compare.run_measured([sys.executable, "-c", "b = bytearray(300_000_000); print(len(b))"])
+        small = compare.run_measured([sys.executable, "-c", "print(1)"])
+        self.assertEqual(big["stdout"].strip(), "300000000")
+        self.assertGreater(big["max_rss_bytes"], 300_000_000)
+        self.assertLess(small["max_rss_bytes"], 100_000_000)
+
+    def test_timeout_kills_and_raises(self):
+        with self.assertRaises(compare.RunFailed) as ctx:
+            compare.run_measured([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+        self.assertIn("timed out", str(ctx.exception))
+
 
 class TestImage(unittest.TestCase):
     def test_same_pixels_as_surveil(self):
