@@ -90,6 +90,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod prompt;
+pub mod queue;
 pub mod scene;
 pub mod sink;
 pub mod tools;
