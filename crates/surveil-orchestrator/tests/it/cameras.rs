@@ -401,3 +401,83 @@ fn camera_names_must_be_unique() {
     );
     assert!(!dir.path().join("run").exists());
 }
+
+#[test]
+fn a_camera_whose_source_fails_mid_run_ends_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let Some((clip, detector)) = clip_and_detector() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // An ffmpeg that delivers three frames of the clip (768 x 576 RGB, 1 327 104 bytes each)
+    // and a part of the fourth, then fails.
+    let broken = dir.path().join("ffmpeg-breaks");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\nffmpeg \"$@\" | head -c 4000000\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut options = two_cameras(&clip, &out, &detector, 6);
+    options.cameras[1].ffmpeg.ffmpeg_path = broken;
+    let model = NotingModel {
+        cameras: Arc::new(Mutex::new(Vec::new())),
+        tokenizer: NoVocab,
+    };
+    let summary = run_with_sinks(
+        &config(),
+        &options,
+        ModelChoice::Given(Box::new(model)),
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+        &mut [],
+    )
+    .expect("one camera's failure does not fail the run");
+    let till = &summary.cameras["till"];
+    assert_eq!(till.end_reason, "error", "{till:?}");
+    assert_eq!(till.frames, 3);
+    let error = till.error.as_deref().unwrap();
+    assert!(error.contains("ffmpeg exited"), "{error}");
+    let entrance = &summary.cameras["entrance"];
+    assert_eq!(entrance.frames, 6, "the other camera went on");
+    assert_eq!(entrance.end_reason, "max_frames");
+    assert_eq!(summary.end_reason, "max_frames");
+    assert!(summary.error.is_none());
+    assert_eq!(summary.frames, 9);
+    let events = read_events(&out);
+    let frames_of = |camera: &str| {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "frame" && e["camera"] == camera)
+            .count()
+    };
+    assert_eq!((frames_of("entrance"), frames_of("till")), (6, 3));
+
+    // When every camera's source fails, the run fails, with the first camera's error.
+    let out = dir.path().join("run-2");
+    let mut options = two_cameras(&clip, &out, &detector, 6);
+    for camera in &mut options.cameras {
+        camera.ffmpeg.ffmpeg_path = dir.path().join("ffmpeg-breaks");
+    }
+    let model = NotingModel {
+        cameras: Arc::new(Mutex::new(Vec::new())),
+        tokenizer: NoVocab,
+    };
+    let err = run_with_sinks(
+        &config(),
+        &options,
+        ModelChoice::Given(Box::new(model)),
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+        &mut [],
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("camera `entrance`: "), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["end_reason"], "error");
+    assert_eq!(s["cameras"]["till"]["end_reason"], "error");
+    assert_eq!(s["frames"], 6);
+}
