@@ -44,14 +44,19 @@ pub enum Command {
     #[command(
         after_help = "Writes into --output (default: output.directory/run-<start time>):
   events.jsonl   one JSON object per analysed frame and per VLM analysis, flushed as written
-  summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory
+  summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory;
+                 per camera under `cameras`
   alerts/        an annotated PNG per alert (boxes, track ids, zones, the level)
 Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the summary and exits 0.
+
+Cameras: without --source, every camera of the profile's [[cameras]] runs (or those --camera
+picks), each with its own decode and detect/track stream, all served by one model.
 
 Examples:
   surveil run --profile testing --weights dummy --max-frames 200     # the sample clip
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
-  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json"
+  surveil run --profile testing_kimi --source frames/ --output runs/kimi --json
+  surveil run --profile shop --camera entrance --camera till          # two configured cameras"
     )]
     Run(RunArgs),
     /// Load one model, report its memory before load, after load and after unload, unload it.
@@ -171,17 +176,20 @@ pub struct ConfigShowArgs {
 /// `surveil run`
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Video file, rtsp:// or http(s):// URL, image folder, or image (default: the sample clip
-    /// of the asset cache).
+    /// Video file, rtsp:// or http(s):// URL, image folder, or image: one camera (default: the
+    /// configured cameras, else the sample clip of the asset cache).
     ///
     /// An image folder's png/jpg/jpeg files are read in natural name order (frame2 before
     /// frame10); unreadable images are skipped with a warning and counted in the summary.
     #[arg(long, value_name = "PATH|URL")]
     pub source: Option<String>,
-    /// Camera name recorded in events (default: `camera-1`).
+    /// Camera name. With --source (or without configured cameras): the name of the one camera,
+    /// recorded in events (default: `camera-1`); a configured camera of that name lends it its
+    /// zones, opening hours, fps and size. Without --source: a configured camera (`[[cameras]]`)
+    /// to run, repeatable (default: every configured camera).
     #[arg(long, value_name = "NAME")]
-    pub camera: Option<String>,
-    /// Stop after this many frames.
+    pub camera: Vec<String>,
+    /// Stop after this many frames (per camera).
     #[arg(long, value_name = "N")]
     pub max_frames: Option<u64>,
     /// Run folder to create (must not hold a previous run's events).

@@ -920,3 +920,188 @@ fn reports_to_a_closed_stdout_end_quietly_with_exit_0() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// A profiles folder with `shop.toml`: the `testing` profile and two cameras, `entrance` and
+/// `till`, both on `clip`.
+fn shop_profiles(clip: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let testing = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles/testing.toml"),
+    )
+    .unwrap();
+    let source = clip.to_str().unwrap();
+    std::fs::write(
+        dir.path().join("shop.toml"),
+        format!(
+            "{testing}\n[[cameras]]\nname = \"entrance\"\nsource = {source:?}\n\n\
+             [[cameras]]\nname = \"till\"\nsource = {source:?}\n\
+             opening_hours = {{ open = \"00:00\", close = \"23:59\" }}\n\n\
+             [[cameras.zones]]\nname = \"counter\"\ncoordinates = \"normalized\"\n\
+             polygon = [[0, 0], [1, 0], [1, 1], [0, 1]]\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn run_serves_every_configured_camera_with_one_model() {
+    let Some(clip) = run_assets() else { return };
+    let profiles = shop_profiles(&clip);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let out = surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "run",
+            "--profile",
+            "shop",
+            "--weights",
+            "dummy",
+            "--max-frames",
+            "4",
+            "--output",
+            out_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    let summary = json(&out);
+    assert_eq!(summary["frames"], 8, "4 frames per camera");
+    assert_eq!(summary["end_reason"], "max_frames");
+    assert_eq!(summary["camera"], "entrance, till");
+    for name in ["entrance", "till"] {
+        let camera = &summary["cameras"][name];
+        assert_eq!(camera["frames"], 4, "{name}: {camera}");
+        assert_eq!(camera["end_reason"], "max_frames", "{name}");
+        assert!(camera["source"].as_str().unwrap().ends_with("vtest.avi"));
+        for key in [
+            "fps",
+            "frames_decoded",
+            "frames_dropped",
+            "analyses",
+            "analyses_skipped",
+        ] {
+            assert!(camera[key].is_number(), "{name}: no {key} in {camera}");
+        }
+        assert!(camera["alerts_by_level"].is_object(), "{name}");
+    }
+    // One model for both cameras: one load cycle.
+    assert_eq!(summary["model"]["model"], "git-base-coco");
+    let labels: Vec<&str> = summary["memory"]["snapshots"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels.iter().filter(|l| **l == "after_load").count(),
+        1,
+        "{labels:?}"
+    );
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    for name in ["entrance", "till"] {
+        let frames: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "frame" && e["camera"] == name)
+            .collect();
+        assert_eq!(frames.len(), 4, "{name}");
+        // The inline zone of `till` covers its whole view; `entrance` has none.
+        let in_zone = frames
+            .iter()
+            .flat_map(|e| e["tool_observations"].as_array().unwrap().iter())
+            .any(|o| o["tool"] == "zones");
+        assert_eq!(in_zone, name == "till", "{name}");
+    }
+    assert!(events
+        .iter()
+        .filter(|e| e["kind"] == "analysis")
+        .all(|e| e["camera"] == "entrance" || e["camera"] == "till"));
+}
+
+#[test]
+fn run_camera_picks_configured_cameras_and_names_the_unknown() {
+    let Some(clip) = run_assets() else { return };
+    let profiles = shop_profiles(&clip);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |camera: &str, out_dir: &std::path::Path| {
+        surveil(
+            &[
+                "--profiles-dir",
+                profiles.path().to_str().unwrap(),
+                "run",
+                "--profile",
+                "shop",
+                "--weights",
+                "dummy",
+                "--max-frames",
+                "2",
+                "--camera",
+                camera,
+                "--output",
+                out_dir.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        )
+    };
+    let summary = json(&run("till", &dir.path().join("till")));
+    assert_eq!(summary["camera"], "till");
+    assert_eq!(summary["frames"], 2);
+    let cameras: Vec<&String> = summary["cameras"].as_object().unwrap().keys().collect();
+    assert_eq!(cameras, ["till"]);
+
+    let out = run("back-door", &dir.path().join("none"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("back-door"), "{err}");
+    assert!(err.contains("configured cameras: entrance, till"), "{err}");
+    assert!(!dir.path().join("none").exists());
+}
+
+#[test]
+fn config_show_lists_the_cameras() {
+    let profiles = shop_profiles(std::path::Path::new("/srv/clips/shop.mp4"));
+    let out = surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "config",
+            "show",
+            "--profile",
+            "shop",
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\n[[cameras]]\n"), "{text}");
+    let (name, origin) = shown(&text, "cameras[1].name");
+    assert_eq!(name, "till");
+    assert!(origin.contains("shop.toml"), "{origin}");
+    assert_eq!(shown(&text, "cameras[0].source").0, "/srv/clips/shop.mp4");
+    assert_eq!(shown(&text, "cameras[1].zones").0, "[counter]");
+    let shown_json = json(&surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "config",
+            "show",
+            "--profile",
+            "shop",
+            "--json",
+        ],
+        &[],
+    ));
+    // The zone of a camera is that camera's once validated.
+    assert_eq!(shown_json["cameras"][1]["zones"][0]["camera"], "till");
+}

@@ -34,6 +34,15 @@ pub enum OrchestratorError {
     /// A stop was requested (Ctrl-C, SIGTERM) before the pipeline could start.
     #[error("interrupted before the first frame (while the model was loading)")]
     Interrupted,
+    /// What went wrong with one camera of a run of several (its source could not be opened).
+    #[error("camera `{camera}`: {source}")]
+    Camera {
+        /// The camera's name.
+        camera: String,
+        /// What went wrong.
+        #[source]
+        source: Box<OrchestratorError>,
+    },
     /// A worker thread of the pipeline stopped unexpectedly.
     #[error("pipeline thread `{0}` stopped unexpectedly")]
     ThreadLost(String),

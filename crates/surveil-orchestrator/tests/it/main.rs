@@ -1,6 +1,7 @@
 //! Integration tests of surveil-orchestrator: one binary, one module per area.
 
 mod analyst;
+mod cameras;
 mod decision;
 mod pipeline;
 mod scene;
