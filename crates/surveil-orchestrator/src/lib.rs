@@ -11,6 +11,9 @@
 //!   [`RunSummary`]; [`run_with_sinks`] also hands every [`Event`] to your [`EventSink`]s (any
 //!   `FnMut(&Event) -> Result<()> + Send` closure is one). A [`RunObserver`] sees the model
 //!   load, the source open and every frame's [`RunProgress`].
+//! - [`MetricsExporter`]: Prometheus metrics of a run, fed as an [`EventSink`] and from the
+//!   observer's progress, served at `GET /metrics` by [`MetricsExporter::serve`] (the
+//!   [`exporter`] module lists every metric).
 //! - [`ModelChoice`]: the model the configuration names (loaded and unloaded by the run, with
 //!   fallbacks when enabled), or any [`Vlm`](surveil_models::vlm::Vlm) of yours.
 //! - The stages on their own, for a loop of your own: [`scene`], [`tools`] (behaviour tools and
@@ -87,6 +90,7 @@ pub(crate) mod caption;
 pub mod decision;
 pub mod error;
 pub mod event;
+pub mod exporter;
 pub mod metrics;
 pub mod pipeline;
 pub mod prompt;
@@ -99,6 +103,7 @@ pub mod verdict;
 pub use decision::AlertLevel;
 pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
+pub use exporter::{MetricsExporter, MetricsServer};
 pub use pipeline::{
     run, run_with_sinks, ModelChoice, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary,
 };

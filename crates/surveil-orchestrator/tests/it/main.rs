@@ -2,6 +2,7 @@
 
 mod analyst;
 mod decision;
+mod exporter;
 mod pipeline;
 mod scene;
 mod tools;
