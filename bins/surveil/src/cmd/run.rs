@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use surveil_models::LoadSummary;
-use surveil_orchestrator::{ModelChoice, RunObserver, RunOptions, RunProgress, RunSummary};
+use surveil_orchestrator::{
+    EventSink, MetricsExporter, MetricsServer, ModelChoice, RunObserver, RunOptions, RunProgress,
+    RunSummary,
+};
 use surveil_vision::FfmpegOptions;
 
 use crate::cli::{Cli, RunArgs};
@@ -126,6 +129,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     if let Some(w) = &args.weights {
         flags.push(("vlm.weights", w.clone(), "--weights"));
     }
+    if let Some(a) = &args.metrics_addr {
+        flags.push(("monitoring.metrics_addr", a.clone(), "--metrics-addr"));
+    }
     let loaded = crate::cmd::config::load(cli, &args.config, &flags)?;
     let config = &loaded.config;
     if args.max_frames == Some(0) {
@@ -171,6 +177,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         analyst_grace: Duration::from_secs(10),
     };
 
+    // Up before the model loads, so a scraper sees the run from its start.
+    let metrics = config
+        .monitoring
+        .metrics_addr
+        .map(|addr| start_metrics(&config.profile, addr))
+        .transpose()
+        .map_err(Failure::Runtime)?;
+
     install_signal_handlers();
     let quiet = cli.quiet;
     let terminal = std::io::stderr().is_terminal() && !quiet;
@@ -200,11 +214,15 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         inner: &'a mut Progress,
         load_bar: Option<indicatif::ProgressBar>,
         terminal: bool,
+        metrics: Option<(MetricsExporter, &'a str)>,
     }
     impl RunObserver for WithBar<'_> {
         fn model_loaded(&mut self, s: &LoadSummary) {
             if let Some(b) = self.load_bar.take() {
                 b.finish_and_clear();
+            }
+            if let Some((m, _)) = &self.metrics {
+                m.record_load(s);
             }
             self.inner.model_loaded(s);
         }
@@ -221,6 +239,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             self.inner.source_opened(d, total);
         }
         fn frame_done(&mut self, p: &RunProgress) {
+            if let Some((m, camera)) = &self.metrics {
+                m.record_progress(camera, p);
+            }
             self.inner.frame_done(p);
         }
     }
@@ -232,6 +253,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         inner: &mut progress,
         load_bar: load_bar_handle,
         terminal,
+        metrics: metrics
+            .as_ref()
+            .map(|(m, _)| (m.clone(), options.camera.as_str())),
     };
     if !quiet {
         say!(
@@ -242,12 +266,21 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             options.output_dir.display()
         );
     }
-    let result = surveil_orchestrator::run(
+    if let (Some((_, server)), false) = (&metrics, quiet) {
+        say!("metrics at {}", server.url());
+    }
+    let mut metrics_sink = metrics.as_ref().map(|(m, _)| m.clone());
+    let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+    if let Some(m) = metrics_sink.as_mut() {
+        sinks.push(m);
+    }
+    let result = surveil_orchestrator::run_with_sinks(
         config,
         &options,
         ModelChoice::FromConfig(load_fn),
         stop.clone(),
         &mut observer,
+        &mut sinks,
     );
     if let Some(b) = observer.load_bar.take() {
         b.finish_and_clear();
@@ -257,9 +290,23 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     }
     forwarder_done.store(true, Ordering::SeqCst);
     let _ = forwarder.join();
+    if let Some((_, server)) = metrics {
+        server.stop();
+    }
     let summary = result.context("surveil run")?;
     print_summary(&summary, args.json, quiet)?;
     Ok(())
+}
+
+/// The exporter of the run and its endpoint on `addr`.
+fn start_metrics(
+    profile: &str,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(MetricsExporter, MetricsServer)> {
+    let exporter = MetricsExporter::new(profile)?;
+    // The error names the address and the OS's reason.
+    let server = exporter.serve(addr)?;
+    Ok((exporter, server))
 }
 
 fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure> {
