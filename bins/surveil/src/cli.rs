@@ -48,6 +48,8 @@ pub enum Command {
                  per camera under `cameras`
   alerts/        an annotated PNG per alert (boxes, track ids, zones, the level)
 Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the summary and exits 0.
+--metrics-addr (or monitoring.metrics_addr) serves Prometheus metrics at /metrics until the run
+ends: frames, fps, stage latencies, VLM calls and skips, events by level, process and GPU memory.
 
 Cameras: without --source, every camera of the profile's [[cameras]] runs (or those --camera
 picks), each with its own decode and detect/track stream, all served by one model.
@@ -56,7 +58,8 @@ Examples:
   surveil run --profile testing --weights dummy --max-frames 200     # the sample clip
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
   surveil run --profile testing_kimi --source frames/ --output runs/kimi --json
-  surveil run --profile shop --camera entrance --camera till          # two configured cameras"
+  surveil run --profile shop --camera entrance --camera till          # two configured cameras
+  surveil run --source rtsp://camera/stream --metrics-addr 127.0.0.1:9464"
     )]
     Run(RunArgs),
     /// Load one model, report its memory before load, after load and after unload, unload it.
@@ -203,6 +206,11 @@ pub struct RunArgs {
     /// paths.assets).
     #[arg(long, value_name = "DIR")]
     pub detector_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics while the run lasts (port 0 picks a
+    /// free port; the address is printed on stderr). Default: monitoring.metrics_addr, else no
+    /// endpoint.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

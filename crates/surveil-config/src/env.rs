@@ -64,6 +64,7 @@ pub(crate) fn settable(defaults: &Dict, key: &str) -> bool {
     OPTIONAL_NUMBERS.contains(&key)
         || OPTIONAL_REALS.contains(&key)
         || OPTIONAL_PATHS.contains(&key)
+        || OPTIONAL_TEXTS.contains(&key)
         || matches!(
             lookup(defaults, key),
             Some(Value::Bool(..) | Value::Num(..) | Value::String(..) | Value::Array(..))
@@ -109,12 +110,17 @@ const OPTIONAL_REALS: &[&str] = &["tracker.frame_rate"];
 /// Fields that may hold a path or nothing (absent: the default validation resolves).
 pub(crate) const OPTIONAL_PATHS: &[&str] = &["paths.hub_cache", "paths.model_dir", "paths.assets"];
 
+/// Fields that may hold a text or nothing (their default is absent/null); the schema reads
+/// the text.
+const OPTIONAL_TEXTS: &[&str] = &["monitoring.metrics_addr"];
+
 /// Keys whose default is absent, so the serialized defaults do not list them.
 pub(crate) fn optional_keys() -> impl Iterator<Item = &'static str> {
     OPTIONAL_NUMBERS
         .iter()
         .chain(OPTIONAL_REALS)
         .chain(OPTIONAL_PATHS)
+        .chain(OPTIONAL_TEXTS)
         .copied()
 }
 
@@ -139,6 +145,9 @@ pub(crate) fn typed_value(
     if OPTIONAL_PATHS.contains(&key) {
         // As given: a path may start or end with spaces.
         return Ok(Value::from(text.to_string()));
+    }
+    if OPTIONAL_TEXTS.contains(&key) {
+        return Ok(Value::from(text.trim().to_string()));
     }
     if OPTIONAL_NUMBERS.contains(&key) {
         return text.trim().parse::<u64>().map(Value::from).map_err(|_| {

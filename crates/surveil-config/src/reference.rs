@@ -240,6 +240,15 @@ const KEY_DOCS: &[KeyDoc] = &[
         "Time between memory samples.",
     ),
     doc(
+        "monitoring.metrics_addr",
+        Allowed::Text(
+            "`IP:PORT` (`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464`; port 0 picks a free \
+             port), or absent",
+        ),
+        "Where `surveil run` serves Prometheus metrics (`GET /metrics`); absent: no endpoint. \
+         `surveil run --metrics-addr` sets it too.",
+    ),
+    doc(
         "output.directory",
         Allowed::Text("a directory path"),
         "Where runs write events and summaries.",

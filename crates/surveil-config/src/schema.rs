@@ -903,7 +903,7 @@ pub struct CameraConfig {
     pub opening_hours: Option<OpeningHours>,
 }
 
-/// Background memory monitoring.
+/// Background memory monitoring and the Prometheus metrics endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringConfig {
@@ -911,6 +911,11 @@ pub struct MonitoringConfig {
     pub enabled: bool,
     /// Seconds between samples.
     pub interval_seconds: f64,
+    /// Where `surveil run` serves Prometheus metrics (`GET /metrics`), as `IP:PORT`
+    /// (`127.0.0.1:9464`, `[::1]:9464`; port 0 picks a free port); `None`: no endpoint.
+    /// Independent of `enabled`, which is about the memory sampler.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for MonitoringConfig {
@@ -918,8 +923,26 @@ impl Default for MonitoringConfig {
         Self {
             enabled: true,
             interval_seconds: 1.0,
+            metrics_addr: None,
         }
     }
+}
+
+/// An optional `IP:PORT` socket address written as text, with an error that shows the form
+/// expected (host names are not resolved: the address is bound as written).
+fn deserialize_socket_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| {
+        t.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not an IP:PORT address (e.g. 127.0.0.1:9464, [::1]:9464, \
+                 0.0.0.0:9464)"
+            ))
+        })
+    })
+    .transpose()
 }
 
 /// Where results and logs go.

@@ -43,6 +43,20 @@ pub enum OrchestratorError {
         #[source]
         source: Box<OrchestratorError>,
     },
+    /// The metrics endpoint cannot listen on its address (in use, not an address of this
+    /// machine, a privileged port).
+    #[error("cannot serve metrics on {addr}")]
+    MetricsEndpoint {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics registry refused a metric or could not encode one (a broken invariant of
+    /// the exporter).
+    #[error("metrics registry: {0}")]
+    MetricsRegistry(String),
     /// A worker thread of the pipeline stopped unexpectedly.
     #[error("pipeline thread `{0}` stopped unexpectedly")]
     ThreadLost(String),

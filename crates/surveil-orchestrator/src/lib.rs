@@ -13,6 +13,9 @@
 //!   [`EventSink`]s (any `FnMut(&Event) -> Result<()> + Send` closure is one). A
 //!   [`RunObserver`] sees the model load, each source open, every frame's [`RunProgress`] and
 //!   [`CameraProgress`], stage latencies and the analysis queue.
+//! - [`MetricsExporter`]: Prometheus metrics of a run, fed as an [`EventSink`] and from the
+//!   observer's progress, served at `GET /metrics` by [`MetricsExporter::serve`] (the
+//!   [`exporter`] module lists every metric).
 //! - [`ModelChoice`]: the model the configuration names (loaded and unloaded by the run, with
 //!   fallbacks when enabled), or any [`Vlm`](surveil_models::vlm::Vlm) of yours.
 //! - The stages on their own, for a loop of your own: [`scene`], [`tools`] (behaviour tools and
@@ -90,6 +93,7 @@ pub(crate) mod caption;
 pub mod decision;
 pub mod error;
 pub mod event;
+pub mod exporter;
 pub mod metrics;
 pub mod pipeline;
 pub mod prompt;
@@ -103,6 +107,8 @@ pub mod verdict;
 pub use decision::AlertLevel;
 pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
+pub use exporter::{CameraReading, MetricsExporter, MetricsServer};
+pub use metrics::Stage;
 pub use pipeline::{
     run, run_with_sinks, CameraOptions, CameraProgress, CameraSummary, ModelChoice,
     MultiCameraOptions, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary, RunTarget,

@@ -12,8 +12,8 @@ use anyhow::Context;
 use surveil_config::SystemConfig;
 use surveil_models::LoadSummary;
 use surveil_orchestrator::{
-    CameraOptions, CameraProgress, ModelChoice, MultiCameraOptions, RunObserver, RunProgress,
-    RunSummary,
+    CameraOptions, CameraProgress, CameraReading, EventSink, MetricsExporter, MetricsServer,
+    ModelChoice, MultiCameraOptions, RunObserver, RunProgress, RunSummary, Stage,
 };
 
 use crate::cli::{Cli, RunArgs};
@@ -190,6 +190,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     if let Some(w) = &args.weights {
         flags.push(("vlm.weights", w.clone(), "--weights"));
     }
+    if let Some(a) = &args.metrics_addr {
+        flags.push(("monitoring.metrics_addr", a.clone(), "--metrics-addr"));
+    }
     let loaded = crate::cmd::config::load(cli, &args.config, &flags)?;
     let config = &loaded.config;
     if args.max_frames == Some(0) {
@@ -220,6 +223,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     options.max_frames = args.max_frames;
     options.analyst_grace = Duration::from_secs(10);
     let several = options.cameras.len() > 1;
+
+    // Up before the model loads, so a scraper sees the run from its start.
+    let metrics = config
+        .monitoring
+        .metrics_addr
+        .map(|addr| start_metrics(&config.profile, addr))
+        .transpose()
+        .map_err(Failure::Runtime)?;
 
     install_signal_handlers();
     let quiet = cli.quiet;
@@ -252,11 +263,15 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         inner: &'a mut Progress,
         load_bar: Option<indicatif::ProgressBar>,
         terminal: bool,
+        metrics: Option<MetricsExporter>,
     }
     impl RunObserver for WithBar<'_> {
         fn model_loaded(&mut self, s: &LoadSummary) {
             if let Some(b) = self.load_bar.take() {
                 b.finish_and_clear();
+            }
+            if let Some(m) = &self.metrics {
+                m.record_load(s);
             }
             self.inner.model_loaded(s);
         }
@@ -294,7 +309,28 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             self.inner.frame_done(p);
         }
         fn camera_progress(&mut self, p: &CameraProgress) {
+            if let Some(m) = &self.metrics {
+                m.record_camera_progress(
+                    &p.camera,
+                    &CameraReading {
+                        frames: p.frames,
+                        fps: p.fps,
+                        frames_dropped: p.frames_dropped,
+                        queue_depth: p.queue_depth.unwrap_or(0),
+                    },
+                );
+            }
             self.inner.camera_progress(p);
+        }
+        fn stage_timed(&mut self, camera: &str, stage: Stage, took: Duration) {
+            if let Some(m) = &self.metrics {
+                m.record_stage(camera, stage, took);
+            }
+        }
+        fn analysis_queue(&mut self, pending: usize) {
+            if let Some(m) = &self.metrics {
+                m.record_queue(pending);
+            }
         }
     }
     let (load_bar_handle, load_fn) = match load {
@@ -305,6 +341,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         inner: &mut progress,
         load_bar: load_bar_handle,
         terminal,
+        metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
     if !quiet {
         let cameras = if several {
@@ -321,12 +358,21 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             options.output_dir.display()
         );
     }
-    let result = surveil_orchestrator::run(
+    if let (Some((_, server)), false) = (&metrics, quiet) {
+        say!("metrics at {}", server.url());
+    }
+    let mut metrics_sink = metrics.as_ref().map(|(m, _)| m.clone());
+    let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+    if let Some(m) = metrics_sink.as_mut() {
+        sinks.push(m);
+    }
+    let result = surveil_orchestrator::run_with_sinks(
         config,
         &options,
         ModelChoice::FromConfig(load_fn),
         stop.clone(),
         &mut observer,
+        &mut sinks,
     );
     if let Some(b) = observer.load_bar.take() {
         b.finish_and_clear();
@@ -336,9 +382,23 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     }
     forwarder_done.store(true, Ordering::SeqCst);
     let _ = forwarder.join();
+    if let Some((_, server)) = metrics {
+        server.stop();
+    }
     let summary = result.context("surveil run")?;
     print_summary(&summary, args.json, quiet)?;
     Ok(())
+}
+
+/// The exporter of the run and its endpoint on `addr`.
+fn start_metrics(
+    profile: &str,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(MetricsExporter, MetricsServer)> {
+    let exporter = MetricsExporter::new(profile)?;
+    // The error names the address and the OS's reason.
+    let server = exporter.serve(addr)?;
+    Ok((exporter, server))
 }
 
 fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure> {

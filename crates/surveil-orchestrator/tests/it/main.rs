@@ -3,6 +3,7 @@
 mod analyst;
 mod cameras;
 mod decision;
+mod exporter;
 mod pipeline;
 mod scene;
 mod tools;
