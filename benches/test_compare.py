@@ -84,17 +84,43 @@ class Measured(unittest.TestCase):
         with self.assertRaises(compare.RunFailed):
             compare.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
 
+    def test_peak_rss_is_each_runs_own(self):
+        # a big run first, then a small one: the small one's peak must not be the big one's
+        big = compare.run_measured([sys.executable, "-c", "b = bytearray(300_000_000); print(len(b))"])
+        small = compare.run_measured([sys.executable, "-c", "print(1)"])
+        self.assertEqual(big["stdout"].strip(), "300000000")
+        self.assertGreater(big["max_rss_bytes"], 300_000_000)
+        self.assertLess(small["max_rss_bytes"], 100_000_000)
+
+    def test_timeout_kills_and_raises(self):
+        with self.assertRaises(compare.RunFailed) as ctx:
+            compare.run_measured([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+        self.assertIn("timed out", str(ctx.exception))
+
 
 class TestImage(unittest.TestCase):
     def test_same_pixels_as_surveil(self):
         # crates/surveil-models/src/load/smoke.rs: test_image()
         import tempfile
+        import struct
+        import zlib
         with tempfile.TemporaryDirectory() as d:
             p = compare.write_test_image(Path(d))
             data = p.read_bytes()
-        header = b"P6\n768 576\n255\n"
-        self.assertTrue(data.startswith(header))
-        px = data[len(header):]
+        self.assertTrue(data.startswith(b"\x89PNG\r\n\x1a\n"))
+        chunks, pos = {}, 8
+        while pos < len(data):
+            (n,) = struct.unpack(">I", data[pos:pos + 4])
+            kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+            (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+            self.assertEqual(crc, zlib.crc32(kind + body), kind)
+            chunks[kind] = chunks.get(kind, b"") + body
+            pos += 12 + n
+        self.assertEqual(struct.unpack(">IIBBBBB", chunks[b"IHDR"]), (768, 576, 8, 2, 0, 0, 0))
+        raw = zlib.decompress(chunks[b"IDAT"])
+        rows = [raw[y * (768 * 3 + 1):(y + 1) * (768 * 3 + 1)] for y in range(576)]
+        self.assertTrue(all(r[0] == 0 for r in rows))  # filter "none" on every row
+        px = b"".join(r[1:] for r in rows)
 
         def at(x, y):
             i = (y * 768 + x) * 3

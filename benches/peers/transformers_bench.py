@@ -3,7 +3,7 @@ benches/compare, measured the way surveil's `test-model --infer` measures them.
 
 Run by benches/compare with the peers' venv (benches/peers/setup.sh):
   $SURVEIL_PEERS/py-venv/bin/python benches/peers/transformers_bench.py \
-      --model qwen2-vl-2b-instruct --weights DIR --image frame.ppm --prompt TEXT --tokens 64
+      --model qwen2-vl-2b-instruct --weights DIR --image frame.png --prompt TEXT --tokens 64
 
 The checkpoint directory holds config.json, the safetensors and tokenizer.json (benches/compare
 copies it from the asset cache); the image processors are built with their library defaults,
@@ -12,7 +12,8 @@ which are the published checkpoints' settings for these models.
 Prints one JSON object on the last line of stdout, with seconds and tokens/s:
 load_s, vision_s (vision tower on one frame), ttft_s (preprocessing + vision + prefill + first
 token), decode_tok_s (greedy, EOS ignored, between the first and last token of the same
-generation), prefill_tok_s (a 512-token text prompt, one forward pass), image_prefill_tok_s
+generation), prefill_tok_s (a 512-token text prompt, one forward pass; not for GIT, a
+captioner), image_prefill_tok_s
 (prompt tokens, image tokens included, over TTFT minus the vision time), prompt_tokens,
 new_tokens, peak_rss_mb (VmHWM), rss_after_load_mb, rss_after_unload_mb (after del + gc).
 Every timed figure comes after one untimed warm-up generation.
@@ -137,11 +138,13 @@ def main() -> None:
         out["decode_tok_s"] = ((len(stamps.times) - 1) / (stamps.times[-1] - stamps.times[0])
                                if len(stamps.times) > 1 else None)
 
-        vocab = model.config.get_text_config().vocab_size
-        ids = torch.randint(1000, min(vocab, 30000), (1, args.prefill_tokens))
-        t = time.perf_counter()
-        model(input_ids=ids, use_cache=True)
-        out["prefill_tok_s"] = args.prefill_tokens / (time.perf_counter() - t)
+        # a captioner takes no prompt: no text-only prefill (as surveil's --prefill-tokens)
+        if args.model != "git-base-coco":
+            vocab = model.config.get_text_config().vocab_size
+            ids = torch.randint(1000, min(vocab, 30000), (1, args.prefill_tokens))
+            t = time.perf_counter()
+            model(input_ids=ids, use_cache=True)
+            out["prefill_tok_s"] = args.prefill_tokens / (time.perf_counter() - t)
 
     out["peak_rss_mb"] = status_mb("VmHWM")
     del model, enc, res, feats

@@ -44,15 +44,23 @@ pub enum Command {
     #[command(
         after_help = "Writes into --output (default: output.directory/run-<start time>):
   events.jsonl   one JSON object per analysed frame and per VLM analysis, flushed as written
-  summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory
+  summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory;
+                 per camera under `cameras`
   alerts/        an annotated PNG per alert (boxes, track ids, zones, the level)
 Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the summary and exits 0.
+--metrics-addr (or monitoring.metrics_addr) serves Prometheus metrics at /metrics until the run
+ends: frames, fps, stage latencies, VLM calls and skips, events by level, process and GPU memory.
+
+Cameras: without --source, every camera of the profile's [[cameras]] runs (or those --camera
+picks), each with its own decode and detect/track stream, all served by one model.
 
 Examples:
   surveil run --profile testing --weights dummy --max-frames 200     # the sample clip
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
   surveil run --profile testing_kimi --source frames/ --output runs/kimi --json
   surveil run --profile testing --weights dummy --set mqtt.enabled=true --set mqtt.host=broker.lan
+  surveil run --profile shop --camera entrance --camera till          # two configured cameras
+  surveil run --source rtsp://camera/stream --metrics-addr 127.0.0.1:9464
 
 With mqtt.enabled, events also go to an MQTT broker (surveil/<camera>/events, .../alerts,
 surveil/node/<node>/stats, .../available); see docs/mqtt.md."
@@ -175,17 +183,20 @@ pub struct ConfigShowArgs {
 /// `surveil run`
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Video file, rtsp:// or http(s):// URL, image folder, or image (default: the sample clip
-    /// of the asset cache).
+    /// Video file, rtsp:// or http(s):// URL, image folder, or image: one camera (default: the
+    /// configured cameras, else the sample clip of the asset cache).
     ///
     /// An image folder's png/jpg/jpeg files are read in natural name order (frame2 before
     /// frame10); unreadable images are skipped with a warning and counted in the summary.
     #[arg(long, value_name = "PATH|URL")]
     pub source: Option<String>,
-    /// Camera name recorded in events (default: `camera-1`).
+    /// Camera name. With --source (or without configured cameras): the name of the one camera,
+    /// recorded in events (default: `camera-1`); a configured camera of that name lends it its
+    /// zones, opening hours, fps and size. Without --source: a configured camera (`[[cameras]]`)
+    /// to run, repeatable (default: every configured camera).
     #[arg(long, value_name = "NAME")]
-    pub camera: Option<String>,
-    /// Stop after this many frames.
+    pub camera: Vec<String>,
+    /// Stop after this many frames (per camera).
     #[arg(long, value_name = "N")]
     pub max_frames: Option<u64>,
     /// Run folder to create (must not hold a previous run's events).
@@ -199,6 +210,11 @@ pub struct RunArgs {
     /// paths.assets).
     #[arg(long, value_name = "DIR")]
     pub detector_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics while the run lasts (port 0 picks a
+    /// free port; the address is printed on stderr). Default: monitoring.metrics_addr, else no
+    /// endpoint.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -346,6 +362,18 @@ pub struct TestModelArgs {
     /// `--infer-tokens` tokens (as `llama-bench -n N` does).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// The test inference's image (PNG or JPEG) instead of the built-in 768x576 scene.
+    #[arg(long, value_name = "FILE", requires = "infer")]
+    pub infer_image: Option<PathBuf>,
+    /// The test inference's question instead of the built-in ~60-token one (captioners
+    /// ignore it).
+    #[arg(long, value_name = "TEXT", requires = "infer")]
+    pub infer_prompt: Option<String>,
+    /// Benchmarks: after the test inferences, time the decoder's prefill of a text-only prompt
+    /// of N tokens, chat template included (as `llama-bench -p N`); `--json` reports it under
+    /// `text_prefill`. Instruction and thinking models only.
+    #[arg(long, value_name = "N", requires = "infer", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub prefill_tokens: Option<u64>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -724,6 +724,330 @@ fn run_ctrl_c_mid_run_exits_0_with_summary_and_whole_lines() {
     assert!((5..795).contains(&frames), "{frames}");
 }
 
+/// One HTTP/1.1 GET of `path` on `addr`: `(status, content type, body)`.
+fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// A scrape of `/metrics` on `addr`, parsed as Prometheus text.
+fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    let (status, content_type, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the text format parses");
+    // Every sample line was read as a sample: nothing the parser skipped.
+    let sample_lines = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !l.contains("_bucket{"))
+        .count();
+    let histogram_lines: usize = scrape
+        .samples
+        .iter()
+        .filter(|s| matches!(s.value, prometheus_parse::Value::Histogram(_)))
+        .count();
+    assert_eq!(
+        scrape.samples.len() - histogram_lines,
+        sample_lines,
+        "lines the parser did not read:\n{body}"
+    );
+    scrape
+}
+
+/// The value of the series `name` whose labels include `labels`, summed over the other labels;
+/// `None` when there is no such series.
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    let matching: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+/// Frame events written to `events` so far.
+fn frames_written(events: &std::path::Path) -> usize {
+    let text = std::fs::read_to_string(events).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("\"kind\":\"frame\""))
+        .count()
+}
+
+#[test]
+fn run_serves_prometheus_metrics_while_it_runs() {
+    let Some(clip) = run_assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let mut child = common::surveil_command(&[
+        "run",
+        "--profile",
+        "testing",
+        "--source",
+        clip.to_str().unwrap(),
+        "--weights",
+        "dummy",
+        "--camera",
+        "aisle-1",
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // stderr is read on a thread (a full pipe would stall the run); lines come back here.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = std::time::Instant::now();
+    let deadline = std::time::Duration::from_secs(300);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_sub(start.elapsed()))
+            .expect("`metrics at http://...` on stderr");
+        if let Some(url) = line.strip_prefix("metrics at http://") {
+            let addr = url
+                .strip_suffix("/metrics")
+                .expect("the URL ends in /metrics");
+            break addr.to_string();
+        }
+    };
+    assert!(!addr.ends_with(":0"), "the real port is printed: {addr}");
+
+    // The endpoint answers while the model loads and the frames run: scrape until an
+    // analysis has finished.
+    let cam = ("camera", "aisle-1");
+    let first = loop {
+        let s = scrape(&addr);
+        let frames = metric(&s, "surveil_frames_total", &[cam]).unwrap_or(0.0);
+        let calls = metric(&s, "surveil_vlm_calls_total", &[cam]).unwrap_or(0.0);
+        if frames >= 3.0 && calls >= 1.0 {
+            break s;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "no analysis after {deadline:?} ({frames} frames)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // Every frame counted was written to events.jsonl first.
+    let frames = metric(&first, "surveil_frames_total", &[cam]).unwrap();
+    let written = frames_written(&out_dir.join("events.jsonl"));
+    assert!(frames <= written as f64, "{frames} > {written}");
+    assert!(metric(&first, "surveil_camera_fps", &[cam]).unwrap() > 0.0);
+    assert_eq!(
+        metric(&first, "surveil_build_info", &[("profile", "testing")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &first,
+            "surveil_model_info",
+            &[
+                ("model", "git-base-coco"),
+                ("architecture", "git"),
+                ("device", "cpu"),
+                ("weights", "dummy")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &first,
+            "surveil_model_resident_bytes",
+            &[("model", "git-base-coco")]
+        )
+        .unwrap()
+            > 1e6
+    );
+    assert!(metric(&first, "surveil_process_resident_bytes", &[]).unwrap() > 1e6);
+    assert!(metric(&first, "surveil_process_virtual_bytes", &[]).unwrap() > 1e6);
+    // No GPU here: no GPU series rather than zeros.
+    assert_eq!(metric(&first, "surveil_gpu_allocated_bytes", &[]), None);
+    // Events by kind and level: every frame event has a level.
+    let frame_events = metric(&first, "surveil_events_total", &[cam, ("kind", "frame")]).unwrap();
+    assert!(
+        (frame_events - frames).abs() <= 1.0,
+        "{frame_events} vs {frames}"
+    );
+    for level in ["normal", "attention", "alert", "critical"] {
+        assert!(
+            metric(
+                &first,
+                "surveil_events_total",
+                &[cam, ("kind", "analysis"), ("level", level)]
+            )
+            .is_some(),
+            "events of level {level} have a series from the start"
+        );
+    }
+    // Each frame asked for an analysis or skipped it (a scrape may fall between the counters
+    // of the frame being counted); the analysis seen finished ok.
+    let requests = metric(&first, "surveil_vlm_requests_total", &[cam]).unwrap_or(0.0);
+    let skips = metric(&first, "surveil_analyses_skipped_total", &[cam]).unwrap_or(0.0);
+    assert!(
+        (frame_events - (requests + skips)).abs() <= 1.0,
+        "{frame_events} frame events, {requests} requests, {skips} skips"
+    );
+    assert!(requests >= 1.0);
+    assert!(metric(&first, "surveil_vlm_calls_total", &[cam, ("outcome", "ok")]).unwrap() >= 1.0);
+    let vlm_count = metric(&first, "surveil_vlm_seconds_count", &[cam]).unwrap();
+    assert!(vlm_count >= 1.0);
+    // Histograms: buckets with `le`, ending at +Inf with the count.
+    let stage = first
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "surveil_stage_seconds"
+                && s.labels.get("camera") == Some("aisle-1")
+                && s.labels.get("stage") == Some("frame")
+        })
+        .expect("the frame stage histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &stage.value else {
+        panic!("{stage:?}")
+    };
+    let inf = buckets
+        .iter()
+        .find(|b| b.less_than.is_infinite())
+        .expect("an +Inf bucket");
+    assert_eq!(
+        Some(inf.count),
+        metric(
+            &first,
+            "surveil_stage_seconds_count",
+            &[cam, ("stage", "frame")]
+        )
+    );
+    assert!(inf.count >= 1.0);
+    for family in [
+        "surveil_frames_total",
+        "surveil_stage_seconds",
+        "surveil_vlm_calls_total",
+        "surveil_process_resident_bytes",
+    ] {
+        assert!(first.docs.contains_key(family), "no HELP for {family}");
+    }
+    let (status, _, _) = http_get(&addr, "/");
+    assert_eq!(status, 404);
+
+    // A later scrape sees the run go on: counters only grow.
+    let seen = frames;
+    loop {
+        let now = metric(&scrape(&addr), "surveil_frames_total", &[cam]).unwrap();
+        assert!(now >= seen, "a counter went down: {seen} -> {now}");
+        if now > seen {
+            break;
+        }
+        assert!(start.elapsed() < deadline, "no frame after {seen}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    reader.join().unwrap();
+    // The endpoint ended with the run.
+    assert!(std::net::TcpStream::connect(&addr).is_err());
+}
+
+#[test]
+fn run_metrics_addr_in_use_fails_before_anything_is_written() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let out = surveil(
+        &[
+            "run",
+            "--profile",
+            "testing",
+            "--weights",
+            "dummy",
+            "--source",
+            dir.path().join("clip.mp4").to_str().unwrap(),
+            "--output",
+            out_dir.to_str().unwrap(),
+            "--metrics-addr",
+            &addr,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+    assert!(
+        !out_dir.exists(),
+        "nothing written for a run that never started"
+    );
+}
+
+#[test]
+fn run_metrics_addr_that_is_not_ip_port_exits_2_naming_it() {
+    let out = surveil(
+        &[
+            "run",
+            "--profile",
+            "testing",
+            "--metrics-addr",
+            "localhost:9464",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(err.contains("monitoring.metrics_addr"), "{err}");
+    assert!(err.contains("--metrics-addr"), "{err}");
+    assert!(err.contains("IP:PORT"), "{err}");
+}
+
 #[test]
 fn run_refuses_an_output_folder_with_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -919,4 +1243,189 @@ fn reports_to_a_closed_stdout_end_quietly_with_exit_0() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
+}
+
+/// A profiles folder with `shop.toml`: the `testing` profile and two cameras, `entrance` and
+/// `till`, both on `clip`.
+fn shop_profiles(clip: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let testing = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles/testing.toml"),
+    )
+    .unwrap();
+    let source = clip.to_str().unwrap();
+    std::fs::write(
+        dir.path().join("shop.toml"),
+        format!(
+            "{testing}\n[[cameras]]\nname = \"entrance\"\nsource = {source:?}\n\n\
+             [[cameras]]\nname = \"till\"\nsource = {source:?}\n\
+             opening_hours = {{ open = \"00:00\", close = \"23:59\" }}\n\n\
+             [[cameras.zones]]\nname = \"counter\"\ncoordinates = \"normalized\"\n\
+             polygon = [[0, 0], [1, 0], [1, 1], [0, 1]]\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn run_serves_every_configured_camera_with_one_model() {
+    let Some(clip) = run_assets() else { return };
+    let profiles = shop_profiles(&clip);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let out = surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "run",
+            "--profile",
+            "shop",
+            "--weights",
+            "dummy",
+            "--max-frames",
+            "4",
+            "--output",
+            out_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    let summary = json(&out);
+    assert_eq!(summary["frames"], 8, "4 frames per camera");
+    assert_eq!(summary["end_reason"], "max_frames");
+    assert_eq!(summary["camera"], "entrance, till");
+    for name in ["entrance", "till"] {
+        let camera = &summary["cameras"][name];
+        assert_eq!(camera["frames"], 4, "{name}: {camera}");
+        assert_eq!(camera["end_reason"], "max_frames", "{name}");
+        assert!(camera["source"].as_str().unwrap().ends_with("vtest.avi"));
+        for key in [
+            "fps",
+            "frames_decoded",
+            "frames_dropped",
+            "analyses",
+            "analyses_skipped",
+        ] {
+            assert!(camera[key].is_number(), "{name}: no {key} in {camera}");
+        }
+        assert!(camera["alerts_by_level"].is_object(), "{name}");
+    }
+    // One model for both cameras: one load cycle.
+    assert_eq!(summary["model"]["model"], "git-base-coco");
+    let labels: Vec<&str> = summary["memory"]["snapshots"]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels.iter().filter(|l| **l == "after_load").count(),
+        1,
+        "{labels:?}"
+    );
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    for name in ["entrance", "till"] {
+        let frames: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "frame" && e["camera"] == name)
+            .collect();
+        assert_eq!(frames.len(), 4, "{name}");
+        // The inline zone of `till` covers its whole view; `entrance` has none.
+        let in_zone = frames
+            .iter()
+            .flat_map(|e| e["tool_observations"].as_array().unwrap().iter())
+            .any(|o| o["tool"] == "zones");
+        assert_eq!(in_zone, name == "till", "{name}");
+    }
+    assert!(events
+        .iter()
+        .filter(|e| e["kind"] == "analysis")
+        .all(|e| e["camera"] == "entrance" || e["camera"] == "till"));
+}
+
+#[test]
+fn run_camera_picks_configured_cameras_and_names_the_unknown() {
+    let Some(clip) = run_assets() else { return };
+    let profiles = shop_profiles(&clip);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |camera: &str, out_dir: &std::path::Path| {
+        surveil(
+            &[
+                "--profiles-dir",
+                profiles.path().to_str().unwrap(),
+                "run",
+                "--profile",
+                "shop",
+                "--weights",
+                "dummy",
+                "--max-frames",
+                "2",
+                "--camera",
+                camera,
+                "--output",
+                out_dir.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        )
+    };
+    let summary = json(&run("till", &dir.path().join("till")));
+    assert_eq!(summary["camera"], "till");
+    assert_eq!(summary["frames"], 2);
+    let cameras: Vec<&String> = summary["cameras"].as_object().unwrap().keys().collect();
+    assert_eq!(cameras, ["till"]);
+
+    let out = run("back-door", &dir.path().join("none"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("back-door"), "{err}");
+    assert!(err.contains("configured cameras: entrance, till"), "{err}");
+    assert!(!dir.path().join("none").exists());
+}
+
+#[test]
+fn config_show_lists_the_cameras() {
+    let profiles = shop_profiles(std::path::Path::new("/srv/clips/shop.mp4"));
+    let out = surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "config",
+            "show",
+            "--profile",
+            "shop",
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\n[[cameras]]\n"), "{text}");
+    let (name, origin) = shown(&text, "cameras[1].name");
+    assert_eq!(name, "till");
+    assert!(origin.contains("shop.toml"), "{origin}");
+    assert_eq!(shown(&text, "cameras[0].source").0, "/srv/clips/shop.mp4");
+    assert_eq!(shown(&text, "cameras[1].zones").0, "[counter]");
+    let shown_json = json(&surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "config",
+            "show",
+            "--profile",
+            "shop",
+            "--json",
+        ],
+        &[],
+    ));
+    // The zone of a camera is that camera's once validated.
+    assert_eq!(shown_json["cameras"][1]["zones"][0]["camera"], "till");
 }

@@ -499,3 +499,72 @@ fn test_model_repeats_the_inference_and_lists_every_run() {
     let out = surveil(&["test-model", "--git-base", "--infer-runs", "0"], &[]);
     assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
 }
+
+#[test]
+fn test_model_takes_an_image_and_a_prompt_and_reports_the_bytes_read_per_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frame = dir.path().join("frame.png");
+    image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([x as u8, y as u8, 90]))
+        .save(&frame)
+        .expect("write frame.png");
+    let out = surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--device",
+            "cpu",
+            "--infer",
+            "--infer-tokens",
+            "2",
+            "--infer-image",
+            frame.to_str().expect("UTF-8 temp path"),
+            "--infer-prompt",
+            "Is anyone there?",
+            "--prefill-tokens",
+            "64",
+            "--json",
+        ],
+        &[],
+    );
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["inference"]["new_tokens"], 2, "{v}");
+    // a captioner takes no prompt: no text-only prefill figure
+    assert_eq!(v["text_prefill"], serde_json::Value::Null, "{v}");
+    // the decoder reads its layers and output head per token, not the vision tower (about
+    // half of git-base's weights)
+    let per_token = v["inference"]["weight_bytes_per_token"]
+        .as_f64()
+        .expect("weight_bytes_per_token");
+    let total = v["quantization"]["total_bytes"]
+        .as_f64()
+        .expect("total_bytes");
+    assert!(
+        per_token > 0.1 * total && per_token < 0.7 * total,
+        "{per_token} of {total}"
+    );
+
+    // a missing image fails before the model is loaded, naming the file
+    let missing = dir.path().join("missing.png");
+    let out = surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--infer",
+            "--infer-image",
+            missing.to_str().expect("UTF-8 temp path"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("missing.png") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!err.contains("loaded"), "{err}");
+}

@@ -65,6 +65,7 @@ pub(crate) fn settable(defaults: &Dict, key: &str) -> bool {
         || OPTIONAL_REALS.contains(&key)
         || OPTIONAL_PATHS.contains(&key)
         || OPTIONAL_STRINGS.contains(&key)
+        || OPTIONAL_TEXTS.contains(&key)
         || matches!(
             lookup(defaults, key),
             Some(Value::Bool(..) | Value::Num(..) | Value::String(..) | Value::Array(..))
@@ -124,6 +125,10 @@ const OPTIONAL_STRINGS: &[&str] = &[
     "mqtt.password_env",
 ];
 
+/// Fields that may hold a text or nothing (their default is absent/null); the schema reads
+/// the text.
+const OPTIONAL_TEXTS: &[&str] = &["monitoring.metrics_addr"];
+
 /// Keys whose default is absent, so the serialized defaults do not list them.
 pub(crate) fn optional_keys() -> impl Iterator<Item = &'static str> {
     OPTIONAL_NUMBERS
@@ -131,6 +136,7 @@ pub(crate) fn optional_keys() -> impl Iterator<Item = &'static str> {
         .chain(OPTIONAL_REALS)
         .chain(OPTIONAL_PATHS)
         .chain(OPTIONAL_STRINGS)
+        .chain(OPTIONAL_TEXTS)
         .copied()
 }
 
@@ -155,6 +161,9 @@ pub(crate) fn typed_value(
     if OPTIONAL_PATHS.contains(&key) || OPTIONAL_STRINGS.contains(&key) {
         // As given: a path may start or end with spaces; names are checked by validation.
         return Ok(Value::from(text.to_string()));
+    }
+    if OPTIONAL_TEXTS.contains(&key) {
+        return Ok(Value::from(text.trim().to_string()));
     }
     if OPTIONAL_NUMBERS.contains(&key) {
         return text.trim().parse::<u64>().map(Value::from).map_err(|_| {

@@ -90,10 +90,11 @@ pub use paths::{PathsConfig, RawPathsConfig};
 pub use profiles::{ProfileOrigin, ProfileSet, BUILTIN_PROFILES, DEFAULT_PROFILE};
 pub use reference::reference_markdown;
 pub use schema::{
-    canonical_model_id, within_unit_interval, Choice, ClockTime, DecisionConfig, DetectionConfig,
-    Detector, Device, KnownModel, LogLevel, MonitoringConfig, MqttConfig, OpeningHours,
-    OrchestrationConfig, OrchestrationMode, OutputConfig, RawConfig, RawDetectionConfig,
-    RawVlmConfig, RuleBreach, SystemConfig, ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec,
-    ZoneConfig, ZoneCoordinates, DETECTION_CLASSES, KNOWN_MODELS, KNOWN_MODEL_IDS,
+    canonical_model_id, is_valid_camera_name, within_unit_interval, CameraConfig, Choice,
+    ClockTime, DecisionConfig, DetectionConfig, Detector, Device, KnownModel, LogLevel,
+    MonitoringConfig, MqttConfig, OpeningHours, OrchestrationConfig, OrchestrationMode,
+    OutputConfig, RawConfig, RawDetectionConfig, RawVlmConfig, RuleBreach, SystemConfig,
+    ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec, ZoneConfig, ZoneCoordinates,
+    CAMERA_NAME_MAX_LEN, DETECTION_CLASSES, KNOWN_MODELS, KNOWN_MODEL_IDS,
 };
 pub use storage::StorageDtype;

@@ -139,18 +139,36 @@ impl LoadedConfig {
     }
 
     /// Every leaf key of [`LoadedConfig::shown`] with its value (as JSON) and origin, in
-    /// section order.
+    /// section order; each configured camera's fields as `cameras[i].<field>` (origin: that of
+    /// `cameras`).
     pub fn entries(&self) -> Vec<(String, serde_json::Value, Origin)> {
         let json = self.shown();
         let mut out = Vec::new();
         if let serde_json::Value::Object(sections) = json {
             for (section, v) in sections {
-                if let serde_json::Value::Object(fields) = v {
-                    for (field, value) in fields {
-                        let key = format!("{section}.{field}");
-                        let origin = self.origin(&key);
-                        out.push((key, value, origin));
+                match v {
+                    serde_json::Value::Object(fields) => {
+                        for (field, value) in fields {
+                            let key = format!("{section}.{field}");
+                            let origin = self.origin(&key);
+                            out.push((key, value, origin));
+                        }
                     }
+                    serde_json::Value::Array(items) if section == "cameras" => {
+                        let origin = self.origin("cameras");
+                        for (i, item) in items.into_iter().enumerate() {
+                            if let serde_json::Value::Object(fields) = item {
+                                for (field, value) in fields {
+                                    out.push((
+                                        format!("cameras[{i}].{field}"),
+                                        value,
+                                        origin.clone(),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -372,7 +390,7 @@ impl ConfigLoader {
         for key in crate::env::all_keys(&defaults)
             .into_iter()
             .chain(optional_keys().map(String::from))
-            .chain(std::iter::once("zones".to_string()))
+            .chain(["zones".to_string(), "cameras".to_string()])
         {
             if let Some(meta) = figment.find_metadata(&key) {
                 origins.insert(key, origin_from_name(&meta.name));
@@ -462,14 +480,28 @@ fn describe(e: &figment::Error) -> ConfigError {
         .into_iter()
         .map(|err| {
             use figment::error::Kind;
-            let mut key = err.path.join(".");
+            // Keys as written in messages elsewhere: `cameras[1].name`, not `cameras.1.name`.
+            let mut key = String::new();
+            for part in &err.path {
+                if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                    key.push_str(&format!("[{part}]"));
+                } else {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(part);
+                }
+            }
             let what = match &err.kind {
                 Kind::UnknownField(field, expected) => {
-                    key = if key.is_empty() {
-                        field.clone()
-                    } else {
-                        format!("{key}.{field}")
-                    };
+                    // Inside a list of tables the path already ends with the field.
+                    if err.path.last() != Some(field) {
+                        key = if key.is_empty() {
+                            field.clone()
+                        } else {
+                            format!("{key}.{field}")
+                        };
+                    }
                     format!("unknown key; allowed here: {}", expected.join(", "))
                 }
                 Kind::UnknownVariant(v, allowed) => {

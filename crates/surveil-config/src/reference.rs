@@ -15,8 +15,8 @@ use crate::{
     SystemConfig, ZoneCoordinates, BUILTIN_PROFILES, DEFAULT_PROFILE,
 };
 
-/// What a key means and which values it takes; one entry per key of [`SystemConfig`] and of
-/// a `[[zones]]` table (`zones[].<field>`).
+/// What a key means and which values it takes; one entry per key of [`SystemConfig`], of a
+/// `[[zones]]` table (`zones[].<field>`) and of a `[[cameras]]` table (`cameras[].<field>`).
 struct KeyDoc {
     key: &'static str,
     allowed: Allowed,
@@ -238,6 +238,15 @@ const KEY_DOCS: &[KeyDoc] = &[
         "monitoring.interval_seconds",
         Allowed::Text("seconds > 0"),
         "Time between memory samples.",
+    ),
+    doc(
+        "monitoring.metrics_addr",
+        Allowed::Text(
+            "`IP:PORT` (`127.0.0.1:9464`, `[::1]:9464`, `0.0.0.0:9464`; port 0 picks a free \
+             port), or absent",
+        ),
+        "Where `surveil run` serves Prometheus metrics (`GET /metrics`); absent: no endpoint. \
+         `surveil run --metrics-addr` sets it too.",
     ),
     doc(
         "output.directory",
@@ -477,6 +486,50 @@ const KEY_DOCS: &[KeyDoc] = &[
         Allowed::Text("seconds in (0, `tools.history_seconds`], or absent"),
         "Dwell limit of this zone (absent: `tools.loiter_seconds`).",
     ),
+    doc(
+        "cameras",
+        Allowed::Text("a list of `[[cameras]]` tables (below)"),
+        "The cameras `surveil run` serves, each with its own decode and detect/track stream \
+         and one shared model; none: the `--source` given, else the sample clip.",
+    ),
+    doc(
+        "cameras[].name",
+        Allowed::Text("1 to 64 characters of `A-Z`, `a-z`, `0-9`, `_`, `-`, unique among cameras"),
+        "Camera name: in events and summaries, an MQTT topic level, part of alert frame names.",
+    ),
+    doc(
+        "cameras[].source",
+        Allowed::Text("a video file, rtsp:// or http(s):// URL, image folder or image"),
+        "What the camera reads.",
+    ),
+    doc(
+        "cameras[].fps",
+        Allowed::Text("a number > 0, or absent"),
+        "Resample to this frame rate (ffmpeg sources; absent: every frame at its own time).",
+    ),
+    doc(
+        "cameras[].width",
+        Allowed::Text("an integer > 0, or absent"),
+        "Scale frames to this width, pixels (ffmpeg sources; alone, the aspect is kept).",
+    ),
+    doc(
+        "cameras[].height",
+        Allowed::Text("an integer > 0, or absent"),
+        "Scale frames to this height, pixels (ffmpeg sources; alone, the aspect is kept).",
+    ),
+    doc(
+        "cameras[].zones",
+        Allowed::Text(
+            "a list of `[[cameras.zones]]` tables, each a `[[zones]]` table without `camera`; \
+             names unique among all zones",
+        ),
+        "Zones of this camera alone, besides the top-level zones that apply to it.",
+    ),
+    doc(
+        "cameras[].opening_hours",
+        Allowed::Text("absent, or `{ open = \"HH:MM\", close = \"HH:MM\" }`, open ≠ close"),
+        "Opening hours of this camera, overriding `decision.opening_hours`.",
+    ),
 ];
 
 /// The configuration with nothing but built-in defaults, validated with the home directory
@@ -548,6 +601,36 @@ fn zone_fields() -> Vec<String> {
     }
 }
 
+/// The fields of a `[[cameras]]` table, in the order of the description table.
+fn camera_fields() -> Vec<String> {
+    let camera = crate::CameraConfig {
+        name: String::new(),
+        source: String::new(),
+        fps: None,
+        width: None,
+        height: None,
+        zones: Vec::new(),
+        opening_hours: None,
+    };
+    match serde_json::to_value(camera) {
+        Ok(Json::Object(fields)) => {
+            let mut keys: Vec<String> = fields.keys().map(|f| format!("cameras[].{f}")).collect();
+            keys.sort_by_key(|key| KEY_DOCS.iter().position(|d| d.key == key));
+            keys
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The default column of a `[[cameras]]` field.
+fn camera_default(key: &str) -> &'static str {
+    match key {
+        "cameras[].name" | "cameras[].source" => "(required)",
+        "cameras[].zones" => "[]",
+        _ => "(absent)",
+    }
+}
+
 /// The default column of a `[[zones]]` field.
 fn zone_default(key: &str) -> &'static str {
     match key {
@@ -556,6 +639,30 @@ fn zone_default(key: &str) -> &'static str {
         "zones[].restricted" => "false",
         _ => "(absent)",
     }
+}
+
+/// The table of the fields of a list of tables (`[[zones]]`, `[[cameras]]`), after `intro`.
+fn push_fields(
+    out: &mut String,
+    intro: &str,
+    fields: &[String],
+    default: fn(&str) -> &'static str,
+) -> Result<(), ConfigError> {
+    out.push_str(&format!("\n{intro}\n\n{HEADER}\n"));
+    for key in fields {
+        let doc = key_doc(key).ok_or_else(|| {
+            ConfigError::Invalid(format!("{key} has no entry in the configuration reference"))
+        })?;
+        out.push_str(&row(&[
+            format!("`{key}`"),
+            format!("`{}`", default(key)),
+            "—".to_string(),
+            doc.allowed.render(),
+            doc.meaning.to_string(),
+        ]));
+        out.push('\n');
+    }
+    Ok(())
 }
 
 fn key_doc(key: &str) -> Option<&'static KeyDoc> {
@@ -630,6 +737,7 @@ pub fn reference_markdown() -> Result<String, ConfigError> {
             let title = match section {
                 "profile" => "General".to_string(),
                 "zones" => "Zones".to_string(),
+                "cameras" => "Cameras".to_string(),
                 other => format!("`[{other}]`"),
             };
             out.push_str(&format!("\n## {title}\n\n{HEADER}\n"));
@@ -654,24 +762,26 @@ pub fn reference_markdown() -> Result<String, ConfigError> {
             doc.meaning.to_string(),
         ]));
         out.push('\n');
-    }
-
-    out.push_str(&format!(
-        "\nEach zone is a `[[zones]]` table of a profile file. A person is in the zone when the \
-         bottom centre of its box lies inside the polygon.\n\n{HEADER}\n"
-    ));
-    for key in zone_fields() {
-        let doc = key_doc(&key).ok_or_else(|| {
-            ConfigError::Invalid(format!("{key} has no entry in the configuration reference"))
-        })?;
-        out.push_str(&row(&[
-            format!("`{key}`"),
-            format!("`{}`", zone_default(&key)),
-            "—".to_string(),
-            doc.allowed.render(),
-            doc.meaning.to_string(),
-        ]));
-        out.push('\n');
+        match key.as_str() {
+            "zones" => push_fields(
+                &mut out,
+                "Each zone is a `[[zones]]` table of a profile file. A person is in the zone when \
+                 the bottom centre of its box lies inside the polygon.",
+                &zone_fields(),
+                zone_default,
+            )?,
+            "cameras" => push_fields(
+                &mut out,
+                "Each camera is a `[[cameras]]` table of a profile file; its zones are \
+                 `[[cameras.zones]]` tables below it. `surveil run` serves every camera (or \
+                 those `--camera NAME` picks) with its own decode and detect/track stream and \
+                 one shared model; when cameras are configured, the `camera` of a top-level \
+                 zone must name one of them.",
+                &camera_fields(),
+                camera_default,
+            )?,
+            _ => {}
+        }
     }
 
     out.push_str("\n## Built-in profiles\n\nWhat each profile sets over the defaults:\n\n");
@@ -752,7 +862,7 @@ mod tests {
                 "documented default of `{key}`"
             );
         }
-        for key in zone_fields() {
+        for key in zone_fields().into_iter().chain(camera_fields()) {
             assert!(row_of(&doc, &key).is_some(), "no row for `{key}`");
         }
     }
@@ -772,6 +882,7 @@ mod tests {
         let json = serde_json::to_value(default_config().unwrap()).unwrap();
         let mut keys: Vec<String> = leaf_keys(&json).into_iter().map(|(k, _)| k).collect();
         keys.extend(zone_fields());
+        keys.extend(camera_fields());
         for d in KEY_DOCS {
             assert!(keys.iter().any(|k| k == d.key), "stale entry `{}`", d.key);
         }

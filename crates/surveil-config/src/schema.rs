@@ -857,7 +857,53 @@ impl Default for DecisionConfig {
     }
 }
 
-/// Background memory monitoring.
+/// Longest camera name: it becomes an MQTT topic level and part of file names.
+pub const CAMERA_NAME_MAX_LEN: usize = 64;
+
+/// Whether `name` can name a camera: 1 to [`CAMERA_NAME_MAX_LEN`] characters, each an ASCII
+/// letter, digit, `_` or `-` (safe as an MQTT topic level and in a file name).
+pub fn is_valid_camera_name(name: &str) -> bool {
+    (1..=CAMERA_NAME_MAX_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// One camera of `surveil run` (`[[cameras]]`): its name, its source and how that source is
+/// decoded, and what applies to it alone (inline zones, opening hours). A run serves every
+/// configured camera (or those `--camera` picks) with one decode + detect/track stream each and
+/// one shared model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Unique name, 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `_`, `-` ([`is_valid_camera_name`]):
+    /// recorded in events and summaries, an MQTT topic level, part of alert frame file names.
+    pub name: String,
+    /// Video file, rtsp:// or http(s):// URL, image folder, or image (not empty).
+    pub source: String,
+    /// Resample to this frame rate, frames per second, > 0 (ffmpeg sources); `None`: every
+    /// decoded frame at its own time.
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Scale frames to this width, pixels, > 0 (ffmpeg sources); with only one of width and
+    /// height the other keeps the aspect ratio.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Scale frames to this height, pixels, > 0 (ffmpeg sources).
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Zones of this camera alone (`[[cameras.zones]]`), checked like `[[zones]]`; their
+    /// `camera` is left out when written and set to this camera's name by validation. They
+    /// apply together with the top-level zones of this camera and of every camera.
+    #[serde(default)]
+    pub zones: Vec<ZoneConfig>,
+    /// Opening hours of this camera's premises, overriding `decision.opening_hours` for it;
+    /// `None`: `decision.opening_hours`.
+    #[serde(default)]
+    pub opening_hours: Option<OpeningHours>,
+}
+
+/// Background memory monitoring and the Prometheus metrics endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitoringConfig {
@@ -865,6 +911,11 @@ pub struct MonitoringConfig {
     pub enabled: bool,
     /// Seconds between samples.
     pub interval_seconds: f64,
+    /// Where `surveil run` serves Prometheus metrics (`GET /metrics`), as `IP:PORT`
+    /// (`127.0.0.1:9464`, `[::1]:9464`; port 0 picks a free port); `None`: no endpoint.
+    /// Independent of `enabled`, which is about the memory sampler.
+    #[serde(deserialize_with = "deserialize_socket_addr")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for MonitoringConfig {
@@ -872,8 +923,26 @@ impl Default for MonitoringConfig {
         Self {
             enabled: true,
             interval_seconds: 1.0,
+            metrics_addr: None,
         }
     }
+}
+
+/// An optional `IP:PORT` socket address written as text, with an error that shows the form
+/// expected (host names are not resolved: the address is bound as written).
+fn deserialize_socket_addr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| {
+        t.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{t}` is not an IP:PORT address (e.g. 127.0.0.1:9464, [::1]:9464, \
+                 0.0.0.0:9464)"
+            ))
+        })
+    })
+    .transpose()
 }
 
 /// Where results and logs go.
@@ -1147,6 +1216,8 @@ pub struct RawConfig {
     pub zones: Vec<ZoneConfig>,
     /// MQTT section.
     pub mqtt: MqttConfig,
+    /// Cameras (`[[cameras]]`), in the order written; none by default.
+    pub cameras: Vec<CameraConfig>,
 }
 
 /// A validated configuration: values resolved once (canonical names, one storage type, enums,
@@ -1175,10 +1246,21 @@ pub struct SystemConfig {
     /// Decision engine section.
     pub decision: DecisionConfig,
     /// Zones, names unique, polygons checked (coordinates still as written: normalized ones
-    /// are scaled by the frame size where the frame is known).
+    /// are scaled by the frame size where the frame is known). When cameras are configured,
+    /// each zone's `camera` names one of them (or is absent: every camera).
     pub zones: Vec<ZoneConfig>,
     /// MQTT section.
     pub mqtt: MqttConfig,
+    /// Cameras, in the order written: names unique and valid, sources not empty, inline zones
+    /// checked and tagged with their camera's name, opening hours checked.
+    pub cameras: Vec<CameraConfig>,
+}
+
+impl SystemConfig {
+    /// The configured camera named `name`, if any.
+    pub fn camera(&self, name: &str) -> Option<&CameraConfig> {
+        self.cameras.iter().find(|c| c.name == name)
+    }
 }
 
 /// The entry of `names` equal to `text` in any letter case (surrounding whitespace ignored).
@@ -1379,6 +1461,13 @@ impl RawConfig {
         }
         validate_zones(&self.zones, &self.tools, &origin("zones"))?;
         self.mqtt.validate(&rule)?;
+        validate_cameras(
+            &mut self.cameras,
+            &self.zones,
+            &self.tools,
+            &origin("cameras"),
+            &origin("zones"),
+        )?;
         let paths = self.paths.resolve(home, &rule)?;
         let v = self.vlm;
         Ok(SystemConfig {
@@ -1405,6 +1494,7 @@ impl RawConfig {
             decision: self.decision,
             zones: self.zones,
             mqtt: self.mqtt,
+            cameras: self.cameras,
         })
     }
 }
@@ -1543,15 +1633,27 @@ fn validate_zones(
     tools: &ToolsConfig,
     origin: &str,
 ) -> Result<(), crate::ConfigError> {
+    let mut names = std::collections::BTreeSet::new();
+    check_zone_list(zones, "zones", tools, origin, &mut names)
+}
+
+/// The rules of a list of zones whose keys read `<prefix>[i].<field>`; `names` holds the zone
+/// names already taken (each zone's name is added).
+fn check_zone_list<'z>(
+    zones: &'z [ZoneConfig],
+    prefix: &str,
+    tools: &ToolsConfig,
+    origin: &str,
+    names: &mut std::collections::BTreeSet<&'z str>,
+) -> Result<(), crate::ConfigError> {
     let rule = |key: String, value: String, rule: String| crate::ConfigError::Rule {
         key,
         value,
         origin: origin.to_string(),
         rule,
     };
-    let mut names = std::collections::BTreeSet::new();
     for (i, z) in zones.iter().enumerate() {
-        let key = |field: &str| format!("zones[{i}].{field}");
+        let key = |field: &str| format!("{prefix}[{i}].{field}");
         let what = format!("zone `{}`", z.name);
         if z.name.trim().is_empty() {
             return Err(rule(
@@ -1619,6 +1721,125 @@ fn validate_zones(
                     ),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Check the `[[cameras]]` list: names valid and unique, sources not empty, frame rate and
+/// size > 0, inline zones by the zone rules (names unique among the top-level zones and the
+/// camera's own, no other camera), opening hours whose open and close differ; and, when
+/// cameras are configured, that every top-level zone's `camera` names one of them. Inline zones
+/// get their camera's name.
+fn validate_cameras(
+    cameras: &mut [CameraConfig],
+    zones: &[ZoneConfig],
+    tools: &ToolsConfig,
+    origin: &str,
+    zones_origin: &str,
+) -> Result<(), crate::ConfigError> {
+    let rule = |key: String, value: String, rule: String| crate::ConfigError::Rule {
+        key,
+        value,
+        origin: origin.to_string(),
+        rule,
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for (i, c) in cameras.iter().enumerate() {
+        let key = |field: &str| format!("cameras[{i}].{field}");
+        if !is_valid_camera_name(&c.name) {
+            return Err(rule(
+                key("name"),
+                format!("{:?}", c.name),
+                format!(
+                    "must be 1 to {CAMERA_NAME_MAX_LEN} characters of A-Z, a-z, 0-9, `_`, `-` \
+                     (it becomes an MQTT topic level and part of file names)"
+                ),
+            ));
+        }
+        if !names.insert(c.name.as_str()) {
+            return Err(rule(
+                key("name"),
+                format!("{:?}", c.name),
+                "camera names must be unique; this one is used twice".into(),
+            ));
+        }
+        let what = format!("camera `{}`", c.name);
+        if c.source.trim().is_empty() {
+            return Err(rule(
+                key("source"),
+                format!("{:?}", c.source),
+                format!("{what}: must not be empty (a video file, URL, image folder or image)"),
+            ));
+        }
+        if let Some(fps) = c.fps {
+            if !(fps.is_finite() && fps > 0.0) {
+                return Err(rule(
+                    key("fps"),
+                    fps.to_string(),
+                    format!("{what}: must be a finite number > 0 (frames per second), or absent"),
+                ));
+            }
+        }
+        for (field, value) in [("width", c.width), ("height", c.height)] {
+            if value == Some(0) {
+                return Err(rule(
+                    key(field),
+                    "0".into(),
+                    format!("{what}: must be > 0 (pixels), or absent"),
+                ));
+            }
+        }
+        if let Some(h) = &c.opening_hours {
+            if h.open == h.close {
+                return Err(rule(
+                    key("opening_hours"),
+                    format!("{{ open = \"{}\", close = \"{}\" }}", h.open, h.close),
+                    "open and close must differ (leave opening_hours out for \
+                     decision.opening_hours)"
+                        .into(),
+                ));
+            }
+        }
+        let mut zone_names: std::collections::BTreeSet<&str> =
+            zones.iter().map(|z| z.name.as_str()).collect();
+        let prefix = format!("cameras[{i}].zones");
+        for (j, z) in c.zones.iter().enumerate() {
+            if z.camera.as_ref().is_some_and(|other| *other != c.name) {
+                return Err(rule(
+                    format!("{prefix}[{j}].camera"),
+                    format!("{:?}", z.camera.as_deref().unwrap_or_default()),
+                    format!(
+                        "{what}: a zone of a camera belongs to that camera; leave camera out \
+                         (or move the zone to [[zones]])"
+                    ),
+                ));
+            }
+        }
+        check_zone_list(&c.zones, &prefix, tools, origin, &mut zone_names)?;
+    }
+    if !cameras.is_empty() {
+        for (i, z) in zones.iter().enumerate() {
+            if let Some(camera) = &z.camera {
+                if !names.contains(camera.as_str()) {
+                    let configured: Vec<&str> = cameras.iter().map(|c| c.name.as_str()).collect();
+                    return Err(crate::ConfigError::Rule {
+                        key: format!("zones[{i}].camera"),
+                        value: format!("{camera:?}"),
+                        origin: zones_origin.to_string(),
+                        rule: format!(
+                            "zone `{}`: names no configured camera; cameras: {}",
+                            z.name,
+                            configured.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    for c in cameras.iter_mut() {
+        for z in &mut c.zones {
+            z.camera = Some(c.name.clone());
         }
     }
     Ok(())

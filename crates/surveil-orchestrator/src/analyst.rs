@@ -1,8 +1,10 @@
-//! The analyst: the one resident vision-language model, on its own thread, behind a one-slot
-//! "latest scene wins" hand-off.
+//! The analyst: the one resident vision-language model, on its own thread, behind a
+//! "latest scene wins" hand-off with one slot per camera.
 //!
 //! The pipeline never waits for the model. [`Analyst::submit`] puts a job in the slot (a job
-//! still waiting there is replaced and counted as superseded); the thread takes the job, asks
+//! still waiting there is replaced and counted as superseded); with several cameras,
+//! [`Analyst::submit_to`] puts it in its camera's slot, and the thread serves the cameras'
+//! slots round robin ([`FairQueue`]). The thread takes a job, asks
 //! the model, turns the answer into a verdict and sends the result back, which the pipeline
 //! collects with [`Analyst::poll`]. The model is loaded on the thread before the first frame
 //! ([`Analyst::start`] returns once it is resident, or with the load error) and unloaded when
@@ -26,6 +28,7 @@ use surveil_models::vlm::{Generation, GenerationHooks, Vlm, VlmKind, VlmRequest}
 
 use crate::caption::caption_verdict;
 use crate::event::{VlmCallRecord, VlmOutcome};
+use crate::queue::FairQueue;
 use crate::tools::Observation;
 use crate::verdict::{parse_verdict, verdict_json_schema, ParsedVerdict, VerdictSource};
 use crate::{OrchestratorError, Result};
@@ -89,8 +92,9 @@ pub struct AnalystExit {
     pub analyses: u64,
 }
 
+/// The jobs waiting for the model, one per lane, with the time each was handed over.
 struct Slot<C> {
-    pending: Option<(AnalysisJob<C>, Instant)>,
+    pending: FairQueue<(AnalysisJob<C>, Instant)>,
     stop: bool,
 }
 
@@ -111,7 +115,6 @@ pub struct Analyst<C: Send + 'static> {
     kind: VlmKind,
     load: Option<LoadSummary>,
     failures: Vec<(String, String)>,
-    superseded: u64,
 }
 
 impl<C: Send + 'static> Analyst<C> {
@@ -137,7 +140,7 @@ impl<C: Send + 'static> Analyst<C> {
     ) -> Result<Self> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot {
-                pending: None,
+                pending: FairQueue::new(),
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -182,7 +185,6 @@ impl<C: Send + 'static> Analyst<C> {
                 kind: ready.kind,
                 load: ready.load,
                 failures: ready.failures,
-                superseded: 0,
             }),
             Ok(Err(e)) => {
                 let _ = handle.join();
@@ -216,32 +218,55 @@ impl<C: Send + 'static> Analyst<C> {
         &self.failures
     }
 
-    /// True while an analysis runs or waits in the slot.
+    /// True while an analysis runs or waits in a slot.
     pub fn is_busy(&self) -> bool {
-        self.shared.busy.load(Ordering::SeqCst)
-            || self
-                .shared
-                .slot
-                .lock()
-                .map(|s| s.pending.is_some())
-                .unwrap_or(false)
+        self.shared.busy.load(Ordering::SeqCst) || self.pending() > 0
     }
 
-    /// Jobs replaced in the slot by a newer one before the model took them.
+    /// Jobs waiting for the model (at most one per lane).
+    pub fn pending(&self) -> usize {
+        self.shared
+            .slot
+            .lock()
+            .map(|s| s.pending.len())
+            .unwrap_or(0)
+    }
+
+    /// Jobs replaced in a slot by a newer one before the model took them, over all lanes.
     pub fn superseded(&self) -> u64 {
-        self.superseded
+        self.shared
+            .slot
+            .lock()
+            .map(|s| s.pending.superseded_total())
+            .unwrap_or(0)
+    }
+
+    /// Jobs of `lane` replaced by a newer one of the same lane before the model took them.
+    pub fn superseded_of(&self, lane: usize) -> u64 {
+        self.shared
+            .slot
+            .lock()
+            .map(|s| s.pending.superseded(lane))
+            .unwrap_or(0)
     }
 
     /// Hand a job over; a job still waiting in the slot is replaced (latest scene wins) and
-    /// returned so the caller can count it.
+    /// returned so the caller can count it. The same as [`Analyst::submit_to`] lane 0.
     pub fn submit(&mut self, job: AnalysisJob<C>) -> Option<AnalysisJob<C>> {
+        self.submit_to(0, job)
+    }
+
+    /// Hand a job over in `lane` (a camera's index): a job of that lane still waiting is
+    /// replaced (latest scene wins per camera) and returned so the caller can count it; jobs
+    /// of other lanes stay. The model takes the waiting jobs round robin over lanes.
+    pub fn submit_to(&mut self, lane: usize, job: AnalysisJob<C>) -> Option<AnalysisJob<C>> {
         let old = match self.shared.slot.lock() {
-            Ok(mut slot) => slot.pending.replace((job, Instant::now())).map(|(j, _)| j),
+            Ok(mut slot) => slot
+                .pending
+                .push(lane, (job, Instant::now()))
+                .map(|(j, _)| j),
             Err(_) => None,
         };
-        if old.is_some() {
-            self.superseded += 1;
-        }
         self.shared.wake.notify_all();
         old
     }
@@ -261,8 +286,11 @@ impl<C: Send + 'static> Analyst<C> {
     /// the slot is dropped and returned. Waits at most `grace` for the thread (which unloads
     /// the model); returns its exit report, the last results, and the dropped job, or `None`
     /// for the report when the thread did not end in time (it is left to finish on its own).
+    ///
+    /// With several lanes, [`Analyst::finish_lanes`] returns every dropped job; this returns
+    /// the one of the lowest lane.
     pub fn finish(
-        mut self,
+        self,
         abandon: bool,
         grace: Duration,
     ) -> (
@@ -270,15 +298,34 @@ impl<C: Send + 'static> Analyst<C> {
         Vec<AnalysisResult<C>>,
         Option<AnalysisJob<C>>,
     ) {
+        let (exit, results, dropped) = self.finish_lanes(abandon, grace);
+        (exit, results, dropped.into_iter().next().map(|(_, j)| j))
+    }
+
+    /// [`Analyst::finish`], returning every job still waiting with its lane, in lane order.
+    #[allow(clippy::type_complexity)]
+    pub fn finish_lanes(
+        mut self,
+        abandon: bool,
+        grace: Duration,
+    ) -> (
+        Option<AnalystExit>,
+        Vec<AnalysisResult<C>>,
+        Vec<(usize, AnalysisJob<C>)>,
+    ) {
         if abandon {
             self.shared.cancel.store(true, Ordering::SeqCst);
         }
         let dropped = match self.shared.slot.lock() {
             Ok(mut slot) => {
                 slot.stop = true;
-                slot.pending.take().map(|(j, _)| j)
+                slot.pending
+                    .drain()
+                    .into_iter()
+                    .map(|(lane, (j, _))| (lane, j))
+                    .collect()
             }
-            Err(_) => None,
+            Err(_) => Vec::new(),
         };
         self.shared.wake.notify_all();
         let deadline = Instant::now() + grace;
@@ -448,7 +495,7 @@ fn analyst_thread<C: Send>(
                 if slot.stop {
                     break None;
                 }
-                if let Some(job) = slot.pending.take() {
+                if let Some((_, job)) = slot.pending.pop() {
                     shared.busy.store(true, Ordering::SeqCst);
                     break Some(job);
                 }

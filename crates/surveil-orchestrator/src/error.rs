@@ -34,6 +34,29 @@ pub enum OrchestratorError {
     /// A stop was requested (Ctrl-C, SIGTERM) before the pipeline could start.
     #[error("interrupted before the first frame (while the model was loading)")]
     Interrupted,
+    /// What went wrong with one camera of a run of several (its source could not be opened).
+    #[error("camera `{camera}`: {source}")]
+    Camera {
+        /// The camera's name.
+        camera: String,
+        /// What went wrong.
+        #[source]
+        source: Box<OrchestratorError>,
+    },
+    /// The metrics endpoint cannot listen on its address (in use, not an address of this
+    /// machine, a privileged port).
+    #[error("cannot serve metrics on {addr}")]
+    MetricsEndpoint {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics registry refused a metric or could not encode one (a broken invariant of
+    /// the exporter).
+    #[error("metrics registry: {0}")]
+    MetricsRegistry(String),
     /// A worker thread of the pipeline stopped unexpectedly.
     #[error("pipeline thread `{0}` stopped unexpectedly")]
     ThreadLost(String),

@@ -17,6 +17,16 @@ pub enum EventKind {
     Analysis,
 }
 
+impl EventKind {
+    /// The name events are written with (`frame`, `analysis`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Frame => "frame",
+            EventKind::Analysis => "analysis",
+        }
+    }
+}
+
 /// One tracked object as recorded in an event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventTrack {
@@ -53,6 +63,28 @@ pub enum VlmOutcome {
     Timeout,
     /// The run was stopping and the analysis was abandoned.
     Cancelled,
+}
+
+impl VlmOutcome {
+    /// Every outcome.
+    pub const ALL: [VlmOutcome; 5] = [
+        VlmOutcome::Ok,
+        VlmOutcome::ParseFailed,
+        VlmOutcome::Error,
+        VlmOutcome::Timeout,
+        VlmOutcome::Cancelled,
+    ];
+
+    /// The name events are written with (`ok`, `parse_failed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VlmOutcome::Ok => "ok",
+            VlmOutcome::ParseFailed => "parse_failed",
+            VlmOutcome::Error => "error",
+            VlmOutcome::Timeout => "timeout",
+            VlmOutcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// The record of one VLM call, attached to analysis events.
@@ -129,4 +161,25 @@ pub struct Event {
     pub processing_ms: f64,
     /// Annotated frame written for this event (alerts), relative to the run directory.
     pub snapshot: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serialized_names() {
+        for kind in [EventKind::Frame, EventKind::Analysis] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        for outcome in VlmOutcome::ALL {
+            assert_eq!(
+                serde_json::to_value(outcome).unwrap(),
+                serde_json::json!(outcome.as_str())
+            );
+        }
+    }
 }

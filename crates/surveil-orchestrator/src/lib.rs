@@ -6,11 +6,16 @@
 //!
 //! - [`run`] / [`run_with_sinks`]: the whole pipeline from a validated
 //!   [`SystemConfig`](surveil_config::SystemConfig) and [`RunOptions`] (source, run folder,
-//!   detector files) until the source ends, `max_frames`, or a stop flag is set. It writes
-//!   `events.jsonl`, alert frames and `summary.json` into the run folder and returns the
-//!   [`RunSummary`]; [`run_with_sinks`] also hands every [`Event`] to your [`EventSink`]s (any
-//!   `FnMut(&Event) -> Result<()> + Send` closure is one). A [`RunObserver`] sees the model
-//!   load, the source open and every frame's [`RunProgress`].
+//!   detector files) or [`MultiCameraOptions`] (several [`CameraOptions`], one model for all)
+//!   until the sources end, `max_frames`, or a stop flag is set. It writes `events.jsonl`,
+//!   alert frames and `summary.json` into the run folder and returns the [`RunSummary`] (with a
+//!   [`CameraSummary`] per camera); [`run_with_sinks`] also hands every [`Event`] to your
+//!   [`EventSink`]s (any `FnMut(&Event) -> Result<()> + Send` closure is one). A
+//!   [`RunObserver`] sees the model load, each source open, every frame's [`RunProgress`] and
+//!   [`CameraProgress`], stage latencies and the analysis queue.
+//! - [`MetricsExporter`]: Prometheus metrics of a run, fed as an [`EventSink`] and from the
+//!   observer's progress, served at `GET /metrics` by [`MetricsExporter::serve`] (the
+//!   [`exporter`] module lists every metric).
 //! - [`MqttPublisher`] ([`mqtt`]): an [`EventSink`] that publishes events, retained alerts,
 //!   node health and availability to an MQTT broker from `mqtt` configuration, never blocking
 //!   the run; [`MqttStatsObserver`] sends the health messages.
@@ -18,7 +23,8 @@
 //!   fallbacks when enabled), or any [`Vlm`](surveil_models::vlm::Vlm) of yours.
 //! - The stages on their own, for a loop of your own: [`scene`], [`tools`] (behaviour tools and
 //!   their runner), [`trigger`], [`prompt`], [`verdict`] (the verdict, its JSON schema and the
-//!   lenient parser), [`analyst`] (the model on its own thread), [`decision`], [`metrics`].
+//!   lenient parser), [`analyst`] (the model on its own thread) and its fair [`queue`] across
+//!   cameras, [`decision`], [`metrics`].
 //!
 //! Times in events and summaries are seconds (`f64`) unless a field says otherwise;
 //! timestamps are RFC 3339 in UTC; boxes are `[x1, y1, x2, y2]` in pixels of the source frame.
@@ -90,10 +96,12 @@ pub(crate) mod caption;
 pub mod decision;
 pub mod error;
 pub mod event;
+pub mod exporter;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
 pub mod prompt;
+pub mod queue;
 pub mod scene;
 pub mod sink;
 pub mod tools;
@@ -103,8 +111,11 @@ pub mod verdict;
 pub use decision::AlertLevel;
 pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
+pub use exporter::{CameraReading, MetricsExporter, MetricsServer};
+pub use metrics::Stage;
 pub use mqtt::{MqttHandle, MqttPublisher, MqttStatsObserver};
 pub use pipeline::{
-    run, run_with_sinks, ModelChoice, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary,
+    run, run_with_sinks, CameraOptions, CameraProgress, CameraSummary, ModelChoice,
+    MultiCameraOptions, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary, RunTarget,
 };
 pub use sink::{EventSink, JsonlSink};

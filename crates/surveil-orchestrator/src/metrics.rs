@@ -35,6 +35,41 @@ pub enum Stage {
     Frame,
 }
 
+impl Stage {
+    /// Every stage, in the order of the per-frame loop (the VLM stages after the trigger that
+    /// hands a scene over).
+    pub const ALL: [Stage; 11] = [
+        Stage::Decode,
+        Stage::Detect,
+        Stage::Track,
+        Stage::Tools,
+        Stage::Trigger,
+        Stage::Vlm,
+        Stage::VlmVision,
+        Stage::VlmTtft,
+        Stage::Decide,
+        Stage::Sinks,
+        Stage::Frame,
+    ];
+
+    /// The stage's name as the summary writes it (`decode`, `vlm_ttft`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Detect => "detect",
+            Stage::Track => "track",
+            Stage::Tools => "tools",
+            Stage::Trigger => "trigger",
+            Stage::Vlm => "vlm",
+            Stage::VlmVision => "vlm_vision",
+            Stage::VlmTtft => "vlm_ttft",
+            Stage::Decide => "decide",
+            Stage::Sinks => "sinks",
+            Stage::Frame => "frame",
+        }
+    }
+}
+
 /// Latency samples of one stage, in milliseconds. Keeps every sample: a run of a day at 10
 /// frames/s is under a million `f32`s per stage.
 #[derive(Debug, Clone, Default)]
@@ -185,6 +220,18 @@ mod tests {
         assert!((s.max_ms - 100.0).abs() < 1e-3);
         assert!((s.mean_ms - 50.5).abs() < 1e-3);
         assert!(LatencyRecorder::default().summary().is_none());
+    }
+
+    #[test]
+    fn stage_names_are_the_summary_names() {
+        for stage in Stage::ALL {
+            assert_eq!(
+                serde_json::to_value(stage).unwrap(),
+                serde_json::json!(stage.as_str())
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = Stage::ALL.iter().collect();
+        assert_eq!(distinct.len(), Stage::ALL.len());
     }
 
     #[test]

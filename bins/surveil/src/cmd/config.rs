@@ -62,12 +62,24 @@ pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
     for (key, value, origin) in &entries {
         let (sec, _) = key.split_once('.').unwrap_or((key, ""));
         if sec != section {
-            outln!("\n[{sec}]");
+            // A camera's fields (`cameras[0].name`) under the table header a profile writes.
+            match sec.split_once('[') {
+                Some((list, _)) => outln!("\n[[{list}]]"),
+                None => outln!("\n[{sec}]"),
+            }
             section = sec;
         }
         let shown = match value {
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => "(none)".into(),
+            // A camera's zones by name (`config show --json` has them whole).
+            serde_json::Value::Array(items) if key.ends_with(".zones") => {
+                let names: Vec<&str> = items
+                    .iter()
+                    .filter_map(|z| z.get("name").and_then(serde_json::Value::as_str))
+                    .collect();
+                format!("[{}]", names.join(", "))
+            }
             other => other.to_string(),
         };
         outln!("  {key:<width$}  {shown:<28}  # {origin}");

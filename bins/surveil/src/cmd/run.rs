@@ -1,5 +1,6 @@
 //! `surveil run`: the surveillance pipeline (`surveil_orchestrator::run`) with a progress
-//! display, signal handling and the summary on stdout.
+//! display, signal handling and the summary on stdout. One camera (`--source`, or the sample
+//! clip) or the configured cameras (`[[cameras]]`, all or those `--camera` picks).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use surveil_config::SystemConfig;
 use surveil_models::LoadSummary;
 use surveil_orchestrator::{
-    EventSink, ModelChoice, MqttPublisher, MqttStatsObserver, OrchestratorError, RunObserver,
-    RunOptions, RunProgress, RunSummary,
+    CameraOptions, CameraProgress, CameraReading, EventSink, MetricsExporter, MetricsServer,
+    ModelChoice, MqttPublisher, MqttStatsObserver, MultiCameraOptions, OrchestratorError,
+    RunObserver, RunProgress, RunSummary, Stage,
 };
-use surveil_vision::FfmpegOptions;
 
 use crate::cli::{Cli, RunArgs};
 use crate::Failure;
@@ -42,12 +44,28 @@ fn install_signal_handlers() {
     }
 }
 
-/// Progress on stderr: a bar on a terminal, a plain line every few seconds otherwise.
+/// Progress on stderr: a bar on a terminal, a plain line every few seconds otherwise. With
+/// several cameras, the bar's message has each camera's frame rate and the plain report one
+/// line per camera after the totals.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     plain_every: Duration,
     last_plain: Instant,
     quiet: bool,
+    /// The latest progress of each camera, in run order (several cameras only).
+    cameras: Vec<CameraProgress>,
+    several: bool,
+}
+
+impl Progress {
+    /// `entrance 4.1, till 3.9` (frames per second).
+    fn camera_rates(&self) -> String {
+        self.cameras
+            .iter()
+            .map(|c| format!("{} {:.1}", c.camera, c.fps))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl RunObserver for Progress {
@@ -79,6 +97,33 @@ impl RunObserver for Progress {
         );
     }
 
+    fn camera_opened(&mut self, camera: &str, description: &str, total: Option<u64>) {
+        if !self.several {
+            self.source_opened(description, total);
+            return;
+        }
+        if self.quiet {
+            return;
+        }
+        if let Some(bar) = &self.bar {
+            bar.reset_elapsed();
+        }
+        say!(
+            "camera {camera}: source {description}{}",
+            total.map_or(String::new(), |t| format!(" ({t} frames)"))
+        );
+    }
+
+    fn camera_progress(&mut self, p: &CameraProgress) {
+        if !self.several {
+            return;
+        }
+        match self.cameras.iter_mut().find(|c| c.camera == p.camera) {
+            Some(c) => *c = p.clone(),
+            None => self.cameras.push(p.clone()),
+        }
+    }
+
     fn frame_done(&mut self, p: &RunProgress) {
         if self.quiet {
             return;
@@ -89,8 +134,13 @@ impl RunObserver for Progress {
                     bar.set_length(t);
                 }
                 bar.set_position(p.frames);
+                let rates = if self.several {
+                    format!(" ({})", self.camera_rates())
+                } else {
+                    String::new()
+                };
                 bar.set_message(format!(
-                    "{:.1} fps, {} analyses, {} alerts",
+                    "{:.1} fps{rates}, {} analyses, {} alerts",
                     p.fps, p.analyses, p.alerts
                 ));
             }
@@ -106,6 +156,18 @@ impl RunObserver for Progress {
                         p.alerts,
                         p.elapsed_s
                     );
+                    for c in &self.cameras {
+                        let total = c.total_frames.map_or(String::new(), |t| format!("/{t}"));
+                        say!(
+                            "  {}: frames {}{total}, {:.1} fps, {} analyses ({} skipped), {} alerts",
+                            c.camera,
+                            c.frames,
+                            c.fps,
+                            c.analyses,
+                            c.analyses_skipped,
+                            c.alerts
+                        );
+                    }
                 }
             }
         }
@@ -129,6 +191,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     if let Some(w) = &args.weights {
         flags.push(("vlm.weights", w.clone(), "--weights"));
     }
+    if let Some(a) = &args.metrics_addr {
+        flags.push(("monitoring.metrics_addr", a.clone(), "--metrics-addr"));
+    }
     let loaded = crate::cmd::config::load(cli, &args.config, &flags)?;
     let config = &loaded.config;
     if args.max_frames == Some(0) {
@@ -136,19 +201,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             "--max-frames 0: nothing to analyse (give at least 1)"
         )));
     }
-    let source = match &args.source {
-        Some(s) => s.clone(),
-        None => {
-            let sample = config.paths.asset("video/vtest.avi");
-            if !sample.is_file() {
-                return Err(Failure::Usage(anyhow::anyhow!(
-                    "no --source given and the sample clip {} is missing (run scripts/setup.sh, or pass --source PATH|URL)",
-                    sample.display()
-                )));
-            }
-            sample.display().to_string()
-        }
-    };
+    let cameras = cameras(config, args)?;
     let output_dir = match &args.output {
         Some(d) => {
             if d.join("events.jsonl").exists() {
@@ -161,18 +214,24 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         }
         None => default_output(&config.output.directory),
     };
-    let options = RunOptions {
-        source,
-        camera: args.camera.clone().unwrap_or_else(|| "camera-1".into()),
-        max_frames: args.max_frames,
+    let mut options = MultiCameraOptions::new(
+        cameras,
         output_dir,
-        detector_dir: args
-            .detector_dir
+        args.detector_dir
             .clone()
             .unwrap_or_else(|| config.paths.asset(config.detection.model.asset_folder())),
-        ffmpeg: FfmpegOptions::default(),
-        analyst_grace: Duration::from_secs(10),
-    };
+    );
+    options.max_frames = args.max_frames;
+    options.analyst_grace = Duration::from_secs(10);
+    let several = options.cameras.len() > 1;
+
+    // Up before the model loads, so a scraper sees the run from its start.
+    let metrics = config
+        .monitoring
+        .metrics_addr
+        .map(|addr| start_metrics(&config.profile, addr))
+        .transpose()
+        .map_err(Failure::Runtime)?;
 
     // The MQTT publisher first: a password or CA file that cannot be read fails before any work.
     let mut mqtt = if config.mqtt.enabled {
@@ -194,6 +253,8 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         plain_every: Duration::from_secs(5),
         last_plain: Instant::now(),
         quiet,
+        cameras: Vec::new(),
+        several,
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Forward the signal flag to the pipeline's stop flag.
@@ -214,11 +275,15 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         inner: &'a mut Progress,
         load_bar: Option<indicatif::ProgressBar>,
         terminal: bool,
+        metrics: Option<MetricsExporter>,
     }
     impl RunObserver for WithBar<'_> {
         fn model_loaded(&mut self, s: &LoadSummary) {
             if let Some(b) = self.load_bar.take() {
                 b.finish_and_clear();
+            }
+            if let Some(m) = &self.metrics {
+                m.record_load(s);
             }
             self.inner.model_loaded(s);
         }
@@ -234,8 +299,50 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
             }
             self.inner.source_opened(d, total);
         }
+        fn camera_opened(&mut self, camera: &str, d: &str, total: Option<u64>) {
+            if !self.inner.several {
+                self.source_opened(d, total);
+                return;
+            }
+            // One bar for every camera: its length is the sum of their frames, set by the
+            // first frame's totals.
+            if self.terminal && self.inner.bar.is_none() {
+                let bar = indicatif::ProgressBar::new(0);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} frames {msg} ({elapsed})",
+                ) {
+                    bar.set_style(style);
+                }
+                self.inner.bar = Some(bar);
+            }
+            self.inner.camera_opened(camera, d, total);
+        }
         fn frame_done(&mut self, p: &RunProgress) {
             self.inner.frame_done(p);
+        }
+        fn camera_progress(&mut self, p: &CameraProgress) {
+            if let Some(m) = &self.metrics {
+                m.record_camera_progress(
+                    &p.camera,
+                    &CameraReading {
+                        frames: p.frames,
+                        fps: p.fps,
+                        frames_dropped: p.frames_dropped,
+                        queue_depth: p.queue_depth.unwrap_or(0),
+                    },
+                );
+            }
+            self.inner.camera_progress(p);
+        }
+        fn stage_timed(&mut self, camera: &str, stage: Stage, took: Duration) {
+            if let Some(m) = &self.metrics {
+                m.record_stage(camera, stage, took);
+            }
+        }
+        fn analysis_queue(&mut self, pending: usize) {
+            if let Some(m) = &self.metrics {
+                m.record_queue(pending);
+            }
         }
     }
     let (load_bar_handle, load_fn) = match load {
@@ -246,15 +353,25 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         inner: &mut progress,
         load_bar: load_bar_handle,
         terminal,
+        metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
     if !quiet {
+        let cameras = if several {
+            let names: Vec<&str> = options.cameras.iter().map(|c| c.name.as_str()).collect();
+            format!(", cameras {}", names.join(", "))
+        } else {
+            String::new()
+        };
         say!(
-            "surveil run: profile {}, model {} ({}), output {}",
+            "surveil run: profile {}, model {} ({}){cameras}, output {}",
             config.profile,
             config.vlm.primary_model,
             config.vlm.weights,
             options.output_dir.display()
         );
+    }
+    if let (Some((_, server)), false) = (&metrics, quiet) {
+        say!("metrics at {}", server.url());
     }
     let mut stats;
     let observer_for_run: &mut dyn RunObserver = match mqtt.as_ref().map(MqttPublisher::handle) {
@@ -265,11 +382,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         }
         None => &mut observer,
     };
-    let mut sinks: Vec<&mut dyn EventSink> = mqtt
-        .as_mut()
-        .map(|m| m as &mut dyn EventSink)
-        .into_iter()
-        .collect();
+    let mut metrics_sink = metrics.as_ref().map(|(m, _)| m.clone());
+    let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+    if let Some(m) = mqtt.as_mut() {
+        sinks.push(m);
+    }
+    if let Some(m) = metrics_sink.as_mut() {
+        sinks.push(m);
+    }
     let result = surveil_orchestrator::run_with_sinks(
         config,
         &options,
@@ -287,9 +407,23 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     }
     forwarder_done.store(true, Ordering::SeqCst);
     let _ = forwarder.join();
+    if let Some((_, server)) = metrics {
+        server.stop();
+    }
     let summary = result.context("surveil run")?;
     print_summary(&summary, args.json, quiet)?;
     Ok(())
+}
+
+/// The exporter of the run and its endpoint on `addr`.
+fn start_metrics(
+    profile: &str,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(MetricsExporter, MetricsServer)> {
+    let exporter = MetricsExporter::new(profile)?;
+    // The error names the address and the OS's reason.
+    let server = exporter.serve(addr)?;
+    Ok((exporter, server))
 }
 
 fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure> {
@@ -326,6 +460,27 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
         } else {
             format!("\nnot analysed: {}", losses.join("; "))
         };
+        // With several cameras, one line each after the totals.
+        let mut per_camera = String::new();
+        if s.cameras.len() > 1 {
+            for (name, c) in &s.cameras {
+                let levels: Vec<String> = c
+                    .alerts_by_level
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                per_camera.push_str(&format!(
+                    "\n  {name}: {} frames ({:.2} fps), {} VLM analyses ({} skipped), events: {}; ended: {}{}",
+                    c.frames,
+                    c.fps,
+                    c.analyses,
+                    c.analyses_skipped,
+                    levels.join(", "),
+                    c.end_reason,
+                    c.error.as_ref().map_or(String::new(), |e| format!(" ({e})"))
+                ));
+            }
+        }
         let mqtt = s.sinks.get("mqtt").map_or(String::new(), |m| {
             format!(
                 "\nmqtt {}: {} published, {} dropped, {} reconnect(s)",
@@ -337,7 +492,7 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
         });
         writeln!(
             out,
-            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{losses}{mqtt}\nwritten: {}",
+            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{per_camera}{losses}{mqtt}\nwritten: {}",
             s.frames,
             s.duration_s,
             s.fps,
@@ -354,4 +509,78 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout").map_err(Failure::Runtime),
     }
+}
+
+/// The cameras of the run: the `--source` camera (named by `--camera`, default `camera-1`),
+/// else the configured cameras (all, or those `--camera` picks), else the sample clip.
+fn cameras(config: &SystemConfig, args: &RunArgs) -> Result<Vec<CameraOptions>, Failure> {
+    let one_name = || match args.camera.as_slice() {
+        [] => Ok("camera-1".to_string()),
+        [name] => Ok(name.clone()),
+        names => Err(Failure::Usage(anyhow::anyhow!(
+            "--camera is given {} times, but {} is one camera; several cameras come from \
+             [[cameras]] in a profile (then leave --source out)",
+            names.len(),
+            if args.source.is_some() {
+                "--source"
+            } else {
+                "the sample clip"
+            }
+        ))),
+    };
+    if let Some(source) = &args.source {
+        let name = one_name()?;
+        // A configured camera of that name keeps its zones, hours, rate and size.
+        let mut camera = match config.camera(&name) {
+            Some(c) => CameraOptions::from_config(c),
+            None => CameraOptions::new(name, source.clone()),
+        };
+        camera.source = source.clone();
+        return Ok(vec![camera]);
+    }
+    if config.cameras.is_empty() {
+        let sample = config.paths.asset("video/vtest.avi");
+        if !sample.is_file() {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "no --source given, no [[cameras]] configured, and the sample clip {} is missing (run scripts/setup.sh, or pass --source PATH|URL)",
+                sample.display()
+            )));
+        }
+        return Ok(vec![CameraOptions::new(
+            one_name()?,
+            sample.display().to_string(),
+        )]);
+    }
+    if args.camera.is_empty() {
+        return Ok(config
+            .cameras
+            .iter()
+            .map(CameraOptions::from_config)
+            .collect());
+    }
+    let configured = || {
+        config
+            .cameras
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut picked: Vec<CameraOptions> = Vec::with_capacity(args.camera.len());
+    for name in &args.camera {
+        let Some(camera) = config.camera(name) else {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--camera {name}: no such camera in profile {}; configured cameras: {}",
+                config.profile,
+                configured()
+            )));
+        };
+        if picked.iter().any(|c| c.name == *name) {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "--camera {name} is given twice"
+            )));
+        }
+        picked.push(CameraOptions::from_config(camera));
+    }
+    Ok(picked)
 }

@@ -90,6 +90,20 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
     let bar = progress_bar(show_progress);
     opts.progress = bar.as_ref().map(|(_, f)| f.clone());
 
+    // the inputs are read before the load, so a bad file fails in a second, not after minutes
+    let image = match &args.infer_image {
+        Some(path) => {
+            surveil_vision::source::images::load_image_frame(path, 0, std::time::Duration::ZERO)
+                .and_then(|f| f.to_rgb_image())
+                .with_context(|| format!("reading --infer-image {}", path.display()))?
+        }
+        None => surveil_models::load::smoke::test_image(),
+    };
+    let prompt = args
+        .infer_prompt
+        .as_deref()
+        .unwrap_or(surveil_models::load::smoke::TEST_PROMPT);
+
     let mut manager = ModelManager::new();
     let result = manager.load(model, &opts).cloned();
     if let Some((bar, _)) = &bar {
@@ -129,7 +143,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                 ignore_stop_tokens: args.ignore_eos,
                 ..surveil_models::GenerationParams::greedy(args.infer_tokens)
             };
-            match surveil_models::load::smoke::describe_test_image_with(vlm, &params) {
+            match surveil_models::load::smoke::describe(vlm, &image, prompt, &params) {
                 Ok(outcome) => {
                     if run == 0 {
                         manager.record_memory("after_inference");
@@ -137,15 +151,24 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
                     runs.push(outcome);
                 }
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some((e, "running the test inference"));
                     break;
                 }
             }
         }
+        let mut prefill = None;
+        if failure.is_none() {
+            if let (Some(n), Some(vlm)) = (args.prefill_tokens, manager.vlm()) {
+                match surveil_models::load::smoke::text_prefill(vlm, n as usize) {
+                    Ok(p) => prefill = p,
+                    Err(e) => failure = Some((e, "timing the text-only prefill")),
+                }
+            }
+        }
         match failure {
-            None => Some(runs),
-            Some(e) => {
-                let err = anyhow::Error::new(e).context("running the test inference");
+            None => Some((runs, prefill)),
+            Some((e, what)) => {
+                let err = anyhow::Error::new(e).context(what);
                 // Released before the report, so that the report shows the memory given back.
                 manager.unload();
                 if args.json {
@@ -173,6 +196,10 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         }
     } else {
         None
+    };
+    let (inference, text_prefill) = match inference {
+        Some((runs, prefill)) => (Some(runs), prefill),
+        None => (None, None),
     };
     manager.unload();
     let memory = manager.memory();
@@ -203,6 +230,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         },
         "inference": inference.as_ref().and_then(|runs| runs.first()),
         "inference_runs": inference,
+        "text_prefill": text_prefill,
         "ok": true,
     });
     if args.json {
@@ -262,6 +290,18 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         if let Some(r) = &i.reasoning {
             outln!("  reasoning: {r:?}");
         }
+    }
+    match (&text_prefill, args.prefill_tokens) {
+        (Some(p), _) => outln!(
+            "  text-only prefill: {} tokens in {:.2} s ({:.1} tokens/s)",
+            p.prompt_tokens,
+            p.prefill_s,
+            p.tokens_per_s
+        ),
+        (None, Some(_)) if inference.is_some() => {
+            outln!("  text-only prefill: not measured ({model} takes no prompt)")
+        }
+        _ => {}
     }
     if args.memory_stats {
         print_block("Memory before load", memory.get("before_load"));

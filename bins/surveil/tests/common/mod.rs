@@ -22,9 +22,9 @@ const CONFIG_VARS: &[&str] = &[
     "SURVEIL_PROFILES_DIR",
 ];
 
-/// Run the binary with `args`, the configuration variables of the caller's shell removed and
-/// `env` set.
-pub fn surveil(args: &[&str], env: &[(&str, &str)]) -> Output {
+/// The binary with `args`, the configuration variables of the caller's shell removed, to be
+/// spawned by the caller.
+pub fn surveil_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_surveil"));
     cmd.args(args);
     for var in CONFIG_VARS {
@@ -36,6 +36,13 @@ pub fn surveil(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(var);
         }
     }
+    cmd
+}
+
+/// Run the binary with `args`, the configuration variables of the caller's shell removed and
+/// `env` set.
+pub fn surveil(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = surveil_command(args);
     for (k, v) in env {
         cmd.env(k, v);
     }

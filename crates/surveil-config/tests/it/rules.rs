@@ -515,3 +515,200 @@ fn rule_zone_max_dwell_within_history() {
     let c = profile_loads(&zone(&format!("{TRIANGLE}\nmax_dwell_seconds = 60")));
     assert_eq!(c.zones[0].max_dwell_seconds, Some(60.0));
 }
+
+// --- cameras ---------------------------------------------------------------------------------
+
+fn camera(name: &str, fields: &str) -> String {
+    format!("[[cameras]]\nname = \"{name}\"\nsource = \"clip.avi\"\n{fields}\n")
+}
+
+#[test]
+fn cameras_load_with_their_zones_tagged() {
+    let c = profile_loads(&format!(
+        "{}{}[[cameras.zones]]\nname = \"till\"\n{TRIANGLE}\nrestricted = true\n\
+         [[zones]]\nname = \"door\"\ncamera = \"entrance\"\n{TRIANGLE}\n",
+        camera("entrance", "fps = 5\nwidth = 640"),
+        camera(
+            "back_office-2",
+            "opening_hours = { open = \"08:00\", close = \"18:00\" }"
+        ),
+    ));
+    assert_eq!(c.cameras.len(), 2);
+    let entrance = c.camera("entrance").unwrap();
+    assert_eq!(entrance.source, "clip.avi");
+    assert_eq!(entrance.fps, Some(5.0));
+    assert_eq!((entrance.width, entrance.height), (Some(640), None));
+    assert!(entrance.zones.is_empty() && entrance.opening_hours.is_none());
+    let office = &c.cameras[1];
+    assert_eq!(office.name, "back_office-2");
+    assert_eq!(office.zones.len(), 1);
+    // An inline zone belongs to its camera once validated.
+    assert_eq!(office.zones[0].camera.as_deref(), Some("back_office-2"));
+    assert!(office.zones[0].restricted);
+    assert_eq!(office.opening_hours.unwrap().open.to_string(), "08:00");
+    assert_eq!(c.zones[0].camera.as_deref(), Some("entrance"));
+    // None by default.
+    assert!(profile_loads("").cameras.is_empty());
+}
+
+#[test]
+fn rule_camera_name_characters_and_length() {
+    for bad in [
+        "",
+        "front door",
+        "cam/1",
+        "cam+1",
+        "caméra",
+        &"c".repeat(65),
+    ] {
+        profile_breaks(
+            &camera(bad, ""),
+            "cameras[0].name",
+            &format!("{bad:?}"),
+            "1 to 64 characters of A-Z, a-z, 0-9, `_`, `-`",
+        );
+    }
+    let c = profile_loads(&camera(&"c".repeat(64), ""));
+    assert_eq!(c.cameras[0].name.len(), 64);
+}
+
+#[test]
+fn rule_camera_names_unique() {
+    profile_breaks(
+        &format!("{}{}", camera("a", ""), camera("a", "")),
+        "cameras[1].name",
+        "\"a\"",
+        "must be unique",
+    );
+}
+
+#[test]
+fn rule_camera_source_not_empty() {
+    profile_breaks(
+        "[[cameras]]\nname = \"a\"\nsource = \" \"\n",
+        "cameras[0].source",
+        "\" \"",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn rule_camera_fps_positive() {
+    for (written, shown) in [("0", "0"), ("-5", "-5"), ("nan", "NaN"), ("inf", "inf")] {
+        profile_breaks(
+            &format!(
+                "{}{}",
+                camera("a", ""),
+                camera("b", &format!("fps = {written}"))
+            ),
+            "cameras[1].fps",
+            shown,
+            "must be a finite number > 0",
+        );
+    }
+    assert_eq!(
+        profile_loads(&camera("a", "fps = 12.5")).cameras[0].fps,
+        Some(12.5)
+    );
+}
+
+#[test]
+fn rule_camera_size_positive() {
+    for field in ["width", "height"] {
+        profile_breaks(
+            &camera("a", &format!("{field} = 0")),
+            &format!("cameras[0].{field}"),
+            "0",
+            "must be > 0",
+        );
+    }
+}
+
+#[test]
+fn rule_camera_opening_hours_differ() {
+    profile_breaks(
+        &camera(
+            "a",
+            "opening_hours = { open = \"09:00\", close = \"09:00\" }",
+        ),
+        "cameras[0].opening_hours",
+        "{ open = \"09:00\", close = \"09:00\" }",
+        "must differ",
+    );
+}
+
+#[test]
+fn rule_camera_zones_follow_the_zone_rules() {
+    profile_breaks(
+        &format!(
+            "{}[[cameras.zones]]\nname = \"till\"\npolygon = [[0, 0], [5, 5], [10, 10]]\n",
+            camera("a", "")
+        ),
+        "cameras[0].zones[0].polygon",
+        "[[0.0, 0.0], [5.0, 5.0], [10.0, 10.0]]",
+        "no area",
+    );
+    // Names unique among the top-level zones and the camera's own.
+    profile_breaks(
+        &format!(
+            "{}{}[[cameras.zones]]\nname = \"door\"\n{TRIANGLE}\n",
+            zone(TRIANGLE),
+            camera("a", "")
+        ),
+        "cameras[0].zones[0].name",
+        "\"door\"",
+        "unique",
+    );
+    // An inline zone names no camera of its own.
+    profile_breaks(
+        &format!(
+            "{}{}[[cameras.zones]]\nname = \"till\"\ncamera = \"a\"\n{TRIANGLE}\n",
+            camera("a", ""),
+            camera("b", "")
+        ),
+        "cameras[1].zones[0].camera",
+        "\"a\"",
+        "leave camera out",
+    );
+}
+
+#[test]
+fn rule_zone_camera_names_a_configured_camera() {
+    profile_breaks(
+        &format!(
+            "{}{}[[zones]]\nname = \"door\"\ncamera = \"side\"\n{TRIANGLE}\n",
+            camera("front", ""),
+            camera("back", "")
+        ),
+        "zones[0].camera",
+        "\"side\"",
+        "names no configured camera; cameras: front, back",
+    );
+    // Without cameras, a zone's camera is any name (the `--camera` of a run).
+    profile_loads(&zone(&format!("camera = \"side\"\n{TRIANGLE}")));
+}
+
+#[test]
+fn camera_unknown_key_and_missing_source() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, words) in [
+        (
+            camera("a", "colour = \"red\""),
+            ["cameras[0].colour", "source"],
+        ),
+        (
+            "[[cameras]]\nname = \"a\"\n".to_string(),
+            ["cameras", "source"],
+        ),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), &text).unwrap();
+        let (_, msg) = crate::load_err(
+            loader(&[])
+                .profiles_dir(Some(dir.path()))
+                .profile(Some("bad")),
+        );
+        for w in words {
+            assert!(msg.contains(w), "{text}: {msg}");
+        }
+    }
+}

@@ -245,3 +245,52 @@ fn opening_hours_unknown_key() {
     );
     assert!(msg.contains("lunch") && msg.contains("close"), "{msg}");
 }
+
+#[test]
+fn metrics_addr_is_absent_by_default_and_read_from_every_layer() {
+    let c = crate::load(loader(&[])).config;
+    assert_eq!(c.monitoring.metrics_addr, None);
+    let env = crate::load(loader(&[(
+        "SURVEIL_MONITORING__METRICS_ADDR",
+        " 127.0.0.1:9464 ",
+    )]));
+    assert_eq!(
+        env.config.monitoring.metrics_addr,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    // A flag beats the environment; IPv6 and port 0 are addresses too.
+    let flag = crate::load(
+        loader(&[("SURVEIL_MONITORING__METRICS_ADDR", "127.0.0.1:9464")]).flag(
+            "monitoring.metrics_addr",
+            "[::1]:0",
+            "--metrics-addr",
+        ),
+    );
+    assert_eq!(
+        flag.config.monitoring.metrics_addr,
+        Some("[::1]:0".parse().unwrap())
+    );
+    let dir = profile_dir("[monitoring]\nmetrics_addr = \"0.0.0.0:9464\"\n");
+    let profile = crate::load(
+        loader(&[])
+            .profiles_dir(Some(dir.path()))
+            .profile(Some("bad")),
+    );
+    assert_eq!(
+        profile.config.monitoring.metrics_addr,
+        Some("0.0.0.0:9464".parse().unwrap())
+    );
+}
+
+#[test]
+fn metrics_addr_that_is_not_ip_port_names_key_value_and_origin() {
+    for text in ["localhost:9464", "127.0.0.1", "9464", "127.0.0.1:99999"] {
+        let (e, msg) =
+            load_err(loader(&[]).flag("monitoring.metrics_addr", text, "--metrics-addr"));
+        assert!(matches!(e, ConfigError::Invalid(_)), "{msg}");
+        assert!(msg.contains("monitoring.metrics_addr"), "{msg}");
+        assert!(msg.contains(&format!("`{text}`")), "{msg}");
+        assert!(msg.contains("IP:PORT"), "{msg}");
+        assert!(msg.contains("--metrics-addr"), "{msg}");
+    }
+}

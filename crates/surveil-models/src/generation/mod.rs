@@ -227,6 +227,12 @@ pub struct GenerationStats {
     pub routed_expert_bytes_per_token: Option<f64>,
     /// Mixture-of-experts models: bytes of all routed-expert weights resident.
     pub routed_expert_bytes_total: Option<u64>,
+    /// Weight bytes the decoder reads per decoded token: every decoder linear and the output
+    /// head, plus for mixture-of-experts models the mean routed-expert bytes per step (the
+    /// vision tower, token-table lookups and norms are not counted). The machine's read
+    /// bandwidth divided by this is the decode speed limit. `None` when the model does not
+    /// report it.
+    pub weight_bytes_per_token: Option<f64>,
 }
 
 /// What [`generate`] returns.

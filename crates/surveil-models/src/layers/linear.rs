@@ -23,6 +23,15 @@ use candle_core::{Module, Tensor, D};
 use crate::load::weights::Weights;
 use crate::Result;
 
+/// Bytes a matmul weight occupies (quantized blocks, or the float tensor): what one forward
+/// pass reads of it.
+pub(crate) fn qmatmul_bytes(weight: &QMatMul) -> usize {
+    match weight {
+        QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
+    }
+}
+
 /// Row multiple candle's x86 tiled quantized kernels need.
 const TILE_ROWS: usize = 16;
 
@@ -113,12 +122,7 @@ impl Linear {
     /// Bytes the weight occupies (quantized blocks, or the float tensor), bias excluded: what
     /// one forward pass reads of it.
     pub fn weight_bytes(&self) -> usize {
-        match &self.weight {
-            QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                t.elem_count() * t.dtype().size_in_bytes()
-            }
-        }
+        qmatmul_bytes(&self.weight)
     }
 
     /// `x` `[..., in]` (f32) → `[..., Σ out_i]`.

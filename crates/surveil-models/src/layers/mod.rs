@@ -14,7 +14,7 @@ mod norm;
 
 pub use embedding::Embedding;
 pub use kv_cache::{KvCache, LayerKvCache};
-pub(crate) use linear::matmul;
 pub use linear::Linear;
+pub(crate) use linear::{matmul, qmatmul_bytes};
 pub use logits::Logits;
 pub use norm::{LayerNorm, RmsNorm};

@@ -106,3 +106,114 @@ fn a_one_image_model_gets_the_frame_of_a_job_with_a_crop() {
     assert_eq!(result.context, 7);
     assert!(result.verdict.is_some());
 }
+
+/// A captioner that records the prompts it is given and holds its first call until released.
+struct GatedCaptioner {
+    prompts: Arc<std::sync::Mutex<Vec<String>>>,
+    release: Arc<std::sync::atomic::AtomicBool>,
+    tokenizer: NoVocab,
+}
+
+impl Vlm for GatedCaptioner {
+    fn model_id(&self) -> &str {
+        "gated-captioner"
+    }
+    fn kind(&self) -> VlmKind {
+        VlmKind::Captioner
+    }
+    fn tokenizer(&self) -> &dyn TextTokenizer {
+        &self.tokenizer
+    }
+    fn analyse(
+        &self,
+        request: &VlmRequest<'_>,
+        _params: &GenerationParams,
+        _hooks: &mut dyn GenerationHooks,
+    ) -> ModelResult<Generation> {
+        self.prompts
+            .lock()
+            .unwrap()
+            .push(request.prompt.to_string());
+        while !self.release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(Generation {
+            text: "a person".into(),
+            reasoning: None,
+            reasoning_unfinished: false,
+            tokens: vec![1],
+            stop_reason: StopReason::StopToken(0),
+            timings: GenerationStats::default(),
+        })
+    }
+}
+
+#[test]
+fn cameras_are_served_round_robin_with_their_latest_scene() {
+    let prompts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let vlm = GatedCaptioner {
+        prompts: prompts.clone(),
+        release: release.clone(),
+        tokenizer: NoVocab,
+    };
+    let testing_config = ConfigLoader::with_env(std::iter::empty::<(String, String)>())
+        .profile(Some("testing"))
+        .load()
+        .unwrap()
+        .config;
+    let config = AnalystConfig {
+        model: "gated-captioner".into(),
+        fallback_models: vec![],
+        enable_fallback: false,
+        load: LoadOptions::from_config(&testing_config),
+        generation: GenerationParams::greedy(8),
+        timeout: Duration::from_secs(30),
+        constrained: false,
+    };
+    let mut analyst: Analyst<&'static str> =
+        Analyst::start_with_vlm(config, Box::new(vlm)).unwrap();
+    let job = |name: &'static str| AnalysisJob {
+        images: vec![RgbImage::new(8, 8)],
+        system: "system".into(),
+        prompt: name.into(),
+        observations: vec![],
+        trigger: "persons_present".into(),
+        context: name,
+    };
+    assert!(analyst.submit_to(0, job("a1")).is_none());
+    // The model holds a1 while the other scenes arrive.
+    let start = std::time::Instant::now();
+    while prompts.lock().unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(analyst.submit_to(0, job("a2")).is_none());
+    let replaced = analyst.submit_to(0, job("a3")).map(|j| j.context);
+    assert_eq!(replaced, Some("a2"), "the camera's newer scene wins");
+    assert!(analyst.submit_to(1, job("b1")).is_none());
+    assert!(analyst.submit_to(2, job("c1")).is_none());
+    assert_eq!(
+        analyst.submit_to(1, job("b2")).map(|j| j.context),
+        Some("b1")
+    );
+    assert_eq!(analyst.pending(), 3, "one waiting scene per camera");
+    assert_eq!(analyst.superseded_of(0), 1);
+    assert_eq!(analyst.superseded_of(1), 1);
+    assert_eq!(analyst.superseded_of(2), 0);
+    assert_eq!(analyst.superseded(), 2);
+    release.store(true, Ordering::SeqCst);
+    let mut done = Vec::new();
+    while done.len() < 4 {
+        let r = analyst
+            .wait_result(Duration::from_secs(30))
+            .expect("every waiting scene is analysed");
+        done.push(r.context);
+    }
+    // After camera 0's a1: cameras 1 and 2, then camera 0 again.
+    assert_eq!(done, ["a1", "b2", "c1", "a3"]);
+    assert_eq!(*prompts.lock().unwrap(), ["a1", "b2", "c1", "a3"]);
+    let (exit, rest, dropped) = analyst.finish_lanes(false, Duration::from_secs(10));
+    assert!(rest.is_empty() && dropped.is_empty());
+    assert_eq!(exit.map(|e| e.analyses), Some(4));
+}

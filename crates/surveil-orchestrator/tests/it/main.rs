@@ -1,7 +1,9 @@
 //! Integration tests of surveil-orchestrator: one binary, one module per area.
 
 mod analyst;
+mod cameras;
 mod decision;
+mod exporter;
 mod pipeline;
 mod scene;
 mod tools;

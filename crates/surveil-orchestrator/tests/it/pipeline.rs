@@ -22,7 +22,7 @@ use surveil_vision::FfmpegOptions;
 /// An asset of the cache (a file, or a folder of files such as `yolov3-tiny`): `None`
 /// (skipped, with a message) when missing on a developer's machine; a failure under CI (`CI`
 /// set to a non-empty value other than `false` or `0`).
-fn asset(rel: &str) -> Option<PathBuf> {
+pub(crate) fn asset(rel: &str) -> Option<PathBuf> {
     let p = surveil_config::paths::asset(rel);
     let present =
         p.is_file() || std::fs::read_dir(&p).is_ok_and(|mut entries| entries.next().is_some());
@@ -63,7 +63,7 @@ impl TextTokenizer for NoVocab {
 }
 
 #[derive(Clone, Copy)]
-enum Behaviour {
+pub(crate) enum Behaviour {
     /// Answers with a verdict of this level after checking the request.
     Answer(&'static str),
     /// Fails every call.
@@ -133,7 +133,7 @@ fn generation(text: String, stop_reason: StopReason) -> Generation {
     }
 }
 
-fn config(extra: &[(&str, &str)]) -> SystemConfig {
+pub(crate) fn config(extra: &[(&str, &str)]) -> SystemConfig {
     let mut loader = ConfigLoader::with_env(std::iter::empty::<(String, String)>())
         .profile(Some("testing"))
         .flag("orchestration.vlm_cooldown_seconds", "0.1", "test")
@@ -145,7 +145,7 @@ fn config(extra: &[(&str, &str)]) -> SystemConfig {
     loader.load().expect("test config").config
 }
 
-fn options(source: &Path, out: &Path, max_frames: u64) -> RunOptions {
+pub(crate) fn options(source: &Path, out: &Path, max_frames: u64) -> RunOptions {
     RunOptions {
         source: source.display().to_string(),
         camera: "aisle-1".into(),
@@ -157,7 +157,7 @@ fn options(source: &Path, out: &Path, max_frames: u64) -> RunOptions {
     }
 }
 
-fn fake(behaviour: Behaviour) -> (ModelChoice, Arc<AtomicUsize>) {
+pub(crate) fn fake(behaviour: Behaviour) -> (ModelChoice, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let vlm = FakeVlm {
         behaviour,

@@ -97,6 +97,17 @@ pub(super) struct Attention {
 }
 
 impl Attention {
+    /// Bytes of the weights one token's pass reads (the projections and both halves of
+    /// `kv_b_proj`).
+    pub(super) fn weight_bytes(&self) -> u64 {
+        let f32_bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        (self.q_proj.weight_bytes()
+            + self.kv_a_proj.weight_bytes()
+            + self.o_proj.weight_bytes()
+            + f32_bytes(&self.w_uk)
+            + f32_bytes(&self.w_uv)) as u64
+    }
+
     pub(super) fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {
         let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
         let (nope, v_dim, rank) = (cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank);

@@ -61,6 +61,25 @@ impl DeepseekV3Model {
         self.moe_layers().map(Moe::routed_bytes_read).sum()
     }
 
+    /// Weight bytes every decoded token reads whatever the routing: attention, dense layers,
+    /// routers, shared experts and the output head (the token table lookup and the norms are
+    /// not counted). Add the routed experts a token chose
+    /// ([`Self::routed_expert_bytes_read`] over a step) for what one token reads.
+    pub fn dense_weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.attn.weight_bytes()
+                    + match &l.ff {
+                        FeedForward::Dense(m) => m.weight_bytes(),
+                        FeedForward::Moe(m) => m.always_read_bytes(),
+                    }
+            })
+            .sum();
+        layers + crate::layers::qmatmul_bytes(&self.lm_head) as u64
+    }
+
     /// Bytes of all routed-expert weights resident (every expert of every MoE layer).
     pub fn routed_expert_bytes(&self) -> u64 {
         self.moe_layers().map(Moe::routed_expert_bytes).sum()

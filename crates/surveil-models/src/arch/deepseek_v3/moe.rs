@@ -36,7 +36,7 @@ impl Mlp {
     }
 
     /// Bytes of the three projection weights.
-    fn weight_bytes(&self) -> u64 {
+    pub(super) fn weight_bytes(&self) -> u64 {
         (self.gate.weight_bytes() + self.up.weight_bytes() + self.down.weight_bytes()) as u64
     }
 
@@ -163,6 +163,12 @@ impl Moe {
     pub(super) fn routed_bytes_read(&self) -> u64 {
         self.routed_bytes_read
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes read by every token whatever the routing: the router and the shared experts.
+    pub(super) fn always_read_bytes(&self) -> u64 {
+        let router = self.router.weight.elem_count() * self.router.weight.dtype().size_in_bytes();
+        router as u64 + self.shared.as_ref().map_or(0, Mlp::weight_bytes)
     }
 
     /// Bytes of all routed-expert weights of this layer.

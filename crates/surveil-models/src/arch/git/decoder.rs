@@ -107,6 +107,19 @@ pub(crate) struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// Bytes of the linear weights one token's pass reads.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        [
+            &self.qkv,
+            &self.attn_dense,
+            &self.intermediate,
+            &self.output_dense,
+        ]
+        .iter()
+        .map(|l| l.weight_bytes())
+        .sum()
+    }
+
     /// Load from `w` scoped at `git.encoder.layer.N`.
     pub(crate) fn load(cfg: &GitConfig, w: &Weights) -> Result<Self> {
         let h = cfg.hidden_size;

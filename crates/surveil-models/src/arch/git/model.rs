@@ -101,6 +101,15 @@ impl GitModel {
         })
     }
 
+    /// Weight bytes one decoded token reads: every decoder layer's linear weights and the
+    /// output head (the image tokens' keys and values are cached; the vision tower, the
+    /// embeddings and the norms are not counted). Bandwidth divided by this is the decode
+    /// speed limit.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let layers: usize = self.layers.iter().map(DecoderLayer::weight_bytes).sum();
+        (layers + self.output.weight_bytes()) as u64
+    }
+
     /// The configuration the model was built from.
     pub fn config(&self) -> &GitConfig {
         &self.cfg

@@ -110,7 +110,7 @@ impl Vlm for GitVlm {
         let cfg = self.model.config();
         let pixel_values = self.processor.preprocess(image)?;
         let mut session = self.model.session(pixel_values, &[cfg.bos_token_id])?;
-        let out = crate::generation::generate(
+        let mut out = crate::generation::generate(
             &mut session,
             Some(&self.tokenizer),
             params,
@@ -118,6 +118,7 @@ impl Vlm for GitVlm {
             hooks,
             started,
         )?;
+        out.stats.weight_bytes_per_token = Some(self.model.decode_weight_bytes() as f64);
         Ok(Generation::answer(out).trimmed())
     }
 }

@@ -208,8 +208,9 @@ impl Vlm for KimiVlm {
         let lm = self.model.language_model();
         out.stats.routed_expert_bytes_total = Some(lm.routed_expert_bytes());
         if session.decode_steps > 0 {
-            out.stats.routed_expert_bytes_per_token =
-                Some(session.decode_expert_bytes as f64 / session.decode_steps as f64);
+            let routed = session.decode_expert_bytes as f64 / session.decode_steps as f64;
+            out.stats.routed_expert_bytes_per_token = Some(routed);
+            out.stats.weight_bytes_per_token = Some(lm.dense_weight_bytes() as f64 + routed);
         }
         drop(session);
         Ok(match self.kind {

@@ -126,6 +126,16 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// Bytes of the linear weights one token's pass reads.
+    fn weight_bytes(&self) -> usize {
+        let a = &self.attn;
+        let m = &self.mlp;
+        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+            .iter()
+            .map(|l| l.weight_bytes())
+            .sum()
+    }
+
     fn load(cfg: &TextConfig, w: &Weights) -> Result<Self> {
         Ok(Self {
             attn: Attention::load(cfg, &w.pp("self_attn"))?,
@@ -214,6 +224,14 @@ impl TextModel {
             inv_freq,
             device: w.device().clone(),
         })
+    }
+
+    /// Weight bytes one decoded token reads: every layer's linear weights and the output head
+    /// (the token table lookup, the norms and the vision tower are not counted). Bandwidth
+    /// divided by this is the decode speed limit.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let layers: usize = self.layers.iter().map(DecoderLayer::weight_bytes).sum();
+        (layers + crate::layers::qmatmul_bytes(&self.lm_head)) as u64
     }
 
     /// The configuration.

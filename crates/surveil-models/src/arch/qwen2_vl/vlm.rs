@@ -143,7 +143,7 @@ impl Vlm for Qwen2VlVlm {
         let input = self.prepare(request)?;
         let mut session = self.model.session(&input)?;
         let stop = self.tokenizer.stop_token_ids();
-        let out = crate::generation::generate(
+        let mut out = crate::generation::generate(
             &mut session,
             Some(&self.tokenizer),
             params,
@@ -151,6 +151,7 @@ impl Vlm for Qwen2VlVlm {
             hooks,
             started,
         )?;
+        out.stats.weight_bytes_per_token = Some(self.model.text().decode_weight_bytes() as f64);
         Ok(Generation::answer(out))
     }
 }
