@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command setup for surveil on a fresh Debian machine.
 #
-#   scripts/setup.sh            install system packages (ffmpeg) and fetch the sample assets
+#   scripts/setup.sh            install system packages (ffmpeg, mosquitto, openssl) and fetch the sample assets
 #   SURVEIL_ASSETS=DIR scripts/setup.sh   put the asset cache somewhere else
 #
 # Idempotent: every asset is checked against its sha256 and fetched only when missing or wrong.
@@ -49,6 +49,23 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   apt_update_once
   need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null \
     || die "could not install ffmpeg with apt-get; install it by hand and rerun"
+fi
+
+# mosquitto: the MQTT broker the tests of `surveil run`'s MQTT sink start on a loopback port of
+# their own (Debian installs it in /usr/sbin, which is not on every user's PATH); openssl makes
+# the certificates of their TLS broker. The mosquitto package may also start a system broker on
+# port 1883 where systemd runs; the tests do not use it.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  log "installing mosquitto (apt)"
+  apt_update_once
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null \
+    || die "could not install mosquitto with apt-get; install it by hand and rerun"
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl (apt)"
+  apt_update_once
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null \
+    || die "could not install openssl with apt-get; install it by hand and rerun"
 fi
 
 # --- assets ----------------------------------------------------------------------------------

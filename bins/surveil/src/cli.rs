@@ -58,8 +58,12 @@ Examples:
   surveil run --profile testing --weights dummy --max-frames 200     # the sample clip
   ENV=testing_qwen surveil run --source rtsp://user:pass@camera/stream --weights dummy
   surveil run --profile testing_kimi --source frames/ --output runs/kimi --json
+  surveil run --profile testing --weights dummy --set mqtt.enabled=true --set mqtt.host=broker.lan
   surveil run --profile shop --camera entrance --camera till          # two configured cameras
-  surveil run --source rtsp://camera/stream --metrics-addr 127.0.0.1:9464"
+  surveil run --source rtsp://camera/stream --metrics-addr 127.0.0.1:9464
+
+With mqtt.enabled, events also go to an MQTT broker (surveil/<camera>/events, .../alerts,
+surveil/node/<node>/stats, .../available); see docs/mqtt.md."
     )]
     Run(RunArgs),
     /// Load one model, report its memory before load, after load and after unload, unload it.

@@ -64,6 +64,7 @@ pub(crate) fn settable(defaults: &Dict, key: &str) -> bool {
     OPTIONAL_NUMBERS.contains(&key)
         || OPTIONAL_REALS.contains(&key)
         || OPTIONAL_PATHS.contains(&key)
+        || OPTIONAL_STRINGS.contains(&key)
         || OPTIONAL_TEXTS.contains(&key)
         || matches!(
             lookup(defaults, key),
@@ -107,8 +108,22 @@ const OPTIONAL_NUMBERS: &[&str] = &["vlm.seed"];
 /// Fields that may hold a real number or nothing (their default is absent/null).
 const OPTIONAL_REALS: &[&str] = &["tracker.frame_rate"];
 
-/// Fields that may hold a path or nothing (absent: the default validation resolves).
-pub(crate) const OPTIONAL_PATHS: &[&str] = &["paths.hub_cache", "paths.model_dir", "paths.assets"];
+/// Fields that may hold a path or nothing (absent: the default validation resolves, or none).
+pub(crate) const OPTIONAL_PATHS: &[&str] = &[
+    "paths.hub_cache",
+    "paths.model_dir",
+    "paths.assets",
+    "mqtt.password_file",
+    "mqtt.ca_file",
+];
+
+/// Fields that may hold text or nothing (their default is absent/null).
+const OPTIONAL_STRINGS: &[&str] = &[
+    "mqtt.client_id",
+    "mqtt.node_id",
+    "mqtt.username",
+    "mqtt.password_env",
+];
 
 /// Fields that may hold a text or nothing (their default is absent/null); the schema reads
 /// the text.
@@ -120,6 +135,7 @@ pub(crate) fn optional_keys() -> impl Iterator<Item = &'static str> {
         .iter()
         .chain(OPTIONAL_REALS)
         .chain(OPTIONAL_PATHS)
+        .chain(OPTIONAL_STRINGS)
         .chain(OPTIONAL_TEXTS)
         .copied()
 }
@@ -142,8 +158,8 @@ pub(crate) fn typed_value(
             .map(Value::from)
             .map_err(|_| bad(format!("{key} must be a number, got `{text}`")));
     }
-    if OPTIONAL_PATHS.contains(&key) {
-        // As given: a path may start or end with spaces.
+    if OPTIONAL_PATHS.contains(&key) || OPTIONAL_STRINGS.contains(&key) {
+        // As given: a path may start or end with spaces; names are checked by validation.
         return Ok(Value::from(text.to_string()));
     }
     if OPTIONAL_TEXTS.contains(&key) {

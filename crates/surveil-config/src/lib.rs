@@ -92,9 +92,9 @@ pub use reference::reference_markdown;
 pub use schema::{
     canonical_model_id, is_valid_camera_name, within_unit_interval, CameraConfig, Choice,
     ClockTime, DecisionConfig, DetectionConfig, Detector, Device, KnownModel, LogLevel,
-    MonitoringConfig, OpeningHours, OrchestrationConfig, OrchestrationMode, OutputConfig,
-    RawConfig, RawDetectionConfig, RawVlmConfig, RuleBreach, SystemConfig, ToolsConfig,
-    TrackerConfig, VlmConfig, WeightsSpec, ZoneConfig, ZoneCoordinates, CAMERA_NAME_MAX_LEN,
-    DETECTION_CLASSES, KNOWN_MODELS, KNOWN_MODEL_IDS,
+    MonitoringConfig, MqttConfig, OpeningHours, OrchestrationConfig, OrchestrationMode,
+    OutputConfig, RawConfig, RawDetectionConfig, RawVlmConfig, RuleBreach, SystemConfig,
+    ToolsConfig, TrackerConfig, VlmConfig, WeightsSpec, ZoneConfig, ZoneCoordinates,
+    CAMERA_NAME_MAX_LEN, DETECTION_CLASSES, KNOWN_MODELS, KNOWN_MODEL_IDS,
 };
 pub use storage::StorageDtype;

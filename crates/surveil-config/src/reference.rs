@@ -369,6 +369,89 @@ const KEY_DOCS: &[KeyDoc] = &[
         "Raise the alert level of anything seen outside the opening hours.",
     ),
     doc(
+        "mqtt.enabled",
+        Allowed::Text("`true`, `false`"),
+        "Whether `surveil run` publishes events, alerts, stats and availability to an MQTT \
+         broker (topics: [docs/mqtt.md](mqtt.md)).",
+    ),
+    doc(
+        "mqtt.host",
+        Allowed::Text("a host name or IP address"),
+        "The broker.",
+    ),
+    doc(
+        "mqtt.port",
+        Allowed::Text("a TCP port in [1, 65535]"),
+        "The broker's port (1883 plain, 8883 the usual TLS port).",
+    ),
+    doc(
+        "mqtt.client_id",
+        Allowed::Text("1 to 256 bytes, or absent"),
+        "MQTT client id (absent: `surveil-<hostname>-<pid>`, unique per process; a broker \
+         disconnects the older of two clients with one id).",
+    ),
+    doc(
+        "mqtt.topic_prefix",
+        Allowed::Text("topic levels separated by `/`, no `+` or `#`, no empty level"),
+        "First level(s) of every topic.",
+    ),
+    doc(
+        "mqtt.node_id",
+        Allowed::Text("one topic level (no `/`, `+`, `#`), or absent"),
+        "This process in `<prefix>/node/<node_id>/stats` and `.../available` (absent: the host \
+         name; give each process its own when several run on one host).",
+    ),
+    doc(
+        "mqtt.username",
+        Allowed::Text("a non-empty name, or absent (anonymous)"),
+        "User name for the broker.",
+    ),
+    doc(
+        "mqtt.password_env",
+        Allowed::Text("an environment variable name, or absent; needs `username`"),
+        "The variable holding the password, read when the connection is set up (never stored, \
+         shown or logged).",
+    ),
+    doc(
+        "mqtt.password_file",
+        Allowed::Text("a file path, or absent; needs `username`; not with `password_env`"),
+        "A file holding the password on its first line, read when the connection is set up \
+         (an unreadable file is an error naming this key).",
+    ),
+    doc(
+        "mqtt.tls",
+        Allowed::Text("`true`, `false`"),
+        "Connect with TLS (rustls).",
+    ),
+    doc(
+        "mqtt.ca_file",
+        Allowed::Text("a PEM file path, or absent (the system's trust store); needs `tls`"),
+        "Certificate authorities that sign the broker's certificate.",
+    ),
+    doc(
+        "mqtt.keep_alive_seconds",
+        Allowed::Text("seconds in [1, 65535]"),
+        "MQTT keep alive: pings when nothing else is sent; the broker declares the process \
+         gone (its last will: `offline`) after 1.5 times this without a packet.",
+    ),
+    doc(
+        "mqtt.buffer_messages",
+        Allowed::Text("an integer in [1, 1000000]"),
+        "Messages held in memory while the broker is slow or unreachable; beyond that, new ones \
+         are dropped and counted (`summary.json`: `mqtt.dropped`). `events.jsonl` has every \
+         event regardless.",
+    ),
+    doc(
+        "mqtt.events_qos",
+        Allowed::Text("`0`, `1`, `2`"),
+        "QoS of `<prefix>/<camera>/events`; alerts are always QoS 1.",
+    ),
+    doc(
+        "mqtt.stats_interval_seconds",
+        Allowed::Text("seconds > 0"),
+        "Time between two health messages on `<prefix>/node/<node_id>/stats`.",
+    ),
+    doc(
         "zones",
         Allowed::Text("a list of `[[zones]]` tables (below)"),
         "Named areas of a camera's view.",

@@ -967,6 +967,229 @@ impl Default for OutputConfig {
     }
 }
 
+/// Publishing to an MQTT broker (`[mqtt]`): every event, alerts (retained), periodic health
+/// and the process's availability. Credentials are never stored here: `password_env` and
+/// `password_file` say where the password is, and it is read when the connection is set up,
+/// so `surveil config show`, errors and summaries can never print it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Whether `surveil run` publishes to the broker.
+    pub enabled: bool,
+    /// Broker host name or IP address.
+    pub host: String,
+    /// Broker TCP port (1883 plain, 8883 the usual TLS port).
+    pub port: u16,
+    /// MQTT client id; absent: `surveil-<hostname>-<pid>`, unique per process.
+    pub client_id: Option<String>,
+    /// First level(s) of every topic (`surveil`, or `site-a/surveil`).
+    pub topic_prefix: String,
+    /// This process's name in the node topics (`<prefix>/node/<node_id>/stats` and
+    /// `.../available`); absent: the host name. Give each process its own when several run on
+    /// one host.
+    pub node_id: Option<String>,
+    /// User name; absent: anonymous.
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password (needs `username`).
+    pub password_env: Option<String>,
+    /// File holding the password, its first line (needs `username`).
+    pub password_file: Option<PathBuf>,
+    /// Connect with TLS (rustls).
+    pub tls: bool,
+    /// PEM file of the certificate authorities that sign the broker's certificate (needs
+    /// `tls`); absent: the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds between keep-alive pings when nothing else is sent (MQTT keep alive).
+    pub keep_alive_seconds: u16,
+    /// Messages held in memory while the broker is slow or unreachable; beyond that, new
+    /// messages are dropped and counted.
+    pub buffer_messages: usize,
+    /// QoS of `<prefix>/<camera>/events` messages: 0 (at most once), 1 (at least once) or 2
+    /// (exactly once). Alerts are always QoS 1.
+    pub events_qos: u8,
+    /// Seconds between two messages on `<prefix>/node/<node_id>/stats`.
+    pub stats_interval_seconds: f64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "localhost".into(),
+            port: 1883,
+            client_id: None,
+            topic_prefix: "surveil".into(),
+            node_id: None,
+            username: None,
+            password_env: None,
+            password_file: None,
+            tls: false,
+            ca_file: None,
+            keep_alive_seconds: 30,
+            buffer_messages: 10_000,
+            events_qos: 0,
+            stats_interval_seconds: 10.0,
+        }
+    }
+}
+
+/// Whether `level` can be one level of an MQTT topic name: not empty, no `/`, no wildcard
+/// (`+`, `#`), no NUL.
+fn is_topic_level(level: &str) -> bool {
+    !level.is_empty() && !level.contains(['/', '+', '#', '\0'])
+}
+
+impl MqttConfig {
+    /// Largest `buffer_messages`.
+    pub const MAX_BUFFER_MESSAGES: usize = 1_000_000;
+
+    /// Range and consistency checks; `rule(key, value, rule)` builds the error.
+    fn validate(
+        &self,
+        rule: &impl Fn(&str, String, String) -> crate::ConfigError,
+    ) -> Result<(), crate::ConfigError> {
+        let text = |s: &str| format!("{s:?}");
+        if self.host.trim().is_empty() || self.host.contains(char::is_whitespace) {
+            return Err(rule(
+                "mqtt.host",
+                text(&self.host),
+                "must be a host name or IP address, without spaces".into(),
+            ));
+        }
+        if self.port == 0 {
+            return Err(rule(
+                "mqtt.port",
+                "0".into(),
+                "must be a TCP port in [1, 65535]".into(),
+            ));
+        }
+        if let Some(id) = &self.client_id {
+            if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+                return Err(rule(
+                    "mqtt.client_id",
+                    text(id),
+                    "must be 1 to 256 bytes without control characters, or absent \
+                     (surveil-<hostname>-<pid>)"
+                        .into(),
+                ));
+            }
+        }
+        let prefix = &self.topic_prefix;
+        if !prefix.split('/').all(is_topic_level) {
+            return Err(rule(
+                "mqtt.topic_prefix",
+                text(prefix),
+                "must be one or more topic levels separated by `/` (`surveil`, \
+                 `site-a/surveil`): no empty level, no leading or trailing `/`, no `+` or `#`"
+                    .into(),
+            ));
+        }
+        if let Some(node) = &self.node_id {
+            if !is_topic_level(node) {
+                return Err(rule(
+                    "mqtt.node_id",
+                    text(node),
+                    "must be one topic level: not empty, no `/`, `+` or `#` (or absent: the \
+                     host name)"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(user) = &self.username {
+            if user.is_empty() {
+                return Err(rule(
+                    "mqtt.username",
+                    text(user),
+                    "must not be empty (leave it out to connect anonymously)".into(),
+                ));
+            }
+        }
+        if let (Some(_), Some(_)) = (&self.password_env, &self.password_file) {
+            return Err(rule(
+                "mqtt.password_file",
+                text(&self.password_file_text()),
+                "give the password in one place: mqtt.password_env or mqtt.password_file, not \
+                 both"
+                    .into(),
+            ));
+        }
+        if let Some(var) = &self.password_env {
+            if var.is_empty() || var.contains(['=', '\0']) {
+                return Err(rule(
+                    "mqtt.password_env",
+                    text(var),
+                    "must be the name of an environment variable".into(),
+                ));
+            }
+        }
+        for (key, set) in [
+            ("mqtt.password_env", self.password_env.is_some()),
+            ("mqtt.password_file", self.password_file.is_some()),
+        ] {
+            if set && self.username.is_none() {
+                let value = if key == "mqtt.password_env" {
+                    text(self.password_env.as_deref().unwrap_or_default())
+                } else {
+                    text(&self.password_file_text())
+                };
+                return Err(rule(
+                    key,
+                    value,
+                    "a password needs mqtt.username (MQTT sends no password without a user \
+                     name)"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            if !self.tls {
+                return Err(rule(
+                    "mqtt.ca_file",
+                    text(&ca.to_string_lossy()),
+                    "needs mqtt.tls = true".into(),
+                ));
+            }
+        }
+        if self.keep_alive_seconds == 0 {
+            return Err(rule(
+                "mqtt.keep_alive_seconds",
+                "0".into(),
+                "must be within [1, 65535] seconds".into(),
+            ));
+        }
+        if !(1..=Self::MAX_BUFFER_MESSAGES).contains(&self.buffer_messages) {
+            return Err(rule(
+                "mqtt.buffer_messages",
+                self.buffer_messages.to_string(),
+                format!("must be within [1, {}]", Self::MAX_BUFFER_MESSAGES),
+            ));
+        }
+        if self.events_qos > 2 {
+            return Err(rule(
+                "mqtt.events_qos",
+                self.events_qos.to_string(),
+                "must be 0, 1 or 2".into(),
+            ));
+        }
+        let interval = self.stats_interval_seconds;
+        if !(interval > 0.0 && std::time::Duration::try_from_secs_f64(interval).is_ok()) {
+            return Err(rule(
+                "mqtt.stats_interval_seconds",
+                interval.to_string(),
+                "must be a finite number > 0 of seconds, at most 1.8e19".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn password_file_text(&self) -> String {
+        self.password_file
+            .as_deref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
 /// The configuration as merged, before validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -991,6 +1214,8 @@ pub struct RawConfig {
     pub decision: DecisionConfig,
     /// Zones (`[[zones]]`), in the order written.
     pub zones: Vec<ZoneConfig>,
+    /// MQTT section.
+    pub mqtt: MqttConfig,
     /// Cameras (`[[cameras]]`), in the order written; none by default.
     pub cameras: Vec<CameraConfig>,
 }
@@ -1024,6 +1249,8 @@ pub struct SystemConfig {
     /// are scaled by the frame size where the frame is known). When cameras are configured,
     /// each zone's `camera` names one of them (or is absent: every camera).
     pub zones: Vec<ZoneConfig>,
+    /// MQTT section.
+    pub mqtt: MqttConfig,
     /// Cameras, in the order written: names unique and valid, sources not empty, inline zones
     /// checked and tagged with their camera's name, opening hours checked.
     pub cameras: Vec<CameraConfig>,
@@ -1233,6 +1460,7 @@ impl RawConfig {
             }
         }
         validate_zones(&self.zones, &self.tools, &origin("zones"))?;
+        self.mqtt.validate(&rule)?;
         validate_cameras(
             &mut self.cameras,
             &self.zones,
@@ -1265,6 +1493,7 @@ impl RawConfig {
             tools: self.tools,
             decision: self.decision,
             zones: self.zones,
+            mqtt: self.mqtt,
             cameras: self.cameras,
         })
     }
@@ -1821,5 +2050,121 @@ mod tests {
         raw.detection.classes = vec!["people".into()];
         let msg = validate(raw).unwrap_err().to_string();
         assert!(msg.contains("unknown class; allowed: person"), "{msg}");
+    }
+
+    #[test]
+    fn mqtt_defaults_are_valid_and_off() {
+        let config = validate(RawConfig::default()).unwrap();
+        let m = &config.mqtt;
+        assert!(!m.enabled);
+        assert_eq!((m.host.as_str(), m.port), ("localhost", 1883));
+        assert_eq!(m.topic_prefix, "surveil");
+        assert_eq!(m.client_id, None);
+        assert_eq!(m.events_qos, 0);
+    }
+
+    #[test]
+    fn mqtt_rules_name_the_key() {
+        type Breach = Box<dyn Fn(&mut MqttConfig)>;
+        let cases: Vec<(&str, Breach, &str)> = vec![
+            ("mqtt.host", Box::new(|m| m.host = " ".into()), "host name"),
+            ("mqtt.port", Box::new(|m| m.port = 0), "[1, 65535]"),
+            (
+                "mqtt.client_id",
+                Box::new(|m| m.client_id = Some(String::new())),
+                "1 to 256 bytes",
+            ),
+            (
+                "mqtt.topic_prefix",
+                Box::new(|m| m.topic_prefix = "surveil/".into()),
+                "no empty level",
+            ),
+            (
+                "mqtt.topic_prefix",
+                Box::new(|m| m.topic_prefix = "a/+/b".into()),
+                "no `+` or `#`",
+            ),
+            (
+                "mqtt.node_id",
+                Box::new(|m| m.node_id = Some("a/b".into())),
+                "one topic level",
+            ),
+            (
+                "mqtt.username",
+                Box::new(|m| m.username = Some(String::new())),
+                "must not be empty",
+            ),
+            (
+                "mqtt.password_env",
+                Box::new(|m| m.password_env = Some("MQTT_PASSWORD".into())),
+                "needs mqtt.username",
+            ),
+            (
+                "mqtt.password_file",
+                Box::new(|m| {
+                    m.username = Some("u".into());
+                    m.password_env = Some("P".into());
+                    m.password_file = Some("/run/secrets/mqtt".into());
+                }),
+                "not both",
+            ),
+            (
+                "mqtt.password_env",
+                Box::new(|m| {
+                    m.username = Some("u".into());
+                    m.password_env = Some("A=B".into());
+                }),
+                "environment variable",
+            ),
+            (
+                "mqtt.ca_file",
+                Box::new(|m| m.ca_file = Some("/etc/ca.pem".into())),
+                "needs mqtt.tls = true",
+            ),
+            (
+                "mqtt.keep_alive_seconds",
+                Box::new(|m| m.keep_alive_seconds = 0),
+                "[1, 65535]",
+            ),
+            (
+                "mqtt.buffer_messages",
+                Box::new(|m| m.buffer_messages = 0),
+                "[1, 1000000]",
+            ),
+            (
+                "mqtt.events_qos",
+                Box::new(|m| m.events_qos = 3),
+                "0, 1 or 2",
+            ),
+            (
+                "mqtt.stats_interval_seconds",
+                Box::new(|m| m.stats_interval_seconds = f64::NAN),
+                "> 0 of seconds",
+            ),
+        ];
+        for (key, breach, rule) in cases {
+            let mut raw = RawConfig::default();
+            breach(&mut raw.mqtt);
+            let msg = validate(raw).unwrap_err().to_string();
+            assert!(msg.starts_with(&format!("{key} = ")), "{key}: {msg}");
+            assert!(msg.contains(rule), "{key}: {msg}");
+        }
+        // Good values of the same keys pass.
+        let mut raw = RawConfig::default();
+        raw.mqtt.topic_prefix = "site-a/surveil".into();
+        raw.mqtt.username = Some("surveil".into());
+        raw.mqtt.password_file = Some("/run/secrets/mqtt".into());
+        raw.mqtt.tls = true;
+        raw.mqtt.ca_file = Some("/etc/ca.pem".into());
+        raw.mqtt.events_qos = 2;
+        validate(raw).unwrap();
+    }
+
+    #[test]
+    fn mqtt_keys_are_checked_in_profile_files() {
+        let err = toml::from_str::<RawConfig>("[mqtt]\nbroker = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `broker`"), "{err}");
+        let err = toml::from_str::<RawConfig>("[mqtt]\nport = 70000\n").unwrap_err();
+        assert!(err.to_string().contains("u16"), "{err}");
     }
 }

@@ -16,6 +16,9 @@
 //! - [`MetricsExporter`]: Prometheus metrics of a run, fed as an [`EventSink`] and from the
 //!   observer's progress, served at `GET /metrics` by [`MetricsExporter::serve`] (the
 //!   [`exporter`] module lists every metric).
+//! - [`MqttPublisher`] ([`mqtt`]): an [`EventSink`] that publishes events, retained alerts,
+//!   node health and availability to an MQTT broker from `mqtt` configuration, never blocking
+//!   the run; [`MqttStatsObserver`] sends the health messages.
 //! - [`ModelChoice`]: the model the configuration names (loaded and unloaded by the run, with
 //!   fallbacks when enabled), or any [`Vlm`](surveil_models::vlm::Vlm) of yours.
 //! - The stages on their own, for a loop of your own: [`scene`], [`tools`] (behaviour tools and
@@ -95,6 +98,7 @@ pub mod error;
 pub mod event;
 pub mod exporter;
 pub mod metrics;
+pub mod mqtt;
 pub mod pipeline;
 pub mod prompt;
 pub mod queue;
@@ -109,6 +113,7 @@ pub use error::{OrchestratorError, Result};
 pub use event::{Event, EventKind};
 pub use exporter::{CameraReading, MetricsExporter, MetricsServer};
 pub use metrics::Stage;
+pub use mqtt::{MqttHandle, MqttPublisher, MqttStatsObserver};
 pub use pipeline::{
     run, run_with_sinks, CameraOptions, CameraProgress, CameraSummary, ModelChoice,
     MultiCameraOptions, NoObserver, RunObserver, RunOptions, RunProgress, RunSummary, RunTarget,

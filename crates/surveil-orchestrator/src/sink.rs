@@ -25,6 +25,13 @@ pub trait EventSink: Send {
     fn finish(&mut self) -> Result<()> {
         Ok(())
     }
+    /// A section this sink adds to the run summary: `(name, value)` becomes the top-level key
+    /// `name` of `summary.json` (the MQTT sink's `mqtt`). Asked once, after
+    /// [`EventSink::finish`]; `None` (the default) adds nothing. A name the summary already
+    /// has is ignored.
+    fn summary_section(&self) -> Option<(String, serde_json::Value)> {
+        None
+    }
 }
 
 /// Any `FnMut(&Event) -> Result<()>` closure that can move between threads is a sink without

@@ -13,7 +13,8 @@ use surveil_config::SystemConfig;
 use surveil_models::LoadSummary;
 use surveil_orchestrator::{
     CameraOptions, CameraProgress, CameraReading, EventSink, MetricsExporter, MetricsServer,
-    ModelChoice, MultiCameraOptions, RunObserver, RunProgress, RunSummary, Stage,
+    ModelChoice, MqttPublisher, MqttStatsObserver, MultiCameraOptions, OrchestratorError,
+    RunObserver, RunProgress, RunSummary, Stage,
 };
 
 use crate::cli::{Cli, RunArgs};
@@ -232,6 +233,17 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(Failure::Runtime)?;
 
+    // The MQTT publisher first: a password or CA file that cannot be read fails before any work.
+    let mut mqtt = if config.mqtt.enabled {
+        match MqttPublisher::start(&config.mqtt, |name| std::env::var(name).ok()) {
+            Ok(publisher) => Some(publisher),
+            Err(e @ OrchestratorError::Config(_)) => return Err(Failure::Usage(e.into())),
+            Err(e) => return Err(Failure::Runtime(anyhow::Error::new(e).context("mqtt"))),
+        }
+    } else {
+        None
+    };
+
     install_signal_handlers();
     let quiet = cli.quiet;
     let terminal = std::io::stderr().is_terminal() && !quiet;
@@ -361,8 +373,20 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     if let (Some((_, server)), false) = (&metrics, quiet) {
         say!("metrics at {}", server.url());
     }
+    let mut stats;
+    let observer_for_run: &mut dyn RunObserver = match mqtt.as_ref().map(MqttPublisher::handle) {
+        Some(handle) => {
+            let every = Duration::from_secs_f64(config.mqtt.stats_interval_seconds);
+            stats = MqttStatsObserver::new(&mut observer, handle, every);
+            &mut stats
+        }
+        None => &mut observer,
+    };
     let mut metrics_sink = metrics.as_ref().map(|(m, _)| m.clone());
     let mut sinks: Vec<&mut dyn EventSink> = Vec::new();
+    if let Some(m) = mqtt.as_mut() {
+        sinks.push(m);
+    }
     if let Some(m) = metrics_sink.as_mut() {
         sinks.push(m);
     }
@@ -371,9 +395,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         &options,
         ModelChoice::FromConfig(load_fn),
         stop.clone(),
-        &mut observer,
+        observer_for_run,
         &mut sinks,
     );
+    drop(sinks);
     if let Some(b) = observer.load_bar.take() {
         b.finish_and_clear();
     }
@@ -456,9 +481,18 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
                 ));
             }
         }
+        let mqtt = s.sinks.get("mqtt").map_or(String::new(), |m| {
+            format!(
+                "\nmqtt {}: {} published, {} dropped, {} reconnect(s)",
+                m["broker"].as_str().unwrap_or("?"),
+                m["published"],
+                m["dropped"],
+                m["reconnects"]
+            )
+        });
         writeln!(
             out,
-            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{per_camera}{losses}\nwritten: {}",
+            "{} frames in {:.1} s ({:.2} fps), {} tracks ({} people), {} VLM calls, events: {}; ended: {}{per_camera}{losses}{mqtt}\nwritten: {}",
             s.frames,
             s.duration_s,
             s.fps,

@@ -288,6 +288,8 @@ pub struct RunProgress {
     pub analyses: u64,
     /// Seconds since the first frame.
     pub elapsed_s: f64,
+    /// Frames waiting in the decode queue after this frame was taken.
+    pub queue_depth: u32,
 }
 
 /// Progress of one camera, given to the observer after every frame of that camera.
@@ -477,6 +479,10 @@ pub struct RunSummary {
     pub metrics: MetricsSummary,
     /// Memory of the model's load cycle.
     pub memory: MemorySummary,
+    /// Sections added by the caller's sinks ([`EventSink::summary_section`]), at the top level
+    /// of `summary.json` (`mqtt` for the MQTT sink); absent when none adds one.
+    #[serde(flatten)]
+    pub sinks: BTreeMap<String, serde_json::Value>,
     /// Each camera by name: its frames, frame rate, end, analyses and alerts.
     pub cameras: BTreeMap<String, CameraSummary>,
 }
@@ -651,6 +657,20 @@ fn finish_extra(extra: &mut [&mut dyn EventSink]) -> Result<()> {
         }
     }
     first
+}
+
+/// `summary` with the sections of the caller's sinks ([`EventSink::summary_section`]); a name
+/// the summary already has is skipped with a warning.
+fn with_sink_sections(mut summary: RunSummary, extra: &[&mut dyn EventSink]) -> RunSummary {
+    let own = serde_json::to_value(&summary).unwrap_or_default();
+    for (name, value) in extra.iter().filter_map(|s| s.summary_section()) {
+        if own.get(&name).is_some() || summary.sinks.contains_key(&name) {
+            tracing::warn!(section = %name, "a sink's summary section clashes with another; skipped");
+            continue;
+        }
+        summary.sinks.insert(name, value);
+    }
+    summary
 }
 
 /// Totals of the run (the per-camera figures are in [`CameraState`]).
@@ -1205,6 +1225,8 @@ fn run_cameras(
             alerts: sinks.counters.alerts,
             analyses: sinks.counters.analyses,
             elapsed_s: elapsed.as_secs_f64(),
+            queue_depth: u32::try_from(cams.iter().map(|c| c.buffered).sum::<usize>())
+                .unwrap_or(u32::MAX),
         });
         if let Some(cam) = cams.get(i) {
             sinks.observer.camera_progress(&CameraProgress {
@@ -1335,11 +1357,13 @@ fn run_cameras(
             snapshots: Some(memory_report),
             peak_rss_bytes: peak,
         },
+        sinks: BTreeMap::new(),
         cameras: cams
             .iter()
             .map(|c| (c.name.clone(), c.summary(loop_time)))
             .collect(),
     };
+    let summary = with_sink_sections(summary, sinks.extra);
     write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
     match run_error {
         Some(e) => Err(e),
@@ -1633,8 +1657,10 @@ fn finish_before_start(
             snapshots: None,
             peak_rss_bytes: surveil_memory::ProcessMemory::current().peak_rss_bytes,
         },
+        sinks: BTreeMap::new(),
         cameras,
     };
+    let summary = with_sink_sections(summary, sinks);
     write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
     finished.map(|()| summary)
 }

@@ -151,6 +151,7 @@ fn progress(frames: u64, fps: f64) -> RunProgress {
         alerts: 0,
         analyses: 0,
         elapsed_s: 1.0,
+        queue_depth: 0,
     }
 }
 

@@ -472,3 +472,56 @@ fn a_failing_sink_of_the_caller_ends_the_run_with_its_error() {
     assert!(events[3..].iter().all(|e| e["kind"] == "analysis"));
     assert_eq!(s["events"], events.len() as u64);
 }
+
+/// A sink that reports on itself in the summary, under `name`.
+struct Reporting {
+    name: &'static str,
+    events: u64,
+}
+
+impl EventSink for Reporting {
+    fn write(&mut self, _: &Event) -> surveil_orchestrator::Result<()> {
+        self.events += 1;
+        Ok(())
+    }
+    fn summary_section(&self) -> Option<(String, serde_json::Value)> {
+        Some((
+            self.name.into(),
+            serde_json::json!({ "events": self.events }),
+        ))
+    }
+}
+
+#[test]
+fn sinks_add_their_sections_to_the_summary_never_over_its_own_keys() {
+    let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (model, _) = fake(Behaviour::Answer("low"));
+    let mut reporting = Reporting {
+        name: "reporting",
+        events: 0,
+    };
+    let mut clashing = Reporting {
+        name: "frames",
+        events: 0,
+    };
+    let summary = run_with_sinks(
+        &config(&[]),
+        &options(&clip, &out, 4),
+        model,
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+        &mut [&mut reporting, &mut clashing],
+    )
+    .unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["reporting"]["events"], summary.events);
+    assert_eq!(summary.sinks["reporting"]["events"], summary.events);
+    // `frames` is the summary's own: the sink's section is left out.
+    assert_eq!(on_disk["frames"], 4);
+    assert!(!summary.sinks.contains_key("frames"));
+}
