@@ -275,6 +275,7 @@ fn clip() -> Option<PathBuf> {
         });
     let needed = [
         "video/vtest.avi",
+        "video/bikes.mp4",
         "yolov3-tiny/yolov3-tiny.weights",
         "yolov3-tiny/yolov3-tiny.cfg",
         "yolov3-tiny/coco.names",
@@ -493,6 +494,122 @@ fn run_publishes_every_event_alerts_retained_and_availability() {
     assert_eq!(on_disk["mqtt"]["published"], mqtt["published"]);
     let client_id = mqtt["client_id"].as_str().unwrap();
     assert!(client_id.starts_with("surveil-"), "{client_id}");
+}
+
+/// The second sample clip, beside [`clip`]'s.
+fn second_clip(clip: &Path) -> PathBuf {
+    clip.with_file_name("bikes.mp4")
+}
+
+#[test]
+fn a_two_camera_run_publishes_each_camera_on_its_own_topics() {
+    let Some(clip) = clip() else { return };
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    alert_profile(&profiles);
+    // Two cameras on two clips; the profile's whole-view zone applies to both.
+    let mut profile = std::fs::read_to_string(profiles.join("mqtt_alerts.toml")).unwrap();
+    for (name, source) in [("entrance", clip.clone()), ("till", second_clip(&clip))] {
+        profile.push_str(&format!(
+            "\n[[cameras]]\nname = \"{name}\"\nsource = {:?}\n",
+            source.to_str().unwrap()
+        ));
+    }
+    std::fs::write(profiles.join("mqtt_alerts.toml"), profile).unwrap();
+    let out = dir.path().join("run");
+    let sub = Subscriber::new(broker.port, "surveil/#");
+    let mut args: Vec<String> = [
+        "--profiles-dir",
+        profiles.to_str().unwrap(),
+        "run",
+        "--profile",
+        "mqtt_alerts",
+        "--weights",
+        "dummy",
+        "--max-frames",
+        "12",
+        "--output",
+        out.to_str().unwrap(),
+        "--json",
+        "--set",
+        "mqtt.node_id=shop-1",
+        "--set",
+        "mqtt.events_qos=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(broker.flags());
+    let summary = finish(spawn_run(&args, &[]));
+    assert_eq!(summary["frames"], 24, "12 frames per camera: {summary}");
+
+    let written = events_of(&out);
+    sub.wait_until(Duration::from_secs(10), "every event", |m| {
+        m.iter().filter(|m| m.topic.ends_with("/events")).count() >= written.len()
+    });
+    let mut cameras_with_alerts = 0;
+    for camera in ["entrance", "till"] {
+        // Each camera's events, in order, on its own topic, as its events.jsonl lines.
+        let mine: Vec<&serde_json::Value> =
+            written.iter().filter(|e| e["camera"] == camera).collect();
+        assert!(!mine.is_empty(), "{camera} wrote no event");
+        let events: Vec<serde_json::Value> = sub
+            .on(&format!("surveil/{camera}/events"))
+            .iter()
+            .map(parse)
+            .collect();
+        assert_eq!(events.iter().collect::<Vec<_>>(), mine, "{camera}");
+
+        // Its alerts on its alerts topic; the last one retained for a later subscriber.
+        let alerts_written: Vec<&serde_json::Value> = mine
+            .iter()
+            .copied()
+            .filter(|e| e["alert_level"] == "alert" || e["alert_level"] == "critical")
+            .collect();
+        let topic = format!("surveil/{camera}/alerts");
+        let alerts: Vec<serde_json::Value> = sub.on(&topic).iter().map(parse).collect();
+        assert_eq!(
+            alerts.iter().collect::<Vec<_>>(),
+            alerts_written,
+            "{camera}"
+        );
+        if let Some(last) = alerts_written.last() {
+            cameras_with_alerts += 1;
+            let late = Subscriber::new(broker.port, &topic);
+            late.wait_until(Duration::from_secs(5), "the retained alert", |m| {
+                !m.is_empty()
+            });
+            let retained = late.all();
+            assert!(retained[0].retain, "{camera}");
+            assert_eq!(&&parse(&retained[0]), last, "{camera}");
+        }
+    }
+    assert!(
+        cameras_with_alerts >= 1,
+        "the alert profile raises alerts: {:?}",
+        summary["alerts_by_level"]
+    );
+    // No topic outside the two cameras' and the node's.
+    for m in sub.all() {
+        assert!(
+            ["surveil/entrance/", "surveil/till/", "surveil/node/shop-1/"]
+                .iter()
+                .any(|p| m.topic.starts_with(p)),
+            "unexpected topic {}",
+            m.topic
+        );
+    }
+    // One node, online then offline.
+    let available: Vec<String> = sub
+        .on("surveil/node/shop-1/available")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(available, ["online", "offline"]);
+    assert_eq!(summary["mqtt"]["dropped"], 0);
 }
 
 #[test]
