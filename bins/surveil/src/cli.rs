@@ -47,6 +47,7 @@ pub enum Command {
   summary.json   frames, detections, tracks, VLM calls and skips, alerts, latency, memory;
                  per camera under `cameras`
   alerts/        an annotated PNG per alert (boxes, track ids, zones, the level)
+--no-vlm loads no model: detection, tracking, behaviour tools and rules only (sizing, NVR use).
 Ctrl-C (or SIGTERM) stops reading, abandons the analysis in flight, writes the summary and exits 0.
 --metrics-addr (or monitoring.metrics_addr) serves Prometheus metrics at /metrics until the run
 ends: frames, fps, stage latencies, VLM calls and skips, events by level, process and GPU memory.
@@ -215,6 +216,10 @@ pub struct RunArgs {
     /// endpoint.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_addr: Option<String>,
+    /// Load no model: detection, tracking, the behaviour tools and the rule-based decisions
+    /// only. The scenes the trigger would send to the VLM are counted as skipped (`no_model`).
+    #[arg(long, conflicts_with = "weights")]
+    pub no_vlm: bool,
     /// Print the run summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -1389,6 +1389,60 @@ fn run_camera_picks_configured_cameras_and_names_the_unknown() {
 }
 
 #[test]
+fn run_without_a_model_detects_and_decides_by_the_rules_alone() {
+    let Some(clip) = run_assets() else { return };
+    let profiles = shop_profiles(&clip);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("run");
+    let out = surveil(
+        &[
+            "--profiles-dir",
+            profiles.path().to_str().unwrap(),
+            "run",
+            "--profile",
+            "shop",
+            "--no-vlm",
+            "--max-frames",
+            "30",
+            "--output",
+            out_dir.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    let summary = json(&out);
+    assert_eq!(summary["frames"], 60, "30 frames per camera");
+    assert!(summary["model"].is_null(), "{}", summary["model"]);
+    assert!(summary["detections"].as_u64().unwrap() > 0);
+    let vlm = &summary["vlm"];
+    assert_eq!(vlm["calls_by_trigger"], serde_json::json!({}), "{vlm}");
+    // The people on the clip make the trigger choose scenes; with no model they are skipped.
+    assert!(
+        vlm["skipped_by_reason"]["no_model"].as_u64().unwrap() >= 1,
+        "{vlm}"
+    );
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(out_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    assert_eq!(events.len(), 60, "one event per frame, none from a model");
+    assert!(events.iter().all(|e| e["vlm"].is_null()));
+    assert!(events
+        .iter()
+        .any(|e| e["trigger"].as_str() == Some("skip:no_model")));
+    // No load cycle to report.
+    assert_eq!(
+        summary["memory"]["snapshots"]["snapshots"],
+        serde_json::json!([])
+    );
+
+    // --no-vlm and --weights contradict each other.
+    let out = surveil(&["run", "--no-vlm", "--weights", "dummy"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn config_show_lists_the_cameras() {
     let profiles = shop_profiles(std::path::Path::new("/srv/clips/shop.mp4"));
     let out = surveil(

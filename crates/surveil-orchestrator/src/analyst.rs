@@ -112,7 +112,8 @@ pub struct Analyst<C: Send + 'static> {
     results: Receiver<AnalysisResult<C>>,
     handle: Option<JoinHandle<AnalystExit>>,
     model_id: String,
-    kind: VlmKind,
+    /// `None` without a model.
+    kind: Option<VlmKind>,
     load: Option<LoadSummary>,
     failures: Vec<(String, String)>,
 }
@@ -125,6 +126,35 @@ impl<C: Send + 'static> Analyst<C> {
     /// [`OrchestratorError::Interrupted`] at once and the thread ends after the load.
     pub fn start(config: AnalystConfig, stop: Option<Arc<AtomicBool>>) -> Result<Self> {
         Self::spawn(config, None, stop)
+    }
+
+    /// An analyst without a model and without a thread, for runs that detect, track and
+    /// apply the behaviour tools and rules only: it holds no job ([`Analyst::has_model`] is
+    /// false; the pipeline does not submit), returns no result, and reports no load.
+    pub fn without_model() -> Self {
+        let (_, results) = mpsc::channel();
+        Self {
+            shared: Arc::new(Shared {
+                slot: Mutex::new(Slot {
+                    pending: FairQueue::new(),
+                    stop: true,
+                }),
+                wake: Condvar::new(),
+                busy: AtomicBool::new(false),
+                cancel: AtomicBool::new(false),
+            }),
+            results,
+            handle: None,
+            model_id: String::new(),
+            kind: None,
+            load: None,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Whether a model serves the analyses (false for [`Analyst::without_model`]).
+    pub fn has_model(&self) -> bool {
+        self.kind.is_some()
     }
 
     /// Start the thread with a model the caller built (a library user's own [`Vlm`], or a
@@ -182,7 +212,7 @@ impl<C: Send + 'static> Analyst<C> {
                 results,
                 handle: Some(handle),
                 model_id: ready.model_id,
-                kind: ready.kind,
+                kind: Some(ready.kind),
                 load: ready.load,
                 failures: ready.failures,
             }),
@@ -198,13 +228,13 @@ impl<C: Send + 'static> Analyst<C> {
         }
     }
 
-    /// Id of the resident model.
+    /// Id of the resident model (empty without a model).
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
 
-    /// Captioner, instruction or thinking model.
-    pub fn kind(&self) -> VlmKind {
+    /// Captioner, instruction or thinking model; `None` without a model.
+    pub fn kind(&self) -> Option<VlmKind> {
         self.kind
     }
 

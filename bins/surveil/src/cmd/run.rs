@@ -247,7 +247,11 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     install_signal_handlers();
     let quiet = cli.quiet;
     let terminal = std::io::stderr().is_terminal() && !quiet;
-    let load = crate::cmd::test_model::progress_bar(terminal);
+    let load = if args.no_vlm {
+        None
+    } else {
+        crate::cmd::test_model::progress_bar(terminal)
+    };
     let mut progress = Progress {
         bar: None,
         plain_every: Duration::from_secs(5),
@@ -362,11 +366,14 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
         } else {
             String::new()
         };
+        let model = if args.no_vlm {
+            "none (--no-vlm)".to_string()
+        } else {
+            format!("{} ({})", config.vlm.primary_model, config.vlm.weights)
+        };
         say!(
-            "surveil run: profile {}, model {} ({}){cameras}, output {}",
+            "surveil run: profile {}, model {model}{cameras}, output {}",
             config.profile,
-            config.vlm.primary_model,
-            config.vlm.weights,
             options.output_dir.display()
         );
     }
@@ -393,7 +400,11 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<(), Failure> {
     let result = surveil_orchestrator::run_with_sinks(
         config,
         &options,
-        ModelChoice::FromConfig(load_fn),
+        if args.no_vlm {
+            ModelChoice::None
+        } else {
+            ModelChoice::FromConfig(load_fn)
+        },
         stop.clone(),
         observer_for_run,
         &mut sinks,

@@ -797,6 +797,9 @@ fn camera_config(config: &SystemConfig, camera: &CameraOptions) -> SystemConfig 
     c
 }
 
+/// Skip reason of a scene the trigger chose in a run without a model ([`ModelChoice::None`]).
+pub const NO_MODEL: &str = "no_model";
+
 /// Which model the analyst serves.
 pub enum ModelChoice {
     /// Load `vlm.primary_model` (and fallbacks) as the configuration says, reporting load
@@ -804,6 +807,11 @@ pub enum ModelChoice {
     FromConfig(Option<ProgressFn>),
     /// A model the caller built (any [`Vlm`] implementation).
     Given(Box<dyn Vlm>),
+    /// No model: detection, tracking, the behaviour tools and the rule-based decisions only
+    /// (an NVR's detector-only mode; sizing a host's cameras without a VLM). Every scene the
+    /// trigger would have sent (paced by its cooldowns) is counted as skipped with the reason
+    /// `no_model`.
+    None,
 }
 
 /// Run the pipeline until every camera's source ended (or reached `max_frames`), or `stop` is
@@ -1034,6 +1042,7 @@ fn run_cameras(
             Analyst::start(analyst_config(config, progress), Some(stop.clone()))
         }
         ModelChoice::Given(vlm) => Analyst::start_with_vlm(analyst_config(config, None), vlm),
+        ModelChoice::None => Ok(Analyst::without_model()),
     };
     let mut analyst: Analyst<JobContext> = match started {
         Ok(a) => a,
@@ -1059,12 +1068,18 @@ fn run_cameras(
     if let Some(load) = analyst.load_summary() {
         observer.model_loaded(load);
     }
-    tracing::info!(
-        model = analyst.model_id(),
-        kind = ?analyst.kind(),
-        cameras = options.cameras.len(),
-        "model resident"
-    );
+    match analyst.kind() {
+        Some(kind) => tracing::info!(
+            model = analyst.model_id(),
+            ?kind,
+            cameras = options.cameras.len(),
+            "model resident"
+        ),
+        None => tracing::info!(
+            cameras = options.cameras.len(),
+            "no model: detection, tracking, tools and rules only"
+        ),
+    }
 
     let mut cams: Vec<CameraState> = options
         .cameras
@@ -1453,6 +1468,17 @@ fn process_frame(
         cam.trigger
             .evaluate_scene(loop_start.elapsed(), &cam.scene, &report.observations);
     let trigger_note = match decision_now {
+        TriggerDecision::Fire(_) if !analyst.has_model() => {
+            // The trigger keeps its own pacing as though the scene had been analysed at once.
+            cam.trigger.analysis_finished(Duration::ZERO);
+            *sinks
+                .counters
+                .vlm
+                .skipped_by_reason
+                .entry(NO_MODEL.to_string())
+                .or_default() += 1;
+            format!("skip:{NO_MODEL}")
+        }
         TriggerDecision::Fire(reason) => {
             let reason = reason.as_str().to_string();
             *sinks
