@@ -19,7 +19,7 @@ def run(mode, n, fps, contaminated=False, rnd=1):
     return {"round": rnd, "mode": mode, "cameras": n, "fps_per_camera": fps, "fps_total": fps * n,
             "frames": 10 * n, "analyses": 0 if mode == "no-vlm" else 2,
             "peak_rss_bytes": 100e6 * n, "model": None if mode == "no-vlm" else "git-base-coco",
-            "wall_s": 10.0, "other_cpu_s": 2.0 if contaminated else 0.0,
+            "analysis_s": None if mode == "no-vlm" else 4.0, "wall_s": 10.0, "other_cpu_s": 2.0 if contaminated else 0.0,
             "contaminated": contaminated}
 
 
@@ -33,6 +33,18 @@ class ProfileText(unittest.TestCase):
         self.assertEqual(doc["vlm"]["primary_model"], "git-base-coco")
         self.assertEqual([c["name"] for c in doc["cameras"]], ["cam1", "cam2", "cam3"])
         self.assertTrue(all(c["source"] == str(clip) for c in doc["cameras"]))
+
+
+class Figures(unittest.TestCase):
+    def test_the_figures_of_a_summary(self):
+        summary = {"cameras": {"a": {"fps": 2.0}, "b": {"fps": 4.0}}, "fps": 6.0, "frames": 20,
+                   "vlm": {"calls_by_trigger": {"tool_cue": 2, "periodic": 1}},
+                   "memory": {"peak_rss_bytes": 5}, "model": {"model": "m"},
+                   "metrics": {"latency": {"vlm": {"mean_ms": 1500.0}}}}
+        f = cameras.figures(summary)
+        self.assertEqual((f["fps_per_camera"], f["analyses"], f["analysis_s"]), (3.0, 3, 1.5))
+        summary.update(model=None, metrics={"latency": {}})
+        self.assertIsNone(cameras.figures(summary)["analysis_s"])
 
 
 class Medians(unittest.TestCase):
@@ -54,8 +66,8 @@ class Medians(unittest.TestCase):
 
     def test_the_table_names_the_model_of_each_row(self):
         text = cameras.table(cameras.medians([run("no-vlm", 1, 6.0), run("vlm", 1, 5.0)]))
-        self.assertIn("| none (`--no-vlm`) | 1 | 6.00 | 6.00 |", text)
-        self.assertIn("| git-base-coco (dummy weights) | 1 | 5.00 | 5.00 |", text)
+        self.assertIn("| none (`--no-vlm`) | 1 | 6.00 | 6.00 | 0 | – |", text)
+        self.assertIn("| git-base-coco (dummy weights) | 1 | 5.00 | 5.00 | 2 | 4.0 |", text)
 
 
 if __name__ == "__main__":
