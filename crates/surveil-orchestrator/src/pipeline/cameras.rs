@@ -6,9 +6,14 @@
 //! report it open, wait for the run to start (the model loads in between), then send frames
 //! until the source ends, fails or is interrupted, and report the end. The thread returns the
 //! stream's counters when it ends.
+//!
+//! A live camera that does not answer is retried without end; it does not hold up the others:
+//! once one camera is open and the others had their time ([`CameraThreads::wait_open`]'s
+//! `late_after`), the run starts with the open ones and a late camera joins when it opens.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -76,8 +81,9 @@ pub(super) struct CameraSpec {
 
 /// How the opening of the cameras ended.
 pub(super) enum Opening {
-    /// Every camera is open, in camera order.
-    Opened(Vec<OpenedCamera>),
+    /// At least one camera is open: every camera in camera order, `None` for one still
+    /// connecting (it may join later with a [`CameraMessage::Opened`]).
+    Opened(Vec<Option<OpenedCamera>>),
     /// This camera's source could not be opened.
     Failed(usize, OrchestratorError),
     /// A stop was requested while sources were connecting.
@@ -88,8 +94,10 @@ pub(super) enum Opening {
 pub(super) struct CameraThreads {
     handles: Vec<JoinHandle<Option<StreamStats>>>,
     open_stops: Vec<StopSignal>,
-    go: Vec<mpsc::Sender<()>>,
-    interrupts: Vec<Option<InterruptHandle>>,
+    /// The run-start signal of each camera, taken when sent (or when the run gives up).
+    go: Vec<Option<mpsc::Sender<()>>>,
+    /// The interrupt handles of the streams opened so far, shared with the stop watcher.
+    interrupts: Arc<Mutex<Vec<InterruptHandle>>>,
     rx: Option<Receiver<(usize, CameraMessage)>>,
 }
 
@@ -102,7 +110,7 @@ impl CameraThreads {
             handles: Vec::with_capacity(n),
             open_stops: Vec::with_capacity(n),
             go: Vec::with_capacity(n),
-            interrupts: (0..n).map(|_| None).collect(),
+            interrupts: Arc::new(Mutex::new(Vec::with_capacity(n))),
             rx: Some(rx),
         };
         for (index, spec) in specs.into_iter().enumerate() {
@@ -117,7 +125,7 @@ impl CameraThreads {
                 Ok(handle) => {
                     threads.handles.push(handle);
                     threads.open_stops.push(stop);
-                    threads.go.push(go_tx);
+                    threads.go.push(Some(go_tx));
                 }
                 Err(e) => {
                     threads.abort(Duration::from_secs(2));
@@ -130,24 +138,24 @@ impl CameraThreads {
         Ok(threads)
     }
 
-    /// Wait until every camera's source is open, one fails, or `stop` is set.
+    /// Wait until every camera's source is open, or at least one is and `late_after` has
+    /// passed (the others join when they open), or one fails, or `stop` is set.
     ///
     /// Errors: [`OrchestratorError::ThreadLost`] when the camera threads went away without a
     /// word.
-    pub fn wait_open(&mut self, stop: &AtomicBool) -> Result<Opening> {
+    pub fn wait_open(&mut self, stop: &AtomicBool, late_after: Duration) -> Result<Opening> {
         let n = self.handles.len();
         let mut opened: Vec<Option<OpenedCamera>> = (0..n).map(|_| None).collect();
         let mut left = n;
+        let since = Instant::now();
         let Some(rx) = self.rx.as_ref() else {
             return Err(OrchestratorError::ThreadLost("source".into()));
         };
-        while left > 0 {
+        while left > 0 && (left == n || since.elapsed() < late_after) {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok((i, CameraMessage::Opened(camera))) => {
-                    if let Some(slot) = self.interrupts.get_mut(i) {
-                        *slot = Some(camera.interrupt.clone());
-                    }
                     if let Some(slot) = opened.get_mut(i) {
+                        self.add_interrupt(camera.interrupt.clone());
                         if slot.replace(*camera).is_none() {
                             left -= 1;
                         }
@@ -166,20 +174,37 @@ impl CameraThreads {
                 }
             }
         }
-        Ok(Opening::Opened(opened.into_iter().flatten().collect()))
+        if left > 0 {
+            tracing::warn!(
+                waiting = left,
+                waited_s = late_after.as_secs_f64(),
+                "starting without the cameras still connecting; they join when they open"
+            );
+        }
+        Ok(Opening::Opened(opened))
     }
 
-    /// Let every opened camera send its frames.
-    pub fn start(&mut self) {
-        for go in self.go.drain(..) {
+    fn add_interrupt(&self, handle: InterruptHandle) {
+        if let Ok(mut list) = self.interrupts.lock() {
+            list.push(handle);
+        }
+    }
+
+    /// Let camera `index` send its frames (once it is open); a camera that opened after
+    /// [`CameraThreads::wait_open`] is registered for stop requests here.
+    pub fn start_camera(&mut self, index: usize, late: Option<&OpenedCamera>) {
+        if let Some(camera) = late {
+            self.add_interrupt(camera.interrupt.clone());
+        }
+        if let Some(go) = self.go.get_mut(index).and_then(Option::take) {
             let _ = go.send(());
         }
     }
 
-    /// The interrupt handles of the opened streams (a stop request must reach a stream
-    /// blocked waiting for a frame).
-    pub fn interrupts(&self) -> Vec<InterruptHandle> {
-        self.interrupts.iter().flatten().cloned().collect()
+    /// The interrupt handles of the opened streams, now and as late cameras open (a stop
+    /// request must reach a stream blocked waiting for a frame).
+    pub fn interrupts(&self) -> Arc<Mutex<Vec<InterruptHandle>>> {
+        self.interrupts.clone()
     }
 
     /// The next message of any camera, waiting at most `timeout`.
@@ -218,8 +243,10 @@ impl CameraThreads {
     /// are discarded) and return each camera's stream counters, in camera order (`None` for
     /// a thread that ended abnormally).
     pub fn finish(mut self) -> Vec<Option<StreamStats>> {
-        for h in self.interrupts.iter().flatten() {
-            h.interrupt();
+        if let Ok(list) = self.interrupts.lock() {
+            for h in list.iter() {
+                h.interrupt();
+            }
         }
         for s in &self.open_stops {
             s.stop();

@@ -181,7 +181,14 @@ pub struct MultiCameraOptions {
     pub detector_dir: PathBuf,
     /// As [`RunOptions::analyst_grace`].
     pub analyst_grace: Duration,
+    /// How long the run waits for every camera to open before it starts with those that did
+    /// (at least one); a camera still connecting joins when it opens, and one that never
+    /// does ends the run with `end_reason` `not_opened` in its summary. Default 30 s.
+    pub late_camera_wait: Duration,
 }
+
+/// Default of [`MultiCameraOptions::late_camera_wait`].
+pub const LATE_CAMERA_WAIT: Duration = Duration::from_secs(30);
 
 impl MultiCameraOptions {
     /// Options for `cameras` written into `output_dir`, with the detector files in
@@ -197,6 +204,7 @@ impl MultiCameraOptions {
             output_dir: output_dir.into(),
             detector_dir: detector_dir.into(),
             analyst_grace: Duration::from_secs(10),
+            late_camera_wait: LATE_CAMERA_WAIT,
         }
     }
 
@@ -245,6 +253,7 @@ impl From<RunOptions> for MultiCameraOptions {
             output_dir: options.output_dir,
             detector_dir: options.detector_dir,
             analyst_grace: options.analyst_grace,
+            late_camera_wait: LATE_CAMERA_WAIT,
         }
     }
 }
@@ -720,15 +729,13 @@ struct CameraState {
     stats: StreamStats,
     buffered: usize,
     end: Option<CameraEnd>,
+    /// Loop time at which its source opened; `None` while it is still connecting.
+    opened_at: Option<Duration>,
 }
 
 impl CameraState {
-    fn new(
-        config: &SystemConfig,
-        camera: &CameraOptions,
-        opened: OpenedCamera,
-        several: bool,
-    ) -> Self {
+    /// A camera whose source is not open yet ([`CameraState::open`] completes it).
+    fn new(config: &SystemConfig, camera: &CameraOptions, several: bool) -> Self {
         let config = camera_config(config, camera);
         Self {
             name: camera.name.clone(),
@@ -740,9 +747,9 @@ impl CameraState {
             runner: ToolRunner::from_config(&config),
             trigger: Trigger::new(TriggerSettings::from_config(&config.orchestration)),
             config,
-            class_names: opened.class_names,
-            source: opened.description,
-            total_frames: opened.total_frames,
+            class_names: Vec::new(),
+            source: surveil_vision::source::redact_url(&camera.source),
+            total_frames: None,
             file_prefix: if several {
                 format!("{}-", camera.name)
             } else {
@@ -758,11 +765,25 @@ impl CameraState {
             stats: StreamStats::default(),
             buffered: 0,
             end: None,
+            opened_at: None,
         }
     }
 
+    /// Its source opened at loop time `at`.
+    fn open(&mut self, opened: OpenedCamera, at: Duration) {
+        self.class_names = opened.class_names;
+        self.source = opened.description;
+        self.total_frames = opened.total_frames;
+        self.opened_at = Some(at);
+    }
+
+    /// Time it has been reading frames by loop time `now`.
+    fn reading_time(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.opened_at.unwrap_or(now))
+    }
+
     fn summary(&self, loop_time: Duration) -> CameraSummary {
-        let until = self.end.as_ref().map_or(loop_time, |e| e.at);
+        let until = self.reading_time(self.end.as_ref().map_or(loop_time, |e| e.at));
         CameraSummary {
             source: self.source.clone(),
             frames: self.frames,
@@ -796,6 +817,10 @@ fn camera_config(config: &SystemConfig, camera: &CameraOptions) -> SystemConfig 
     }
     c
 }
+
+/// A camera's `end_reason` when its source never opened during the run (a live camera that
+/// did not answer; see [`MultiCameraOptions::late_camera_wait`]).
+pub const NOT_OPENED: &str = "not_opened";
 
 /// Skip reason of a scene the trigger chose in a run without a model ([`ModelChoice::None`]).
 pub const NO_MODEL: &str = "no_model";
@@ -1012,7 +1037,7 @@ fn run_cameras(
             return Err(e);
         }
     };
-    let opened = match threads.wait_open(&stop) {
+    let opened = match threads.wait_open(&stop, options.late_camera_wait) {
         Ok(Opening::Opened(opened)) => opened,
         Ok(Opening::Interrupted) => {
             threads.abort(CAMERA_RELEASE_WAIT);
@@ -1084,11 +1109,17 @@ fn run_cameras(
     let mut cams: Vec<CameraState> = options
         .cameras
         .iter()
-        .zip(opened)
-        .map(|(camera, opened)| CameraState::new(config, camera, opened, several))
+        .map(|camera| CameraState::new(config, camera, several))
         .collect();
-    for cam in &cams {
-        observer.camera_opened(&cam.name, &cam.source, cam.total_frames);
+    let mut live = 0;
+    for (index, (cam, opened)) in cams.iter_mut().zip(opened).enumerate() {
+        if let Some(opened) = opened {
+            cam.open(opened, Duration::ZERO);
+            observer.camera_opened(&cam.name, &cam.source, cam.total_frames);
+            live += 1;
+        } else {
+            tracing::warn!(camera = %cam.name, index, "not open yet; it joins when it opens");
+        }
     }
     // Ctrl-C must reach streams blocked waiting for a frame.
     let interrupts = threads.interrupts();
@@ -1100,8 +1131,10 @@ fn run_cameras(
         .spawn(move || {
             while !watcher_done.load(Ordering::SeqCst) {
                 if watcher_stop.load(Ordering::SeqCst) {
-                    for i in &interrupts {
-                        i.interrupt();
+                    if let Ok(list) = interrupts.lock() {
+                        for i in list.iter() {
+                            i.interrupt();
+                        }
                     }
                     return;
                 }
@@ -1125,9 +1158,12 @@ fn run_cameras(
     let mut next_sample = Duration::ZERO;
     let mut stopped = false;
     let mut run_error: Option<OrchestratorError> = None;
-    let mut live = cams.len();
     let mut last_pending = 0usize;
-    threads.start();
+    for (index, cam) in cams.iter().enumerate() {
+        if cam.opened_at.is_some() {
+            threads.start_camera(index, None);
+        }
+    }
 
     while live > 0 {
         if stop.load(Ordering::SeqCst) {
@@ -1180,10 +1216,36 @@ fn run_cameras(
                 }
                 continue;
             }
-            // Only sent while the sources open.
-            CameraMessage::Opened(_)
-            | CameraMessage::OpenFailed(_)
-            | CameraMessage::OpenInterrupted => continue,
+            // A camera that was still connecting when the run started.
+            CameraMessage::Opened(opened) => {
+                let Some(cam) = cams.get_mut(i) else {
+                    continue;
+                };
+                tracing::info!(camera = %cam.name, "opened late; joining the run");
+                threads.start_camera(i, Some(&opened));
+                cam.open(*opened, loop_start.elapsed());
+                sinks
+                    .observer
+                    .camera_opened(&cam.name, &cam.source, cam.total_frames);
+                live += 1;
+                continue;
+            }
+            CameraMessage::OpenFailed(error) => {
+                let Some(cam) = cams.get_mut(i) else {
+                    continue;
+                };
+                tracing::error!(camera = %cam.name, error = %error, "frame source failed to open");
+                cam.end = Some(CameraEnd {
+                    reason: "error",
+                    error: Some(error.to_string()),
+                    at: loop_start.elapsed(),
+                });
+                if let Some(slot) = camera_errors.get_mut(i) {
+                    *slot = Some(error);
+                }
+                continue;
+            }
+            CameraMessage::OpenInterrupted => continue,
         };
         let frame_start = Instant::now();
         frames += 1;
@@ -1248,7 +1310,7 @@ fn run_cameras(
                 camera: cam.name.clone(),
                 frames: cam.frames,
                 total_frames: cam.total_frames,
-                fps: cam.frames as f64 / elapsed.as_secs_f64().max(1e-9),
+                fps: cam.frames as f64 / cam.reading_time(elapsed).as_secs_f64().max(1e-9),
                 frames_dropped: cam.stats.frames_dropped,
                 queue_depth: Some(cam.buffered),
                 analyses: cam.analyses,
@@ -1276,26 +1338,31 @@ fn run_cameras(
         "interrupted"
     };
     for cam in cams.iter_mut().filter(|c| c.end.is_none()) {
+        let never = cam.opened_at.is_none();
+        if never {
+            tracing::warn!(camera = %cam.name, "never opened during the run");
+        }
         cam.end = Some(CameraEnd {
-            reason: cut,
+            reason: if never { NOT_OPENED } else { cut },
             error: None,
             at: loop_time,
         });
     }
+    // The run's end is that of the cameras that took part.
     let reason_of = |c: &CameraState| c.end.as_ref().map_or(cut, |e| e.reason);
+    let took_part = || cams.iter().filter(|c| reason_of(c) != NOT_OPENED);
     let mut end_reason = if run_error.is_some() {
         "error"
     } else if stopped || cams.iter().any(|c| reason_of(c) == "interrupted") {
         "interrupted"
-    } else if cams.iter().all(|c| reason_of(c) == "error") {
+    } else if took_part().all(|c| reason_of(c) == "error") {
         // Every source failed: the run failed, with the first camera's error.
         run_error = camera_errors
             .into_iter()
             .enumerate()
             .find_map(|(i, e)| e.map(|e| camera_error(options, i, e)));
         "error"
-    } else if cams
-        .iter()
+    } else if took_part()
         .filter(|c| reason_of(c) != "error")
         .all(|c| reason_of(c) == "max_frames")
     {

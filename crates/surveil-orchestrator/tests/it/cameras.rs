@@ -481,3 +481,106 @@ fn a_camera_whose_source_fails_mid_run_ends_alone() {
     assert_eq!(s["cameras"]["till"]["end_reason"], "error");
     assert_eq!(s["frames"], 6);
 }
+
+/// A loopback port nothing listens on now.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Run `options` without a model on a thread; panic if it has not returned within `limit`
+/// (a camera holding up the run would otherwise hang the test).
+fn run_within(options: MultiCameraOptions, limit: Duration) -> surveil_orchestrator::RunSummary {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let summary = run_with_sinks(
+            &config(),
+            &options,
+            ModelChoice::None,
+            Arc::new(AtomicBool::new(false)),
+            &mut NoObserver,
+            &mut [],
+        );
+        let _ = tx.send(summary);
+    });
+    rx.recv_timeout(limit)
+        .expect("the run returned in time")
+        .unwrap()
+}
+
+#[test]
+fn a_camera_that_never_answers_does_not_hold_up_the_others() {
+    let Some((clip, detector)) = clip_and_detector() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut options = MultiCameraOptions::new(
+        vec![
+            CameraOptions::new("entrance", clip.display().to_string()),
+            // A live camera that refuses every connection: retried until the run ends.
+            CameraOptions::new(
+                "door",
+                format!("rtsp://user:secret@127.0.0.1:{}/stream", closed_port()),
+            ),
+        ],
+        &out,
+        &detector,
+    );
+    options.max_frames = Some(4);
+    options.late_camera_wait = Duration::from_secs(1);
+    let summary = run_within(options, Duration::from_secs(120));
+    assert_eq!(summary.frames, 4, "the open camera ran");
+    assert_eq!(summary.end_reason, "max_frames");
+    let door = &summary.cameras["door"];
+    assert_eq!(door.end_reason, surveil_orchestrator::pipeline::NOT_OPENED);
+    assert_eq!(door.frames, 0);
+    assert!(!door.source.contains("secret"), "{}", door.source);
+    assert_eq!(summary.cameras["entrance"].frames, 4);
+    let events = read_events(&out);
+    assert!(events.iter().all(|e| e["camera"] == "entrance"));
+}
+
+#[test]
+fn a_camera_that_answers_late_joins_the_run() {
+    let Some((clip, detector)) = clip_and_detector() else {
+        return;
+    };
+    // The clip over HTTP from a server that starts 2 s after the run.
+    let port = closed_port();
+    let served = clip.parent().unwrap().to_path_buf();
+    let name = clip.file_name().unwrap().to_str().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .current_dir(served)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 serves the clip")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut options = MultiCameraOptions::new(
+        vec![
+            CameraOptions::new("entrance", clip.display().to_string()),
+            CameraOptions::new("yard", format!("http://127.0.0.1:{port}/{name}")),
+        ],
+        &out,
+        &detector,
+    );
+    // The file camera alone would be done long before the other answers: make it last.
+    options.max_frames = Some(100);
+    options.late_camera_wait = Duration::from_millis(200);
+    let summary = run_within(options, Duration::from_secs(300));
+    server.join().unwrap().kill().ok();
+    let yard = &summary.cameras["yard"];
+    assert!(yard.frames > 0, "the late camera joined: {yard:?}");
+    assert_eq!(summary.cameras["entrance"].frames, 100);
+    let events = read_events(&out);
+    let first_yard = events.iter().position(|e| e["camera"] == "yard").unwrap();
+    assert!(first_yard > 0, "the run started without it");
+    assert!(yard.fps > 0.0 && yard.fps.is_finite());
+}
