@@ -8,7 +8,8 @@
 //! ```
 //!
 //! For every shape (`k` = input width, `n` = outputs): our GEMV (`m = 1`, decode) or GEMM
-//! (`m` rows, prefill / vision tower) with a pool of 1 and of 2 threads, and candle's `QMatMul`
+//! (`m` rows, prefill / vision tower) with a pool of 1 and of 2 threads (in the full run also
+//! with 8-bit weights, `PackedQ8`), and candle's `QMatMul`
 //! in the format surveil loads today (Q4K, or Q4_0 where `k` is not a multiple of 256) with
 //! candle's own threads (`CANDLE_NUM_THREADS`, default all cores). Besides criterion's
 //! report, one line per run gives the best time per call and from it GB/s (the format's
@@ -23,7 +24,9 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use surveil_models::quant::{matmul_quantized, Kernel, PackedQ4, QuantizedActivations, ThreadPool};
+use surveil_models::quant::{
+    matmul_quantized, Kernel, PackedQ4, PackedQ8, PackedWeight, QuantizedActivations, ThreadPool,
+};
 
 /// `(model and linear, k, n)`; `full_only` shapes run with `KERNELS_BENCH_FULL=1`.
 struct Shape {
@@ -90,14 +93,15 @@ fn gemm_rows(full: bool) -> usize {
 /// criterion filter skips the setup of shapes it does not run).
 struct Prepared {
     ours: PackedQ4,
+    /// 8-bit weights, full mode only.
+    q8: Option<PackedQ8>,
     candle: QMatMul,
     candle_format: &'static str,
     candle_bytes: usize,
-    x: Vec<f32>,
     x_tensor: Tensor,
 }
 
-fn prepare(k: usize, n: usize, m: usize) -> Prepared {
+fn prepare(k: usize, n: usize, m: usize, with_q8: bool) -> Prepared {
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (k * 31 + n) as u64;
     let mut uniform = move || {
         state ^= state << 13;
@@ -106,8 +110,9 @@ fn prepare(k: usize, n: usize, m: usize) -> Prepared {
         (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     };
     let w: Vec<f32> = (0..n * k).map(|_| 0.05 * uniform()).collect();
-    let x: Vec<f32> = (0..m * k).map(|_| uniform()).collect();
+    let x = activations(m, k);
     let ours = PackedQ4::quantize(&w, n, k).expect("finite weights");
+    let q8 = with_q8.then(|| PackedQ8::quantize(&w, n, k).expect("finite weights"));
     let format = if k.is_multiple_of(256) {
         GgmlDType::Q4K
     } else {
@@ -118,9 +123,10 @@ fn prepare(k: usize, n: usize, m: usize) -> Prepared {
     drop(t);
     let candle_bytes = qt.storage_size_in_bytes();
     let candle = QMatMul::from_qtensor(qt).expect("qmatmul");
-    let x_tensor = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).expect("tensor");
+    let x_tensor = Tensor::from_vec(x, (m, k), &Device::Cpu).expect("tensor");
     Prepared {
         ours,
+        q8,
         candle,
         candle_format: if format == GgmlDType::Q4K {
             "q4k"
@@ -128,9 +134,15 @@ fn prepare(k: usize, n: usize, m: usize) -> Prepared {
             "q4_0"
         },
         candle_bytes,
-        x,
         x_tensor,
     }
+}
+
+/// The activations `[m, k]` every implementation gets: deterministic, in [−1, 1).
+fn activations(m: usize, k: usize) -> Vec<f32> {
+    (0..m * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
 }
 
 /// Runs `f` under criterion with `iter_custom`, keeping the best time per call.
@@ -153,6 +165,27 @@ fn timed(c: &mut Criterion, id: &str, mut f: impl FnMut()) -> Option<Duration> {
     best.get()
 }
 
+/// Our matmul of `m` rows on `pool` (activation quantization included), timed.
+fn time_ours<'a, W: PackedWeight + 'a>(
+    c: &mut Criterion,
+    id: &str,
+    m: usize,
+    s: &Shape,
+    pool: &ThreadPool,
+    weight: impl Fn() -> &'a W,
+) -> Option<Duration> {
+    let x = activations(m, s.k);
+    let mut y = vec![0f32; m * s.n];
+    let mut acts = QuantizedActivations::default();
+    let kernel = Kernel::best();
+    timed(c, id, || {
+        let w = weight();
+        acts.requantize(&x, m, s.k).expect("activations");
+        matmul_quantized(kernel, w, &acts, &mut y, pool).expect("matmul");
+        black_box(&y);
+    })
+}
+
 fn report(id: &str, best: Option<Duration>, bytes: usize, flops: f64) {
     if let Some(t) = best {
         let s = t.as_secs_f64();
@@ -165,24 +198,27 @@ fn report(id: &str, best: Option<Duration>, bytes: usize, flops: f64) {
     }
 }
 
-fn run_shape(c: &mut Criterion, pools: &[ThreadPool], kind: &str, s: &Shape, m: usize) {
+fn run_shape(c: &mut Criterion, pools: &[ThreadPool], kind: &str, s: &Shape, m: usize, q8: bool) {
     let prepared = OnceCell::new();
-    let get = || prepared.get_or_init(|| prepare(s.k, s.n, m));
+    let get = || prepared.get_or_init(|| prepare(s.k, s.n, m, q8));
     let flops = 2.0 * (m * s.n * s.k) as f64;
-    let kernel = Kernel::best();
     let base = format!("{kind}/k{}_n{}_m{m}", s.k, s.n);
     for pool in pools {
         let id = format!("{base}/ours_{}t", pool.threads());
-        let mut y = vec![0f32; m * s.n];
-        let mut acts = QuantizedActivations::default();
-        let best = timed(c, &id, || {
-            let p = get();
-            acts.requantize(&p.x, m, s.k).expect("activations");
-            matmul_quantized(kernel, &p.ours, &acts, &mut y, pool).expect("matmul");
-            black_box(&y);
-        });
+        let best = time_ours(c, &id, m, s, pool, || &get().ours);
         if let Some(p) = prepared.get() {
             report(&format!("{id} ({})", s.name), best, p.ours.bytes(), flops);
+        }
+    }
+    if q8 {
+        for pool in pools {
+            let id = format!("{base}/ours_q8_{}t", pool.threads());
+            let best = time_ours(c, &id, m, s, pool, || {
+                get().q8.as_ref().expect("q8 prepared")
+            });
+            if let Some(w) = prepared.get().and_then(|p| p.q8.as_ref()) {
+                report(&format!("{id} ({})", s.name), best, w.bytes(), flops);
+            }
         }
     }
     let id = format!("{base}/candle");
@@ -229,10 +265,10 @@ fn kernels(c: &mut Criterion) {
         }
     }
     for s in GEMV_SHAPES.iter().filter(|s| full || !s.full_only) {
-        run_shape(c, &pools, "gemv", s, 1);
+        run_shape(c, &pools, "gemv", s, 1, full);
     }
     for s in GEMM_SHAPES.iter().filter(|s| full || !s.full_only) {
-        run_shape(c, &pools, "gemm", s, gemm_rows(full));
+        run_shape(c, &pools, "gemm", s, gemm_rows(full), false);
     }
 }
 

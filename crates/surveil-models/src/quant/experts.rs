@@ -2,7 +2,7 @@
 //! pool job, reading only the experts that were chosen, each once per call.
 
 use super::matmul::{part_count, part_range, tiles_times_rows, SharedOut};
-use super::{Kernel, PackedQ4, QuantError, QuantizedActivations, ThreadPool};
+use super::{Kernel, PackedWeight, QuantError, QuantizedActivations, ThreadPool};
 
 /// One routed pair of a mixture-of-experts layer: activation row `row` goes through expert
 /// `expert`.
@@ -25,9 +25,9 @@ pub struct ExpertRoute {
 /// expert or row that does not exist, or the experts' shapes differ ([`QuantError::Shape`]);
 /// `y.len() != routes × n` ([`QuantError::Length`]); a part panicked
 /// ([`QuantError::JobPanicked`]).
-pub fn grouped_expert_gemv(
+pub fn grouped_expert_gemv<W: PackedWeight>(
     kernel: Kernel,
-    experts: &[PackedQ4],
+    experts: &[W],
     x: &QuantizedActivations,
     routes: &[ExpertRoute],
     y: &mut [f32],

@@ -1,4 +1,4 @@
-//! The matmul drivers: `y [m, n] = x [m, k] · Wᵀ` over a [`PackedQ4`], tiled over (rows of x) ×
+//! The matmul drivers: `y [m, n] = x [m, k] · Wᵀ` over a [`PackedWeight`], tiled over (rows of x) ×
 //! (row tiles of W) and split over a [`ThreadPool`] by row tiles. `m = 1` is the decode GEMV
 //! (one pass over the weight); `m > 1` the prefill / vision GEMM, where each weight tile is
 //! reused from cache by a panel of up to [`PANEL_ROWS`] activation rows, a few rows per
@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use super::activations::QuantizedActivations;
 use super::kernels::{tile_outputs, MAX_ROWS_PER_CALL};
-use super::{Kernel, PackedQ4, QuantError, ThreadPool, TILE_ROWS};
+use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
 
 /// Activation rows that share one pass over a weight tile (the tile's `k` range stays in
 /// L1/L2 while they run): 64 rows of `k = 1536` are 98 KB of activations.
@@ -25,8 +25,8 @@ const PARTS_PER_THREAD: usize = 4;
 /// `x` and `y` are row-major f32; `x` is quantized to 8 bits per 32-block first.
 ///
 /// Errors: see [`matmul_with`].
-pub fn matmul(
-    w: &PackedQ4,
+pub fn matmul<W: PackedWeight>(
+    w: &W,
     x: &[f32],
     rows: usize,
     y: &mut [f32],
@@ -40,9 +40,9 @@ pub fn matmul(
 /// Errors: the path is not available on this CPU ([`QuantError::KernelUnavailable`]);
 /// `x.len() != rows × k` or `y.len() != rows × n` ([`QuantError::Length`]); a part panicked
 /// ([`QuantError::JobPanicked`]).
-pub fn matmul_with(
+pub fn matmul_with<W: PackedWeight>(
     kernel: Kernel,
-    w: &PackedQ4,
+    w: &W,
     x: &[f32],
     rows: usize,
     y: &mut [f32],
@@ -59,9 +59,9 @@ pub fn matmul_with(
 /// Errors: the path is not available ([`QuantError::KernelUnavailable`]); `x` has another
 /// width than `W` ([`QuantError::Shape`]); `y.len() != rows × n` ([`QuantError::Length`]); a
 /// part panicked ([`QuantError::JobPanicked`]).
-pub fn matmul_quantized(
+pub fn matmul_quantized<W: PackedWeight>(
     kernel: Kernel,
-    w: &PackedQ4,
+    w: &W,
     x: &QuantizedActivations,
     y: &mut [f32],
     pool: &ThreadPool,
@@ -118,9 +118,9 @@ pub(crate) fn part_range(tiles: usize, parts: usize, p: usize) -> Range<usize> {
 ///
 /// # Safety
 /// No concurrent call writes the same `(out_row, tile)` of `out`.
-pub(crate) unsafe fn tiles_times_rows(
+pub(crate) unsafe fn tiles_times_rows<W: PackedWeight>(
     kernel: Kernel,
-    w: &PackedQ4,
+    w: &W,
     x: &QuantizedActivations,
     pairs: &[(usize, usize)],
     tiles: Range<usize>,
@@ -138,7 +138,14 @@ pub(crate) unsafe fn tiles_times_rows(
                 for (a, &(r, _)) in acts.iter_mut().zip(group) {
                     *a = x.row(r);
                 }
-                tile_outputs(kernel, tile, blocks, &acts[..group.len()], &mut res);
+                tile_outputs(
+                    kernel,
+                    w.format(),
+                    tile,
+                    blocks,
+                    &acts[..group.len()],
+                    &mut res,
+                );
                 for (vals, &(_, out_row)) in res.iter().zip(group) {
                     // SAFETY: the caller guarantees no concurrent writer of this tile's
                     // columns in `out_row`.

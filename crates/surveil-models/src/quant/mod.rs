@@ -1,5 +1,5 @@
-//! Our own 4-bit CPU matmul: a packed weight layout chosen for the kernels, the quantizer that
-//! writes straight into it, and the kernels (scalar reference, AVX2, AVX-512 VNNI) with a small
+//! Our own 4-bit (and 8-bit) CPU matmul: a packed weight layout chosen for the kernels, the
+//! quantizer that writes straight into it, and the kernels (scalar reference, AVX2, AVX-512 VNNI) with a small
 //! parking thread pool. Not yet used by [`Linear`](crate::layers) or the loader.
 //!
 //! # The numbers
@@ -70,17 +70,28 @@
 //! - each SIMD path vs the scalar reference: integer block dots bit-exact; outputs within
 //!   [`KERNEL_TOLERANCE`].
 //!
-//! Not here: wiring into `Linear` and the loader; 8-bit weights.
+//! # 8-bit weights
+//!
+//! [`PackedQ8`] uses the same tiles for symmetric 8-bit weights (`w ≈ d·q`, `q ∈ −127..=127`,
+//! f16 `d` per row and block, GGML `Q8_0` math; 8.5 bits per weight): quants stored +128 so
+//! `vpdpbusd` applies, the offset removed exactly with the activation sums; AVX2 uses
+//! `vpsignb`/`vpabsb` around `vpmaddubsw`. Layout in [`PackedQ8`]'s module; the drivers take
+//! any [`PackedWeight`].
+//!
+//! Not here: wiring into `Linear` and the loader.
 
 mod activations;
+mod buffer;
 mod error;
 mod experts;
 pub mod kernels;
 mod matmul;
 mod packed_q4;
+mod packed_q8;
 mod pool;
 #[cfg(test)]
 mod tests;
+mod weight;
 
 pub use activations::QuantizedActivations;
 pub use error::QuantError;
@@ -88,7 +99,9 @@ pub use experts::{grouped_expert_gemv, ExpertRoute};
 pub use kernels::Kernel;
 pub use matmul::{matmul, matmul_quantized, matmul_with};
 pub use packed_q4::{PackedQ4, QuantInput};
+pub use packed_q8::PackedQ8;
 pub use pool::ThreadPool;
+pub use weight::{PackedWeight, WeightFormat};
 
 /// Values of `k` per quantization block (weights and activations).
 pub const BLOCK: usize = 32;

@@ -3,6 +3,7 @@
 
 use half::{bf16, f16};
 
+use super::buffer::AlignedBytes;
 use super::{QuantError, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 /// Offset of the 16 f16 scales `d` in a tile block.
@@ -41,11 +42,6 @@ mod private {
     impl Sealed for half::f16 {}
 }
 
-/// One cache line; the buffer is a vector of them so every tile block starts 64-byte aligned.
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
-
 // A tile block is a whole number of cache lines.
 const _: () = assert!(TILE_BLOCK_BYTES.is_multiple_of(64));
 
@@ -58,7 +54,7 @@ pub struct PackedQ4 {
     cols: usize,
     blocks: usize,
     tiles: usize,
-    lines: Vec<Line>,
+    buf: AlignedBytes,
 }
 
 impl std::fmt::Debug for PackedQ4 {
@@ -92,22 +88,19 @@ impl PackedQ4 {
         }
         let blocks = cols.div_ceil(BLOCK);
         let tiles = rows.div_ceil(TILE_ROWS);
-        let lines_per_block = TILE_BLOCK_BYTES / 64;
-        let mut lines = vec![Line([0; 64]); tiles * blocks * lines_per_block];
-        let bytes = lines_as_bytes_mut(&mut lines);
-        let tile_bytes = blocks * TILE_BLOCK_BYTES;
-        for (t, tile) in bytes.chunks_exact_mut(tile_bytes.max(1)).enumerate() {
-            if blocks == 0 {
-                break;
+        let mut buf = AlignedBytes::zeroed(tiles * blocks * TILE_BLOCK_BYTES);
+        if blocks > 0 {
+            let tile_bytes = blocks * TILE_BLOCK_BYTES;
+            for (t, tile) in buf.as_bytes_mut().chunks_exact_mut(tile_bytes).enumerate() {
+                quantize_tile(w, rows, cols, t, tile)?;
             }
-            quantize_tile(w, rows, cols, t, tile)?;
         }
         Ok(Self {
             rows,
             cols,
             blocks,
             tiles,
-            lines,
+            buf,
         })
     }
 
@@ -144,12 +137,12 @@ impl PackedQ4 {
     /// Bytes resident for this weight: the packed buffer's allocation (padding included,
     /// `tiles × blocks × 320`); the struct itself adds 64 bytes.
     pub fn bytes(&self) -> usize {
-        self.lines.capacity() * std::mem::size_of::<Line>()
+        self.buf.allocated()
     }
 
     /// The packed buffer (64-byte aligned), `tiles × blocks × 320` bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        lines_as_bytes(&self.lines)
+        self.buf.as_bytes()
     }
 
     /// The `blocks × 320` bytes of tile `tile` (< [`PackedQ4::tiles`]).
@@ -277,7 +270,7 @@ fn quantize_tile<T: QuantInput>(
 }
 
 /// `x` as f16, rounded toward +∞ (`up`) or −∞ instead of to nearest.
-fn f16_toward(x: f32, up: bool) -> f16 {
+pub(crate) fn f16_toward(x: f32, up: bool) -> f16 {
     let h = f16::from_f32(x);
     let back = h.to_f32();
     if back == x || back.is_nan() || (up && back > x) || (!up && back < x) {
@@ -293,23 +286,6 @@ fn f16_toward(x: f32, up: bool) -> f16 {
         (true, false, true) | (false, false, false) => bits - 1,
     };
     f16::from_bits(next)
-}
-
-fn lines_as_bytes(lines: &[Line]) -> &[u8] {
-    // SAFETY: `Line` is `repr(C)` around `[u8; 64]` (size 64, no padding), so `lines` is
-    // `64 × len` initialised bytes; the returned slice borrows `lines`.
-    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), std::mem::size_of_val(lines)) }
-}
-
-fn lines_as_bytes_mut(lines: &mut [Line]) -> &mut [u8] {
-    // SAFETY: as in `lines_as_bytes`; every byte pattern is a valid `Line`, and the slice
-    // borrows `lines` mutably for its lifetime.
-    unsafe {
-        std::slice::from_raw_parts_mut(
-            lines.as_mut_ptr().cast::<u8>(),
-            std::mem::size_of_val(lines),
-        )
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! (Qwen2-VL-2B, git-base, Kimi-VL), odd sizes and tails, the GEMM at several batch sizes, the
 //! thread pool's determinism and the grouped expert GEMV.
 
-use super::kernels::block_dots;
+use super::kernels::{block_dots, block_dots_q8};
+use super::packed_q8::Q8_QUANT_BYTES;
 use super::test_data::{random_activations, random_weights, Lcg};
 use super::*;
 
@@ -378,4 +379,114 @@ fn grouped_expert_gemv_matches_each_expert_alone() {
     assert!(matches!(err, QuantError::Shape(_)), "{err}");
     let mut y = vec![0f32; 0];
     grouped_expert_gemv(Kernel::Scalar, &ws, &xq, &[], &mut y, &pool(1)).unwrap();
+}
+
+/// [`magnitudes`] for 8-bit weights: `Σ_i |ŵ_i|·|x̂_i|` ≥ `Σ_blocks |d_w·d_x·dot|`.
+fn magnitudes_q8(w: &PackedQ8, x: &QuantizedActivations) -> Vec<f32> {
+    let (n, k) = (w.rows(), w.cols());
+    let (wd, xd) = (w.dequantize(), x.dequantize());
+    let mut mag = vec![0f32; x.rows() * n];
+    for r in 0..x.rows() {
+        for j in 0..n {
+            let s: f64 = wd[j * k..(j + 1) * k]
+                .iter()
+                .zip(&xd[r * k..(r + 1) * k])
+                .map(|(&a, &b)| f64::from((a * b).abs()))
+                .sum();
+            mag[r * n + j] = s as f32;
+        }
+    }
+    mag
+}
+
+#[test]
+fn q8_reference_is_the_f32_matmul_of_the_dequantized_operands() {
+    let mut rng = Lcg(9);
+    for &(n, k) in &[(17, 33), (40, 4304), (5, 1408), (16, 1)] {
+        let q = PackedQ8::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();
+        let xq = QuantizedActivations::quantize(&random_activations(&mut rng, 2, k), 2, k).unwrap();
+        let mut y = vec![0f32; 2 * n];
+        matmul_quantized(Kernel::Scalar, &q, &xq, &mut y, &pool(1)).unwrap();
+        let (wd, xd) = (q.dequantize(), xq.dequantize());
+        let mag = magnitudes_q8(&q, &xq);
+        for r in 0..2 {
+            for j in 0..n {
+                let exact: f64 = wd[j * k..(j + 1) * k]
+                    .iter()
+                    .zip(&xd[r * k..(r + 1) * k])
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                let tol = 4.0 * f32::EPSILON * (k.div_ceil(BLOCK) as f32 + 4.0) * mag[r * n + j];
+                let got = y[r * n + j];
+                assert!(
+                    (f64::from(got) - exact).abs() <= f64::from(tol) + 1e-30,
+                    "[{n}, {k}] output {r},{j}: {got} vs {exact}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_paths_match_the_reference_at_the_real_shapes() {
+    let paths = simd_paths();
+    let mut rng = Lcg(10);
+    for &(name, k, n) in REAL_SHAPES {
+        // The widths are what differs between shapes; 300 rows keep the test short.
+        let n = n.min(300);
+        let q = PackedQ8::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();
+        for m in [1, 2, 7] {
+            let xq =
+                QuantizedActivations::quantize(&random_activations(&mut rng, m, k), m, k).unwrap();
+            let mut want = vec![0f32; m * n];
+            matmul_quantized(Kernel::Scalar, &q, &xq, &mut want, &pool(1)).unwrap();
+            let mag = magnitudes_q8(&q, &xq);
+            for &path in &paths {
+                if m == 1 {
+                    let row = xq.row(0);
+                    for t in 0..q.tiles() {
+                        let tile = q.tile(t);
+                        for b in 0..q.blocks_per_row() {
+                            let quants = &tile[b * Q8_QUANT_BYTES..(b + 1) * Q8_QUANT_BYTES];
+                            let xb = &row.q[b * BLOCK..(b + 1) * BLOCK];
+                            assert_eq!(
+                                block_dots_q8(path, quants, xb).unwrap(),
+                                block_dots_q8(Kernel::Scalar, quants, xb).unwrap(),
+                                "{name}: {path:?} tile {t} block {b}"
+                            );
+                        }
+                    }
+                }
+                let mut got = vec![f32::NAN; m * n];
+                matmul_quantized(path, &q, &xq, &mut got, &pool(2)).unwrap();
+                let what = format!("q8 {name} {path:?} m={m}");
+                assert_within_tolerance(&what, &got, &want, &mag, q.blocks_per_row());
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_grouped_experts_and_tails() {
+    let mut rng = Lcg(12);
+    for &(n, k) in &[(1, 1), (17, 33), (33, 1152)] {
+        let ws: Vec<PackedQ8> = (0..3)
+            .map(|_| PackedQ8::quantize(&random_weights(&mut rng, n, k), n, k).unwrap())
+            .collect();
+        let xq = QuantizedActivations::quantize(&random_activations(&mut rng, 2, k), 2, k).unwrap();
+        let routes = [(2, 0), (0, 1), (2, 1)].map(|(expert, row)| ExpertRoute { expert, row });
+        for path in std::iter::once(Kernel::Scalar).chain(simd_paths()) {
+            let mut y = vec![f32::NAN; routes.len() * n];
+            grouped_expert_gemv(path, &ws, &xq, &routes, &mut y, &pool(2)).unwrap();
+            for (i, r) in routes.iter().enumerate() {
+                let mut want = vec![0f32; 2 * n];
+                matmul_quantized(Kernel::Scalar, &ws[r.expert], &xq, &mut want, &pool(1)).unwrap();
+                assert_eq!(
+                    &y[i * n..(i + 1) * n],
+                    &want[r.row * n..(r.row + 1) * n],
+                    "{path:?} [{n}, {k}] route {r:?}"
+                );
+            }
+        }
+    }
 }

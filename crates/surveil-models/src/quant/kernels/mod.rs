@@ -1,7 +1,7 @@
 //! The kernel paths and their run-time choice: a portable scalar reference, AVX2 and
-//! AVX-512 VNNI. Each computes, for one row tile of a [`PackedQ4`](super::PackedQ4) and up to a
-//! few quantized activation rows, the 16 outputs per row (the micro-kernel the drivers in
-//! `matmul.rs` tile over).
+//! AVX-512 VNNI. Each computes, for one row tile of a [`PackedQ4`](super::PackedQ4) or
+//! [`PackedQ8`](super::PackedQ8) and up to a few quantized activation rows, the 16 outputs per
+//! row (the micro-kernel the drivers in `matmul.rs` tile over).
 
 mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -10,7 +10,8 @@ mod x86;
 use std::sync::OnceLock;
 
 use super::activations::ActRow;
-use super::{QuantError, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+use super::packed_q8::{q8_tile_bytes, Q8_QUANT_BYTES};
+use super::{QuantError, WeightFormat, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 /// One implementation of the 4-bit kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,19 +102,21 @@ impl Kernel {
 pub(crate) const MAX_ROWS_PER_CALL: usize = 4;
 
 /// The outputs of one tile for up to [`MAX_ROWS_PER_CALL`] activation rows: `out[r][j]` =
-/// row `r` of `x` · row `j` of the tile. `tile` is the tile's `blocks × 320` bytes; every row
-/// has `blocks` blocks; `kernel` has been checked available.
+/// row `r` of `x` · row `j` of the tile. `tile` is the tile's bytes in `format`; every row
+/// has `blocks` blocks. A path the CPU lacks falls back to the scalar one.
 pub(crate) fn tile_outputs(
     kernel: Kernel,
+    format: WeightFormat,
     tile: &[u8],
     blocks: usize,
     rows: &[ActRow<'_>],
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
-    assert!(
-        tile.len() >= blocks * TILE_BLOCK_BYTES,
-        "tile shorter than its blocks"
-    );
+    let need = match format {
+        WeightFormat::Q4 => blocks * TILE_BLOCK_BYTES,
+        WeightFormat::Q8 => q8_tile_bytes(blocks),
+    };
+    assert!(tile.len() >= need, "tile shorter than its blocks");
     assert!(
         rows.len() <= kernel.rows_per_call(),
         "too many rows for one call"
@@ -124,12 +127,19 @@ pub(crate) fn tile_outputs(
             "activation row shorter than the weight's blocks"
         );
     }
-    match kernel {
+    match (kernel, format) {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => x86::tile_outputs_avx512(tile, blocks, rows, out),
+        (Kernel::Avx512Vnni, WeightFormat::Q4) => x86::tile_outputs_avx512(tile, blocks, rows, out),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => x86::tile_outputs_avx2(tile, blocks, rows, out),
-        _ => scalar::tile_outputs(tile, blocks, rows, out),
+        (Kernel::Avx2, WeightFormat::Q4) => x86::tile_outputs_avx2(tile, blocks, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512Vnni, WeightFormat::Q8) => {
+            x86::tile_outputs_q8_avx512(tile, blocks, rows, out)
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx2, WeightFormat::Q8) => x86::tile_outputs_q8_avx2(tile, blocks, rows, out),
+        (_, WeightFormat::Q4) => scalar::tile_outputs(tile, blocks, rows, out),
+        (_, WeightFormat::Q8) => scalar::tile_outputs_q8(tile, blocks, rows, out),
     }
 }
 
@@ -164,5 +174,39 @@ pub fn block_dots(
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => x86::block_dots_avx2(tile_block, xq),
         _ => scalar::block_dots(tile_block, xq),
+    })
+}
+
+/// [`block_dots`] for a [`PackedQ8`](super::PackedQ8) tile block: `quants` is its 512 quant
+/// bytes (offset by 128), `xq` the 32 activation bytes.
+///
+/// Errors: the path is not available ([`QuantError::KernelUnavailable`]); short slices
+/// ([`QuantError::Length`]).
+pub fn block_dots_q8(
+    kernel: Kernel,
+    quants: &[u8],
+    xq: &[i8],
+) -> Result<[i32; TILE_ROWS], QuantError> {
+    kernel.check()?;
+    if quants.len() < Q8_QUANT_BYTES {
+        return Err(QuantError::Length {
+            what: "q8 tile block",
+            expected: Q8_QUANT_BYTES,
+            found: quants.len(),
+        });
+    }
+    if xq.len() < BLOCK {
+        return Err(QuantError::Length {
+            what: "activation block",
+            expected: BLOCK,
+            found: xq.len(),
+        });
+    }
+    Ok(match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86::block_dots_q8_avx512(quants, xq),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => x86::block_dots_q8_avx2(quants, xq),
+        _ => scalar::block_dots_q8(quants, xq),
     })
 }

@@ -3,7 +3,7 @@
 //!
 //! Safety contract of every `unsafe fn` here: the CPU has the features of its
 //! `#[target_feature]` (the safe wrappers check [`Kernel::is_available`]), `tile` points to
-//! `blocks × 320` readable bytes, and each activation row to `blocks × 32` `i8`, `blocks` f32
+//! the `blocks` blocks of its format (Q4: `blocks × 320` bytes; Q8: `blocks × 544`), and each activation row to `blocks × 32` `i8`, `blocks` f32
 //! scales and `blocks` i32 sums (the wrappers take them from slices checked by
 //! [`super::tile_outputs`]).
 
@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 
 use crate::quant::activations::ActRow;
 use crate::quant::packed_q4::{D_OFFSET, M_OFFSET};
+use crate::quant::packed_q8::{Q8_QUANT_BYTES, Q8_SCALE_BYTES};
 use crate::quant::{Kernel, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 use super::MAX_ROWS_PER_CALL;
@@ -317,6 +318,239 @@ pub(super) fn tile_outputs_avx2(
             0 => {}
             1 => tile_avx2::<1>(t, blocks, [r(0)], out),
             _ => tile_avx2::<2>(t, blocks, [r(0), r(1)], out),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8-bit weights (quants offset by +128)
+// ---------------------------------------------------------------------------------------------
+
+/// The eight 64-byte chunks of a Q8 tile block's quants.
+///
+/// # Safety
+/// AVX-512F available; `wq` points to 512 readable bytes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_q8_avx512(wq: *const u8) -> [__m512i; 8] {
+    let mut w = [_mm512_setzero_si512(); 8];
+    for (c, v) in w.iter_mut().enumerate() {
+        // SAFETY: chunk `c` is bytes 64c..64c+64 of the 512 the caller guarantees.
+        *v = unsafe { _mm512_loadu_si512(wq.add(64 * c).cast()) };
+    }
+    w
+}
+
+/// `Σ q_w·q_x` of the 16 rows: `vpdpbusd` on the offset quants, minus `128·Σ q_x`.
+///
+/// # Safety
+/// AVX-512F/VNNI available; `xq` points to 32 readable bytes.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn idot_q8_avx512(w: &[__m512i; 8], xq: *const i8, sum: i32) -> __m512i {
+    let mut acc = [_mm512_setzero_si512(); 2];
+    for c in 0..8 {
+        // SAFETY: offset 4c (+4) stays within the 32 bytes the caller guarantees.
+        let x = _mm512_set1_epi32(unsafe { quad(xq, 4 * c) });
+        acc[c % 2] = _mm512_dpbusd_epi32(acc[c % 2], w[c], x);
+    }
+    _mm512_sub_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_set1_epi32(128 * sum),
+    )
+}
+
+/// See [`super::block_dots_q8`].
+pub(super) fn block_dots_q8_avx512(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    if !Kernel::Avx512Vnni.is_available() || quants.len() < Q8_QUANT_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots_q8(quants, xq);
+    }
+    let sum: i32 = xq[..BLOCK].iter().map(|&q| i32::from(q)).sum();
+    let mut out = [0i32; TILE_ROWS];
+    // SAFETY: features checked above; 512 quant bytes and 32 activation bytes checked above;
+    // `out` has room for 16 i32.
+    unsafe {
+        let v = idot_q8_avx512(&load_q8_avx512(quants.as_ptr()), xq.as_ptr(), sum);
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+    }
+    out
+}
+
+/// `R` activation rows against one Q8 tile.
+///
+/// # Safety
+/// See the module docs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q8_avx512<const R: usize>(
+    tile: *const u8,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks`: its quants are 512 bytes at 512b, its scales 32 bytes
+        // at 512·blocks + 32b, inside the tile (module contract).
+        let (w, dw) = unsafe {
+            (
+                load_q8_avx512(tile.add(b * Q8_QUANT_BYTES)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    tile.add(blocks * Q8_QUANT_BYTES + b * Q8_SCALE_BYTES)
+                        .cast(),
+                )),
+            )
+        };
+        for (a, row) in acc.iter_mut().zip(rows) {
+            // SAFETY: block `b` of every row exists (module contract).
+            let dot = unsafe {
+                let sum = *row.sum.add(b);
+                idot_q8_avx512(&w, row.q.add(b * BLOCK), sum)
+            };
+            // SAFETY: as above.
+            let dx = unsafe { *row.d.add(b) };
+            let dot = _mm512_cvtepi32_ps(dot);
+            *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
+pub(super) fn tile_outputs_q8_avx512(
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    if !Kernel::Avx512Vnni.is_available() {
+        return super::scalar::tile_outputs_q8(tile, blocks, rows, out);
+    }
+    let t = tile.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
+    // `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_q8_avx512::<1>(t, blocks, [r(0)], out),
+            2 => tile_q8_avx512::<2>(t, blocks, [r(0), r(1)], out),
+            3 => tile_q8_avx512::<3>(t, blocks, [r(0), r(1), r(2)], out),
+            _ => tile_q8_avx512::<4>(t, blocks, [r(0), r(1), r(2), r(3)], out),
+        }
+    }
+}
+
+/// Adds chunk `c`'s products of 8 rows to `acc` (i32 per row): the offset quants back to
+/// signed (`xor 0x80`), then `vpmaddubsw(|w|, x·sign(w))` — at most 2·127·127 = 32 258 per
+/// i16, no saturation — and `vpmaddwd` with ones.
+///
+/// # Safety
+/// AVX2 available; `xq` points to 32 readable bytes; `c < 8`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_chunk_q8_avx2(acc: __m256i, v: __m256i, xq: *const i8, c: usize) -> __m256i {
+    // SAFETY: offset 4c (+4) stays within the 32 bytes the caller guarantees.
+    let x = _mm256_set1_epi32(unsafe { quad(xq, 4 * c) });
+    let w = _mm256_xor_si256(v, _mm256_set1_epi8(i8::MIN));
+    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+    _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+}
+
+/// See [`super::block_dots_q8`].
+pub(super) fn block_dots_q8_avx2(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    if !Kernel::Avx2.is_available() || quants.len() < Q8_QUANT_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots_q8(quants, xq);
+    }
+    let mut out = [0i32; TILE_ROWS];
+    for h in 0..2 {
+        // SAFETY: features checked above; 512 quant bytes and 32 activation bytes checked
+        // above; `out[8h..8h + 8]` is 8 writable i32.
+        unsafe {
+            let mut acc = _mm256_setzero_si256();
+            for c in 0..8 {
+                let v = _mm256_loadu_si256(quants.as_ptr().add(64 * c + 32 * h).cast());
+                acc = add_chunk_q8_avx2(acc, v, xq.as_ptr(), c);
+            }
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * h).cast(), acc);
+        }
+    }
+    out
+}
+
+/// `R` activation rows against one Q8 tile, both halves in one pass.
+///
+/// # Safety
+/// See the module docs.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q8_avx2<const R: usize>(
+    tile: *const u8,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
+        let wq = unsafe { tile.add(b * Q8_QUANT_BYTES) };
+        let mut s = [[_mm256_setzero_si256(); 2]; R];
+        for c in 0..8 {
+            for h in 0..2 {
+                // SAFETY: bytes 64c + 32h .. +32 lie inside the block's 512 quant bytes.
+                let v = unsafe { _mm256_loadu_si256(wq.add(64 * c + 32 * h).cast()) };
+                for (sr, row) in s.iter_mut().zip(rows) {
+                    // SAFETY: block `b` of every row exists (module contract).
+                    sr[h] = unsafe { add_chunk_q8_avx2(sr[h], v, row.q.add(b * BLOCK), c) };
+                }
+            }
+        }
+        for h in 0..2 {
+            // SAFETY: the scales of rows 8h..8h+8 are 16 bytes at 512·blocks + 32b + 16h,
+            // inside the tile (module contract).
+            let dw = unsafe {
+                _mm256_cvtph_ps(_mm_loadu_si128(
+                    tile.add(blocks * Q8_QUANT_BYTES + b * Q8_SCALE_BYTES + 16 * h)
+                        .cast(),
+                ))
+            };
+            for ((a, sr), row) in acc.iter_mut().zip(&s).zip(rows) {
+                // SAFETY: block `b` of every row exists (module contract).
+                let dx = unsafe { *row.d.add(b) };
+                let dot = _mm256_cvtepi32_ps(sr[h]);
+                a[h] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(dx)), a[h]);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32, two halves of 8.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+        }
+    }
+}
+
+/// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
+pub(super) fn tile_outputs_q8_avx2(
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    if !Kernel::Avx2.is_available() {
+        return super::scalar::tile_outputs_q8(tile, blocks, rows, out);
+    }
+    let t = tile.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
+    // `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_q8_avx2::<1>(t, blocks, [r(0)], out),
+            _ => tile_q8_avx2::<2>(t, blocks, [r(0), r(1)], out),
         }
     }
 }
