@@ -15,10 +15,13 @@
 //! report, one line per run gives the best time per call and from it GB/s (the format's
 //! stored weight bytes ÷ time; candle's x86 kernels read a repacked copy of their own) and
 //! GFLOP/s (`2·m·n·k` ÷ time, comparable across formats). `pool/dispatch` is the cost of one
-//! empty job on the pool: its overhead per matmul. Weights are uniform random; the kernels'
+//! empty job on the pool as the caller sees it (a worker that has not woken up before the
+//! caller took every part is not waited for); `pool/roundtrip` a job a parked worker must
+//! join (wake-up and report); `activations/quantize` the 8-bit quantization of one input row. Weights are uniform random; the kernels'
 //! speed does not depend on the values.
 
 use std::cell::{Cell, OnceCell};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -262,6 +265,42 @@ fn kernels(c: &mut Criterion) {
                 "{id:<58} best {:>9.2} µs per empty job",
                 t.as_secs_f64() * 1e6
             );
+        }
+    }
+    // A full round trip: part 0 (the caller) waits until a worker has run part 1, so the
+    // time includes waking a parked worker and waiting for it to report back.
+    let pool = &pools[1];
+    let id = format!("pool/roundtrip_{}t", pool.threads());
+    let best = timed(c, &id, || {
+        let started = AtomicBool::new(false);
+        pool.run(2, |p| {
+            if p == 1 {
+                started.store(true, Ordering::Release);
+            } else {
+                let t0 = Instant::now();
+                while !started.load(Ordering::Acquire) && t0.elapsed() < Duration::from_millis(50) {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+        .expect("round trip");
+    });
+    if let Some(t) = best {
+        println!(
+            "{id:<58} best {:>9.2} µs per job a worker joins",
+            t.as_secs_f64() * 1e6
+        );
+    }
+    for k in [1536, 8960] {
+        let id = format!("activations/quantize_k{k}");
+        let x = activations(1, k);
+        let mut acts = QuantizedActivations::default();
+        let best = timed(c, &id, || {
+            acts.requantize(black_box(&x), 1, k).expect("activations");
+            black_box(&acts);
+        });
+        if let Some(t) = best {
+            println!("{id:<58} best {:>9.2} µs per row", t.as_secs_f64() * 1e6);
         }
     }
     for s in GEMV_SHAPES.iter().filter(|s| full || !s.full_only) {

@@ -15,8 +15,10 @@ use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
 /// L1/L2 while they run): 64 rows of `k = 1536` are 98 KB of activations.
 pub(crate) const PANEL_ROWS: usize = 64;
 
-/// Work (weight bytes × activation rows) below which a part is not worth a thread wake-up.
-const MIN_PART_WORK: usize = 64 * 1024;
+/// Work (weight bytes × activation rows) below which a part is not worth a thread wake-up:
+/// waking a parked worker costs the caller a few microseconds (a futex call), about the time
+/// of streaming 256 KiB.
+const MIN_PART_WORK: usize = 256 * 1024;
 
 /// Parts per thread: parts are taken dynamically, so a descheduled thread takes fewer.
 const PARTS_PER_THREAD: usize = 4;
