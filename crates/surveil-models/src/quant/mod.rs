@@ -1,6 +1,7 @@
 //! Our own 4-bit (and 8-bit) CPU matmul: a packed weight layout chosen for the kernels, the
-//! quantizer that writes straight into it, and the kernels (scalar reference, AVX2, AVX-512 VNNI) with a small
-//! parking thread pool. Not yet used by [`Linear`](crate::layers) or the loader.
+//! quantizer that writes straight into it (one copy of the weights), and the kernels (scalar
+//! reference, AVX2, AVX-512 VNNI) with a small parking thread pool. Not yet used by the
+//! layers' `Linear` or the loader.
 //!
 //! # The numbers
 //!
@@ -12,7 +13,7 @@
 //! the division). A constant or zero block gets `d = 0` and exact (or f16-rounded) `m`.
 //!
 //! Activations `x [m_rows, k]` are quantized per 32-block to `i8` (`GGML Q8_1` in spirit):
-//! `x ≈ d_x·q_x`, `d_x = max|x|/127`, `q_x ∈ −127..=127` (round to nearest, ties to even), and
+//! `x ≈ d_x·q_x`, `d_x = max|x|/127`, `q_x ∈ −127..=127` (rounded half away from zero), and
 //! each block keeps `s_x = Σ q_x`. One output is then
 //!
 //! ```text
@@ -75,8 +76,23 @@
 //! [`PackedQ8`] uses the same tiles for symmetric 8-bit weights (`w ≈ d·q`, `q ∈ −127..=127`,
 //! f16 `d` per row and block, GGML `Q8_0` math; 8.5 bits per weight): quants stored +128 so
 //! `vpdpbusd` applies, the offset removed exactly with the activation sums; AVX2 uses
-//! `vpsignb`/`vpabsb` around `vpmaddubsw`. Layout in [`PackedQ8`]'s module; the drivers take
-//! any [`PackedWeight`].
+//! `vpsignb`/`vpabsb` around `vpmaddubsw`. Its layout is drawn on [`PackedQ8`]; the drivers
+//! take any [`PackedWeight`]. `y = Σ_blocks d_w·d_x·Σ_i(q_w,i·q_x,i)`, same tolerances.
+//!
+//! # Kernels and threads
+//!
+//! - [`Kernel`]: the path, [`Kernel::best`] detected once per process; every path can be
+//!   forced ([`matmul_with`]) and a path the CPU lacks is an error, never undefined behaviour.
+//! - [`matmul`] / [`matmul_with`] / [`matmul_quantized`]: `y [m, n] = x [m, k]·Wᵀ`. `m = 1` is
+//!   the decode GEMV (one pass over the weight, front to back); for `m > 1` each weight tile
+//!   is reused by a panel of up to 64 activation rows while it is in cache, 4 rows per
+//!   micro-kernel call (2 on AVX2), so the GEMM reads the weight once per 64 rows.
+//! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
+//!   job; only the chosen experts are read, each once.
+//! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work
+//!   is split by row tiles into parts taken from a shared counter; idle workers sleep on a
+//!   condition variable after a spin of a few microseconds. Results do not depend on the
+//!   thread count (each output is computed whole by one thread).
 //!
 //! Not here: wiring into `Linear` and the loader.
 

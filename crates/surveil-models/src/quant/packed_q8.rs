@@ -1,18 +1,4 @@
 //! [`PackedQ8`]: 8-bit symmetric weights in the same 16-row tiles as [`PackedQ4`](super::PackedQ4).
-//!
-//! Per (row, 32-block): `w ≈ d·q`, `q ∈ −127..=127`, f16 `d` rounded up from `max|w|/127` so
-//! `|w − d·q| ≤ d/2` (GGML `Q8_0`). The quants are stored offset by +128 as `u8`, so
-//! `vpdpbusd` (unsigned × signed) applies directly; the offset comes back out exactly through
-//! the activation block's sum: `Σ q_w·q_x = Σ (q_w + 128)·q_x − 128·Σ q_x`.
-//!
-//! One tile: its blocks' quants, then its blocks' scales, padded to a cache line:
-//!
-//! ```text
-//! block b, bytes 512b .. 512b+512: chunk c = 0..8 (64 bytes): row r's 4 bytes = q[r][4c..4c+4] + 128
-//! then bytes 512·blocks + 32b .. +32: d of rows 0..15 (f16)
-//! ```
-//!
-//! 544 bytes per 512 weights = 8.5 bits per weight (plus padding).
 
 use half::f16;
 
@@ -30,9 +16,21 @@ pub(crate) fn q8_tile_bytes(blocks: usize) -> usize {
     (blocks * (Q8_QUANT_BYTES + Q8_SCALE_BYTES)).next_multiple_of(64)
 }
 
-/// A linear weight `W [n, k]` quantized to 8 bits per value (symmetric, f16 scale per row and
-/// 32-block, GGML `Q8_0` math) in row tiles of [`TILE_ROWS`] (layout in the
-/// [module docs](self)). `k` is padded to a multiple of 32 and `n` to a multiple of 16.
+/// A linear weight `W [n, k]` quantized to 8 bits per value in row tiles of [`TILE_ROWS`].
+///
+/// Per (row, 32-block): `w ≈ d·q`, `q ∈ −127..=127`, f16 `d` rounded up from `max|w|/127` so
+/// `|w − d·q| ≤ d/2` (GGML `Q8_0`). The quants are stored offset by +128 as `u8`, so
+/// `vpdpbusd` (unsigned × signed) applies directly; the offset comes back out exactly through
+/// the activation block's sum: `Σ q_w·q_x = Σ (q_w + 128)·q_x − 128·Σ q_x`. One tile holds its
+/// blocks' quants, then its blocks' scales, padded to a cache line:
+///
+/// ```text
+/// block b, bytes 512b .. 512b+512: chunk c = 0..8 (64 bytes): row r's 4 bytes = q[r][4c..4c+4] + 128
+/// then bytes 512·blocks + 32b .. +32: d of rows 0..15 (f16)
+/// ```
+///
+/// 544 bytes per 512 weights = 8.5 bits per weight; `k` is padded to a multiple of 32 and `n`
+/// to a multiple of 16 (zero blocks, counted by [`PackedQ8::bytes`]).
 pub struct PackedQ8 {
     rows: usize,
     cols: usize,
