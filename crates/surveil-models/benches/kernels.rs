@@ -10,7 +10,8 @@
 //! For every shape (`k` = input width, `n` = outputs): our GEMV (`m = 1`, decode) or GEMM
 //! (`m` rows, prefill / vision tower) with a pool of 1 and of 2 threads (in the full run also
 //! with 8-bit weights, `PackedQ8`), and candle's `QMatMul`
-//! in the format surveil loads today (Q4K, or Q4_0 where `k` is not a multiple of 256) with
+//! in the format surveil loads today (Q4K; Q4_0 where `k` is not a multiple of 256; f16 where
+//! it is not one of 32) with
 //! candle's own threads (`CANDLE_NUM_THREADS`, default all cores). Besides criterion's
 //! report, one line per run gives the best time per call and from it GB/s (the format's
 //! stored weight bytes ÷ time; candle's x86 kernels read a repacked copy of their own) and
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use surveil_models::quant::{
     matmul_quantized, Kernel, PackedQ4, PackedQ8, PackedWeight, QuantizedActivations, ThreadPool,
@@ -116,26 +117,34 @@ fn prepare(k: usize, n: usize, m: usize, with_q8: bool) -> Prepared {
     let x = activations(m, k);
     let ours = PackedQ4::quantize(&w, n, k).expect("finite weights");
     let q8 = with_q8.then(|| PackedQ8::quantize(&w, n, k).expect("finite weights"));
-    let format = if k.is_multiple_of(256) {
-        GgmlDType::Q4K
-    } else {
-        GgmlDType::Q4_0
-    };
+    // What surveil loads today (`QuantPolicy::storage_for`): Q4K where rows are whole
+    // 256-blocks, else Q4_0 where they are whole 32-blocks, else a float weight.
     let t = Tensor::from_vec(w, (n, k), &Device::Cpu).expect("tensor");
-    let qt = QTensor::quantize(&t, format).expect("candle quantize");
+    let (candle, candle_format, candle_bytes) = if k.is_multiple_of(32) {
+        let format = if k.is_multiple_of(256) {
+            GgmlDType::Q4K
+        } else {
+            GgmlDType::Q4_0
+        };
+        let qt = QTensor::quantize(&t, format).expect("candle quantize");
+        let bytes = qt.storage_size_in_bytes();
+        let name = if format == GgmlDType::Q4K {
+            "q4k"
+        } else {
+            "q4_0"
+        };
+        (QMatMul::from_qtensor(qt).expect("qmatmul"), name, bytes)
+    } else {
+        let f16 = t.to_dtype(DType::F16).expect("f16");
+        (QMatMul::TensorF16(f16), "f16", n * k * 2)
+    };
     drop(t);
-    let candle_bytes = qt.storage_size_in_bytes();
-    let candle = QMatMul::from_qtensor(qt).expect("qmatmul");
     let x_tensor = Tensor::from_vec(x, (m, k), &Device::Cpu).expect("tensor");
     Prepared {
         ours,
         q8,
         candle,
-        candle_format: if format == GgmlDType::Q4K {
-            "q4k"
-        } else {
-            "q4_0"
-        },
+        candle_format,
         candle_bytes,
         x_tensor,
     }
