@@ -83,6 +83,7 @@ pub mod generation;
 pub mod image_ops;
 pub(crate) mod layers;
 pub mod load;
+pub mod quant;
 pub mod tokenizer;
 pub mod vlm;
 

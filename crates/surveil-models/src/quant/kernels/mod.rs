@@ -1,0 +1,212 @@
+//! The kernel paths and their run-time choice: a portable scalar reference, AVX2 and
+//! AVX-512 VNNI. Each computes, for one row tile of a [`PackedQ4`](super::PackedQ4) or
+//! [`PackedQ8`](super::PackedQ8) and up to a few quantized activation rows, the 16 outputs per
+//! row (the micro-kernel the drivers in `matmul.rs` tile over).
+
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use super::activations::ActRow;
+use super::packed_q8::{q8_tile_bytes, Q8_QUANT_BYTES};
+use super::{QuantError, WeightFormat, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+
+/// One implementation of the 4-bit kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, one value at a time: the reference the others are tested against, and
+    /// the path on CPUs without AVX2 and on other architectures.
+    Scalar,
+    /// AVX2 + FMA + F16C: `vpmaddubsw` (u8 × i8 pairs into i16) then `vpmaddwd` into i32; a
+    /// tile as two halves of 8 rows.
+    Avx2,
+    /// AVX-512 F/BW + VNNI: `vpdpbusd` (u8 × i8 quads into i32), a tile's 16 rows in one
+    /// register.
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// Every path, slowest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni];
+
+    /// The fastest path this CPU runs, detected once (`is_x86_feature_detected!`) and cached.
+    pub fn best() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let best = Kernel::ALL
+                .into_iter()
+                .rev()
+                .find(|k| k.is_available())
+                .unwrap_or(Kernel::Scalar);
+            tracing::debug!(kernel = ?best, "4-bit matmul kernel");
+            best
+        })
+    }
+
+    /// Whether this CPU has the features the path needs.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512Vnni => false,
+        }
+    }
+
+    /// The CPU features the path needs, as named in `/proc/cpuinfo`.
+    pub fn needs(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "none",
+            Kernel::Avx2 => "x86_64 avx2, fma, f16c",
+            Kernel::Avx512Vnni => "x86_64 avx512f, avx512bw, avx512_vnni",
+        }
+    }
+
+    /// `Ok` when the path can run here, else [`QuantError::KernelUnavailable`].
+    pub fn check(self) -> Result<Kernel, QuantError> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            Err(QuantError::KernelUnavailable {
+                kernel: self,
+                needs: self.needs(),
+            })
+        }
+    }
+
+    /// Activation rows one micro-kernel call takes (its weight tile is unpacked once for all
+    /// of them): what fits the path's registers.
+    pub(crate) fn rows_per_call(self) -> usize {
+        match self {
+            Kernel::Scalar => 4,
+            Kernel::Avx2 => 2,
+            Kernel::Avx512Vnni => 4,
+        }
+    }
+}
+
+/// Most activation rows of one micro-kernel call, over all paths.
+pub(crate) const MAX_ROWS_PER_CALL: usize = 4;
+
+/// The outputs of one tile for up to [`MAX_ROWS_PER_CALL`] activation rows: `out[r][j]` =
+/// row `r` of `x` · row `j` of the tile. `tile` is the tile's bytes in `format`; every row
+/// has `blocks` blocks. A path the CPU lacks falls back to the scalar one.
+pub(crate) fn tile_outputs(
+    kernel: Kernel,
+    format: WeightFormat,
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let need = match format {
+        WeightFormat::Q4 => blocks * TILE_BLOCK_BYTES,
+        WeightFormat::Q8 => q8_tile_bytes(blocks),
+    };
+    assert!(tile.len() >= need, "tile shorter than its blocks");
+    assert!(
+        rows.len() <= kernel.rows_per_call(),
+        "too many rows for one call"
+    );
+    for r in rows {
+        assert!(
+            r.q.len() >= blocks * BLOCK && r.d.len() >= blocks && r.sum.len() >= blocks,
+            "activation row shorter than the weight's blocks"
+        );
+    }
+    match (kernel, format) {
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512Vnni, WeightFormat::Q4) => x86::tile_outputs_avx512(tile, blocks, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx2, WeightFormat::Q4) => x86::tile_outputs_avx2(tile, blocks, rows, out),
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx512Vnni, WeightFormat::Q8) => {
+            x86::tile_outputs_q8_avx512(tile, blocks, rows, out)
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Kernel::Avx2, WeightFormat::Q8) => x86::tile_outputs_q8_avx2(tile, blocks, rows, out),
+        (_, WeightFormat::Q4) => scalar::tile_outputs(tile, blocks, rows, out),
+        (_, WeightFormat::Q8) => scalar::tile_outputs_q8(tile, blocks, rows, out),
+    }
+}
+
+/// The integer dot products `Σ q_w·q_x` of one tile block (320 bytes) with one activation
+/// block (32 `i8`), per row of the tile, as the path computes them inside its kernel.
+///
+/// Errors: the path is not available ([`QuantError::KernelUnavailable`]); short slices
+/// ([`QuantError::Length`]).
+pub fn block_dots(
+    kernel: Kernel,
+    tile_block: &[u8],
+    xq: &[i8],
+) -> Result<[i32; TILE_ROWS], QuantError> {
+    kernel.check()?;
+    if tile_block.len() < TILE_BLOCK_BYTES {
+        return Err(QuantError::Length {
+            what: "tile block",
+            expected: TILE_BLOCK_BYTES,
+            found: tile_block.len(),
+        });
+    }
+    if xq.len() < BLOCK {
+        return Err(QuantError::Length {
+            what: "activation block",
+            expected: BLOCK,
+            found: xq.len(),
+        });
+    }
+    Ok(match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86::block_dots_avx512(tile_block, xq),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => x86::block_dots_avx2(tile_block, xq),
+        _ => scalar::block_dots(tile_block, xq),
+    })
+}
+
+/// [`block_dots`] for a [`PackedQ8`](super::PackedQ8) tile block: `quants` is its 512 quant
+/// bytes (offset by 128), `xq` the 32 activation bytes.
+///
+/// Errors: the path is not available ([`QuantError::KernelUnavailable`]); short slices
+/// ([`QuantError::Length`]).
+pub fn block_dots_q8(
+    kernel: Kernel,
+    quants: &[u8],
+    xq: &[i8],
+) -> Result<[i32; TILE_ROWS], QuantError> {
+    kernel.check()?;
+    if quants.len() < Q8_QUANT_BYTES {
+        return Err(QuantError::Length {
+            what: "q8 tile block",
+            expected: Q8_QUANT_BYTES,
+            found: quants.len(),
+        });
+    }
+    if xq.len() < BLOCK {
+        return Err(QuantError::Length {
+            what: "activation block",
+            expected: BLOCK,
+            found: xq.len(),
+        });
+    }
+    Ok(match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86::block_dots_q8_avx512(quants, xq),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => x86::block_dots_q8_avx2(quants, xq),
+        _ => scalar::block_dots_q8(quants, xq),
+    })
+}

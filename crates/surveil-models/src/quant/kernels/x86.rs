@@ -1,0 +1,556 @@
+//! The x86-64 paths: AVX-512 VNNI and AVX2. Same integer sums and the same float operations
+//! in the same order as [`super::scalar`], so the outputs agree bit for bit.
+//!
+//! Safety contract of every `unsafe fn` here: the CPU has the features of its
+//! `#[target_feature]` (the safe wrappers check [`Kernel::is_available`]), `tile` points to
+//! the `blocks` blocks of its format (Q4: `blocks × 320` bytes; Q8: `blocks × 544`), and each activation row to `blocks × 32` `i8`, `blocks` f32
+//! scales and `blocks` i32 sums (the wrappers take them from slices checked by
+//! [`super::tile_outputs`]).
+
+use std::arch::x86_64::*;
+
+use crate::quant::activations::ActRow;
+use crate::quant::packed_q4::{D_OFFSET, M_OFFSET};
+use crate::quant::packed_q8::{Q8_QUANT_BYTES, Q8_SCALE_BYTES};
+use crate::quant::{Kernel, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+
+use super::MAX_ROWS_PER_CALL;
+
+/// Raw pointers to one activation row's blocks.
+#[derive(Clone, Copy)]
+struct RowPtrs {
+    q: *const i8,
+    d: *const f32,
+    sum: *const i32,
+}
+
+impl RowPtrs {
+    fn new(row: &ActRow<'_>) -> Self {
+        Self {
+            q: row.q.as_ptr(),
+            d: row.d.as_ptr(),
+            sum: row.sum.as_ptr(),
+        }
+    }
+}
+
+/// Four activation bytes `q[at..at + 4]` as one `i32` (little-endian), to broadcast.
+///
+/// # Safety
+/// `q.add(at)` points to 4 readable bytes.
+#[inline(always)]
+unsafe fn quad(q: *const i8, at: usize) -> i32 {
+    // SAFETY: the caller guarantees 4 readable bytes at `q + at`; no alignment is assumed.
+    unsafe { q.add(at).cast::<i32>().read_unaligned() }
+}
+
+/// `(d_x, d_x·Σq_x)` of block `b` of a row, computed as the scalar path does.
+///
+/// # Safety
+/// Block `b` exists in `row`.
+#[inline(always)]
+unsafe fn block_scales(row: RowPtrs, b: usize) -> (f32, f32) {
+    // SAFETY: the caller guarantees block `b` is inside the row's scale and sum arrays.
+    let (dx, sum) = unsafe { (*row.d.add(b), *row.sum.add(b)) };
+    (dx, dx * sum as f32)
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 VNNI
+// ---------------------------------------------------------------------------------------------
+
+/// The four 64-byte chunks of a tile block as eight `u8` operands: `[lo0, hi0, lo1, hi1, …]`,
+/// where `lo_c` holds `k = 4c..4c+4` and `hi_c` `k = 16+4c..16+4c+4` of the 16 rows.
+///
+/// # Safety
+/// AVX-512F/BW available; `tb` points to 256 readable bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn unpack_avx512(tb: *const u8) -> [__m512i; 8] {
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut w = [_mm512_setzero_si512(); 8];
+    for c in 0..4 {
+        // SAFETY: chunk `c` is bytes 64c..64c+64 of the 256 the caller guarantees.
+        let v = unsafe { _mm512_loadu_si512(tb.add(64 * c).cast()) };
+        w[2 * c] = _mm512_and_si512(v, mask);
+        w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), mask);
+    }
+    w
+}
+
+/// `Σ q_w·q_x` of the 16 rows (one `i32` lane each) for the unpacked block `w` and the 32
+/// activation bytes at `xq`: eight `vpdpbusd` in two chains.
+///
+/// # Safety
+/// AVX-512F/BW/VNNI available; `xq` points to 32 readable bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn idot_avx512(w: &[__m512i; 8], xq: *const i8) -> __m512i {
+    let mut lo = _mm512_setzero_si512();
+    let mut hi = _mm512_setzero_si512();
+    for c in 0..4 {
+        // SAFETY: offsets 4c and 16+4c (+4) stay within the 32 bytes the caller guarantees.
+        let (xl, xh) = unsafe { (quad(xq, 4 * c), quad(xq, 16 + 4 * c)) };
+        lo = _mm512_dpbusd_epi32(lo, w[2 * c], _mm512_set1_epi32(xl));
+        hi = _mm512_dpbusd_epi32(hi, w[2 * c + 1], _mm512_set1_epi32(xh));
+    }
+    _mm512_add_epi32(lo, hi)
+}
+
+/// See [`super::block_dots`].
+pub(super) fn block_dots_avx512(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    let mut out = [0i32; TILE_ROWS];
+    if !Kernel::Avx512Vnni.is_available() || tile_block.len() < TILE_BLOCK_BYTES || xq.len() < BLOCK
+    {
+        return super::scalar::block_dots(tile_block, xq);
+    }
+    // SAFETY: features checked above; 320 bytes of tile block and 32 activation bytes
+    // checked above; `out` has room for 16 i32.
+    unsafe {
+        let v = idot_avx512(&unpack_avx512(tile_block.as_ptr()), xq.as_ptr());
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+    }
+    out
+}
+
+/// `R` activation rows against one tile: unpack each tile block once, then per row eight
+/// `vpdpbusd`, one `vcvtdq2ps` and two FMAs into that row's 16 f32 accumulators.
+///
+/// # Safety
+/// See the module docs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_avx512<const R: usize>(
+    tile: *const u8,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
+        let tb = unsafe { tile.add(b * TILE_BLOCK_BYTES) };
+        // SAFETY: the tile block has 320 bytes: quants at 0..256, d at 256, m at 288.
+        let (w, dw, mw) = unsafe {
+            (
+                unpack_avx512(tb),
+                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(D_OFFSET).cast())),
+                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(M_OFFSET).cast())),
+            )
+        };
+        for (a, row) in acc.iter_mut().zip(rows) {
+            // SAFETY: block `b` of every row exists (module contract).
+            let (dot, (dx, sx)) =
+                unsafe { (idot_avx512(&w, row.q.add(b * BLOCK)), block_scales(row, b)) };
+            let dot = _mm512_cvtepi32_ps(dot);
+            *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
+            *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *a);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
+pub(super) fn tile_outputs_avx512(
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    if !Kernel::Avx512Vnni.is_available() {
+        return super::scalar::tile_outputs(tile, blocks, rows, out);
+    }
+    let t = tile.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
+    // `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_avx512::<1>(t, blocks, [r(0)], out),
+            2 => tile_avx512::<2>(t, blocks, [r(0), r(1)], out),
+            3 => tile_avx512::<3>(t, blocks, [r(0), r(1), r(2)], out),
+            _ => tile_avx512::<4>(t, blocks, [r(0), r(1), r(2), r(3)], out),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2
+// ---------------------------------------------------------------------------------------------
+
+/// Chunk `c` of a tile block for the 8 rows of half `h`: `(lo, hi)` as in [`unpack_avx512`].
+///
+/// # Safety
+/// AVX2 available; `tb` points to 256 readable bytes; `c < 4`, `h < 2`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn unpack_avx2(tb: *const u8, c: usize, h: usize) -> (__m256i, __m256i) {
+    let mask = _mm256_set1_epi8(0x0F);
+    // SAFETY: bytes 64c + 32h .. +32 lie inside the 256 the caller guarantees.
+    let v = unsafe { _mm256_loadu_si256(tb.add(64 * c + 32 * h).cast()) };
+    (
+        _mm256_and_si256(v, mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+    )
+}
+
+/// Adds chunk `c`'s products of one half to the `i16` pair sums `s`: two `vpmaddubsw`
+/// (u8 × i8, adjacent pairs summed into i16). Each lane adds 8 pairs of at most
+/// 2·15·127 = 3810 in magnitude over a block: ≤ 30 480, no `i16` overflow, and `vpmaddubsw`
+/// never saturates (weights ≤ 15, |q_x| ≤ 127).
+///
+/// # Safety
+/// AVX2 available; `xq` points to 32 readable bytes; `c < 4`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_chunk_avx2(
+    s: __m256i,
+    (lo, hi): (__m256i, __m256i),
+    xq: *const i8,
+    c: usize,
+) -> __m256i {
+    // SAFETY: offsets 4c and 16+4c (+4) stay within the 32 bytes the caller guarantees.
+    let (xl, xh) = unsafe { (quad(xq, 4 * c), quad(xq, 16 + 4 * c)) };
+    let s = _mm256_add_epi16(s, _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xl)));
+    _mm256_add_epi16(s, _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xh)))
+}
+
+/// The `i16` pair sums of a half into one `i32` per row (`vpmaddwd` with ones).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn finish_avx2(s: __m256i) -> __m256i {
+    _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+}
+
+/// See [`super::block_dots`].
+pub(super) fn block_dots_avx2(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    let mut out = [0i32; TILE_ROWS];
+    if !Kernel::Avx2.is_available() || tile_block.len() < TILE_BLOCK_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots(tile_block, xq);
+    }
+    for h in 0..2 {
+        // SAFETY: features checked above; 320 bytes of tile block and 32 activation bytes
+        // checked above; `out[8h..8h + 8]` is 8 writable i32.
+        unsafe {
+            let mut s = _mm256_setzero_si256();
+            for c in 0..4 {
+                s = add_chunk_avx2(s, unpack_avx2(tile_block.as_ptr(), c, h), xq.as_ptr(), c);
+            }
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * h).cast(), finish_avx2(s));
+        }
+    }
+    out
+}
+
+/// `R` activation rows against one tile, both 8-row halves in one pass (so a GEMV reads each
+/// tile block once): per chunk one load per half, two `vpmaddubsw` per row and half.
+///
+/// # Safety
+/// See the module docs.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_avx2<const R: usize>(
+    tile: *const u8,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
+        let tb = unsafe { tile.add(b * TILE_BLOCK_BYTES) };
+        let mut s = [[_mm256_setzero_si256(); 2]; R];
+        for c in 0..4 {
+            for h in 0..2 {
+                // SAFETY: the tile block has 256 bytes of quants; `c < 4`, `h < 2`.
+                let w = unsafe { unpack_avx2(tb, c, h) };
+                for (sr, row) in s.iter_mut().zip(rows) {
+                    // SAFETY: block `b` of every row exists (module contract).
+                    sr[h] = unsafe { add_chunk_avx2(sr[h], w, row.q.add(b * BLOCK), c) };
+                }
+            }
+        }
+        for h in 0..2 {
+            // SAFETY: d and m of rows 8h..8h+8 are 16 bytes at 256 + 16h and 288 + 16h of
+            // the 320-byte tile block.
+            let (dw, mw) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(D_OFFSET + 16 * h).cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(M_OFFSET + 16 * h).cast())),
+                )
+            };
+            for ((a, sr), row) in acc.iter_mut().zip(&s).zip(rows) {
+                // SAFETY: block `b` of every row exists (module contract).
+                let (dx, sx) = unsafe { block_scales(row, b) };
+                let dot = _mm256_cvtepi32_ps(finish_avx2(sr[h]));
+                a[h] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(dx)), a[h]);
+                a[h] = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), a[h]);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32, two halves of 8.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+        }
+    }
+}
+
+/// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
+pub(super) fn tile_outputs_avx2(
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    if !Kernel::Avx2.is_available() {
+        return super::scalar::tile_outputs(tile, blocks, rows, out);
+    }
+    let t = tile.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
+    // `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_avx2::<1>(t, blocks, [r(0)], out),
+            _ => tile_avx2::<2>(t, blocks, [r(0), r(1)], out),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8-bit weights (quants offset by +128)
+// ---------------------------------------------------------------------------------------------
+
+/// The eight 64-byte chunks of a Q8 tile block's quants.
+///
+/// # Safety
+/// AVX-512F available; `wq` points to 512 readable bytes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn load_q8_avx512(wq: *const u8) -> [__m512i; 8] {
+    let mut w = [_mm512_setzero_si512(); 8];
+    for (c, v) in w.iter_mut().enumerate() {
+        // SAFETY: chunk `c` is bytes 64c..64c+64 of the 512 the caller guarantees.
+        *v = unsafe { _mm512_loadu_si512(wq.add(64 * c).cast()) };
+    }
+    w
+}
+
+/// `Σ q_w·q_x` of the 16 rows: `vpdpbusd` on the offset quants, minus `128·Σ q_x`.
+///
+/// # Safety
+/// AVX-512F/VNNI available; `xq` points to 32 readable bytes.
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[inline]
+unsafe fn idot_q8_avx512(w: &[__m512i; 8], xq: *const i8, sum: i32) -> __m512i {
+    let mut acc = [_mm512_setzero_si512(); 2];
+    for c in 0..8 {
+        // SAFETY: offset 4c (+4) stays within the 32 bytes the caller guarantees.
+        let x = _mm512_set1_epi32(unsafe { quad(xq, 4 * c) });
+        acc[c % 2] = _mm512_dpbusd_epi32(acc[c % 2], w[c], x);
+    }
+    _mm512_sub_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_set1_epi32(128 * sum),
+    )
+}
+
+/// See [`super::block_dots_q8`].
+pub(super) fn block_dots_q8_avx512(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    if !Kernel::Avx512Vnni.is_available() || quants.len() < Q8_QUANT_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots_q8(quants, xq);
+    }
+    let sum: i32 = xq[..BLOCK].iter().map(|&q| i32::from(q)).sum();
+    let mut out = [0i32; TILE_ROWS];
+    // SAFETY: features checked above; 512 quant bytes and 32 activation bytes checked above;
+    // `out` has room for 16 i32.
+    unsafe {
+        let v = idot_q8_avx512(&load_q8_avx512(quants.as_ptr()), xq.as_ptr(), sum);
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+    }
+    out
+}
+
+/// `R` activation rows against one Q8 tile.
+///
+/// # Safety
+/// See the module docs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_q8_avx512<const R: usize>(
+    tile: *const u8,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks`: its quants are 512 bytes at 512b, its scales 32 bytes
+        // at 512·blocks + 32b, inside the tile (module contract).
+        let (w, dw) = unsafe {
+            (
+                load_q8_avx512(tile.add(b * Q8_QUANT_BYTES)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    tile.add(blocks * Q8_QUANT_BYTES + b * Q8_SCALE_BYTES)
+                        .cast(),
+                )),
+            )
+        };
+        for (a, row) in acc.iter_mut().zip(rows) {
+            // SAFETY: block `b` of every row exists (module contract).
+            let dot = unsafe {
+                let sum = *row.sum.add(b);
+                idot_q8_avx512(&w, row.q.add(b * BLOCK), sum)
+            };
+            // SAFETY: as above.
+            let dx = unsafe { *row.d.add(b) };
+            let dot = _mm512_cvtepi32_ps(dot);
+            *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
+pub(super) fn tile_outputs_q8_avx512(
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    if !Kernel::Avx512Vnni.is_available() {
+        return super::scalar::tile_outputs_q8(tile, blocks, rows, out);
+    }
+    let t = tile.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
+    // `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_q8_avx512::<1>(t, blocks, [r(0)], out),
+            2 => tile_q8_avx512::<2>(t, blocks, [r(0), r(1)], out),
+            3 => tile_q8_avx512::<3>(t, blocks, [r(0), r(1), r(2)], out),
+            _ => tile_q8_avx512::<4>(t, blocks, [r(0), r(1), r(2), r(3)], out),
+        }
+    }
+}
+
+/// Adds chunk `c`'s products of 8 rows to `acc` (i32 per row): the offset quants back to
+/// signed (`xor 0x80`), then `vpmaddubsw(|w|, x·sign(w))` — at most 2·127·127 = 32 258 per
+/// i16, no saturation — and `vpmaddwd` with ones.
+///
+/// # Safety
+/// AVX2 available; `xq` points to 32 readable bytes; `c < 8`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn add_chunk_q8_avx2(acc: __m256i, v: __m256i, xq: *const i8, c: usize) -> __m256i {
+    // SAFETY: offset 4c (+4) stays within the 32 bytes the caller guarantees.
+    let x = _mm256_set1_epi32(unsafe { quad(xq, 4 * c) });
+    let w = _mm256_xor_si256(v, _mm256_set1_epi8(i8::MIN));
+    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+    _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+}
+
+/// See [`super::block_dots_q8`].
+pub(super) fn block_dots_q8_avx2(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    if !Kernel::Avx2.is_available() || quants.len() < Q8_QUANT_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots_q8(quants, xq);
+    }
+    let mut out = [0i32; TILE_ROWS];
+    for h in 0..2 {
+        // SAFETY: features checked above; 512 quant bytes and 32 activation bytes checked
+        // above; `out[8h..8h + 8]` is 8 writable i32.
+        unsafe {
+            let mut acc = _mm256_setzero_si256();
+            for c in 0..8 {
+                let v = _mm256_loadu_si256(quants.as_ptr().add(64 * c + 32 * h).cast());
+                acc = add_chunk_q8_avx2(acc, v, xq.as_ptr(), c);
+            }
+            _mm256_storeu_si256(out.as_mut_ptr().add(8 * h).cast(), acc);
+        }
+    }
+    out
+}
+
+/// `R` activation rows against one Q8 tile, both halves in one pass.
+///
+/// # Safety
+/// See the module docs.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q8_avx2<const R: usize>(
+    tile: *const u8,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
+        let wq = unsafe { tile.add(b * Q8_QUANT_BYTES) };
+        let mut s = [[_mm256_setzero_si256(); 2]; R];
+        for c in 0..8 {
+            for h in 0..2 {
+                // SAFETY: bytes 64c + 32h .. +32 lie inside the block's 512 quant bytes.
+                let v = unsafe { _mm256_loadu_si256(wq.add(64 * c + 32 * h).cast()) };
+                for (sr, row) in s.iter_mut().zip(rows) {
+                    // SAFETY: block `b` of every row exists (module contract).
+                    sr[h] = unsafe { add_chunk_q8_avx2(sr[h], v, row.q.add(b * BLOCK), c) };
+                }
+            }
+        }
+        for h in 0..2 {
+            // SAFETY: the scales of rows 8h..8h+8 are 16 bytes at 512·blocks + 32b + 16h,
+            // inside the tile (module contract).
+            let dw = unsafe {
+                _mm256_cvtph_ps(_mm_loadu_si128(
+                    tile.add(blocks * Q8_QUANT_BYTES + b * Q8_SCALE_BYTES + 16 * h)
+                        .cast(),
+                ))
+            };
+            for ((a, sr), row) in acc.iter_mut().zip(&s).zip(rows) {
+                // SAFETY: block `b` of every row exists (module contract).
+                let dx = unsafe { *row.d.add(b) };
+                let dot = _mm256_cvtepi32_ps(sr[h]);
+                a[h] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw, _mm256_set1_ps(dx)), a[h]);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32, two halves of 8.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+        }
+    }
+}
+
+/// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
+pub(super) fn tile_outputs_q8_avx2(
+    tile: &[u8],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    if !Kernel::Avx2.is_available() {
+        return super::scalar::tile_outputs_q8(tile, blocks, rows, out);
+    }
+    let t = tile.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
+    // `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_q8_avx2::<1>(t, blocks, [r(0)], out),
+            _ => tile_q8_avx2::<2>(t, blocks, [r(0), r(1)], out),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The matmul drivers: `y [m, n] = x [m, k] · Wᵀ` over a [`PackedWeight`], tiled over (rows of x) ×
+//! (row tiles of W) and split over a [`ThreadPool`] by row tiles. `m = 1` is the decode GEMV
+//! (one pass over the weight); `m > 1` the prefill / vision GEMM, where each weight tile is
+//! reused from cache by a panel of up to [`PANEL_ROWS`] activation rows, a few rows per
+//! micro-kernel call.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use super::activations::QuantizedActivations;
+use super::kernels::{tile_outputs, MAX_ROWS_PER_CALL};
+use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
+
+/// Activation rows that share one pass over a weight tile (the tile's `k` range stays in
+/// L1/L2 while they run): 64 rows of `k = 1536` are 98 KB of activations.
+pub(crate) const PANEL_ROWS: usize = 64;
+
+/// Work (weight bytes × activation rows) below which a part is not worth a thread wake-up:
+/// waking a parked worker costs the caller a few microseconds (a futex call), about the time
+/// of streaming 256 KiB.
+const MIN_PART_WORK: usize = 256 * 1024;
+
+/// Parts per thread: parts are taken dynamically, so a descheduled thread takes fewer.
+const PARTS_PER_THREAD: usize = 4;
+
+/// `y [rows, n] = x [rows, k] · Wᵀ` with the fastest kernel of this CPU ([`Kernel::best`]).
+/// `x` and `y` are row-major f32; `x` is quantized to 8 bits per 32-block first.
+///
+/// Errors: see [`matmul_with`].
+pub fn matmul<W: PackedWeight>(
+    w: &W,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<(), QuantError> {
+    matmul_with(Kernel::best(), w, x, rows, y, pool)
+}
+
+/// [`matmul`] on the path `kernel`.
+///
+/// Errors: the path is not available on this CPU ([`QuantError::KernelUnavailable`]);
+/// `x.len() != rows × k` or `y.len() != rows × n` ([`QuantError::Length`]); a part panicked
+/// ([`QuantError::JobPanicked`]).
+pub fn matmul_with<W: PackedWeight>(
+    kernel: Kernel,
+    w: &W,
+    x: &[f32],
+    rows: usize,
+    y: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<(), QuantError> {
+    kernel.check()?;
+    let acts = QuantizedActivations::quantize(x, rows, w.cols())?;
+    matmul_quantized(kernel, w, &acts, y, pool)
+}
+
+/// `y [rows, n] = x · Wᵀ` from activations quantized once (to share them between weights
+/// with the same input, e.g. q/k/v or gate/up).
+///
+/// Errors: the path is not available ([`QuantError::KernelUnavailable`]); `x` has another
+/// width than `W` ([`QuantError::Shape`]); `y.len() != rows × n` ([`QuantError::Length`]); a
+/// part panicked ([`QuantError::JobPanicked`]).
+pub fn matmul_quantized<W: PackedWeight>(
+    kernel: Kernel,
+    w: &W,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<(), QuantError> {
+    kernel.check()?;
+    if x.cols() != w.cols() {
+        return Err(QuantError::Shape(format!(
+            "activations have width {}, the weight [{}, {}] takes {}",
+            x.cols(),
+            w.rows(),
+            w.cols(),
+            w.cols()
+        )));
+    }
+    let expected = x.rows() * w.rows();
+    if y.len() != expected {
+        return Err(QuantError::Length {
+            what: "output",
+            expected,
+            found: y.len(),
+        });
+    }
+    let pairs: Vec<(usize, usize)> = (0..x.rows()).map(|r| (r, r)).collect();
+    let out = SharedOut::new(y, w.rows());
+    let parts = part_count(
+        w.bytes().saturating_mul(pairs.len()),
+        w.tiles(),
+        pool.threads(),
+    );
+    pool.run(parts, |p| {
+        // SAFETY: parts cover disjoint tile ranges, so no two write the same outputs.
+        unsafe { tiles_times_rows(kernel, w, x, &pairs, part_range(w.tiles(), parts, p), &out) }
+    })
+}
+
+/// How many parts to split `tiles` row tiles into for `work` = weight bytes × rows.
+pub(crate) fn part_count(work: usize, tiles: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return 1;
+    }
+    (work / MIN_PART_WORK)
+        .clamp(1, threads * PARTS_PER_THREAD)
+        .min(tiles.max(1))
+}
+
+/// Tiles of part `p` of `parts` (contiguous, sizes differing by at most one).
+pub(crate) fn part_range(tiles: usize, parts: usize, p: usize) -> Range<usize> {
+    tiles * p / parts..tiles * (p + 1) / parts
+}
+
+/// The outputs `(act_row, out_row)` of `pairs` for the tiles `tiles` of `w`: for each panel
+/// of rows, each tile, each group of rows one micro-kernel call, written to `out` row
+/// `out_row`, columns of the tile (cut at `n`).
+///
+/// # Safety
+/// No concurrent call writes the same `(out_row, tile)` of `out`.
+pub(crate) unsafe fn tiles_times_rows<W: PackedWeight>(
+    kernel: Kernel,
+    w: &W,
+    x: &QuantizedActivations,
+    pairs: &[(usize, usize)],
+    tiles: Range<usize>,
+    out: &SharedOut<'_>,
+) {
+    let blocks = w.blocks_per_row();
+    let mut res = [[0f32; TILE_ROWS]; MAX_ROWS_PER_CALL];
+    for panel in pairs.chunks(PANEL_ROWS) {
+        for t in tiles.clone() {
+            let tile = w.tile(t);
+            let col = t * TILE_ROWS;
+            let width = (w.rows() - col).min(TILE_ROWS);
+            for group in panel.chunks(kernel.rows_per_call()) {
+                let mut acts = [x.row(group[0].0); MAX_ROWS_PER_CALL];
+                for (a, &(r, _)) in acts.iter_mut().zip(group) {
+                    *a = x.row(r);
+                }
+                tile_outputs(
+                    kernel,
+                    w.format(),
+                    tile,
+                    blocks,
+                    &acts[..group.len()],
+                    &mut res,
+                );
+                for (vals, &(_, out_row)) in res.iter().zip(group) {
+                    // SAFETY: the caller guarantees no concurrent writer of this tile's
+                    // columns in `out_row`.
+                    unsafe { out.write(out_row, col, &vals[..width]) };
+                }
+            }
+        }
+    }
+}
+
+/// An output matrix `[rows, cols]` that several threads write, each its own cells.
+pub(crate) struct SharedOut<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    _y: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: `SharedOut` only hands out writes through `write`, whose contract forbids two
+// threads writing the same cells; the buffer is borrowed mutably for `'a`.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    /// Over `y` as rows of `cols` values (`y.len()` a multiple of `cols`).
+    pub(crate) fn new(y: &'a mut [f32], cols: usize) -> Self {
+        Self {
+            ptr: y.as_mut_ptr(),
+            rows: y.len().checked_div(cols).unwrap_or(0),
+            cols,
+            _y: PhantomData,
+        }
+    }
+
+    /// Write `vals` at `(row, col..col + vals.len())`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes these cells during the call.
+    pub(crate) unsafe fn write(&self, row: usize, col: usize, vals: &[f32]) {
+        assert!(
+            row < self.rows && col + vals.len() <= self.cols,
+            "output write out of bounds"
+        );
+        // SAFETY: in bounds (checked above) of the buffer borrowed for `'a`; exclusive per the
+        // caller's guarantee.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                vals.as_ptr(),
+                self.ptr.add(row * self.cols + col),
+                vals.len(),
+            )
+        };
+    }
+}

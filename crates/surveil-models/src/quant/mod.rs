@@ -1,0 +1,193 @@
+//! Our own 4-bit (and 8-bit) CPU matmul: a packed weight layout chosen for the kernels, the
+//! quantizer that writes straight into it (one copy of the weights), and the kernels (scalar
+//! reference, AVX2, AVX-512 VNNI) with a small parking thread pool. Not yet used by the
+//! layers' `Linear` or the loader.
+//!
+//! # The numbers
+//!
+//! Weights `W [n, k]` (row `j` = output `j`, `k` = input width) are cut along `k` into blocks of
+//! [`BLOCK`] = 32 values. Each row's block is stored asymmetrically, as in GGML's `Q4_1`:
+//! `w ≈ d·q + m` with `q ∈ 0..=15` and an f16 scale `d` and f16 minimum `m` per (row, block).
+//! The quantizer rounds `m` down and `d` up to f16 so that every value of the block lies in
+//! `[m, m + 15·d]`; hence `|w − (d·q + m)| ≤ d/2` with the stored `d` (up to f32 rounding of
+//! the division). A constant or zero block gets `d = 0` and exact (or f16-rounded) `m`.
+//!
+//! Activations `x [m_rows, k]` are quantized per 32-block to `i8` (`GGML Q8_1` in spirit):
+//! `x ≈ d_x·q_x`, `d_x = max|x|/127`, `q_x ∈ −127..=127` (rounded half away from zero), and
+//! each block keeps `s_x = Σ q_x`. One output is then
+//!
+//! ```text
+//! y = Σ_blocks  d_w·d_x·Σ_i(q_w,i·q_x,i)  +  m_w·d_x·s_x
+//! ```
+//!
+//! The inner sum is an exact integer (|·| ≤ 32·15·127 = 60 960): the kernels compute it with
+//! `vpdpbusd` (AVX-512 VNNI: unsigned weight bytes × signed activation bytes, four at a time
+//! into 32-bit lanes) or `vpmaddubsw` + `vpmaddwd` (AVX2), and every path gives bit-identical
+//! integers. The float part is, per row and block in block order,
+//! `acc = fma(f32(dot), d_w·d_x, acc); acc = fma(m_w, d_x·f32(s_x), acc)` — the same
+//! operations in every path, so the outputs agree bit for bit too; the documented tolerance
+//! ([`KERNEL_TOLERANCE`]) allows for a later path that sums in another order.
+//! Padding columns (k not a multiple of 32) carry `q_x = 0`, so they add nothing.
+//!
+//! # The layout
+//!
+//! Rows are grouped in tiles of [`TILE_ROWS`] = 16: one AVX-512 register holds 16 `i32` lanes,
+//! one per row, so one `vpdpbusd` advances 16 rows by 4 values of `k`; AVX2 takes the tile as
+//! two halves of 8 rows. Within a tile the blocks follow each other in `k` order, and the tiles
+//! follow each other: a GEMV reads the buffer once, front to back. One *tile block* (16 rows ×
+//! 32 values of k) is 320 bytes, 64-byte aligned (five cache lines):
+//!
+//! ```text
+//! byte   0.. 64  chunk 0   row 0: [4 bytes] row 1: [4 bytes] … row 15: [4 bytes]
+//! byte  64..128  chunk 1   (same, next 4 values of k)
+//! byte 128..192  chunk 2
+//! byte 192..256  chunk 3
+//!                byte i of row r in chunk c: low nibble = q[r][4c + i], high nibble = q[r][16 + 4c + i]
+//! byte 256..288  d: 16 × f16, rows 0..15
+//! byte 288..320  m: 16 × f16, rows 0..15
+//! ```
+//!
+//! So the low nibbles of the four chunks hold `k = 0..16` of the block and the high nibbles
+//! `k = 16..32` (the within-row nibble order of GGML `Q4_1`), and one 64-byte load, masked or
+//! shifted, is a ready `vpdpbusd` operand for 16 rows. Cost: 320 bytes per 512 weights =
+//! **5 bits per weight** (0.625 byte), plus padding: `k` rounded up to 32 and `n` to 16 (padded
+//! rows and columns are real zero blocks in the buffer and counted by
+//! [`PackedQ4::bytes`]).
+//!
+//! # Sources
+//!
+//! - GGML block formats `Q4_1` (32 × 4-bit + f16 `d` + f16 `m`) and `Q8_1` (32 × i8 + scale +
+//!   sum), ggml/src/ggml-common.h, <https://github.com/ggml-org/llama.cpp>.
+//! - llama.cpp's load-time repacking of several rows into interleaved blocks for AVX2/AVX-512
+//!   (`ggml-cpu/repack.cpp`, `block_q4_0x8`/`x16`): the idea of streaming R rows at once.
+//! - Intel® Intrinsics Guide / SDM: `VPDPBUSD` (AVX512_VNNI), `VPMADDUBSW`, `VPMADDWD`,
+//!   `VCVTPH2PS` (F16C / AVX-512F).
+//!
+//! # Tolerances (what the tests check)
+//!
+//! - quantize → dequantize: `|w − ŵ| ≤ d/2 + 4·ε·max(|w|, |m|)` per value, `d` the stored scale;
+//! - reference GEMV vs an f32 matmul of the dequantized weight with the dequantized activation:
+//!   float rounding only;
+//! - each SIMD path vs the scalar reference: integer block dots bit-exact; outputs within
+//!   [`KERNEL_TOLERANCE`].
+//!
+//! # 8-bit weights
+//!
+//! [`PackedQ8`] uses the same tiles for symmetric 8-bit weights (`w ≈ d·q`, `q ∈ −127..=127`,
+//! f16 `d` per row and block, GGML `Q8_0` math; 8.5 bits per weight): quants stored +128 so
+//! `vpdpbusd` applies, the offset removed exactly with the activation sums; AVX2 uses
+//! `vpsignb`/`vpabsb` around `vpmaddubsw`. Its layout is drawn on [`PackedQ8`]; the drivers
+//! take any [`PackedWeight`]. `y = Σ_blocks d_w·d_x·Σ_i(q_w,i·q_x,i)`, same tolerances.
+//!
+//! # Kernels and threads
+//!
+//! - [`Kernel`]: the path, [`Kernel::best`] detected once per process; every path can be
+//!   forced ([`matmul_with`]) and a path the CPU lacks is an error, never undefined behaviour.
+//! - [`matmul`] / [`matmul_with`] / [`matmul_quantized`]: `y [m, n] = x [m, k]·Wᵀ`. `m = 1` is
+//!   the decode GEMV (one pass over the weight, front to back); for `m > 1` each weight tile
+//!   is reused by a panel of up to 64 activation rows while it is in cache, 4 rows per
+//!   micro-kernel call (2 on AVX2), so the GEMM reads the weight once per 64 rows.
+//! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
+//!   job; only the chosen experts are read, each once.
+//! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work
+//!   is split by row tiles into parts taken from a shared counter; idle workers sleep on a
+//!   condition variable after a spin of a few microseconds. Results do not depend on the
+//!   thread count (each output is computed whole by one thread).
+//!
+//! Not here: wiring into `Linear` and the loader.
+
+mod activations;
+mod buffer;
+mod error;
+mod experts;
+pub mod kernels;
+mod matmul;
+mod packed_q4;
+mod packed_q8;
+mod pool;
+#[cfg(test)]
+mod tests;
+mod weight;
+
+pub use activations::QuantizedActivations;
+pub use error::QuantError;
+pub use experts::{grouped_expert_gemv, ExpertRoute};
+pub use kernels::Kernel;
+pub use matmul::{matmul, matmul_quantized, matmul_with};
+pub use packed_q4::{PackedQ4, QuantInput};
+pub use packed_q8::PackedQ8;
+pub use pool::ThreadPool;
+pub use weight::{PackedWeight, WeightFormat};
+
+/// Values of `k` per quantization block (weights and activations).
+pub const BLOCK: usize = 32;
+
+/// Rows per tile of a [`PackedQ4`]: one AVX-512 register of 16 `i32` lanes, one lane per row.
+pub const TILE_ROWS: usize = 16;
+
+/// Bytes of one tile block: 16 rows × 32 nibbles + 16 f16 `d` + 16 f16 `m`.
+pub const TILE_BLOCK_BYTES: usize = TILE_ROWS * BLOCK / 2 + 2 * TILE_ROWS * 2;
+
+/// Allowed difference between a SIMD path's output and the scalar reference's, relative to the
+/// sum of the magnitudes of the terms (`Σ_blocks |d_w·d_x·dot| + |m_w·d_x·s_x|`) of that
+/// output, per block of `k`: `|y − y_ref| ≤ KERNEL_TOLERANCE · blocks · Σ|terms|`. Today's paths
+/// use the same operations in the same order and agree exactly; this is the bound of any f32
+/// summation order (about two roundings per term).
+pub const KERNEL_TOLERANCE: f32 = 2.0 * f32::EPSILON;
+
+#[cfg(test)]
+pub(crate) mod test_data {
+    //! Deterministic random data for the kernel tests.
+
+    /// A 64-bit linear congruential generator (Knuth's MMIX constants).
+    pub(crate) struct Lcg(pub(crate) u64);
+
+    impl Lcg {
+        pub(crate) fn next_u32(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 32) as u32
+        }
+
+        /// Uniform in [0, 1).
+        pub(crate) fn uniform(&mut self) -> f32 {
+            (self.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+        }
+
+        /// Approximately standard normal (sum of 4 uniforms, rescaled).
+        pub(crate) fn normal(&mut self) -> f32 {
+            let s: f32 = (0..4).map(|_| self.uniform()).sum();
+            (s - 2.0) * 3f32.sqrt()
+        }
+    }
+
+    /// `[n, k]` weights like a trained linear's: normal, scale 0.02, a per-row offset and an
+    /// occasional outlier.
+    pub(crate) fn random_weights(rng: &mut Lcg, n: usize, k: usize) -> Vec<f32> {
+        let mut w = Vec::with_capacity(n * k);
+        for _ in 0..n {
+            let offset = 0.01 * rng.normal();
+            for _ in 0..k {
+                let outlier = if rng.next_u32().is_multiple_of(1000) {
+                    8.0
+                } else {
+                    1.0
+                };
+                w.push(offset + 0.02 * outlier * rng.normal());
+            }
+        }
+        w
+    }
+
+    /// `[m, k]` activations: normal, unit scale, a few large channels.
+    pub(crate) fn random_activations(rng: &mut Lcg, m: usize, k: usize) -> Vec<f32> {
+        (0..m * k)
+            .map(|i| {
+                let big = if (i % k) % 97 == 5 { 20.0 } else { 1.0 };
+                big * rng.normal()
+            })
+            .collect()
+    }
+}

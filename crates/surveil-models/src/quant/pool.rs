@@ -1,0 +1,332 @@
+//! [`ThreadPool`]: a small persistent pool for the kernels whose idle workers sleep on a
+//! condition variable (after a bounded spin of a few microseconds), so it costs nothing between
+//! calls and does not fight other processes for shared cores.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use super::QuantError;
+
+/// Checks of the job counter before an idle worker goes to sleep: a few microseconds, enough
+/// to catch the next matmul of a decode step without a wake-up, too short to matter when the
+/// cores are shared.
+const SPIN_CHECKS: usize = 200;
+
+/// A fixed set of threads that run the parts of one job at a time; the calling thread runs
+/// parts too. `threads` is the total including the caller (the `vlm.threads` setting), so
+/// `ThreadPool::new(1)` starts no thread and runs everything inline.
+///
+/// Parts are handed out one at a time from a shared counter, so a thread that is descheduled
+/// (cores shared with other work) simply takes fewer. A worker that has not woken up by the
+/// time every part is taken does not join the job, and the call does not wait for it.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// One job at a time (calls from several threads queue here).
+    run_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("threads", &self.threads())
+            .finish()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Workers wait here for a new job.
+    wake: Condvar,
+    /// The caller waits here for the workers inside its job.
+    done: Condvar,
+    /// `State::epoch`, readable without the lock (the spin).
+    epoch: AtomicU64,
+    /// Next part to take in the current job.
+    next: AtomicUsize,
+    /// Set when a part panicked: the parts not yet started are skipped.
+    failed: AtomicBool,
+}
+
+struct State {
+    epoch: u64,
+    /// The open job; `None` once the caller has finished its share (no worker joins then).
+    job: Option<JobRef>,
+    /// Workers inside the open job.
+    active: usize,
+    /// The first panic message of the job.
+    panic: Option<String>,
+    shutdown: bool,
+}
+
+/// The job's closure with its lifetime erased, and its number of parts.
+#[derive(Clone, Copy)]
+struct JobRef {
+    f: *const (dyn Fn(usize) + Sync + 'static),
+    parts: usize,
+}
+
+// SAFETY: the closure behind `f` is `Sync`, so calling it from several threads is allowed; the
+// pointer is only dereferenced while `ThreadPool::run` keeps the closure alive (see there).
+unsafe impl Send for JobRef {}
+
+impl ThreadPool {
+    /// A pool of `threads` threads in all: the caller plus `threads − 1` workers, started now.
+    ///
+    /// Errors: `threads == 0` ([`QuantError::NoThreads`]); the OS refuses a thread
+    /// ([`QuantError::Spawn`]).
+    pub fn new(threads: usize) -> Result<Self, QuantError> {
+        if threads == 0 {
+            return Err(QuantError::NoThreads);
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                epoch: 0,
+                job: None,
+                active: 0,
+                panic: None,
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+            epoch: AtomicU64::new(0),
+            next: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+        });
+        let mut pool = Self {
+            shared,
+            workers: Vec::with_capacity(threads - 1),
+            run_lock: Mutex::new(()),
+        };
+        for i in 1..threads {
+            let shared = Arc::clone(&pool.shared);
+            let handle = std::thread::Builder::new()
+                .name(format!("surveil-q4-{i}"))
+                .spawn(move || worker(&shared))
+                .map_err(QuantError::Spawn)?; // `pool` drops here and joins those started
+            pool.workers.push(handle);
+        }
+        Ok(pool)
+    }
+
+    /// Threads in all, the caller included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Run `f(part)` for every `part` in `0..parts`, spread over the pool's threads and the
+    /// caller; returns when all have finished. Which thread runs which part is not fixed.
+    ///
+    /// Errors: a part panicked ([`QuantError::JobPanicked`] with its message); the parts not
+    /// yet started are then skipped, the others finish, and the pool stays usable.
+    pub fn run<F: Fn(usize) + Sync>(&self, parts: usize, f: F) -> Result<(), QuantError> {
+        if self.workers.is_empty() || parts <= 1 {
+            let mut first_panic = None;
+            for part in 0..parts {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(part))) {
+                    first_panic = Some(panic_message(payload.as_ref()));
+                    break;
+                }
+            }
+            return first_panic.map_or(Ok(()), |m| Err(QuantError::JobPanicked(m)));
+        }
+        let _one_job = self.run_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let f: &(dyn Fn(usize) + Sync + '_) = &f;
+        // SAFETY: only the lifetime changes (same fat-pointer layout). The pointer is
+        // dereferenced by workers only between taking the job (under the state lock, while
+        // `state.job` is `Some`) and decrementing `active`; below, this function clears
+        // `state.job` and waits until `active == 0` before it returns, on every path (the
+        // closure's panics are caught), so `f` outlives every use.
+        let erased: *const (dyn Fn(usize) + Sync + 'static) = unsafe {
+            std::mem::transmute::<
+                *const (dyn Fn(usize) + Sync + '_),
+                *const (dyn Fn(usize) + Sync + 'static),
+            >(f)
+        };
+        let job = JobRef { f: erased, parts };
+        {
+            let mut st = self.lock();
+            self.shared.next.store(0, Ordering::Relaxed);
+            self.shared.failed.store(false, Ordering::Relaxed);
+            st.epoch += 1;
+            st.job = Some(job);
+            st.panic = None;
+            self.shared.epoch.store(st.epoch, Ordering::Release);
+        }
+        self.shared.wake.notify_all();
+        let own_panic = work(&self.shared, job);
+        let mut st = self.lock();
+        st.job = None;
+        while st.active > 0 {
+            st = self
+                .shared
+                .done
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let panic = st.panic.take().or(own_panic);
+        drop(st);
+        panic.map_or(Ok(()), |m| Err(QuantError::JobPanicked(m)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; a poisoned state is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        for w in self.workers.drain(..) {
+            // A worker never panics (jobs' panics are caught); nothing to report if it did.
+            let _ = w.join();
+        }
+    }
+}
+
+/// A worker: sleep until a new job is published, take parts until none is left, report.
+fn worker(shared: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        for _ in 0..SPIN_CHECKS {
+            if shared.epoch.load(Ordering::Acquire) != seen {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let job = {
+            let mut st = shared.lock();
+            loop {
+                if st.shutdown {
+                    return;
+                }
+                if st.epoch != seen {
+                    seen = st.epoch;
+                    if let Some(job) = st.job {
+                        st.active += 1;
+                        break job;
+                    }
+                }
+                st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        let panic = work(shared, job);
+        let mut st = shared.lock();
+        if let Some(m) = panic {
+            st.panic.get_or_insert(m);
+        }
+        st.active -= 1;
+        if st.active == 0 {
+            shared.done.notify_all();
+        }
+    }
+}
+
+/// Take and run parts of `job` until none is left; the first panic's message.
+fn work(shared: &Shared, job: JobRef) -> Option<String> {
+    let mut panic = None;
+    loop {
+        let part = shared.next.fetch_add(1, Ordering::Relaxed);
+        if part >= job.parts {
+            return panic;
+        }
+        if shared.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        // SAFETY: the job is open (see `ThreadPool::run`): the closure is alive until this
+        // thread has left the job.
+        let f = unsafe { &*job.f };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(part))) {
+            shared.failed.store(true, Ordering::Relaxed);
+            panic.get_or_insert_with(|| panic_message(payload.as_ref()));
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn every_part_runs_once() {
+        for threads in 1..=4 {
+            let pool = ThreadPool::new(threads).unwrap();
+            assert_eq!(pool.threads(), threads);
+            for parts in [0, 1, 2, 7, 100] {
+                let hits: Vec<AtomicU32> = (0..parts).map(|_| AtomicU32::new(0)).collect();
+                pool.run(parts, |p| {
+                    hits[p].fetch_add(1, Ordering::Relaxed);
+                })
+                .unwrap();
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+        assert!(matches!(ThreadPool::new(0), Err(QuantError::NoThreads)));
+    }
+
+    #[test]
+    fn a_panicking_part_is_an_error_and_the_pool_survives() {
+        let pool = ThreadPool::new(3).unwrap();
+        for round in 0..20 {
+            let err = pool
+                .run(16, |p| {
+                    if p == round % 16 {
+                        panic!("part {p} failed");
+                    }
+                })
+                .unwrap_err();
+            assert!(
+                matches!(&err, QuantError::JobPanicked(m) if m.contains("failed")),
+                "{err}"
+            );
+            let count = AtomicU32::new(0);
+            pool.run(16, |_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+            assert_eq!(count.load(Ordering::Relaxed), 16);
+        }
+        let inline = ThreadPool::new(1).unwrap();
+        assert!(inline.run(3, |_| panic!("inline")).is_err());
+    }
+
+    #[test]
+    fn several_callers_share_one_pool() {
+        let pool = ThreadPool::new(2).unwrap();
+        let total = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        pool.run(5, |_| {
+                            total.fetch_add(1, Ordering::Relaxed);
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 3 * 50 * 5);
+    }
+}
