@@ -1443,6 +1443,29 @@ fn run_without_a_model_detects_and_decides_by_the_rules_alone() {
 }
 
 #[test]
+fn config_show_hides_camera_passwords() {
+    let profiles = shop_profiles(std::path::Path::new(
+        "rtsp://admin:hunter2@10.0.0.5:554/live",
+    ));
+    let dir = profiles.path().to_str().unwrap();
+    let args = ["--profiles-dir", dir, "config", "show", "--profile", "shop"];
+    let text = surveil(&args, &[]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert_eq!(
+        shown(&text, "cameras[0].source").0,
+        "rtsp://admin:***@10.0.0.5:554/live"
+    );
+    let shown_json = json(&surveil(&[&args[..], &["--json"]].concat(), &[]));
+    assert_eq!(
+        shown_json["cameras"][1]["source"],
+        "rtsp://admin:***@10.0.0.5:554/live"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!shown_json.to_string().contains("hunter2"));
+}
+
+#[test]
 fn config_show_lists_the_cameras() {
     let profiles = shop_profiles(std::path::Path::new("/srv/clips/shop.mp4"));
     let out = surveil(

@@ -54,7 +54,8 @@ use surveil_config::MqttConfig;
 
 use crate::decision::AlertLevel;
 use crate::event::Event;
-use crate::pipeline::{RunObserver, RunProgress};
+use crate::metrics::Stage;
+use crate::pipeline::{CameraProgress, RunObserver, RunProgress};
 use crate::sink::EventSink;
 use crate::{OrchestratorError, Result};
 
@@ -984,12 +985,28 @@ impl RunObserver for MqttStatsObserver<'_> {
         self.inner.source_opened(description, total_frames);
     }
 
+    fn camera_opened(&mut self, camera: &str, description: &str, total_frames: Option<u64>) {
+        self.inner.camera_opened(camera, description, total_frames);
+    }
+
     fn frame_done(&mut self, progress: &RunProgress) {
         self.inner.frame_done(progress);
         if self.last.is_none_or(|t| t.elapsed() >= self.interval) {
             self.last = Some(Instant::now());
             self.handle.publish_stats(progress);
         }
+    }
+
+    fn camera_progress(&mut self, progress: &CameraProgress) {
+        self.inner.camera_progress(progress);
+    }
+
+    fn stage_timed(&mut self, camera: &str, stage: Stage, duration: Duration) {
+        self.inner.stage_timed(camera, stage, duration);
+    }
+
+    fn analysis_queue(&mut self, pending: usize) {
+        self.inner.analysis_queue(pending);
     }
 }
 
@@ -1011,6 +1028,80 @@ mod tests {
         assert_eq!(t.alerts("cam"), "site/surveil/cam/alerts");
         assert_eq!(t.stats(), "site/surveil/node/n1/stats");
         assert_eq!(t.available(), "site/surveil/node/n1/available");
+    }
+
+    /// Every call an observer gets, by name.
+    #[derive(Default)]
+    struct Calls(Vec<String>);
+
+    impl RunObserver for Calls {
+        fn model_loaded(&mut self, _: &surveil_models::load::manager::LoadSummary) {
+            self.0.push("model_loaded".into());
+        }
+        fn source_opened(&mut self, _: &str, _: Option<u64>) {
+            self.0.push("source_opened".into());
+        }
+        fn camera_opened(&mut self, camera: &str, _: &str, _: Option<u64>) {
+            self.0.push(format!("camera_opened {camera}"));
+        }
+        fn frame_done(&mut self, _: &RunProgress) {
+            self.0.push("frame_done".into());
+        }
+        fn camera_progress(&mut self, p: &CameraProgress) {
+            self.0.push(format!("camera_progress {}", p.camera));
+        }
+        fn stage_timed(&mut self, camera: &str, _: Stage, _: Duration) {
+            self.0.push(format!("stage_timed {camera}"));
+        }
+        fn analysis_queue(&mut self, pending: usize) {
+            self.0.push(format!("analysis_queue {pending}"));
+        }
+    }
+
+    #[test]
+    fn the_stats_observer_passes_every_call_on() {
+        let publisher = MqttPublisher::start(&unreachable(4), |_| None).unwrap();
+        let mut calls = Calls::default();
+        {
+            let mut observer =
+                MqttStatsObserver::new(&mut calls, publisher.handle(), Duration::from_secs(60));
+            observer.source_opened("clip", None);
+            observer.camera_opened("till", "clip", Some(3));
+            observer.frame_done(&RunProgress {
+                frames: 1,
+                total_frames: Some(3),
+                fps: 1.0,
+                alerts: 0,
+                analyses: 0,
+                elapsed_s: 1.0,
+                queue_depth: 0,
+            });
+            observer.camera_progress(&CameraProgress {
+                camera: "till".into(),
+                frames: 1,
+                total_frames: Some(3),
+                fps: 1.0,
+                frames_dropped: 0,
+                queue_depth: Some(0),
+                analyses: 0,
+                analyses_skipped: 0,
+                alerts: 0,
+                elapsed_s: 1.0,
+            });
+            observer.stage_timed("till", Stage::Detect, Duration::from_millis(5));
+            observer.analysis_queue(2);
+        }
+        assert_eq!(
+            calls.0,
+            [
+                "source_opened",
+                "camera_opened till",
+                "frame_done",
+                "camera_progress till",
+                "stage_timed till",
+                "analysis_queue 2"
+            ]
+        );
     }
 
     /// A configuration aimed at a loopback port nothing listens on.

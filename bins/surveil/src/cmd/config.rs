@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use surveil_config::{ConfigError, ConfigLoader, LoadedConfig};
+use surveil_vision::source::redact_url;
 
 use crate::cli::{Cli, ConfigArgs, ConfigShowArgs};
 use crate::Failure;
@@ -32,11 +33,31 @@ pub fn load(
         .map_err(|e: ConfigError| Failure::Usage(anyhow::Error::new(e)))
 }
 
-/// `surveil config show`
+/// Whether `key` is a camera's source (`cameras[2].source`), which may hold credentials.
+fn is_camera_source(key: &str) -> bool {
+    key.strip_prefix("cameras[")
+        .and_then(|rest| rest.split_once("].source"))
+        .is_some_and(|(index, tail)| tail.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `surveil config show`. Camera sources are shown with their passwords replaced by `***`
+/// (as in logs and summaries).
 pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
     let loaded = load(cli, &args.config, &[])?;
     if args.json {
         let mut json = loaded.shown();
+        if let Some(cameras) = json
+            .get_mut("cameras")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for camera in cameras {
+                if let Some(source) = camera.get_mut("source") {
+                    if let Some(text) = source.as_str() {
+                        *source = serde_json::Value::String(redact_url(text));
+                    }
+                }
+            }
+        }
         let origins: serde_json::Map<String, serde_json::Value> = loaded
             .entries()
             .into_iter()
@@ -70,6 +91,7 @@ pub fn show(cli: &Cli, args: &ConfigShowArgs) -> Result<(), Failure> {
             section = sec;
         }
         let shown = match value {
+            serde_json::Value::String(s) if is_camera_source(key) => redact_url(s),
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Null => "(none)".into(),
             // A camera's zones by name (`config show --json` has them whole).
