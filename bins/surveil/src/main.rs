@@ -104,12 +104,17 @@ fn report_error(e: &anyhow::Error) {
     let _ = writeln!(std::io::stderr(), "error: {}", chain(e));
 }
 
-/// `outer: inner: root` on one line, without backtraces.
+/// `outer: inner: root` on one line, without backtraces. A cause that its outer message
+/// already ends with (errors that print their source and also return it) is not repeated.
 fn chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if parts.last().is_some_and(|outer| outer.ends_with(&cause)) {
+            continue;
+        }
+        parts.push(cause);
+    }
+    parts.join(": ")
 }
 
 fn init_logging(verbose: u8, quiet: bool) {
@@ -133,4 +138,39 @@ fn init_logging(verbose: u8, quiet: bool) {
         )
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    /// An error that prints its source and also returns it.
+    #[derive(Debug)]
+    struct Open {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Open {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot open video clip.mp4: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Open {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_its_outer_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Open { source: io }).context("surveil run");
+        assert_eq!(
+            chain(&e),
+            "surveil run: cannot open video clip.mp4: no such file"
+        );
+        let plain = anyhow::anyhow!("root").context("middle").context("outer");
+        assert_eq!(chain(&plain), "outer: middle: root");
+    }
 }
