@@ -349,7 +349,7 @@ pub trait RunObserver {
     fn frame_done(&mut self, progress: &RunProgress) {
         let _ = progress;
     }
-    /// A frame of `progress.camera` was analysed (right after [`RunObserver::frame_done`]).
+    /// A frame of `progress.camera` was analysed (right before [`RunObserver::frame_done`]).
     fn camera_progress(&mut self, progress: &CameraProgress) {
         let _ = progress;
     }
@@ -1294,17 +1294,7 @@ fn run_cameras(
                 next_sample = elapsed + Duration::from_secs_f64(config.monitoring.interval_seconds);
             }
         }
-        let total_frames = cams.iter().map(|c| c.total_frames).sum::<Option<u64>>();
-        sinks.observer.frame_done(&RunProgress {
-            frames,
-            total_frames,
-            fps: frames as f64 / elapsed.as_secs_f64().max(1e-9),
-            alerts: sinks.counters.alerts,
-            analyses: sinks.counters.analyses,
-            elapsed_s: elapsed.as_secs_f64(),
-            queue_depth: u32::try_from(cams.iter().map(|c| c.buffered).sum::<usize>())
-                .unwrap_or(u32::MAX),
-        });
+        // The camera's figures first, so that a printer of the totals has them current.
         if let Some(cam) = cams.get(i) {
             sinks.observer.camera_progress(&CameraProgress {
                 camera: cam.name.clone(),
@@ -1319,6 +1309,17 @@ fn run_cameras(
                 elapsed_s: elapsed.as_secs_f64(),
             });
         }
+        let total_frames = cams.iter().map(|c| c.total_frames).sum::<Option<u64>>();
+        sinks.observer.frame_done(&RunProgress {
+            frames,
+            total_frames,
+            fps: frames as f64 / elapsed.as_secs_f64().max(1e-9),
+            alerts: sinks.counters.alerts,
+            analyses: sinks.counters.analyses,
+            elapsed_s: elapsed.as_secs_f64(),
+            queue_depth: u32::try_from(cams.iter().map(|c| c.buffered).sum::<usize>())
+                .unwrap_or(u32::MAX),
+        });
         report_queue(&analyst, &mut last_pending, &mut sinks);
     }
     let loop_time = loop_start.elapsed();
