@@ -437,6 +437,18 @@ fn start_metrics(
     Ok((exporter, server))
 }
 
+/// `attention 49, normal 31`, or `none`.
+fn events_by_level(counts: &std::collections::BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let written = if json {
@@ -447,11 +459,7 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
         if quiet {
             return Ok(());
         }
-        let levels: Vec<String> = s
-            .alerts_by_level
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let levels = events_by_level(&s.alerts_by_level);
         let calls: u64 = s.vlm.calls_by_trigger.values().sum();
         let mut losses = Vec::new();
         if s.frames_skipped > 0 {
@@ -475,18 +483,14 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
         let mut per_camera = String::new();
         if s.cameras.len() > 1 {
             for (name, c) in &s.cameras {
-                let levels: Vec<String> = c
-                    .alerts_by_level
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
-                    .collect();
+                let levels = events_by_level(&c.alerts_by_level);
                 per_camera.push_str(&format!(
                     "\n  {name}: {} frames ({:.2} fps), {} VLM analyses ({} skipped), events: {}; ended: {}{}",
                     c.frames,
                     c.fps,
                     c.analyses,
                     c.analyses_skipped,
-                    levels.join(", "),
+                    levels,
                     c.end_reason,
                     c.error.as_ref().map_or(String::new(), |e| format!(" ({e})"))
                 ));
@@ -510,7 +514,7 @@ fn print_summary(s: &RunSummary, json: bool, quiet: bool) -> Result<(), Failure>
             s.tracks,
             s.person_tracks,
             calls,
-            levels.join(", "),
+            levels,
             s.end_reason,
             s.output_dir.display()
         )
@@ -594,4 +598,18 @@ fn cameras(config: &SystemConfig, args: &RunArgs) -> Result<Vec<CameraOptions>, 
         picked.push(CameraOptions::from_config(camera));
     }
     Ok(picked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_by_level;
+
+    #[test]
+    fn events_by_level_says_none_rather_than_nothing() {
+        let mut counts = std::collections::BTreeMap::new();
+        assert_eq!(events_by_level(&counts), "none");
+        counts.insert("normal".to_string(), 31);
+        counts.insert("attention".to_string(), 49);
+        assert_eq!(events_by_level(&counts), "attention 49, normal 31");
+    }
 }
