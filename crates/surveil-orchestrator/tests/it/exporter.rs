@@ -407,7 +407,7 @@ fn model_build_queue_and_memory_series() {
         // other tests of this binary allocate and free at the same time.)
         let rss_now = || surveil_memory::ProcessMemory::current().rss_bytes.unwrap() as f64;
         let slack = 16.0 * 1048576.0;
-        let mut check = |when: &str| {
+        let check = |when: &str| {
             let lo = rss_now();
             let v = value(&m, "surveil_process_resident_bytes", &[]).unwrap();
             let hi = rss_now();
