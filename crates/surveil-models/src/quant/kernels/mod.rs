@@ -143,6 +143,18 @@ pub(crate) fn tile_outputs(
     }
 }
 
+/// [`QuantError::Length`] when `found` is under `expected`.
+fn at_least(what: &'static str, expected: usize, found: usize) -> Result<(), QuantError> {
+    if found < expected {
+        return Err(QuantError::Length {
+            what,
+            expected,
+            found,
+        });
+    }
+    Ok(())
+}
+
 /// The integer dot products `Σ q_w·q_x` of one tile block (320 bytes) with one activation
 /// block (32 `i8`), per row of the tile, as the path computes them inside its kernel.
 ///
@@ -154,20 +166,8 @@ pub fn block_dots(
     xq: &[i8],
 ) -> Result<[i32; TILE_ROWS], QuantError> {
     kernel.check()?;
-    if tile_block.len() < TILE_BLOCK_BYTES {
-        return Err(QuantError::Length {
-            what: "tile block",
-            expected: TILE_BLOCK_BYTES,
-            found: tile_block.len(),
-        });
-    }
-    if xq.len() < BLOCK {
-        return Err(QuantError::Length {
-            what: "activation block",
-            expected: BLOCK,
-            found: xq.len(),
-        });
-    }
+    at_least("tile block", TILE_BLOCK_BYTES, tile_block.len())?;
+    at_least("activation block", BLOCK, xq.len())?;
     Ok(match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => x86::block_dots_avx512(tile_block, xq),
@@ -188,20 +188,8 @@ pub fn block_dots_q8(
     xq: &[i8],
 ) -> Result<[i32; TILE_ROWS], QuantError> {
     kernel.check()?;
-    if quants.len() < Q8_QUANT_BYTES {
-        return Err(QuantError::Length {
-            what: "q8 tile block",
-            expected: Q8_QUANT_BYTES,
-            found: quants.len(),
-        });
-    }
-    if xq.len() < BLOCK {
-        return Err(QuantError::Length {
-            what: "activation block",
-            expected: BLOCK,
-            found: xq.len(),
-        });
-    }
+    at_least("q8 tile block", Q8_QUANT_BYTES, quants.len())?;
+    at_least("activation block", BLOCK, xq.len())?;
     Ok(match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => x86::block_dots_q8_avx512(quants, xq),
