@@ -103,7 +103,7 @@ pub(crate) fn all_keys(defaults: &Dict) -> Vec<String> {
 }
 
 /// Fields that may hold a number or nothing (their default is absent/null).
-const OPTIONAL_NUMBERS: &[&str] = &["vlm.seed"];
+const OPTIONAL_NUMBERS: &[&str] = &["vlm.seed", "vlm.threads"];
 
 /// Fields that may hold a real number or nothing (their default is absent/null).
 const OPTIONAL_REALS: &[&str] = &["tracker.frame_rate"];

@@ -154,6 +154,12 @@ const KEY_DOCS: &[KeyDoc] = &[
         "Seed for sampling and dummy weights (absent: 0).",
     ),
     doc(
+        "vlm.threads",
+        Allowed::Text("an integer ≥ 1, or absent"),
+        "Threads of the CPU matmul kernels and of quantization at load (absent: one per \
+         physical core this process may use).",
+    ),
+    doc(
         "detection.model",
         Allowed::Choice(Detector::NAMES),
         "Person detector (its files: `paths.assets/<name>/`).",

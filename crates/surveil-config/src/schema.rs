@@ -354,6 +354,9 @@ pub struct RawVlmConfig {
     pub top_p: f64,
     /// Seed for sampling (none: fixed default seed 0).
     pub seed: Option<u64>,
+    /// Threads of the CPU matmul kernels and of quantization at load (none: the physical
+    /// cores this process may use).
+    pub threads: Option<usize>,
 }
 
 impl Default for RawVlmConfig {
@@ -370,6 +373,7 @@ impl Default for RawVlmConfig {
             temperature: 0.1,
             top_p: 0.9,
             seed: None,
+            threads: None,
         }
     }
 }
@@ -414,6 +418,9 @@ pub struct VlmConfig {
     pub top_p: f64,
     /// Seed for sampling (none: fixed default seed 0).
     pub seed: Option<u64>,
+    /// Threads of the CPU matmul kernels and of quantization at load, at least 1 (none: the
+    /// physical cores this process may use).
+    pub threads: Option<usize>,
 }
 
 /// A person detector `detection.model` may name.
@@ -1358,6 +1365,13 @@ impl RawConfig {
         self.vlm.fallback_models = fallbacks;
         let v = &self.vlm;
         let storage = StorageDtype::resolve(v.load_in_4bit, v.quant);
+        if v.threads == Some(0) {
+            return Err(rule(
+                "vlm.threads",
+                "0".into(),
+                "must be at least 1 (leave it out for one thread per physical core)".into(),
+            ));
+        }
         if v.max_new_tokens == 0 {
             return Err(rule(
                 "vlm.max_new_tokens",
@@ -1483,6 +1497,7 @@ impl RawConfig {
                 temperature: v.temperature,
                 top_p: v.top_p,
                 seed: v.seed,
+                threads: v.threads,
             },
             detection,
             tracker: self.tracker,

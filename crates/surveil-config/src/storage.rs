@@ -22,12 +22,23 @@ pub enum StorageDtype {
     Bf16,
     /// 8-bit blocks of 32 weights with one f16 scale: 34 bytes per block.
     Q8_0,
+    /// The CPU layout of [`StorageDtype::Q8_0`]: the same blocks, rows in tiles of 16 with
+    /// their blocks interleaved (`surveil_models::quant::PackedQ8`): 544 bytes per 16 × 32
+    /// weights, each tile padded to 64 bytes; rows padded to 16 and columns to 32.
+    #[serde(rename = "q8_0x16")]
+    Q8_0x16,
     /// 4-bit blocks of 32 weights with one f16 scale: 18 bytes per block.
     Q4_0,
     /// 4-bit k-quant super-blocks of 256 weights: 144 bytes per block.
     #[default]
     #[serde(rename = "q4k")]
     Q4K,
+    /// The CPU layout of the 4-bit types: `Q4_1` blocks of 32 (4-bit values, f16 scale and
+    /// minimum), rows in tiles of 16 with their blocks interleaved
+    /// (`surveil_models::quant::PackedQ4`): 320 bytes per 16 × 32 weights (5 bits per weight);
+    /// rows padded to 16 and columns to 32.
+    #[serde(rename = "q4_1x16")]
+    Q4_1x16,
 }
 
 impl StorageDtype {
@@ -40,20 +51,41 @@ impl StorageDtype {
             StorageDtype::Q8_0 => "q8_0",
             StorageDtype::Q4_0 => "q4_0",
             StorageDtype::Q4K => "q4k",
+            StorageDtype::Q8_0x16 => "q8_0x16",
+            StorageDtype::Q4_1x16 => "q4_1x16",
         }
     }
 
-    /// Whether this is a block-quantized type (q8_0, q4_0, q4k).
+    /// Whether this is a block-quantized type (q8_0, q4_0, q4k and their CPU tile layouts).
     pub fn is_quantized(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            StorageDtype::Q8_0 | StorageDtype::Q4_0 | StorageDtype::Q4K
+            StorageDtype::F32 | StorageDtype::F16 | StorageDtype::Bf16
         )
     }
 
-    /// Whether this is a 4-bit type (q4_0, q4k).
+    /// Whether this is a 4-bit type (q4_0, q4k, q4_1x16).
     pub fn is_four_bit(self) -> bool {
-        matches!(self, StorageDtype::Q4_0 | StorageDtype::Q4K)
+        matches!(
+            self,
+            StorageDtype::Q4_0 | StorageDtype::Q4K | StorageDtype::Q4_1x16
+        )
+    }
+
+    /// Whether this is a CPU tile layout (q4_1x16, q8_0x16), which takes any shape: rows and
+    /// columns are padded to whole tiles and blocks.
+    pub fn is_tiled(self) -> bool {
+        matches!(self, StorageDtype::Q4_1x16 | StorageDtype::Q8_0x16)
+    }
+
+    /// The CPU tile layout that stands for this type on the CPU: q4_1x16 for the 4-bit types,
+    /// q8_0x16 for q8_0; float and tiled types are their own.
+    pub fn cpu_layout(self) -> StorageDtype {
+        match self {
+            StorageDtype::Q4_0 | StorageDtype::Q4K => StorageDtype::Q4_1x16,
+            StorageDtype::Q8_0 => StorageDtype::Q8_0x16,
+            other => other,
+        }
     }
 
     /// Weights per block (1 for float types).
@@ -62,6 +94,7 @@ impl StorageDtype {
             StorageDtype::F32 | StorageDtype::F16 | StorageDtype::Bf16 => 1,
             StorageDtype::Q8_0 | StorageDtype::Q4_0 => 32,
             StorageDtype::Q4K => 256,
+            StorageDtype::Q8_0x16 | StorageDtype::Q4_1x16 => 32,
         }
     }
 
@@ -73,13 +106,32 @@ impl StorageDtype {
             StorageDtype::Q8_0 => 34,
             StorageDtype::Q4_0 => 18,
             StorageDtype::Q4K => 144,
+            // Per row and block, tile padding aside (see `bytes_for`).
+            StorageDtype::Q8_0x16 => 34,
+            StorageDtype::Q4_1x16 => 20,
         }
     }
 
-    /// Exact bytes a tensor of `shape` occupies in this storage type. Quantized types require
-    /// the last dimension to be a multiple of [`Self::block_len`] (the quantization policy of
-    /// `surveil-memory` guarantees it).
+    /// Exact bytes a tensor of `shape` occupies in this storage type. GGML quantized types
+    /// require the last dimension to be a multiple of [`Self::block_len`] (the quantization
+    /// policy of `surveil-memory` guarantees it). The tile layouts take any shape `[.., n, k]`
+    /// as `n' = Π leading dims` rows: `ceil(n'/16)` tiles of `ceil(k/32)` blocks, 320 bytes per
+    /// tile block for q4_1x16, and 544 per tile block, each tile rounded up to 64 bytes, for
+    /// q8_0x16.
     pub fn bytes_for(self, shape: &[usize]) -> u64 {
+        if self.is_tiled() {
+            let k = shape.last().copied().unwrap_or(0) as u64;
+            let rows: u64 = shape[..shape.len().saturating_sub(1)]
+                .iter()
+                .map(|&d| d as u64)
+                .product();
+            let (tiles, blocks) = (rows.div_ceil(16), k.div_ceil(32));
+            let tile = match self {
+                StorageDtype::Q4_1x16 => blocks * 320,
+                _ => (blocks * 544).next_multiple_of(64),
+            };
+            return tiles * tile;
+        }
         let elems: u64 = shape.iter().map(|&d| d as u64).product();
         elems / self.block_len() as u64 * self.block_bytes() as u64
     }
@@ -161,6 +213,33 @@ mod tests {
                 "load_in_4bit={four_bit} quant={quant}"
             );
         }
+    }
+
+    #[test]
+    fn tile_layouts_size_whole_tiles_of_any_shape() {
+        use StorageDtype::*;
+        // 16 × 32 weights: one tile block.
+        assert_eq!(Q4_1x16.bytes_for(&[16, 32]), 320);
+        assert_eq!(Q8_0x16.bytes_for(&[16, 32]), 576); // 544 rounded up to 64
+                                                       // Rows padded to 16, columns to 32: 17 × 33 is 2 tiles of 2 blocks.
+        assert_eq!(Q4_1x16.bytes_for(&[17, 33]), 2 * 2 * 320);
+        assert_eq!(Q8_0x16.bytes_for(&[17, 33]), 2 * 1088);
+        // Leading dimensions count as rows; 5 bits per weight when nothing is padded.
+        assert_eq!(Q4_1x16.bytes_for(&[2, 8, 256]) * 8, 16 * 256 * 5);
+        assert_eq!(Q4_1x16.bytes_for(&[0, 64]), 0);
+        for q in [Q4_1x16, Q8_0x16] {
+            assert!(q.is_tiled() && q.is_quantized());
+            assert!(!q.cpu_layout().is_four_bit() || q == Q4_1x16);
+            assert!(
+                !StorageDtype::ALL.contains(&q),
+                "{q} is not a configuration value"
+            );
+        }
+        assert_eq!(Q4K.cpu_layout(), Q4_1x16);
+        assert_eq!(Q4_0.cpu_layout(), Q4_1x16);
+        assert_eq!(Q8_0.cpu_layout(), Q8_0x16);
+        assert_eq!(Bf16.cpu_layout(), Bf16);
+        assert_eq!(serde_json::to_value(Q4_1x16).unwrap(), "q4_1x16");
     }
 
     #[test]

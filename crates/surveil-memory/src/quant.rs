@@ -71,13 +71,26 @@ impl QuantPolicy {
     pub fn for_storage(storage: StorageDtype) -> Self {
         match storage {
             StorageDtype::Q4K => Self::four_bit(StorageDtype::F16),
-            StorageDtype::Q4_0 | StorageDtype::Q8_0 => Self {
+            StorageDtype::Q4_0
+            | StorageDtype::Q8_0
+            | StorageDtype::Q4_1x16
+            | StorageDtype::Q8_0x16 => Self {
                 linear: storage,
                 float: StorageDtype::F16,
             },
             StorageDtype::F16 | StorageDtype::Bf16 | StorageDtype::F32 => {
                 Self::unquantized(storage)
             }
+        }
+    }
+
+    /// This policy as it stands on the CPU, where linear weights are kept in the kernels' tile
+    /// layouts ([`StorageDtype::cpu_layout`]: q4_1x16 for 4-bit, q8_0x16 for 8-bit), which take
+    /// any shape; float policies are unchanged.
+    pub fn on_cpu(self) -> Self {
+        Self {
+            linear: self.linear.cpu_layout(),
+            float: self.float,
         }
     }
 
@@ -104,6 +117,7 @@ impl QuantPolicy {
                 "q4k linear (q4_0, then {} where rows do not divide)",
                 self.float
             ),
+            q if q.is_tiled() => format!("{q} linear (CPU tiles)"),
             q if q.is_quantized() => {
                 format!("{q} linear ({} where rows do not divide)", self.float)
             }
@@ -122,6 +136,7 @@ impl QuantPolicy {
         let row = shape.last().copied().unwrap_or(0);
         let fits = |d: StorageDtype| row > 0 && row % d.block_len() == 0;
         match self.linear {
+            q if q.is_tiled() && row > 0 => q,
             StorageDtype::Q4K if fits(StorageDtype::Q4K) => StorageDtype::Q4K,
             StorageDtype::Q4K | StorageDtype::Q4_0 if fits(StorageDtype::Q4_0) => {
                 StorageDtype::Q4_0

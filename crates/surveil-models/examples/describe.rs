@@ -181,6 +181,7 @@ fn run() -> anyhow::Result<()> {
         weights: args.weights.clone(),
         device: args.device,
         storage: args.storage,
+        threads: None,
         hub_cache: paths.hub_cache,
         model_dir: paths.model_dir,
         assets: paths.assets,

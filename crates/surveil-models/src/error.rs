@@ -117,6 +117,19 @@ pub enum ModelError {
     /// constraint, or a state where no token is allowed.
     #[error("constrained decoding: {0}")]
     Constraint(String),
+    /// A linear weight could not be quantized into the CPU tile layout (a non-finite value, a
+    /// block out of f16 range).
+    #[error("tensor `{name}`: {source}")]
+    Quantize {
+        /// The checkpoint tensor (the first part at fault of a stacked weight).
+        name: String,
+        /// What the quantizer found.
+        #[source]
+        source: crate::quant::QuantError,
+    },
+    /// A quantized CPU matmul failed (shapes that do not agree, a worker that panicked).
+    #[error("quantized matmul: {0}")]
+    Kernel(#[from] crate::quant::QuantError),
     /// A numerical operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -39,6 +39,7 @@
 //!     weights: WeightsSpec::Dummy, // or WeightsSpec::Auto: the Hugging Face cache
 //!     device: Device::Auto,        // CUDA device 0 when built with `cuda` and it fits
 //!     storage: StorageDtype::Q4K,  // linear weights in 4 bits
+//!     threads: None,
 //!     hub_cache: surveil_config::paths::from_environment().hub_cache,
 //!     model_dir: None,
 //!     assets: surveil_config::paths::assets_dir(),

@@ -26,6 +26,7 @@ fn file_backed_rss_stays_small_during_a_load_from_disk() {
         weights: WeightsSpec::Dir(PathBuf::from(dir.path())),
         device: Device::Cpu,
         storage: StorageDtype::Q4K,
+        threads: None,
         hub_cache: PathBuf::from("/nonexistent"),
         model_dir: None,
         assets: surveil_config::paths::assets_dir(),

@@ -127,6 +127,19 @@ fn rule_vlm_max_new_tokens_at_least_one() {
 }
 
 #[test]
+fn rule_vlm_threads_at_least_one() {
+    breaks(
+        "SURVEIL_VLM__THREADS",
+        "0",
+        "vlm.threads",
+        "0",
+        "at least 1",
+    );
+    assert_eq!(loads(&[("SURVEIL_VLM__THREADS", "3")]).vlm.threads, Some(3));
+    assert_eq!(loads(&[]).vlm.threads, None);
+}
+
+#[test]
 fn rule_vlm_temperature_finite_not_negative() {
     let var = "SURVEIL_VLM__TEMPERATURE";
     for (text, value) in [("-1", "-1"), ("-0.001", "-0.001")] {

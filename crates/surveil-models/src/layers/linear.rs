@@ -18,48 +18,41 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 
+use super::weight::{tiled_forward, MatWeight};
 use crate::load::weights::Weights;
 use crate::Result;
-
-/// Bytes a matmul weight occupies (quantized blocks, or the float tensor): what one forward
-/// pass reads of it.
-pub(crate) fn qmatmul_bytes(weight: &QMatMul) -> usize {
-    match weight {
-        QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
-    }
-}
 
 /// Row multiple candle's x86 tiled quantized kernels need.
 const TILE_ROWS: usize = 16;
 
 /// A linear layer `y = x Wᵀ + b` whose weight `[rows, in]` may be quantized; possibly several
-/// checkpoint linears `[out_i, in]` stacked into one weight, with zero rows appended.
+/// checkpoint linears `[out_i, in]` stacked into one weight, with zero rows appended or (in the
+/// CPU tile layouts) between the parts.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: MatWeight,
     /// `[Σ out_i]`, f32.
     bias: Option<Tensor>,
     /// Output width of each part, in order (one part for a single linear).
     splits: Vec<usize>,
+    /// Row of `weight` where each part starts.
+    offsets: Vec<usize>,
     /// Rows of `weight`: the parts' outputs plus zero padding.
     rows: usize,
 }
 
 impl Linear {
     /// From a (possibly quantized) weight `[out, in]` and an optional f32 bias `[out]`.
-    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        let rows = match &weight {
-            QMatMul::QTensor(q) => q.shape().dims().first().copied(),
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().first().copied(),
-        }
-        .unwrap_or(0);
+    pub fn new(weight: impl Into<MatWeight>, bias: Option<Tensor>) -> Self {
+        let weight = weight.into();
+        let rows = weight.rows();
         Self {
             weight,
             bias,
             splits: vec![rows],
+            offsets: vec![0],
             rows,
         }
     }
@@ -94,19 +87,53 @@ impl Linear {
         parts: &[(&str, usize)],
         bias: bool,
     ) -> Result<Self> {
-        let mut weights = Vec::with_capacity(parts.len());
-        let mut biases = Vec::with_capacity(parts.len());
-        for &(name, out) in parts {
-            let p = w.pp(name);
-            weights.push(p.matmul_weight(&[out, in_dim], "weight")?);
-            if bias {
-                biases.push(p.get(&[out], "bias")?);
-            }
-        }
         let splits: Vec<usize> = parts.iter().map(|&(_, out)| out).collect();
         let out: usize = splits.iter().sum();
-        let (weight, rows) = concat_rows(weights, out, in_dim, w)?;
+        let names: Vec<String> = parts
+            .iter()
+            .map(|(name, _)| format!("{name}.weight"))
+            .collect();
+        let stacked: Vec<(&str, usize)> = names
+            .iter()
+            .zip(&splits)
+            .map(|(name, &n)| (name.as_str(), n))
+            .collect();
+        let (weight, offsets, rows) = match w.matmul_weight_stacked(&stacked, in_dim)? {
+            Some(tiled) => {
+                let offsets = crate::quant::stacked_offsets(&splits);
+                let rows = tiled.rows();
+                (tiled, offsets, rows)
+            }
+            None => {
+                let mut weights = Vec::with_capacity(parts.len());
+                for &(name, n) in parts {
+                    match w.pp(name).matmul_weight(&[n, in_dim], "weight")? {
+                        MatWeight::Candle(q) => weights.push(q),
+                        MatWeight::Tiled(_) => {
+                            return Err(crate::ModelError::InvalidInput(format!(
+                                "`{}`: a tiled part where the policy gives candle storage",
+                                w.path(name)
+                            )))
+                        }
+                    }
+                }
+                let (weight, rows) = concat_rows(weights, out, in_dim, w)?;
+                let offsets = splits
+                    .iter()
+                    .scan(0, |at, &n| {
+                        let start = *at;
+                        *at += n;
+                        Some(start)
+                    })
+                    .collect();
+                (MatWeight::Candle(weight), offsets, rows)
+            }
+        };
         let bias = if bias {
+            let biases = parts
+                .iter()
+                .map(|&(name, n)| w.pp(name).get(&[n], "bias"))
+                .collect::<Result<Vec<_>>>()?;
             Some(Tensor::cat(&biases, 0)?)
         } else {
             None
@@ -115,14 +142,15 @@ impl Linear {
             weight,
             bias,
             splits,
+            offsets,
             rows,
         })
     }
 
-    /// Bytes the weight occupies (quantized blocks, or the float tensor), bias excluded: what
-    /// one forward pass reads of it.
+    /// Bytes the weight occupies (quantized blocks, tiles, or the float tensor), bias
+    /// excluded: what one forward pass reads of it.
     pub fn weight_bytes(&self) -> usize {
-        qmatmul_bytes(&self.weight)
+        self.weight.bytes()
     }
 
     /// `x` `[..., in]` (f32) → `[..., Σ out_i]`.
@@ -133,13 +161,25 @@ impl Linear {
         } else {
             x.contiguous()?
         };
-        self.finish(matmul(&self.weight, &x)?)
+        self.finish(self.weight.forward(&x)?)
     }
 
-    /// Apply linears that share the input `x` `[..., in]`. For a single row (decode) with
-    /// quantized weights, candle can run them as one call (one input quantization, one
-    /// parallel region); otherwise they run one by one. One output per linear.
+    /// Apply linears that share the input `x` `[..., in]`: in the CPU tile layouts the input is
+    /// quantized once for all of them; for a single row (decode) with candle's quantized
+    /// weights, candle runs them as one call (one input quantization, one parallel region);
+    /// otherwise they run one by one. One output per linear.
     pub fn forward_shared(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        if let Some(tiled) = linears
+            .iter()
+            .map(|l| l.weight.tiled())
+            .collect::<Option<Vec<_>>>()
+        {
+            return tiled_forward(&tiled, x)?
+                .into_iter()
+                .zip(linears)
+                .map(|(y, l)| l.finish(y))
+                .collect();
+        }
         let row = x.dim(D::Minus1)?;
         if x.elem_count() == row {
             if let Some(qs) = linears
@@ -173,10 +213,29 @@ impl Linear {
         Ok(out)
     }
 
-    /// The matmul result `[..., rows]` → `[..., Σ out_i]` (padding rows cut off) plus bias.
+    /// The matmul result `[..., rows]` → `[..., Σ out_i]` (padding rows cut off, parts joined
+    /// where padding lies between them) plus bias.
     fn finish(&self, y: Tensor) -> Result<Tensor> {
         let out: usize = self.splits.iter().sum();
-        let y = if self.rows != out {
+        let contiguous = self
+            .offsets
+            .iter()
+            .zip(&self.splits)
+            .scan(0, |at, (&start, &n)| {
+                let ok = start == *at;
+                *at += n;
+                Some(ok)
+            })
+            .all(|ok| ok);
+        let y = if !contiguous {
+            let parts = self
+                .offsets
+                .iter()
+                .zip(&self.splits)
+                .map(|(&start, &n)| y.narrow(D::Minus1, start, n))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, D::Minus1)?
+        } else if self.rows != out {
             y.narrow(D::Minus1, 0, out)?
         } else {
             y
@@ -187,10 +246,10 @@ impl Linear {
         })
     }
 
-    /// The quantized weight, when it is one.
+    /// The candle quantized weight, when it is one.
     fn qtensor(&self) -> Option<&QTensor> {
         match &self.weight {
-            QMatMul::QTensor(t) => Some(t),
+            MatWeight::Candle(QMatMul::QTensor(t)) => Some(t),
             _ => None,
         }
     }
@@ -267,21 +326,6 @@ fn concat_rows(
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok((QMatMul::Tensor(Tensor::cat(&tensors, 0)?), out))
-}
-
-/// `x · Wᵀ` for a weight in any storage type, the result in `x`'s dtype. candle's [`QMatMul`]
-/// converts the input for quantized and f16 weights but multiplies a plain tensor as it is, so
-/// a bf16 weight (`vlm.storage = bf16`, what `load_in_4bit = false` gives a 4-bit `quant`)
-/// gets the input converted to bf16 here and the product converted back.
-///
-/// Errors: candle's (shape mismatch, a dtype the backend cannot multiply).
-pub(crate) fn matmul(weight: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
-    match weight {
-        QMatMul::Tensor(w) if w.dtype() != x.dtype() => {
-            weight.forward(&x.to_dtype(w.dtype())?)?.to_dtype(x.dtype())
-        }
-        _ => weight.forward(x),
-    }
 }
 
 #[cfg(test)]
@@ -384,6 +428,113 @@ mod tests {
             // Quantized: 39 rows padded to 48.
             let expected_rows = if policy.linear.is_quantized() { 48 } else { 39 };
             assert_eq!(fused.rows, expected_rows);
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Pearson correlation of two tensors' values.
+    fn correlation(a: &Tensor, b: &Tensor) -> f64 {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        let n = a.len() as f64;
+        let (ma, mb) = (
+            a.iter().map(|&v| v as f64).sum::<f64>() / n,
+            b.iter().map(|&v| v as f64).sum::<f64>() / n,
+        );
+        let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+        for (&x, &y) in a.iter().zip(&b) {
+            let (x, y) = (x as f64 - ma, y as f64 - mb);
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        ab / (aa * bb).sqrt()
+    }
+
+    /// Parts whose widths are not multiples of the 16-row tile (7, 20) leave zero rows between
+    /// the parts of a tiled weight; the fused outputs are still exactly the separate ones, the
+    /// resident bytes are the parts' own, and the result tracks f32.
+    #[test]
+    fn tiled_fused_parts_equal_separate_linears_and_track_f32() {
+        let layout = vec![
+            ("a.weight".to_string(), vec![7, 100]),
+            ("a.bias".to_string(), vec![7]),
+            ("b.weight".to_string(), vec![20, 100]),
+            ("b.bias".to_string(), vec![20]),
+            ("c.weight".to_string(), vec![32, 100]),
+            ("c.bias".to_string(), vec![32]),
+        ];
+        let parts = [("a", 7), ("b", 20), ("c", 32)];
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 100), &Device::Cpu).unwrap();
+        let exact = weights(QuantPolicy::unquantized(StorageDtype::F32), layout.clone());
+        let reference = Linear::load_fused(&exact, 100, &parts, true)
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+            let w = weights(QuantPolicy::for_storage(storage), layout.clone());
+            let fused = Linear::load_fused(&w, 100, &parts, true).unwrap();
+            assert!(fused.weight.tiled().is_some(), "{storage}");
+            // 1 + 2 + 2 tiles; part b starts at row 16, part c at row 48.
+            assert_eq!(fused.offsets, vec![0, 16, 48], "{storage}");
+            let y = fused.forward(&x).unwrap();
+            assert_eq!(y.dims(), &[2, 5, 59]);
+            let mut separate = Vec::new();
+            for (name, n) in parts {
+                let single = Linear::load(&w, 100, n, true, name).unwrap();
+                separate.push(single.forward(&x).unwrap());
+            }
+            let separate = Tensor::cat(&separate, 2).unwrap();
+            assert_eq!(max_diff(&y, &separate), 0.0, "{storage}");
+            let shared = Linear::forward_shared(&[&fused, &fused], &x).unwrap();
+            assert_eq!(max_diff(&shared[1], &y), 0.0, "{storage}");
+            let r = correlation(&y, &reference);
+            assert!(r > 0.99, "{storage}: correlation with f32 {r}");
+            // Resident bytes: each part's tiles, as the estimate sizes them.
+            let per_part: u64 = parts
+                .iter()
+                .map(|&(_, n)| storage.bytes_for(&[n, 100]))
+                .sum();
+            assert_eq!(fused.weight_bytes() as u64, per_part, "{storage}");
+            assert_eq!(
+                w.report().bytes_by_dtype[&storage],
+                2 * per_part,
+                "{storage}: fused plus separate loads"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tiled_table_gives_its_rows_back() {
+        let layout = vec![("t.weight".to_string(), vec![40, 64])];
+        let ids = Tensor::new(&[[3u32, 39], [0, 17]], &Device::Cpu).unwrap();
+        let exact = weights(QuantPolicy::unquantized(StorageDtype::F32), layout.clone())
+            .matmul_weight(&[40, 64], "t.weight")
+            .unwrap()
+            .embedding(&ids)
+            .unwrap();
+        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+            let table = weights(QuantPolicy::for_storage(storage), layout.clone())
+                .matmul_weight(&[40, 64], "t.weight")
+                .unwrap();
+            let rows = table.embedding(&ids).unwrap();
+            assert_eq!(rows.dims(), &[2, 2, 64]);
+            // Dummy weights are in [-0.02, 0.02]: half a 4-bit step is at most 0.04 / 30 (the
+            // stored f16 scale rounds up by less than 1 %).
+            let d = max_diff(&rows, &exact);
+            assert!(d <= 0.04 / 30.0 * 1.01, "{storage}: {d}");
+            let bad = Tensor::new(&[40u32], &Device::Cpu).unwrap();
+            assert!(table.embedding(&bad).is_err());
         }
     }
 }

@@ -11,10 +11,11 @@ mod kv_cache;
 mod linear;
 mod logits;
 mod norm;
+mod weight;
 
 pub use embedding::Embedding;
 pub use kv_cache::{KvCache, LayerKvCache};
 pub use linear::Linear;
-pub(crate) use linear::{matmul, qmatmul_bytes};
 pub use logits::Logits;
 pub use norm::{LayerNorm, RmsNorm};
+pub use weight::{MatWeight, Packed, TiledWeight};

@@ -57,6 +57,7 @@ pub type ProgressFn = Arc<dyn Fn(usize, usize, u64) + Send + Sync>;
 ///     weights: WeightsSpec::parse("dummy"), // `auto`, `dummy` or a checkpoint directory
 ///     device: Device::Cpu,
 ///     storage: StorageDtype::Q4K,
+///     threads: None,
 ///     hub_cache: surveil_config::paths::from_environment().hub_cache,
 ///     model_dir: None,
 ///     assets: surveil_config::paths::assets_dir(),
@@ -72,8 +73,12 @@ pub struct LoadOptions {
     /// Device choice (`auto` is decided here, against the estimate).
     pub device: Device,
     /// Storage type of linear weights (`vlm.storage`, resolved by the configuration); the
-    /// [`QuantPolicy`] is [`QuantPolicy::for_storage`] of it.
+    /// [`QuantPolicy`] is [`QuantPolicy::for_storage`] of it, and on the CPU its
+    /// [`QuantPolicy::on_cpu`] (quantized weights in the kernels' tile layouts).
     pub storage: StorageDtype,
+    /// Threads of the CPU kernels and of quantization at load (`vlm.threads`; `None`: one per
+    /// physical core).
+    pub threads: Option<usize>,
     /// The Hugging Face hub cache to search (`paths.hub_cache`).
     pub hub_cache: PathBuf,
     /// Extra directory searched for `<id>/` (`paths.model_dir`).
@@ -95,6 +100,7 @@ impl LoadOptions {
             weights: config.vlm.weights.clone(),
             device: config.vlm.device,
             storage: config.vlm.storage,
+            threads: config.vlm.threads,
             hub_cache: config.paths.hub_cache.clone(),
             model_dir: config.paths.model_dir.clone(),
             assets: config.paths.assets.clone(),
@@ -157,6 +163,7 @@ struct Resident {
 ///     weights: WeightsSpec::Dummy,
 ///     device: Device::Cpu,
 ///     storage: StorageDtype::Q4K,
+///     threads: None,
 ///     hub_cache: surveil_config::paths::from_environment().hub_cache,
 ///     model_dir: None,
 ///     assets: surveil_config::paths::assets_dir(),
@@ -205,9 +212,10 @@ fn check_cuda_ordinal(ordinal: usize, present: usize, driver_reason: Option<&str
 
 fn candle_device(
     choice: Device,
-    estimate: &Estimate,
+    estimates: &Estimates,
 ) -> Result<(candle_core::Device, String, Fit)> {
-    let cpu_fit = || fits(estimate, Device::Cpu);
+    let estimate = &estimates.gpu;
+    let cpu_fit = || fits(&estimates.cpu, Device::Cpu);
     match choice {
         Device::Cpu => Ok((candle_core::Device::Cpu, "device=cpu".into(), cpu_fit())),
         Device::Cuda(ordinal) => {
@@ -250,6 +258,14 @@ fn candle_device(
             Ok((candle_core::Device::Cpu, reason, cpu_fit()))
         }
     }
+}
+
+/// The estimate of one checkpoint under the policy each kind of device gets.
+struct Estimates {
+    /// [`QuantPolicy::on_cpu`]: quantized weights in the CPU tile layouts.
+    cpu: Estimate,
+    /// [`QuantPolicy::for_storage`]: candle's storage types.
+    gpu: Estimate,
 }
 
 /// The configured device a candle device is: `cpu` or `cuda:N`, with the device's own
@@ -340,6 +356,7 @@ impl ModelManager {
     /// #     weights: WeightsSpec::Dummy,
     /// #     device: Device::Cpu,
     /// #     storage: StorageDtype::Q4K,
+    /// #     threads: None,
     /// #     hub_cache: surveil_config::paths::from_environment().hub_cache,
     /// #     model_dir: None,
     /// #     assets: surveil_config::paths::assets_dir(),
@@ -505,9 +522,18 @@ pub fn load_model(
             )
         }
     };
-    let policy = QuantPolicy::for_storage(opts.storage);
-    let estimate = cfg.estimate(&policy)?;
-    let (device, device_reason, fit) = candle_device(opts.device, &estimate)?;
+    let gpu_policy = QuantPolicy::for_storage(opts.storage);
+    let cpu_policy = gpu_policy.on_cpu();
+    let estimates = Estimates {
+        cpu: cfg.estimate(&cpu_policy)?,
+        gpu: cfg.estimate(&gpu_policy)?,
+    };
+    let (device, device_reason, fit) = candle_device(opts.device, &estimates)?;
+    let (policy, estimate) = if device.is_cpu() {
+        (cpu_policy, estimates.cpu)
+    } else {
+        (gpu_policy, estimates.gpu)
+    };
     let placed = device_of(&device)?;
     if let Fit::DoesNotFit { message, .. } = &fit {
         return Err(ModelError::DoesNotFit(format!("{id}: {message}")));
@@ -525,6 +551,10 @@ pub fn load_model(
             )
         }
         None => Weights::new(source, device.clone(), policy),
+    };
+    let weights = match opts.threads {
+        Some(n) => weights.with_threads(n),
+        None => weights,
     };
     let model = LoadedModel::load(&cfg, &weights)?;
     let report = weights.report();
@@ -549,12 +579,14 @@ pub fn load_model(
 mod tests {
     use super::*;
 
-    fn git_estimate() -> Estimate {
+    fn git_estimate() -> Estimates {
         let spec = registry::find("git-base-coco").unwrap();
-        ArchConfig::full_size(spec)
-            .unwrap()
-            .estimate(&QuantPolicy::for_storage(StorageDtype::Q4K))
-            .unwrap()
+        let cfg = ArchConfig::full_size(spec).unwrap();
+        let policy = QuantPolicy::for_storage(StorageDtype::Q4K);
+        Estimates {
+            cpu: cfg.estimate(&policy.on_cpu()).unwrap(),
+            gpu: cfg.estimate(&policy).unwrap(),
+        }
     }
 
     #[test]

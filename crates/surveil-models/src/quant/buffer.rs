@@ -1,5 +1,7 @@
 //! [`AlignedBytes`]: the packed weights' buffer, 64-byte aligned so every tile starts on a
-//! cache line.
+//! cache line, and [`pack_parts`], which quantizes stacked weights into it tile by tile.
+
+use super::QuantError;
 
 /// One cache line.
 #[repr(C, align(64))]
@@ -38,4 +40,85 @@ impl AlignedBytes {
         // `self` mutably.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
     }
+}
+
+/// The weights of one part of a stacked weight: `rows × cols` row-major values.
+pub(crate) struct Part<'a, T> {
+    pub(crate) values: &'a [T],
+    pub(crate) rows: usize,
+}
+
+/// Pack `parts` (each `[rows_i, cols]`) one after the other into row tiles of
+/// [`TILE_ROWS`](super::TILE_ROWS): part `i` takes `ceil(rows_i / 16)` whole tiles, so every
+/// part starts on a tile boundary ([`super::stacked_offsets`]). `tile(values, rows, t, out)`
+/// quantizes tile `t` of one part into `out` (`tile_bytes` zeroed bytes). The tiles are split
+/// over `threads` scoped threads (the caller included) in contiguous runs.
+///
+/// Returns the buffer and the tile count.
+///
+/// Errors: a part's length is not `rows_i × cols` ([`QuantError::Length`]); the first error of
+/// `tile` in tile order.
+pub(crate) fn pack_parts<T, F>(
+    parts: &[Part<'_, T>],
+    cols: usize,
+    tile_bytes: usize,
+    threads: usize,
+    tile: F,
+) -> Result<(AlignedBytes, usize), QuantError>
+where
+    T: Sync,
+    F: Fn(&[T], usize, usize, &mut [u8]) -> Result<(), QuantError> + Sync,
+{
+    let mut work = Vec::new();
+    for (p, part) in parts.iter().enumerate() {
+        let expected = part.rows.checked_mul(cols).ok_or_else(|| {
+            QuantError::Shape(format!(
+                "weight shape [{}, {cols}] overflows usize",
+                part.rows
+            ))
+        })?;
+        if part.values.len() != expected {
+            return Err(QuantError::Length {
+                what: "weight",
+                expected,
+                found: part.values.len(),
+            });
+        }
+        work.extend((0..part.rows.div_ceil(super::TILE_ROWS)).map(|t| (p, t)));
+    }
+    let tiles = work.len();
+    let mut buf = AlignedBytes::zeroed(tiles * tile_bytes);
+    if tile_bytes == 0 || tiles == 0 {
+        return Ok((buf, tiles));
+    }
+    let jobs: Vec<((usize, usize), &mut [u8])> = work
+        .into_iter()
+        .zip(buf.as_bytes_mut().chunks_exact_mut(tile_bytes))
+        .collect();
+    let run_chunk = |chunk: &mut [((usize, usize), &mut [u8])]| -> Result<(), QuantError> {
+        for ((p, t), out) in chunk.iter_mut() {
+            let part = &parts[*p];
+            tile(part.values, part.rows, *t, out)?;
+        }
+        Ok(())
+    };
+    let run = &run_chunk;
+    let threads = threads.clamp(1, tiles);
+    let mut jobs = jobs;
+    let per_thread = tiles.div_ceil(threads);
+    let results: Vec<Result<(), QuantError>> = std::thread::scope(|scope| {
+        let mut chunks = jobs.chunks_mut(per_thread);
+        let own = chunks.next();
+        let handles: Vec<_> = chunks.map(|c| scope.spawn(move || run(c))).collect();
+        let mut results = vec![own.map_or(Ok(()), run)];
+        results.extend(handles.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(QuantError::JobPanicked("quantizing a tile".into())))
+        }));
+        results
+    });
+    for r in results {
+        r?;
+    }
+    Ok((buf, tiles))
 }

@@ -116,8 +116,32 @@ pub use kernels::Kernel;
 pub use matmul::{matmul, matmul_quantized, matmul_with};
 pub use packed_q4::{PackedQ4, QuantInput};
 pub use packed_q8::PackedQ8;
+pub use pool::physical_cores;
 pub use pool::ThreadPool;
 pub use weight::{PackedWeight, WeightFormat};
+
+/// Output offset of each part of a stacked weight ([`PackedQ4::quantize_parts`]): part `i`
+/// starts at the sum of the earlier parts' rows, each rounded up to a multiple of
+/// [`TILE_ROWS`].
+pub fn stacked_offsets(rows: &[usize]) -> Vec<usize> {
+    let mut at = 0;
+    rows.iter()
+        .map(|&n| {
+            let start = at;
+            at += n.next_multiple_of(TILE_ROWS);
+            start
+        })
+        .collect()
+}
+
+/// Rows (outputs) of a stacked weight: the last part's offset plus its rows (0 for none).
+pub(crate) fn stacked_rows(rows: impl Iterator<Item = usize>) -> usize {
+    let rows: Vec<usize> = rows.collect();
+    match (stacked_offsets(&rows).last(), rows.last()) {
+        (Some(start), Some(n)) => start + n,
+        _ => 0,
+    }
+}
 
 /// Values of `k` per quantization block (weights and activations).
 pub const BLOCK: usize = 32;

@@ -3,7 +3,7 @@
 
 use half::{bf16, f16};
 
-use super::buffer::AlignedBytes;
+use super::buffer::{pack_parts, AlignedBytes, Part};
 use super::{QuantError, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 /// Offset of the 16 f16 scales `d` in a tile block.
@@ -76,27 +76,35 @@ impl PackedQ4 {
     /// ([`QuantError::NonFiniteWeight`], with its row and column); a block whose minimum or
     /// scale overflows f16 ([`QuantError::OutOfRange`]).
     pub fn quantize<T: QuantInput>(w: &[T], rows: usize, cols: usize) -> Result<Self, QuantError> {
-        let expected = rows.checked_mul(cols).ok_or_else(|| {
-            QuantError::Shape(format!("weight shape [{rows}, {cols}] overflows usize"))
-        })?;
-        if w.len() != expected {
-            return Err(QuantError::Length {
-                what: "weight",
-                expected,
-                found: w.len(),
-            });
-        }
+        Self::quantize_parts(&[(w, rows)], cols, 1)
+    }
+
+    /// Quantize several weights with the same input width, `parts[i] = (w_i [rows_i, cols],
+    /// rows_i)`, stacked into one: part `i` starts at output
+    /// [`stacked_offsets`](super::stacked_offsets)`(..)[i]` (a tile boundary; the rows between
+    /// parts are zero). The tiles are quantized on `threads` threads; the result does not
+    /// depend on the thread count.
+    ///
+    /// Errors: as [`PackedQ4::quantize`], for the first part at fault (rows counted within it).
+    pub fn quantize_parts<T: QuantInput>(
+        parts: &[(&[T], usize)],
+        cols: usize,
+        threads: usize,
+    ) -> Result<Self, QuantError> {
         let blocks = cols.div_ceil(BLOCK);
-        let tiles = rows.div_ceil(TILE_ROWS);
-        let mut buf = AlignedBytes::zeroed(tiles * blocks * TILE_BLOCK_BYTES);
-        if blocks > 0 {
-            let tile_bytes = blocks * TILE_BLOCK_BYTES;
-            for (t, tile) in buf.as_bytes_mut().chunks_exact_mut(tile_bytes).enumerate() {
-                quantize_tile(w, rows, cols, t, tile)?;
-            }
-        }
+        let parts: Vec<Part<'_, T>> = parts
+            .iter()
+            .map(|&(values, rows)| Part { values, rows })
+            .collect();
+        let (buf, tiles) = pack_parts(
+            &parts,
+            cols,
+            blocks * TILE_BLOCK_BYTES,
+            threads,
+            |w, rows, t, out| quantize_tile(w, rows, cols, t, out),
+        )?;
         Ok(Self {
-            rows,
+            rows: super::stacked_rows(parts.iter().map(|p| p.rows)),
             cols,
             blocks,
             tiles,
@@ -165,6 +173,23 @@ impl PackedQ4 {
             read_f16(tb, D_OFFSET, row % TILE_ROWS),
             read_f16(tb, M_OFFSET, row % TILE_ROWS),
         )
+    }
+
+    /// Row `row` (< [`PackedQ4::rows`]) dequantized into `out` (`k` values), `d·q + m` per
+    /// value: an embedding lookup in a table stored as this weight.
+    ///
+    /// Panics when `row` or `out.len()` is out of range (callers check ids first).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(
+            row < self.rows && out.len() == self.cols,
+            "row {row} of {self:?}"
+        );
+        for (b, chunk) in out.chunks_mut(BLOCK).enumerate() {
+            let (d, m) = self.block_params(row, b);
+            for (i, v) in chunk.iter_mut().enumerate() {
+                *v = d * f32::from(self.quant(row, b * BLOCK + i)) + m;
+            }
+        }
     }
 
     /// The dequantized weight `[n, k]` row-major, `d·q + m` per value (tests, debugging).

@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use super::buffer::AlignedBytes;
+use super::buffer::{pack_parts, AlignedBytes, Part};
 use super::packed_q4::f16_toward;
 use super::{QuantError, QuantInput, BLOCK, TILE_ROWS};
 
@@ -57,27 +57,29 @@ impl PackedQ8 {
     /// ([`QuantError::NonFiniteWeight`]); a block whose scale overflows f16
     /// ([`QuantError::OutOfRange`]).
     pub fn quantize<T: QuantInput>(w: &[T], rows: usize, cols: usize) -> Result<Self, QuantError> {
-        let expected = rows.checked_mul(cols).ok_or_else(|| {
-            QuantError::Shape(format!("weight shape [{rows}, {cols}] overflows usize"))
-        })?;
-        if w.len() != expected {
-            return Err(QuantError::Length {
-                what: "weight",
-                expected,
-                found: w.len(),
-            });
-        }
+        Self::quantize_parts(&[(w, rows)], cols, 1)
+    }
+
+    /// Several weights with the same input width stacked into one, as
+    /// [`PackedQ4::quantize_parts`](super::PackedQ4::quantize_parts) does.
+    ///
+    /// Errors: as [`PackedQ8::quantize`], for the first part at fault.
+    pub fn quantize_parts<T: QuantInput>(
+        parts: &[(&[T], usize)],
+        cols: usize,
+        threads: usize,
+    ) -> Result<Self, QuantError> {
         let blocks = cols.div_ceil(BLOCK);
-        let tiles = rows.div_ceil(TILE_ROWS);
-        let tile_bytes = q8_tile_bytes(blocks);
-        let mut buf = AlignedBytes::zeroed(tiles * tile_bytes);
-        if blocks > 0 {
-            for (t, tile) in buf.as_bytes_mut().chunks_exact_mut(tile_bytes).enumerate() {
-                quantize_tile(w, rows, cols, blocks, t, tile)?;
-            }
-        }
+        let parts: Vec<Part<'_, T>> = parts
+            .iter()
+            .map(|&(values, rows)| Part { values, rows })
+            .collect();
+        let tile_bytes = if blocks > 0 { q8_tile_bytes(blocks) } else { 0 };
+        let (buf, tiles) = pack_parts(&parts, cols, tile_bytes, threads, |w, rows, t, out| {
+            quantize_tile(w, rows, cols, blocks, t, out)
+        })?;
         Ok(Self {
-            rows,
+            rows: super::stacked_rows(parts.iter().map(|p| p.rows)),
             cols,
             blocks,
             tiles,
@@ -129,6 +131,19 @@ impl PackedQ8 {
         let at = self.blocks * Q8_QUANT_BYTES + block * Q8_SCALE_BYTES + 2 * (row % TILE_ROWS);
         let tile = self.tile(row / TILE_ROWS);
         f16::from_le_bytes([tile[at], tile[at + 1]]).to_f32()
+    }
+
+    /// Row `row` (< [`PackedQ8::rows`]) dequantized into `out` (`k` values).
+    ///
+    /// Panics when `row` or `out.len()` is out of range (callers check ids first).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(
+            row < self.rows && out.len() == self.cols,
+            "row {row} of {self:?}"
+        );
+        for (c, v) in out.iter_mut().enumerate() {
+            *v = self.block_scale(row, c / BLOCK) * f32::from(self.quant(row, c));
+        }
     }
 
     /// The dequantized weight `[n, k]`, `d·q` per value (tests, debugging).

@@ -176,6 +176,68 @@ impl ThreadPool {
     }
 }
 
+/// Physical cores this process may run on: the distinct `(package, core)` pairs of the CPUs
+/// in its affinity mask (Linux sysfs `topology/`), capped by
+/// [`std::thread::available_parallelism`] (which also honours a cgroup CPU quota). Where the
+/// topology cannot be read, the available parallelism; at least 1. The default of
+/// `vlm.threads`: a second hyper-thread on a core adds no memory bandwidth to a GEMV.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu") else {
+        return logical;
+    };
+    let allowed = allowed_cpus();
+    let mut cores = std::collections::BTreeSet::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(cpu) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if allowed.as_ref().is_some_and(|a| !a.contains(&cpu)) {
+            continue;
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(entry.path().join("topology").join(f))
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+        };
+        if let (Some(package), Some(core)) = (read("physical_package_id"), read("core_id")) {
+            cores.insert((package, core));
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().min(logical).max(1)
+    }
+}
+
+/// The CPUs of this process's affinity mask (`Cpus_allowed_list` of `/proc/self/status`, e.g.
+/// `0-3,8`), or `None` when it cannot be read.
+fn allowed_cpus() -> Option<std::collections::BTreeSet<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut cpus = std::collections::BTreeSet::new();
+    for range in list.split(',').filter(|r| !r.is_empty()) {
+        let (lo, hi): (usize, usize) = match range.split_once('-') {
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+            None => {
+                let c = range.parse().ok()?;
+                (c, c)
+            }
+        };
+        cpus.extend(lo..=hi);
+    }
+    Some(cpus)
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code panics while holding the lock; a poisoned state is still consistent.

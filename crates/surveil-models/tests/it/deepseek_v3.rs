@@ -525,6 +525,43 @@ fn deepseek_v3_kimi_vl_a3b_dims() {
 /// for a dense model (measured 0.964 on the shared set); a broken 8-bit path correlates near 0.
 const Q8_CORRELATION_FLOOR: f64 = 0.8;
 
+/// The CPU tile layout of 8-bit (`q8_0x16`): every linear the GGML policy quantizes, plus the
+/// ones whose rows do not divide into blocks (tiles pad them), and the logits against the f32
+/// reference with the same floor.
+#[test]
+fn deepseek_v3_cpu_tiles_track_the_reference() {
+    let Some(dir) = fixture("deepseek_v3") else {
+        return;
+    };
+    let policy = QuantPolicy {
+        linear: StorageDtype::Q8_0x16,
+        float: StorageDtype::F32,
+    };
+    let (model, w) = load_model(&dir, policy);
+    let report = w.report();
+    let layout = tensor_layout(&config(&dir));
+    let is_linear = |name: &str| {
+        (name.contains("_proj") && !name.contains("kv_b_proj")) || name == "lm_head.weight"
+    };
+    let linears = layout.iter().filter(|(n, _)| is_linear(n)).count();
+    assert!(report.fallback_tensors.is_empty(), "{report:?}");
+    assert_eq!(
+        report.tensors_by_dtype.get(&StorageDtype::Q8_0x16).copied(),
+        Some(linears)
+    );
+    for c in all_cases(&dir) {
+        if c.case.lists("outputs", "logits") {
+            let name = format!("q8_0x16 deepseek_v3/{}", c.case.name);
+            let logits = model
+                .forward_ids(&c.input_ids, &mut model.new_cache(), Logits::All)
+                .unwrap();
+            let r = correlation(&logits, &c.t["logits"]);
+            println!("{name}: logits correlation {r:.5}");
+            assert!(r > Q8_CORRELATION_FLOOR, "{name}: correlation {r}");
+        }
+    }
+}
+
 /// 8-bit linears: which tensors are quantized, and the output against the f32 reference (a
 /// logits correlation floor; greedy ids that leave the reference only at a near tie).
 #[test]

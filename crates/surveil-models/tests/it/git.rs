@@ -655,6 +655,7 @@ fn git_manager_builds_the_vlm() {
         weights: surveil_config::WeightsSpec::Dir(dir.clone()),
         device: surveil_config::Device::Cpu,
         storage: surveil_config::StorageDtype::F32,
+        threads: None,
         hub_cache: PathBuf::from("/nonexistent/hub"),
         model_dir: None,
         assets: surveil_config::paths::assets_dir(),

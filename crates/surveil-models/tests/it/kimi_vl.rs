@@ -628,12 +628,19 @@ fn kimi_vl_rejects_placeholder_mismatch() {
 /// f32 reference.
 #[test]
 fn kimi_vl_vision_q8_0_tracks_the_reference() {
+    // candle's Q8_0 blocks and the CPU tile layout of the same math.
+    for storage in [StorageDtype::Q8_0, StorageDtype::Q8_0x16] {
+        check_vision_q8(storage);
+    }
+}
+
+fn check_vision_q8(storage: StorageDtype) {
     let Some(dir) = fixture("kimi_vl") else {
         return;
     };
     let cfg = config(&dir);
     let policy = QuantPolicy {
-        linear: StorageDtype::Q8_0,
+        linear: storage,
         float: StorageDtype::F32,
     };
     let (tower, projector, w) = load_vision(&dir, policy);
@@ -642,7 +649,7 @@ fn kimi_vl_vision_q8_0_tracks_the_reference() {
     // embedding (a convolution weight) stays f32.
     let linears = 4 * cfg.vision.num_hidden_layers + 2;
     assert_eq!(
-        report.tensors_by_dtype.get(&StorageDtype::Q8_0).copied(),
+        report.tensors_by_dtype.get(&storage).copied(),
         Some(linears),
         "{report:?}"
     );
@@ -662,7 +669,7 @@ fn kimi_vl_vision_q8_0_tracks_the_reference() {
         let r = correlation(&out, &t["projector_out"]);
         let d = max_abs_diff(&out, &t["projector_out"]);
         println!(
-            "q8_0 kimi_vl/{}: projector_out max_abs_diff {d:.3e}, correlation {r:.6}",
+            "{storage} kimi_vl/{}: projector_out max_abs_diff {d:.3e}, correlation {r:.6}",
             case.name
         );
         assert!(r > 0.999, "kimi_vl/{}: correlation {r}", case.name);

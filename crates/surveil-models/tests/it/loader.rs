@@ -16,6 +16,7 @@ fn opts(weights: WeightsSpec, storage: StorageDtype) -> LoadOptions {
         weights,
         device: Device::Cpu,
         storage,
+        threads: None,
         hub_cache: PathBuf::from("/nonexistent/hub"),
         model_dir: None,
         assets: surveil_config::paths::assets_dir(),
@@ -97,9 +98,10 @@ fn load_unload_from_directory_records_memory_and_matches_estimate() {
 fn quantized_dummy_report_matches_estimate_within_two_percent() {
     let spec = registry::find("git-base-coco").unwrap();
     let cfg = ArchConfig::full_size(spec).unwrap();
-    // The header-style estimate (roles guessed from names) of the plain checkpoint layout.
+    // The header-style estimate (roles guessed from names) of the plain checkpoint layout, with
+    // the policy a CPU load gets (4-bit weights in the kernels' tile layout).
     let layout = cfg.tensor_layout().unwrap();
-    let policy = QuantPolicy::for_storage(StorageDtype::Q4K);
+    let policy = QuantPolicy::for_storage(StorageDtype::Q4K).on_cpu();
     let estimate = estimate_tensors(
         layout.iter().map(|(n, s)| (n.as_str(), s.as_slice())),
         &policy,
@@ -117,7 +119,8 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
         (loaded - est).abs() / est < 0.02,
         "loaded {loaded} vs estimate {est}"
     );
-    assert!(s.report.bytes_by_dtype.contains_key(&StorageDtype::Q4K));
+    assert_eq!(s.policy, policy);
+    assert!(s.report.bytes_by_dtype.contains_key(&StorageDtype::Q4_1x16));
     assert_eq!(s.weights, "dummy");
     // The published size of git-base-coco.
     let params = s.report.parameters as f64;
@@ -169,15 +172,16 @@ fn kimi_vl_fixture_loads_and_matches_its_estimate() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        let est = cfg
-            .estimate(&QuantPolicy::for_storage(quant))
-            .unwrap()
-            .total_bytes as f64;
-        let got = s.report.total_bytes() as f64;
-        assert!(
-            (got - est).abs() / est < 0.02,
-            "{quant:?}: loaded {got} vs estimate {est}"
+        // On the CPU: quantized weights in the kernels' tile layouts, sized exactly.
+        let policy = QuantPolicy::for_storage(quant).on_cpu();
+        assert_eq!(s.policy, policy);
+        let est = cfg.estimate(&policy).unwrap();
+        assert_eq!(
+            s.report.total_bytes(),
+            est.total_bytes,
+            "{quant:?}: loaded vs estimate"
         );
+        assert_eq!(s.estimate.total_bytes, est.total_bytes);
         assert!(matches!(
             m.model(),
             Some(surveil_models::arch::LoadedModel::KimiVl(_))
@@ -427,7 +431,7 @@ fn synthesized_checkpoint_loads_from_disk_like_dummy() {
     // The header-only estimate of the real file agrees with what was loaded.
     let est = surveil_memory::estimate_checkpoint(
         &dir.path().join("model.safetensors"),
-        &QuantPolicy::for_storage(StorageDtype::Q4K),
+        &QuantPolicy::for_storage(StorageDtype::Q4K).on_cpu(),
     )
     .unwrap();
     let (a, b) = (
@@ -458,16 +462,16 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        let est = cfg
-            .estimate(&QuantPolicy::for_storage(quant))
-            .unwrap()
-            .total_bytes as f64;
-        let got = s.report.total_bytes() as f64;
-        assert!(
-            (got - est).abs() / est < 0.02,
-            "{quant:?}: loaded {got} vs estimate {est}"
+        // On the CPU: quantized weights in the kernels' tile layouts, sized exactly.
+        let policy = QuantPolicy::for_storage(quant).on_cpu();
+        assert_eq!(s.policy, policy);
+        let est = cfg.estimate(&policy).unwrap();
+        assert_eq!(
+            s.report.total_bytes(),
+            est.total_bytes,
+            "{quant:?}: loaded vs estimate"
         );
-        assert_eq!(s.estimate.total_bytes as f64, est);
+        assert_eq!(s.estimate.total_bytes, est.total_bytes);
     }
 }
 

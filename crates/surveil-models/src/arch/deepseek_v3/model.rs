@@ -2,7 +2,6 @@
 //! in the first layers, then sigmoid-routed mixture-of-experts with shared experts
 //! ([`super::moe`]).
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::DeepseekV3Config;
@@ -48,7 +47,7 @@ pub struct DeepseekV3Model {
     embed: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: crate::layers::MatWeight,
     inv_freq: Vec<f32>,
     device: Device,
 }
@@ -77,7 +76,7 @@ impl DeepseekV3Model {
                     }
             })
             .sum();
-        layers + crate::layers::qmatmul_bytes(&self.lm_head) as u64
+        layers + self.lm_head.bytes() as u64
     }
 
     /// Bytes of all routed-expert weights resident (every expert of every MoE layer).
@@ -248,7 +247,7 @@ impl DeepseekV3Model {
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
-        Ok(crate::layers::matmul(&self.lm_head, &x.contiguous()?)?)
+        self.lm_head.forward(&x.contiguous()?)
     }
 
     /// Generate up to `max_new_tokens` after the prompt embeddings `(1, s, hidden)`, stopping

@@ -1,12 +1,11 @@
 //! The Qwen2 text decoder of Qwen2-VL: GQA attention with q/k/v biases, multimodal RoPE,
 //! RMSNorm, SwiGLU MLP, tied or untied output head, and a growable KV cache.
 
-use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::TextConfig;
 use crate::layers::kernels::scaled_softmax;
-use surveil_memory::{QuantPolicy, StorageDtype};
+use surveil_memory::QuantPolicy;
 
 use crate::layers::{KvCache, LayerKvCache, Linear, Logits, RmsNorm};
 use crate::load::weights::Weights;
@@ -169,7 +168,7 @@ impl DecoderLayer {
 /// stays a float table beside the output head, because its rows feed every layer and 8-bit rows
 /// measurably move the logits (they flip greedy tokens on the parity fixture).
 pub fn shares_tied_embedding(policy: &QuantPolicy) -> bool {
-    matches!(policy.linear, StorageDtype::Q4K | StorageDtype::Q4_0)
+    policy.linear.is_four_bit()
 }
 
 /// Token embedding table: a float table, or — for tied checkpoints loaded with a quantized
@@ -186,7 +185,7 @@ pub struct TextModel {
     embed: TokenEmbedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: QMatMul,
+    lm_head: crate::layers::MatWeight,
     inv_freq: Vec<f32>,
     device: Device,
 }
@@ -231,7 +230,7 @@ impl TextModel {
     /// divided by this is the decode speed limit.
     pub fn decode_weight_bytes(&self) -> u64 {
         let layers: usize = self.layers.iter().map(DecoderLayer::weight_bytes).sum();
-        (layers + crate::layers::qmatmul_bytes(&self.lm_head)) as u64
+        (layers + self.lm_head.bytes()) as u64
     }
 
     /// The configuration.
@@ -335,7 +334,7 @@ impl TextModel {
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
-        Ok(crate::layers::matmul(&self.lm_head, &x.contiguous()?)?)
+        self.lm_head.forward(&x.contiguous()?)
     }
 
     /// Convenience: logits of the last position as a vector.

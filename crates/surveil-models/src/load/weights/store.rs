@@ -1,14 +1,16 @@
 //! [`Weights`]: the prefix-scoped view architectures load through.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use serde::Serialize;
 use surveil_memory::{QuantPolicy, StorageDtype, TensorRole, TensorRules};
 
 use super::TensorSource;
+use crate::layers::{MatWeight, Packed, TiledWeight};
+use crate::quant::{PackedQ4, PackedQ8, QuantInput, ThreadPool};
 use crate::{ModelError, Result};
 
 /// What a load made resident, tensor by tensor.
@@ -53,6 +55,10 @@ struct Inner {
     report: Mutex<LoadReport>,
     progress: Option<Box<LoadProgress>>,
     total_tensors: usize,
+    /// Threads of the kernels' pool and of quantization at load.
+    threads: usize,
+    /// The kernels' pool, started with the first tiled weight and shared by all of them.
+    pool: OnceLock<Arc<ThreadPool>>,
 }
 
 /// A prefix-scoped view of a [`TensorSource`] that makes tensors resident on one device, in the
@@ -81,6 +87,8 @@ impl Weights {
                 report: Mutex::new(LoadReport::default()),
                 progress: None,
                 total_tensors,
+                threads: crate::quant::physical_cores(),
+                pool: OnceLock::new(),
             }),
             prefix: String::new(),
             rules: None,
@@ -103,10 +111,37 @@ impl Weights {
                 report: Mutex::new(LoadReport::default()),
                 progress: Some(progress),
                 total_tensors,
+                threads: crate::quant::physical_cores(),
+                pool: OnceLock::new(),
             }),
             prefix: String::new(),
             rules: None,
         }
+    }
+
+    /// The same source with `threads` threads (at least 1) for the CPU kernels of the weights
+    /// it loads (`vlm.threads`) and for quantizing them; the default is
+    /// [`crate::quant::physical_cores`]. Call before loading anything: a view made with
+    /// [`Self::pp`] or a clone keeps the count it was made with.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.threads = threads.max(1);
+        }
+        self
+    }
+
+    /// Threads of the kernels' pool.
+    pub fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    /// The kernels' pool (started on first use).
+    fn pool(&self) -> Result<Arc<ThreadPool>> {
+        if let Some(p) = self.inner.pool.get() {
+            return Ok(p.clone());
+        }
+        let pool = Arc::new(ThreadPool::new(self.inner.threads)?);
+        Ok(self.inner.pool.get_or_init(|| pool).clone())
     }
 
     /// A view under `prefix.` (like candle's `VarBuilder::pp`).
@@ -247,15 +282,175 @@ impl Weights {
         Ok(t)
     }
 
-    /// A matmul weight `[out, in]` stored as the policy says (quantized when rows allow).
-    pub fn matmul_weight(&self, shape: &[usize], name: &str) -> Result<QMatMul> {
+    /// A matmul weight `[out, in]` stored as the policy says (quantized when rows allow; in a
+    /// CPU tile layout when the policy names one).
+    pub fn matmul_weight(&self, shape: &[usize], name: &str) -> Result<MatWeight> {
         let storage = self.inner.policy.storage_for(TensorRole::Linear, shape);
         let fell_back = self.inner.policy.linear.is_quantized() && !storage.is_quantized();
         let (full, t) = self.fetch(name, shape, TensorRole::Linear)?;
-        let q = quantize_onto(&t, storage, &self.inner.device)?;
-        drop(t);
+        let q = if storage.is_tiled() {
+            let rows = shape.first().copied().unwrap_or(0);
+            let cols: usize = shape[1..].iter().product();
+            MatWeight::Tiled(self.pack(storage, &[(full.clone(), t, rows)], cols)?)
+        } else {
+            MatWeight::Candle(quantize_onto(&t, storage, &self.inner.device)?)
+        };
         self.record(&full, storage, shape, fell_back);
         Ok(q)
+    }
+
+    /// The linear weights `parts` (name under this view, rows), all `[rows_i, in_dim]`, stacked
+    /// into one weight in the CPU tile layout the policy names: part `i` starts at row
+    /// [`crate::quant::stacked_offsets`]`[i]`, each part is recorded as its own tensor, and the
+    /// resident bytes are the sum of the parts' [`StorageDtype::bytes_for`]. `None` (nothing
+    /// read) when the policy keeps these weights in candle's storage.
+    ///
+    /// Errors: as [`Self::matmul_weight`].
+    pub fn matmul_weight_stacked(
+        &self,
+        parts: &[(&str, usize)],
+        in_dim: usize,
+    ) -> Result<Option<MatWeight>> {
+        let storages: Vec<StorageDtype> = parts
+            .iter()
+            .map(|&(_, n)| {
+                self.inner
+                    .policy
+                    .storage_for(TensorRole::Linear, &[n, in_dim])
+            })
+            .collect();
+        let Some(&storage) = storages.first() else {
+            return Ok(None);
+        };
+        if !storage.is_tiled() || storages.iter().any(|&s| s != storage) {
+            return Ok(None);
+        }
+        let mut fetched = Vec::with_capacity(parts.len());
+        for &(name, n) in parts {
+            let (full, t) = self.fetch(name, &[n, in_dim], TensorRole::Linear)?;
+            fetched.push((full, t, n));
+        }
+        let tiled = self.pack(storage, &fetched, in_dim)?;
+        for (full, _, n) in &fetched {
+            self.record(full, storage, &[*n, in_dim], false);
+        }
+        Ok(Some(MatWeight::Tiled(tiled)))
+    }
+
+    /// Quantize `parts` (name, tensor `[rows, cols]` in its source dtype on the CPU, rows)
+    /// stacked into the tile layout `storage`, on this view's threads.
+    fn pack(
+        &self,
+        storage: StorageDtype,
+        parts: &[(String, Tensor, usize)],
+        cols: usize,
+    ) -> Result<TiledWeight> {
+        if !self.inner.device.is_cpu() {
+            return Err(ModelError::Unsupported(format!(
+                "{storage} is a CPU layout; the weights are loaded onto {:?}",
+                self.inner.device.location()
+            )));
+        }
+        let dtype = parts.first().map_or(DType::F32, |(_, t, _)| t.dtype());
+        let same = parts.iter().all(|(_, t, _)| t.dtype() == dtype);
+        let tensors = parts
+            .iter()
+            .map(|(_, t, _)| {
+                if same {
+                    t.contiguous()
+                } else {
+                    t.to_dtype(DType::F32)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let rows: Vec<usize> = parts.iter().map(|(_, _, n)| *n).collect();
+        let threads = self.inner.threads;
+        let packed = match (same, dtype) {
+            (true, DType::BF16) => {
+                pack_slices(storage, &tensors, &rows, cols, threads, |s| match s {
+                    CpuStorage::BF16(d) => Some(d.as_slice()),
+                    _ => None,
+                })
+            }
+            (true, DType::F16) => {
+                pack_slices(storage, &tensors, &rows, cols, threads, |s| match s {
+                    CpuStorage::F16(d) => Some(d.as_slice()),
+                    _ => None,
+                })
+            }
+            _ => pack_slices(storage, &tensors, &rows, cols, threads, |s| match s {
+                CpuStorage::F32(d) => Some(d.as_slice()),
+                _ => None,
+            }),
+        };
+        let packed = packed.map_err(|e| match e {
+            PackError::Quant { part, source } => ModelError::Quantize {
+                name: parts
+                    .get(part)
+                    .map_or_else(String::new, |(name, _, _)| name.clone()),
+                source,
+            },
+            PackError::Model(e) => e,
+        })?;
+        Ok(TiledWeight::new(packed, self.pool()?))
+    }
+}
+
+/// Why [`pack_slices`] failed.
+enum PackError {
+    /// The quantizer refused part `part`.
+    Quant {
+        part: usize,
+        source: crate::quant::QuantError,
+    },
+    /// The tensors are not what was asked for.
+    Model(ModelError),
+}
+
+/// Quantize CPU tensors of one source type `T` (read through `slice`), stacked, into `storage`.
+fn pack_slices<T: QuantInput>(
+    storage: StorageDtype,
+    tensors: &[Tensor],
+    rows: &[usize],
+    cols: usize,
+    threads: usize,
+    slice: impl Fn(&CpuStorage) -> Option<&[T]>,
+) -> std::result::Result<Packed, PackError> {
+    let held: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut parts: Vec<(&[T], usize)> = Vec::with_capacity(held.len());
+    for ((guard, layout), &n) in held.iter().zip(rows) {
+        let data = match &**guard {
+            Storage::Cpu(cpu) => slice(cpu),
+            _ => None,
+        };
+        let (Some(data), Some((lo, hi))) = (data, layout.contiguous_offsets()) else {
+            return Err(PackError::Model(ModelError::InvalidInput(
+                "a weight to quantize is not a contiguous CPU tensor of its source type".into(),
+            )));
+        };
+        parts.push((&data[lo..hi], n));
+    }
+    // The failing part: quantize each alone to find it (only on the error path).
+    let blame = |source: crate::quant::QuantError| {
+        let part = parts
+            .iter()
+            .position(|&(w, n)| match storage {
+                StorageDtype::Q8_0x16 => PackedQ8::quantize(w, n, cols).is_err(),
+                _ => PackedQ4::quantize(w, n, cols).is_err(),
+            })
+            .unwrap_or(0);
+        PackError::Quant { part, source }
+    };
+    match storage {
+        StorageDtype::Q4_1x16 => PackedQ4::quantize_parts(&parts, cols, threads)
+            .map(Packed::Q4)
+            .map_err(blame),
+        StorageDtype::Q8_0x16 => PackedQ8::quantize_parts(&parts, cols, threads)
+            .map(Packed::Q8)
+            .map_err(blame),
+        other => Err(PackError::Model(ModelError::Unsupported(format!(
+            "{other} is not a CPU tile layout"
+        )))),
     }
 }
 
@@ -265,6 +460,11 @@ pub(crate) fn quantize_onto(t: &Tensor, storage: StorageDtype, device: &Device) 
         StorageDtype::F32 => QMatMul::Tensor(t.to_dtype(DType::F32)?.to_device(device)?),
         StorageDtype::F16 => QMatMul::TensorF16(t.to_dtype(DType::F16)?.to_device(device)?),
         StorageDtype::Bf16 => QMatMul::Tensor(t.to_dtype(DType::BF16)?.to_device(device)?),
+        StorageDtype::Q4_1x16 | StorageDtype::Q8_0x16 => {
+            return Err(ModelError::Unsupported(format!(
+                "{storage} is a CPU tile layout, not a candle storage type"
+            )))
+        }
         q => {
             let ggml = match q {
                 StorageDtype::Q8_0 => GgmlDType::Q8_0,

@@ -1,0 +1,241 @@
+//! [`MatWeight`]: a matmul weight `W [n, k]` as it is kept resident: candle's storage (float
+//! tensors; GGML blocks on CUDA) or the CPU tile layouts of [`crate::quant`] with the thread
+//! pool their kernels run on.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+
+use crate::quant::{
+    matmul_quantized, Kernel, PackedQ4, PackedQ8, QuantizedActivations, ThreadPool,
+};
+use crate::{ModelError, Result};
+
+/// A packed CPU weight of either tile format.
+#[derive(Debug)]
+pub enum Packed {
+    /// 4-bit (`q4_1x16`).
+    Q4(PackedQ4),
+    /// 8-bit (`q8_0x16`).
+    Q8(PackedQ8),
+}
+
+impl Packed {
+    /// Outputs `n`.
+    pub fn rows(&self) -> usize {
+        match self {
+            Packed::Q4(w) => w.rows(),
+            Packed::Q8(w) => w.rows(),
+        }
+    }
+
+    /// Input width `k`.
+    pub fn cols(&self) -> usize {
+        match self {
+            Packed::Q4(w) => w.cols(),
+            Packed::Q8(w) => w.cols(),
+        }
+    }
+
+    /// Bytes resident (the packed buffer, padding included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Packed::Q4(w) => w.bytes(),
+            Packed::Q8(w) => w.bytes(),
+        }
+    }
+
+    fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        match self {
+            Packed::Q4(w) => w.dequantize_row(row, out),
+            Packed::Q8(w) => w.dequantize_row(row, out),
+        }
+    }
+
+    fn matmul(
+        &self,
+        x: &QuantizedActivations,
+        y: &mut [f32],
+        pool: &ThreadPool,
+    ) -> std::result::Result<(), crate::quant::QuantError> {
+        match self {
+            Packed::Q4(w) => matmul_quantized(Kernel::best(), w, x, y, pool),
+            Packed::Q8(w) => matmul_quantized(Kernel::best(), w, x, y, pool),
+        }
+    }
+}
+
+/// A weight in a CPU tile layout, shared by the clones of its layer, with the pool its kernels
+/// run on (one pool per loaded model: `vlm.threads` threads, parked between calls).
+#[derive(Debug, Clone)]
+pub struct TiledWeight {
+    packed: Arc<Packed>,
+    pool: Arc<ThreadPool>,
+}
+
+impl TiledWeight {
+    /// `packed` run on `pool`.
+    pub fn new(packed: Packed, pool: Arc<ThreadPool>) -> Self {
+        Self {
+            packed: Arc::new(packed),
+            pool,
+        }
+    }
+
+    /// The packed weight.
+    pub fn packed(&self) -> &Packed {
+        &self.packed
+    }
+}
+
+/// A matmul weight `W [n, k]` (row `j` = output `j`).
+#[derive(Debug, Clone)]
+pub enum MatWeight {
+    /// candle's storage: a float tensor (f32, f16, bf16) or GGML blocks (on CUDA).
+    Candle(QMatMul),
+    /// A CPU tile layout ([`crate::quant`]).
+    Tiled(TiledWeight),
+}
+
+impl From<QMatMul> for MatWeight {
+    fn from(w: QMatMul) -> Self {
+        MatWeight::Candle(w)
+    }
+}
+
+impl MatWeight {
+    /// Outputs `n` (rows of `W`).
+    pub fn rows(&self) -> usize {
+        match self {
+            MatWeight::Candle(QMatMul::QTensor(q)) => q.shape().dims().first().copied(),
+            MatWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.dims().first().copied()
+            }
+            MatWeight::Tiled(t) => Some(t.packed.rows()),
+        }
+        .unwrap_or(0)
+    }
+
+    /// Bytes the weight occupies (quantized blocks, tiles with their padding, or the float
+    /// tensor): what one forward pass reads of it.
+    pub fn bytes(&self) -> usize {
+        match self {
+            MatWeight::Candle(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            MatWeight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+            MatWeight::Tiled(t) => t.packed.bytes(),
+        }
+    }
+
+    /// The tiled weight, when it is one.
+    pub fn tiled(&self) -> Option<&TiledWeight> {
+        match self {
+            MatWeight::Tiled(t) => Some(t),
+            MatWeight::Candle(_) => None,
+        }
+    }
+
+    /// `x [..., k] · Wᵀ → [..., n]`, in `x`'s dtype for candle weights and f32 for tiled ones
+    /// (whose activations are quantized to 8 bits per 32-block; the kernels of
+    /// [`crate::quant`]).
+    ///
+    /// Errors: the last dimension of `x` is not `k`; a tiled weight given a tensor that is not
+    /// on the CPU; candle's and the kernels' errors.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            MatWeight::Candle(w) => Ok(candle_matmul(w, x)?),
+            MatWeight::Tiled(t) => Ok(tiled_forward(&[t], x)?.remove(0)),
+        }
+    }
+
+    /// Rows `ids` of `W` (a token table stored as this weight), `ids.dims() + [k]`, f32 for
+    /// tiled weights (dequantized), candle's dtype otherwise.
+    ///
+    /// Errors: an id `≥ n`; candle's errors.
+    pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
+        let t = match self {
+            MatWeight::Candle(w) => return Ok(w.embedding(ids)?),
+            MatWeight::Tiled(t) => t,
+        };
+        let (n, k) = (t.packed.rows(), t.packed.cols());
+        let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+        let mut out = vec![0f32; flat.len() * k];
+        for (&id, row) in flat.iter().zip(out.chunks_exact_mut(k.max(1))) {
+            if id as usize >= n {
+                return Err(ModelError::InvalidInput(format!(
+                    "token id {id} is outside the table ({n} rows)"
+                )));
+            }
+            t.packed.dequantize_row(id as usize, row);
+        }
+        let mut dims = ids.dims().to_vec();
+        dims.push(k);
+        Ok(Tensor::from_vec(out, dims, &Device::Cpu)?.to_device(ids.device())?)
+    }
+}
+
+/// `x · Wᵀ` for a weight in candle's storage, the result in `x`'s dtype. candle's [`QMatMul`]
+/// converts the input for quantized and f16 weights but multiplies a plain tensor as it is, so
+/// a bf16 weight gets the input converted to bf16 here and the product converted back.
+///
+/// Errors: candle's (shape mismatch, a dtype the backend cannot multiply).
+fn candle_matmul(weight: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
+    use candle_core::Module;
+    match weight {
+        QMatMul::Tensor(w) if w.dtype() != x.dtype() => {
+            weight.forward(&x.to_dtype(w.dtype())?)?.to_dtype(x.dtype())
+        }
+        _ => weight.forward(x),
+    }
+}
+
+/// `x [..., k]` times each of `weights` (all of input width `k`): the activations are quantized
+/// once and shared, one `[..., n_i]` f32 output per weight.
+///
+/// Errors: `x` not on the CPU; a weight of another input width; the kernels' errors.
+pub(crate) fn tiled_forward(weights: &[&TiledWeight], x: &Tensor) -> Result<Vec<Tensor>> {
+    if !x.device().is_cpu() {
+        return Err(ModelError::Unsupported(format!(
+            "a weight in a CPU tile layout was given an input on {:?}",
+            x.device().location()
+        )));
+    }
+    let dims = x.dims().to_vec();
+    let k = dims.last().copied().unwrap_or(0);
+    if let Some(w) = weights.iter().find(|w| w.packed.cols() != k) {
+        return Err(ModelError::InvalidInput(format!(
+            "matmul input {dims:?} against a weight [{}, {}]",
+            w.packed.rows(),
+            w.packed.cols()
+        )));
+    }
+    let rows = x.elem_count().checked_div(k).unwrap_or(0);
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let acts = {
+        let (storage, layout) = x.storage_and_layout();
+        let data = match (&*storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(d)), Some((lo, hi))) => &d[lo..hi],
+            _ => {
+                return Err(ModelError::InvalidInput(
+                    "matmul input is not a contiguous f32 CPU tensor".into(),
+                ))
+            }
+        };
+        QuantizedActivations::quantize(data, rows, k)?
+    };
+    weights
+        .iter()
+        .map(|w| {
+            let n = w.packed.rows();
+            let mut y = vec![0f32; rows * n];
+            w.packed.matmul(&acts, &mut y, &w.pool)?;
+            let mut out = dims.clone();
+            if let Some(last) = out.last_mut() {
+                *last = n;
+            }
+            Ok(Tensor::from_vec(y, out, &Device::Cpu)?)
+        })
+        .collect()
+}
