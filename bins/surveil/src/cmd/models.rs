@@ -14,9 +14,13 @@ use surveil_models::ModelError;
 use crate::cli::{Cli, ModelsListArgs, ModelsSynthArgs};
 use crate::Failure;
 
-const STORAGE: [StorageDtype; 5] = [
+/// The storage types `models list` sizes: the CPU tile layouts (what a CPU load keeps for
+/// 4-bit and 8-bit), candle's GGML types (what a CUDA load keeps), and the float types.
+const STORAGE: [StorageDtype; 7] = [
+    StorageDtype::Q4_1x16,
     StorageDtype::Q4K,
     StorageDtype::Q4_0,
+    StorageDtype::Q8_0x16,
     StorageDtype::Q8_0,
     StorageDtype::Bf16,
     StorageDtype::F32,
@@ -63,15 +67,16 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
     }
     outln!("Hugging Face cache: {}", hub.display());
     outln!(
-        "{:<27} {:<37} {:<9} {:>8}  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<27} {:<37} {:<9} {:>8}  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "id",
         "hugging face repo",
         "arch",
         "params",
         "cache",
-        "q4k",
-        "q4_0",
-        "q8_0",
+        "4bit cpu",
+        "4bit gpu",
+        "8bit cpu",
+        "8bit gpu",
         "bf16",
         "f32"
     );
@@ -83,7 +88,7 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
                 .unwrap_or_else(|| "-".into())
         };
         outln!(
-            "{:<27} {:<37} {:<9} {:>7.2}B  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "{:<27} {:<37} {:<9} {:>7.2}B  {:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             r["id"].as_str().unwrap_or_default(),
             r["hf_repo"].as_str().unwrap_or_default(),
             r["architecture"].as_str().unwrap_or_default(),
@@ -93,14 +98,17 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
             } else {
                 "missing"
             },
+            size("q4_1x16"),
             size("q4k"),
-            size("q4_0"),
+            size("q8_0x16"),
             size("q8_0"),
             size("bf16"),
             size("f32"),
         );
     }
     outln!("\nSizes are what the loader makes resident (weights only), from the architecture's tensor layout;");
+    outln!("on the CPU, 4-bit and 8-bit weights are kept in the kernels' tile layouts (q4_1x16, q8_0x16),");
+    outln!("on a GPU in candle's q4k and q8_0 blocks (JSON: `expected_bytes` per storage type, q4_0 too);");
     outln!("`-` marks architectures this build does not implement.");
     Ok(())
 }

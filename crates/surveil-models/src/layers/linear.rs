@@ -20,7 +20,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{Tensor, D};
 
-use super::weight::{tiled_forward, MatWeight};
+use super::weight::{tiled_forward, MatWeight, TiledWeight};
 use crate::load::weights::Weights;
 use crate::Result;
 
@@ -244,6 +244,15 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// The weight in a CPU tile layout, when it is one and the layer has no bias and one part
+    /// (what a caller running the kernels itself may use as the whole layer).
+    pub(crate) fn plain_tiled(&self) -> Option<&TiledWeight> {
+        match (&self.weight, &self.bias, self.splits.len()) {
+            (MatWeight::Tiled(t), None, 1) => Some(t),
+            _ => None,
+        }
     }
 
     /// The candle quantized weight, when it is one.

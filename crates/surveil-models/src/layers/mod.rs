@@ -19,3 +19,4 @@ pub use linear::Linear;
 pub use logits::Logits;
 pub use norm::{LayerNorm, RmsNorm};
 pub use weight::{MatWeight, Packed, TiledWeight};
+pub(crate) use weight::{tiled_experts_forward, RoutedPair};

@@ -8,7 +8,8 @@ use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::quant::{
-    matmul_quantized, Kernel, PackedQ4, PackedQ8, QuantizedActivations, ThreadPool,
+    grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8,
+    PackedWeight, QuantError, QuantizedActivations, ThreadPool,
 };
 use crate::{ModelError, Result};
 
@@ -238,4 +239,118 @@ pub(crate) fn tiled_forward(weights: &[&TiledWeight], x: &Tensor) -> Result<Vec<
             Ok(Tensor::from_vec(y, out, &Device::Cpu)?)
         })
         .collect()
+}
+
+/// One routed (token, expert) pair of a mixture-of-experts layer and its routing weight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoutedPair {
+    /// Row of the layer's input.
+    pub(crate) token: usize,
+    /// Index into the experts.
+    pub(crate) expert: usize,
+    /// Routing weight of the pair.
+    pub(crate) weight: f32,
+}
+
+/// The routed experts of a MoE layer, each a SwiGLU MLP `down(silu(gate(x)) · up(x))` with
+/// weights `[gate, up, down]` in one CPU tile format, over the rows `x [tokens, hidden]`:
+/// `out[t] = Σ_pairs of t weight · expert(x[t])`, `[tokens, hidden]` f32. Three pool jobs in
+/// all ([`grouped_expert_gemv`] for gate, up and down), each reading only the chosen experts,
+/// once per call. `None` when the experts' weights are not all of one tile format.
+///
+/// Errors: shapes that do not agree; the kernels' errors.
+pub(crate) fn tiled_experts_forward(
+    experts: &[[&TiledWeight; 3]],
+    x: &[f32],
+    tokens: usize,
+    pairs: &[RoutedPair],
+) -> Result<Option<Vec<f32>>> {
+    let Some(first) = experts.first() else {
+        return Ok(None);
+    };
+    let pool = first[0].pool.clone();
+    let q4 = |i: usize| -> Option<Vec<&PackedQ4>> {
+        experts
+            .iter()
+            .map(|e| match &*e[i].packed {
+                Packed::Q4(w) => Some(w),
+                Packed::Q8(_) => None,
+            })
+            .collect()
+    };
+    let q8 = |i: usize| -> Option<Vec<&PackedQ8>> {
+        experts
+            .iter()
+            .map(|e| match &*e[i].packed {
+                Packed::Q8(w) => Some(w),
+                Packed::Q4(_) => None,
+            })
+            .collect()
+    };
+    if let (Some(g), Some(u), Some(d)) = (q4(0), q4(1), q4(2)) {
+        return Ok(Some(swiglu_experts(&g, &u, &d, x, tokens, pairs, &pool)?));
+    }
+    if let (Some(g), Some(u), Some(d)) = (q8(0), q8(1), q8(2)) {
+        return Ok(Some(swiglu_experts(&g, &u, &d, x, tokens, pairs, &pool)?));
+    }
+    Ok(None)
+}
+
+/// [`tiled_experts_forward`] for one format.
+fn swiglu_experts<W: PackedWeight>(
+    gate: &[W],
+    up: &[W],
+    down: &[W],
+    x: &[f32],
+    tokens: usize,
+    pairs: &[RoutedPair],
+    pool: &ThreadPool,
+) -> std::result::Result<Vec<f32>, QuantError> {
+    let kernel = Kernel::best();
+    let (Some(g0), Some(d0)) = (gate.first(), down.first()) else {
+        return Ok(vec![0f32; x.len()]);
+    };
+    let (hidden, inner) = (g0.cols(), g0.rows());
+    if d0.rows() != hidden || d0.cols() != inner {
+        return Err(QuantError::Shape(format!(
+            "expert down projection [{}, {}] after gate [{inner}, {hidden}]",
+            d0.rows(),
+            d0.cols()
+        )));
+    }
+    let acts = QuantizedActivations::quantize(x, tokens, hidden)?;
+    let routes: Vec<ExpertRoute> = pairs
+        .iter()
+        .map(|p| ExpertRoute {
+            expert: p.expert,
+            row: p.token,
+        })
+        .collect();
+    let mut g = vec![0f32; pairs.len() * inner];
+    let mut u = vec![0f32; pairs.len() * inner];
+    grouped_expert_gemv(kernel, gate, &acts, &routes, &mut g, pool)?;
+    grouped_expert_gemv(kernel, up, &acts, &routes, &mut u, pool)?;
+    // SwiGLU: silu(g) · u, silu(v) = v / (1 + e^−v) as candle computes it.
+    for (gv, uv) in g.iter_mut().zip(&u) {
+        *gv = *gv / (1.0 + (-*gv).exp()) * uv;
+    }
+    let hidden_acts = QuantizedActivations::quantize(&g, pairs.len(), inner)?;
+    let routes: Vec<ExpertRoute> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ExpertRoute {
+            expert: p.expert,
+            row: i,
+        })
+        .collect();
+    let mut d = vec![0f32; pairs.len() * hidden];
+    grouped_expert_gemv(kernel, down, &hidden_acts, &routes, &mut d, pool)?;
+    let mut out = vec![0f32; tokens * hidden];
+    for (p, row) in pairs.iter().zip(d.chunks_exact(hidden.max(1))) {
+        let dst = &mut out[p.token * hidden..(p.token + 1) * hidden];
+        for (o, v) in dst.iter_mut().zip(row) {
+            *o += p.weight * v;
+        }
+    }
+    Ok(out)
 }

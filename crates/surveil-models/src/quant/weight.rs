@@ -34,6 +34,32 @@ mod private {
     pub trait Sealed {}
     impl Sealed for super::PackedQ4 {}
     impl Sealed for super::PackedQ8 {}
+    impl<W: Sealed> Sealed for &W {}
+}
+
+/// A reference to a packed weight is one (lists of experts held elsewhere).
+impl<W: PackedWeight> PackedWeight for &W {
+    fn format(&self) -> WeightFormat {
+        (**self).format()
+    }
+    fn rows(&self) -> usize {
+        (**self).rows()
+    }
+    fn cols(&self) -> usize {
+        (**self).cols()
+    }
+    fn tiles(&self) -> usize {
+        (**self).tiles()
+    }
+    fn blocks_per_row(&self) -> usize {
+        (**self).blocks_per_row()
+    }
+    fn bytes(&self) -> usize {
+        (**self).bytes()
+    }
+    fn tile(&self, tile: usize) -> &[u8] {
+        (**self).tile(tile)
+    }
 }
 
 impl PackedWeight for PackedQ4 {

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::DeepseekV3Config;
-use crate::layers::Linear;
+use crate::layers::{tiled_experts_forward, Linear, RoutedPair, TiledWeight};
 use crate::load::weights::Weights;
 use crate::Result;
 
@@ -41,8 +41,22 @@ impl Mlp {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let mut gu = Linear::forward_shared(&[&self.gate, &self.up], x)?.into_iter();
+        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+            return Err(crate::ModelError::InvalidInput(
+                "the shared-input matmul gave fewer outputs than linears".into(),
+            ));
+        };
+        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
+    }
+
+    /// Gate, up and down in CPU tile layouts (no bias), when they are.
+    fn tiled(&self) -> Option<[&TiledWeight; 3]> {
+        Some([
+            self.gate.plain_tiled()?,
+            self.up.plain_tiled()?,
+            self.down.plain_tiled()?,
+        ])
     }
 }
 
@@ -199,6 +213,23 @@ impl Moe {
             Some(shared) => shared.forward(&flat)?,
             None => flat.zeros_like()?,
         };
+        if let Some(routed) = self.tiled_routed(&flat, &routing)? {
+            for (expert, idx) in self.experts.iter().zip(&rows) {
+                if !idx.is_empty() {
+                    self.routed_bytes_read
+                        .fetch_add(expert.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            out = (out + routed)?;
+            if let Some((layer, trace)) = trace {
+                trace.push(RouterChoice {
+                    layer,
+                    experts: routing.experts,
+                    weights: routing.weights,
+                });
+            }
+            return Ok(out.reshape((b, s, h))?);
+        }
         for ((expert, idx), ws) in self.experts.iter().zip(&rows).zip(&row_weights) {
             if idx.is_empty() {
                 continue;
@@ -221,6 +252,44 @@ impl Moe {
             });
         }
         Ok(out.reshape((b, s, h))?)
+    }
+}
+
+impl Moe {
+    /// The routed experts' weighted sum `(n, hidden)` through the grouped expert kernels, when
+    /// every expert is in one CPU tile format: three pool jobs per layer, each reading only
+    /// the chosen experts. `None` otherwise (candle's storage: one matmul per expert).
+    fn tiled_routed(&self, flat: &Tensor, routing: &Routing) -> Result<Option<Tensor>> {
+        let Some(experts) = self
+            .experts
+            .iter()
+            .map(Mlp::tiled)
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        if !flat.device().is_cpu() {
+            return Ok(None);
+        }
+        let (n, h) = flat.dims2()?;
+        let pairs: Vec<RoutedPair> = routing
+            .experts
+            .iter()
+            .zip(&routing.weights)
+            .enumerate()
+            .flat_map(|(token, (ex, ws))| {
+                ex.iter().zip(ws).map(move |(&e, &weight)| RoutedPair {
+                    token,
+                    expert: e as usize,
+                    weight,
+                })
+            })
+            .collect();
+        let x: Vec<f32> = flat.flatten_all()?.to_vec1()?;
+        Ok(match tiled_experts_forward(&experts, &x, n, &pairs)? {
+            Some(y) => Some(Tensor::from_vec(y, (n, h), flat.device())?),
+            None => None,
+        })
     }
 }
 

@@ -16,6 +16,23 @@ use crate::quant::{Kernel, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 use super::MAX_ROWS_PER_CALL;
 
+/// Tile blocks the Q4 kernels prefetch ahead of the one they compute (2.5 KB at 8): enough
+/// lines in flight to cover DRAM latency in the decode GEMV, where each weight byte is read
+/// once and the hardware prefetcher alone leaves the loop waiting.
+const PREFETCH_BLOCKS: usize = 8;
+
+/// Prefetch the `block_bytes` bytes [`PREFETCH_BLOCKS`] blocks after `block` (into the next
+/// tile at a tile's end: tiles are contiguous). A prefetch never faults, so an address past
+/// the buffer is harmless; `wrapping_add` keeps the pointer arithmetic defined.
+#[inline(always)]
+fn prefetch_ahead(block: *const u8, block_bytes: usize) {
+    let ahead = block.wrapping_add(PREFETCH_BLOCKS * block_bytes);
+    for line in 0..block_bytes.div_ceil(64) {
+        // SAFETY: SSE is part of x86-64; prefetching any address is defined behaviour.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line).cast()) };
+    }
+}
+
 /// Raw pointers to one activation row's blocks.
 #[derive(Clone, Copy)]
 struct RowPtrs {
@@ -129,6 +146,7 @@ unsafe fn tile_avx512<const R: usize>(
     for b in 0..blocks {
         // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
         let tb = unsafe { tile.add(b * TILE_BLOCK_BYTES) };
+        prefetch_ahead(tb, TILE_BLOCK_BYTES);
         // SAFETY: the tile block has 320 bytes: quants at 0..256, d at 256, m at 288.
         let (w, dw, mw) = unsafe {
             (
@@ -261,6 +279,7 @@ unsafe fn tile_avx2<const R: usize>(
     for b in 0..blocks {
         // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
         let tb = unsafe { tile.add(b * TILE_BLOCK_BYTES) };
+        prefetch_ahead(tb, TILE_BLOCK_BYTES);
         let mut s = [[_mm256_setzero_si256(); 2]; R];
         for c in 0..4 {
             for h in 0..2 {
@@ -389,6 +408,7 @@ unsafe fn tile_q8_avx512<const R: usize>(
 ) {
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..blocks {
+        prefetch_ahead(tile.wrapping_add(b * Q8_QUANT_BYTES), Q8_QUANT_BYTES);
         // SAFETY: block `b` < `blocks`: its quants are 512 bytes at 512b, its scales 32 bytes
         // at 512·blocks + 32b, inside the tile (module contract).
         let (w, dw) = unsafe {
@@ -495,6 +515,7 @@ unsafe fn tile_q8_avx2<const R: usize>(
     for b in 0..blocks {
         // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
         let wq = unsafe { tile.add(b * Q8_QUANT_BYTES) };
+        prefetch_ahead(wq, Q8_QUANT_BYTES);
         let mut s = [[_mm256_setzero_si256(); 2]; R];
         for c in 0..8 {
             for h in 0..2 {
