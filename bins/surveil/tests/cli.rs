@@ -208,7 +208,8 @@ fn doctor_reports_the_configured_caches() {
 
 #[test]
 fn test_model_loads_with_the_storage_type_load_in_4bit_resolves() {
-    // Production stores q8_0; LOAD_IN_4BIT=true makes it q4k, and the loader follows.
+    // Production stores q8_0; LOAD_IN_4BIT=true makes it q4k, and the loader follows: on the
+    // CPU in the kernels' 4-bit tile layout.
     let v = json(&surveil(
         &[
             "test-model",
@@ -223,14 +224,15 @@ fn test_model_loads_with_the_storage_type_load_in_4bit_resolves() {
     ));
     let q = &v["quantization"];
     assert!(
-        q["policy"].as_str().unwrap().starts_with("q4k linear"),
+        q["policy"].as_str().unwrap().starts_with("q4_1x16 linear"),
         "{q}"
     );
     assert!(
-        q["bytes_by_dtype"]["q4k"].as_u64().unwrap() > 50_000_000,
+        q["bytes_by_dtype"]["q4_1x16"].as_u64().unwrap() > 50_000_000,
         "{q}"
     );
     assert!(q["bytes_by_dtype"].get("q8_0").is_none(), "{q}");
+    assert!(q["bytes_by_dtype"].get("q8_0x16").is_none(), "{q}");
 }
 
 #[test]
@@ -393,7 +395,7 @@ fn test_model_git_dummy_json_with_inference() {
     assert_eq!(v["weights"], "dummy");
     assert_eq!(v["device"], "cpu");
     let q = &v["quantization"];
-    assert!(q["bytes_by_dtype"]["q4k"].as_u64().unwrap() > 50_000_000);
+    assert!(q["bytes_by_dtype"]["q4_1x16"].as_u64().unwrap() > 50_000_000);
     assert_eq!(q["total_bytes"], q["estimated_bytes"]);
     let m = &v["memory"];
     for k in ["before", "after_load", "after_inference", "after_unload"] {

@@ -117,7 +117,10 @@ impl QuantPolicy {
                 "q4k linear (q4_0, then {} where rows do not divide)",
                 self.float
             ),
-            q if q.is_tiled() => format!("{q} linear (CPU tiles)"),
+            q if q.is_tiled() => format!(
+                "{q} linear (the CPU tile layout of {}-bit weights; any row length)",
+                if q.is_four_bit() { 4 } else { 8 }
+            ),
             q if q.is_quantized() => {
                 format!("{q} linear ({} where rows do not divide)", self.float)
             }

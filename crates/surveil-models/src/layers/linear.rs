@@ -20,8 +20,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{Tensor, D};
 
-use super::weight::{tiled_forward, MatWeight, TiledWeight};
-use crate::load::weights::Weights;
+use crate::load::weights::{tiled_forward, MatWeight, TiledWeight, Weights};
 use crate::Result;
 
 /// Row multiple candle's x86 tiled quantized kernels need.

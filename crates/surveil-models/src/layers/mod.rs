@@ -11,12 +11,10 @@ mod kv_cache;
 mod linear;
 mod logits;
 mod norm;
-mod weight;
 
+pub use crate::load::weights::MatWeight;
 pub use embedding::Embedding;
 pub use kv_cache::{KvCache, LayerKvCache};
 pub use linear::Linear;
 pub use logits::Logits;
 pub use norm::{LayerNorm, RmsNorm};
-pub use weight::{MatWeight, Packed, TiledWeight};
-pub(crate) use weight::{tiled_experts_forward, RoutedPair};

@@ -4,8 +4,9 @@
 use candle_core::{Device, Tensor};
 
 use super::config::DeepseekV3Config;
-use crate::layers::{tiled_experts_forward, Linear, RoutedPair, TiledWeight};
+use crate::layers::Linear;
 use crate::load::weights::Weights;
+use crate::load::weights::{tiled_experts_forward, RoutedPair, TiledWeight};
 use crate::Result;
 
 /// The routing of one MoE layer for the tokens of one forward call.

@@ -4,13 +4,18 @@
 //! memory-mapped safetensors files ([`SafetensorsSource`]) or generated deterministically from
 //! real shapes ([`DummySource`]). [`Weights`] is what architectures read through: a prefix-scoped
 //! view that checks shapes, applies the [`QuantPolicy`](surveil_memory::QuantPolicy) tensor by
-//! tensor, and records every byte it makes resident in a [`LoadReport`].
+//! tensor, and records every byte it makes resident in a [`LoadReport`]. A matmul weight comes
+//! out as a [`MatWeight`]: candle's storage, or (on the CPU) a tile layout of
+//! [`crate::quant`] with the pool its kernels run on, and the matmuls over it.
 
 mod dummy;
+mod matweight;
 mod safetensors_source;
 mod store;
 
 pub use dummy::DummySource;
+pub(crate) use matweight::{tiled_experts_forward, tiled_forward, RoutedPair};
+pub use matweight::{MatWeight, Packed, TiledWeight};
 pub use safetensors_source::SafetensorsSource;
 pub use store::{LoadProgress, LoadReport, Weights};
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use surveil_memory::{QuantPolicy, StorageDtype, TensorRole, TensorRules};
 
 use super::TensorSource;
-use crate::layers::{MatWeight, Packed, TiledWeight};
+use super::{MatWeight, Packed, TiledWeight};
 use crate::quant::{PackedQ4, PackedQ8, QuantInput, ThreadPool};
 use crate::{ModelError, Result};
 

@@ -8,8 +8,8 @@ use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::quant::{
-    grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8,
-    PackedWeight, QuantError, QuantizedActivations, ThreadPool,
+    grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8, PackedWeight,
+    QuantError, QuantizedActivations, ThreadPool,
 };
 use crate::{ModelError, Result};
 
