@@ -5,6 +5,7 @@
 //! cargo bench -p surveil-models --bench kernels                 # default set, under ~2 minutes
 //! KERNELS_BENCH_FULL=1 cargo bench -p surveil-models --bench kernels   # every shape, full output heads, GEMM at m = 512
 //! cargo bench -p surveil-models --bench kernels -- gemv/k1536   # criterion's name filter
+//! cargo bench -p surveil-models --bench kernels -- dram          # the GEMV streaming from memory
 //! ```
 //!
 //! For every shape (`k` = input width, `n` = outputs): our GEMV (`m = 1`, decode) or GEMM
@@ -312,11 +313,55 @@ fn kernels(c: &mut Criterion) {
             println!("{id:<58} best {:>9.2} µs per row", t.as_secs_f64() * 1e6);
         }
     }
+    dram_gemv(c, &pools);
     for s in GEMV_SHAPES.iter().filter(|s| full || !s.full_only) {
         run_shape(c, &pools, "gemv", s, 1, full);
     }
     for s in GEMM_SHAPES.iter().filter(|s| full || !s.full_only) {
         run_shape(c, &pools, "gemm", s, gemm_rows(full), false);
+    }
+}
+
+/// Distinct Qwen2-VL-2B gate/up weights (1536 × 8960) streamed through the GEMV one after
+/// the other: 48 of them are 413 MB at 5 bits per weight, more than the L3, so every call reads
+/// its weight from memory as a decode does (the other GEMV figures are cache-resident).
+const DRAM_WEIGHTS: usize = 48;
+
+/// `dram/gemv_*`: one pass over [`DRAM_WEIGHTS`] weights, GB/s of stored weights; compare with
+/// `benches/bandwidth/run` at the same thread count.
+fn dram_gemv(c: &mut Criterion, pools: &[ThreadPool]) {
+    let (k, n) = (1536, 8960);
+    let w = activations(n, k);
+    let Ok(first) = PackedQ4::quantize_parts(&[(&w[..], n)], k, 2) else {
+        return;
+    };
+    let bytes = first.bytes() * DRAM_WEIGHTS;
+    let mut weights = vec![first];
+    for _ in 1..DRAM_WEIGHTS {
+        match PackedQ4::quantize_parts(&[(&w[..], n)], k, 2) {
+            Ok(q) => weights.push(q),
+            Err(_) => return,
+        }
+    }
+    let x = activations(1, k);
+    let acts = QuantizedActivations::quantize(&x, 1, k).expect("activations");
+    let mut y = vec![0f32; n];
+    for pool in pools {
+        let id = format!("dram/gemv_k{k}_n{n}_x{DRAM_WEIGHTS}_{}t", pool.threads());
+        let best = timed(c, &id, || {
+            for w in &weights {
+                matmul_quantized(Kernel::best(), w, &acts, &mut y, pool).expect("gemv");
+            }
+            black_box(&y);
+        });
+        if let Some(t) = best {
+            println!(
+                "{id:<58} best {:>9.2} ms per pass of {:.0} MB, {:.1} GB/s",
+                t.as_secs_f64() * 1e3,
+                bytes as f64 / 1e6,
+                bytes as f64 / t.as_secs_f64() / 1e9
+            );
+        }
     }
 }
 

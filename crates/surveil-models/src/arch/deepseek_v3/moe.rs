@@ -297,6 +297,80 @@ impl Moe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::deepseek_v3::config::{kimi_vl_a3b_text_config, tensor_layout};
+    use crate::load::weights::{DummySource, Weights};
+    use surveil_memory::{QuantPolicy, StorageDtype};
+
+    /// The grouped expert kernels (three pool jobs per layer) give, for every token, the
+    /// weighted sum of what each chosen expert's own `Mlp::forward` gives, in both tile
+    /// formats; experts of an odd inner width (40: neither 16 nor 32 divides it) included.
+    #[test]
+    fn tiled_experts_give_what_each_expert_gives_alone() {
+        let mut cfg = kimi_vl_a3b_text_config();
+        cfg.vocab_size = 32;
+        cfg.hidden_size = 64;
+        cfg.intermediate_size = 96;
+        cfg.moe_intermediate_size = 40;
+        cfg.num_hidden_layers = 2;
+        cfg.num_attention_heads = 2;
+        cfg.kv_lora_rank = 32;
+        cfg.qk_nope_head_dim = 16;
+        cfg.qk_rope_head_dim = 16;
+        cfg.v_head_dim = 16;
+        cfg.n_routed_experts = 8;
+        cfg.num_experts_per_tok = 3;
+        cfg.n_shared_experts = 1;
+        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+            let src = DummySource::new("moe", tensor_layout(&cfg), candle_core::DType::F32, 5);
+            let w = Weights::new(
+                Box::new(src),
+                Device::Cpu,
+                QuantPolicy::for_storage(storage),
+            );
+            let moe = Moe::load(&cfg, &w.pp("model.layers.1.mlp")).unwrap();
+            assert!(moe.experts.iter().all(|e| e.tiled().is_some()), "{storage}");
+            let (tokens, h) = (5, cfg.hidden_size);
+            let x = Tensor::randn(0f32, 1.0, (1, tokens, h), &Device::Cpu).unwrap();
+            let mut trace = Vec::new();
+            let got: Vec<f32> = moe
+                .forward(&x, Some((1, &mut trace)))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(trace.len(), 1);
+            let flat = x.reshape((tokens, h)).unwrap();
+            let routing = moe.router.route(&flat).unwrap();
+            let shared = moe.shared.as_ref().unwrap().forward(&flat).unwrap();
+            let mut want: Vec<f32> = shared.flatten_all().unwrap().to_vec1().unwrap();
+            for (t, (ex, ws)) in routing.experts.iter().zip(&routing.weights).enumerate() {
+                assert_eq!(ex.len(), cfg.num_experts_per_tok);
+                let row = flat.narrow(0, t, 1).unwrap();
+                for (&e, &wt) in ex.iter().zip(ws) {
+                    let y: Vec<f32> = moe.experts[e as usize]
+                        .forward(&row)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    for (o, v) in want[t * h..(t + 1) * h].iter_mut().zip(&y) {
+                        *o += wt * v;
+                    }
+                }
+            }
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-5 * scale.max(1e-6),
+                "{storage}: max |grouped − per expert| = {diff}, max |y| = {scale}"
+            );
+        }
+    }
 
     fn router(n_group: usize, topk_group: usize, bias: Vec<f32>) -> Router {
         let eye: Vec<f32> = (0..16)
