@@ -108,6 +108,7 @@ impl Linear {
                 for &(name, n) in parts {
                     match w.pp(name).matmul_weight(&[n, in_dim], "weight")? {
                         MatWeight::Candle(q) => weights.push(q),
+                        MatWeight::Bf16(b) => weights.push(QMatMul::Tensor(b.tensor().clone())),
                         MatWeight::Tiled(_) => {
                             return Err(crate::ModelError::InvalidInput(format!(
                                 "`{}`: a tiled part where the policy gives candle storage",
@@ -125,7 +126,7 @@ impl Linear {
                         Some(start)
                     })
                     .collect();
-                (MatWeight::Candle(weight), offsets, rows)
+                (w.candle_or_bf16(weight)?, offsets, rows)
             }
         };
         let bias = if bias {
@@ -399,6 +400,45 @@ mod tests {
             d <= 0.05 * scale,
             "max |bf16 - f32| = {d}, max |f32| = {scale}"
         );
+    }
+
+    /// On the CPU a bf16 weight runs surveil's bf16 GEMV for a few rows and a widened f32 GEMM
+    /// for many; both give what an f32 matmul of the bf16-rounded weight gives, fused parts
+    /// included.
+    #[test]
+    fn bf16_weights_give_the_f32_product_of_their_rounded_values() {
+        let layout = vec![
+            ("a.weight".to_string(), vec![16, 64]),
+            ("b.weight".to_string(), vec![7, 64]),
+        ];
+        let w = weights(QuantPolicy::unquantized(StorageDtype::Bf16), layout.clone());
+        let fused = Linear::load_fused(&w, 64, &[("a", 16), ("b", 7)], false).unwrap();
+        assert!(matches!(fused.weight, MatWeight::Bf16(_)));
+        let exact = weights(QuantPolicy::unquantized(StorageDtype::F32), layout);
+        let rounded: Vec<Tensor> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                exact
+                    .get(
+                        &[if *n == "a" { 16 } else { 7 }, 64],
+                        &format!("{n}.weight"),
+                    )
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+            })
+            .collect();
+        let wt = Tensor::cat(&rounded, 0).unwrap();
+        for rows in [1, 3, crate::quant::BF16_GEMV_MAX_ROWS + 5] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 64), &Device::Cpu).unwrap();
+            let want = x.broadcast_matmul(&wt.t().unwrap()).unwrap();
+            let got = fused.forward(&x).unwrap();
+            assert_eq!(got.dims(), &[1, rows, 23]);
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-4, "{rows} rows: {d}");
+        }
     }
 
     #[test]

@@ -97,6 +97,7 @@
 //! Not here: wiring into `Linear` and the loader.
 
 mod activations;
+mod bf16;
 mod buffer;
 mod error;
 mod experts;
@@ -110,6 +111,7 @@ mod tests;
 mod weight;
 
 pub use activations::QuantizedActivations;
+pub use bf16::{bf16_matmul, BF16_GEMV_MAX_ROWS};
 pub use error::QuantError;
 pub use experts::{grouped_expert_gemv, ExpertRoute};
 pub use kernels::Kernel;

@@ -8,8 +8,8 @@ use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::quant::{
-    grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8, PackedWeight,
-    QuantError, QuantizedActivations, ThreadPool,
+    bf16_matmul, grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8,
+    PackedWeight, QuantError, QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
 };
 use crate::{ModelError, Result};
 
@@ -90,6 +90,83 @@ impl TiledWeight {
     }
 }
 
+/// A bf16 weight on the CPU (`vlm.storage = bf16`), with the pool of its GEMV.
+#[derive(Debug, Clone)]
+pub struct Bf16Weight {
+    /// `[n, k]` bf16, contiguous, on the CPU.
+    tensor: Tensor,
+    pool: Arc<ThreadPool>,
+}
+
+impl Bf16Weight {
+    /// `tensor` (`[n, k]` bf16 on the CPU, made contiguous) run on `pool`.
+    ///
+    /// Errors: another dtype, rank or device.
+    pub fn new(tensor: Tensor, pool: Arc<ThreadPool>) -> Result<Self> {
+        if tensor.dtype() != DType::BF16 || tensor.rank() != 2 || !tensor.device().is_cpu() {
+            return Err(ModelError::InvalidInput(format!(
+                "a bf16 CPU weight must be a 2-D bf16 CPU tensor, not {:?} {:?}",
+                tensor.dtype(),
+                tensor.dims()
+            )));
+        }
+        Ok(Self {
+            tensor: tensor.contiguous()?,
+            pool,
+        })
+    }
+
+    /// The weight tensor `[n, k]`.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// `x [..., k] · Wᵀ`: up to [`BF16_GEMV_MAX_ROWS`] rows through [`bf16_matmul`] (each
+    /// weight byte read once, widened in registers, f32 activations); more rows (prefill, the
+    /// vision tower) through candle's blocked f32 GEMM over a widened copy of the weight, made
+    /// for the call and dropped after it. The result is f32.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, k) = self.tensor.dims2()?;
+        let dims = x.dims().to_vec();
+        if dims.last() != Some(&k) {
+            return Err(ModelError::InvalidInput(format!(
+                "matmul input {dims:?} against a weight [{n}, {k}]"
+            )));
+        }
+        let rows = x.elem_count().checked_div(k).unwrap_or(0);
+        let x = x.to_dtype(DType::F32)?;
+        if rows > BF16_GEMV_MAX_ROWS || !x.device().is_cpu() {
+            return Ok(x.broadcast_matmul(&self.tensor.to_dtype(DType::F32)?.t()?)?);
+        }
+        let x = x.contiguous()?;
+        let mut y = vec![0f32; rows * n];
+        {
+            let (ws, wl) = self.tensor.storage_and_layout();
+            let (xs, xl) = x.storage_and_layout();
+            let (Storage::Cpu(CpuStorage::BF16(w)), Storage::Cpu(CpuStorage::F32(xv))) =
+                (&*ws, &*xs)
+            else {
+                return Err(ModelError::InvalidInput(
+                    "bf16 matmul operands are not CPU tensors of bf16 and f32".into(),
+                ));
+            };
+            let (Some((wlo, whi)), Some((xlo, xhi))) =
+                (wl.contiguous_offsets(), xl.contiguous_offsets())
+            else {
+                return Err(ModelError::InvalidInput(
+                    "bf16 matmul operands are not contiguous".into(),
+                ));
+            };
+            bf16_matmul(&w[wlo..whi], n, k, &xv[xlo..xhi], rows, &mut y, &self.pool)?;
+        }
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = n;
+        }
+        Ok(Tensor::from_vec(y, out, &Device::Cpu)?)
+    }
+}
+
 /// A matmul weight `W [n, k]` (row `j` = output `j`).
 #[derive(Debug, Clone)]
 pub enum MatWeight {
@@ -97,6 +174,8 @@ pub enum MatWeight {
     Candle(QMatMul),
     /// A CPU tile layout ([`crate::quant`]).
     Tiled(TiledWeight),
+    /// bf16 on the CPU, multiplied by [`bf16_matmul`] for few rows.
+    Bf16(Bf16Weight),
 }
 
 impl From<QMatMul> for MatWeight {
@@ -114,6 +193,7 @@ impl MatWeight {
                 t.dims().first().copied()
             }
             MatWeight::Tiled(t) => Some(t.packed.rows()),
+            MatWeight::Bf16(b) => b.tensor.dims().first().copied(),
         }
         .unwrap_or(0)
     }
@@ -127,6 +207,7 @@ impl MatWeight {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
             MatWeight::Tiled(t) => t.packed.bytes(),
+            MatWeight::Bf16(b) => b.tensor.elem_count() * 2,
         }
     }
 
@@ -134,7 +215,7 @@ impl MatWeight {
     pub fn tiled(&self) -> Option<&TiledWeight> {
         match self {
             MatWeight::Tiled(t) => Some(t),
-            MatWeight::Candle(_) => None,
+            MatWeight::Candle(_) | MatWeight::Bf16(_) => None,
         }
     }
 
@@ -148,6 +229,7 @@ impl MatWeight {
         match self {
             MatWeight::Candle(w) => Ok(candle_matmul(w, x)?),
             MatWeight::Tiled(t) => Ok(tiled_forward(&[t], x)?.remove(0)),
+            MatWeight::Bf16(b) => b.forward(x),
         }
     }
 
@@ -158,6 +240,22 @@ impl MatWeight {
     pub fn embedding(&self, ids: &Tensor) -> Result<Tensor> {
         let t = match self {
             MatWeight::Candle(w) => return Ok(w.embedding(ids)?),
+            MatWeight::Bf16(b) => {
+                let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+                let (n, k) = b.tensor.dims2()?;
+                if let Some(bad) = flat
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .find(|&i| i as usize >= n)
+                {
+                    return Err(ModelError::InvalidInput(format!(
+                        "token id {bad} is outside the table ({n} rows)"
+                    )));
+                }
+                let mut dims = ids.dims().to_vec();
+                dims.push(k);
+                return Ok(b.tensor.index_select(&flat, 0)?.reshape(dims)?);
+            }
             MatWeight::Tiled(t) => t,
         };
         let (n, k) = (t.packed.rows(), t.packed.cols());

@@ -15,7 +15,7 @@ mod store;
 
 pub use dummy::DummySource;
 pub(crate) use matweight::{tiled_experts_forward, tiled_forward, RoutedPair};
-pub use matweight::{MatWeight, Packed, TiledWeight};
+pub use matweight::{Bf16Weight, MatWeight, Packed, TiledWeight};
 pub use safetensors_source::SafetensorsSource;
 pub use store::{LoadProgress, LoadReport, Weights};
 

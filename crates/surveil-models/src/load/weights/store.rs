@@ -9,7 +9,7 @@ use serde::Serialize;
 use surveil_memory::{QuantPolicy, StorageDtype, TensorRole, TensorRules};
 
 use super::TensorSource;
-use super::{MatWeight, Packed, TiledWeight};
+use super::{Bf16Weight, MatWeight, Packed, TiledWeight};
 use crate::quant::{PackedQ4, PackedQ8, QuantInput, ThreadPool};
 use crate::{ModelError, Result};
 
@@ -133,6 +133,21 @@ impl Weights {
     /// Threads of the kernels' pool.
     pub fn threads(&self) -> usize {
         self.inner.threads
+    }
+
+    /// A weight in candle's storage as the layers keep it: a 2-D bf16 weight on the CPU gets
+    /// surveil's bf16 GEMV ([`Bf16Weight`]); anything else stays candle's.
+    ///
+    /// Errors: the kernels' pool cannot start.
+    pub(crate) fn candle_or_bf16(&self, w: QMatMul) -> Result<MatWeight> {
+        match w {
+            QMatMul::Tensor(t)
+                if t.dtype() == DType::BF16 && t.rank() == 2 && t.device().is_cpu() =>
+            {
+                Ok(MatWeight::Bf16(Bf16Weight::new(t, self.pool()?)?))
+            }
+            other => Ok(MatWeight::Candle(other)),
+        }
     }
 
     /// The kernels' pool (started on first use).
@@ -293,7 +308,7 @@ impl Weights {
             let cols: usize = shape[1..].iter().product();
             MatWeight::Tiled(self.pack(storage, &[(full.clone(), t, rows)], cols)?)
         } else {
-            MatWeight::Candle(quantize_onto(&t, storage, &self.inner.device)?)
+            self.candle_or_bf16(quantize_onto(&t, storage, &self.inner.device)?)?
         };
         self.record(&full, storage, shape, fell_back);
         Ok(q)
