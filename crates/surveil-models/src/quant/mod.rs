@@ -1,7 +1,9 @@
 //! Our own 4-bit (and 8-bit) CPU matmul: a packed weight layout chosen for the kernels, the
 //! quantizer that writes straight into it (one copy of the weights), and the kernels (scalar
-//! reference, AVX2, AVX-512 VNNI) with a small parking thread pool. Not yet used by the
-//! layers' `Linear` or the loader.
+//! reference, AVX2, AVX-512 VNNI) with a small parking thread pool; and a bf16 GEMV
+//! (`bf16_matmul`) for weights kept in bf16. Every CPU load keeps its 4-bit and 8-bit linear
+//! weights in these layouts (storage types `q4_1x16` and `q8_0x16`): the loader quantizes into
+//! them and `Linear` runs them through `MatWeight` (`crate::load::weights`).
 //!
 //! # The numbers
 //!
@@ -94,7 +96,9 @@
 //!   condition variable after a spin of a few microseconds. Results do not depend on the
 //!   thread count (each output is computed whole by one thread).
 //!
-//! Not here: wiring into `Linear` and the loader.
+//! Stacked weights (`quantize_parts`: q/k/v, gate/up) start each part on a tile boundary, so a
+//! part's bytes are what `StorageDtype::bytes_for` gives for it alone and the memory estimate
+//! equals the load report.
 
 mod activations;
 mod bf16;
