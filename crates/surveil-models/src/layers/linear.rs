@@ -380,21 +380,8 @@ mod tests {
         .forward(&x)
         .unwrap();
         assert_eq!(bf16.dtype(), DType::F32);
-        let scale = f32
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let d = (&bf16 - &f32)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_diff(&f32, &f32.zeros_like().unwrap());
+        let d = max_diff(&bf16, &f32);
         // bf16 keeps 8 significant bits: a 64-term dot product stays within a few percent.
         assert!(
             d <= 0.05 * scale,
@@ -463,14 +450,7 @@ mod tests {
                     .unwrap()
                     .forward(&x)
                     .unwrap();
-                let d = (part - &single)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = max_diff(part, &single);
                 assert!(d < 1e-5, "{policy:?} {name}: {d}");
             }
             // Quantized: 39 rows padded to 48.

@@ -42,13 +42,7 @@ impl AlignedBytes {
     }
 }
 
-/// The weights of one part of a stacked weight: `rows × cols` row-major values.
-pub(crate) struct Part<'a, T> {
-    pub(crate) values: &'a [T],
-    pub(crate) rows: usize,
-}
-
-/// Pack `parts` (each `[rows_i, cols]`) one after the other into row tiles of
+/// Pack `parts` (`(values, rows_i)`, each `[rows_i, cols]` row-major) one after the other into row tiles of
 /// [`TILE_ROWS`](super::TILE_ROWS): part `i` takes `ceil(rows_i / 16)` whole tiles, so every
 /// part starts on a tile boundary ([`super::stacked_offsets`]). `tile(values, rows, t, out)`
 /// quantizes tile `t` of one part into `out` (`tile_bytes` zeroed bytes). The tiles are split
@@ -59,7 +53,7 @@ pub(crate) struct Part<'a, T> {
 /// Errors: a part's length is not `rows_i × cols` ([`QuantError::Length`]); the first error of
 /// `tile` in tile order.
 pub(crate) fn pack_parts<T, F>(
-    parts: &[Part<'_, T>],
+    parts: &[(&[T], usize)],
     cols: usize,
     tile_bytes: usize,
     threads: usize,
@@ -70,21 +64,18 @@ where
     F: Fn(&[T], usize, usize, &mut [u8]) -> Result<(), QuantError> + Sync,
 {
     let mut work = Vec::new();
-    for (p, part) in parts.iter().enumerate() {
-        let expected = part.rows.checked_mul(cols).ok_or_else(|| {
-            QuantError::Shape(format!(
-                "weight shape [{}, {cols}] overflows usize",
-                part.rows
-            ))
+    for (p, &(values, rows)) in parts.iter().enumerate() {
+        let expected = rows.checked_mul(cols).ok_or_else(|| {
+            QuantError::Shape(format!("weight shape [{rows}, {cols}] overflows usize"))
         })?;
-        if part.values.len() != expected {
+        if values.len() != expected {
             return Err(QuantError::Length {
                 what: "weight",
                 expected,
-                found: part.values.len(),
+                found: values.len(),
             });
         }
-        work.extend((0..part.rows.div_ceil(super::TILE_ROWS)).map(|t| (p, t)));
+        work.extend((0..rows.div_ceil(super::TILE_ROWS)).map(|t| (p, t)));
     }
     let tiles = work.len();
     let mut buf = AlignedBytes::zeroed(tiles * tile_bytes);
@@ -97,8 +88,8 @@ where
         .collect();
     let run_chunk = |chunk: &mut [((usize, usize), &mut [u8])]| -> Result<(), QuantError> {
         for ((p, t), out) in chunk.iter_mut() {
-            let part = &parts[*p];
-            tile(part.values, part.rows, *t, out)?;
+            let (values, rows) = parts[*p];
+            tile(values, rows, *t, out)?;
         }
         Ok(())
     };

@@ -3,7 +3,7 @@
 
 use half::{bf16, f16};
 
-use super::buffer::{pack_parts, AlignedBytes, Part};
+use super::buffer::{pack_parts, AlignedBytes};
 use super::{QuantError, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 /// Offset of the 16 f16 scales `d` in a tile block.
@@ -92,19 +92,15 @@ impl PackedQ4 {
         threads: usize,
     ) -> Result<Self, QuantError> {
         let blocks = cols.div_ceil(BLOCK);
-        let parts: Vec<Part<'_, T>> = parts
-            .iter()
-            .map(|&(values, rows)| Part { values, rows })
-            .collect();
         let (buf, tiles) = pack_parts(
-            &parts,
+            parts,
             cols,
             blocks * TILE_BLOCK_BYTES,
             threads,
             |w, rows, t, out| quantize_tile(w, rows, cols, t, out),
         )?;
         Ok(Self {
-            rows: super::stacked_rows(parts.iter().map(|p| p.rows)),
+            rows: super::stacked_rows(parts.iter().map(|&(_, rows)| rows)),
             cols,
             blocks,
             tiles,

@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use super::buffer::{pack_parts, AlignedBytes, Part};
+use super::buffer::{pack_parts, AlignedBytes};
 use super::packed_q4::f16_toward;
 use super::{QuantError, QuantInput, BLOCK, TILE_ROWS};
 
@@ -70,16 +70,12 @@ impl PackedQ8 {
         threads: usize,
     ) -> Result<Self, QuantError> {
         let blocks = cols.div_ceil(BLOCK);
-        let parts: Vec<Part<'_, T>> = parts
-            .iter()
-            .map(|&(values, rows)| Part { values, rows })
-            .collect();
         let tile_bytes = if blocks > 0 { q8_tile_bytes(blocks) } else { 0 };
-        let (buf, tiles) = pack_parts(&parts, cols, tile_bytes, threads, |w, rows, t, out| {
+        let (buf, tiles) = pack_parts(parts, cols, tile_bytes, threads, |w, rows, t, out| {
             quantize_tile(w, rows, cols, blocks, t, out)
         })?;
         Ok(Self {
-            rows: super::stacked_rows(parts.iter().map(|p| p.rows)),
+            rows: super::stacked_rows(parts.iter().map(|&(_, rows)| rows)),
             cols,
             blocks,
             tiles,

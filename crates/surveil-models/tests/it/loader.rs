@@ -157,6 +157,25 @@ fn fallback_only_when_enabled_and_one_model_at_a_time() {
     assert!(m.model().is_none());
 }
 
+/// A CPU load of `cfg` with `vlm.storage = quant`: its policy is the CPU one (quantized weights
+/// in the kernels' tile layouts), and what it made resident is the plan estimate of that
+/// policy, byte for byte.
+fn assert_cpu_load_is_its_estimate(
+    cfg: &ArchConfig,
+    quant: StorageDtype,
+    s: &surveil_models::LoadSummary,
+) {
+    let policy = QuantPolicy::for_storage(quant).on_cpu();
+    assert_eq!(s.policy, policy);
+    let est = cfg.estimate(&policy).unwrap();
+    assert_eq!(
+        s.report.total_bytes(),
+        est.total_bytes,
+        "{quant:?}: loaded vs estimate"
+    );
+    assert_eq!(s.estimate.total_bytes, est.total_bytes);
+}
+
 #[test]
 fn kimi_vl_fixture_loads_and_matches_its_estimate() {
     let Some(dir) = fixture("kimi_vl") else {
@@ -172,16 +191,7 @@ fn kimi_vl_fixture_loads_and_matches_its_estimate() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        // On the CPU: quantized weights in the kernels' tile layouts, sized exactly.
-        let policy = QuantPolicy::for_storage(quant).on_cpu();
-        assert_eq!(s.policy, policy);
-        let est = cfg.estimate(&policy).unwrap();
-        assert_eq!(
-            s.report.total_bytes(),
-            est.total_bytes,
-            "{quant:?}: loaded vs estimate"
-        );
-        assert_eq!(s.estimate.total_bytes, est.total_bytes);
+        assert_cpu_load_is_its_estimate(&cfg, quant, s);
         assert!(matches!(
             m.model(),
             Some(surveil_models::arch::LoadedModel::KimiVl(_))
@@ -462,16 +472,7 @@ fn qwen2_vl_report_matches_plan_estimate_for_every_quantization() {
                 &opts(WeightsSpec::Dir(dir.clone()), quant),
             )
             .unwrap();
-        // On the CPU: quantized weights in the kernels' tile layouts, sized exactly.
-        let policy = QuantPolicy::for_storage(quant).on_cpu();
-        assert_eq!(s.policy, policy);
-        let est = cfg.estimate(&policy).unwrap();
-        assert_eq!(
-            s.report.total_bytes(),
-            est.total_bytes,
-            "{quant:?}: loaded vs estimate"
-        );
-        assert_eq!(s.estimate.total_bytes, est.total_bytes);
+        assert_cpu_load_is_its_estimate(&cfg, quant, s);
     }
 }
 
