@@ -1,9 +1,26 @@
 //! Fused CPU kernels shared by the architectures: one pass over memory, rows split over
-//! threads. Each has a composite-op fallback at its call site for other devices.
+//! threads.
+//!
+//! The kernels are candle custom ops with a CPU implementation only. Every op therefore comes
+//! with a dispatch function that runs the kernel for f32 tensors on the CPU
+//! ([`runs_cpu_kernel`]) and, on any other device or dtype, a composition of candle ops that
+//! computes the same function (built from candle-nn's fused ops where they have GPU kernels).
+//! The compositions are separate functions so that tests can run them on the CPU against the
+//! kernels.
 
 mod attention;
 
-pub(crate) use attention::{packed_rope_attention, quick_gelu, scaled_softmax, RopeLayout};
+pub(crate) use attention::{
+    packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax, RopeLayout,
+};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+
+/// Whether `x` goes to the fused CPU kernels: f32 on the CPU (a non-contiguous input is copied
+/// first). Anything else (another device, another dtype) takes the op's candle composition.
+pub(crate) fn runs_cpu_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
 
 /// RoPE inverse frequencies `θ^(-2i/dim)` for `i` in `0..dim/2` (RoFormer, Su et al. 2021; the
 /// `inv_freq` of the reference rotary embeddings), f32. `dim` is the rotated width.
@@ -12,8 +29,6 @@ pub(crate) fn rope_inv_freq(dim: usize, theta: f64) -> Vec<f32> {
         .map(|i| (1.0 / theta.powf((2 * i) as f64 / dim as f64)) as f32)
         .collect()
 }
-
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 
 /// Below this many elements a kernel runs on the calling thread only.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
@@ -60,7 +75,9 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
-/// Fused two-pass LayerNorm over the last dimension (weight and bias), f32 on the CPU.
+/// Fused two-pass LayerNorm over the last dimension (weight and bias), f32 on the CPU only:
+/// `x [..., d]` contiguous f32, weight and bias `[d]` contiguous f32. Other devices use
+/// [`crate::layers::LayerNorm`]'s composition.
 pub(crate) struct LayerNormOp {
     /// Added to the variance.
     pub(crate) eps: f64,
@@ -104,5 +121,45 @@ impl CustomOp3 for LayerNormOp {
             }
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+}
+
+/// Largest `|a − b|` over two tensors of one shape, compared in f32 on the host (test helper):
+/// equal values (infinities included) differ by 0, and a NaN on either side counts as an
+/// infinite difference rather than being skipped.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "max_abs_diff of two shapes");
+    let values = |t: &Tensor| -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(&x, y)| match (x - y).abs() {
+            _ if x == y => 0.0,
+            d if d.is_nan() => f32::INFINITY,
+            d => d,
+        })
+        .fold(0.0, f32::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn max_abs_diff_does_not_skip_nan() {
+        let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+        let inf = f32::INFINITY;
+        assert_eq!(max_abs_diff(&t(&[1.0, -inf]), &t(&[1.5, -inf])), 0.5);
+        assert_eq!(max_abs_diff(&t(&[0.0, f32::NAN]), &t(&[0.0, 0.0])), inf);
+        assert_eq!(max_abs_diff(&t(&[0.0, 1.0]), &t(&[0.0, inf])), inf);
     }
 }
