@@ -41,6 +41,12 @@ pub struct GpuDeviceMemory {
     pub reserved_bytes: Option<u64>,
     /// Bytes of our own tensors on this device, as registered with [`GpuAllocation`].
     pub allocated_bytes: u64,
+    /// The framework's pool: bytes the device's default memory pool, from which the tensor
+    /// backend allocates (stream-ordered `cuMemAllocAsync`), holds from the driver
+    /// (`CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT`); `None` when this process has no CUDA context
+    /// on the device or the driver has no pools.
+    #[serde(default)]
+    pub pool_reserved_bytes: Option<u64>,
 }
 
 /// GPU memory of this process's view of the machine.
@@ -95,16 +101,19 @@ impl GpuMemory {
     /// Sum of the driver's `total − free` over the devices where it is known (devices without
     /// a context in this process are skipped); `None` when unavailable or known on no device.
     pub fn reserved_bytes(&self) -> Option<u64> {
-        let known: Vec<u64> = self
-            .devices()
-            .iter()
-            .filter_map(|d| d.reserved_bytes)
-            .collect();
-        if known.is_empty() {
-            None
-        } else {
-            Some(known.iter().sum())
-        }
+        sum_known(self.devices().iter().map(|d| d.reserved_bytes))
+    }
+
+    /// Sum of the driver's free figure over the devices where it is known; `None` when
+    /// unavailable or known on no device.
+    pub fn free_bytes(&self) -> Option<u64> {
+        sum_known(self.devices().iter().map(|d| d.free_bytes))
+    }
+
+    /// Sum of [`GpuDeviceMemory::pool_reserved_bytes`] over the devices where it is known;
+    /// `None` when unavailable or known on no device.
+    pub fn pool_reserved_bytes(&self) -> Option<u64> {
+        sum_known(self.devices().iter().map(|d| d.pool_reserved_bytes))
     }
 
     /// Why there are no figures, when there are none.
@@ -116,6 +125,13 @@ impl GpuMemory {
     }
 }
 
+/// The sum of the known figures, `None` when none is known.
+fn sum_known(figures: impl Iterator<Item = Option<u64>>) -> Option<u64> {
+    figures
+        .flatten()
+        .fold(None, |sum, b| Some(sum.unwrap_or(0) + b))
+}
+
 /// Free and total bytes of one device, creating (and afterwards releasing) the device's primary
 /// CUDA context if this process has none. For the one-off fit check before a load; too slow for
 /// per-frame use (see [`GpuMemory::query`]).
@@ -123,6 +139,17 @@ impl GpuMemory {
 /// Returns `(free, total)`, or the reason the device cannot be asked.
 pub fn device_free_bytes(ordinal: usize) -> Result<(u64, u64), String> {
     driver::free_and_total(ordinal)
+}
+
+/// Whether a CUDA device can be opened by this build: the driver loads and initialises, and the
+/// libraries the tensor backend loads at run time (cuBLAS, cuBLASLt, cuRAND) are on the library
+/// path. Cheap after the first call; creates no context.
+///
+/// Returns the reason when it cannot (built without `cuda`, no driver, a library missing, with
+/// the names searched), so callers refuse or fall back to the CPU instead of letting the
+/// backend's loader panic.
+pub fn cuda_usable() -> Result<(), String> {
+    driver::usable()
 }
 
 /// What [`gpu_synchronize_and_trim`] did on one device.
@@ -229,6 +256,10 @@ mod driver {
     pub(super) fn synchronize_and_trim() -> Result<Vec<GpuTrim>, String> {
         Err(REASON.to_string())
     }
+
+    pub(super) fn usable() -> Result<(), String> {
+        Err(REASON.to_string())
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -271,14 +302,65 @@ mod driver {
     }
 
     /// Checks with `dlopen` that the driver library exists before cudarc is allowed near it.
-    #[cfg(unix)]
     fn probe_library() -> Result<(), String> {
-        let names: [&std::ffi::CStr; 2] = [c"libcuda.so.1", c"libcuda.so"];
+        dlopen_any(&["libcuda.so.1", "libcuda.so"])
+            .map_err(|e| format!("no CUDA driver: libcuda.so.1 could not be loaded ({e})"))
+    }
+
+    /// The libraries candle's CUDA backend opens when it creates a device (a CUDA build from
+    /// `scripts/build-cuda.sh` loads them at run time, and cudarc panics when one is missing),
+    /// each with the file names tried: unversioned, then the CUDA 13 and 12 sonames (cuRAND's
+    /// soname has its own numbering).
+    const RUNTIME_LIBRARIES: [(&str, &[&str]); 3] = [
+        (
+            "cuBLAS",
+            &["libcublas.so", "libcublas.so.13", "libcublas.so.12"],
+        ),
+        (
+            "cuBLASLt",
+            &["libcublasLt.so", "libcublasLt.so.13", "libcublasLt.so.12"],
+        ),
+        ("cuRAND", &["libcurand.so", "libcurand.so.10"]),
+    ];
+
+    static LIBRARIES: OnceLock<Result<(), String>> = OnceLock::new();
+
+    pub(super) fn usable() -> Result<(), String> {
+        ensure_driver()?;
+        LIBRARIES
+            .get_or_init(|| {
+                let missing: Vec<String> = RUNTIME_LIBRARIES
+                    .iter()
+                    .filter(|(_, names)| dlopen_any(names).is_err())
+                    .map(|(lib, names)| format!("{lib} ({})", names.join(", ")))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "CUDA libraries not found on the library path: {}; install the CUDA 13 \
+                         libraries (e.g. the nvidia-cublas and nvidia-curand Python packages) \
+                         and add their folder to LD_LIBRARY_PATH",
+                        missing.join(", ")
+                    ))
+                }
+            })
+            .clone()
+    }
+
+    /// `dlopen`s the first of `names` that loads and closes it again; the first loader error
+    /// when none does.
+    #[cfg(unix)]
+    fn dlopen_any(names: &[&str]) -> Result<(), String> {
         let mut first_error = None;
         for name in names {
-            // SAFETY: `name` is a valid NUL-terminated string; the handle is closed below and
+            let Ok(c_name) = std::ffi::CString::new(*name) else {
+                continue;
+            };
+            // SAFETY: `c_name` is a valid NUL-terminated string; the handle is closed below and
             // no symbol from it is used.
-            let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+            let handle =
+                unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
             if !handle.is_null() {
                 // SAFETY: `handle` came from a successful `dlopen`.
                 unsafe { libc::dlclose(handle) };
@@ -295,14 +377,11 @@ mod driver {
                 );
             }
         }
-        Err(format!(
-            "no CUDA driver: libcuda.so.1 could not be loaded ({})",
-            first_error.as_deref().unwrap_or("no reason given")
-        ))
+        Err(first_error.unwrap_or_else(|| "no reason given".to_string()))
     }
 
     #[cfg(not(unix))]
-    fn probe_library() -> Result<(), String> {
+    fn dlopen_any(_names: &[&str]) -> Result<(), String> {
         Ok(())
     }
 
@@ -374,12 +453,15 @@ mod driver {
                     describe(e)
                 )
             })?;
-            let free = if active {
-                let (free, _) = with_primary_context(dev, result::mem_get_info)
-                    .map_err(|e| format!("cuda:{ordinal}: cuMemGetInfo: {}", describe(e)))?;
-                Some(free as u64)
+            let (free, pool) = if active {
+                let (free, pool) = with_primary_context(dev, || {
+                    let (free, _) = result::mem_get_info()?;
+                    Ok((free, pool_reserved(dev).ok()))
+                })
+                .map_err(|e| format!("cuda:{ordinal}: cuMemGetInfo: {}", describe(e)))?;
+                (Some(free as u64), pool)
             } else {
-                None
+                (None, None)
             };
             out.push(GpuDeviceMemory {
                 ordinal,
@@ -388,9 +470,29 @@ mod driver {
                 free_bytes: free,
                 reserved_bytes: free.map(|f| total.saturating_sub(f)),
                 allocated_bytes: gpu_allocated_bytes(ordinal),
+                pool_reserved_bytes: pool,
             });
         }
         Ok(out)
+    }
+
+    /// Bytes the device's default memory pool holds from the driver.
+    fn pool_reserved(dev: sys::CUdevice) -> Result<u64, DriverError> {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: `dev` came from `cuDeviceGet`; `pool` is a valid out-pointer.
+        unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, dev) }.result()?;
+        let mut bytes: u64 = 0;
+        // SAFETY: `pool` is the device's default pool, owned by the driver; this attribute is a
+        // `cuuint64_t`, which `bytes` is.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                (&mut bytes as *mut u64).cast(),
+            )
+        }
+        .result()?;
+        Ok(bytes)
     }
 
     pub(super) fn free_and_total(ordinal: usize) -> Result<(u64, u64), String> {
@@ -466,17 +568,35 @@ mod tests {
             free_bytes: free,
             reserved_bytes: free.map(|f| 100 - f),
             allocated_bytes: allocated,
+            pool_reserved_bytes: None,
         };
-        let gpu = GpuMemory::Available(vec![dev(0, Some(30), 50), dev(1, None, 0)]);
+        let mut gpu = GpuMemory::Available(vec![dev(0, Some(30), 50), dev(1, None, 0)]);
         assert_eq!(gpu.allocated_bytes(), Some(50));
         assert_eq!(gpu.reserved_bytes(), Some(70));
+        assert_eq!(gpu.free_bytes(), Some(30));
+        assert_eq!(gpu.pool_reserved_bytes(), None);
+        if let GpuMemory::Available(devices) = &mut gpu {
+            devices[0].pool_reserved_bytes = Some(0);
+            devices[1].pool_reserved_bytes = Some(12);
+        }
+        assert_eq!(gpu.pool_reserved_bytes(), Some(12));
         assert_eq!(gpu.device(1).map(|d| d.free_bytes), Some(None));
         let none = GpuMemory::Available(vec![dev(0, None, 0)]);
         assert_eq!(none.reserved_bytes(), None);
         let off = GpuMemory::Unavailable("no driver".into());
         assert_eq!(off.allocated_bytes(), None);
         assert_eq!(off.reserved_bytes(), None);
+        assert_eq!(off.free_bytes(), None);
         assert_eq!(off.unavailable_reason(), Some("no driver"));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_feature_cuda_is_not_usable() {
+        assert_eq!(
+            cuda_usable(),
+            Err("built without the `cuda` feature".to_string())
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

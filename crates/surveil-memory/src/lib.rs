@@ -94,7 +94,7 @@ pub use estimate::{
     TensorPlan,
 };
 pub use fit::{available_bytes, check_fit, fits, fits_with_hints, Device, Fit, FitHints};
-pub use gpu::{gpu_allocated_bytes, GpuAllocation, GpuDeviceMemory, GpuMemory};
+pub use gpu::{cuda_usable, gpu_allocated_bytes, GpuAllocation, GpuDeviceMemory, GpuMemory};
 pub use host::{processes_named, NamedProcess, SwapMemory};
 pub use process::ProcessMemory;
 pub use quant::{QuantPolicy, StorageDtype, TensorRole};

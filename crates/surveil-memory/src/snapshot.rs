@@ -105,6 +105,16 @@ impl MemorySnapshot {
         self.gpu_reserved_bytes
     }
 
+    /// Free bytes on all GPUs where the driver told ([`GpuMemory::free_bytes`]).
+    pub fn gpu_free_bytes(&self) -> Option<u64> {
+        self.gpu.free_bytes()
+    }
+
+    /// Bytes the GPUs' memory pools hold ([`GpuMemory::pool_reserved_bytes`]).
+    pub fn gpu_pool_reserved_bytes(&self) -> Option<u64> {
+        self.gpu.pool_reserved_bytes()
+    }
+
     /// The change from `earlier` to `self`.
     pub fn delta_since(&self, earlier: &MemorySnapshot) -> SnapshotDelta {
         let d = |a: Option<u64>, b: Option<u64>| Some(signed_delta(a?, b?));
@@ -354,6 +364,7 @@ mod tests {
             free_bytes: Some(free_mb * MB),
             reserved_bytes: Some((8192 - free_mb) * MB),
             allocated_bytes: allocated_mb * MB,
+            pool_reserved_bytes: None,
         }])
     }
 

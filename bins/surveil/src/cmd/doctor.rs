@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde::Serialize;
 use surveil_config::paths::ASSET_FILES;
 use surveil_config::LoadedConfig;
-use surveil_memory::gpu::GpuMemory;
+use surveil_memory::gpu::{GpuDeviceMemory, GpuMemory};
 use surveil_memory::system::HostMemory;
 use surveil_models::load::registry::REGISTRY;
 
@@ -175,13 +175,20 @@ fn gather(loaded: &LoadedConfig) -> Report {
         },
     };
     let gpu = GpuMemory::query();
+    // The driver may answer while a library the backend needs is missing: that is unusable too.
+    let reason = gpu
+        .unavailable_reason()
+        .map(str::to_string)
+        .or_else(|| surveil_memory::cuda_usable().err());
     let cuda = Cuda {
         compiled: cfg!(feature = "cuda"),
-        available: gpu.is_available(),
-        reason: gpu.unavailable_reason().map(str::to_string),
+        available: gpu.is_available() && reason.is_none(),
+        reason,
         devices: gpu
             .devices()
             .iter()
+            .cloned()
+            .map(with_free_figures)
             .filter_map(|d| serde_json::to_value(d).ok())
             .collect(),
     };
@@ -236,6 +243,23 @@ fn gather(loaded: &LoadedConfig) -> Report {
     }
 }
 
+/// Fills the driver's free and reserved figures of a device where this process has no CUDA
+/// context yet ([`GpuMemory::query`] never creates one) by opening and releasing the primary
+/// context once: `reserved_bytes` then includes that context (a few hundred MB), which the
+/// text report says.
+fn with_free_figures(mut d: GpuDeviceMemory) -> GpuDeviceMemory {
+    if d.free_bytes.is_none() {
+        match surveil_memory::gpu::device_free_bytes(d.ordinal) {
+            Ok((free, total)) => {
+                d.free_bytes = Some(free);
+                d.reserved_bytes = Some(total.saturating_sub(free));
+            }
+            Err(e) => tracing::warn!("cuda:{}: free memory unknown: {e}", d.ordinal),
+        }
+    }
+    d
+}
+
 fn gib(b: Option<u64>) -> String {
     b.map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
         .unwrap_or_else(|| "unknown".into())
@@ -277,7 +301,10 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> Result<(), Failure> {
         Some(e) => outln!("memory:   unknown ({e})"),
     }
     if r.cuda.available {
-        outln!("cuda:     available, {} device(s)", r.cuda.devices.len());
+        outln!(
+            "cuda:     available, {} device(s) (reserved includes this check's own context)",
+            r.cuda.devices.len()
+        );
         for d in &r.cuda.devices {
             outln!("          {d}");
         }

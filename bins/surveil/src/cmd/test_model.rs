@@ -23,6 +23,8 @@ fn snapshot_json(s: Option<&MemorySnapshot>) -> serde_json::Value {
             "vms_bytes": s.vms_bytes(),
             "gpu_allocated_bytes": s.gpu_allocated_bytes(),
             "gpu_reserved_bytes": s.gpu_reserved_bytes(),
+            "gpu_pool_reserved_bytes": s.gpu_pool_reserved_bytes(),
+            "gpu_free_bytes": s.gpu_free_bytes(),
         }),
         None => serde_json::Value::Null,
     }
@@ -36,6 +38,10 @@ fn print_block(title: &str, s: Option<&MemorySnapshot>) {
             outln!("  VMS: {}", mb(s.vms_bytes()));
             outln!("  GPU Allocated: {}", mb(s.gpu_allocated_bytes()));
             outln!("  GPU Reserved: {}", mb(s.gpu_reserved_bytes()));
+            if s.gpu().is_available() {
+                outln!("  GPU Pool: {}", mb(s.gpu_pool_reserved_bytes()));
+                outln!("  GPU Free: {}", mb(s.gpu_free_bytes()));
+            }
         }
         None => outln!("  (not taken)"),
     }

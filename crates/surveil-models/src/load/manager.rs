@@ -221,13 +221,13 @@ fn candle_device(
         Device::Cuda(ordinal) => {
             if !cfg!(feature = "cuda") {
                 return Err(ModelError::Unsupported(format!(
-                    "device=cuda:{ordinal}, but this build has no CUDA support (rebuild with \
-                     --features cuda)"
+                    "device=cuda:{ordinal}, but this build has no CUDA support (build one with \
+                     scripts/build-cuda.sh)"
                 )));
             }
             let gpus = surveil_memory::GpuMemory::query();
             check_cuda_ordinal(ordinal, gpus.devices().len(), gpus.unavailable_reason())?;
-            let dev = candle_core::Device::new_cuda(ordinal)?;
+            let dev = open_cuda(ordinal)?;
             Ok((
                 dev,
                 format!("device=cuda:{ordinal}"),
@@ -236,7 +236,7 @@ fn candle_device(
         }
         Device::Auto => {
             if cfg!(feature = "cuda") {
-                match candle_core::Device::new_cuda(0) {
+                match open_cuda(0) {
                     Ok(dev) => {
                         let fit = fits(estimate, Device::Cuda(0));
                         if fit.fits() {
@@ -256,6 +256,33 @@ fn candle_device(
             let reason = "auto: CPU (built without CUDA)".to_string();
             tracing::info!("{reason}");
             Ok((candle_core::Device::Cpu, reason, cpu_fit()))
+        }
+    }
+}
+
+/// Opens CUDA device `ordinal` in candle.
+///
+/// A CUDA build loads the driver and the CUDA libraries at run time, and candle's bindings
+/// panic when one is missing; so the driver and the libraries are probed first
+/// ([`surveil_memory::cuda_usable`]) and a panic that still escapes is turned into an error.
+///
+/// Errors: [`ModelError::Unsupported`] with the reason (no driver, a library missing, the
+/// backend's own failure).
+fn open_cuda(ordinal: usize) -> Result<candle_core::Device> {
+    surveil_memory::cuda_usable().map_err(|reason| {
+        ModelError::Unsupported(format!("cuda:{ordinal}: CUDA is unavailable: {reason}"))
+    })?;
+    match std::panic::catch_unwind(|| candle_core::Device::new_cuda(ordinal)) {
+        Ok(dev) => Ok(dev?),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(ModelError::Unsupported(format!(
+                "cuda:{ordinal}: the CUDA backend failed while opening the device: {what}"
+            )))
         }
     }
 }

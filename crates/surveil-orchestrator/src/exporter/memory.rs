@@ -152,6 +152,7 @@ mod tests {
             free_bytes: reserved.map(|r| (80u64 << 30) - r),
             reserved_bytes: reserved,
             allocated_bytes: 5 << 30,
+            pool_reserved_bytes: None,
         };
         let gpu = GpuMemory::Available(vec![device(0, Some(7 << 30)), device(1, None)]);
         let families = c.families(&ProcessMemory::default(), &gpu);
