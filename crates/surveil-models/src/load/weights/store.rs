@@ -486,12 +486,7 @@ pub(crate) fn quantize_onto(t: &Tensor, storage: StorageDtype, device: &Device) 
                 StorageDtype::Q4_0 => GgmlDType::Q4_0,
                 _ => GgmlDType::Q4K,
             };
-            let qt = if device.is_cpu() {
-                quantize_rows_parallel(t, ggml)?
-            } else {
-                QTensor::quantize_onto(t, ggml, device)?
-            };
-            QMatMul::QTensor(Arc::new(qt))
+            QMatMul::QTensor(Arc::new(quantize_rows_parallel(t, ggml, device)?))
         }
     })
 }
@@ -499,24 +494,33 @@ pub(crate) fn quantize_onto(t: &Tensor, storage: StorageDtype, device: &Device) 
 /// Below this many weights a tensor is quantized on the calling thread only.
 const PARALLEL_QUANTIZE_MIN: usize = 1 << 20;
 
-/// Quantize a `[rows, cols]` tensor on the CPU with its rows split over candle's threads.
-/// Quantization blocks never cross a row, so the blocks of consecutive row ranges, laid end to
-/// end, are exactly the blocks of the whole tensor.
-fn quantize_rows_parallel(t: &Tensor, ggml: GgmlDType) -> Result<QTensor> {
+/// Quantize a `[rows, cols]` host tensor on the CPU with its rows split over candle's threads,
+/// and place the blocks on `device`: a GPU gets each weight uploaded once, already quantized
+/// (candle's own `QTensor::quantize_onto` quantizes on one host thread). Quantization blocks
+/// never cross a row, so the blocks of consecutive row ranges, laid end to end, are exactly the
+/// blocks of the whole tensor.
+fn quantize_rows_parallel(t: &Tensor, ggml: GgmlDType, device: &Device) -> Result<QTensor> {
+    let serial = || -> Result<QTensor> {
+        Ok(if device.is_cpu() {
+            QTensor::quantize(t, ggml)?
+        } else {
+            QTensor::quantize_onto(t, ggml, device)?
+        })
+    };
     let dims = t.dims().to_vec();
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
     let cols = dims.last().copied().unwrap_or(0);
     let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
     if threads == 1 || rows * cols < PARALLEL_QUANTIZE_MIN {
-        return Ok(QTensor::quantize(t, ggml)?);
+        return serial();
     }
     let flat = t.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = flat.storage_and_layout();
     let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
-        return Ok(QTensor::quantize(t, ggml)?);
+        return serial();
     };
     let Some((lo, hi)) = layout.contiguous_offsets() else {
-        return Ok(QTensor::quantize(t, ggml)?);
+        return serial();
     };
     let data = &data[lo..hi];
     let chunk = rows.div_ceil(threads) * cols;
@@ -551,7 +555,7 @@ fn quantize_rows_parallel(t: &Tensor, ggml: GgmlDType) -> Result<QTensor> {
             bytes.len()
         )));
     }
-    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), &Device::Cpu, ggml)?;
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), device, ggml)?;
     Ok(QTensor::new(storage, dims)?)
 }
 
@@ -629,7 +633,7 @@ mod tests {
         let t = Tensor::randn(0f32, 1.0, (1536, 1024), &Device::Cpu).unwrap();
         for ggml in [GgmlDType::Q4K, GgmlDType::Q4_0, GgmlDType::Q8_0] {
             let serial = QTensor::quantize(&t, ggml).unwrap();
-            let parallel = quantize_rows_parallel(&t, ggml).unwrap();
+            let parallel = quantize_rows_parallel(&t, ggml, &Device::Cpu).unwrap();
             assert_eq!(parallel.shape(), serial.shape());
             assert_eq!(
                 parallel.data().unwrap().as_ref(),
