@@ -104,8 +104,14 @@ impl Linear {
                 (tiled, offsets, rows)
             }
             None => {
+                // Off the CPU the parts are joined on the host and uploaded once.
+                let on_host = !w.device().is_cpu();
                 let mut weights = Vec::with_capacity(parts.len());
                 for &(name, n) in parts {
+                    if on_host {
+                        weights.push(w.pp(name).matmul_weight_host(&[n, in_dim], "weight")?);
+                        continue;
+                    }
                     match w.pp(name).matmul_weight(&[n, in_dim], "weight")? {
                         MatWeight::Candle(q) => weights.push(q),
                         MatWeight::Bf16(b) => weights.push(QMatMul::Tensor(b.tensor().clone())),
@@ -118,6 +124,7 @@ impl Linear {
                     }
                 }
                 let (weight, rows) = concat_rows(weights, out, in_dim, w)?;
+                let weight = onto_device(weight, w.device())?;
                 let offsets = splits
                     .iter()
                     .scan(0, |at, &n| {
@@ -264,8 +271,23 @@ impl Linear {
     }
 }
 
+/// `q` on `device`: unchanged when it is there already, else copied once (quantized blocks as
+/// they are).
+fn onto_device(q: QMatMul, device: &candle_core::Device) -> Result<QMatMul> {
+    Ok(match q {
+        QMatMul::QTensor(t) if !t.device().same_device(device) => {
+            let storage = QStorage::from_data(t.data()?, device, t.dtype())?;
+            QMatMul::QTensor(Arc::new(QTensor::new(storage, t.shape().clone())?))
+        }
+        QMatMul::Tensor(t) => QMatMul::Tensor(t.to_device(device)?),
+        QMatMul::TensorF16(t) => QMatMul::TensorF16(t.to_device(device)?),
+        q => q,
+    })
+}
+
 /// Stack `[out_i, in]` weights into one `[rows, in]` matmul weight; quantized weights get zero
-/// rows up to a multiple of [`TILE_ROWS`]. Returns the weight and its row count.
+/// rows up to a multiple of [`TILE_ROWS`]. Returns the weight and its row count. Joined
+/// quantized blocks are placed on `w`'s device; anything else stays where the parts are.
 fn concat_rows(
     mut weights: Vec<QMatMul>,
     out: usize,
@@ -330,7 +352,7 @@ fn concat_rows(
     let tensors = weights
         .iter()
         .map(|q| match q {
-            QMatMul::QTensor(t) => t.dequantize(w.device()),
+            QMatMul::QTensor(t) => t.dequantize(&t.device()),
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(candle_core::DType::F32),
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
@@ -456,6 +478,53 @@ mod tests {
             // Quantized: 39 rows padded to 48.
             let expected_rows = if policy.linear.is_quantized() { 48 } else { 39 };
             assert_eq!(fused.rows, expected_rows);
+        }
+    }
+
+    /// The GPU load path joins a fused linear's parts on the host and uploads the result once
+    /// (`matmul_weight_host`, `concat_rows`, `onto_device`): on the CPU it must give exactly
+    /// the weight the device path gives, with the same load report.
+    #[test]
+    fn parts_joined_on_the_host_equal_the_device_join() {
+        let layout = vec![
+            ("a.weight".to_string(), vec![32, 256]),
+            ("b.weight".to_string(), vec![7, 256]),
+        ];
+        let x = Tensor::randn(0f32, 1.0, (3, 256), &Device::Cpu).unwrap();
+        for policy in [
+            QuantPolicy::unquantized(StorageDtype::F32),
+            QuantPolicy::four_bit(StorageDtype::F16),
+            QuantPolicy {
+                linear: StorageDtype::Q8_0,
+                float: StorageDtype::F16,
+            },
+        ] {
+            let device_join = weights(policy, layout.clone());
+            let fused =
+                Linear::load_fused(&device_join, 256, &[("a", 32), ("b", 7)], false).unwrap();
+            let host = weights(policy, layout.clone());
+            let parts = [("a", 32), ("b", 7)]
+                .iter()
+                .map(|&(name, n)| host.pp(name).matmul_weight_host(&[n, 256], "weight"))
+                .collect::<Result<Vec<_>>>()
+                .unwrap();
+            let (joined, rows) = concat_rows(parts, 39, 256, &host).unwrap();
+            let joined = onto_device(joined, &Device::Cpu).unwrap();
+            assert_eq!(rows, fused.rows, "{policy:?}");
+            let ours = Linear {
+                weight: host.candle_or_bf16(joined).unwrap(),
+                bias: None,
+                splits: vec![32, 7],
+                offsets: vec![0, 32],
+                rows,
+            };
+            let d = max_diff(&ours.forward(&x).unwrap(), &fused.forward(&x).unwrap());
+            assert_eq!(d, 0.0, "{policy:?}");
+            assert_eq!(
+                host.report().total_bytes(),
+                device_join.report().total_bytes(),
+                "{policy:?}"
+            );
         }
     }
 

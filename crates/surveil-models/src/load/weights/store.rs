@@ -314,6 +314,27 @@ impl Weights {
         Ok(q)
     }
 
+    /// [`Self::matmul_weight`] in candle's storage on the host, whatever the device: for
+    /// weights the caller joins before they go to the device (the parts of a fused linear), so
+    /// each byte crosses to a GPU once. Recorded in the load report as `matmul_weight` would.
+    ///
+    /// Errors: as [`Self::matmul_weight`]; a policy with a CPU tile layout
+    /// ([`ModelError::Unsupported`]: those go through [`Self::matmul_weight_stacked`]).
+    pub(crate) fn matmul_weight_host(&self, shape: &[usize], name: &str) -> Result<QMatMul> {
+        let storage = self.inner.policy.storage_for(TensorRole::Linear, shape);
+        if storage.is_tiled() {
+            return Err(ModelError::Unsupported(format!(
+                "`{}`: {storage} weights are packed by matmul_weight_stacked",
+                self.path(name)
+            )));
+        }
+        let fell_back = self.inner.policy.linear.is_quantized() && !storage.is_quantized();
+        let (full, t) = self.fetch(name, shape, TensorRole::Linear)?;
+        let q = quantize_onto(&t, storage, &Device::Cpu)?;
+        self.record(&full, storage, shape, fell_back);
+        Ok(q)
+    }
+
     /// The linear weights `parts` (name under this view, rows), all `[rows_i, in_dim]`, stacked
     /// into one weight in the CPU tile layout the policy names: part `i` starts at row
     /// [`crate::quant::stacked_offsets`]`[i]`, each part is recorded as its own tensor, and the
