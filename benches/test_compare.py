@@ -5,6 +5,7 @@
 import importlib.machinery
 import importlib.util
 import sys
+import time
 import unittest
 from pathlib import Path
 
@@ -79,6 +80,24 @@ class Measured(unittest.TestCase):
         self.assertGreater(r["own_cpu_s"], 0.0)
         self.assertGreaterEqual(r["other_cpu_s"], 0.0)
         self.assertGreater(r["wall_s"], 0.0)
+
+    def test_other_cpu_names_the_busy_process(self):
+        # a process outside the measured run burns CPU meanwhile: it is the top other task
+        import subprocess
+        hog = subprocess.Popen([sys.executable, "-c",
+                                "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+        try:
+            time.sleep(0.3)
+            r = compare.run_measured([sys.executable, "-c", "import time; time.sleep(1.5)"])
+        finally:
+            hog.kill()
+            hog.wait()
+        # other work on a busy machine may outrank it, but the hog is among the top and
+        # its seconds are counted as other CPU
+        self.assertGreater(r["other_cpu_s"], 0.2)
+        hog_s = [s for name, s in r["other_cpu_top"] if name.startswith("python")]
+        self.assertTrue(hog_s and hog_s[0] > 0.2, r["other_cpu_top"])
+        self.assertEqual(set(r["other_cpu_kinds_s"]), {"irq", "softirq", "steal"})
 
     def test_failure_raises(self):
         with self.assertRaises(compare.RunFailed):
