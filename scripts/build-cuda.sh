@@ -89,10 +89,11 @@ if [[ ! -f "$cache/.complete" ]]; then
     mkdir -p "$cache_root"
     staging="$(mktemp -d "$cache_root/.staging.XXXXXX")"
     trap 'rm -rf "$staging"' EXIT
+    # stdout carries only the binary's path (callers capture it): tools print to stderr
     python3 -m pip download --quiet --no-deps --only-binary=:all: \
-        --dest "$staging/wheels" "${wheels[@]}"
+        --dest "$staging/wheels" "${wheels[@]}" >&2
     for w in "$staging"/wheels/*.whl; do
-        python3 -m zipfile -e "$w" "$staging/root"
+        python3 -m zipfile -e "$w" "$staging/root" >&2
     done
     chmod +x "$staging"/root/nvidia/cu13/bin/* "$staging"/root/nvidia/cu13/nvvm/bin/*
     # The CUDA runtime links statically: a directory where `-lcudart` finds only the archive.
@@ -112,7 +113,7 @@ fi
 
 # ---- 2. candle-core with its CUDA libraries loaded at run time ---------------------------
 command -v cargo >/dev/null || { echo "build-cuda: cargo is needed (scripts/setup.sh)" >&2; exit 1; }
-cargo fetch --locked --quiet
+cargo fetch --locked --quiet >&2
 candle_src="$(cargo metadata --locked --format-version 1 |
     python3 -c 'import json, os, sys
 pkgs = json.load(sys.stdin)["packages"]
