@@ -63,7 +63,22 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Sets `RAYON_NUM_THREADS` to the physical cores of this process's CPU mask when the user has
+/// not set it: the count candle would pick anyway. candle asks for its thread count on every
+/// CPU matmul, and without the variable it works that count out again each time, reading and
+/// parsing `/proc/cpuinfo` (about 30 times per decoded git-base token). Runs first in `main`,
+/// before any other thread exists.
+fn pin_tensor_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            surveil_models::quant::physical_cores().to_string(),
+        );
+    }
+}
+
 fn main() -> ExitCode {
+    pin_tensor_threads();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match &cli.command {
