@@ -362,6 +362,7 @@ fn concat_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::kernels::max_abs_diff;
     use crate::load::weights::DummySource;
     use candle_core::{DType, Device};
     use surveil_memory::{QuantPolicy, StorageDtype};
@@ -402,8 +403,8 @@ mod tests {
         .forward(&x)
         .unwrap();
         assert_eq!(bf16.dtype(), DType::F32);
-        let scale = max_diff(&f32, &f32.zeros_like().unwrap());
-        let d = max_diff(&bf16, &f32);
+        let scale = max_abs_diff(&f32, &f32.zeros_like().unwrap());
+        let d = max_abs_diff(&bf16, &f32);
         // bf16 keeps 8 significant bits: a 64-term dot product stays within a few percent.
         assert!(
             d <= 0.05 * scale,
@@ -445,7 +446,7 @@ mod tests {
             let want = x.broadcast_matmul(&wt.t().unwrap()).unwrap();
             let got = fused.forward(&x).unwrap();
             assert_eq!(got.dims(), &[1, rows, 23]);
-            let d = max_diff(&got, &want);
+            let d = max_abs_diff(&got, &want);
             assert!(d < 1e-4, "{rows} rows: {d}");
         }
     }
@@ -472,7 +473,7 @@ mod tests {
                     .unwrap()
                     .forward(&x)
                     .unwrap();
-                let d = max_diff(part, &single);
+                let d = max_abs_diff(part, &single);
                 assert!(d < 1e-5, "{policy:?} {name}: {d}");
             }
             // Quantized: 39 rows padded to 48.
@@ -518,7 +519,7 @@ mod tests {
                 offsets: vec![0, 32],
                 rows,
             };
-            let d = max_diff(&ours.forward(&x).unwrap(), &fused.forward(&x).unwrap());
+            let d = max_abs_diff(&ours.forward(&x).unwrap(), &fused.forward(&x).unwrap());
             assert_eq!(d, 0.0, "{policy:?}");
             assert_eq!(
                 host.report().total_bytes(),
@@ -526,17 +527,6 @@ mod tests {
                 "{policy:?}"
             );
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Pearson correlation of two tensors' values.
@@ -592,9 +582,9 @@ mod tests {
                 separate.push(single.forward(&x).unwrap());
             }
             let separate = Tensor::cat(&separate, 2).unwrap();
-            assert_eq!(max_diff(&y, &separate), 0.0, "{storage}");
+            assert_eq!(max_abs_diff(&y, &separate), 0.0, "{storage}");
             let shared = Linear::forward_shared(&[&fused, &fused], &x).unwrap();
-            assert_eq!(max_diff(&shared[1], &y), 0.0, "{storage}");
+            assert_eq!(max_abs_diff(&shared[1], &y), 0.0, "{storage}");
             let r = correlation(&y, &reference);
             assert!(r > 0.99, "{storage}: correlation with f32 {r}");
             // Resident bytes: each part's tiles, as the estimate sizes them.
@@ -628,7 +618,7 @@ mod tests {
             assert_eq!(rows.dims(), &[2, 2, 64]);
             // Dummy weights are in [-0.02, 0.02]: half a 4-bit step is at most 0.04 / 30 (the
             // stored f16 scale rounds up by less than 1 %).
-            let d = max_diff(&rows, &exact);
+            let d = max_abs_diff(&rows, &exact);
             assert!(d <= 0.04 / 30.0 * 1.01, "{storage}: {d}");
             let bad = Tensor::new(&[40u32], &Device::Cpu).unwrap();
             assert!(table.embedding(&bad).is_err());
