@@ -140,8 +140,9 @@ fi
 # objects it compiles (one nvcc thread per architecture) and leaves PTX (`--ptx`, one virtual
 # architecture) at the lowest. candle's kernel build uses half the cores unless
 # RAYON_NUM_THREADS says otherwise; the build below gives it all of them.
+# Written every time (it is tiny), so a change to this script reaches a cached wrapper.
 wrapper="$cache/bin/nvcc-sm$cap_tag"
-if [[ ! -x "$wrapper" ]]; then
+{
     mkdir -p "$cache/bin"
     gencode=()
     for c in "${cap_list[@]}"; do
@@ -167,7 +168,7 @@ EOF
     } >"$wrapper.tmp"
     chmod +x "$wrapper.tmp"
     mv "$wrapper.tmp" "$wrapper"
-fi
+}
 
 # ---- 4. the build ---------------------------------------------------------------------------
 target_root="${CARGO_TARGET_DIR:-$repo/target}"

@@ -66,7 +66,8 @@ impl From<anyhow::Error> for Failure {
 /// Sets `RAYON_NUM_THREADS` to the physical cores of this process's CPU mask when the user has
 /// not set it: the count candle would pick anyway. candle asks for its thread count on every
 /// CPU matmul, and without the variable it works that count out again each time, reading and
-/// parsing `/proc/cpuinfo` (about 30 times per decoded git-base token). Runs first in `main`,
+/// parsing `/proc/cpuinfo` (1615 times in a 50-token git-base caption, counted with `strace -e
+/// openat`). Runs first in `main`,
 /// before any other thread exists.
 fn pin_tensor_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
