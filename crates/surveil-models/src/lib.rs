@@ -79,6 +79,14 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+/// The fused CPU attention kernel ([`attention::flash_attention`]) and the unfused composition
+/// it replaces ([`attention::full_attention_composed`]), public for benchmarks
+/// (`benches/attention.rs`) and tools.
+pub mod attention {
+    pub use crate::layers::kernels::{
+        flash_attention, flash_attention_with, full_attention_composed, FlashPath,
+    };
+}
 pub mod error;
 pub mod generation;
 pub mod image_ops;

@@ -19,6 +19,17 @@ use crate::Result;
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
+/// Coefficients of `2^f` on `[-0.5, 0.5]`, degree 0 to 6 (relative error ≈ 1e-7).
+pub(super) const EXP2_POLY: [f32; 7] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+];
+
 /// `2^t` for `t` in `[-126, 127]` (callers clamp): `t = n + f`, `2^f` by a degree-6 polynomial
 /// on `[-0.5, 0.5]`, `2^n` written into the exponent bits. Branch-free and without
 /// float-to-int casts, so loops over it vectorise.
@@ -29,18 +40,15 @@ fn exp2_in_range(t: f32) -> f32 {
     let r = t + MAGIC;
     let n = r - MAGIC;
     let f = t - n;
-    let p = 1.0
-        + f * (std::f32::consts::LN_2
-            + f * (0.240_226_5
-                + f * (0.055_504_11
-                    + f * (0.009_618_129 + f * (0.001_333_355_8 + f * 0.000_154_035_3)))));
+    let c = EXP2_POLY;
+    let p = c[0] + f * (c[1] + f * (c[2] + f * (c[3] + f * (c[4] + f * (c[5] + f * c[6])))));
     let n_int = r.to_bits().wrapping_sub(MAGIC.to_bits());
     p * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
 /// `2^t` for `t ≤ 0`; exactly 0 below 2⁻¹²⁶ (and for `-inf`).
 #[inline(always)]
-fn exp2_nonpositive(t: f32) -> f32 {
+pub(super) fn exp2_nonpositive(t: f32) -> f32 {
     let v = exp2_in_range(t.max(-126.0));
     if t < -126.0 {
         0.0
@@ -342,13 +350,25 @@ pub(crate) fn packed_rope_attention(
         .reshape((n, heads * d))?)
 }
 
-/// Largest attention-score block materialised at once (bytes); queries are processed in row
-/// chunks so that the `(heads, rows, keys)` score matrix stays under this size.
+/// Largest attention-score block materialised at once by [`full_attention_composed`] (bytes);
+/// queries are processed in row chunks so that the `(heads, rows, keys)` score matrix stays
+/// under this size.
 const SCORE_BLOCK_BYTES: usize = 16 << 20;
 
-/// Unmasked softmax attention of `q` `(1, H, n, d)` against `k`, `v` `(1, H, m, d)`, in query
-/// row chunks that bound the score matrix.
+/// Unmasked softmax attention of `q` `(1, H, n, d)` against `k`, `v` `(1, H, m, d)`.
+///
+/// f32 on the CPU runs the fused kernel [`super::flash::flash_attention`] (no score matrix in
+/// memory); any other device or dtype runs [`full_attention_composed`].
 pub(crate) fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if runs_cpu_kernel(q) && k.dim(2)? > 0 {
+        return super::flash::flash_attention(q, k, v, scale as f32);
+    }
+    full_attention_composed(q, k, v, scale)
+}
+
+/// [`full_attention`] as candle ops for any device and dtype: `Q Kᵀ` by candle's matmul,
+/// [`scaled_softmax`], then `P V`, in query row chunks that bound the score matrix.
+pub fn full_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (_, heads, n, _) = q.dims4()?;
     let m = k.dim(2)?;
     let kt = k.t()?;

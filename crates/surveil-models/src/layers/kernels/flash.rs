@@ -1,0 +1,913 @@
+//! Fused unmasked softmax attention for the CPU: `softmax(scale · Q Kᵀ) V` per head without
+//! materialising the score matrix, by the online softmax of FlashAttention (Dao et al. 2022,
+//! "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness", Algorithm 1).
+//!
+//! A vision tower attends over every patch of a frame: for Qwen2-VL-2B and one 768×576 frame,
+//! 16 heads × 2268 × 2268 scores per block, with a head width of 80. Batched GEMMs over such
+//! shapes run far below the CPU's FMA rate (the inner dimension of `Q Kᵀ` is only 80, the
+//! output width of `P V` too), and the scores travel through memory twice. Here one task takes
+//! [`QB`] queries of one head and streams the head's keys and values in blocks of [`KB`]:
+//!
+//! 1. `S = Q Kᵀ` for 8 queries × 32 keys at a time, from `Q` prescaled by `scale · log2 e` and
+//!    `Kᵀ` packed per 32-key block as `[d][32]` (16 zmm accumulators on AVX-512);
+//! 2. the online softmax per query row: new running maximum `m`, correction `2^(m_old − m)`,
+//!    `P = 2^(S − m)` (the polynomial `exp2` of the softmax kernel), running sum `l`;
+//! 3. `O ← corr · O + P V` for 4 queries × up to 80 output columns at a time, `V` packed with
+//!    rows padded to a multiple of 16 floats.
+//!
+//! At the end `O / l`. Scores, probabilities and the output block stay in L1; `Kᵀ` and `V` of
+//! a head (0.7 MB each at Qwen2-VL's shape) stay in L2 across the head's tasks.
+//!
+//! Paths: AVX-512F intrinsics when the CPU has them, else the same blocked algorithm in plain
+//! Rust (compiled once more with AVX2+FMA enabled, for the compiler to vectorise). Both sum in
+//! f32 in the same order over the head dimension; they differ from the unfused composition
+//! (candle's GEMMs and the softmax kernel) by f32 rounding only, see the tests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use super::attention::exp2_nonpositive;
+use super::contiguous_f32;
+use crate::Result;
+
+/// Queries per task.
+const QB: usize = 32;
+/// Keys per block.
+const KB: usize = 32;
+/// Queries per `Q Kᵀ` micro-tile.
+const SR: usize = 8;
+/// Queries per `P V` micro-tile.
+const PR: usize = 4;
+/// Output columns (16-float vectors) per `P V` micro-tile.
+const PV_VECS: usize = 5;
+/// Floats per vector.
+const LANES: usize = 16;
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+
+/// Which code computes the micro-tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlashPath {
+    /// AVX-512F intrinsics.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// Plain Rust, compiled with AVX2+FMA enabled.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Plain Rust for any CPU.
+    Portable,
+}
+
+impl FlashPath {
+    /// The fastest path this CPU runs.
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => std::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            Self::Portable => true,
+        }
+    }
+}
+
+/// Shapes of one call: `heads` independent heads, `n` queries and `m` keys each, query/key
+/// width `dk`, value width `dv`.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    heads: usize,
+    n: usize,
+    m: usize,
+    dk: usize,
+    dv: usize,
+}
+
+impl Dims {
+    /// Key blocks per head.
+    fn key_blocks(&self) -> usize {
+        self.m.div_ceil(KB)
+    }
+    /// `V`'s packed row width: `dv` rounded up to whole vectors.
+    fn dvp(&self) -> usize {
+        self.dv.div_ceil(LANES) * LANES
+    }
+    /// Floats of one head's packed `Kᵀ`.
+    fn kt_len(&self) -> usize {
+        self.key_blocks() * self.dk * KB
+    }
+    /// Floats of one head's packed `V`.
+    fn vp_len(&self) -> usize {
+        self.key_blocks() * KB * self.dvp()
+    }
+}
+
+/// Run `f(scratch, task)` for every task on up to `threads` threads (the caller included),
+/// each thread with its own scratch from `scratch()`.
+fn run_tasks<T: Send, S>(
+    tasks: Vec<T>,
+    threads: usize,
+    scratch: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, T) + Sync,
+) {
+    let threads = threads.clamp(1, tasks.len().max(1));
+    if threads == 1 {
+        let mut s = scratch();
+        tasks.into_iter().for_each(|t| f(&mut s, t));
+        return;
+    }
+    // Tasks are taken in order from a shared counter; each slot is taken exactly once.
+    let slots: Vec<std::sync::Mutex<Option<T>>> = tasks
+        .into_iter()
+        .map(|t| std::sync::Mutex::new(Some(t)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut s = scratch();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = slots.get(i) else { break };
+            let task = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(task) = task {
+                f(&mut s, task);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(work);
+        }
+        work();
+    });
+}
+
+/// Pack one head's keys `k` (`m × dk`) as `Kᵀ` blocks `[block][dk][KB]` (zeros past `m`) and
+/// its values `v` (`m × dv`) as rows of `dvp` floats, `KB · blocks` rows (zeros past `m`).
+fn pack_head(dims: &Dims, k: &[f32], v: &[f32], kt: &mut [f32], vp: &mut [f32]) {
+    let (dk, dv, dvp) = (dims.dk, dims.dv, dims.dvp());
+    kt.fill(0.0);
+    vp.fill(0.0);
+    for (j, key) in k.chunks_exact(dk).enumerate() {
+        let (blk, col) = (j / KB, j % KB);
+        let base = blk * dk * KB + col;
+        for (dd, &x) in key.iter().enumerate() {
+            kt[base + dd * KB] = x;
+        }
+    }
+    for (row, dst) in v.chunks_exact(dv).zip(vp.chunks_exact_mut(dvp)) {
+        dst[..dv].copy_from_slice(row);
+    }
+}
+
+/// Per-thread buffers of one query block.
+struct Scratch {
+    /// Queries × `scale · log2 e`, `QB × dk` (rows past the block's end are zeros).
+    q: Vec<f32>,
+    /// Scores of one key block, `QB` rows of `KB`.
+    s: Vec<[f32; KB]>,
+    /// Probabilities of one key block, `QB` rows of `KB`.
+    p: Vec<[f32; KB]>,
+    /// Unnormalised output, `QB × dvp`.
+    o: Vec<f32>,
+    /// Running maximum (log2 domain) and sum per query.
+    m: [f32; QB],
+    l: [f32; QB],
+    /// This block's correction `2^(m_old − m_new)` per query.
+    corr: [f32; QB],
+}
+
+impl Scratch {
+    fn new(dims: &Dims) -> Self {
+        Self {
+            q: vec![0.0; QB * dims.dk],
+            s: vec![[0.0; KB]; QB],
+            p: vec![[0.0; KB]; QB],
+            o: vec![0.0; QB * dims.dvp()],
+            m: [f32::NEG_INFINITY; QB],
+            l: [0.0; QB],
+            corr: [1.0; QB],
+        }
+    }
+}
+
+/// The larger of two floats, `a` when they are unordered: a plain compare-and-select the
+/// compiler turns into one `vmaxps` (`f32::max`'s NaN rules cost more and block vectorising).
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `op` over 16 lanes as a pairwise tree (4 dependent steps, where a left fold takes 15).
+#[inline(always)]
+fn tree(mut x: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut w = LANES / 2;
+    while w > 0 {
+        for i in 0..w {
+            x[i] = op(x[i], x[i + w]);
+        }
+        w /= 2;
+    }
+    x[0]
+}
+
+/// The online-softmax update of one query row for one key block: `s` holds the block's `KB`
+/// scores in the log2 domain (`-inf` past the last key); writes `p = 2^(s − m_new)`, updates
+/// the running maximum `m` and sum `l`, and returns the correction `2^(m_old − m_new)` for the
+/// row's output so far. Written over 16 lanes so that the compiler vectorises the maximum, the
+/// `exp2` and the sum.
+#[inline(always)]
+fn softmax_update(s: &[f32; KB], p: &mut [f32; KB], m: &mut f32, l: &mut f32) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for half in s.chunks_exact(LANES) {
+        for (x, &y) in lanes.iter_mut().zip(half) {
+            *x = larger(*x, y);
+        }
+    }
+    let new = larger(*m, tree(lanes, larger));
+    let corr = if new == *m {
+        1.0
+    } else {
+        exp2_nonpositive(*m - new)
+    };
+    let mut sums = [0f32; LANES];
+    for (ph, sh) in p.chunks_exact_mut(LANES).zip(s.chunks_exact(LANES)) {
+        for ((pj, &sj), acc) in ph.iter_mut().zip(sh).zip(sums.iter_mut()) {
+            let e = exp2_nonpositive(sj - new);
+            *pj = e;
+            *acc += e;
+        }
+    }
+    *l = *l * corr + tree(sums, |a, b| a + b);
+    *m = new;
+    corr
+}
+
+/// Rows per accumulator group of the plain-Rust `Q Kᵀ` tile: 4 × 32 floats, the 16 registers
+/// of AVX2.
+const PORTABLE_ROWS: usize = 4;
+
+/// `S` (`SR × KB`) `= Q` (`SR × dk`, rows `dk` apart) `· Kᵀ` block (`dk × KB`), plain Rust.
+#[inline(always)]
+fn s_tile_portable(q: &[f32], dk: usize, kt: &[f32], s: &mut [f32]) {
+    for g in 0..SR / PORTABLE_ROWS {
+        let mut acc = [[0f32; KB]; PORTABLE_ROWS];
+        for dd in 0..dk {
+            let krow = &kt[dd * KB..dd * KB + KB];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qv = q[(g * PORTABLE_ROWS + r) * dk + dd];
+                for (x, &kv) in a.iter_mut().zip(krow) {
+                    *x += qv * kv;
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let row = g * PORTABLE_ROWS + r;
+            s[row * KB..row * KB + KB].copy_from_slice(a);
+        }
+    }
+}
+
+/// `W` output columns from `col` of [`pv_tile_portable`], accumulated in registers.
+#[inline(always)]
+fn pv_cols_portable<const W: usize>(
+    p: &[f32],
+    v: &[f32],
+    dvp: usize,
+    o: &mut [f32],
+    corr: &[f32],
+    col: usize,
+) {
+    let mut acc = [[0f32; W]; PR];
+    for (r, a) in acc.iter_mut().enumerate() {
+        for (x, &y) in a.iter_mut().zip(&o[r * dvp + col..r * dvp + col + W]) {
+            *x = y * corr[r];
+        }
+    }
+    for j in 0..KB {
+        let vrow = &v[j * dvp + col..j * dvp + col + W];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let pj = p[r * KB + j];
+            for (x, &vv) in a.iter_mut().zip(vrow) {
+                *x += pj * vv;
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        o[r * dvp + col..r * dvp + col + W].copy_from_slice(a);
+    }
+}
+
+/// `O ← corr · O + P V` for `PR` rows: `p` (`PR × KB`), `v` the block's packed rows (`KB ×
+/// dvp`), `o` (`PR × dvp`), plain Rust, 32 columns at a time (16 at the end).
+#[inline(always)]
+fn pv_tile_portable(p: &[f32], v: &[f32], dvp: usize, o: &mut [f32], corr: &[f32]) {
+    let mut col = 0;
+    while col + 2 * LANES <= dvp {
+        pv_cols_portable::<{ 2 * LANES }>(p, v, dvp, o, corr, col);
+        col += 2 * LANES;
+    }
+    if col < dvp {
+        pv_cols_portable::<LANES>(p, v, dvp, o, corr, col);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::attention::EXP2_POLY;
+    use super::{larger, KB, LANES, PR, PV_VECS, SR};
+
+    /// `2^t` for 16 lanes, as [`super::super::attention::exp2_nonpositive`] computes it for
+    /// `t ≤ 0`: `t` clamped to `[-126, ∞)`, `t = n + f` with `n` rounded to nearest, `2^f` by the
+    /// same polynomial, `2^n` applied by `vscalefps`; lanes below `-126` (and `-inf`) give 0.
+    #[target_feature(enable = "avx512f")]
+    fn exp2(t: __m512) -> __m512 {
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, _mm512_set1_ps(-126.0));
+        let t = _mm512_max_ps(t, _mm512_set1_ps(-126.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let f = _mm512_sub_ps(t, n);
+        let c = |i: usize| _mm512_set1_ps(EXP2_POLY[i]);
+        let mut p = c(6);
+        for i in (0..6).rev() {
+            p = _mm512_fmadd_ps(p, f, c(i));
+        }
+        _mm512_maskz_mov_ps(!below, _mm512_scalef_ps(p, n))
+    }
+
+    /// [`super::softmax_update`] with AVX-512F: the block's 32 scores in two registers,
+    /// horizontal maximum and sum by the reduction intrinsics.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn softmax_update(
+        s: &[f32; KB],
+        p: &mut [f32; KB],
+        m: &mut f32,
+        l: &mut f32,
+    ) -> f32 {
+        // SAFETY: `s` and `p` hold 32 floats: two vectors each.
+        let (s0, s1) = unsafe {
+            (
+                _mm512_loadu_ps(s.as_ptr()),
+                _mm512_loadu_ps(s.as_ptr().add(LANES)),
+            )
+        };
+        let new = larger(*m, _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
+        let corr = if new == *m {
+            1.0
+        } else {
+            super::exp2_nonpositive(*m - new)
+        };
+        let nv = _mm512_set1_ps(new);
+        let e0 = exp2(_mm512_sub_ps(s0, nv));
+        let e1 = exp2(_mm512_sub_ps(s1, nv));
+        // SAFETY: as above.
+        unsafe {
+            _mm512_storeu_ps(p.as_mut_ptr(), e0);
+            _mm512_storeu_ps(p.as_mut_ptr().add(LANES), e1);
+        }
+        *l = *l * corr + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+        *m = new;
+        corr
+    }
+
+    /// [`super::s_tile_portable`] with AVX-512F: 8 rows × 2 vectors of accumulators, `Kᵀ`
+    /// rows loaded once per `dd`, the query value broadcast.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `q` holds `SR · dk` floats, `kt` `dk · KB`, `s` `SR · KB`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn s_tile(q: &[f32], dk: usize, kt: &[f32], s: &mut [f32]) {
+        debug_assert!(q.len() >= SR * dk && kt.len() >= dk * KB && s.len() >= SR * KB);
+        let (q, kt, s) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+        let mut acc = [[_mm512_setzero_ps(); 2]; SR];
+        for dd in 0..dk {
+            // SAFETY (every access below): in bounds by the sizes of the contract.
+            let (k0, k1) = unsafe {
+                (
+                    _mm512_loadu_ps(kt.add(dd * KB)),
+                    _mm512_loadu_ps(kt.add(dd * KB + LANES)),
+                )
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qv = _mm512_set1_ps(unsafe { *q.add(r * dk + dd) });
+                a[0] = _mm512_fmadd_ps(qv, k0, a[0]);
+                a[1] = _mm512_fmadd_ps(qv, k1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            unsafe {
+                _mm512_storeu_ps(s.add(r * KB), a[0]);
+                _mm512_storeu_ps(s.add(r * KB + LANES), a[1]);
+            }
+        }
+    }
+
+    /// `C` vectors of [`super::pv_tile_portable`]'s columns, starting at column `col`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `p` holds `PR · KB` floats, `v` `KB · dvp`, `o` `PR · dvp`,
+    /// `col + 16 C ≤ dvp`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pv_cols<const C: usize>(
+        p: *const f32,
+        v: *const f32,
+        dvp: usize,
+        o: *mut f32,
+        corr: &[f32],
+        col: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; PR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let c = _mm512_set1_ps(corr[r]);
+            for (i, x) in a.iter_mut().enumerate() {
+                // SAFETY (every access below): in bounds by the sizes of the contract.
+                *x = _mm512_mul_ps(c, unsafe {
+                    _mm512_loadu_ps(o.add(r * dvp + col + i * LANES))
+                });
+            }
+        }
+        for j in 0..KB {
+            let mut vv = [_mm512_setzero_ps(); C];
+            for (i, x) in vv.iter_mut().enumerate() {
+                *x = unsafe { _mm512_loadu_ps(v.add(j * dvp + col + i * LANES)) };
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pj = _mm512_set1_ps(unsafe { *p.add(r * KB + j) });
+                for (x, &y) in a.iter_mut().zip(&vv) {
+                    *x = _mm512_fmadd_ps(pj, y, *x);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (i, &x) in a.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(o.add(r * dvp + col + i * LANES), x) };
+            }
+        }
+    }
+
+    /// [`super::pv_tile_portable`] with AVX-512F, in column chunks of up to 5 vectors (4 rows ×
+    /// 5 = 20 accumulators).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `p` holds `PR · KB` floats, `v` `KB · dvp`, `o` `PR · dvp`,
+    /// `corr` `PR`; `dvp` is a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pv_tile(p: &[f32], v: &[f32], dvp: usize, o: &mut [f32], corr: &[f32]) {
+        debug_assert!(dvp.is_multiple_of(LANES) && p.len() >= PR * KB && corr.len() >= PR);
+        debug_assert!(v.len() >= KB * dvp && o.len() >= PR * dvp);
+        let (p, v, o) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+        let mut col = 0;
+        while col < dvp {
+            // SAFETY: the contract's sizes, and `col + 16 C ≤ dvp` by the choice of `C`.
+            unsafe {
+                match ((dvp - col) / LANES).min(PV_VECS) {
+                    5 => pv_cols::<5>(p, v, dvp, o, corr, col),
+                    4 => pv_cols::<4>(p, v, dvp, o, corr, col),
+                    3 => pv_cols::<3>(p, v, dvp, o, corr, col),
+                    2 => pv_cols::<2>(p, v, dvp, o, corr, col),
+                    _ => pv_cols::<1>(p, v, dvp, o, corr, col),
+                }
+            }
+            col += ((dvp - col) / LANES).min(PV_VECS) * LANES;
+        }
+    }
+}
+
+/// One task: queries `q0..q0 + rows` of a head (`q` those rows, `rows × dk`), against the
+/// head's packed `kt` and `vp`; writes `out` (`rows × dv`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn query_block(
+    dims: &Dims,
+    q: &[f32],
+    rows: usize,
+    kt: &[f32],
+    vp: &[f32],
+    qscale: f32,
+    out: &mut [f32],
+    sc: &mut Scratch,
+    s_tile: impl Fn(&[f32], usize, &[f32], &mut [f32]),
+    pv_tile: impl Fn(&[f32], &[f32], usize, &mut [f32], &[f32]),
+    softmax: impl Fn(&[f32; KB], &mut [f32; KB], &mut f32, &mut f32) -> f32,
+) {
+    let (dk, dv, dvp, m) = (dims.dk, dims.dv, dims.dvp(), dims.m);
+    // Rows rounded up to whole micro-tiles; the padding rows are zero queries, dropped at the end.
+    let tiles = rows.div_ceil(SR);
+    let padded = tiles * SR;
+    for (dst, &x) in sc.q[..rows * dk].iter_mut().zip(q) {
+        *dst = x * qscale;
+    }
+    sc.q[rows * dk..padded * dk].fill(0.0);
+    sc.o[..padded * dvp].fill(0.0);
+    sc.m[..padded].fill(f32::NEG_INFINITY);
+    sc.l[..padded].fill(0.0);
+    for blk in 0..dims.key_blocks() {
+        let valid = KB.min(m - blk * KB);
+        let ktb = &kt[blk * dk * KB..(blk + 1) * dk * KB];
+        let vb = &vp[blk * KB * dvp..(blk + 1) * KB * dvp];
+        for t in 0..tiles {
+            s_tile(
+                &sc.q[t * SR * dk..(t + 1) * SR * dk],
+                dk,
+                ktb,
+                sc.s[t * SR..(t + 1) * SR].as_flattened_mut(),
+            );
+        }
+        if valid < KB {
+            // Past the last key: scores of padding, out of the softmax.
+            for row in &mut sc.s[..padded] {
+                row[valid..].fill(f32::NEG_INFINITY);
+            }
+        }
+        for r in 0..padded {
+            sc.corr[r] = softmax(&sc.s[r], &mut sc.p[r], &mut sc.m[r], &mut sc.l[r]);
+        }
+        for t in 0..padded / PR {
+            pv_tile(
+                sc.p[t * PR..(t + 1) * PR].as_flattened(),
+                vb,
+                dvp,
+                &mut sc.o[t * PR * dvp..(t + 1) * PR * dvp],
+                &sc.corr[t * PR..(t + 1) * PR],
+            );
+        }
+    }
+    for r in 0..rows {
+        // l ≥ 1: the row's maximum contributes 2⁰.
+        let inv = 1.0 / sc.l[r];
+        for (y, &x) in out[r * dv..(r + 1) * dv]
+            .iter_mut()
+            .zip(&sc.o[r * dvp..r * dvp + dv])
+        {
+            *y = x * inv;
+        }
+    }
+}
+
+/// [`query_block`] on the plain-Rust tiles, for any CPU.
+fn query_block_portable(
+    dims: &Dims,
+    args: (&[f32], usize, &[f32], &[f32], f32),
+    out: &mut [f32],
+    sc: &mut Scratch,
+) {
+    let (q, rows, kt, vp, qscale) = args;
+    query_block(
+        dims,
+        q,
+        rows,
+        kt,
+        vp,
+        qscale,
+        out,
+        sc,
+        s_tile_portable,
+        pv_tile_portable,
+        softmax_update,
+    )
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn query_block_avx2(
+    dims: &Dims,
+    args: (&[f32], usize, &[f32], &[f32], f32),
+    out: &mut [f32],
+    sc: &mut Scratch,
+) {
+    // The portable tiles, compiled with 256-bit vectors and FMA: closures defined here take
+    // this function's target features (function items would be called through shims
+    // compiled without them).
+    let (q, rows, kt, vp, qscale) = args;
+    #[allow(clippy::redundant_closure)]
+    query_block(
+        dims,
+        q,
+        rows,
+        kt,
+        vp,
+        qscale,
+        out,
+        sc,
+        |q, dk, kt, s| s_tile_portable(q, dk, kt, s),
+        |p, v, dvp, o, c| pv_tile_portable(p, v, dvp, o, c),
+        |s, p, m, l| softmax_update(s, p, m, l),
+    )
+}
+
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn query_block_avx512(
+    dims: &Dims,
+    args: (&[f32], usize, &[f32], &[f32], f32),
+    out: &mut [f32],
+    sc: &mut Scratch,
+) {
+    let (q, rows, kt, vp, qscale) = args;
+    query_block(
+        dims,
+        q,
+        rows,
+        kt,
+        vp,
+        qscale,
+        out,
+        sc,
+        // SAFETY: AVX-512F is enabled for this function (the caller checked the CPU); the
+        // slices have the sizes `query_block` documents.
+        |q, dk, kt, s| unsafe { avx512::s_tile(q, dk, kt, s) },
+        |p, v, dvp, o, c| unsafe { avx512::pv_tile(p, v, dvp, o, c) },
+        |s, p, m, l| avx512::softmax_update(s, p, m, l),
+    )
+}
+
+/// `softmax(scale · q kᵀ) v` per head on `threads` threads: `q` `heads × n × dk`, `k`
+/// `heads × m × dk`, `v` `heads × m × dv` (row-major, contiguous); returns `heads × n × dv`.
+/// Callers ensure `m ≥ 1` and that `path` is available.
+#[allow(clippy::too_many_arguments)]
+fn attention_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: Dims,
+    scale: f32,
+    path: FlashPath,
+    threads: usize,
+) -> Vec<f32> {
+    let Dims {
+        heads,
+        n,
+        m,
+        dk,
+        dv,
+    } = dims;
+    let mut out = vec![0f32; heads * n * dv];
+    if heads == 0 || n == 0 {
+        return out;
+    }
+    // Pack every head's Kᵀ and V (a few MB: 12 MB at Qwen2-VL's vision shape).
+    let mut kt = vec![0f32; heads * dims.kt_len()];
+    let mut vp = vec![0f32; heads * dims.vp_len()];
+    let packs: Vec<_> = kt
+        .chunks_mut(dims.kt_len())
+        .zip(vp.chunks_mut(dims.vp_len()))
+        .enumerate()
+        .collect();
+    run_tasks(
+        packs,
+        threads,
+        || (),
+        |_, (h, (ktd, vpd))| {
+            pack_head(
+                &dims,
+                &k[h * m * dk..(h + 1) * m * dk],
+                &v[h * m * dv..(h + 1) * m * dv],
+                ktd,
+                vpd,
+            )
+        },
+    );
+    let qscale = scale * LOG2_E;
+    let mut tasks = Vec::with_capacity(heads * n.div_ceil(QB));
+    for (h, oh) in out.chunks_mut(n * dv).enumerate() {
+        for (b, ob) in oh.chunks_mut(QB * dv).enumerate() {
+            tasks.push((h, b * QB, ob));
+        }
+    }
+    let (kt, vp) = (&kt, &vp);
+    run_tasks(
+        tasks,
+        threads,
+        || Scratch::new(&dims),
+        |sc, (h, q0, ob)| {
+            let rows = ob.len() / dv;
+            let qh = &q[(h * n + q0) * dk..(h * n + q0 + rows) * dk];
+            let args = (
+                qh,
+                rows,
+                &kt[h * dims.kt_len()..(h + 1) * dims.kt_len()],
+                &vp[h * dims.vp_len()..(h + 1) * dims.vp_len()],
+                qscale,
+            );
+            match path {
+                // SAFETY: callers pass only paths whose CPU features are present
+                // (`FlashPath::is_available`).
+                #[cfg(target_arch = "x86_64")]
+                FlashPath::Avx512 => unsafe { query_block_avx512(&dims, args, ob, sc) },
+                #[cfg(target_arch = "x86_64")]
+                FlashPath::Avx2 => unsafe { query_block_avx2(&dims, args, ob, sc) },
+                FlashPath::Portable => query_block_portable(&dims, args, ob, sc),
+            }
+        },
+    );
+    out
+}
+
+struct FlashAttention {
+    scale: f32,
+    path: FlashPath,
+}
+
+impl CustomOp3 for FlashAttention {
+    fn name(&self) -> &'static str {
+        "flash-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous_f32(sq, lq)?,
+            contiguous_f32(sk, lk)?,
+            contiguous_f32(sv, lv)?,
+        );
+        let (qd, kd, vd) = (lq.shape().dims(), lk.shape().dims(), lv.shape().dims());
+        let rank = qd.len();
+        if rank < 2 || kd.len() != rank || vd.len() != rank {
+            candle_core::bail!("flash attention: shapes {qd:?}, {kd:?}, {vd:?}")
+        }
+        let lead = &qd[..rank - 2];
+        let (n, dk) = (qd[rank - 2], qd[rank - 1]);
+        let (m, dv) = (kd[rank - 2], vd[rank - 1]);
+        if &kd[..rank - 2] != lead
+            || &vd[..rank - 2] != lead
+            || kd[rank - 1] != dk
+            || vd[rank - 2] != m
+            || m == 0
+            || dv == 0
+        {
+            candle_core::bail!("flash attention: q {qd:?}, k {kd:?}, v {vd:?} do not match")
+        }
+        let heads = lead.iter().product();
+        let dims = Dims {
+            heads,
+            n,
+            m,
+            dk,
+            dv,
+        };
+        let threads = candle_core::utils::get_num_threads();
+        let out = attention_f32(q, k, v, dims, self.scale, self.path, threads);
+        let mut shape = qd.to_vec();
+        shape[rank - 1] = dv;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// `softmax(scale · q kᵀ) v` over the last two dimensions, no mask: `q` `(..., n, dk)`, `k`
+/// `(..., m, dk)`, `v` `(..., m, dv)` with the same leading dimensions, f32 on the CPU (any
+/// layout: non-contiguous inputs are copied), `m ≥ 1`. Returns `(..., n, dv)`.
+///
+/// # Errors
+/// Mismatched shapes, no keys, or inputs that are not f32 CPU tensors.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    flash_attention_with(q, k, v, scale, FlashPath::best())
+}
+
+/// [`flash_attention`] on a given path (tests and benchmarks run each one).
+pub fn flash_attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    path: FlashPath,
+) -> Result<Tensor> {
+    if !path.is_available() {
+        return Err(crate::ModelError::Unsupported(format!(
+            "flash attention path {path:?} needs CPU features this machine lacks"
+        )));
+    }
+    let c = |t: &Tensor| -> Result<Tensor> {
+        Ok(if t.is_contiguous() {
+            t.clone()
+        } else {
+            t.contiguous()?
+        })
+    };
+    Ok(c(q)?.apply_op3_no_bwd(&c(k)?, &c(v)?, &FlashAttention { scale, path })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::max_abs_diff;
+    use super::*;
+    use crate::layers::kernels::attention::full_attention_composed;
+    use candle_core::Device;
+
+    fn paths() -> Vec<FlashPath> {
+        let mut p = vec![FlashPath::Portable];
+        #[cfg(target_arch = "x86_64")]
+        p.extend([FlashPath::Avx2, FlashPath::Avx512]);
+        p.into_iter().filter(|p| p.is_available()).collect()
+    }
+
+    /// Every path against the unfused composition (candle GEMMs and the softmax kernel) at
+    /// odd and real shapes: queries and keys not multiples of the blocks (1, 7, 33, 70), head
+    /// widths of MoonViT (72), Qwen2-VL's vision tower (80), git-base (64) and MLA (192 × 128),
+    /// one key, and scores large enough that an unstabilised softmax would overflow.
+    /// The tolerance is f32 rounding of the scores, summed in another order on each side:
+    /// about 1e-7 of |score|, so 1e-5 for scores of a few units and 1e-3 for the case whose
+    /// scores reach about 2000 (measured: up to 1.1e-4 there, below 1e-6 elsewhere).
+    #[test]
+    fn matches_the_composition_on_every_path() {
+        let dev = Device::Cpu;
+        let cases = [
+            (2, 7, 33, 80, 80, 1.0f32),
+            (3, 70, 70, 72, 72, 1.0),
+            (1, 1, 1, 64, 64, 1.0),
+            (2, 33, 1, 16, 16, 1.0),
+            (2, 40, 65, 192, 128, 1.0),
+            (1, 45, 97, 80, 80, 12.0),
+        ];
+        for (heads, n, m, dk, dv, std) in cases {
+            let tol = if std > 1.0 { 1e-3 } else { 1e-5 };
+            let q = Tensor::randn(0f32, std, (1, heads, n, dk), &dev).unwrap();
+            let k = Tensor::randn(0f32, std, (1, heads, m, dk), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (1, heads, m, dv), &dev).unwrap();
+            let scale = 1.0 / (dk as f32).sqrt();
+            let want = full_attention_composed(&q, &k, &v, f64::from(scale)).unwrap();
+            for path in paths() {
+                let got = flash_attention_with(&q, &k, &v, scale, path).unwrap();
+                let d = max_abs_diff(&got, &want);
+                assert!(
+                    d < tol,
+                    "{path:?} heads {heads} n {n} m {m} dk {dk} dv {dv}: {d}"
+                );
+            }
+        }
+    }
+
+    /// The threads split the work by query block; any thread count gives the same bits.
+    #[test]
+    fn threads_do_not_change_the_result() {
+        let mut rng = 1u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let dims = Dims {
+            heads: 3,
+            n: 100,
+            m: 77,
+            dk: 24,
+            dv: 40,
+        };
+        let q: Vec<f32> = (0..dims.heads * dims.n * dims.dk).map(|_| next()).collect();
+        let k: Vec<f32> = (0..dims.heads * dims.m * dims.dk).map(|_| next()).collect();
+        let v: Vec<f32> = (0..dims.heads * dims.m * dims.dv).map(|_| next()).collect();
+        let path = FlashPath::best();
+        let one = attention_f32(&q, &k, &v, dims, 0.3, path, 1);
+        for threads in [2, 3, 8] {
+            assert_eq!(one, attention_f32(&q, &k, &v, dims, 0.3, path, threads));
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((2, 5, 8), candle_core::DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((2, 6, 8), candle_core::DType::F32, &dev).unwrap();
+        let v_bad = Tensor::zeros((2, 7, 8), candle_core::DType::F32, &dev).unwrap();
+        assert!(flash_attention(&q, &k, &v_bad, 1.0).is_err());
+        let k_none = Tensor::zeros((2, 0, 8), candle_core::DType::F32, &dev).unwrap();
+        let v_none = Tensor::zeros((2, 0, 8), candle_core::DType::F32, &dev).unwrap();
+        assert!(flash_attention(&q, &k_none, &v_none, 1.0).is_err());
+        let v = Tensor::zeros((2, 6, 3), candle_core::DType::F32, &dev).unwrap();
+        assert_eq!(flash_attention(&q, &k, &v, 1.0).unwrap().dims(), &[2, 5, 3]);
+    }
+}
