@@ -18,7 +18,9 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use surveil_models::attention::{flash_attention_with, full_attention_composed, FlashPath};
+use surveil_models::attention::{
+    flash_attention_with, full_attention_composed, FlashPath, KeyMask,
+};
 
 struct Case {
     name: &'static str,
@@ -112,7 +114,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let (best, med) = time_ms(runs, || {
                 let _ = std::hint::black_box(
-                    flash_attention_with(&q, &k, &v, scale, path).expect("flash attention"),
+                    flash_attention_with(&q, &k, &v, scale, KeyMask::All, path)
+                        .expect("flash attention"),
                 );
             });
             println!(

@@ -84,7 +84,7 @@ pub mod arch;
 /// (`benches/attention.rs`) and tools.
 pub mod attention {
     pub use crate::layers::kernels::{
-        flash_attention, flash_attention_with, full_attention_composed, FlashPath,
+        flash_attention, flash_attention_with, full_attention_composed, FlashPath, KeyMask,
     };
 }
 pub mod error;

@@ -4,6 +4,7 @@
 use candle_core::{Tensor, D};
 
 use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
+use crate::layers::kernels::{flash_attention, runs_cpu_kernel, KeyMask};
 use crate::layers::{KvCache, LayerKvCache, Linear, RmsNorm};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -218,15 +219,29 @@ impl Attention {
             let k_rot = k_rot.unsqueeze(1)?.broadcast_as((b, heads, total, rope))?;
             let q = Tensor::cat(&[&q_nope, &q_rot], D::Minus1)?;
             let k = Tensor::cat(&[&k_nope, &k_rot], D::Minus1)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let scores = match mask {
-                Some(m) => scores.broadcast_add(m)?,
-                None => scores,
+            let ctx = match mask {
+                // On the CPU the fused kernel applies the causal mask itself (the one
+                // `forward_embeds` builds: query `i` at position `past + i`).
+                Some(_) if runs_cpu_kernel(&q) => flash_attention(
+                    &q,
+                    &k,
+                    &v,
+                    scale as f32,
+                    KeyMask::Causal {
+                        offset: total - s,
+                        period: s,
+                    },
+                )?,
+                _ => {
+                    let scores = (q.matmul(&k.t()?)? * scale)?;
+                    let scores = match mask {
+                        Some(m) => scores.broadcast_add(m)?,
+                        None => scores,
+                    };
+                    candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+                }
             };
-            candle_nn::ops::softmax_last_dim(&scores)?
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, s, heads * self.v_dim))?
+            ctx.transpose(1, 2)?.reshape((b, s, heads * self.v_dim))?
         };
         self.o_proj.forward(&out)
     }

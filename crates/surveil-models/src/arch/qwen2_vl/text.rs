@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::TextConfig;
-use crate::layers::kernels::scaled_softmax;
+use crate::layers::kernels::{flash_attention, runs_cpu_kernel, scaled_softmax, KeyMask};
 use surveil_memory::QuantPolicy;
 
 use crate::layers::{KvCache, LayerKvCache, Linear, Logits, RmsNorm};
@@ -74,16 +74,31 @@ impl Attention {
         let rep = self.heads / self.kv_heads;
         let q = q.reshape((b, self.kv_heads, rep * s, d))?;
         let scale = 1.0 / (d as f32).sqrt();
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((b, self.kv_heads, rep, s, total))?
-                .broadcast_add(mask)?
-                .reshape((b, self.kv_heads, rep * s, total))?,
-            None => scores,
-        };
-        let probs = scaled_softmax(&scores, scale)?;
-        let out = probs.matmul(&v)?; // (b, kv_heads, rep*s, d)
+        let out = match mask {
+            // A prefill on the CPU: the fused kernel applies the causal mask itself (the one
+            // `forward_embeds` builds), row `r` at position `past + r % s`.
+            Some(_) if runs_cpu_kernel(&q) => flash_attention(
+                &q,
+                &k,
+                &v,
+                scale,
+                KeyMask::Causal {
+                    offset: total - s,
+                    period: s,
+                },
+            )?,
+            _ => {
+                let scores = q.matmul(&k.t()?)?;
+                let scores = match mask {
+                    Some(mask) => scores
+                        .reshape((b, self.kv_heads, rep, s, total))?
+                        .broadcast_add(mask)?
+                        .reshape((b, self.kv_heads, rep * s, total))?,
+                    None => scores,
+                };
+                scaled_softmax(&scores, scale)?.matmul(&v)?
+            }
+        }; // (b, kv_heads, rep*s, d)
         let out = out
             .reshape((b, self.heads, s, d))?
             .transpose(1, 2)?

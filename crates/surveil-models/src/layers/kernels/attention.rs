@@ -361,7 +361,7 @@ const SCORE_BLOCK_BYTES: usize = 16 << 20;
 /// memory); any other device or dtype runs [`full_attention_composed`].
 pub(crate) fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     if runs_cpu_kernel(q) && k.dim(2)? > 0 {
-        return super::flash::flash_attention(q, k, v, scale as f32);
+        return super::flash::flash_attention(q, k, v, scale as f32, super::flash::KeyMask::All);
     }
     full_attention_composed(q, k, v, scale)
 }

@@ -12,7 +12,7 @@ mod attention;
 mod flash;
 
 pub use attention::full_attention_composed;
-pub use flash::{flash_attention, flash_attention_with, FlashPath};
+pub use flash::{flash_attention, flash_attention_with, FlashPath, KeyMask};
 
 pub(crate) use attention::{
     packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax, RopeLayout,
