@@ -63,6 +63,24 @@ class Rounds(unittest.TestCase):
         self.assertEqual(len(clean), 2)
         self.assertTrue(any("not fit to quote" in n for n in notes))
 
+    def test_other_models_of_a_contaminated_round_are_kept(self):
+        other = dict(self.run_(0, "surveil", False, 9), model="k")
+        runs = [self.run_(0, "surveil", True, 1), self.run_(0, "llama.cpp", False, 2),
+                self.run_(1, "surveil", False, 3), self.run_(1, "llama.cpp", False, 4), other]
+        clean, notes = compare.clean_runs(runs, 0.05)
+        self.assertEqual(sorted((r["model"], r["round"]) for r in clean),
+                         [("k", 0), ("m", 1), ("m", 1)])
+        self.assertEqual(len(notes), 1)
+        self.assertIn("m: rounds discarded", notes[0])
+
+    def test_a_first_round_only_run_in_a_bad_round_is_kept_with_a_note(self):
+        once = dict(self.run_(0, "surveil", False, 5), quant="bf16")
+        runs = [self.run_(0, "surveil", True, 1), once, self.run_(1, "surveil", False, 3)]
+        clean, notes = compare.clean_runs(runs, 0.05)
+        self.assertEqual(sorted((r["quant"], r["round"]) for r in clean),
+                         [("4bit", 1), ("bf16", 0)])
+        self.assertTrue(any("m surveil bf16" in n and "not fit to quote" in n for n in notes))
+
     def test_failed_runs_are_not_figures(self):
         runs = [{"round": 0, "model": "m", "stack": "surveil", "quant": "4bit", "error": "x"},
                 self.run_(0, "llama.cpp", False)]
