@@ -8,7 +8,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use super::activations::QuantizedActivations;
-use super::kernels::{tile_outputs, MAX_ROWS_PER_CALL};
+use super::kernels::{tile_outputs, UnpackedTile, MAX_ROWS_PER_CALL};
 use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
 
 /// Activation rows that share one pass over a weight tile (the tile's `k` range stays in
@@ -130,24 +130,32 @@ pub(crate) unsafe fn tiles_times_rows<W: PackedWeight>(
 ) {
     let blocks = w.blocks_per_row();
     let mut res = [[0f32; TILE_ROWS]; MAX_ROWS_PER_CALL];
+    let mut unpacked = UnpackedTile::default();
     for panel in pairs.chunks(PANEL_ROWS) {
         for t in tiles.clone() {
             let tile = w.tile(t);
             let col = t * TILE_ROWS;
             let width = (w.rows() - col).min(TILE_ROWS);
+            // A panel of more rows than one call takes unpacks the tile once for all calls.
+            let ready = panel.len() > kernel.rows_per_call()
+                && unpacked.unpack(kernel, w.format(), tile, blocks);
             for group in panel.chunks(kernel.rows_per_call()) {
                 let mut acts = [x.row(group[0].0); MAX_ROWS_PER_CALL];
                 for (a, &(r, _)) in acts.iter_mut().zip(group) {
                     *a = x.row(r);
                 }
-                tile_outputs(
-                    kernel,
-                    w.format(),
-                    tile,
-                    blocks,
-                    &acts[..group.len()],
-                    &mut res,
-                );
+                if ready {
+                    unpacked.outputs(blocks, &acts[..group.len()], &mut res);
+                } else {
+                    tile_outputs(
+                        kernel,
+                        w.format(),
+                        tile,
+                        blocks,
+                        &acts[..group.len()],
+                        &mut res,
+                    );
+                }
                 for (vals, &(_, out_row)) in res.iter().zip(group) {
                     // SAFETY: the caller guarantees no concurrent writer of this tile's
                     // columns in `out_row`.

@@ -183,22 +183,26 @@ fn every_path_matches_the_reference_at_the_real_shapes() {
 
 #[test]
 fn simd_paths_equal_the_reference_bit_for_bit_today() {
-    // Same integer sums, same float operations in the same order (module docs).
+    // Same integer sums, same float operations in the same order (module docs). 3 rows take
+    // one micro-kernel call per tile; 9 and 70 rows (two panels) take the AVX-512 path's
+    // tile unpacked once per panel.
     let mut rng = Lcg(3);
     let (n, k) = (300, 4304);
     let q = PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();
-    let x = random_activations(&mut rng, 3, k);
-    let mut want = vec![0f32; 3 * n];
-    matmul_with(Kernel::Scalar, &q, &x, 3, &mut want, &pool(1)).unwrap();
-    for path in simd_paths() {
-        let mut got = vec![0f32; 3 * n];
-        matmul_with(path, &q, &x, 3, &mut got, &pool(1)).unwrap();
-        assert!(
-            got.iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{path:?}"
-        );
+    for m in [3, 9, 70] {
+        let x = random_activations(&mut rng, m, k);
+        let mut want = vec![0f32; m * n];
+        matmul_with(Kernel::Scalar, &q, &x, m, &mut want, &pool(1)).unwrap();
+        for path in simd_paths() {
+            let mut got = vec![0f32; m * n];
+            matmul_with(path, &q, &x, m, &mut got, &pool(2)).unwrap();
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{path:?} m={m}"
+            );
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::MoonVitConfig;
-use crate::layers::kernels::{packed_rope_attention, RopeLayout};
+use crate::layers::kernels::{packed_rope_attention, Activation, RopeLayout};
 use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -119,7 +119,9 @@ impl EncoderBlock {
             segments,
         )?;
         let x = (x + self.wo.forward(&attn)?)?;
-        let hdn = self.fc0.forward(&self.norm1.forward(&x)?)?.gelu()?;
+        let hdn = self
+            .fc0
+            .forward_act(&self.norm1.forward(&x)?, Activation::GeluTanh)?;
         Ok((x + self.fc1.forward(&hdn)?)?)
     }
 }

@@ -9,7 +9,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
 use super::config::VisionConfig;
-use crate::layers::kernels::{packed_rope_attention, quick_gelu, RopeLayout};
+use crate::layers::kernels::{packed_rope_attention, Activation, RopeLayout};
 use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -80,8 +80,9 @@ impl VisionBlock {
         let attn =
             packed_rope_attention(&qkv, self.num_heads, cos, sin, RopeLayout::Halves, segments)?;
         let x = (x + self.proj.forward(&attn)?)?;
-        let hdn = self.fc1.forward(&self.norm2.forward(&x)?)?;
-        let hdn = quick_gelu(&hdn)?;
+        let hdn = self
+            .fc1
+            .forward_act(&self.norm2.forward(&x)?, Activation::QuickGelu)?;
         Ok((x + self.fc2.forward(&hdn)?)?)
     }
 }

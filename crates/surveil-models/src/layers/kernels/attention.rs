@@ -239,6 +239,68 @@ fn parallel_map(src: &[f32], unit: usize, f: impl Fn(&[f32], &mut [f32]) + Sync)
     dst
 }
 
+/// `x · sigmoid(g(x))` in place, where `g` is `1.702 x` (quick GELU) or, for GELU's tanh
+/// form, `2·√(2/π)·(x + 0.044715 x³)` (`0.5 x (1 + tanh(u)) = x · sigmoid(2u)`), on up to
+/// candle's thread count for large slices.
+pub(crate) fn sigmoid_gate_in_place(y: &mut [f32], tanh_form: bool) {
+    let run = |part: &mut [f32]| {
+        if tanh_form {
+            gate_any::<true>(part)
+        } else {
+            gate_any::<false>(part)
+        }
+    };
+    let threads = candle_core::utils::get_num_threads().max(1);
+    if threads == 1 || y.len() < 1 << 15 {
+        run(y);
+        return;
+    }
+    let per = y.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = y.chunks_mut(per);
+        let first = parts.next();
+        for part in parts {
+            scope.spawn(move || run(part));
+        }
+        if let Some(part) = first {
+            run(part);
+        }
+    });
+}
+
+/// `√(2/π)`, GELU's tanh-form constant.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+#[inline(always)]
+fn gate_slice<const TANH: bool>(y: &mut [f32]) {
+    for x in y.iter_mut() {
+        let g = if TANH {
+            2.0 * SQRT_2_OVER_PI * (*x + 0.044_715 * *x * *x * *x)
+        } else {
+            1.702 * *x
+        };
+        *x /= 1.0 + exp_clamped(-g);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gate_avx2<const TANH: bool>(y: &mut [f32]) {
+    gate_slice::<TANH>(y)
+}
+
+fn gate_any<const TANH: bool>(y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { gate_avx2::<TANH>(y) };
+            return;
+        }
+    }
+    gate_slice::<TANH>(y)
+}
+
 struct QuickGelu;
 
 impl CustomOp1 for QuickGelu {

@@ -20,6 +20,41 @@ pub(crate) use attention::{
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
+/// An elementwise activation a linear layer can apply to its output
+/// ([`crate::layers::Linear::forward_act`]): fused into the tiled matmul's output pass on the
+/// CPU, a separate op elsewhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// None.
+    #[default]
+    Identity,
+    /// `x · sigmoid(1.702 x)` ([`quick_gelu`]).
+    QuickGelu,
+    /// GELU's tanh form `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (PyTorch's
+    /// `gelu(approximate="tanh")`, candle's `gelu`), computed as `x · sigmoid(2u)`.
+    GeluTanh,
+}
+
+impl Activation {
+    /// In place over f32 values.
+    pub(crate) fn apply_in_place(self, y: &mut [f32]) {
+        match self {
+            Self::Identity => {}
+            Self::QuickGelu => attention::sigmoid_gate_in_place(y, false),
+            Self::GeluTanh => attention::sigmoid_gate_in_place(y, true),
+        }
+    }
+
+    /// On a tensor (any device and dtype the op supports).
+    pub(crate) fn apply(self, x: Tensor) -> crate::Result<Tensor> {
+        match self {
+            Self::Identity => Ok(x),
+            Self::QuickGelu => quick_gelu(&x),
+            Self::GeluTanh => Ok(x.gelu()?),
+        }
+    }
+}
+
 /// Whether `x` goes to the fused CPU kernels: f32 on the CPU (a non-contiguous input is copied
 /// first). Anything else (another device, another dtype) takes the op's candle composition.
 pub(crate) fn runs_cpu_kernel(x: &Tensor) -> bool {

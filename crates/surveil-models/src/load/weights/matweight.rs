@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
+use crate::layers::kernels::Activation;
 use crate::quant::{
     bf16_matmul, grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8,
     PackedWeight, QuantError, QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
@@ -228,7 +229,7 @@ impl MatWeight {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             MatWeight::Candle(w) => Ok(candle_matmul(w, x)?),
-            MatWeight::Tiled(t) => Ok(tiled_forward(&[t], x)?.remove(0)),
+            MatWeight::Tiled(t) => Ok(tiled_forward(&[t], x, &[])?.remove(0)),
             MatWeight::Bf16(b) => b.forward(x),
         }
     }
@@ -295,11 +296,65 @@ fn candle_matmul(weight: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// What a tiled matmul applies to its output while the output is still its own buffer, in one
+/// pass and without a new tensor: `y = act(y + bias)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// `[n]`, added to every output row.
+    pub(crate) bias: Option<&'a [f32]>,
+    /// Applied after the bias.
+    pub(crate) act: Activation,
+}
+
+impl Epilogue<'_> {
+    /// Apply to `y`, rows of `n` values; rows split over candle's thread count.
+    fn apply(&self, y: &mut [f32], n: usize) -> Result<()> {
+        if let Some(b) = self.bias {
+            if b.len() != n {
+                return Err(ModelError::InvalidInput(format!(
+                    "bias of {} values for a matmul output of width {n}",
+                    b.len()
+                )));
+            }
+            let add = |rows: &mut [f32]| {
+                for row in rows.chunks_exact_mut(n) {
+                    row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                }
+            };
+            let threads = candle_core::utils::get_num_threads().max(1);
+            let rows = y.len() / n.max(1);
+            if threads == 1 || y.len() < 1 << 15 {
+                add(y);
+            } else {
+                let per = rows.div_ceil(threads) * n;
+                std::thread::scope(|scope| {
+                    let mut parts = y.chunks_mut(per);
+                    let first = parts.next();
+                    for part in parts {
+                        scope.spawn(move || add(part));
+                    }
+                    if let Some(part) = first {
+                        add(part);
+                    }
+                });
+            }
+        }
+        self.act.apply_in_place(y);
+        Ok(())
+    }
+}
+
 /// `x [..., k]` times each of `weights` (all of input width `k`): the activations are quantized
-/// once and shared, one `[..., n_i]` f32 output per weight.
+/// once and shared, one `[..., n_i]` f32 output per weight, with `epilogues[i]` (when given)
+/// applied to output `i` before it becomes a tensor.
 ///
-/// Errors: `x` not on the CPU; a weight of another input width; the kernels' errors.
-pub(crate) fn tiled_forward(weights: &[&TiledWeight], x: &Tensor) -> Result<Vec<Tensor>> {
+/// Errors: `x` not on the CPU; a weight of another input width; a bias of another width; the
+/// kernels' errors.
+pub(crate) fn tiled_forward(
+    weights: &[&TiledWeight],
+    x: &Tensor,
+    epilogues: &[Epilogue<'_>],
+) -> Result<Vec<Tensor>> {
     if !x.device().is_cpu() {
         return Err(ModelError::Unsupported(format!(
             "a weight in a CPU tile layout was given an input on {:?}",
@@ -331,10 +386,14 @@ pub(crate) fn tiled_forward(weights: &[&TiledWeight], x: &Tensor) -> Result<Vec<
     };
     weights
         .iter()
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
             let n = w.packed.rows();
             let mut y = vec![0f32; rows * n];
             w.packed.matmul(&acts, &mut y, &w.pool)?;
+            if let Some(e) = epilogues.get(i) {
+                e.apply(&mut y, n)?;
+            }
             let mut out = dims.clone();
             if let Some(last) = out.last_mut() {
                 *last = n;

@@ -143,6 +143,65 @@ pub(crate) fn tile_outputs(
     }
 }
 
+/// A Q4 tile unpacked once for a panel of activation rows ([`UnpackedTile::unpack`]), on the
+/// paths that gain from it (AVX-512 VNNI: the nibble split and the f16 widening of each block
+/// leave the micro-kernel's loop).
+#[derive(Default)]
+pub(crate) struct UnpackedTile {
+    #[cfg(target_arch = "x86_64")]
+    blocks: Vec<x86::UnpackedBlock>,
+}
+
+impl UnpackedTile {
+    /// Unpack `tile` (`blocks` blocks in `format`) for `kernel`. `false` when the path has no
+    /// unpacked form (then use [`tile_outputs`]).
+    pub(crate) fn unpack(
+        &mut self,
+        kernel: Kernel,
+        format: WeightFormat,
+        tile: &[u8],
+        blocks: usize,
+    ) -> bool {
+        match (kernel, format) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Vnni, WeightFormat::Q4) => {
+                x86::unpack_tile(tile, blocks, &mut self.blocks)
+            }
+            _ => {
+                let _ = (tile, blocks);
+                false
+            }
+        }
+    }
+
+    /// [`tile_outputs`] on the tile last unpacked (by `unpack` returning `true`): the same
+    /// outputs, bit for bit.
+    pub(crate) fn outputs(
+        &self,
+        blocks: usize,
+        rows: &[ActRow<'_>],
+        out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+    ) {
+        assert!(
+            rows.len() <= MAX_ROWS_PER_CALL,
+            "too many rows for one call"
+        );
+        for r in rows {
+            assert!(
+                r.q.len() >= blocks * BLOCK && r.d.len() >= blocks && r.sum.len() >= blocks,
+                "activation row shorter than the weight's blocks"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        x86::tile_outputs_unpacked_avx512(&self.blocks, blocks, rows, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (blocks, rows, out);
+            unreachable!("no unpacked tile path on this architecture");
+        }
+    }
+}
+
 /// [`QuantError::Length`] when `found` is under `expected`.
 fn at_least(what: &'static str, expected: usize, found: usize) -> Result<(), QuantError> {
     if found < expected {

@@ -195,6 +195,141 @@ pub(super) fn tile_outputs_avx512(
     }
 }
 
+/// One tile block unpacked for [`tile_unpacked_avx512`]: the eight `u8` operands of
+/// [`unpack_avx512`], then the 16 rows' scales `d` and minimums `m` widened to f32.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct UnpackedBlock {
+    w: [[u8; 64]; 8],
+    d: [f32; TILE_ROWS],
+    m: [f32; TILE_ROWS],
+}
+
+impl UnpackedBlock {
+    pub(crate) const ZERO: Self = Self {
+        w: [[0; 64]; 8],
+        d: [0.0; TILE_ROWS],
+        m: [0.0; TILE_ROWS],
+    };
+}
+
+/// Unpack the `blocks` blocks of a Q4 tile into `dst` (one [`UnpackedBlock`] each), so that a
+/// panel of activation rows pays the nibble unpacking and the f16 widening once per tile
+/// instead of once per micro-kernel call.
+///
+/// # Safety
+/// AVX-512F/BW available; `tile` points to `blocks` tile blocks; `dst` has `blocks` entries.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn unpack_tile_avx512(tile: *const u8, blocks: usize, dst: *mut UnpackedBlock) {
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` lies inside the tile and `dst` (the contract); the tile
+        // block has its quants at 0..256, d at 256, m at 288; `UnpackedBlock` is 64-aligned.
+        unsafe {
+            let tb = tile.add(b * TILE_BLOCK_BYTES);
+            let out = dst.add(b);
+            let w = unpack_avx512(tb);
+            for (i, v) in w.iter().enumerate() {
+                _mm512_store_si512((*out).w[i].as_mut_ptr().cast(), *v);
+            }
+            _mm512_store_ps(
+                (*out).d.as_mut_ptr(),
+                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(D_OFFSET).cast())),
+            );
+            _mm512_store_ps(
+                (*out).m.as_mut_ptr(),
+                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(M_OFFSET).cast())),
+            );
+        }
+    }
+}
+
+/// [`tile_avx512`] on a tile unpacked by [`unpack_tile_avx512`]: the same integer and float
+/// operations in the same order (so the same bits), the weights loaded ready instead of
+/// unpacked.
+///
+/// # Safety
+/// AVX-512F/BW/VNNI available; `un` points to `blocks` unpacked blocks; every row has
+/// `blocks` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_unpacked_avx512<const R: usize>(
+    un: *const UnpackedBlock,
+    blocks: usize,
+    rows: [RowPtrs; R],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` of `un` (the contract); 64-aligned.
+        let (w, dw, mw) = unsafe {
+            let ub = un.add(b);
+            let mut w = [_mm512_setzero_si512(); 8];
+            for (i, v) in w.iter_mut().enumerate() {
+                *v = _mm512_load_si512((*ub).w[i].as_ptr().cast());
+            }
+            (
+                w,
+                _mm512_load_ps((*ub).d.as_ptr()),
+                _mm512_load_ps((*ub).m.as_ptr()),
+            )
+        };
+        for (a, row) in acc.iter_mut().zip(rows) {
+            // SAFETY: block `b` of every row exists (the contract).
+            let (dot, (dx, sx)) =
+                unsafe { (idot_avx512(&w, row.q.add(b * BLOCK)), block_scales(row, b)) };
+            let dot = _mm512_cvtepi32_ps(dot);
+            *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
+            *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *a);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
+/// Unpack a Q4 tile of `blocks` blocks into `dst` (resized to `blocks`) for
+/// [`tile_outputs_unpacked_avx512`]. Returns `false` (and leaves `dst` alone) when the CPU
+/// lacks the features or `tile` is short.
+pub(super) fn unpack_tile(tile: &[u8], blocks: usize, dst: &mut Vec<UnpackedBlock>) -> bool {
+    if !Kernel::Avx512Vnni.is_available() || tile.len() < blocks * TILE_BLOCK_BYTES {
+        return false;
+    }
+    dst.resize(blocks, UnpackedBlock::ZERO);
+    // SAFETY: features and tile length checked above; `dst` has `blocks` entries.
+    unsafe { unpack_tile_avx512(tile.as_ptr(), blocks, dst.as_mut_ptr()) };
+    true
+}
+
+/// [`tile_outputs_avx512`] on a tile unpacked by [`unpack_tile`]: same outputs, bit for bit.
+///
+/// # Panics
+/// When `un` has fewer than `blocks` entries or the CPU lacks the features (callers unpack
+/// with [`unpack_tile`] first, which checks both).
+pub(super) fn tile_outputs_unpacked_avx512(
+    un: &[UnpackedBlock],
+    blocks: usize,
+    rows: &[ActRow<'_>],
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    assert!(
+        un.len() >= blocks && Kernel::Avx512Vnni.is_available(),
+        "tile not unpacked"
+    );
+    let u = un.as_ptr();
+    let r = |i: usize| RowPtrs::new(&rows[i]);
+    // SAFETY: features and `un` checked above; `super::tile_outputs_unpacked` checked the
+    // rows hold `blocks` blocks.
+    unsafe {
+        match rows.len() {
+            0 => {}
+            1 => tile_unpacked_avx512::<1>(u, blocks, [r(0)], out),
+            2 => tile_unpacked_avx512::<2>(u, blocks, [r(0), r(1)], out),
+            3 => tile_unpacked_avx512::<3>(u, blocks, [r(0), r(1), r(2)], out),
+            _ => tile_unpacked_avx512::<4>(u, blocks, [r(0), r(1), r(2), r(3)], out),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // AVX2
 // ---------------------------------------------------------------------------------------------
