@@ -428,8 +428,14 @@ pub(crate) fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> 
     full_attention_composed(q, k, v, scale)
 }
 
-/// [`full_attention`] as candle ops for any device and dtype: `Q Kᵀ` by candle's matmul,
-/// [`scaled_softmax`], then `P V`, in query row chunks that bound the score matrix.
+/// Unmasked softmax attention as candle ops, for any device and dtype: `q` `(1, H, n, d)`
+/// against `k`, `v` `(1, H, m, d)`, returns `(1, H, n, d)`. `Q Kᵀ` by candle's matmul, the
+/// scaled softmax (the polynomial-`exp` kernel on f32 CPU tensors, candle-nn's elsewhere), then
+/// `P V`, in query row chunks that bound the score matrix to 16 MB. What the fused
+/// [`super::flash_attention`] replaces on the CPU, and what runs on other devices.
+///
+/// # Errors
+/// Shapes that do not multiply; candle's errors.
 pub fn full_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (_, heads, n, _) = q.dims4()?;
     let m = k.dim(2)?;
