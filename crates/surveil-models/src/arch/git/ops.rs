@@ -2,13 +2,15 @@
 //!
 //! On the CPU with contiguous f32 input, the activations run as fused kernels
 //! (one pass over memory, rows split over threads); on any other device, dtype or layout they
-//! run as candle's ops with the same math ([`activate_composed`]). The attention is candle ops
-//! on every device.
+//! run as candle's ops with the same math ([`activate_composed`]). The attention runs the
+//! fused CPU kernels on f32 CPU tensors and candle ops elsewhere.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::config::Activation;
-use crate::layers::kernels::{contiguous_f32, for_rows, runs_cpu_kernel};
+use crate::layers::kernels::{
+    contiguous_f32, flash_attention, for_rows, runs_cpu_kernel, scaled_softmax, KeyMask,
+};
 use crate::Result;
 
 /// Apply `act` elementwise to `x` (any shape); the result has `x`'s shape, dtype and device.
@@ -109,6 +111,21 @@ pub(crate) fn attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    if runs_cpu_kernel(q) {
+        if mask.is_none() && q.dim(2)? > 1 && k.dim(2)? > 0 {
+            // Several queries that see every key (the vision tower): the fused kernel.
+            return flash_attention(q, k, v, scale as f32, KeyMask::All);
+        }
+        // The softmax kernel (polynomial `exp`) instead of candle-nn's libm one. GIT's mask
+        // holds 0 and -inf only (`decoder_mask`), so softmax(scale·(S + M)) is
+        // softmax(scale·S + M).
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        return Ok(scaled_softmax(&scores, scale as f32)?.matmul(v)?);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
 use super::ops::{activate, attention, merge_heads, split_qkv};
+use crate::layers::kernels::Activation as FusedActivation;
 use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -94,9 +95,12 @@ impl VisionLayer {
         let a = merge_heads(&attention(&q, &k, &v, None, self.scale)?)?;
         let x = (x + self.out_proj.forward(&a)?)?;
         let h = self.layer_norm2.forward(&x)?;
-        let h = self
-            .fc2
-            .forward(&activate(&self.fc1.forward(&h)?, self.act)?)?;
+        let h = match self.act {
+            // Applied in the tiled matmul's output pass.
+            Activation::QuickGelu => self.fc1.forward_act(&h, FusedActivation::QuickGelu)?,
+            act => activate(&self.fc1.forward(&h)?, act)?,
+        };
+        let h = self.fc2.forward(&h)?;
         Ok((x + h)?)
     }
 }

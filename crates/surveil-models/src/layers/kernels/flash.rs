@@ -830,7 +830,12 @@ impl CustomOp3 for FlashAttention {
             dv,
             mask: self.mask,
         };
-        let threads = candle_core::utils::get_num_threads();
+        // A small call is not worth a thread start: about 8 M multiply-adds per thread at
+        // least (git-base's 197-token tower, 30 M, takes up to 4).
+        let work = heads * n * m * dk.max(dv);
+        let threads = candle_core::utils::get_num_threads()
+            .min(work.div_ceil(1 << 23))
+            .max(1);
         let out = attention_f32(q, k, v, dims, self.scale, self.path, threads);
         let mut shape = qd.to_vec();
         shape[rank - 1] = dv;
