@@ -250,22 +250,7 @@ pub(crate) fn sigmoid_gate_in_place(y: &mut [f32], tanh_form: bool) {
             gate_any::<false>(part)
         }
     };
-    let threads = candle_core::utils::get_num_threads().max(1);
-    if threads == 1 || y.len() < 1 << 15 {
-        run(y);
-        return;
-    }
-    let per = y.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let mut parts = y.chunks_mut(per);
-        let first = parts.next();
-        for part in parts {
-            scope.spawn(move || run(part));
-        }
-        if let Some(part) = first {
-            run(part);
-        }
-    });
+    super::for_chunks_mut(y, 1, run);
 }
 
 /// `√(2/π)`, GELU's tanh-form constant.

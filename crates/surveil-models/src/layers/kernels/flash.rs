@@ -516,24 +516,38 @@ mod avx512 {
     }
 }
 
-/// One task: queries `q0..q0 + rows` of a head (`q` those rows, `rows × dk`), against the
-/// head's packed `kt` and `vp`; writes `out` (`rows × dv`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn query_block(
-    dims: &Dims,
-    q: &[f32],
+/// One task's inputs: its queries (`rows × dk`), the index of the first of them within the
+/// head, the head's packed `Kᵀ` and `V`, and the factor the queries are scaled by.
+#[derive(Clone, Copy)]
+struct Task<'a> {
+    q: &'a [f32],
     rows: usize,
     q0: usize,
-    kt: &[f32],
-    vp: &[f32],
+    kt: &'a [f32],
+    vp: &'a [f32],
     qscale: f32,
+}
+
+/// One task: queries `q0..q0 + rows` of a head against the head's packed keys and values,
+/// with the given micro-tiles; writes `out` (`rows × dv`).
+#[inline(always)]
+fn query_block(
+    dims: &Dims,
+    task: Task<'_>,
     out: &mut [f32],
     sc: &mut Scratch,
     s_tile: impl Fn(&[f32], usize, &[f32], &mut [f32]),
     pv_tile: impl Fn(&[f32], &[f32], usize, &mut [f32], &[f32]),
     softmax: impl Fn(&[f32; KB], &mut [f32; KB], &mut f32, &mut f32) -> f32,
 ) {
+    let Task {
+        q,
+        rows,
+        q0,
+        kt,
+        vp,
+        qscale,
+    } = task;
     let (dk, dv, dvp, m) = (dims.dk, dims.dv, dims.dvp(), dims.m);
     // Rows rounded up to whole micro-tiles; the padding rows are zero queries, dropped at the end.
     let tiles = rows.div_ceil(SR);
@@ -612,21 +626,10 @@ fn query_block(
 }
 
 /// [`query_block`] on the plain-Rust tiles, for any CPU.
-fn query_block_portable(
-    dims: &Dims,
-    args: (&[f32], usize, usize, &[f32], &[f32], f32),
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
-    let (q, rows, q0, kt, vp, qscale) = args;
+fn query_block_portable(dims: &Dims, task: Task<'_>, out: &mut [f32], sc: &mut Scratch) {
     query_block(
         dims,
-        q,
-        rows,
-        q0,
-        kt,
-        vp,
-        qscale,
+        task,
         out,
         sc,
         s_tile_portable,
@@ -639,25 +642,14 @@ fn query_block_portable(
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn query_block_avx2(
-    dims: &Dims,
-    args: (&[f32], usize, usize, &[f32], &[f32], f32),
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
+unsafe fn query_block_avx2(dims: &Dims, task: Task<'_>, out: &mut [f32], sc: &mut Scratch) {
     // The portable tiles, compiled with 256-bit vectors and FMA: closures defined here take
     // this function's target features (function items would be called through shims
     // compiled without them).
-    let (q, rows, q0, kt, vp, qscale) = args;
     #[allow(clippy::redundant_closure)]
     query_block(
         dims,
-        q,
-        rows,
-        q0,
-        kt,
-        vp,
-        qscale,
+        task,
         out,
         sc,
         |q, dk, kt, s| s_tile_portable(q, dk, kt, s),
@@ -670,21 +662,10 @@ unsafe fn query_block_avx2(
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn query_block_avx512(
-    dims: &Dims,
-    args: (&[f32], usize, usize, &[f32], &[f32], f32),
-    out: &mut [f32],
-    sc: &mut Scratch,
-) {
-    let (q, rows, q0, kt, vp, qscale) = args;
+unsafe fn query_block_avx512(dims: &Dims, task: Task<'_>, out: &mut [f32], sc: &mut Scratch) {
     query_block(
         dims,
-        q,
-        rows,
-        q0,
-        kt,
-        vp,
-        qscale,
+        task,
         out,
         sc,
         // SAFETY: AVX-512F is enabled for this function (the caller checked the CPU); the
@@ -757,22 +738,22 @@ fn attention_f32(
         |sc, (h, q0, ob)| {
             let rows = ob.len() / dv;
             let qh = &q[(h * n + q0) * dk..(h * n + q0 + rows) * dk];
-            let args = (
-                qh,
+            let task = Task {
+                q: qh,
                 rows,
                 q0,
-                &kt[h * dims.kt_len()..(h + 1) * dims.kt_len()],
-                &vp[h * dims.vp_len()..(h + 1) * dims.vp_len()],
+                kt: &kt[h * dims.kt_len()..(h + 1) * dims.kt_len()],
+                vp: &vp[h * dims.vp_len()..(h + 1) * dims.vp_len()],
                 qscale,
-            );
+            };
             match path {
                 // SAFETY: callers pass only paths whose CPU features are present
                 // (`FlashPath::is_available`).
                 #[cfg(target_arch = "x86_64")]
-                FlashPath::Avx512 => unsafe { query_block_avx512(&dims, args, ob, sc) },
+                FlashPath::Avx512 => unsafe { query_block_avx512(&dims, task, ob, sc) },
                 #[cfg(target_arch = "x86_64")]
-                FlashPath::Avx2 => unsafe { query_block_avx2(&dims, args, ob, sc) },
-                FlashPath::Portable => query_block_portable(&dims, args, ob, sc),
+                FlashPath::Avx2 => unsafe { query_block_avx2(&dims, task, ob, sc) },
+                FlashPath::Portable => query_block_portable(&dims, task, ob, sc),
             }
         },
     );

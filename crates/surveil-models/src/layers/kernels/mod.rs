@@ -100,6 +100,29 @@ pub(crate) fn for_rows(
     });
 }
 
+/// Run `f` in place over `y` split into whole units of `unit` values, on up to candle's thread
+/// count when `y` is large.
+pub(crate) fn for_chunks_mut(y: &mut [f32], unit: usize, f: impl Fn(&mut [f32]) + Sync) {
+    let units = y.len() / unit.max(1);
+    let threads = candle_core::utils::get_num_threads().clamp(1, units.max(1));
+    if threads == 1 || y.len() < PARALLEL_MIN_ELEMS {
+        f(y);
+        return;
+    }
+    let per = units.div_ceil(threads) * unit.max(1);
+    std::thread::scope(|scope| {
+        let mut parts = y.chunks_mut(per);
+        let first = parts.next();
+        for part in parts {
+            let f = &f;
+            scope.spawn(move || f(part));
+        }
+        if let Some(part) = first {
+            f(part);
+        }
+    });
+}
+
 /// The f32 data of a contiguous CPU tensor.
 pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
-use crate::layers::kernels::Activation;
+use crate::layers::kernels::{for_chunks_mut, Activation};
 use crate::quant::{
     bf16_matmul, grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8,
     PackedWeight, QuantError, QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
@@ -316,28 +316,11 @@ impl Epilogue<'_> {
                     b.len()
                 )));
             }
-            let add = |rows: &mut [f32]| {
+            for_chunks_mut(y, n, |rows| {
                 for row in rows.chunks_exact_mut(n) {
                     row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
                 }
-            };
-            let threads = candle_core::utils::get_num_threads().max(1);
-            let rows = y.len() / n.max(1);
-            if threads == 1 || y.len() < 1 << 15 {
-                add(y);
-            } else {
-                let per = rows.div_ceil(threads) * n;
-                std::thread::scope(|scope| {
-                    let mut parts = y.chunks_mut(per);
-                    let first = parts.next();
-                    for part in parts {
-                        scope.spawn(move || add(part));
-                    }
-                    if let Some(part) = first {
-                        add(part);
-                    }
-                });
-            }
+            });
         }
         self.act.apply_in_place(y);
         Ok(())

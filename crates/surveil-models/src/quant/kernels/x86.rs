@@ -130,6 +130,41 @@ pub(super) fn block_dots_avx512(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS
     out
 }
 
+/// Adds block `b` of each row to its accumulator: the eight `vpdpbusd` against the unpacked
+/// block `w`, then `dot · d_w·d_x + m_w · (d_x Σq_x)` in two FMAs (the scalar path's order).
+///
+/// # Safety
+/// AVX-512F/BW/VNNI available; block `b` of every row exists.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn accumulate_rows<const R: usize>(
+    acc: &mut [__m512; R],
+    w: &[__m512i; 8],
+    dw: __m512,
+    mw: __m512,
+    rows: [RowPtrs; R],
+    b: usize,
+) {
+    for (a, row) in acc.iter_mut().zip(rows) {
+        // SAFETY: block `b` of the row exists (the caller's contract).
+        let (dot, (dx, sx)) =
+            unsafe { (idot_avx512(w, row.q.add(b * BLOCK)), block_scales(row, b)) };
+        let dot = _mm512_cvtepi32_ps(dot);
+        *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
+        *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *a);
+    }
+}
+
+/// The `R` rows' 16 outputs into `out`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn store_rows<const R: usize>(acc: &[__m512; R], out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL]) {
+    for (o, &a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+}
+
 /// `R` activation rows against one tile: unpack each tile block once, then per row eight
 /// `vpdpbusd`, one `vcvtdq2ps` and two FMAs into that row's 16 f32 accumulators.
 ///
@@ -155,19 +190,10 @@ unsafe fn tile_avx512<const R: usize>(
                 _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(M_OFFSET).cast())),
             )
         };
-        for (a, row) in acc.iter_mut().zip(rows) {
-            // SAFETY: block `b` of every row exists (module contract).
-            let (dot, (dx, sx)) =
-                unsafe { (idot_avx512(&w, row.q.add(b * BLOCK)), block_scales(row, b)) };
-            let dot = _mm512_cvtepi32_ps(dot);
-            *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
-            *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *a);
-        }
+        // SAFETY: block `b` of every row exists (the contract).
+        unsafe { accumulate_rows(&mut acc, &w, dw, mw, rows, b) };
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: `o` is 16 writable f32.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
-    }
+    store_rows(&acc, out);
 }
 
 /// See [`super::tile_outputs`]; falls back to the scalar path if the CPU lacks the features.
@@ -272,19 +298,10 @@ unsafe fn tile_unpacked_avx512<const R: usize>(
                 _mm512_load_ps((*ub).m.as_ptr()),
             )
         };
-        for (a, row) in acc.iter_mut().zip(rows) {
-            // SAFETY: block `b` of every row exists (the contract).
-            let (dot, (dx, sx)) =
-                unsafe { (idot_avx512(&w, row.q.add(b * BLOCK)), block_scales(row, b)) };
-            let dot = _mm512_cvtepi32_ps(dot);
-            *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
-            *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *a);
-        }
+        // SAFETY: block `b` of every row exists (the contract).
+        unsafe { accumulate_rows(&mut acc, &w, dw, mw, rows, b) };
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: `o` is 16 writable f32.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
-    }
+    store_rows(&acc, out);
 }
 
 /// Unpack a Q4 tile of `blocks` blocks into `dst` (resized to `blocks`) for
