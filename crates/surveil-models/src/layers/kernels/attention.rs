@@ -1,5 +1,7 @@
-//! Attention helpers: a scaled row softmax and quick-GELU with fused CPU kernels, and chunked
-//! softmax attention built on candle's matmuls.
+//! Attention helpers: a scaled row softmax, quick-GELU and GELU's tanh form (in place, for the
+//! linears' output pass) with fused CPU kernels, the packed-image attention of the vision
+//! towers (rope, then [`full_attention`]: the fused kernel of `flash.rs` on f32 CPU tensors,
+//! chunked softmax attention on candle's matmuls elsewhere).
 //!
 //! candle's `softmax_last_dim` evaluates `exp` one element at a time through libm; for the
 //! vision tower (16 heads × 2268² scores per block, 32 blocks) that alone costs more than all
