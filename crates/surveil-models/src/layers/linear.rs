@@ -41,6 +41,20 @@ pub struct Linear {
     offsets: Vec<usize>,
     /// Rows of `weight`: the parts' outputs plus zero padding.
     rows: usize,
+    /// `bias` as host f32 values, kept when the weight is in a CPU tile layout: its matmul's
+    /// output pass adds them (read once at load, not per call).
+    host_bias: Option<Arc<[f32]>>,
+}
+
+/// The bias as host f32 values when `weight` is in a CPU tile layout (whose matmul adds it in
+/// its output pass); `None` otherwise, or when the bias cannot be read as f32 values (then the
+/// layer adds it as an op).
+fn host_bias(weight: &MatWeight, bias: Option<&Tensor>) -> Option<Arc<[f32]>> {
+    weight.tiled()?;
+    let values = bias?
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|b| b.to_vec1::<f32>());
+    values.ok().map(Arc::from)
 }
 
 impl Linear {
@@ -48,12 +62,14 @@ impl Linear {
     pub fn new(weight: impl Into<MatWeight>, bias: Option<Tensor>) -> Self {
         let weight = weight.into();
         let rows = weight.rows();
+        let host_bias = host_bias(&weight, bias.as_ref());
         Self {
             weight,
             bias,
             splits: vec![rows],
             offsets: vec![0],
             rows,
+            host_bias,
         }
     }
 
@@ -146,12 +162,14 @@ impl Linear {
         } else {
             None
         };
+        let host_bias = host_bias(&weight, bias.as_ref());
         Ok(Self {
             weight,
             bias,
             splits,
             offsets,
             rows,
+            host_bias,
         })
     }
 
@@ -178,9 +196,8 @@ impl Linear {
             x.contiguous()?
         };
         if let Some(t) = self.single_tiled() {
-            let bias = self.bias_values()?;
             let epilogue = Epilogue {
-                bias: bias.as_deref(),
+                bias: self.host_bias.as_deref(),
                 act,
             };
             return Ok(tiled_forward(&[t], &x, &[epilogue])?.remove(0));
@@ -188,9 +205,13 @@ impl Linear {
         act.apply(self.finish(self.weight.forward(&x)?)?)
     }
 
-    /// The weight in a CPU tile layout when the layer is one part without padding rows: its
-    /// matmul output is the layer's output before the bias.
+    /// The weight in a CPU tile layout when the layer is one part without padding rows (its
+    /// matmul output is the layer's output before the bias) and its bias, if any, is on the
+    /// host.
     fn single_tiled(&self) -> Option<&TiledWeight> {
+        if self.bias.is_some() && self.host_bias.is_none() {
+            return None;
+        }
         match (
             &self.weight,
             self.splits.as_slice(),
@@ -201,14 +222,6 @@ impl Linear {
             }
             _ => None,
         }
-    }
-
-    /// The bias as host f32 values (`[Σ out_i]`), when the layer has one.
-    fn bias_values(&self) -> Result<Option<Vec<f32>>> {
-        Ok(match &self.bias {
-            Some(b) => Some(b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?),
-            None => None,
-        })
     }
 
     /// Apply linears that share the input `x` `[..., in]`: in the CPU tile layouts the input is
@@ -223,14 +236,10 @@ impl Linear {
         {
             if linears.iter().all(|l| l.single_tiled().is_some()) {
                 // Each bias added in its matmul's output pass.
-                let biases = linears
+                let epilogues: Vec<Epilogue<'_>> = linears
                     .iter()
-                    .map(|l| l.bias_values())
-                    .collect::<Result<Vec<_>>>()?;
-                let epilogues: Vec<Epilogue<'_>> = biases
-                    .iter()
-                    .map(|b| Epilogue {
-                        bias: b.as_deref(),
+                    .map(|l| Epilogue {
+                        bias: l.host_bias.as_deref(),
                         act: Activation::Identity,
                     })
                     .collect();
@@ -573,6 +582,7 @@ mod tests {
                 splits: vec![32, 7],
                 offsets: vec![0, 32],
                 rows,
+                host_bias: None,
             };
             let d = max_abs_diff(&ours.forward(&x).unwrap(), &fused.forward(&x).unwrap());
             assert_eq!(d, 0.0, "{policy:?}");
