@@ -1,10 +1,13 @@
 //! [`QuantizedActivations`]: the input rows of a quantized matmul, 8 bits per value per block.
 
-use super::{QuantError, BLOCK};
+use std::ops::Range;
+
+use super::{QuantError, ThreadPool, BLOCK};
 
 /// Activations `x [rows, k]` quantized per 32-block of each row: `x ≈ d·q`, `q ∈ −127..=127`
-/// (`i8`), `d = max|x|/127` (f32), plus each block's `Σ q` (i32) for the weights' minimum term
-/// (GGML `Q8_1` in spirit). `k` is padded to a multiple of 32 with `q = 0`.
+/// (`i8`), `d = max|x|/127` (f32), plus each block's `Σ q` (i32) and `d·Σq` (f32, the factor of
+/// a 4-bit weight's minimum term, computed once here rather than in every kernel call) (GGML
+/// `Q8_1` in spirit). `k` is padded to a multiple of 32 with `q = 0`.
 ///
 /// A NaN or infinity in a block makes that block's `d` NaN (and its `q` and sum 0), so the
 /// outputs that read it are NaN, as an f32 matmul's would be.
@@ -16,15 +19,33 @@ pub struct QuantizedActivations {
     q: Vec<i8>,
     d: Vec<f32>,
     sum: Vec<i32>,
+    sx: Vec<f32>,
 }
 
-/// One quantized row: `blocks × 32` values, `blocks` scales and sums.
+/// One quantized row: `blocks × 32` values, `blocks` scales, sums and `d·Σq`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ActRow<'a> {
     pub(crate) q: &'a [i8],
     pub(crate) d: &'a [f32],
     pub(crate) sum: &'a [i32],
+    /// `d·Σq` per block, `d[b] * sum[b] as f32`.
+    pub(crate) sx: &'a [f32],
 }
+
+/// Values (`rows × k`) below which quantizing on one thread beats waking the pool.
+const PARALLEL_MIN_VALUES: usize = 1 << 16;
+
+/// The row-major buffers of [`QuantizedActivations`] as raw pointers, for parts of a pool job
+/// that each write their own rows.
+struct RowsOut {
+    q: *mut i8,
+    d: *mut f32,
+    sum: *mut i32,
+    sx: *mut f32,
+}
+
+// SAFETY: every part of the job writes a disjoint range of rows (see `requantize_on`).
+unsafe impl Sync for RowsOut {}
 
 impl QuantizedActivations {
     /// Quantize `x [rows, cols]` (row-major f32).
@@ -39,6 +60,32 @@ impl QuantizedActivations {
     /// [`QuantizedActivations::quantize`] into this value's buffers (no allocation when they
     /// are large enough already).
     pub fn requantize(&mut self, x: &[f32], rows: usize, cols: usize) -> Result<(), QuantError> {
+        self.requantize_on(x, rows, cols, None)
+    }
+
+    /// [`QuantizedActivations::quantize`] with the rows split over `pool` when there are many
+    /// (at least 64 Ki values): the same bytes as on one thread.
+    ///
+    /// Errors: `x.len() != rows × cols` ([`QuantError::Length`]); a part panicked
+    /// ([`QuantError::JobPanicked`]).
+    pub fn quantize_on(
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        pool: &ThreadPool,
+    ) -> Result<Self, QuantError> {
+        let mut a = Self::default();
+        a.requantize_on(x, rows, cols, Some(pool))?;
+        Ok(a)
+    }
+
+    fn requantize_on(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        cols: usize,
+        pool: Option<&ThreadPool>,
+    ) -> Result<(), QuantError> {
         if Some(x.len()) != rows.checked_mul(cols) {
             return Err(QuantError::Length {
                 what: "activations",
@@ -56,20 +103,53 @@ impl QuantizedActivations {
         self.d.resize(rows * blocks, 0.0);
         self.sum.clear();
         self.sum.resize(rows * blocks, 0);
-        if blocks == 0 {
+        self.sx.clear();
+        self.sx.resize(rows * blocks, 0.0);
+        if blocks == 0 || rows == 0 {
             return Ok(());
         }
-        for (r, x_row) in x.chunks_exact(cols).enumerate() {
-            let span = r * blocks..(r + 1) * blocks;
-            let q_row = &mut self.q[span.start * BLOCK..span.end * BLOCK];
-            for (((xb, qb), d), s) in x_row
-                .chunks(BLOCK)
-                .zip(q_row.chunks_exact_mut(BLOCK))
-                .zip(&mut self.d[span.clone()])
-                .zip(&mut self.sum[span])
-            {
-                (*d, *s) = quantize_block_fast(xb, qb);
+        let out = RowsOut {
+            q: self.q.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            sum: self.sum.as_mut_ptr(),
+            sx: self.sx.as_mut_ptr(),
+        };
+        // The whole struct (not its fields, which are not `Sync`) is what the closure borrows.
+        let out = &out;
+        let one_part = |span: Range<usize>| {
+            for r in span {
+                let b0 = r * blocks;
+                // SAFETY: row `r` < `rows` lies inside the buffers sized above; no other part
+                // writes it.
+                let (q_row, d_row, sum_row, sx_row) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(out.q.add(b0 * BLOCK), blocks * BLOCK),
+                        std::slice::from_raw_parts_mut(out.d.add(b0), blocks),
+                        std::slice::from_raw_parts_mut(out.sum.add(b0), blocks),
+                        std::slice::from_raw_parts_mut(out.sx.add(b0), blocks),
+                    )
+                };
+                let x_row = &x[r * cols..(r + 1) * cols];
+                for ((((xb, qb), d), s), sx) in x_row
+                    .chunks(BLOCK)
+                    .zip(q_row.chunks_exact_mut(BLOCK))
+                    .zip(d_row)
+                    .zip(sum_row)
+                    .zip(sx_row)
+                {
+                    (*d, *s) = quantize_block_fast(xb, qb);
+                    *sx = *d * *s as f32;
+                }
             }
+        };
+        match pool {
+            Some(pool) if pool.threads() > 1 && rows > 1 && x.len() >= PARALLEL_MIN_VALUES => {
+                let parts = pool.threads().min(rows);
+                pool.run(parts, |p| {
+                    one_part(rows * p / parts..rows * (p + 1) / parts)
+                })?;
+            }
+            _ => one_part(0..rows),
         }
         Ok(())
     }
@@ -96,6 +176,7 @@ impl QuantizedActivations {
             q: &self.q[r * b * BLOCK..(r + 1) * b * BLOCK],
             d: &self.d[r * b..(r + 1) * b],
             sum: &self.sum[r * b..(r + 1) * b],
+            sx: &self.sx[r * b..(r + 1) * b],
         }
     }
 
@@ -236,6 +317,7 @@ mod tests {
         assert!(row.q[40..].iter().all(|&q| q == 0));
         let s: i32 = row.q[32..64].iter().map(|&q| i32::from(q)).sum();
         assert_eq!(row.sum[1], s);
+        assert_eq!(row.sx[1].to_bits(), (row.d[1] * s as f32).to_bits());
         for (a, b) in a.dequantize().iter().zip(&x) {
             assert!((a - b).abs() <= 20.0 / 127.0 / 2.0 * 1.0001, "{a} vs {b}");
         }
@@ -263,6 +345,23 @@ mod tests {
                 assert_eq!(da.to_bits(), db.to_bits(), "{x:?}");
                 assert_eq!((qa, sa), (qb, sb), "{x:?}");
             }
+        }
+    }
+
+    #[test]
+    fn quantizing_on_a_pool_gives_the_same_bytes() {
+        use crate::quant::test_data::Lcg;
+        let mut rng = Lcg(7);
+        let pool = ThreadPool::new(3).unwrap();
+        for (rows, cols) in [(1, 70_000), (5, 20_000), (301, 1280), (2, 33)] {
+            let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal()).collect();
+            let one = QuantizedActivations::quantize(&x, rows, cols).unwrap();
+            let many = QuantizedActivations::quantize_on(&x, rows, cols, &pool).unwrap();
+            assert_eq!(one.q, many.q);
+            assert_eq!(one.sum, many.sum);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one.d), bits(&many.d));
+            assert_eq!(bits(&one.sx), bits(&many.sx));
         }
     }
 

@@ -1,7 +1,7 @@
 //! The grouped expert GEMV of a mixture-of-experts layer: many (expert, token) pairs in one
 //! pool job, reading only the experts that were chosen, each once per call.
 
-use super::matmul::{part_count, part_range, tiles_times_rows, SharedOut};
+use super::matmul::{pack_rows, part_count, part_range, tiles_times_rows, SharedOut};
 use super::{Kernel, PackedWeight, QuantError, QuantizedActivations, ThreadPool};
 
 /// One routed pair of a mixture-of-experts layer: activation row `row` goes through expert
@@ -93,12 +93,17 @@ pub fn grouped_expert_gemv<W: PackedWeight>(
         let parts = part_count(work, tiles, pool.threads());
         items.extend((0..parts).map(|p| (g, part_range(tiles, parts, p))));
     }
+    let packed = groups
+        .iter()
+        .map(|(e, pairs)| pack_rows(kernel, &experts[*e], x, pairs, pool))
+        .collect::<Result<Vec<_>, _>>()?;
     let out = SharedOut::new(y, n);
     pool.run(items.len(), |i| {
         let (g, ref range) = items[i];
         let (e, pairs) = &groups[g];
+        let packed = packed[g].as_ref();
         // SAFETY: each route's output row belongs to one group, and a group's items cover
         // disjoint tile ranges, so no two items write the same outputs.
-        unsafe { tiles_times_rows(kernel, &experts[*e], x, pairs, range.clone(), &out) }
+        unsafe { tiles_times_rows(kernel, &experts[*e], x, pairs, packed, range.clone(), &out) }
     })
 }

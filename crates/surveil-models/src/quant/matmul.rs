@@ -8,12 +8,13 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use super::activations::QuantizedActivations;
-use super::kernels::{tile_outputs, UnpackedTile, MAX_ROWS_PER_CALL};
+use super::kernels::{tile_outputs, PackedRows, UnpackedTile, GROUP_ROWS, MAX_ROWS_PER_CALL};
 use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
 
 /// Activation rows that share one pass over a weight tile (the tile's `k` range stays in
-/// L1/L2 while they run): 64 rows of `k = 1536` are 98 KB of activations.
-pub(crate) const PANEL_ROWS: usize = 64;
+/// L1/L2 while they run): 60 rows of `k = 1536` are 92 KB of activations. A multiple of every
+/// path's rows per call (2, 4 and [`GROUP_ROWS`]).
+pub(crate) const PANEL_ROWS: usize = 60;
 
 /// Work (weight bytes × activation rows) below which a part is not worth a thread wake-up:
 /// waking a parked worker costs the caller a few microseconds (a futex call), about the time
@@ -87,6 +88,7 @@ pub fn matmul_quantized<W: PackedWeight>(
         });
     }
     let pairs: Vec<(usize, usize)> = (0..x.rows()).map(|r| (r, r)).collect();
+    let packed = pack_rows(kernel, w, x, &pairs, pool)?;
     let out = SharedOut::new(y, w.rows());
     let parts = part_count(
         w.bytes().saturating_mul(pairs.len()),
@@ -94,9 +96,28 @@ pub fn matmul_quantized<W: PackedWeight>(
         pool.threads(),
     );
     pool.run(parts, |p| {
+        let tiles = part_range(w.tiles(), parts, p);
         // SAFETY: parts cover disjoint tile ranges, so no two write the same outputs.
-        unsafe { tiles_times_rows(kernel, w, x, &pairs, part_range(w.tiles(), parts, p), &out) }
+        unsafe { tiles_times_rows(kernel, w, x, &pairs, packed.as_ref(), tiles, &out) }
     })
+}
+
+/// The activation rows of `pairs` packed for the unpacked-tile kernel, when `kernel` has one
+/// for `w`'s format and there are more rows than one plain call takes; else `None`.
+///
+/// Errors: a part of the packing panicked ([`QuantError::JobPanicked`]).
+pub(crate) fn pack_rows<W: PackedWeight>(
+    kernel: Kernel,
+    w: &W,
+    x: &QuantizedActivations,
+    pairs: &[(usize, usize)],
+    pool: &ThreadPool,
+) -> Result<Option<PackedRows>, QuantError> {
+    if pairs.len() <= kernel.rows_per_call() || !UnpackedTile::available(kernel, w.format()) {
+        return Ok(None);
+    }
+    let rows: Vec<usize> = pairs.iter().map(|&(r, _)| r).collect();
+    PackedRows::pack(x, &rows, PANEL_ROWS, pool).map(Some)
 }
 
 /// How many parts to split `tiles` row tiles into for `work` = weight bytes × rows.
@@ -116,7 +137,9 @@ pub(crate) fn part_range(tiles: usize, parts: usize, p: usize) -> Range<usize> {
 
 /// The outputs `(act_row, out_row)` of `pairs` for the tiles `tiles` of `w`: for each panel
 /// of rows, each tile, each group of rows one micro-kernel call, written to `out` row
-/// `out_row`, columns of the tile (cut at `n`).
+/// `out_row`, columns of the tile (cut at `n`). With `packed` (the rows of `pairs` packed by
+/// [`pack_rows`]), a panel of more rows than one plain call takes unpacks each tile once and
+/// runs the unpacked-tile kernel on groups of [`GROUP_ROWS`].
 ///
 /// # Safety
 /// No concurrent call writes the same `(out_row, tile)` of `out`.
@@ -125,28 +148,43 @@ pub(crate) unsafe fn tiles_times_rows<W: PackedWeight>(
     w: &W,
     x: &QuantizedActivations,
     pairs: &[(usize, usize)],
+    packed: Option<&PackedRows>,
     tiles: Range<usize>,
     out: &SharedOut<'_>,
 ) {
     let blocks = w.blocks_per_row();
     let mut res = [[0f32; TILE_ROWS]; MAX_ROWS_PER_CALL];
     let mut unpacked = UnpackedTile::default();
-    for panel in pairs.chunks(PANEL_ROWS) {
+    for (p, panel) in pairs.chunks(PANEL_ROWS).enumerate() {
         for t in tiles.clone() {
             let tile = w.tile(t);
             let col = t * TILE_ROWS;
             let width = (w.rows() - col).min(TILE_ROWS);
-            // A panel of more rows than one call takes unpacks the tile once for all calls.
-            let ready = panel.len() > kernel.rows_per_call()
-                && unpacked.unpack(kernel, w.format(), tile, blocks);
-            for group in panel.chunks(kernel.rows_per_call()) {
-                let mut acts = [x.row(group[0].0); MAX_ROWS_PER_CALL];
-                for (a, &(r, _)) in acts.iter_mut().zip(group) {
-                    *a = x.row(r);
-                }
-                if ready {
-                    unpacked.outputs(blocks, &acts[..group.len()], &mut res);
+            let grouped = match packed {
+                Some(packed) if panel.len() > kernel.rows_per_call() => unpacked
+                    .unpack(kernel, w.format(), tile, blocks)
+                    .then_some(packed),
+                _ => None,
+            };
+            let per_call = if grouped.is_some() {
+                GROUP_ROWS
+            } else {
+                kernel.rows_per_call()
+            };
+            for (g, group) in panel.chunks(per_call).enumerate() {
+                if let Some(packed) = grouped {
+                    let first = p * PANEL_ROWS + g * GROUP_ROWS;
+                    unpacked.outputs(
+                        blocks,
+                        packed.group(first, group.len()),
+                        group.len(),
+                        &mut res,
+                    );
                 } else {
+                    let mut acts = [x.row(group[0].0); MAX_ROWS_PER_CALL];
+                    for (a, &(r, _)) in acts.iter_mut().zip(group) {
+                        *a = x.row(r);
+                    }
                     tile_outputs(
                         kernel,
                         w.format(),

@@ -183,13 +183,14 @@ fn every_path_matches_the_reference_at_the_real_shapes() {
 
 #[test]
 fn simd_paths_equal_the_reference_bit_for_bit_today() {
-    // Same integer sums, same float operations in the same order (module docs). 3 rows take
-    // one micro-kernel call per tile; 9 and 70 rows (two panels) take the AVX-512 path's
-    // tile unpacked once per panel.
+    // Same integer sums, same float operations in the same order (module docs). Up to 4 rows
+    // take plain micro-kernel calls per tile; more take the AVX-512 path's tile unpacked once
+    // per panel and its packed row groups of 6: full and short groups, one panel and several
+    // (61, 70, 127 rows over panels of 60).
     let mut rng = Lcg(3);
     let (n, k) = (300, 4304);
     let q = PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();
-    for m in [3, 9, 70] {
+    for m in [3, 5, 6, 7, 9, 13, 61, 70, 127] {
         let x = random_activations(&mut rng, m, k);
         let mut want = vec![0f32; m * n];
         matmul_with(Kernel::Scalar, &q, &x, m, &mut want, &pool(1)).unwrap();
@@ -383,6 +384,43 @@ fn grouped_expert_gemv_matches_each_expert_alone() {
     assert!(matches!(err, QuantError::Shape(_)), "{err}");
     let mut y = vec![0f32; 0];
     grouped_expert_gemv(Kernel::Scalar, &ws, &xq, &[], &mut y, &pool(1)).unwrap();
+}
+
+#[test]
+fn grouped_expert_prefill_takes_the_packed_rows_bit_for_bit() {
+    // A prefill: 23 tokens, each routed to expert 5 and to one of experts 0..3, so that every
+    // expert used gets more rows than one plain call takes (packed row groups, short last
+    // group), listed out of token order.
+    let mut rng = Lcg(12);
+    let (experts, k, n) = (6, 1408, 40);
+    let ws: Vec<PackedQ4> = (0..experts)
+        .map(|_| PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap())
+        .collect();
+    let tokens = 23;
+    let x = random_activations(&mut rng, tokens, k);
+    let xq = QuantizedActivations::quantize(&x, tokens, k).unwrap();
+    let routes: Vec<ExpertRoute> = (0..tokens)
+        .rev()
+        .flat_map(|t| {
+            [
+                ExpertRoute { expert: 5, row: t },
+                ExpertRoute {
+                    expert: t % 3,
+                    row: t,
+                },
+            ]
+        })
+        .collect();
+    let mut want = vec![f32::NAN; routes.len() * n];
+    grouped_expert_gemv(Kernel::Scalar, &ws, &xq, &routes, &mut want, &pool(1)).unwrap();
+    for path in simd_paths() {
+        let mut y = vec![f32::NAN; routes.len() * n];
+        grouped_expert_gemv(path, &ws, &xq, &routes, &mut y, &pool(2)).unwrap();
+        assert!(
+            y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{path:?}"
+        );
+    }
 }
 
 /// [`magnitudes`] for 8-bit weights: `Σ_i |ŵ_i|·|x̂_i|` ≥ `Σ_blocks |d_w·d_x·dot|`.

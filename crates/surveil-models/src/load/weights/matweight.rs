@@ -365,7 +365,10 @@ pub(crate) fn tiled_forward(
                 ))
             }
         };
-        QuantizedActivations::quantize(data, rows, k)?
+        match weights.first() {
+            Some(w) => QuantizedActivations::quantize_on(data, rows, k, &w.pool)?,
+            None => return Ok(Vec::new()),
+        }
     };
     weights
         .iter()
@@ -463,7 +466,7 @@ fn swiglu_experts<W: PackedWeight>(
             d0.cols()
         )));
     }
-    let acts = QuantizedActivations::quantize(x, tokens, hidden)?;
+    let acts = QuantizedActivations::quantize_on(x, tokens, hidden, pool)?;
     let routes: Vec<ExpertRoute> = pairs
         .iter()
         .map(|p| ExpertRoute {
@@ -479,7 +482,7 @@ fn swiglu_experts<W: PackedWeight>(
     for (gv, uv) in g.iter_mut().zip(&u) {
         *gv = *gv / (1.0 + (-*gv).exp()) * uv;
     }
-    let hidden_acts = QuantizedActivations::quantize(&g, pairs.len(), inner)?;
+    let hidden_acts = QuantizedActivations::quantize_on(&g, pairs.len(), inner, pool)?;
     let routes: Vec<ExpertRoute> = pairs
         .iter()
         .enumerate()

@@ -9,9 +9,9 @@ mod x86;
 
 use std::sync::OnceLock;
 
-use super::activations::ActRow;
+use super::activations::{ActRow, QuantizedActivations};
 use super::packed_q8::{q8_tile_bytes, Q8_QUANT_BYTES};
-use super::{QuantError, WeightFormat, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+use super::{QuantError, ThreadPool, WeightFormat, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
 /// One implementation of the 4-bit kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,8 +98,16 @@ impl Kernel {
     }
 }
 
+/// Rows of one call of the unpacked-tile kernel ([`UnpackedTile::outputs`]): six rows are
+/// twelve independent `vpdpbusd` chains, enough to cover the instruction's latency at two per
+/// cycle (four rows' eight chains leave the units idle a third of the time).
+pub(crate) const GROUP_ROWS: usize = 6;
+
 /// Most activation rows of one micro-kernel call, over all paths.
-pub(crate) const MAX_ROWS_PER_CALL: usize = 4;
+pub(crate) const MAX_ROWS_PER_CALL: usize = 6;
+
+/// Bytes of one row's block in a [`PackedRows`] group: 32 quants, `d` and `d·Σq` (f32).
+pub(crate) const GROUP_BLOCK_BYTES: usize = BLOCK + 8;
 
 /// The outputs of one tile for up to [`MAX_ROWS_PER_CALL`] activation rows: `out[r][j]` =
 /// row `r` of `x` · row `j` of the tile. `tile` is the tile's bytes in `format`; every row
@@ -123,7 +131,10 @@ pub(crate) fn tile_outputs(
     );
     for r in rows {
         assert!(
-            r.q.len() >= blocks * BLOCK && r.d.len() >= blocks && r.sum.len() >= blocks,
+            r.q.len() >= blocks * BLOCK
+                && r.d.len() >= blocks
+                && r.sum.len() >= blocks
+                && r.sx.len() >= blocks,
             "activation row shorter than the weight's blocks"
         );
     }
@@ -153,6 +164,11 @@ pub(crate) struct UnpackedTile {
 }
 
 impl UnpackedTile {
+    /// Whether `kernel` has an unpacked form of `format`'s tiles on this CPU.
+    pub(crate) fn available(kernel: Kernel, format: WeightFormat) -> bool {
+        matches!((kernel, format), (Kernel::Avx512Vnni, WeightFormat::Q4)) && kernel.is_available()
+    }
+
     /// Unpack `tile` (`blocks` blocks in `format`) for `kernel`. `false` when the path has no
     /// unpacked form (then use [`tile_outputs`]).
     pub(crate) fn unpack(
@@ -174,30 +190,106 @@ impl UnpackedTile {
         }
     }
 
-    /// [`tile_outputs`] on the tile last unpacked (by `unpack` returning `true`): the same
-    /// outputs, bit for bit.
+    /// [`tile_outputs`] on the tile last unpacked (by `unpack` returning `true`) for the
+    /// `rows` rows of one group of a [`PackedRows`] (`group`, from [`PackedRows::group`]): the
+    /// same outputs, bit for bit.
     pub(crate) fn outputs(
         &self,
         blocks: usize,
-        rows: &[ActRow<'_>],
+        group: &[u8],
+        rows: usize,
         out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
     ) {
-        assert!(
-            rows.len() <= MAX_ROWS_PER_CALL,
-            "too many rows for one call"
-        );
-        for r in rows {
-            assert!(
-                r.q.len() >= blocks * BLOCK && r.d.len() >= blocks && r.sum.len() >= blocks,
-                "activation row shorter than the weight's blocks"
-            );
-        }
         #[cfg(target_arch = "x86_64")]
-        x86::tile_outputs_unpacked_avx512(&self.blocks, blocks, rows, out);
+        x86::tile_outputs_grouped_avx512(&self.blocks, blocks, group, rows, out);
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (blocks, rows, out);
+            let _ = (blocks, group, rows, out);
             unreachable!("no unpacked tile path on this architecture");
+        }
+    }
+}
+
+/// Quantized activation rows repacked for the unpacked-tile kernel: the rows of a matmul, in
+/// the order it takes them, cut into groups of up to [`GROUP_ROWS`] (a panel's rows, then the
+/// next panel's), each group stored block-major: for each block, the group's 32-byte quant
+/// blocks row after row, then their `d`, then their `d·Σq`. One pointer then reaches every
+/// row's block (the GotoBLAS packing of the A panel).
+///
+/// A group that starts at the `i`-th row taken starts at byte `i · blocks · 40`.
+#[derive(Default)]
+pub(crate) struct PackedRows {
+    data: Vec<u8>,
+    blocks: usize,
+}
+
+impl PackedRows {
+    /// Pack the activation rows `rows` (in the order a matmul takes them, cut into panels of
+    /// `panel` rows and groups of [`GROUP_ROWS`]) of `x`, over `pool`.
+    ///
+    /// Errors: a part panicked ([`QuantError::JobPanicked`]).
+    pub(crate) fn pack(
+        x: &QuantizedActivations,
+        rows: &[usize],
+        panel: usize,
+        pool: &ThreadPool,
+    ) -> Result<Self, QuantError> {
+        let blocks = x.blocks_per_row();
+        let row_bytes = blocks * GROUP_BLOCK_BYTES;
+        let mut data = vec![0u8; rows.len() * row_bytes];
+        // Groups as (first row taken, rows): a panel's groups, then the next panel's.
+        let mut groups = Vec::with_capacity(rows.len().div_ceil(GROUP_ROWS) + 1);
+        for (p, chunk) in rows.chunks(panel.max(1)).enumerate() {
+            for (g, group) in chunk.chunks(GROUP_ROWS).enumerate() {
+                groups.push((p * panel + g * GROUP_ROWS, group.len()));
+            }
+        }
+        let dst = SharedBytes(data.as_mut_ptr());
+        let dst = &dst;
+        let parts = pool.threads().min(groups.len()).max(1);
+        pool.run(parts, |part| {
+            let range = groups.len() * part / parts..groups.len() * (part + 1) / parts;
+            for &(first, n) in &groups[range] {
+                // SAFETY: group `first..first + n` owns bytes `first·row_bytes ..
+                // (first + n)·row_bytes` of `data`, which no other group touches.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(dst.0.add(first * row_bytes), n * row_bytes)
+                };
+                pack_group(x, &rows[first..first + n], out);
+            }
+        })?;
+        Ok(Self { data, blocks })
+    }
+
+    /// The bytes of the group whose first row is the `first`-th row taken, of `rows` rows.
+    pub(crate) fn group(&self, first: usize, rows: usize) -> &[u8] {
+        let row_bytes = self.blocks * GROUP_BLOCK_BYTES;
+        &self.data[first * row_bytes..(first + rows) * row_bytes]
+    }
+}
+
+/// A mutable byte buffer whose disjoint ranges several parts of a pool job write.
+struct SharedBytes(*mut u8);
+
+// SAFETY: the parts of `PackedRows::pack` write disjoint ranges.
+unsafe impl Sync for SharedBytes {}
+
+/// One group: for each block, the rows' quants, then their `d`, then their `d·Σq`.
+fn pack_group(x: &QuantizedActivations, rows: &[usize], out: &mut [u8]) {
+    let n = rows.len();
+    let act: Vec<ActRow<'_>> = rows.iter().map(|&r| x.row(r)).collect();
+    for (b, dst) in out.chunks_exact_mut(n * GROUP_BLOCK_BYTES).enumerate() {
+        let (q, scales) = dst.split_at_mut(n * BLOCK);
+        let (d, sx) = scales.split_at_mut(4 * n);
+        for (i, a) in act.iter().enumerate() {
+            for (o, &v) in q[i * BLOCK..(i + 1) * BLOCK]
+                .iter_mut()
+                .zip(&a.q[b * BLOCK..(b + 1) * BLOCK])
+            {
+                *o = v as u8;
+            }
+            d[4 * i..4 * i + 4].copy_from_slice(&a.d[b].to_ne_bytes());
+            sx[4 * i..4 * i + 4].copy_from_slice(&a.sx[b].to_ne_bytes());
         }
     }
 }

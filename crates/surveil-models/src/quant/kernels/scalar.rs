@@ -39,7 +39,7 @@ pub(super) fn tile_outputs(
         {
             let dots = block_dots(tb, &x.q[b * BLOCK..(b + 1) * BLOCK]);
             let dx = x.d[b];
-            let sx = dx * x.sum[b] as f32;
+            let sx = x.sx[b];
             for (j, (a, &dot)) in acc.iter_mut().zip(&dots).enumerate() {
                 let dw = read_f16(tb, D_OFFSET, j);
                 let mw = read_f16(tb, M_OFFSET, j);

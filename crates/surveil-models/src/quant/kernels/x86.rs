@@ -3,9 +3,10 @@
 //!
 //! Safety contract of every `unsafe fn` here: the CPU has the features of its
 //! `#[target_feature]` (the safe wrappers check [`Kernel::is_available`]), `tile` points to
-//! the `blocks` blocks of its format (Q4: `blocks × 320` bytes; Q8: `blocks × 544`), and each activation row to `blocks × 32` `i8`, `blocks` f32
-//! scales and `blocks` i32 sums (the wrappers take them from slices checked by
-//! [`super::tile_outputs`]).
+//! the `blocks` blocks of its format (Q4: `blocks × 320` bytes; Q8: `blocks × 544`), and each
+//! activation row to `blocks × 32` `i8` and `blocks` f32 scales, i32 sums and f32 `d·Σq` (the
+//! wrappers take them from slices checked by [`super::tile_outputs`]), or a packed row group
+//! to `blocks × rows × 40` bytes ([`super::PackedRows`]).
 
 use std::arch::x86_64::*;
 
@@ -14,7 +15,7 @@ use crate::quant::packed_q4::{D_OFFSET, M_OFFSET};
 use crate::quant::packed_q8::{Q8_QUANT_BYTES, Q8_SCALE_BYTES};
 use crate::quant::{Kernel, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
 
-use super::MAX_ROWS_PER_CALL;
+use super::{GROUP_BLOCK_BYTES, MAX_ROWS_PER_CALL};
 
 /// Tile blocks the Q4 kernels prefetch ahead of the one they compute (2.5 KB at 8): enough
 /// lines in flight to cover DRAM latency in the decode GEMV, where each weight byte is read
@@ -39,6 +40,12 @@ struct RowPtrs {
     q: *const i8,
     d: *const f32,
     sum: *const i32,
+    sx: *const f32,
+}
+
+/// The first `R` rows as pointers (`rows` has at least `R`).
+fn row_ptrs<const R: usize>(rows: &[ActRow<'_>]) -> [RowPtrs; R] {
+    std::array::from_fn(|i| RowPtrs::new(&rows[i]))
 }
 
 impl RowPtrs {
@@ -47,6 +54,7 @@ impl RowPtrs {
             q: row.q.as_ptr(),
             d: row.d.as_ptr(),
             sum: row.sum.as_ptr(),
+            sx: row.sx.as_ptr(),
         }
     }
 }
@@ -61,15 +69,14 @@ unsafe fn quad(q: *const i8, at: usize) -> i32 {
     unsafe { q.add(at).cast::<i32>().read_unaligned() }
 }
 
-/// `(d_x, d_x·Σq_x)` of block `b` of a row, computed as the scalar path does.
+/// `(d_x, d_x·Σq_x)` of block `b` of a row, as quantization stored them.
 ///
 /// # Safety
 /// Block `b` exists in `row`.
 #[inline(always)]
 unsafe fn block_scales(row: RowPtrs, b: usize) -> (f32, f32) {
-    // SAFETY: the caller guarantees block `b` is inside the row's scale and sum arrays.
-    let (dx, sum) = unsafe { (*row.d.add(b), *row.sum.add(b)) };
-    (dx, dx * sum as f32)
+    // SAFETY: the caller guarantees block `b` is inside the row's scale arrays.
+    unsafe { (*row.d.add(b), *row.sx.add(b)) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,6 +140,11 @@ pub(super) fn block_dots_avx512(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS
 /// Adds block `b` of each row to its accumulator: the eight `vpdpbusd` against the unpacked
 /// block `w`, then `dot · d_w·d_x + m_w · (d_x Σq_x)` in two FMAs (the scalar path's order).
 ///
+/// The `vpdpbusd` are issued chunk-major over the rows (`lo`/`hi` of row 0, of row 1, …, then
+/// the next chunk), so that neighbouring instructions belong to independent chains: each
+/// chain waits the instruction's latency (5 cycles) between its steps, and with the rows
+/// interleaved the scheduler finds other work in that time without looking far ahead.
+///
 /// # Safety
 /// AVX-512F/BW/VNNI available; block `b` of every row exists.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -145,13 +157,26 @@ unsafe fn accumulate_rows<const R: usize>(
     rows: [RowPtrs; R],
     b: usize,
 ) {
-    for (a, row) in acc.iter_mut().zip(rows) {
+    let mut lo = [_mm512_setzero_si512(); R];
+    let mut hi = [_mm512_setzero_si512(); R];
+    for c in 0..4 {
+        for r in 0..R {
+            // SAFETY: block `b` of the row exists (the caller's contract); offsets 4c and
+            // 16+4c (+4) stay inside its 32 bytes.
+            let (xl, xh) = unsafe {
+                let xq = rows[r].q.add(b * BLOCK);
+                (quad(xq, 4 * c), quad(xq, 16 + 4 * c))
+            };
+            lo[r] = _mm512_dpbusd_epi32(lo[r], w[2 * c], _mm512_set1_epi32(xl));
+            hi[r] = _mm512_dpbusd_epi32(hi[r], w[2 * c + 1], _mm512_set1_epi32(xh));
+        }
+    }
+    for r in 0..R {
         // SAFETY: block `b` of the row exists (the caller's contract).
-        let (dot, (dx, sx)) =
-            unsafe { (idot_avx512(w, row.q.add(b * BLOCK)), block_scales(row, b)) };
-        let dot = _mm512_cvtepi32_ps(dot);
-        *a = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), *a);
-        *a = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *a);
+        let (dx, sx) = unsafe { block_scales(rows[r], b) };
+        let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
+        acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[r]);
+        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc[r]);
     }
 }
 
@@ -207,16 +232,15 @@ pub(super) fn tile_outputs_avx512(
         return super::scalar::tile_outputs(tile, blocks, rows, out);
     }
     let t = tile.as_ptr();
-    let r = |i: usize| RowPtrs::new(&rows[i]);
     // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
     // `blocks` blocks.
     unsafe {
         match rows.len() {
             0 => {}
-            1 => tile_avx512::<1>(t, blocks, [r(0)], out),
-            2 => tile_avx512::<2>(t, blocks, [r(0), r(1)], out),
-            3 => tile_avx512::<3>(t, blocks, [r(0), r(1), r(2)], out),
-            _ => tile_avx512::<4>(t, blocks, [r(0), r(1), r(2), r(3)], out),
+            1 => tile_avx512::<1>(t, blocks, row_ptrs(rows), out),
+            2 => tile_avx512::<2>(t, blocks, row_ptrs(rows), out),
+            3 => tile_avx512::<3>(t, blocks, row_ptrs(rows), out),
+            _ => tile_avx512::<4>(t, blocks, row_ptrs(rows), out),
         }
     }
 }
@@ -269,18 +293,65 @@ unsafe fn unpack_tile_avx512(tile: *const u8, blocks: usize, dst: *mut UnpackedB
     }
 }
 
-/// [`tile_avx512`] on a tile unpacked by [`unpack_tile_avx512`]: the same integer and float
-/// operations in the same order (so the same bits), the weights loaded ready instead of
-/// unpacked.
+/// Adds block `b` of a group of `R` packed rows ([`super::PackedRows`]: per block the rows'
+/// 32 quants, then their `d`, then their `d·Σq`, at `grp`) to the accumulators, as
+/// [`accumulate_rows`] does for separate rows: the same operations in the same order.
 ///
 /// # Safety
-/// AVX-512F/BW/VNNI available; `un` points to `blocks` unpacked blocks; every row has
-/// `blocks` blocks.
+/// AVX-512F/BW/VNNI available; `grp` points to the group's `blocks` packed blocks, `b` below.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_unpacked_avx512<const R: usize>(
+#[inline]
+unsafe fn accumulate_group<const R: usize>(
+    acc: &mut [__m512; R],
+    w: &[__m512i; 8],
+    dw: __m512,
+    mw: __m512,
+    grp: *const u8,
+    b: usize,
+) {
+    // SAFETY: block `b` of the group lies inside it (the caller's contract): `R × 32` quant
+    // bytes, then `R` f32 scales, then `R` f32 `d·Σq`.
+    let base = unsafe { grp.add(b * R * GROUP_BLOCK_BYTES) };
+    let q = base.cast::<i8>();
+    let scales = base.wrapping_add(R * BLOCK).cast::<f32>();
+    let mut lo = [_mm512_setzero_si512(); R];
+    let mut hi = [_mm512_setzero_si512(); R];
+    for c in 0..4 {
+        for r in 0..R {
+            // SAFETY: row `r`'s 32 quants are at `q + 32r` (contract).
+            let (xl, xh) = unsafe { (quad(q, 32 * r + 4 * c), quad(q, 32 * r + 16 + 4 * c)) };
+            lo[r] = _mm512_dpbusd_epi32(lo[r], w[2 * c], _mm512_set1_epi32(xl));
+            hi[r] = _mm512_dpbusd_epi32(hi[r], w[2 * c + 1], _mm512_set1_epi32(xh));
+        }
+    }
+    for r in 0..R {
+        // SAFETY: the `R` scales then the `R` `d·Σq` follow the quants (contract); unaligned
+        // reads, as the packing does not align them.
+        let (dx, sx) = unsafe {
+            (
+                scales.add(r).read_unaligned(),
+                scales.add(R + r).read_unaligned(),
+            )
+        };
+        let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
+        acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[r]);
+        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc[r]);
+    }
+}
+
+/// [`tile_avx512`] on a tile unpacked by [`unpack_tile_avx512`] and a group of `R` rows packed
+/// together ([`super::PackedRows`]): the same integer and float operations in the same order
+/// (so the same bits), the weights loaded ready instead of unpacked, and every row's block
+/// found from one pointer (six rows' separate pointers would not fit the general registers).
+///
+/// # Safety
+/// AVX-512F/BW/VNNI available; `un` points to `blocks` unpacked blocks; `grp` to a group of
+/// `R` rows of `blocks` packed blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_grouped_avx512<const R: usize>(
     un: *const UnpackedBlock,
     blocks: usize,
-    rows: [RowPtrs; R],
+    grp: *const u8,
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
     let mut acc = [_mm512_setzero_ps(); R];
@@ -298,8 +369,8 @@ unsafe fn tile_unpacked_avx512<const R: usize>(
                 _mm512_load_ps((*ub).m.as_ptr()),
             )
         };
-        // SAFETY: block `b` of every row exists (the contract).
-        unsafe { accumulate_rows(&mut acc, &w, dw, mw, rows, b) };
+        // SAFETY: block `b` of the group exists (the contract).
+        unsafe { accumulate_group(&mut acc, &w, dw, mw, grp, b) };
     }
     store_rows(&acc, out);
 }
@@ -317,32 +388,39 @@ pub(super) fn unpack_tile(tile: &[u8], blocks: usize, dst: &mut Vec<UnpackedBloc
     true
 }
 
-/// [`tile_outputs_avx512`] on a tile unpacked by [`unpack_tile`]: same outputs, bit for bit.
+/// [`tile_outputs_avx512`] on a tile unpacked by [`unpack_tile`], for the `rows` rows of a
+/// group packed at `group` ([`super::PackedRows`]): same outputs, bit for bit.
 ///
 /// # Panics
-/// When `un` has fewer than `blocks` entries or the CPU lacks the features (callers unpack
-/// with [`unpack_tile`] first, which checks both).
-pub(super) fn tile_outputs_unpacked_avx512(
+/// When `un` has fewer than `blocks` entries, `group` is shorter than `rows` rows of `blocks`
+/// blocks, `rows` is over [`MAX_ROWS_PER_CALL`], or the CPU lacks the features (callers
+/// unpack with [`unpack_tile`] first, which checks them).
+pub(super) fn tile_outputs_grouped_avx512(
     un: &[UnpackedBlock],
     blocks: usize,
-    rows: &[ActRow<'_>],
+    group: &[u8],
+    rows: usize,
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
     assert!(
         un.len() >= blocks && Kernel::Avx512Vnni.is_available(),
         "tile not unpacked"
     );
-    let u = un.as_ptr();
-    let r = |i: usize| RowPtrs::new(&rows[i]);
-    // SAFETY: features and `un` checked above; `super::tile_outputs_unpacked` checked the
-    // rows hold `blocks` blocks.
+    assert!(
+        rows <= MAX_ROWS_PER_CALL && group.len() >= rows * blocks * GROUP_BLOCK_BYTES,
+        "row group shorter than its blocks"
+    );
+    let (u, g) = (un.as_ptr(), group.as_ptr());
+    // SAFETY: features, `un` and the group's length checked above.
     unsafe {
-        match rows.len() {
+        match rows {
             0 => {}
-            1 => tile_unpacked_avx512::<1>(u, blocks, [r(0)], out),
-            2 => tile_unpacked_avx512::<2>(u, blocks, [r(0), r(1)], out),
-            3 => tile_unpacked_avx512::<3>(u, blocks, [r(0), r(1), r(2)], out),
-            _ => tile_unpacked_avx512::<4>(u, blocks, [r(0), r(1), r(2), r(3)], out),
+            1 => tile_grouped_avx512::<1>(u, blocks, g, out),
+            2 => tile_grouped_avx512::<2>(u, blocks, g, out),
+            3 => tile_grouped_avx512::<3>(u, blocks, g, out),
+            4 => tile_grouped_avx512::<4>(u, blocks, g, out),
+            5 => tile_grouped_avx512::<5>(u, blocks, g, out),
+            _ => tile_grouped_avx512::<6>(u, blocks, g, out),
         }
     }
 }
@@ -601,16 +679,15 @@ pub(super) fn tile_outputs_q8_avx512(
         return super::scalar::tile_outputs_q8(tile, blocks, rows, out);
     }
     let t = tile.as_ptr();
-    let r = |i: usize| RowPtrs::new(&rows[i]);
     // SAFETY: features checked above; `super::tile_outputs` checked the tile and rows hold
     // `blocks` blocks.
     unsafe {
         match rows.len() {
             0 => {}
-            1 => tile_q8_avx512::<1>(t, blocks, [r(0)], out),
-            2 => tile_q8_avx512::<2>(t, blocks, [r(0), r(1)], out),
-            3 => tile_q8_avx512::<3>(t, blocks, [r(0), r(1), r(2)], out),
-            _ => tile_q8_avx512::<4>(t, blocks, [r(0), r(1), r(2), r(3)], out),
+            1 => tile_q8_avx512::<1>(t, blocks, row_ptrs(rows), out),
+            2 => tile_q8_avx512::<2>(t, blocks, row_ptrs(rows), out),
+            3 => tile_q8_avx512::<3>(t, blocks, row_ptrs(rows), out),
+            _ => tile_q8_avx512::<4>(t, blocks, row_ptrs(rows), out),
         }
     }
 }
