@@ -18,11 +18,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
 
-use crate::layers::kernels::Activation;
-use crate::load::weights::{tiled_forward, Epilogue, MatWeight, TiledWeight, Weights};
-use crate::Result;
+use crate::layers::kernels::{swiglu_in_place, Activation};
+use crate::load::weights::{
+    tiled_forward, tiled_forward_raw, Epilogue, MatWeight, TiledWeight, Weights,
+};
+use crate::{ModelError, Result};
 
 /// Row multiple candle's x86 tiled quantized kernels need.
 const TILE_ROWS: usize = 16;
@@ -269,6 +271,49 @@ impl Linear {
             }
         }
         linears.iter().map(|l| l.forward(x)).collect()
+    }
+
+    /// SwiGLU's inner activation `silu(x Gᵀ) ⊙ (x Uᵀ)` `[..., inter]` for the bias-free
+    /// linears `gate` and `up` of the same width (the Llama / Qwen2 / DeepSeek MLP before its
+    /// down projection). In a CPU tile layout the input is quantized once and the activation
+    /// written over the gate's own output buffer (no intermediate tensors: 23 MB each for
+    /// Qwen2-VL-2B's 647-token prefill); otherwise candle's `silu(g) * u`.
+    ///
+    /// Errors: the matmuls' errors; outputs of different shapes.
+    pub(crate) fn swiglu(gate: &Linear, up: &Linear, x: &Tensor) -> Result<Tensor> {
+        let fused = |l: &Linear| l.bias.is_none() && l.single_tiled().is_some();
+        if let (true, true, Some(g), Some(u)) = (
+            fused(gate),
+            fused(up),
+            gate.weight.tiled(),
+            up.weight.tiled(),
+        ) {
+            let x = if x.is_contiguous() {
+                x.clone()
+            } else {
+                x.contiguous()?
+            };
+            let (mut outs, mut dims) = tiled_forward_raw(&[g, u], &x, &[])?;
+            let (Some(u_out), Some(mut g_out)) = (outs.pop(), outs.pop()) else {
+                return Err(ModelError::InvalidInput("gate/up projection failed".into()));
+            };
+            if g_out.len() != u_out.len() {
+                return Err(ModelError::InvalidInput(format!(
+                    "gate width {} and up width {} differ",
+                    gate.rows, up.rows
+                )));
+            }
+            swiglu_in_place(&mut g_out, &u_out);
+            if let Some(last) = dims.last_mut() {
+                *last = gate.rows;
+            }
+            return Ok(Tensor::from_vec(g_out, dims, &Device::Cpu)?);
+        }
+        let mut gu = Linear::forward_shared(&[gate, up], x)?.into_iter();
+        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+            return Err(ModelError::InvalidInput("gate/up projection failed".into()));
+        };
+        Ok((candle_nn::ops::silu(&g)? * u)?)
     }
 
     /// `x` `[..., in]` → one `[..., out_i]` per part (views into one result).

@@ -42,13 +42,7 @@ impl Mlp {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut gu = Linear::forward_shared(&[&self.gate, &self.up], x)?.into_iter();
-        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
-            return Err(crate::ModelError::InvalidInput(
-                "the shared-input matmul gave fewer outputs than linears".into(),
-            ));
-        };
-        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
+        self.down.forward(&Linear::swiglu(&self.gate, &self.up, x)?)
     }
 
     /// Gate, up and down in CPU tile layouts (no bias), when they are.

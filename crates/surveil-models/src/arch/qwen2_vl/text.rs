@@ -124,11 +124,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut gu = Linear::forward_shared(&[&self.gate, &self.up], x)?.into_iter();
-        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
-            return Err(ModelError::InvalidInput("gate/up projection failed".into()));
-        };
-        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
+        self.down.forward(&Linear::swiglu(&self.gate, &self.up, x)?)
     }
 }
 

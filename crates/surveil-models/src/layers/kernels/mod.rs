@@ -15,7 +15,8 @@ pub use attention::full_attention_composed;
 pub use flash::{flash_attention, flash_attention_with, FlashPath, KeyMask};
 
 pub(crate) use attention::{
-    packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax, RopeLayout,
+    packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax, swiglu_in_place,
+    RopeLayout,
 };
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};

@@ -328,16 +328,17 @@ impl Epilogue<'_> {
 }
 
 /// `x [..., k]` times each of `weights` (all of input width `k`): the activations are quantized
-/// once and shared, one `[..., n_i]` f32 output per weight, with `epilogues[i]` (when given)
-/// applied to output `i` before it becomes a tensor.
+/// once and shared, one row-major `[..., n_i]` f32 buffer per weight, with `epilogues[i]` (when
+/// given) applied to output `i`; also returns `x`'s shape (the outputs' but for the last
+/// dimension).
 ///
 /// Errors: `x` not on the CPU; a weight of another input width; a bias of another width; the
 /// kernels' errors.
-pub(crate) fn tiled_forward(
+pub(crate) fn tiled_forward_raw(
     weights: &[&TiledWeight],
     x: &Tensor,
     epilogues: &[Epilogue<'_>],
-) -> Result<Vec<Tensor>> {
+) -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
     if !x.device().is_cpu() {
         return Err(ModelError::Unsupported(format!(
             "a weight in a CPU tile layout was given an input on {:?}",
@@ -367,10 +368,10 @@ pub(crate) fn tiled_forward(
         };
         match weights.first() {
             Some(w) => QuantizedActivations::quantize_on(data, rows, k, &w.pool)?,
-            None => return Ok(Vec::new()),
+            None => return Ok((Vec::new(), dims)),
         }
     };
-    weights
+    let outs = weights
         .iter()
         .enumerate()
         .map(|(i, w)| {
@@ -380,9 +381,27 @@ pub(crate) fn tiled_forward(
             if let Some(e) = epilogues.get(i) {
                 e.apply(&mut y, n)?;
             }
+            Ok(y)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((outs, dims))
+}
+
+/// [`tiled_forward_raw`] as tensors: one `[..., n_i]` f32 tensor per weight.
+///
+/// Errors: as [`tiled_forward_raw`].
+pub(crate) fn tiled_forward(
+    weights: &[&TiledWeight],
+    x: &Tensor,
+    epilogues: &[Epilogue<'_>],
+) -> Result<Vec<Tensor>> {
+    let (outs, dims) = tiled_forward_raw(weights, x, epilogues)?;
+    outs.into_iter()
+        .zip(weights)
+        .map(|(y, w)| {
             let mut out = dims.clone();
             if let Some(last) = out.last_mut() {
-                *last = n;
+                *last = w.packed.rows();
             }
             Ok(Tensor::from_vec(y, out, &Device::Cpu)?)
         })
@@ -479,9 +498,7 @@ fn swiglu_experts<W: PackedWeight>(
     grouped_expert_gemv(kernel, gate, &acts, &routes, &mut g, pool)?;
     grouped_expert_gemv(kernel, up, &acts, &routes, &mut u, pool)?;
     // SwiGLU: silu(g) · u, silu(v) = v / (1 + e^−v) as candle computes it.
-    for (gv, uv) in g.iter_mut().zip(&u) {
-        *gv = *gv / (1.0 + (-*gv).exp()) * uv;
-    }
+    crate::layers::kernels::swiglu_in_place(&mut g, &u);
     let hidden_acts = QuantizedActivations::quantize_on(&g, pairs.len(), inner, pool)?;
     let routes: Vec<ExpertRoute> = pairs
         .iter()

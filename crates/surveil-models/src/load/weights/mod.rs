@@ -14,7 +14,9 @@ mod safetensors_source;
 mod store;
 
 pub use dummy::DummySource;
-pub(crate) use matweight::{tiled_experts_forward, tiled_forward, Epilogue, RoutedPair};
+pub(crate) use matweight::{
+    tiled_experts_forward, tiled_forward, tiled_forward_raw, Epilogue, RoutedPair,
+};
 pub use matweight::{Bf16Weight, MatWeight, Packed, TiledWeight};
 pub use safetensors_source::SafetensorsSource;
 pub use store::{LoadProgress, LoadReport, Weights};
