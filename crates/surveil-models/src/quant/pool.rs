@@ -1,6 +1,6 @@
 //! [`ThreadPool`]: a small persistent pool for the kernels whose idle workers sleep on a
-//! condition variable (after a bounded spin of a few microseconds), so it costs nothing between
-//! calls and does not fight other processes for shared cores.
+//! condition variable (after a bounded spin of [`SPIN`]), so it costs nothing between calls and
+//! does not fight other processes for shared cores.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -9,10 +9,28 @@ use std::thread::JoinHandle;
 
 use super::QuantError;
 
-/// Checks of the job counter before an idle worker goes to sleep: a few microseconds, enough
-/// to catch the next matmul of a decode step without a wake-up, too short to matter when the
-/// cores are shared.
-const SPIN_CHECKS: usize = 200;
+/// How long an idle worker watches for the next job before it sleeps, and how long a caller
+/// watches for the workers to leave its job before it sleeps: enough to catch the next matmul
+/// of a decode step (tens of microseconds apart) and a worker finishing its last part without
+/// a futex sleep and wake-up (which cost tens of microseconds each on a virtual machine), too
+/// short to matter when the cores are shared.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Spin until `ready()` or [`SPIN`] has passed; whether `ready()` held.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        for _ in 0..16 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN {
+            return ready();
+        }
+    }
+}
 
 /// A fixed set of threads that run the parts of one job at a time; the calling thread runs
 /// parts too. `threads` is the total including the caller (the `vlm.threads` setting), so
@@ -44,6 +62,8 @@ struct Shared {
     done: Condvar,
     /// `State::epoch`, readable without the lock (the spin).
     epoch: AtomicU64,
+    /// `State::active`, readable without the lock (the caller's spin).
+    busy: AtomicUsize,
     /// Next part to take in the current job.
     next: AtomicUsize,
     /// Set when a part panicked: the parts not yet started are skipped.
@@ -92,6 +112,7 @@ impl ThreadPool {
             wake: Condvar::new(),
             done: Condvar::new(),
             epoch: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
         });
@@ -159,6 +180,12 @@ impl ThreadPool {
         let own_panic = work(&self.shared, job);
         let mut st = self.lock();
         st.job = None;
+        if st.active > 0 {
+            // The workers are finishing their last parts: watch for it before sleeping.
+            drop(st);
+            spin_until(|| self.shared.busy.load(Ordering::Acquire) == 0);
+            st = self.lock();
+        }
         while st.active > 0 {
             st = self
                 .shared
@@ -260,12 +287,7 @@ impl Drop for ThreadPool {
 fn worker(shared: &Shared) {
     let mut seen = 0u64;
     loop {
-        for _ in 0..SPIN_CHECKS {
-            if shared.epoch.load(Ordering::Acquire) != seen {
-                break;
-            }
-            std::hint::spin_loop();
-        }
+        spin_until(|| shared.epoch.load(Ordering::Acquire) != seen);
         let job = {
             let mut st = shared.lock();
             loop {
@@ -276,6 +298,7 @@ fn worker(shared: &Shared) {
                     seen = st.epoch;
                     if let Some(job) = st.job {
                         st.active += 1;
+                        shared.busy.store(st.active, Ordering::Release);
                         break job;
                     }
                 }
@@ -288,6 +311,7 @@ fn worker(shared: &Shared) {
             st.panic.get_or_insert(m);
         }
         st.active -= 1;
+        shared.busy.store(st.active, Ordering::Release);
         if st.active == 0 {
             shared.done.notify_all();
         }
