@@ -350,13 +350,18 @@ fn shape_and_availability_errors() {
     assert!(Kernel::best().is_available());
 }
 
+/// `experts` 4-bit weights `[n, k]` of [`random_weights`].
+fn random_q4_experts(rng: &mut Lcg, experts: usize, n: usize, k: usize) -> Vec<PackedQ4> {
+    (0..experts)
+        .map(|_| PackedQ4::quantize(&random_weights(rng, n, k), n, k).unwrap())
+        .collect()
+}
+
 #[test]
 fn grouped_expert_gemv_matches_each_expert_alone() {
     let mut rng = Lcg(8);
     let (experts, k, n) = (8, 2048, 1408 / 8); // Kimi-VL expert width, fewer rows for time
-    let ws: Vec<PackedQ4> = (0..experts)
-        .map(|_| PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap())
-        .collect();
+    let ws = random_q4_experts(&mut rng, experts, n, k);
     let tokens = 3;
     let x = random_activations(&mut rng, tokens, k);
     let xq = QuantizedActivations::quantize(&x, tokens, k).unwrap();
@@ -393,9 +398,7 @@ fn grouped_expert_prefill_takes_the_packed_rows_bit_for_bit() {
     // group), listed out of token order.
     let mut rng = Lcg(12);
     let (experts, k, n) = (6, 1408, 40);
-    let ws: Vec<PackedQ4> = (0..experts)
-        .map(|_| PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap())
-        .collect();
+    let ws = random_q4_experts(&mut rng, experts, n, k);
     let tokens = 23;
     let x = random_activations(&mut rng, tokens, k);
     let xq = QuantizedActivations::quantize(&x, tokens, k).unwrap();

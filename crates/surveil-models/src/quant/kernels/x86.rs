@@ -137,13 +137,43 @@ pub(super) fn block_dots_avx512(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS
     out
 }
 
-/// Adds block `b` of each row to its accumulator: the eight `vpdpbusd` against the unpacked
-/// block `w`, then `dot · d_w·d_x + m_w · (d_x Σq_x)` in two FMAs (the scalar path's order).
+/// Adds one block of `R` activation rows to their accumulators: the eight `vpdpbusd` per row
+/// against the unpacked block `w`, then `dot · d_w·d_x + m_w · (d_x Σq_x)` in two FMAs (the
+/// scalar path's order). `quad(r, at)` is the 4 bytes at offset `at` of row `r`'s 32
+/// activation bytes, `scales(r)` its `(d_x, d_x·Σq_x)`.
 ///
 /// The `vpdpbusd` are issued chunk-major over the rows (`lo`/`hi` of row 0, of row 1, …, then
 /// the next chunk), so that neighbouring instructions belong to independent chains: each
 /// chain waits the instruction's latency (5 cycles) between its steps, and with the rows
 /// interleaved the scheduler finds other work in that time without looking far ahead.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+fn accumulate<const R: usize>(
+    acc: &mut [__m512; R],
+    w: &[__m512i; 8],
+    dw: __m512,
+    mw: __m512,
+    quad: impl Fn(usize, usize) -> i32,
+    scales: impl Fn(usize) -> (f32, f32),
+) {
+    let mut lo = [_mm512_setzero_si512(); R];
+    let mut hi = [_mm512_setzero_si512(); R];
+    for c in 0..4 {
+        for r in 0..R {
+            let (xl, xh) = (quad(r, 4 * c), quad(r, 16 + 4 * c));
+            lo[r] = _mm512_dpbusd_epi32(lo[r], w[2 * c], _mm512_set1_epi32(xl));
+            hi[r] = _mm512_dpbusd_epi32(hi[r], w[2 * c + 1], _mm512_set1_epi32(xh));
+        }
+    }
+    for r in 0..R {
+        let (dx, sx) = scales(r);
+        let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
+        acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[r]);
+        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc[r]);
+    }
+}
+
+/// [`accumulate`] for block `b` of `R` separate rows.
 ///
 /// # Safety
 /// AVX-512F/BW/VNNI available; block `b` of every row exists.
@@ -157,27 +187,16 @@ unsafe fn accumulate_rows<const R: usize>(
     rows: [RowPtrs; R],
     b: usize,
 ) {
-    let mut lo = [_mm512_setzero_si512(); R];
-    let mut hi = [_mm512_setzero_si512(); R];
-    for c in 0..4 {
-        for r in 0..R {
-            // SAFETY: block `b` of the row exists (the caller's contract); offsets 4c and
-            // 16+4c (+4) stay inside its 32 bytes.
-            let (xl, xh) = unsafe {
-                let xq = rows[r].q.add(b * BLOCK);
-                (quad(xq, 4 * c), quad(xq, 16 + 4 * c))
-            };
-            lo[r] = _mm512_dpbusd_epi32(lo[r], w[2 * c], _mm512_set1_epi32(xl));
-            hi[r] = _mm512_dpbusd_epi32(hi[r], w[2 * c + 1], _mm512_set1_epi32(xh));
-        }
-    }
-    for r in 0..R {
-        // SAFETY: block `b` of the row exists (the caller's contract).
-        let (dx, sx) = unsafe { block_scales(rows[r], b) };
-        let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
-        acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[r]);
-        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc[r]);
-    }
+    accumulate(
+        acc,
+        w,
+        dw,
+        mw,
+        // SAFETY: block `b` of every row exists (the caller's contract); `at + 4 ≤ 32`.
+        |r, at| unsafe { quad(rows[r].q.add(b * BLOCK), at) },
+        // SAFETY: as above.
+        |r| unsafe { block_scales(rows[r], b) },
+    )
 }
 
 /// The `R` rows' 16 outputs into `out`.
@@ -293,9 +312,8 @@ unsafe fn unpack_tile_avx512(tile: *const u8, blocks: usize, dst: *mut UnpackedB
     }
 }
 
-/// Adds block `b` of a group of `R` packed rows ([`super::PackedRows`]: per block the rows'
-/// 32 quants, then their `d`, then their `d·Σq`, at `grp`) to the accumulators, as
-/// [`accumulate_rows`] does for separate rows: the same operations in the same order.
+/// [`accumulate`] for block `b` of a group of `R` packed rows ([`super::PackedRows`]: per block
+/// the rows' 32 quants, then their `d`, then their `d·Σq`, at `grp`).
 ///
 /// # Safety
 /// AVX-512F/BW/VNNI available; `grp` points to the group's `blocks` packed blocks, `b` below.
@@ -309,34 +327,26 @@ unsafe fn accumulate_group<const R: usize>(
     grp: *const u8,
     b: usize,
 ) {
-    // SAFETY: block `b` of the group lies inside it (the caller's contract): `R × 32` quant
-    // bytes, then `R` f32 scales, then `R` f32 `d·Σq`.
-    let base = unsafe { grp.add(b * R * GROUP_BLOCK_BYTES) };
+    // Block `b` of the group (inside it by the caller's contract): `R × 32` quant bytes, then
+    // `R` f32 scales, then `R` f32 `d·Σq`, unaligned (the packing does not align them).
+    let base = grp.wrapping_add(b * R * GROUP_BLOCK_BYTES);
     let q = base.cast::<i8>();
     let scales = base.wrapping_add(R * BLOCK).cast::<f32>();
-    let mut lo = [_mm512_setzero_si512(); R];
-    let mut hi = [_mm512_setzero_si512(); R];
-    for c in 0..4 {
-        for r in 0..R {
-            // SAFETY: row `r`'s 32 quants are at `q + 32r` (contract).
-            let (xl, xh) = unsafe { (quad(q, 32 * r + 4 * c), quad(q, 32 * r + 16 + 4 * c)) };
-            lo[r] = _mm512_dpbusd_epi32(lo[r], w[2 * c], _mm512_set1_epi32(xl));
-            hi[r] = _mm512_dpbusd_epi32(hi[r], w[2 * c + 1], _mm512_set1_epi32(xh));
-        }
-    }
-    for r in 0..R {
-        // SAFETY: the `R` scales then the `R` `d·Σq` follow the quants (contract); unaligned
-        // reads, as the packing does not align them.
-        let (dx, sx) = unsafe {
+    accumulate(
+        acc,
+        w,
+        dw,
+        mw,
+        // SAFETY: row `r`'s 32 quants are at `q + 32r` (contract); `at + 4 ≤ 32`.
+        |r, at| unsafe { quad(q, 32 * r + at) },
+        // SAFETY: the `R` scales then the `R` `d·Σq` follow the quants (contract).
+        |r| unsafe {
             (
                 scales.add(r).read_unaligned(),
                 scales.add(R + r).read_unaligned(),
             )
-        };
-        let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo[r], hi[r]));
-        acc[r] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc[r]);
-        acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), acc[r]);
-    }
+        },
+    )
 }
 
 /// [`tile_avx512`] on a tile unpacked by [`unpack_tile_avx512`] and a group of `R` rows packed
