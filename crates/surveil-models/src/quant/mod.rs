@@ -87,13 +87,15 @@
 //!   forced ([`matmul_with`]) and a path the CPU lacks is an error, never undefined behaviour.
 //! - [`matmul`] / [`matmul_with`] / [`matmul_quantized`]: `y [m, n] = x [m, k]·Wᵀ`. `m = 1` is
 //!   the decode GEMV (one pass over the weight, front to back); for `m > 1` each weight tile
-//!   is reused by a panel of up to 64 activation rows while it is in cache, 4 rows per
-//!   micro-kernel call (2 on AVX2), so the GEMM reads the weight once per 64 rows.
+//!   is reused by a panel of up to 60 activation rows while it is in cache, so the GEMM reads
+//!   the weight once per 60 rows: on AVX-512 VNNI the tile is unpacked once per panel and the
+//!   rows, packed in groups of 6 for the whole call, go 6 per micro-kernel call; elsewhere 4
+//!   rows per call (2 on AVX2).
 //! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
 //!   job; only the chosen experts are read, each once.
 //! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work
 //!   is split by row tiles into parts taken from a shared counter; idle workers sleep on a
-//!   condition variable after a spin of a few microseconds. Results do not depend on the
+//!   condition variable after watching for the next job for 50 µs. Results do not depend on the
 //!   thread count (each output is computed whole by one thread).
 //!
 //! Stacked weights (`quantize_parts`: q/k/v, gate/up) start each part on a tile boundary, so a
