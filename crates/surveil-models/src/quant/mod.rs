@@ -88,9 +88,12 @@
 //! - [`matmul`] / [`matmul_with`] / [`matmul_quantized`]: `y [m, n] = x [m, k]·Wᵀ`. `m = 1` is
 //!   the decode GEMV (one pass over the weight, front to back); for `m > 1` each weight tile
 //!   is reused by a panel of up to 60 activation rows while it is in cache, so the GEMM reads
-//!   the weight once per 60 rows: on AVX-512 VNNI the tile is unpacked once per panel and the
-//!   rows, packed in groups of 6 for the whole call, go 6 per micro-kernel call; elsewhere 4
-//!   rows per call (2 on AVX2).
+//!   the weight once per 60 rows: on AVX-512 VNNI and AVX2 the tile is unpacked once per
+//!   panel and the rows are packed in groups of 6 for the whole call; AVX-512 takes a group
+//!   in one micro-kernel call, AVX2 in three passes of 2 rows (its 16 registers), each
+//!   chunk's steps written as one `asm!` block so that the compiler cannot hoist and spill
+//!   them. With 1 or 2 rows, and on the scalar path, 4 rows per call (2 on AVX2) straight
+//!   from the packed tile.
 //! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
 //!   job; only the chosen experts are read, each once.
 //! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work

@@ -183,10 +183,10 @@ fn every_path_matches_the_reference_at_the_real_shapes() {
 
 #[test]
 fn simd_paths_equal_the_reference_bit_for_bit_today() {
-    // Same integer sums, same float operations in the same order (module docs). Up to 4 rows
-    // take plain micro-kernel calls per tile; more take the AVX-512 path's tile unpacked once
-    // per panel and its packed row groups of 6: full and short groups, one panel and several
-    // (61, 70, 127 rows over panels of 60).
+    // Same integer sums, same float operations in the same order (module docs). More rows
+    // than one plain call takes (4 on AVX-512, 2 on AVX2) take the tile unpacked once per
+    // panel and the packed row groups of 6 (AVX2: passes of 2 rows and of 1): full and short
+    // groups, one panel and several (61, 70, 127 rows over panels of 60).
     let mut rng = Lcg(3);
     let (n, k) = (300, 4304);
     let q = PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();

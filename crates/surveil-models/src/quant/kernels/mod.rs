@@ -155,18 +155,24 @@ pub(crate) fn tile_outputs(
 }
 
 /// A Q4 tile unpacked once for a panel of activation rows ([`UnpackedTile::unpack`]), on the
-/// paths that gain from it (AVX-512 VNNI: the nibble split and the f16 widening of each block
-/// leave the micro-kernel's loop).
+/// paths that gain from it (AVX-512 VNNI and AVX2: the nibble split and the f16 widening of
+/// each block leave the micro-kernel's loop, and a packed row group reaches every row's block
+/// from one pointer).
 #[derive(Default)]
 pub(crate) struct UnpackedTile {
     #[cfg(target_arch = "x86_64")]
     blocks: Vec<x86::UnpackedBlock>,
+    /// The path the tile was last unpacked for.
+    kernel: Option<Kernel>,
 }
 
 impl UnpackedTile {
     /// Whether `kernel` has an unpacked form of `format`'s tiles on this CPU.
     pub(crate) fn available(kernel: Kernel, format: WeightFormat) -> bool {
-        matches!((kernel, format), (Kernel::Avx512Vnni, WeightFormat::Q4)) && kernel.is_available()
+        matches!(
+            (kernel, format),
+            (Kernel::Avx512Vnni | Kernel::Avx2, WeightFormat::Q4)
+        ) && kernel.is_available()
     }
 
     /// Unpack `tile` (`blocks` blocks in `format`) for `kernel`. `false` when the path has no
@@ -178,16 +184,16 @@ impl UnpackedTile {
         tile: &[u8],
         blocks: usize,
     ) -> bool {
-        match (kernel, format) {
+        let done = match format {
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512Vnni, WeightFormat::Q4) => {
-                x86::unpack_tile(tile, blocks, &mut self.blocks)
-            }
+            WeightFormat::Q4 => x86::unpack_tile(kernel, tile, blocks, &mut self.blocks),
             _ => {
                 let _ = (tile, blocks);
                 false
             }
-        }
+        };
+        self.kernel = done.then_some(kernel);
+        done
     }
 
     /// [`tile_outputs`] on the tile last unpacked (by `unpack` returning `true`) for the
@@ -200,12 +206,19 @@ impl UnpackedTile {
         rows: usize,
         out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        x86::tile_outputs_grouped_avx512(&self.blocks, blocks, group, rows, out);
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (blocks, group, rows, out);
-            unreachable!("no unpacked tile path on this architecture");
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            Some(Kernel::Avx512Vnni) => {
+                x86::tile_outputs_grouped_avx512(&self.blocks, blocks, group, rows, out)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Some(Kernel::Avx2) => {
+                x86::tile_outputs_grouped_avx2(&self.blocks, blocks, group, rows, out)
+            }
+            _ => {
+                let _ = (blocks, group, rows, out);
+                unreachable!("no tile unpacked for a grouped path");
+            }
         }
     }
 }

@@ -385,16 +385,32 @@ unsafe fn tile_grouped_avx512<const R: usize>(
     store_rows(&acc, out);
 }
 
-/// Unpack a Q4 tile of `blocks` blocks into `dst` (resized to `blocks`) for
-/// [`tile_outputs_unpacked_avx512`]. Returns `false` (and leaves `dst` alone) when the CPU
-/// lacks the features or `tile` is short.
-pub(super) fn unpack_tile(tile: &[u8], blocks: usize, dst: &mut Vec<UnpackedBlock>) -> bool {
-    if !Kernel::Avx512Vnni.is_available() || tile.len() < blocks * TILE_BLOCK_BYTES {
+/// Unpack a Q4 tile of `blocks` blocks into `dst` (resized to `blocks`) for `kernel`'s
+/// grouped micro-kernel ([`tile_outputs_grouped_avx512`], [`tile_outputs_grouped_avx2`]; both
+/// read the same layout). Returns `false` (and leaves `dst` alone) when `kernel` has no
+/// unpacked form, the CPU lacks its features, or `tile` is short.
+pub(super) fn unpack_tile(
+    kernel: Kernel,
+    tile: &[u8],
+    blocks: usize,
+    dst: &mut Vec<UnpackedBlock>,
+) -> bool {
+    let has = match kernel {
+        Kernel::Avx512Vnni | Kernel::Avx2 => kernel.is_available(),
+        Kernel::Scalar => false,
+    };
+    if !has || tile.len() < blocks * TILE_BLOCK_BYTES {
         return false;
     }
     dst.resize(blocks, UnpackedBlock::ZERO);
     // SAFETY: features and tile length checked above; `dst` has `blocks` entries.
-    unsafe { unpack_tile_avx512(tile.as_ptr(), blocks, dst.as_mut_ptr()) };
+    unsafe {
+        if kernel == Kernel::Avx512Vnni {
+            unpack_tile_avx512(tile.as_ptr(), blocks, dst.as_mut_ptr());
+        } else {
+            unpack_tile_avx2(tile.as_ptr(), blocks, dst.as_mut_ptr());
+        }
+    }
     true
 }
 
@@ -578,6 +594,242 @@ pub(super) fn tile_outputs_avx2(
             1 => tile_avx2::<1>(t, blocks, [r(0)], out),
             _ => tile_avx2::<2>(t, blocks, [r(0), r(1)], out),
         }
+    }
+}
+
+/// [`unpack_tile_avx512`] with AVX2 + F16C: the same [`UnpackedBlock`] bytes (a 64-byte
+/// operand's low half holds rows 0–7, its high half rows 8–15, as [`unpack_avx2`] reads them).
+///
+/// # Safety
+/// AVX2 and F16C available; `tile` points to `blocks` tile blocks; `dst` has `blocks` entries.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn unpack_tile_avx2(tile: *const u8, blocks: usize, dst: *mut UnpackedBlock) {
+    for b in 0..blocks {
+        // SAFETY: block `b` < `blocks` lies inside the tile and `dst` (the contract); the tile
+        // block has its quants at 0..256, d at 256, m at 288; `UnpackedBlock` is 64-aligned,
+        // so each 32-byte half and each 8-float half is 32-aligned.
+        unsafe {
+            let tb = tile.add(b * TILE_BLOCK_BYTES);
+            let out = dst.add(b);
+            for c in 0..4 {
+                for h in 0..2 {
+                    let (lo, hi) = unpack_avx2(tb, c, h);
+                    _mm256_store_si256((*out).w[2 * c].as_mut_ptr().add(32 * h).cast(), lo);
+                    _mm256_store_si256((*out).w[2 * c + 1].as_mut_ptr().add(32 * h).cast(), hi);
+                }
+            }
+            for h in 0..2 {
+                _mm256_store_ps(
+                    (*out).d.as_mut_ptr().add(8 * h),
+                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(D_OFFSET + 16 * h).cast())),
+                );
+                _mm256_store_ps(
+                    (*out).m.as_mut_ptr().add(8 * h),
+                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(M_OFFSET + 16 * h).cast())),
+                );
+            }
+        }
+    }
+}
+
+/// One chunk of two rows for [`tile_grouped_avx2`]: each row's two activation quads (at `x_r`
+/// and `x_r + 16`: `k = 4c..4c+4` and `16+4c..16+4c+4`) broadcast, then for each of the
+/// chunk's four weight operands (`lo`/`hi` of the tile's two 8-row halves, loaded from the
+/// unpacked block once for both rows) and each row, `s[r][h] += vpmaddubsw(w, x)`.
+///
+/// Written as one `asm!` block because the compiler, given the same steps as intrinsics over
+/// a fully unrolled block, issues all of a block's loads and broadcasts first and spills them
+/// to the stack (`objdump -d`: over a hundred stack accesses per block at three rows); an
+/// `asm!` block that is not `pure` stays in program order, so only the `i16` sums live across
+/// the steps. Ten registers: four sums, four broadcasts, the weight operand and a product.
+///
+/// # Safety
+/// AVX2 available; `x0`, `x0 + 16`, `x1`, `x1 + 16` point to 4 readable bytes each; `lo` and
+/// `hi` to 64 readable bytes each, 32-aligned.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn chunk_step_avx2(
+    s: &mut [[__m256i; 2]; 2],
+    lo: *const u8,
+    hi: *const u8,
+    x0: *const i8,
+    x1: *const i8,
+) {
+    let [[mut a0, mut a1], [mut b0, mut b1]] = *s;
+    // SAFETY: the reads are those of the contract; no stack, no flags, no writes to memory.
+    unsafe {
+        std::arch::asm!(
+            "vpbroadcastd {xl0}, dword ptr [{x0}]",
+            "vpbroadcastd {xh0}, dword ptr [{x0} + 16]",
+            "vpbroadcastd {xl1}, dword ptr [{x1}]",
+            "vpbroadcastd {xh1}, dword ptr [{x1} + 16]",
+            "vmovdqa {w}, ymmword ptr [{lo}]",
+            "vpmaddubsw {t}, {w}, {xl0}",
+            "vpaddw {a0}, {a0}, {t}",
+            "vpmaddubsw {t}, {w}, {xl1}",
+            "vpaddw {b0}, {b0}, {t}",
+            "vmovdqa {w}, ymmword ptr [{hi}]",
+            "vpmaddubsw {t}, {w}, {xh0}",
+            "vpaddw {a0}, {a0}, {t}",
+            "vpmaddubsw {t}, {w}, {xh1}",
+            "vpaddw {b0}, {b0}, {t}",
+            "vmovdqa {w}, ymmword ptr [{lo} + 32]",
+            "vpmaddubsw {t}, {w}, {xl0}",
+            "vpaddw {a1}, {a1}, {t}",
+            "vpmaddubsw {t}, {w}, {xl1}",
+            "vpaddw {b1}, {b1}, {t}",
+            "vmovdqa {w}, ymmword ptr [{hi} + 32]",
+            "vpmaddubsw {t}, {w}, {xh0}",
+            "vpaddw {a1}, {a1}, {t}",
+            "vpmaddubsw {t}, {w}, {xh1}",
+            "vpaddw {b1}, {b1}, {t}",
+            x0 = in(reg) x0,
+            x1 = in(reg) x1,
+            lo = in(reg) lo,
+            hi = in(reg) hi,
+            a0 = inout(ymm_reg) a0,
+            a1 = inout(ymm_reg) a1,
+            b0 = inout(ymm_reg) b0,
+            b1 = inout(ymm_reg) b1,
+            xl0 = out(ymm_reg) _,
+            xh0 = out(ymm_reg) _,
+            xl1 = out(ymm_reg) _,
+            xh1 = out(ymm_reg) _,
+            w = out(ymm_reg) _,
+            t = out(ymm_reg) _,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+    *s = [[a0, a1], [b0, b1]];
+}
+
+/// Rows of one pass of [`tile_grouped_avx2`]: one [`chunk_step_avx2`] (ten registers) plus
+/// the pair's four `i16` sums and four f32 accumulators; a packed group of six runs as three
+/// passes over the unpacked tile (from L1).
+const AVX2_PASS_ROWS: usize = 2;
+
+/// [`tile_avx2`] on a tile unpacked by [`unpack_tile_avx2`] for `R` rows starting at row `r0`
+/// of a packed group of `n` rows ([`super::PackedRows`]): per chunk the four ready weight
+/// operands are loaded once for the `R` rows, then per row two broadcasts and four
+/// `vpmaddubsw` + `vpaddw`; per block and row the `i16` sums widen (`vpmaddwd`), convert, and
+/// enter the accumulators by the same two FMAs as the other paths (so the same bits).
+///
+/// # Safety
+/// AVX2 and FMA available; `un` points to `blocks` unpacked blocks; `grp` to a group of `n`
+/// rows of `blocks` packed blocks; `r0 + R ≤ n ≤ MAX_ROWS_PER_CALL`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_grouped_avx2<const R: usize>(
+    un: *const UnpackedBlock,
+    blocks: usize,
+    grp: *const u8,
+    n: usize,
+    r0: usize,
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        // SAFETY (every access in the block): block `b` < `blocks` of `un` and of the group
+        // (the contract). The group's block holds `n × 32` quant bytes, then `n` f32 scales,
+        // then `n` f32 `d·Σq`, unaligned; row `r0 + r < n`; `at + 4 ≤ 32`.
+        let ub = unsafe { un.add(b) };
+        let base = grp.wrapping_add(b * n * GROUP_BLOCK_BYTES);
+        let q = base.cast::<i8>();
+        let mut s = [[_mm256_setzero_si256(); 2]; R];
+        for c in 0..4 {
+            let (lo, hi) = unsafe { ((*ub).w[2 * c].as_ptr(), (*ub).w[2 * c + 1].as_ptr()) };
+            // Rows in pairs (the last row of an odd pass paired with itself, its second
+            // sums dropped).
+            for r in (0..R).step_by(2) {
+                let r1 = (r + 1).min(R - 1);
+                let mut pair = [s[r], s[r1]];
+                // SAFETY: rows `r0 + r` and `r0 + r1` (< n) have their quants at `q + 32·row`,
+                // chunk `c`'s quads at `4c` and `16 + 4c` (contract); the block's operands
+                // `lo`, `hi` are 64 bytes, 32-aligned.
+                unsafe {
+                    chunk_step_avx2(
+                        &mut pair,
+                        lo,
+                        hi,
+                        q.add(32 * (r0 + r) + 4 * c),
+                        q.add(32 * (r0 + r1) + 4 * c),
+                    )
+                };
+                s[r] = pair[0];
+                if r1 != r {
+                    s[r1] = pair[1];
+                }
+            }
+        }
+        let scales = base.wrapping_add(n * BLOCK).cast::<f32>();
+        let (dw, mw) = unsafe {
+            (
+                [
+                    _mm256_load_ps((*ub).d.as_ptr()),
+                    _mm256_load_ps((*ub).d.as_ptr().add(8)),
+                ],
+                [
+                    _mm256_load_ps((*ub).m.as_ptr()),
+                    _mm256_load_ps((*ub).m.as_ptr().add(8)),
+                ],
+            )
+        };
+        for (r, (a, sr)) in acc.iter_mut().zip(&s).enumerate() {
+            let (dx, sx) = unsafe {
+                (
+                    scales.add(r0 + r).read_unaligned(),
+                    scales.add(n + r0 + r).read_unaligned(),
+                )
+            };
+            for h in 0..2 {
+                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sr[h], ones));
+                a[h] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw[h], _mm256_set1_ps(dx)), a[h]);
+                a[h] = _mm256_fmadd_ps(mw[h], _mm256_set1_ps(sx), a[h]);
+            }
+        }
+    }
+    for (o, a) in out[r0..r0 + R].iter_mut().zip(acc) {
+        // SAFETY: `o` is 16 writable f32, two halves of 8.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+        }
+    }
+}
+
+/// [`tile_outputs_avx2`] on a tile unpacked by [`unpack_tile`] for the `rows` rows of a group
+/// packed at `group` ([`super::PackedRows`]), in passes of up to [`AVX2_PASS_ROWS`] rows: same
+/// outputs, bit for bit.
+///
+/// # Panics
+/// As [`tile_outputs_grouped_avx512`], for AVX2.
+pub(super) fn tile_outputs_grouped_avx2(
+    un: &[UnpackedBlock],
+    blocks: usize,
+    group: &[u8],
+    rows: usize,
+    out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
+) {
+    assert!(
+        un.len() >= blocks && Kernel::Avx2.is_available(),
+        "tile not unpacked"
+    );
+    assert!(
+        rows <= MAX_ROWS_PER_CALL && group.len() >= rows * blocks * GROUP_BLOCK_BYTES,
+        "row group shorter than its blocks"
+    );
+    let (u, g) = (un.as_ptr(), group.as_ptr());
+    let mut r0 = 0;
+    while r0 < rows {
+        let pass = (rows - r0).min(AVX2_PASS_ROWS);
+        // SAFETY: features, `un` and the group's length checked above; `r0 + pass ≤ rows`.
+        unsafe {
+            match pass {
+                1 => tile_grouped_avx2::<1>(u, blocks, g, rows, r0, out),
+                _ => tile_grouped_avx2::<2>(u, blocks, g, rows, r0, out),
+            }
+        }
+        r0 += pass;
     }
 }
 
