@@ -10,24 +10,32 @@
 //! [`QB`] queries of one head and streams the head's keys and values in blocks of [`KB`]:
 //!
 //! 1. `S = Q Kᵀ` for 8 queries × 32 keys at a time, from `Q` prescaled by `scale · log2 e` and
-//!    `Kᵀ` packed per 32-key block as `[d][32]` (16 zmm accumulators on AVX-512);
+//!    `Kᵀ` packed per 32-key block as `[d][32]` (16 zmm accumulators on AVX-512; on AVX2 four
+//!    passes of 4 queries × 16 keys, 8 ymm accumulators each);
 //! 2. the online softmax per query row: new running maximum `m`, correction `2^(m_old − m)`,
 //!    `P = 2^(S − m)` (the polynomial `exp2` of the softmax kernel), running sum `l`;
-//! 3. `O ← corr · O + P V` for 4 queries × up to 80 output columns at a time, `V` packed with
-//!    rows padded to a multiple of 16 floats.
+//! 3. `O ← corr · O + P V` for 4 queries × up to 80 output columns at a time (16 on AVX2), `V`
+//!    packed with rows padded to a multiple of 16 floats.
 //!
 //! At the end `O / l`. Scores, probabilities and the output block stay in L1; `Kᵀ` and `V` of
 //! a head (0.7 MB each at Qwen2-VL's shape) stay in L2 across the head's tasks.
 //!
-//! Paths: AVX-512F intrinsics when the CPU has them, else the same blocked algorithm in plain
-//! Rust (compiled once more with AVX2+FMA enabled, for the compiler to vectorise). Both sum in
-//! f32 in the same order over the head dimension; they differ from the unfused composition
-//! (candle's GEMMs and the softmax kernel) by f32 rounding only, see the tests. Work is split
-//! by (head, 32-query block) over candle's thread count; a call under about 8 M
-//! multiply-adds per thread uses fewer threads.
+//! Paths: AVX-512F intrinsics when the CPU has them, else AVX2+FMA intrinsics (16 ymm
+//! registers: every micro-tile keeps 8 accumulators, enough independent chains for two FMA
+//! pipes of 4-cycle latency without spilling), else the same blocked algorithm in plain Rust
+//! (the reference). All three sum in f32 in the same order over the head dimension; they
+//! differ from the unfused composition (candle's GEMMs and the softmax kernel) by f32 rounding
+//! only, see the tests. Work is split by (head, 32-query block) over candle's thread count; a
+//! call under about 8 M multiply-adds per thread uses fewer threads.
 //!
-//! Measured (`benches/attention.rs`, 2 threads, AVX-512): 164 GFLOP/s at Qwen2-VL-2B's tower
-//! shape, 4.9× the unfused composition (docs/performance.md).
+//! Measured (`cargo bench -p surveil-models --bench attention`, 2 threads, median of 5 runs):
+//! AVX-512, 164 GFLOP/s at Qwen2-VL-2B's tower shape, 4.9× the unfused composition
+//! (docs/performance.md). AVX2+FMA (AMD EPYC Zen 3, 2 cores, shared with other work at a load
+//! of about 2): 120 GFLOP/s at that shape (220 ms), 108 at MoonViT's (237 ms), 75 at
+//! git-base's (1.6 ms), 2.0×, 1.9× and 2.2× the plain-Rust tiles compiled for AVX2+FMA
+//! that this path replaced (438, 460 and 3.5 ms in the same conditions); 2.3–3.7× the
+//! composition. One thread alone reaches about 100 GFLOP/s in the `Q Kᵀ` and `P V` tiles and
+//! 73 over a whole head; the online softmax takes about a tenth of the time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,7 +66,7 @@ pub enum FlashPath {
     /// AVX-512F intrinsics.
     #[cfg(target_arch = "x86_64")]
     Avx512,
-    /// Plain Rust, compiled with AVX2+FMA enabled.
+    /// AVX2+FMA intrinsics (256-bit vectors).
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// Plain Rust for any CPU.
@@ -522,6 +530,215 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::attention::EXP2_POLY;
+    use super::{larger, KB, PR, SR};
+
+    /// Floats per 256-bit vector.
+    const W: usize = 8;
+    /// Query rows per `Q Kᵀ` pass.
+    const S_ROWS: usize = 4;
+    /// Key vectors (8 keys each) per `Q Kᵀ` pass.
+    const S_VECS: usize = 2;
+    /// Output vectors per `P V` column chunk.
+    const PV_VECS: usize = 2;
+
+    /// `2^t` for 8 lanes, as [`super::super::attention::exp2_nonpositive`] computes it for
+    /// `t ≤ 0`: `t` clamped to `[-126, ∞)`, `t = n + f` with `n` rounded to nearest, `2^f` by the
+    /// same polynomial, `2^n` applied by adding `n` to the exponent bits; lanes below `-126` (and
+    /// `-inf`) give 0. With `t ≥ -126`, `n = -126` only with `f ≥ 0`, so `2^f ≥ 1` and the sum of
+    /// exponents stays normal.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp2(t: __m256) -> __m256 {
+        let lo = _mm256_set1_ps(-126.0);
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(t, lo);
+        let t = _mm256_max_ps(t, lo);
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let f = _mm256_sub_ps(t, n);
+        let c = |i: usize| _mm256_set1_ps(EXP2_POLY[i]);
+        let mut p = c(6);
+        for i in (0..6).rev() {
+            p = _mm256_fmadd_ps(p, f, c(i));
+        }
+        let scaled = _mm256_add_epi32(
+            _mm256_castps_si256(p),
+            _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n)),
+        );
+        _mm256_andnot_ps(below, _mm256_castsi256_ps(scaled))
+    }
+
+    /// The largest of 8 lanes (a pairwise tree of 3 steps).
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax(x: __m256) -> f32 {
+        let h = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)))
+    }
+
+    /// The sum of 8 lanes (a pairwise tree of 3 steps).
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(x: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
+    }
+
+    /// [`super::softmax_update`] with AVX2+FMA: the block's 32 scores in four registers, the
+    /// maximum and the sum as pairwise trees over them and then over the lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn softmax_update(
+        s: &[f32; KB],
+        p: &mut [f32; KB],
+        m: &mut f32,
+        l: &mut f32,
+    ) -> f32 {
+        let mut x = [_mm256_setzero_ps(); KB / W];
+        for (i, xi) in x.iter_mut().enumerate() {
+            // SAFETY: `s` holds 32 floats: four vectors.
+            *xi = unsafe { _mm256_loadu_ps(s.as_ptr().add(i * W)) };
+        }
+        let top = _mm256_max_ps(_mm256_max_ps(x[0], x[1]), _mm256_max_ps(x[2], x[3]));
+        let new = larger(*m, hmax(top));
+        let corr = if new == *m {
+            1.0
+        } else {
+            super::exp2_nonpositive(*m - new)
+        };
+        let nv = _mm256_set1_ps(new);
+        let mut e = [_mm256_setzero_ps(); KB / W];
+        for (i, (ei, &xi)) in e.iter_mut().zip(&x).enumerate() {
+            *ei = exp2(_mm256_sub_ps(xi, nv));
+            // SAFETY: `p` holds 32 floats: four vectors.
+            unsafe { _mm256_storeu_ps(p.as_mut_ptr().add(i * W), *ei) };
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3]));
+        *l = *l * corr + hsum(sum);
+        *m = new;
+        corr
+    }
+
+    /// Rows `r0..r0 + R` × keys `8 v0..8 (v0 + C)` of [`s_tile`]: `R · C` accumulators, `C`
+    /// `Kᵀ` loads and `R` query broadcasts per `dd`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `q` holds `SR · dk` floats, `kt` `dk · KB`, `s` `SR · KB`;
+    /// `r0 + R ≤ SR`, `8 (v0 + C) ≤ KB`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn s_pass<const R: usize, const C: usize>(
+        q: *const f32,
+        dk: usize,
+        kt: *const f32,
+        s: *mut f32,
+        r0: usize,
+        v0: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        for dd in 0..dk {
+            let mut k = [_mm256_setzero_ps(); C];
+            for (i, x) in k.iter_mut().enumerate() {
+                // SAFETY (every access below): in bounds by the sizes of the contract.
+                *x = unsafe { _mm256_loadu_ps(kt.add(dd * KB + (v0 + i) * W)) };
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qv = _mm256_set1_ps(unsafe { *q.add((r0 + r) * dk + dd) });
+                for (x, &y) in a.iter_mut().zip(&k) {
+                    *x = _mm256_fmadd_ps(qv, y, *x);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (i, &x) in a.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(s.add((r0 + r) * KB + (v0 + i) * W), x) };
+            }
+        }
+    }
+
+    /// [`super::s_tile_portable`] with AVX2+FMA, in four passes over `dd` of 4 rows × 2 vectors
+    /// (16 keys): 8 accumulators, as many independent FMA chains as two pipes of 4-cycle latency
+    /// keep busy, with 2 `Kᵀ` loads and 4 broadcasts per `dd`. Blockings of 12 accumulators
+    /// (4 rows × 3 vectors, 3 rows × 4) leave no spare register: LLVM then spills and copies
+    /// registers inside the loop (as seen in the 12-accumulator `P V` chunk's assembly), and
+    /// they ran at half the speed; over a whole head, 2 rows × 4 vectors ran 3 % slower than
+    /// this one and 8 rows × 1 (9 broadcasts and loads per 8 FMAs) 9 % slower. Each score is one chain over `dd` in order, as in the plain-Rust tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `q` holds `SR · dk` floats, `kt` `dk · KB`, `s` `SR · KB`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn s_tile(q: &[f32], dk: usize, kt: &[f32], s: &mut [f32]) {
+        debug_assert!(q.len() >= SR * dk && kt.len() >= dk * KB && s.len() >= SR * KB);
+        let (q, kt, s) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+        for r0 in (0..SR).step_by(S_ROWS) {
+            for v0 in (0..KB / W).step_by(S_VECS) {
+                // SAFETY: the contract's sizes; the passes cover rows 0..8 × vectors 0..4.
+                unsafe { s_pass::<S_ROWS, S_VECS>(q, dk, kt, s, r0, v0) };
+            }
+        }
+    }
+
+    /// Columns `col..col + 16` of [`super::pv_tile_portable`]: 4 rows × 2 vectors of
+    /// accumulators, 2 `V` loads and 4 broadcasts per key.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `p` holds `PR · KB` floats, `v` `KB · dvp`, `o` `PR · dvp`,
+    /// `corr` `PR`; `col + 16 ≤ dvp`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pv_cols(
+        p: *const f32,
+        v: *const f32,
+        dvp: usize,
+        o: *mut f32,
+        corr: &[f32],
+        col: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); PV_VECS]; PR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let c = _mm256_set1_ps(corr[r]);
+            for (i, x) in a.iter_mut().enumerate() {
+                // SAFETY (every access below): in bounds by the sizes of the contract.
+                *x = _mm256_mul_ps(c, unsafe { _mm256_loadu_ps(o.add(r * dvp + col + i * W)) });
+            }
+        }
+        for j in 0..KB {
+            let mut vv = [_mm256_setzero_ps(); PV_VECS];
+            for (i, x) in vv.iter_mut().enumerate() {
+                *x = unsafe { _mm256_loadu_ps(v.add(j * dvp + col + i * W)) };
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pj = _mm256_set1_ps(unsafe { *p.add(r * KB + j) });
+                for (x, &y) in a.iter_mut().zip(&vv) {
+                    *x = _mm256_fmadd_ps(pj, y, *x);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for (i, &x) in a.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(o.add(r * dvp + col + i * W), x) };
+            }
+        }
+    }
+
+    /// [`super::pv_tile_portable`] with AVX2+FMA, 16 columns at a time (`dvp` is a multiple of
+    /// 16): 8 accumulators per chunk, for the same reasons as [`s_tile`]'s blocking (chunks of
+    /// 3 vectors, 12 accumulators, spill and ran at half the speed).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `p` holds `PR · KB` floats, `v` `KB · dvp`, `o` `PR · dvp`,
+    /// `corr` `PR`; `dvp` is a multiple of 16.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pv_tile(p: &[f32], v: &[f32], dvp: usize, o: &mut [f32], corr: &[f32]) {
+        debug_assert!(dvp.is_multiple_of(PV_VECS * W) && p.len() >= PR * KB && corr.len() >= PR);
+        debug_assert!(v.len() >= KB * dvp && o.len() >= PR * dvp);
+        let (p, v, o) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+        for col in (0..dvp).step_by(PV_VECS * W) {
+            // SAFETY: the contract's sizes; `col + 16 ≤ dvp` as `dvp` is a multiple of 16.
+            unsafe { pv_cols(p, v, dvp, o, corr, col) };
+        }
+    }
+}
+
 /// One task's inputs: its queries (`rows × dk`), the index of the first of them within the
 /// head, the head's packed `Kᵀ` and `V`, and the factor the queries are scaled by.
 #[derive(Clone, Copy)]
@@ -644,23 +861,23 @@ fn query_block_portable(dims: &Dims, task: Task<'_>, out: &mut [f32], sc: &mut S
     )
 }
 
+/// [`query_block`] on the AVX2+FMA tiles.
+///
 /// # Safety
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn query_block_avx2(dims: &Dims, task: Task<'_>, out: &mut [f32], sc: &mut Scratch) {
-    // The portable tiles, compiled with 256-bit vectors and FMA: closures defined here take
-    // this function's target features (function items would be called through shims
-    // compiled without them).
-    #[allow(clippy::redundant_closure)]
     query_block(
         dims,
         task,
         out,
         sc,
-        |q, dk, kt, s| s_tile_portable(q, dk, kt, s),
-        |p, v, dvp, o, c| pv_tile_portable(p, v, dvp, o, c),
-        |s, p, m, l| softmax_update(s, p, m, l),
+        // SAFETY: AVX2 and FMA are enabled for this function (the caller checked the CPU); the
+        // slices have the sizes `query_block` documents.
+        |q, dk, kt, s| unsafe { avx2::s_tile(q, dk, kt, s) },
+        |p, v, dvp, o, c| unsafe { avx2::pv_tile(p, v, dvp, o, c) },
+        |s, p, m, l| avx2::softmax_update(s, p, m, l),
     )
 }
 
@@ -888,7 +1105,9 @@ mod tests {
     /// Every path against the unfused composition (candle GEMMs and the softmax kernel) at
     /// odd and real shapes: queries and keys not multiples of the blocks (1, 7, 33, 70), head
     /// widths of MoonViT (72), Qwen2-VL's vision tower (80), git-base (64) and MLA (192 × 128),
-    /// one key, and scores large enough that an unstabilised softmax would overflow.
+    /// one key, scores large enough that an unstabilised softmax would overflow, query widths
+    /// that are not multiples of 8 (20, 36) and narrow values (`dv` 24 and 8: packed `V` rows
+    /// of 32 and 16 floats, two column chunks of the AVX2 tile and one).
     /// The tolerance is f32 rounding of the scores, summed in another order on each side:
     /// about 1e-7 of |score|, so 1e-5 for scores of a few units and 1e-3 for the case whose
     /// scores reach about 2000 (measured: up to 1.1e-4 there, below 1e-6 elsewhere).
@@ -902,6 +1121,8 @@ mod tests {
             (2, 33, 1, 16, 16, 1.0),
             (2, 40, 65, 192, 128, 1.0),
             (1, 45, 97, 80, 80, 12.0),
+            (2, 19, 45, 20, 24, 1.0),
+            (1, 9, 40, 36, 8, 1.0),
         ];
         for (heads, n, m, dk, dv, std) in cases {
             let tol = if std > 1.0 { 1e-3 } else { 1e-5 };
@@ -1015,6 +1236,60 @@ mod tests {
             for threads in [2, 3, 8] {
                 assert_eq!(one, attention_f32(&q, &k, &v, dims, 0.3, path, threads));
             }
+        }
+    }
+
+    /// The AVX2 online-softmax update against the plain-Rust one on the same rows: the
+    /// first block (`m = -inf`), a block that raises the maximum and one that does not,
+    /// scores past the row's last key (`-inf`), and scores at, just above and just below 126
+    /// under the maximum, where `exp2` must give 2⁻¹²⁶, a normal number, and exactly 0. The
+    /// probabilities agree to a few ulps (the AVX2 polynomial fuses its multiply-adds) and are 0
+    /// exactly where the plain-Rust ones are.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_softmax_update_matches_the_portable_one() {
+        if !FlashPath::Avx2.is_available() {
+            return;
+        }
+        let mut s = [0f32; KB];
+        for (j, x) in s.iter_mut().enumerate() {
+            *x = ((j * 37 % 23) as f32 - 11.0) * 0.45;
+        }
+        let top = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        s[3] = top - 126.0;
+        s[4] = top - 125.5;
+        s[5] = top - 126.001;
+        s[6] = top - 300.0;
+        s[KB - 5..].fill(f32::NEG_INFINITY);
+        for (m0, l0) in [
+            (f32::NEG_INFINITY, 0.0f32),
+            (top - 3.0, 2.5),
+            (top + 1.0, 7.0),
+        ] {
+            let (mut pa, mut pb) = ([0f32; KB], [0f32; KB]);
+            let (mut ma, mut la, mut mb, mut lb) = (m0, l0, m0, l0);
+            let ca = softmax_update(&s, &mut pa, &mut ma, &mut la);
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let cb = unsafe { avx2::softmax_update(&s, &mut pb, &mut mb, &mut lb) };
+            assert_eq!(ma, mb, "m from {m0}");
+            assert!(
+                (ca - cb).abs() <= 1e-6 * ca.abs(),
+                "corr from {m0}: {ca} {cb}"
+            );
+            assert!((la - lb).abs() <= 1e-6 * la.abs(), "l from {m0}: {la} {lb}");
+            for (j, (&a, &b)) in pa.iter().zip(&pb).enumerate() {
+                assert_eq!(a == 0.0, b == 0.0, "p[{j}] from {m0}: {a} {b}");
+                assert!((a - b).abs() <= 1e-6 * a, "p[{j}] from {m0}: {a} {b}");
+            }
+            if m0 < top {
+                assert_eq!(pb[3], f32::MIN_POSITIVE, "2^-126 from {m0}");
+                assert!(pb[4] > f32::MIN_POSITIVE && pb[4].is_normal(), "{}", pb[4]);
+                assert_eq!((pb[5], pb[6]), (0.0, 0.0), "below 2^-126 from {m0}");
+            }
+            assert!(
+                pb[KB - 5..].iter().all(|&x| x == 0.0),
+                "masked keys from {m0}"
+            );
         }
     }
 
