@@ -92,8 +92,8 @@
 //!   panel and the rows are packed in groups of 6 for the whole call; AVX-512 takes a group
 //!   in one micro-kernel call, AVX2 in three passes of 2 rows (its 16 registers), each
 //!   chunk's steps written as one `asm!` block so that the compiler cannot hoist and spill
-//!   them. With 1 or 2 rows, and on the scalar path, 4 rows per call (2 on AVX2) straight
-//!   from the packed tile.
+//!   them. A panel of no more rows than one plain call takes (4; 2 on AVX2), and the scalar
+//!   path, go straight from the packed tile.
 //! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
 //!   job; only the chosen experts are read, each once.
 //! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work

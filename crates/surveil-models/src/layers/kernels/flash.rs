@@ -28,14 +28,9 @@
 //! only, see the tests. Work is split by (head, 32-query block) over candle's thread count; a
 //! call under about 8 M multiply-adds per thread uses fewer threads.
 //!
-//! Measured (`cargo bench -p surveil-models --bench attention`, 2 threads, median of 5 runs):
-//! AVX-512, 164 GFLOP/s at Qwen2-VL-2B's tower shape, 4.9× the unfused composition
-//! (docs/performance.md). AVX2+FMA (AMD EPYC Zen 3, 2 cores, shared with other work at a load
-//! of about 2): 120 GFLOP/s at that shape (220 ms), 108 at MoonViT's (237 ms), 75 at
-//! git-base's (1.6 ms), 2.0×, 1.9× and 2.2× the plain-Rust tiles compiled for AVX2+FMA
-//! that this path replaced (438, 460 and 3.5 ms in the same conditions); 2.3–3.7× the
-//! composition. One thread alone reaches about 100 GFLOP/s in the `Q Kᵀ` and `P V` tiles and
-//! 73 over a whole head; the online softmax takes about a tenth of the time.
+//! Measured (`cargo bench -p surveil-models --bench attention`, 2 threads): AVX-512, 164
+//! GFLOP/s at Qwen2-VL-2B's tower shape, 4.9× the unfused composition; AVX2+FMA (AMD EPYC,
+//! Zen 3), 120 GFLOP/s at that shape, 3.7× the composition (docs/performance.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -547,10 +542,10 @@ mod avx2 {
     const PV_VECS: usize = 2;
 
     /// `2^t` for 8 lanes, as [`super::super::attention::exp2_nonpositive`] computes it for
-    /// `t ≤ 0`: `t` clamped to `[-126, ∞)`, `t = n + f` with `n` rounded to nearest, `2^f` by the
-    /// same polynomial, `2^n` applied by adding `n` to the exponent bits; lanes below `-126` (and
-    /// `-inf`) give 0. With `t ≥ -126`, `n = -126` only with `f ≥ 0`, so `2^f ≥ 1` and the sum of
-    /// exponents stays normal.
+    /// `t ≤ 0`: `t` clamped to `[-126, ∞)`, `t = n + f` with `n` rounded to nearest, `2^f` by
+    /// the same polynomial, `2^n` applied by adding `n` to the exponent bits; lanes below
+    /// `-126` (and `-inf`) give 0. With `t ≥ -126`, `n = -126` only with `f ≥ 0`, so `2^f ≥ 1`
+    /// and the sum of exponents stays normal.
     #[target_feature(enable = "avx2,fma")]
     fn exp2(t: __m256) -> __m256 {
         let lo = _mm256_set1_ps(-126.0);
@@ -659,10 +654,9 @@ mod avx2 {
     /// [`super::s_tile_portable`] with AVX2+FMA, in four passes over `dd` of 4 rows × 2 vectors
     /// (16 keys): 8 accumulators, as many independent FMA chains as two pipes of 4-cycle latency
     /// keep busy, with 2 `Kᵀ` loads and 4 broadcasts per `dd`. Blockings of 12 accumulators
-    /// (4 rows × 3 vectors, 3 rows × 4) leave no spare register: LLVM then spills and copies
-    /// registers inside the loop (as seen in the 12-accumulator `P V` chunk's assembly), and
-    /// they ran at half the speed; over a whole head, 2 rows × 4 vectors ran 3 % slower than
-    /// this one and 8 rows × 1 (9 broadcasts and loads per 8 FMAs) 9 % slower. Each score is one chain over `dd` in order, as in the plain-Rust tile.
+    /// (4 rows × 3 vectors, 3 rows × 4) leave no spare register among the 16, so the compiler
+    /// spills inside the loop. Each score is one chain over `dd` in order, as in the
+    /// plain-Rust tile.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `q` holds `SR · dk` floats, `kt` `dk · KB`, `s` `SR · KB`.
@@ -722,7 +716,7 @@ mod avx2 {
 
     /// [`super::pv_tile_portable`] with AVX2+FMA, 16 columns at a time (`dvp` is a multiple of
     /// 16): 8 accumulators per chunk, for the same reasons as [`s_tile`]'s blocking (chunks of
-    /// 3 vectors, 12 accumulators, spill and ran at half the speed).
+    /// 3 vectors would need 12 and spill).
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `p` holds `PR · KB` floats, `v` `KB · dvp`, `o` `PR · dvp`,

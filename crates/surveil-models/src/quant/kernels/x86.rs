@@ -264,8 +264,10 @@ pub(super) fn tile_outputs_avx512(
     }
 }
 
-/// One tile block unpacked for [`tile_unpacked_avx512`]: the eight `u8` operands of
-/// [`unpack_avx512`], then the 16 rows' scales `d` and minimums `m` widened to f32.
+/// One tile block unpacked for [`tile_grouped_avx512`] and [`tile_grouped_avx2`]: the eight
+/// `u8` operands of [`unpack_avx512`] (each 64 bytes: rows 0–7 in the low 32, the AVX2
+/// operand of half 0, rows 8–15 in the high 32), then the 16 rows' scales `d` and minimums `m`
+/// widened to f32.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct UnpackedBlock {
@@ -639,9 +641,9 @@ unsafe fn unpack_tile_avx2(tile: *const u8, blocks: usize, dst: *mut UnpackedBlo
 ///
 /// Written as one `asm!` block because the compiler, given the same steps as intrinsics over
 /// a fully unrolled block, issues all of a block's loads and broadcasts first and spills them
-/// to the stack (`objdump -d`: over a hundred stack accesses per block at three rows); an
-/// `asm!` block that is not `pure` stays in program order, so only the `i16` sums live across
-/// the steps. Ten registers: four sums, four broadcasts, the weight operand and a product.
+/// to the stack; an `asm!` block that is not `pure` stays in program order, so only the `i16`
+/// sums live across the steps. Ten registers: four sums, four broadcasts, the weight operand
+/// and a product.
 ///
 /// # Safety
 /// AVX2 available; `x0`, `x0 + 16`, `x1`, `x1 + 16` point to 4 readable bytes each; `lo` and
@@ -703,9 +705,10 @@ unsafe fn chunk_step_avx2(
     *s = [[a0, a1], [b0, b1]];
 }
 
-/// Rows of one pass of [`tile_grouped_avx2`]: one [`chunk_step_avx2`] (ten registers) plus
-/// the pair's four `i16` sums and four f32 accumulators; a packed group of six runs as three
-/// passes over the unpacked tile (from L1).
+/// Rows of one pass of [`tile_grouped_avx2`]: one [`chunk_step_avx2`] takes ten registers
+/// (the pair's four `i16` sums among them), the pair's four f32 accumulators and the `vpmaddwd`
+/// ones make fifteen; a packed group of six runs as three passes over the unpacked tile (from
+/// L1 or L2).
 const AVX2_PASS_ROWS: usize = 2;
 
 /// [`tile_avx2`] on a tile unpacked by [`unpack_tile_avx2`] for `R` rows starting at row `r0`
