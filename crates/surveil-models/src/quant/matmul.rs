@@ -16,13 +16,16 @@ use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
 /// path's rows per call (2, 4 and [`GROUP_ROWS`]).
 pub(crate) const PANEL_ROWS: usize = 60;
 
-/// Work (weight bytes × activation rows) below which a part is not worth a thread wake-up:
+/// Work (weight bytes × activation rows) below which a job is not worth a thread wake-up:
 /// waking a parked worker costs the caller a few microseconds (a futex call), about the time
-/// of streaming 256 KiB.
+/// of streaming 256 KiB, so a job runs on the calling thread alone below twice that.
 const MIN_PART_WORK: usize = 256 * 1024;
 
-/// Parts per thread: parts are taken dynamically, so a descheduled thread takes fewer.
-const PARTS_PER_THREAD: usize = 4;
+/// Work per part once a job is split: the pool gives each thread a contiguous run of parts
+/// and lets a thread that is done take parts from the back of another's run, so the threads
+/// finish within about one part of each other. 64 KiB of weight streams in about 4 µs on one
+/// core; taking a part is one compare-and-swap.
+const PART_WORK: usize = 64 * 1024;
 
 /// `y [rows, n] = x [rows, k] · Wᵀ` with the fastest kernel of this CPU ([`Kernel::best`]).
 /// `x` and `y` are row-major f32; `x` is quantized to 8 bits per 32-block first.
@@ -120,14 +123,14 @@ pub(crate) fn pack_rows<W: PackedWeight>(
     PackedRows::pack(x, &rows, PANEL_ROWS, pool).map(Some)
 }
 
-/// How many parts to split `tiles` row tiles into for `work` = weight bytes × rows.
+/// How many parts to split `tiles` row tiles into for `work` = weight bytes × rows: one below
+/// `2 · MIN_PART_WORK` or with one thread, else one per [`PART_WORK`] (at least one per
+/// thread, at most one per tile).
 pub(crate) fn part_count(work: usize, tiles: usize, threads: usize) -> usize {
-    if threads <= 1 {
+    if threads <= 1 || work < 2 * MIN_PART_WORK {
         return 1;
     }
-    (work / MIN_PART_WORK)
-        .clamp(1, threads * PARTS_PER_THREAD)
-        .min(tiles.max(1))
+    (work / PART_WORK).max(threads).min(tiles.max(1))
 }
 
 /// Tiles of part `p` of `parts` (contiguous, sizes differing by at most one).

@@ -36,9 +36,14 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
 /// parts too. `threads` is the total including the caller (the `vlm.threads` setting), so
 /// `ThreadPool::new(1)` starts no thread and runs everything inline.
 ///
-/// Parts are handed out one at a time from a shared counter, so a thread that is descheduled
-/// (cores shared with other work) simply takes fewer. A worker that has not woken up by the
-/// time every part is taken does not join the job, and the call does not wait for it.
+/// Each thread owns a contiguous run of the parts (thread `i` of `T`: parts `i·P/T ..
+/// (i+1)·P/T`) and takes them in order from the front, so a GEMV split into many small parts
+/// still streams each thread's share of the weight as one sequential read; a thread whose run
+/// is done takes parts one at a time from the back of the run with the most left (work
+/// stealing). A thread that is descheduled (cores shared with other work) therefore simply
+/// runs fewer parts, and the threads finish within one part of each other. A worker that has
+/// not woken up by the time every part is taken does not join the job, and the call does not
+/// wait for it.
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
@@ -64,8 +69,9 @@ struct Shared {
     epoch: AtomicU64,
     /// `State::active`, readable without the lock (the caller's spin).
     busy: AtomicUsize,
-    /// Next part to take in the current job.
-    next: AtomicUsize,
+    /// Per thread (the caller is 0, worker `i` is `i`): the parts of the current job it has
+    /// not taken yet (see [`Run`]).
+    runs: Box<[Run]>,
     /// Set when a part panicked: the parts not yet started are skipped.
     failed: AtomicBool,
 }
@@ -113,7 +119,7 @@ impl ThreadPool {
             done: Condvar::new(),
             epoch: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
+            runs: (0..threads).map(|_| Run::default()).collect(),
             failed: AtomicBool::new(false),
         });
         let mut pool = Self {
@@ -125,7 +131,7 @@ impl ThreadPool {
             let shared = Arc::clone(&pool.shared);
             let handle = std::thread::Builder::new()
                 .name(format!("surveil-q4-{i}"))
-                .spawn(move || worker(&shared))
+                .spawn(move || worker(&shared, i))
                 .map_err(QuantError::Spawn)?; // `pool` drops here and joins those started
             pool.workers.push(handle);
         }
@@ -143,6 +149,21 @@ impl ThreadPool {
     /// Errors: a part panicked ([`QuantError::JobPanicked`] with its message); the parts not
     /// yet started are then skipped, the others finish, and the pool stays usable.
     pub fn run<F: Fn(usize) + Sync>(&self, parts: usize, f: F) -> Result<(), QuantError> {
+        if parts <= MAX_PARTS {
+            return self.run_job(parts, &f);
+        }
+        // More parts than a run can count: consecutive jobs of at most `MAX_PARTS`.
+        let mut first = 0;
+        while first < parts {
+            let n = (parts - first).min(MAX_PARTS);
+            self.run_job(n, &|p| f(first + p))?;
+            first += n;
+        }
+        Ok(())
+    }
+
+    /// [`Self::run`] for at most [`MAX_PARTS`] parts.
+    fn run_job(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) -> Result<(), QuantError> {
         if self.workers.is_empty() || parts <= 1 {
             let mut first_panic = None;
             for part in 0..parts {
@@ -154,7 +175,6 @@ impl ThreadPool {
             return first_panic.map_or(Ok(()), |m| Err(QuantError::JobPanicked(m)));
         }
         let _one_job = self.run_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let f: &(dyn Fn(usize) + Sync + '_) = &f;
         // SAFETY: only the lifetime changes (same fat-pointer layout). The pointer is
         // dereferenced by workers only between taking the job (under the state lock, while
         // `state.job` is `Some`) and decrementing `active`; below, this function clears
@@ -169,7 +189,10 @@ impl ThreadPool {
         let job = JobRef { f: erased, parts };
         {
             let mut st = self.lock();
-            self.shared.next.store(0, Ordering::Relaxed);
+            let threads = self.shared.runs.len();
+            for (i, run) in self.shared.runs.iter().enumerate() {
+                run.set(parts * i / threads, parts * (i + 1) / threads);
+            }
             self.shared.failed.store(false, Ordering::Relaxed);
             st.epoch += 1;
             st.job = Some(job);
@@ -177,7 +200,7 @@ impl ThreadPool {
             self.shared.epoch.store(st.epoch, Ordering::Release);
         }
         self.shared.wake.notify_all();
-        let own_panic = work(&self.shared, job);
+        let own_panic = work(&self.shared, job, 0);
         let mut st = self.lock();
         st.job = None;
         if st.active > 0 {
@@ -283,8 +306,8 @@ impl Drop for ThreadPool {
     }
 }
 
-/// A worker: sleep until a new job is published, take parts until none is left, report.
-fn worker(shared: &Shared) {
+/// Worker `slot`: sleep until a new job is published, take parts until none is left, report.
+fn worker(shared: &Shared, slot: usize) {
     let mut seen = 0u64;
     loop {
         spin_until(|| shared.epoch.load(Ordering::Acquire) != seen);
@@ -305,7 +328,7 @@ fn worker(shared: &Shared) {
                 st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let panic = work(shared, job);
+        let panic = work(shared, job, slot);
         let mut st = shared.lock();
         if let Some(m) = panic {
             st.panic.get_or_insert(m);
@@ -318,14 +341,16 @@ fn worker(shared: &Shared) {
     }
 }
 
-/// Take and run parts of `job` until none is left; the first panic's message.
-fn work(shared: &Shared, job: JobRef) -> Option<String> {
+/// Take and run parts of `job` until none is left (thread `slot`'s own run first, then the
+/// back of the others'); the first panic's message.
+fn work(shared: &Shared, job: JobRef, slot: usize) -> Option<String> {
     let mut panic = None;
+    let own = &shared.runs[slot];
     loop {
-        let part = shared.next.fetch_add(1, Ordering::Relaxed);
-        if part >= job.parts {
+        let Some(part) = own.take_front().or_else(|| steal(&shared.runs, slot)) else {
             return panic;
-        }
+        };
+        debug_assert!(part < job.parts);
         if shared.failed.load(Ordering::Relaxed) {
             continue;
         }
@@ -336,6 +361,93 @@ fn work(shared: &Shared, job: JobRef) -> Option<String> {
             shared.failed.store(true, Ordering::Relaxed);
             panic.get_or_insert_with(|| panic_message(payload.as_ref()));
         }
+    }
+}
+
+/// Most parts one job can hold: a [`Run`] counts them in 32 bits.
+const MAX_PARTS: usize = u32::MAX as usize;
+
+/// The parts `start..end` of the current job that one thread has not taken yet, packed as
+/// `start << 32 | end` in one atomic so that the owner (from the front) and thieves (from the
+/// back) take parts with one compare-and-swap each; on its own cache line (128 bytes: the
+/// adjacent-line prefetcher pairs lines) so that owners do not slow each other down.
+#[derive(Default)]
+#[repr(align(128))]
+struct Run(AtomicU64);
+
+impl Run {
+    /// Open `start..end` (`end ≤ MAX_PARTS`) for a new job; published to the workers by the
+    /// job's epoch (under the state lock).
+    fn set(&self, start: usize, end: usize) {
+        self.0
+            .store(((start as u64) << 32) | end as u64, Ordering::Relaxed);
+    }
+
+    /// `(start, end)` of a packed value.
+    fn unpack(v: u64) -> (u64, u64) {
+        (v >> 32, v & u64::from(u32::MAX))
+    }
+
+    /// Parts not yet taken.
+    fn left(&self) -> u64 {
+        let (start, end) = Self::unpack(self.0.load(Ordering::Relaxed));
+        end.saturating_sub(start)
+    }
+
+    /// Take the first part left (the owner's order).
+    fn take_front(&self) -> Option<usize> {
+        let mut v = self.0.load(Ordering::Relaxed);
+        loop {
+            let (start, end) = Self::unpack(v);
+            if start >= end {
+                return None;
+            }
+            match self.0.compare_exchange_weak(
+                v,
+                v + (1 << 32),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(start as usize),
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Take the last part left (a thief's order).
+    fn take_back(&self) -> Option<usize> {
+        let mut v = self.0.load(Ordering::Relaxed);
+        loop {
+            let (start, end) = Self::unpack(v);
+            if start >= end {
+                return None;
+            }
+            match self
+                .0
+                .compare_exchange_weak(v, v - 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(end as usize - 1),
+                Err(now) => v = now,
+            }
+        }
+    }
+}
+
+/// A part from the back of the run (other than `slot`'s) with the most parts left; `None`
+/// when every run is empty.
+fn steal(runs: &[Run], slot: usize) -> Option<usize> {
+    loop {
+        let victim = runs
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != slot)
+            .map(|(i, r)| (r.left(), i))
+            .max()
+            .filter(|&(left, _)| left > 0)?;
+        if let Some(part) = runs[victim.1].take_back() {
+            return Some(part);
+        }
+        // Emptied by its owner or another thief meanwhile: look again.
     }
 }
 
@@ -395,6 +507,46 @@ mod tests {
         }
         let inline = ThreadPool::new(1).unwrap();
         assert!(inline.run(3, |_| panic!("inline")).is_err());
+    }
+
+    /// A thread held up in its first part loses the rest of its run to the others, which take
+    /// it from the back; every part still runs once.
+    #[test]
+    fn idle_threads_take_the_back_of_a_busy_run() {
+        let pool = ThreadPool::new(2).unwrap();
+        let parts = 64;
+        let by: Vec<AtomicU32> = (0..parts).map(|_| AtomicU32::new(0)).collect();
+        let caller = std::thread::current().id();
+        pool.run(parts, |p| {
+            let me = if std::thread::current().id() == caller {
+                1
+            } else {
+                2
+            };
+            by[p].fetch_add(me, Ordering::Relaxed);
+            if p == 0 {
+                // The caller's run is parts 0..32: hold it up until the worker has run its
+                // own 32 parts and taken at least one of the caller's.
+                let t0 = std::time::Instant::now();
+                while by[31].load(Ordering::Relaxed) == 0
+                    && t0.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    std::thread::yield_now();
+                }
+            }
+        })
+        .unwrap();
+        let runs: Vec<u32> = by.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        assert!(runs.iter().all(|&r| r == 1 || r == 2), "{runs:?}");
+        assert_eq!(runs[0], 1, "part 0 is the caller's first");
+        assert!(
+            runs[32..].iter().all(|&r| r == 2),
+            "the worker's own run: {runs:?}"
+        );
+        assert_eq!(
+            runs[31], 2,
+            "the back of the caller's run went to the worker"
+        );
     }
 
     #[test]
