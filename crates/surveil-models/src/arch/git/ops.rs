@@ -9,7 +9,8 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::config::Activation;
 use crate::layers::kernels::{
-    contiguous_f32, flash_attention, for_rows, runs_cpu_kernel, scaled_softmax, KeyMask,
+    contiguous_f32, decode_attention, flash_attention, for_rows, runs_cpu_kernel, scaled_softmax,
+    KeyMask, DECODE_MAX_ROWS,
 };
 use crate::Result;
 
@@ -112,9 +113,14 @@ pub(crate) fn attention(
     scale: f64,
 ) -> Result<Tensor> {
     if runs_cpu_kernel(q) {
-        if mask.is_none() && q.dim(2)? > 1 && k.dim(2)? > 0 {
-            // Several queries that see every key (the vision tower): the fused kernel.
-            return flash_attention(q, k, v, scale as f32, KeyMask::All);
+        if mask.is_none() && k.dim(2)? > 0 {
+            // Queries that see every key: a decode step (few rows, keys read in place from
+            // the cache) or the vision tower (the tiled kernel).
+            return if q.dim(2)? <= DECODE_MAX_ROWS {
+                decode_attention(q, k, v, scale as f32)
+            } else {
+                flash_attention(q, k, v, scale as f32, KeyMask::All)
+            };
         }
         // The softmax kernel (polynomial `exp`) instead of candle-nn's libm one. GIT's mask
         // holds 0 and -inf only (`decoder_mask`), so softmax(scale·(S + M)) is

@@ -4,7 +4,9 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::TextConfig;
-use crate::layers::kernels::{flash_attention, runs_cpu_kernel, scaled_softmax, KeyMask};
+use crate::layers::kernels::{
+    decode_attention, flash_attention, runs_cpu_kernel, scaled_softmax, KeyMask, DECODE_MAX_ROWS,
+};
 use surveil_memory::QuantPolicy;
 
 use crate::layers::{KvCache, LayerKvCache, Linear, Logits, RmsNorm};
@@ -87,6 +89,11 @@ impl Attention {
                     period: s,
                 },
             )?,
+            // A decode step on the CPU: the query rows see every cached key; the keys and
+            // values are read in place from the cache.
+            None if runs_cpu_kernel(&q) && rep * s <= DECODE_MAX_ROWS => {
+                decode_attention(&q, &k, &v, scale)?
+            }
             _ => {
                 let scores = q.matmul(&k.t()?)?;
                 let scores = match mask {

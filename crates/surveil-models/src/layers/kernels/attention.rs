@@ -67,7 +67,7 @@ fn exp_clamped(x: f32) -> f32 {
 
 /// Softmax of `scale · row` in place of `dst`, reading `src` (same length).
 #[inline(always)]
-fn softmax_row(src: &[f32], dst: &mut [f32], scale: f32) {
+pub(super) fn softmax_row(src: &[f32], dst: &mut [f32], scale: f32) {
     const L: usize = 8;
     let mut m = [f32::NEG_INFINITY; L];
     let chunks = src.chunks_exact(L);

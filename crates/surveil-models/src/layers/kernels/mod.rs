@@ -9,9 +9,11 @@
 //! kernels.
 
 mod attention;
+mod decode;
 mod flash;
 
 pub use attention::full_attention_composed;
+pub(crate) use decode::{decode_attention, DECODE_MAX_ROWS};
 pub use flash::{flash_attention, flash_attention_with, FlashPath, KeyMask};
 
 pub(crate) use attention::{

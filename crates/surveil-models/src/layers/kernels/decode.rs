@@ -1,0 +1,358 @@
+//! Attention of a decode step: a few query rows per head against every cached key, with the
+//! keys and values read in place from the KV cache's buffer (no copy, no packing), in one
+//! pass per head: scores, softmax, weighted sum of values.
+//!
+//! The tiled kernel ([`super::flash_attention`]) packs each head's `Kᵀ` and `V` before it
+//! starts, which pays off when many query rows share them (prefill, vision towers); a decode
+//! step has one query row per head (a few with grouped-query attention), so packing would
+//! cost as much as the attention itself.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+
+use super::attention::softmax_row;
+use super::contiguous_f32;
+use crate::Result;
+
+/// Query rows per head up to which [`decode_attention`] is the better kernel: beyond, the
+/// tiled kernel's reuse of packed keys wins.
+pub(crate) const DECODE_MAX_ROWS: usize = 16;
+
+/// Multiply-adds (over all heads) below which one thread does the whole call: a decode step's
+/// attention over a few thousand cached tokens takes well under a millisecond.
+const PARALLEL_MIN_WORK: usize = 1 << 22;
+
+/// `softmax(scale · q kᵀ) v` over the last two dimensions, every query row seeing every key:
+/// `q` `(..., n, dk)`, `k` `(..., m, dk)`, `v` `(..., m, dv)` with the same leading
+/// dimensions, f32 on the CPU, `m ≥ 1`. `k` and `v` may be strided views (the filled part of
+/// a KV cache) as long as each key's and value's `d` floats are contiguous; other layouts are
+/// copied first. Returns `(..., n, dv)`, contiguous. Meant for `n ≤` [`DECODE_MAX_ROWS`];
+/// correct for any `n`.
+///
+/// # Errors
+/// Mismatched shapes, no keys, or inputs that are not f32 CPU tensors.
+pub(crate) fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    let rows_contiguous = |t: &Tensor| -> Result<Tensor> {
+        Ok(if t.stride().last() == Some(&1) {
+            t.clone()
+        } else {
+            t.contiguous()?
+        })
+    };
+    let q = if q.is_contiguous() {
+        q.clone()
+    } else {
+        q.contiguous()?
+    };
+    Ok(q.apply_op3_no_bwd(
+        &rows_contiguous(k)?,
+        &rows_contiguous(v)?,
+        &DecodeAttention { scale },
+    )?)
+}
+
+struct DecodeAttention {
+    scale: f32,
+}
+
+/// One strided operand (`k` or `v`): its whole buffer, where each head's first row starts,
+/// and the distance between rows.
+struct Rows<'a> {
+    data: &'a [f32],
+    heads: Vec<usize>,
+    stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// `storage`/`layout` of shape `(lead..., m, d)` with the last dimension contiguous; every
+    /// row of every head checked to lie inside the buffer.
+    fn new(
+        storage: &'a CpuStorage,
+        layout: &Layout,
+        m: usize,
+        d: usize,
+    ) -> candle_core::Result<Self> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("decode attention: expected f32 storage")
+        };
+        let dims = layout.shape().dims();
+        let strides = layout.stride();
+        let rank = dims.len();
+        if d > 1 && strides[rank - 1] != 1 {
+            candle_core::bail!("decode attention: rows must be contiguous, strides {strides:?}")
+        }
+        let stride = strides[rank - 2];
+        // Offsets of every head's row 0, leading dimensions in row-major order.
+        let mut heads = vec![layout.start_offset()];
+        for (&size, &step) in dims[..rank - 2].iter().zip(&strides[..rank - 2]) {
+            heads = heads
+                .iter()
+                .flat_map(|&o| (0..size).map(move |i| o + i * step))
+                .collect();
+        }
+        let end = |o: usize| o + (m - 1) * stride + d;
+        if heads.iter().any(|&o| end(o) > data.len()) {
+            candle_core::bail!("decode attention: a view reaches past its buffer")
+        }
+        Ok(Self {
+            data,
+            heads,
+            stride,
+        })
+    }
+
+    /// Row `t` of head `h`: `d` floats.
+    #[inline(always)]
+    fn row(&self, h: usize, t: usize, d: usize) -> &[f32] {
+        let at = self.heads[h] + t * self.stride;
+        &self.data[at..at + d]
+    }
+}
+
+impl CustomOp3 for DecodeAttention {
+    fn name(&self) -> &'static str {
+        "decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = contiguous_f32(sq, lq)?;
+        let (qd, kd, vd) = (lq.shape().dims(), lk.shape().dims(), lv.shape().dims());
+        let rank = qd.len();
+        if rank < 2 || kd.len() != rank || vd.len() != rank {
+            candle_core::bail!("decode attention: shapes {qd:?}, {kd:?}, {vd:?}")
+        }
+        let lead = &qd[..rank - 2];
+        let (n, dk) = (qd[rank - 2], qd[rank - 1]);
+        let (m, dv) = (kd[rank - 2], vd[rank - 1]);
+        if &kd[..rank - 2] != lead
+            || &vd[..rank - 2] != lead
+            || kd[rank - 1] != dk
+            || vd[rank - 2] != m
+            || m == 0
+            || dk == 0
+            || dv == 0
+        {
+            candle_core::bail!("decode attention: q {qd:?}, k {kd:?}, v {vd:?} do not match")
+        }
+        let heads: usize = lead.iter().product();
+        let k = Rows::new(sk, lk, m, dk)?;
+        let v = Rows::new(sv, lv, m, dv)?;
+        let mut out = vec![0f32; heads * n * dv];
+        let shape = {
+            let mut s = qd.to_vec();
+            s[rank - 1] = dv;
+            Shape::from(s)
+        };
+        if heads == 0 || n == 0 {
+            return Ok((CpuStorage::F32(out), shape));
+        }
+        let dims = HeadDims { n, m, dk, dv };
+        let scale = self.scale;
+        let run = |first: usize, out: &mut [f32]| {
+            let mut scratch = vec![0f32; 2 * n * m];
+            for (i, oh) in out.chunks_exact_mut(n * dv).enumerate() {
+                let h = first + i;
+                let qh = &q[h * n * dk..(h + 1) * n * dk];
+                head_any(dims, qh, &k, &v, h, scale, &mut scratch, oh);
+            }
+        };
+        let work = heads * n * m * (dk + dv);
+        let threads = if work < PARALLEL_MIN_WORK {
+            1
+        } else {
+            candle_core::utils::get_num_threads().clamp(1, heads)
+        };
+        if threads == 1 {
+            run(0, &mut out);
+        } else {
+            let per = heads.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let mut parts = out.chunks_mut(per * n * dv).enumerate();
+                let first = parts.next();
+                for (i, part) in parts {
+                    let run = &run;
+                    scope.spawn(move || run(i * per, part));
+                }
+                if let Some((_, part)) = first {
+                    run(0, part);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// Sizes of one head: `n` query rows, `m` keys, widths `dk` and `dv`.
+#[derive(Clone, Copy)]
+struct HeadDims {
+    n: usize,
+    m: usize,
+    dk: usize,
+    dv: usize,
+}
+
+/// Dot product in eight lanes (vectorises without reassociation flags).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 8;
+    let mut acc = [0f32; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..L {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Head `h`: scores of its `n` query rows `qh` against its `m` keys, softmax per row, then the
+/// rows of `out` (`n × dv`, zeroed) as probability-weighted sums of its values. `scratch`
+/// holds `2 · n · m` floats.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn head(
+    d: HeadDims,
+    qh: &[f32],
+    k: &Rows<'_>,
+    v: &Rows<'_>,
+    h: usize,
+    scale: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let HeadDims { n, m, dk, dv } = d;
+    let (scores, probs) = scratch.split_at_mut(n * m);
+    // Each key row is read once for all query rows.
+    for t in 0..m {
+        let kr = k.row(h, t, dk);
+        for (r, qr) in qh.chunks_exact(dk).enumerate() {
+            scores[r * m + t] = dot(qr, kr);
+        }
+    }
+    for (s, p) in scores.chunks_exact(m).zip(probs.chunks_exact_mut(m)) {
+        softmax_row(s, p, scale);
+    }
+    for t in 0..m {
+        let vr = v.row(h, t, dv);
+        for (r, or) in out.chunks_exact_mut(dv).enumerate() {
+            let p = probs[r * m + t];
+            for (o, &x) in or.iter_mut().zip(vr) {
+                *o += p * x;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_avx2(
+    d: HeadDims,
+    qh: &[f32],
+    k: &Rows<'_>,
+    v: &Rows<'_>,
+    h: usize,
+    scale: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    // Same code, compiled with 256-bit vectors.
+    head(d, qh, k, v, h, scale, scratch, out)
+}
+
+/// [`head`] on the widest vectors this CPU has.
+#[allow(clippy::too_many_arguments)]
+fn head_any(
+    d: HeadDims,
+    qh: &[f32],
+    k: &Rows<'_>,
+    v: &Rows<'_>,
+    h: usize,
+    scale: f32,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { head_avx2(d, qh, k, v, h, scale, scratch, out) };
+            return;
+        }
+    }
+    head(d, qh, k, v, h, scale, scratch, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::max_abs_diff;
+    use super::*;
+    use crate::layers::kernels::attention::full_attention_composed;
+    use candle_core::{DType, Device};
+
+    /// Against the unfused composition (candle GEMMs and softmax): contiguous inputs and the
+    /// KV cache's strided views (the filled part of a larger buffer), one key, odd widths,
+    /// several query rows (grouped-query attention), and a row of large scores.
+    #[test]
+    fn matches_the_composition_on_cache_views() {
+        let dev = Device::Cpu;
+        // (batch, heads, query rows, keys, capacity, dk, dv, score scale)
+        let cases = [
+            (1, 2, 1, 1, 4, 64, 64, 1.0),
+            (1, 2, 6, 37, 64, 128, 128, 1.0),
+            (2, 3, 1, 200, 256, 64, 64, 1.0),
+            (1, 1, 4, 19, 19, 20, 36, 1.0),
+            (1, 2, 3, 50, 80, 13, 7, 30.0),
+            (1, 4, 17, 33, 40, 16, 8, 1.0),
+        ];
+        for (b, h, n, m, cap, dk, dv, mag) in cases {
+            let q = (Tensor::randn(0f32, 1.0, (b, h, n, dk), &dev).unwrap() * mag).unwrap();
+            let kbuf = Tensor::randn(0f32, 1.0, (b, h, cap, dk), &dev).unwrap();
+            let vbuf = Tensor::randn(0f32, 1.0, (b, h, cap, dv), &dev).unwrap();
+            let (k, v) = (kbuf.narrow(2, 0, m).unwrap(), vbuf.narrow(2, 0, m).unwrap());
+            let scale = 1.0 / (dk as f64).sqrt();
+            let expected = full_attention_composed(
+                &q,
+                &k.contiguous().unwrap(),
+                &v.contiguous().unwrap(),
+                scale,
+            )
+            .unwrap();
+            let got = decode_attention(&q, &k, &v, scale as f32).unwrap();
+            assert_eq!(got.dims(), &[b, h, n, dv]);
+            let tolerance = if mag > 1.0 { 1e-3 } else { 1e-5 };
+            let d = max_abs_diff(&got, &expected);
+            assert!(d < tolerance, "case {:?}: {d}", (b, h, n, m, cap, dk, dv));
+            // Keys given transposed-then-back (a non-row-contiguous view) are copied first.
+            let kt = k.t().unwrap().contiguous().unwrap().t().unwrap();
+            let d2 = max_abs_diff(&decode_attention(&q, &kt, &v, scale as f32).unwrap(), &got);
+            assert!(d2 < 1e-6, "transposed keys: {d2}");
+        }
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes_and_other_dtypes() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 2, 1, 8), DType::F32, &dev).unwrap();
+        let k = Tensor::zeros((1, 2, 5, 8), DType::F32, &dev).unwrap();
+        let v = Tensor::zeros((1, 2, 4, 8), DType::F32, &dev).unwrap();
+        assert!(decode_attention(&q, &k, &v, 1.0).is_err());
+        let empty = Tensor::zeros((1, 2, 0, 8), DType::F32, &dev).unwrap();
+        assert!(decode_attention(&q, &empty, &empty, 1.0).is_err());
+        let kh = k.to_dtype(DType::F16).unwrap();
+        assert!(decode_attention(&q, &kh, &kh, 1.0).is_err());
+    }
+}
