@@ -90,9 +90,9 @@
 //!   is reused by a panel of up to 60 activation rows while it is in cache, so the GEMM reads
 //!   the weight once per 60 rows: on AVX-512 VNNI and AVX2 the tile is unpacked once per
 //!   panel and the rows are packed in groups of 6 for the whole call; AVX-512 takes a group
-//!   in one micro-kernel call, AVX2 in three passes of 2 rows (its 16 registers), each
-//!   chunk's steps written as one `asm!` block so that the compiler cannot hoist and spill
-//!   them. A panel of no more rows than one plain call takes (4; 2 on AVX2), and the scalar
+//!   in one micro-kernel call, and so does AVX2 (the six rows' `i16` sums fill its 16
+//!   registers, its f32 accumulators stay in L1), each chunk's steps written as one `asm!`
+//!   block so that the compiler cannot hoist and spill them. A panel of no more rows than one plain call takes (4; 2 on AVX2), and the scalar
 //!   path, go straight from the packed tile.
 //! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
 //!   job; only the chosen experts are read, each once.

@@ -185,12 +185,13 @@ fn every_path_matches_the_reference_at_the_real_shapes() {
 fn simd_paths_equal_the_reference_bit_for_bit_today() {
     // Same integer sums, same float operations in the same order (module docs). More rows
     // than one plain call takes (4 on AVX-512, 2 on AVX2) take the tile unpacked once per
-    // panel and the packed row groups of 6 (AVX2: passes of 2 rows and of 1): full and short
-    // groups, one panel and several (61, 70, 127 rows over panels of 60).
+    // panel and the packed row groups of 6 (AVX2: one pass per group, an `asm!` step per
+    // group size): groups of every size from 1 to 6, one panel and several (61, 68, 70, 127
+    // rows over panels of 60).
     let mut rng = Lcg(3);
     let (n, k) = (300, 4304);
     let q = PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();
-    for m in [3, 5, 6, 7, 9, 13, 61, 70, 127] {
+    for m in [3, 5, 6, 7, 8, 9, 13, 61, 68, 70, 127] {
         let x = random_activations(&mut rng, m, k);
         let mut want = vec![0f32; m * n];
         matmul_with(Kernel::Scalar, &q, &x, m, &mut want, &pool(1)).unwrap();

@@ -634,175 +634,210 @@ unsafe fn unpack_tile_avx2(tile: *const u8, blocks: usize, dst: *mut UnpackedBlo
     }
 }
 
-/// One chunk of two rows for [`tile_grouped_avx2`]: each row's two activation quads (at `x_r`
-/// and `x_r + 16`: `k = 4c..4c+4` and `16+4c..16+4c+4`) broadcast, then for each of the
-/// chunk's four weight operands (`lo`/`hi` of the tile's two 8-row halves, loaded from the
-/// unpacked block once for both rows) and each row, `s[r][h] += vpmaddubsw(w, x)`.
-///
-/// Written as one `asm!` block because the compiler, given the same steps as intrinsics over
-/// a fully unrolled block, issues all of a block's loads and broadcasts first and spills them
-/// to the stack; an `asm!` block that is not `pure` stays in program order, so only the `i16`
-/// sums live across the steps. Ten registers: four sums, four broadcasts, the weight operand
-/// and a product.
-///
-/// # Safety
-/// AVX2 available; `x0`, `x0 + 16`, `x1`, `x1 + 16` point to 4 readable bytes each; `lo` and
-/// `hi` to 64 readable bytes each, 32-aligned.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn chunk_step_avx2(
-    s: &mut [[__m256i; 2]; 2],
-    lo: *const u8,
-    hi: *const u8,
-    x0: *const i8,
-    x1: *const i8,
-) {
-    let [[mut a0, mut a1], [mut b0, mut b1]] = *s;
-    // SAFETY: the reads are those of the contract; no stack, no flags, no writes to memory.
-    unsafe {
-        std::arch::asm!(
-            "vpbroadcastd {xl0}, dword ptr [{x0}]",
-            "vpbroadcastd {xh0}, dword ptr [{x0} + 16]",
-            "vpbroadcastd {xl1}, dword ptr [{x1}]",
-            "vpbroadcastd {xh1}, dword ptr [{x1} + 16]",
-            "vmovdqa {w}, ymmword ptr [{lo}]",
-            "vpmaddubsw {t}, {w}, {xl0}",
-            "vpaddw {a0}, {a0}, {t}",
-            "vpmaddubsw {t}, {w}, {xl1}",
-            "vpaddw {b0}, {b0}, {t}",
-            "vmovdqa {w}, ymmword ptr [{hi}]",
-            "vpmaddubsw {t}, {w}, {xh0}",
-            "vpaddw {a0}, {a0}, {t}",
-            "vpmaddubsw {t}, {w}, {xh1}",
-            "vpaddw {b0}, {b0}, {t}",
-            "vmovdqa {w}, ymmword ptr [{lo} + 32]",
-            "vpmaddubsw {t}, {w}, {xl0}",
-            "vpaddw {a1}, {a1}, {t}",
-            "vpmaddubsw {t}, {w}, {xl1}",
-            "vpaddw {b1}, {b1}, {t}",
-            "vmovdqa {w}, ymmword ptr [{hi} + 32]",
-            "vpmaddubsw {t}, {w}, {xh0}",
-            "vpaddw {a1}, {a1}, {t}",
-            "vpmaddubsw {t}, {w}, {xh1}",
-            "vpaddw {b1}, {b1}, {t}",
-            x0 = in(reg) x0,
-            x1 = in(reg) x1,
-            lo = in(reg) lo,
-            hi = in(reg) hi,
-            a0 = inout(ymm_reg) a0,
-            a1 = inout(ymm_reg) a1,
-            b0 = inout(ymm_reg) b0,
-            b1 = inout(ymm_reg) b1,
-            xl0 = out(ymm_reg) _,
-            xh0 = out(ymm_reg) _,
-            xl1 = out(ymm_reg) _,
-            xh1 = out(ymm_reg) _,
-            w = out(ymm_reg) _,
-            t = out(ymm_reg) _,
-            options(readonly, nostack, preserves_flags),
-        );
-    }
-    *s = [[a0, a1], [b0, b1]];
+/// One chunk `c` of a packed group's rows for [`tile_grouped_avx2`], on the `i16` sums of its
+/// rows (`self[r][h]`: row `r`, 8-row half `h` of the tile), implemented for one to six rows
+/// by `chunk_rows_avx2!`.
+trait ChunkStepAvx2 {
+    /// For each of the chunk's two `u8` operands (`lo_c`, then `hi_c`, 64 bytes each and
+    /// adjacent in the [`UnpackedBlock`], at `w`) its two halves are loaded once for all the
+    /// rows, then per row the activation quad that operand multiplies (`k = 4c..4c+4` for
+    /// `lo_c`, `16+4c..16+4c+4` for `hi_c`) is broadcast and `self[r][h] += vpmaddubsw(half_h,
+    /// x)` for both halves.
+    ///
+    /// # Safety
+    /// AVX2 available; `w` points to the chunk's 128 bytes of operands, 32-aligned; `q` to the
+    /// group block's quants plus `4c` (row `r`'s quads at `q + 32r` and `q + 32r + 16`).
+    unsafe fn chunk_step(&mut self, w: *const u8, q: *const i8);
 }
 
-/// Rows of one pass of [`tile_grouped_avx2`]: one [`chunk_step_avx2`] takes ten registers
-/// (the pair's four `i16` sums among them), the pair's four f32 accumulators and the `vpmaddwd`
-/// ones make fifteen; a packed group of six runs as three passes over the unpacked tile (from
-/// L1 or L2).
-const AVX2_PASS_ROWS: usize = 2;
+/// Implements [`ChunkStepAvx2`] for the sums of `$rows` rows, each row listed as its two
+/// sums' names and the offsets of its two quads from `q` (row `r`'s block starts `32r` bytes
+/// after row 0's).
+///
+/// One `asm!` block because the compiler, given the same steps as intrinsics over a fully
+/// unrolled block, issues all of a block's loads and broadcasts first and spills them to the
+/// stack; an `asm!` block that is not `pure` stays in program order, so only the `i16` sums
+/// live across the steps. `2·rows + 4` registers: the sums, the two halves, the broadcast
+/// and a product (the second product of a broadcast overwrites it): all sixteen at six rows.
+/// Per chunk and row: two broadcasts, four `vpmaddubsw` + `vpaddw`; per chunk four loads of
+/// weights whatever the rows (so at six rows 0.67 loads per multiply, against 1 in passes of
+/// two rows). The weights cannot be `vpmaddubsw`'s memory operand: that one is the signed
+/// operand, the activations, which need the broadcast.
+macro_rules! chunk_rows_avx2 {
+    ($rows:literal: $($s0:ident $s1:ident $xl:literal $xh:literal),+) => {
+        impl ChunkStepAvx2 for [[__m256i; 2]; $rows] {
+            #[target_feature(enable = "avx2")]
+            #[inline]
+            unsafe fn chunk_step(&mut self, w: *const u8, q: *const i8) {
+                let [$([$s0, $s1]),+] = self;
+                // SAFETY: the reads are those of the contract; no stack, no flags, no writes
+                // to memory.
+                unsafe {
+                    std::arch::asm!(
+                        "vmovdqa {w0}, ymmword ptr [{w}]",
+                        "vmovdqa {w1}, ymmword ptr [{w} + 32]",
+                        $(
+                            concat!("vpbroadcastd {x}, dword ptr [{q} + ", $xl, "]"),
+                            "vpmaddubsw {t}, {w0}, {x}",
+                            concat!("vpaddw {", stringify!($s0), "}, {", stringify!($s0), "}, {t}"),
+                            "vpmaddubsw {x}, {w1}, {x}",
+                            concat!("vpaddw {", stringify!($s1), "}, {", stringify!($s1), "}, {x}"),
+                        )+
+                        "vmovdqa {w0}, ymmword ptr [{w} + 64]",
+                        "vmovdqa {w1}, ymmword ptr [{w} + 96]",
+                        $(
+                            concat!("vpbroadcastd {x}, dword ptr [{q} + ", $xh, "]"),
+                            "vpmaddubsw {t}, {w0}, {x}",
+                            concat!("vpaddw {", stringify!($s0), "}, {", stringify!($s0), "}, {t}"),
+                            "vpmaddubsw {x}, {w1}, {x}",
+                            concat!("vpaddw {", stringify!($s1), "}, {", stringify!($s1), "}, {x}"),
+                        )+
+                        w = in(reg) w,
+                        q = in(reg) q,
+                        $($s0 = inout(ymm_reg) *$s0, $s1 = inout(ymm_reg) *$s1,)+
+                        w0 = out(ymm_reg) _,
+                        w1 = out(ymm_reg) _,
+                        x = out(ymm_reg) _,
+                        t = out(ymm_reg) _,
+                        options(readonly, nostack, preserves_flags),
+                    );
+                }
+            }
+        }
+    };
+}
 
-/// [`tile_avx2`] on a tile unpacked by [`unpack_tile_avx2`] for `R` rows starting at row `r0`
-/// of a packed group of `n` rows ([`super::PackedRows`]): per chunk the four ready weight
-/// operands are loaded once for the `R` rows, then per row two broadcasts and four
-/// `vpmaddubsw` + `vpaddw`; per block and row the `i16` sums widen (`vpmaddwd`), convert, and
-/// enter the accumulators by the same two FMAs as the other paths (so the same bits).
+chunk_rows_avx2!(1: a0 a1 0 16);
+chunk_rows_avx2!(2: a0 a1 0 16, b0 b1 32 48);
+chunk_rows_avx2!(3: a0 a1 0 16, b0 b1 32 48, c0 c1 64 80);
+chunk_rows_avx2!(4: a0 a1 0 16, b0 b1 32 48, c0 c1 64 80, d0 d1 96 112);
+chunk_rows_avx2!(5: a0 a1 0 16, b0 b1 32 48, c0 c1 64 80, d0 d1 96 112, e0 e1 128 144);
+chunk_rows_avx2!(
+    6: a0 a1 0 16, b0 b1 32 48, c0 c1 64 80, d0 d1 96 112, e0 e1 128 144, f0 f1 160 176
+);
+
+/// Adds one block of one row to its 16 accumulators at `acc` (in memory): the `i16` sums
+/// `s` of both halves widen (`vpmaddwd` with `ones`) and convert, then
+/// `acc = dot · (d_w·d_x) + acc` and `acc = m_w · (d_x Σq_x) + acc`, the two FMAs of the
+/// other paths in the same order (an FMA rounds once, and its product does not depend on
+/// the order of its factors: the same bits).
 ///
 /// # Safety
-/// AVX2 and FMA available; `un` points to `blocks` unpacked blocks; `grp` to a group of `n`
-/// rows of `blocks` packed blocks; `r0 + R ≤ n ≤ MAX_ROWS_PER_CALL`.
+/// AVX2 and FMA available; `ub` points to an [`UnpackedBlock`]; `dx` and `sx` to the row's
+/// block scale and `d·Σq` (unaligned); `acc` to 16 writable f32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn finish_row_avx2(
+    [s0, s1]: [__m256i; 2],
+    ones: __m256i,
+    ub: *const UnpackedBlock,
+    dx: *const f32,
+    sx: *const f32,
+    acc: *mut f32,
+) {
+    // SAFETY: the reads and writes are those of the contract (`d` and `m` are 64 bytes each
+    // at their offsets in the block); no stack, no flags.
+    unsafe {
+        std::arch::asm!(
+            "vpmaddwd {s0}, {s0}, {ones}",
+            "vpmaddwd {s1}, {s1}, {ones}",
+            "vcvtdq2ps {s0}, {s0}",
+            "vcvtdq2ps {s1}, {s1}",
+            "vbroadcastss {t}, dword ptr [{dx}]",
+            "vmulps {u}, {t}, ymmword ptr [{ub} + {d}]",
+            "vfmadd213ps {s0}, {u}, ymmword ptr [{acc}]",
+            "vmulps {u}, {t}, ymmword ptr [{ub} + {d} + 32]",
+            "vfmadd213ps {s1}, {u}, ymmword ptr [{acc} + 32]",
+            "vbroadcastss {t}, dword ptr [{sx}]",
+            "vfmadd231ps {s0}, {t}, ymmword ptr [{ub} + {m}]",
+            "vfmadd231ps {s1}, {t}, ymmword ptr [{ub} + {m} + 32]",
+            "vmovups ymmword ptr [{acc}], {s0}",
+            "vmovups ymmword ptr [{acc} + 32], {s1}",
+            ub = in(reg) ub,
+            dx = in(reg) dx,
+            sx = in(reg) sx,
+            acc = in(reg) acc,
+            d = const std::mem::offset_of!(UnpackedBlock, d),
+            m = const std::mem::offset_of!(UnpackedBlock, m),
+            ones = in(ymm_reg) ones,
+            s0 = inout(ymm_reg) s0 => _,
+            s1 = inout(ymm_reg) s1 => _,
+            t = out(ymm_reg) _,
+            u = out(ymm_reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// [`tile_avx2`] on a tile unpacked by [`unpack_tile_avx2`] for a group of `R` rows packed
+/// together ([`super::PackedRows`]), all in one pass over the tile: per block four
+/// [`ChunkStepAvx2::chunk_step`] (the weights loaded once for the `R` rows), then per row
+/// [`finish_row_avx2`]. The `R` rows' `i16` sums take every register at six rows, so the f32
+/// accumulators stay in memory ([`AccRows`], copied to `out` at the end): one load, FMA and
+/// store per block, row and half. The same integer and float operations as the other paths,
+/// in the same order (so the same bits).
+///
+/// # Safety
+/// AVX2 and FMA available; `un` points to `blocks` unpacked blocks; `grp` to a group of `R`
+/// rows of `blocks` packed blocks; `R ≤ MAX_ROWS_PER_CALL`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_grouped_avx2<const R: usize>(
     un: *const UnpackedBlock,
     blocks: usize,
     grp: *const u8,
-    n: usize,
-    r0: usize,
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
-) {
+) where
+    [[__m256i; 2]; R]: ChunkStepAvx2,
+{
+    const { assert!(R <= MAX_ROWS_PER_CALL) };
+    let mut rows_acc = AccRows([[0.0; TILE_ROWS]; MAX_ROWS_PER_CALL]);
+    let acc = rows_acc.0.as_mut_ptr().cast::<f32>();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..blocks {
         // SAFETY (every access in the block): block `b` < `blocks` of `un` and of the group
-        // (the contract). The group's block holds `n × 32` quant bytes, then `n` f32 scales,
-        // then `n` f32 `d·Σq`, unaligned; row `r0 + r < n`; `at + 4 ≤ 32`.
+        // (the contract). The group's block holds `R × 32` quant bytes, then `R` f32 scales,
+        // then `R` f32 `d·Σq`, unaligned; `acc + 16r` is row `r < R` of `rows_acc`.
         let ub = unsafe { un.add(b) };
-        let base = grp.wrapping_add(b * n * GROUP_BLOCK_BYTES);
-        let q = base.cast::<i8>();
+        let base = grp.wrapping_add(b * R * GROUP_BLOCK_BYTES);
         let mut s = [[_mm256_setzero_si256(); 2]; R];
         for c in 0..4 {
-            let (lo, hi) = unsafe { ((*ub).w[2 * c].as_ptr(), (*ub).w[2 * c + 1].as_ptr()) };
-            // Rows in pairs (the last row of an odd pass paired with itself, its second
-            // sums dropped).
-            for r in (0..R).step_by(2) {
-                let r1 = (r + 1).min(R - 1);
-                let mut pair = [s[r], s[r1]];
-                // SAFETY: rows `r0 + r` and `r0 + r1` (< n) have their quants at `q + 32·row`,
-                // chunk `c`'s quads at `4c` and `16 + 4c` (contract); the block's operands
-                // `lo`, `hi` are 64 bytes, 32-aligned.
-                unsafe {
-                    chunk_step_avx2(
-                        &mut pair,
-                        lo,
-                        hi,
-                        q.add(32 * (r0 + r) + 4 * c),
-                        q.add(32 * (r0 + r1) + 4 * c),
-                    )
-                };
-                s[r] = pair[0];
-                if r1 != r {
-                    s[r1] = pair[1];
-                }
-            }
+            // SAFETY: as above; chunk `c`'s operands `w[2c]`, `w[2c + 1]` are adjacent and
+            // 64-aligned, its quads `4c` bytes into each row's quants.
+            unsafe { s.chunk_step((*ub).w[2 * c].as_ptr(), base.cast::<i8>().add(4 * c)) };
         }
-        let scales = base.wrapping_add(n * BLOCK).cast::<f32>();
-        let (dw, mw) = unsafe {
-            (
-                [
-                    _mm256_load_ps((*ub).d.as_ptr()),
-                    _mm256_load_ps((*ub).d.as_ptr().add(8)),
-                ],
-                [
-                    _mm256_load_ps((*ub).m.as_ptr()),
-                    _mm256_load_ps((*ub).m.as_ptr().add(8)),
-                ],
-            )
-        };
-        for (r, (a, sr)) in acc.iter_mut().zip(&s).enumerate() {
-            let (dx, sx) = unsafe {
-                (
-                    scales.add(r0 + r).read_unaligned(),
-                    scales.add(n + r0 + r).read_unaligned(),
+        let scales = base.wrapping_add(R * BLOCK).cast::<f32>();
+        for (r, &sr) in s.iter().enumerate() {
+            // SAFETY: as above: row `r`'s scale and `d·Σq` at `scales + r` and
+            // `scales + R + r`, its 16 accumulators at `acc + 16r`.
+            unsafe {
+                finish_row_avx2(
+                    sr,
+                    ones,
+                    ub,
+                    scales.add(r),
+                    scales.add(R + r),
+                    acc.add(TILE_ROWS * r),
                 )
             };
-            for h in 0..2 {
-                let dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sr[h], ones));
-                a[h] = _mm256_fmadd_ps(dot, _mm256_mul_ps(dw[h], _mm256_set1_ps(dx)), a[h]);
-                a[h] = _mm256_fmadd_ps(mw[h], _mm256_set1_ps(sx), a[h]);
-            }
         }
     }
-    for (o, a) in out[r0..r0 + R].iter_mut().zip(acc) {
-        // SAFETY: `o` is 16 writable f32, two halves of 8.
+    for (o, a) in out[..R].iter_mut().zip(&rows_acc.0) {
+        // SAFETY: `a` is 16 readable f32, 64-aligned; `o` 16 writable f32; two halves of 8.
         unsafe {
-            _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
-            _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+            _mm256_storeu_ps(o.as_mut_ptr(), _mm256_load_ps(a.as_ptr()));
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), _mm256_load_ps(a.as_ptr().add(8)));
         }
     }
 }
 
+/// The f32 accumulators of [`tile_grouped_avx2`]: 64-aligned, so that the per-block loads
+/// and stores of a row's halves never straddle two cache lines (the caller's `out` may sit
+/// anywhere on its stack).
+#[repr(C, align(64))]
+struct AccRows([[f32; TILE_ROWS]; MAX_ROWS_PER_CALL]);
+
 /// [`tile_outputs_avx2`] on a tile unpacked by [`unpack_tile`] for the `rows` rows of a group
-/// packed at `group` ([`super::PackedRows`]), in passes of up to [`AVX2_PASS_ROWS`] rows: same
-/// outputs, bit for bit.
+/// packed at `group` ([`super::PackedRows`]), in one pass: same outputs, bit for bit.
 ///
 /// # Panics
 /// As [`tile_outputs_grouped_avx512`], for AVX2.
@@ -822,17 +857,17 @@ pub(super) fn tile_outputs_grouped_avx2(
         "row group shorter than its blocks"
     );
     let (u, g) = (un.as_ptr(), group.as_ptr());
-    let mut r0 = 0;
-    while r0 < rows {
-        let pass = (rows - r0).min(AVX2_PASS_ROWS);
-        // SAFETY: features, `un` and the group's length checked above; `r0 + pass ≤ rows`.
-        unsafe {
-            match pass {
-                1 => tile_grouped_avx2::<1>(u, blocks, g, rows, r0, out),
-                _ => tile_grouped_avx2::<2>(u, blocks, g, rows, r0, out),
-            }
+    // SAFETY: features, `un` and the group's length checked above.
+    unsafe {
+        match rows {
+            0 => {}
+            1 => tile_grouped_avx2::<1>(u, blocks, g, out),
+            2 => tile_grouped_avx2::<2>(u, blocks, g, out),
+            3 => tile_grouped_avx2::<3>(u, blocks, g, out),
+            4 => tile_grouped_avx2::<4>(u, blocks, g, out),
+            5 => tile_grouped_avx2::<5>(u, blocks, g, out),
+            _ => tile_grouped_avx2::<6>(u, blocks, g, out),
         }
-        r0 += pass;
     }
 }
 
