@@ -135,6 +135,27 @@ class Measured(unittest.TestCase):
         self.assertIn("timed out", str(ctx.exception))
 
 
+class Terminate(unittest.TestCase):
+    def test_sigterm_stops_a_measured_run_like_ctrl_c(self):
+        # A child in flight is killed and reaped, and KeyboardInterrupt reaches the caller
+        # (main() then writes the table of the runs so far).
+        import os
+        import signal
+        import threading
+        old = signal.signal(signal.SIGTERM, compare._terminate)
+        try:
+            timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+            timer.start()
+            t0 = time.monotonic()
+            with self.assertRaises(KeyboardInterrupt):
+                compare.run_measured([sys.executable, "-c", "import time; time.sleep(30)"],
+                                     timeout=60)
+            self.assertLess(time.monotonic() - t0, 10)
+            timer.join()
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+
 class TestImage(unittest.TestCase):
     def test_same_pixels_as_surveil(self):
         # crates/surveil-models/src/load/smoke.rs: test_image()
