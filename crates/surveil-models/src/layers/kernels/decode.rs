@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::attention::softmax_row;
-use super::contiguous_f32;
+use super::{contiguous_f32, AttentionShape};
 use crate::Result;
 
 /// Query rows per head up to which [`decode_attention`] is the better kernel: beyond, the
@@ -123,44 +123,32 @@ impl CustomOp3 for DecodeAttention {
         lv: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let q = contiguous_f32(sq, lq)?;
-        let (qd, kd, vd) = (lq.shape().dims(), lk.shape().dims(), lv.shape().dims());
-        let rank = qd.len();
-        if rank < 2 || kd.len() != rank || vd.len() != rank {
-            candle_core::bail!("decode attention: shapes {qd:?}, {kd:?}, {vd:?}")
-        }
-        let lead = &qd[..rank - 2];
-        let (n, dk) = (qd[rank - 2], qd[rank - 1]);
-        let (m, dv) = (kd[rank - 2], vd[rank - 1]);
-        if &kd[..rank - 2] != lead
-            || &vd[..rank - 2] != lead
-            || kd[rank - 1] != dk
-            || vd[rank - 2] != m
-            || m == 0
-            || dk == 0
-            || dv == 0
-        {
-            candle_core::bail!("decode attention: q {qd:?}, k {kd:?}, v {vd:?} do not match")
-        }
-        let heads: usize = lead.iter().product();
-        let k = Rows::new(sk, lk, m, dk)?;
-        let v = Rows::new(sv, lv, m, dv)?;
+        let AttentionShape {
+            heads,
+            n,
+            m,
+            dk,
+            dv,
+            out: shape,
+        } = AttentionShape::of("decode attention", lq, lk, lv)?;
         let mut out = vec![0f32; heads * n * dv];
-        let shape = {
-            let mut s = qd.to_vec();
-            s[rank - 1] = dv;
-            Shape::from(s)
-        };
         if heads == 0 || n == 0 {
             return Ok((CpuStorage::F32(out), shape));
         }
-        let dims = HeadDims { n, m, dk, dv };
-        let scale = self.scale;
+        let call = Call {
+            n,
+            m,
+            dk,
+            dv,
+            scale: self.scale,
+            q,
+            k: Rows::new(sk, lk, m, dk)?,
+            v: Rows::new(sv, lv, m, dv)?,
+        };
         let run = |first: usize, out: &mut [f32]| {
             let mut scratch = vec![0f32; 2 * n * m];
             for (i, oh) in out.chunks_exact_mut(n * dv).enumerate() {
-                let h = first + i;
-                let qh = &q[h * n * dk..(h + 1) * n * dk];
-                head_any(dims, qh, &k, &v, h, scale, &mut scratch, oh);
+                call.head_any(first + i, &mut scratch, oh);
             }
         };
         let work = heads * n * m * (dk + dv);
@@ -189,13 +177,17 @@ impl CustomOp3 for DecodeAttention {
     }
 }
 
-/// Sizes of one head: `n` query rows, `m` keys, widths `dk` and `dv`.
-#[derive(Clone, Copy)]
-struct HeadDims {
+/// One call: `n` query rows per head (all heads' rows in `q`, contiguous), `m` keys, widths
+/// `dk` and `dv`.
+struct Call<'a> {
     n: usize,
     m: usize,
     dk: usize,
     dv: usize,
+    scale: f32,
+    q: &'a [f32],
+    k: Rows<'a>,
+    v: Rows<'a>,
 }
 
 /// Dot product in eight lanes (vectorises without reassociation flags).
@@ -218,82 +210,57 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Head `h`: scores of its `n` query rows `qh` against its `m` keys, softmax per row, then the
-/// rows of `out` (`n × dv`, zeroed) as probability-weighted sums of its values. `scratch`
-/// holds `2 · n · m` floats.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn head(
-    d: HeadDims,
-    qh: &[f32],
-    k: &Rows<'_>,
-    v: &Rows<'_>,
-    h: usize,
-    scale: f32,
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    let HeadDims { n, m, dk, dv } = d;
-    let (scores, probs) = scratch.split_at_mut(n * m);
-    // Each key row is read once for all query rows.
-    for t in 0..m {
-        let kr = k.row(h, t, dk);
-        for (r, qr) in qh.chunks_exact(dk).enumerate() {
-            scores[r * m + t] = dot(qr, kr);
+impl Call<'_> {
+    /// Head `h`: scores of its query rows against its keys, softmax per row, then the rows
+    /// of `out` (`n × dv`, zeroed) as probability-weighted sums of its values. `scratch`
+    /// holds `2 · n · m` floats.
+    #[inline(always)]
+    fn head(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
+        let Self {
+            n, m, dk, dv, q, ..
+        } = *self;
+        let qh = &q[h * n * dk..(h + 1) * n * dk];
+        let (scores, probs) = scratch.split_at_mut(n * m);
+        // Each key row is read once for all query rows.
+        for t in 0..m {
+            let kr = self.k.row(h, t, dk);
+            for (r, qr) in qh.chunks_exact(dk.max(1)).take(n).enumerate() {
+                scores[r * m + t] = dot(qr, kr);
+            }
         }
-    }
-    for (s, p) in scores.chunks_exact(m).zip(probs.chunks_exact_mut(m)) {
-        softmax_row(s, p, scale);
-    }
-    for t in 0..m {
-        let vr = v.row(h, t, dv);
-        for (r, or) in out.chunks_exact_mut(dv).enumerate() {
-            let p = probs[r * m + t];
-            for (o, &x) in or.iter_mut().zip(vr) {
-                *o += p * x;
+        for (s, p) in scores.chunks_exact(m).zip(probs.chunks_exact_mut(m)) {
+            softmax_row(s, p, self.scale);
+        }
+        for t in 0..m {
+            let vr = self.v.row(h, t, dv);
+            for (r, or) in out.chunks_exact_mut(dv).enumerate() {
+                let p = probs[r * m + t];
+                for (o, &x) in or.iter_mut().zip(vr) {
+                    *o += p * x;
+                }
             }
         }
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn head_avx2(
-    d: HeadDims,
-    qh: &[f32],
-    k: &Rows<'_>,
-    v: &Rows<'_>,
-    h: usize,
-    scale: f32,
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    // Same code, compiled with 256-bit vectors.
-    head(d, qh, k, v, h, scale, scratch, out)
-}
-
-/// [`head`] on the widest vectors this CPU has.
-#[allow(clippy::too_many_arguments)]
-fn head_any(
-    d: HeadDims,
-    qh: &[f32],
-    k: &Rows<'_>,
-    v: &Rows<'_>,
-    h: usize,
-    scale: f32,
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            unsafe { head_avx2(d, qh, k, v, h, scale, scratch, out) };
-            return;
-        }
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn head_avx2(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
+        // Same code, compiled with 256-bit vectors.
+        self.head(h, scratch, out)
     }
-    head(d, qh, k, v, h, scale, scratch, out)
+
+    /// [`Self::head`] on the widest vectors this CPU has.
+    fn head_any(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { self.head_avx2(h, scratch, out) };
+                return;
+            }
+        }
+        self.head(h, scratch, out)
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::attention::exp2_nonpositive;
-use super::contiguous_f32;
+use super::{contiguous_f32, AttentionShape};
 use crate::Result;
 
 /// Queries per task.
@@ -1002,24 +1002,14 @@ impl CustomOp3 for FlashAttention {
             contiguous_f32(sk, lk)?,
             contiguous_f32(sv, lv)?,
         );
-        let (qd, kd, vd) = (lq.shape().dims(), lk.shape().dims(), lv.shape().dims());
-        let rank = qd.len();
-        if rank < 2 || kd.len() != rank || vd.len() != rank {
-            candle_core::bail!("flash attention: shapes {qd:?}, {kd:?}, {vd:?}")
-        }
-        let lead = &qd[..rank - 2];
-        let (n, dk) = (qd[rank - 2], qd[rank - 1]);
-        let (m, dv) = (kd[rank - 2], vd[rank - 1]);
-        if &kd[..rank - 2] != lead
-            || &vd[..rank - 2] != lead
-            || kd[rank - 1] != dk
-            || vd[rank - 2] != m
-            || m == 0
-            || dv == 0
-        {
-            candle_core::bail!("flash attention: q {qd:?}, k {kd:?}, v {vd:?} do not match")
-        }
-        let heads = lead.iter().product();
+        let AttentionShape {
+            heads,
+            n,
+            m,
+            dk,
+            dv,
+            out: shape,
+        } = AttentionShape::of("flash attention", lq, lk, lv)?;
         let dims = Dims {
             heads,
             n,
@@ -1035,9 +1025,7 @@ impl CustomOp3 for FlashAttention {
             .min(work.div_ceil(1 << 23))
             .max(1);
         let out = attention_f32(q, k, v, dims, self.scale, self.path, threads);
-        let mut shape = qd.to_vec();
-        shape[rank - 1] = dv;
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 

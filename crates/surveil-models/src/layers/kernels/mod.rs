@@ -140,6 +140,54 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// The sizes of an attention call on `q` `(..., n, dk)`, `k` `(..., m, dk)`, `v`
+/// `(..., m, dv)` (the same leading dimensions).
+#[derive(Debug, Clone)]
+pub(crate) struct AttentionShape {
+    /// Product of the leading dimensions.
+    pub(crate) heads: usize,
+    pub(crate) n: usize,
+    pub(crate) m: usize,
+    pub(crate) dk: usize,
+    pub(crate) dv: usize,
+    /// The output's shape, `(..., n, dv)`.
+    pub(crate) out: Shape,
+}
+
+impl AttentionShape {
+    /// From the three layouts; an error naming `op` when the ranks or sizes do not match or
+    /// there are no keys or no value columns.
+    pub(crate) fn of(op: &str, lq: &Layout, lk: &Layout, lv: &Layout) -> candle_core::Result<Self> {
+        let (qd, kd, vd) = (lq.shape().dims(), lk.shape().dims(), lv.shape().dims());
+        let rank = qd.len();
+        if rank < 2 || kd.len() != rank || vd.len() != rank {
+            candle_core::bail!("{op}: shapes {qd:?}, {kd:?}, {vd:?}")
+        }
+        let lead = &qd[..rank - 2];
+        let (n, dk) = (qd[rank - 2], qd[rank - 1]);
+        let (m, dv) = (kd[rank - 2], vd[rank - 1]);
+        if &kd[..rank - 2] != lead
+            || &vd[..rank - 2] != lead
+            || kd[rank - 1] != dk
+            || vd[rank - 2] != m
+            || m == 0
+            || dv == 0
+        {
+            candle_core::bail!("{op}: q {qd:?}, k {kd:?}, v {vd:?} do not match")
+        }
+        let mut out = qd.to_vec();
+        out[rank - 1] = dv;
+        Ok(Self {
+            heads: lead.iter().product(),
+            n,
+            m,
+            dk,
+            dv,
+            out: Shape::from(out),
+        })
+    }
+}
+
 /// Fused two-pass LayerNorm over the last dimension (weight and bias), f32 on the CPU only:
 /// `x [..., d]` contiguous f32, weight and bias `[d]` contiguous f32. Other devices use
 /// [`crate::layers::LayerNorm`]'s composition.

@@ -416,6 +416,22 @@ pub(super) fn unpack_tile(
     true
 }
 
+/// `$f::<R>(args)` for a group of `R = $rows` rows (1 to [`MAX_ROWS_PER_CALL`]; 0 runs
+/// nothing).
+macro_rules! by_group_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            0 => {}
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            _ => $f::<6>($($arg),*),
+        }
+    };
+}
+
 /// [`tile_outputs_avx512`] on a tile unpacked by [`unpack_tile`], for the `rows` rows of a
 /// group packed at `group` ([`super::PackedRows`]): same outputs, bit for bit.
 ///
@@ -430,27 +446,22 @@ pub(super) fn tile_outputs_grouped_avx512(
     rows: usize,
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
+    check_grouped(Kernel::Avx512Vnni, un, blocks, group, rows);
+    let (u, g) = (un.as_ptr(), group.as_ptr());
+    // SAFETY: features, `un` and the group's length checked above.
+    unsafe { by_group_rows!(rows, tile_grouped_avx512(u, blocks, g, out)) }
+}
+
+/// The checks of the grouped entry points (see their `# Panics`).
+fn check_grouped(kernel: Kernel, un: &[UnpackedBlock], blocks: usize, group: &[u8], rows: usize) {
     assert!(
-        un.len() >= blocks && Kernel::Avx512Vnni.is_available(),
+        un.len() >= blocks && kernel.is_available(),
         "tile not unpacked"
     );
     assert!(
         rows <= MAX_ROWS_PER_CALL && group.len() >= rows * blocks * GROUP_BLOCK_BYTES,
         "row group shorter than its blocks"
     );
-    let (u, g) = (un.as_ptr(), group.as_ptr());
-    // SAFETY: features, `un` and the group's length checked above.
-    unsafe {
-        match rows {
-            0 => {}
-            1 => tile_grouped_avx512::<1>(u, blocks, g, out),
-            2 => tile_grouped_avx512::<2>(u, blocks, g, out),
-            3 => tile_grouped_avx512::<3>(u, blocks, g, out),
-            4 => tile_grouped_avx512::<4>(u, blocks, g, out),
-            5 => tile_grouped_avx512::<5>(u, blocks, g, out),
-            _ => tile_grouped_avx512::<6>(u, blocks, g, out),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -848,27 +859,10 @@ pub(super) fn tile_outputs_grouped_avx2(
     rows: usize,
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
-    assert!(
-        un.len() >= blocks && Kernel::Avx2.is_available(),
-        "tile not unpacked"
-    );
-    assert!(
-        rows <= MAX_ROWS_PER_CALL && group.len() >= rows * blocks * GROUP_BLOCK_BYTES,
-        "row group shorter than its blocks"
-    );
+    check_grouped(Kernel::Avx2, un, blocks, group, rows);
     let (u, g) = (un.as_ptr(), group.as_ptr());
     // SAFETY: features, `un` and the group's length checked above.
-    unsafe {
-        match rows {
-            0 => {}
-            1 => tile_grouped_avx2::<1>(u, blocks, g, out),
-            2 => tile_grouped_avx2::<2>(u, blocks, g, out),
-            3 => tile_grouped_avx2::<3>(u, blocks, g, out),
-            4 => tile_grouped_avx2::<4>(u, blocks, g, out),
-            5 => tile_grouped_avx2::<5>(u, blocks, g, out),
-            _ => tile_grouped_avx2::<6>(u, blocks, g, out),
-        }
-    }
+    unsafe { by_group_rows!(rows, tile_grouped_avx2(u, blocks, g, out)) }
 }
 
 // ---------------------------------------------------------------------------------------------
