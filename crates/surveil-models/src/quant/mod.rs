@@ -97,8 +97,9 @@
 //! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
 //!   job; only the chosen experts are read, each once.
 //! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work
-//!   is split by row tiles into parts taken from a shared counter; idle workers sleep on a
-//!   condition variable after watching for the next job for 50 µs. Results do not depend on the
+//!   is split by row tiles into parts of about 64 KiB, each thread takes its own contiguous
+//!   run of them front to back and then steals from the back of the others' runs; idle
+//!   workers sleep on a condition variable after watching for the next job for 50 µs. Results do not depend on the
 //!   thread count (each output is computed whole by one thread).
 //!
 //! Stacked weights (`quantize_parts`: q/k/v, gate/up) start each part on a tile boundary, so a
