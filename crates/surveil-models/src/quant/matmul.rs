@@ -16,10 +16,10 @@ use super::{Kernel, PackedWeight, QuantError, ThreadPool, TILE_ROWS};
 /// path's rows per call (2, 4 and [`GROUP_ROWS`]).
 pub(crate) const PANEL_ROWS: usize = 60;
 
-/// Work (weight bytes × activation rows) below which a job is not worth a thread wake-up:
+/// Work (weight bytes × activation rows) below which a job runs on the calling thread alone:
 /// waking a parked worker costs the caller a few microseconds (a futex call), about the time
-/// of streaming 256 KiB, so a job runs on the calling thread alone below twice that.
-const MIN_PART_WORK: usize = 256 * 1024;
+/// of streaming 256 KiB, and each thread should get at least that.
+const MIN_SPLIT_WORK: usize = 512 * 1024;
 
 /// Work per part once a job is split: the pool gives each thread a contiguous run of parts
 /// and lets a thread that is done take parts from the back of another's run, so the threads
@@ -124,10 +124,10 @@ pub(crate) fn pack_rows<W: PackedWeight>(
 }
 
 /// How many parts to split `tiles` row tiles into for `work` = weight bytes × rows: one below
-/// `2 · MIN_PART_WORK` or with one thread, else one per [`PART_WORK`] (at least one per
+/// [`MIN_SPLIT_WORK`] or with one thread, else one per [`PART_WORK`] (at least one per
 /// thread, at most one per tile).
 pub(crate) fn part_count(work: usize, tiles: usize, threads: usize) -> usize {
-    if threads <= 1 || work < 2 * MIN_PART_WORK {
+    if threads <= 1 || work < MIN_SPLIT_WORK {
         return 1;
     }
     (work / PART_WORK).max(threads).min(tiles.max(1))

@@ -347,7 +347,7 @@ fn work(shared: &Shared, job: JobRef, slot: usize) -> Option<String> {
     let mut panic = None;
     let own = &shared.runs[slot];
     loop {
-        let Some(part) = own.take_front().or_else(|| steal(&shared.runs, slot)) else {
+        let Some(part) = own.take(false).or_else(|| steal(&shared.runs, slot)) else {
             return panic;
         };
         debug_assert!(part < job.parts);
@@ -394,42 +394,18 @@ impl Run {
         end.saturating_sub(start)
     }
 
-    /// Take the first part left (the owner's order).
-    fn take_front(&self) -> Option<usize> {
-        let mut v = self.0.load(Ordering::Relaxed);
-        loop {
-            let (start, end) = Self::unpack(v);
-            if start >= end {
-                return None;
-            }
-            match self.0.compare_exchange_weak(
-                v,
-                v + (1 << 32),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(start as usize),
-                Err(now) => v = now,
-            }
-        }
-    }
-
-    /// Take the last part left (a thief's order).
-    fn take_back(&self) -> Option<usize> {
-        let mut v = self.0.load(Ordering::Relaxed);
-        loop {
-            let (start, end) = Self::unpack(v);
-            if start >= end {
-                return None;
-            }
-            match self
-                .0
-                .compare_exchange_weak(v, v - 1, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Some(end as usize - 1),
-                Err(now) => v = now,
-            }
-        }
+    /// Take the first part left (the owner's order) or, `from_back`, the last (a thief's).
+    fn take(&self, from_back: bool) -> Option<usize> {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                let (start, end) = Self::unpack(v);
+                (start < end).then(|| if from_back { v - 1 } else { v + (1 << 32) })
+            })
+            .ok()
+            .map(|v| {
+                let (start, end) = Self::unpack(v);
+                (if from_back { end - 1 } else { start }) as usize
+            })
     }
 }
 
@@ -444,7 +420,7 @@ fn steal(runs: &[Run], slot: usize) -> Option<usize> {
             .map(|(i, r)| (r.left(), i))
             .max()
             .filter(|&(left, _)| left > 0)?;
-        if let Some(part) = runs[victim.1].take_back() {
+        if let Some(part) = runs[victim.1].take(true) {
             return Some(part);
         }
         // Emptied by its owner or another thief meanwhile: look again.

@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::attention::softmax_row;
+use super::flash::run_tasks;
 use super::{contiguous_f32, AttentionShape};
 use crate::Result;
 
@@ -38,12 +39,7 @@ pub(crate) fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -
             t.contiguous()?
         })
     };
-    let q = if q.is_contiguous() {
-        q.clone()
-    } else {
-        q.contiguous()?
-    };
-    Ok(q.apply_op3_no_bwd(
+    Ok(q.contiguous()?.apply_op3_no_bwd(
         &rows_contiguous(k)?,
         &rows_contiguous(v)?,
         &DecodeAttention { scale },
@@ -145,34 +141,19 @@ impl CustomOp3 for DecodeAttention {
             k: Rows::new(sk, lk, m, dk)?,
             v: Rows::new(sv, lv, m, dv)?,
         };
-        let run = |first: usize, out: &mut [f32]| {
-            let mut scratch = vec![0f32; 2 * n * m];
-            for (i, oh) in out.chunks_exact_mut(n * dv).enumerate() {
-                call.head_any(first + i, &mut scratch, oh);
-            }
-        };
         let work = heads * n * m * (dk + dv);
         let threads = if work < PARALLEL_MIN_WORK {
             1
         } else {
-            candle_core::utils::get_num_threads().clamp(1, heads)
+            candle_core::utils::get_num_threads()
         };
-        if threads == 1 {
-            run(0, &mut out);
-        } else {
-            let per = heads.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let mut parts = out.chunks_mut(per * n * dv).enumerate();
-                let first = parts.next();
-                for (i, part) in parts {
-                    let run = &run;
-                    scope.spawn(move || run(i * per, part));
-                }
-                if let Some((_, part)) = first {
-                    run(0, part);
-                }
-            });
-        }
+        // One task per head, each thread with its own scratch scores.
+        run_tasks(
+            out.chunks_exact_mut(n * dv).enumerate().collect(),
+            threads,
+            || vec![0f32; 2 * n * m],
+            |scratch, (h, oh)| call.head_any(h, scratch, oh),
+        );
         Ok((CpuStorage::F32(out), shape))
     }
 }
@@ -224,8 +205,8 @@ impl Call<'_> {
         // Each key row is read once for all query rows.
         for t in 0..m {
             let kr = self.k.row(h, t, dk);
-            for (r, qr) in qh.chunks_exact(dk.max(1)).take(n).enumerate() {
-                scores[r * m + t] = dot(qr, kr);
+            for r in 0..n {
+                scores[r * m + t] = dot(&qh[r * dk..(r + 1) * dk], kr);
             }
         }
         for (s, p) in scores.chunks_exact(m).zip(probs.chunks_exact_mut(m)) {

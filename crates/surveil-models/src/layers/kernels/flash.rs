@@ -146,7 +146,7 @@ impl Dims {
 
 /// Run `f(scratch, task)` for every task on up to `threads` threads (the caller included),
 /// each thread with its own scratch from `scratch()`.
-fn run_tasks<T: Send, S>(
+pub(super) fn run_tasks<T: Send, S>(
     tasks: Vec<T>,
     threads: usize,
     scratch: impl Fn() -> S + Sync,
