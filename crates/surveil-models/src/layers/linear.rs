@@ -186,44 +186,71 @@ impl Linear {
         self.forward_act(x, Activation::Identity)
     }
 
-    /// `act(x Wᵀ + b)`, `x` `[..., in]` (f32) → `[..., Σ out_i]`. With a CPU tile layout of
-    /// one part, the bias and the activation are applied to the matmul's own output buffer in
-    /// one pass (no intermediate tensor: a vision MLP's `fc1` output is 46 MB per frame);
-    /// otherwise as separate ops.
+    /// `act(x Wᵀ + b)`, `x` `[..., in]` (f32) → `[..., Σ out_i]`. With a CPU tile layout whose
+    /// rows are the layer's outputs, the bias and the activation are applied by the matmul's
+    /// kernels as they write each output (no intermediate tensor: a vision MLP's `fc1` output
+    /// is 46 MB per frame); otherwise as separate ops.
     pub(crate) fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.forward_then(x, act, None)
+    }
+
+    /// `x Wᵀ + b + residual` (a residual connection), `residual` of the output's shape, f32.
+    /// In a CPU tile layout the matmul's kernels add it as they write each output (no second
+    /// pass, no new tensor); otherwise an add op.
+    ///
+    /// Errors: the matmul's; a residual of another shape or dtype.
+    pub(crate) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, Activation::Identity, Some(residual))
+    }
+
+    /// `act(x Wᵀ + b) + residual`.
+    fn forward_then(
+        &self,
+        x: &Tensor,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         // Quantized matmul kernels need a contiguous input.
         let x = if x.is_contiguous() {
             x.clone()
         } else {
             x.contiguous()?
         };
-        if let Some(t) = self.single_tiled() {
+        // The kernels add an f32 residual; another dtype takes the op.
+        let fused = residual.is_none_or(|r| r.dtype() == candle_core::DType::F32);
+        if let (Some(t), true) = (self.single_tiled(), fused) {
             let epilogue = Epilogue {
                 bias: self.host_bias.as_deref(),
                 act,
+                residual,
             };
             return Ok(tiled_forward(&[t], &x, &[epilogue])?.remove(0));
         }
-        act.apply(self.finish(self.weight.forward(&x)?)?)
+        let y = act.apply(self.finish(self.weight.forward(&x)?)?)?;
+        Ok(match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        })
     }
 
-    /// The weight in a CPU tile layout when the layer is one part without padding rows (its
-    /// matmul output is the layer's output before the bias) and its bias, if any, is on the
-    /// host.
+    /// The weight in a CPU tile layout when its rows are exactly the layer's outputs (one part,
+    /// or parts that follow each other without padding rows) and its bias, if any, is on the
+    /// host: its matmul output is the layer's output before the bias.
     fn single_tiled(&self) -> Option<&TiledWeight> {
         if self.bias.is_some() && self.host_bias.is_none() {
             return None;
         }
-        match (
-            &self.weight,
-            self.splits.as_slice(),
-            self.offsets.as_slice(),
-        ) {
-            (MatWeight::Tiled(t), &[n], &[0]) if n == self.rows && t.packed().rows() == n => {
-                Some(t)
+        let MatWeight::Tiled(t) = &self.weight else {
+            return None;
+        };
+        let mut at = 0;
+        for (&start, &n) in self.offsets.iter().zip(&self.splits) {
+            if start != at {
+                return None;
             }
-            _ => None,
+            at += n;
         }
+        (at == self.rows && t.packed().rows() == at).then_some(t)
     }
 
     /// Apply linears that share the input `x` `[..., in]`: in the CPU tile layouts the input is
@@ -242,7 +269,7 @@ impl Linear {
                     .iter()
                     .map(|l| Epilogue {
                         bias: l.host_bias.as_deref(),
-                        act: Activation::Identity,
+                        ..Epilogue::default()
                     })
                     .collect();
                 return tiled_forward(&tiled, x, &epilogues);
@@ -745,6 +772,34 @@ mod tests {
                 let d = max_abs_diff(&got, &want);
                 assert!(d < 1e-5 * scale, "{storage} {act:?}: {d} (max |y| {scale})");
             }
+        }
+    }
+
+    /// A residual added by the matmul's kernels is the add op's result bit for bit (the same
+    /// f32 add), for one part and for parts that follow each other without padding rows (a
+    /// fused q/k/v of whole tiles), whose bias is then added by the kernels too.
+    #[test]
+    fn the_residual_epilogue_is_the_add_op() {
+        let layout = vec![
+            ("a.weight".to_string(), vec![16, 64]),
+            ("a.bias".to_string(), vec![16]),
+            ("b.weight".to_string(), vec![32, 64]),
+            ("b.bias".to_string(), vec![32]),
+        ];
+        let x = Tensor::randn(0f32, 3.0, (3, 7, 64), &Device::Cpu).unwrap();
+        let residual = Tensor::randn(0f32, 1.0, (3, 7, 48), &Device::Cpu).unwrap();
+        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+            let w = weights(QuantPolicy::for_storage(storage), layout.clone());
+            let fused = Linear::load_fused(&w, 64, &[("a", 16), ("b", 32)], true).unwrap();
+            assert!(fused.single_tiled().is_some(), "{storage}");
+            let ops = fused.finish(fused.weight.forward(&x).unwrap()).unwrap();
+            assert_eq!(max_abs_diff(&fused.forward(&x).unwrap(), &ops), 0.0);
+            let want = (&ops + &residual).unwrap();
+            let got = fused.forward_add(&x, &residual).unwrap();
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{storage}");
+            // A residual of another shape is an error, not a broadcast.
+            let wrong = residual.narrow(1, 0, 1).unwrap();
+            assert!(fused.forward_add(&x, &wrong).is_err(), "{storage}");
         }
     }
 

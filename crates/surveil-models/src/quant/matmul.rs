@@ -72,6 +72,23 @@ pub fn matmul_quantized<W: PackedWeight>(
     y: &mut [f32],
     pool: &ThreadPool,
 ) -> Result<(), QuantError> {
+    matmul_quantized_then(kernel, w, x, y, pool, Epilogue::default())
+}
+
+/// [`matmul_quantized`] with `epilogue` applied to each output as it is written:
+/// `y = act(x·Wᵀ + bias) + residual`, on the thread that computed the output, while it is in
+/// cache (no second pass over `y`, no second buffer).
+///
+/// Errors: as [`matmul_quantized`]; a bias of another width than `n` or a residual of another
+/// length than `rows × n` ([`QuantError::Length`]).
+pub fn matmul_quantized_then<W: PackedWeight>(
+    kernel: Kernel,
+    w: &W,
+    x: &QuantizedActivations,
+    y: &mut [f32],
+    pool: &ThreadPool,
+    epilogue: Epilogue<'_>,
+) -> Result<(), QuantError> {
     kernel.check()?;
     if x.cols() != w.cols() {
         return Err(QuantError::Shape(format!(
@@ -91,8 +108,9 @@ pub fn matmul_quantized<W: PackedWeight>(
         });
     }
     let pairs: Vec<(usize, usize)> = (0..x.rows()).map(|r| (r, r)).collect();
+    epilogue.check(x.rows(), w.rows())?;
     let packed = pack_rows(kernel, w, x, &pairs, pool)?;
-    let out = SharedOut::new(y, w.rows());
+    let out = SharedOut::new(y, w.rows()).then(epilogue);
     let parts = part_count(
         w.bytes().saturating_mul(pairs.len()),
         w.tiles(),
@@ -207,11 +225,86 @@ pub(crate) unsafe fn tiles_times_rows<W: PackedWeight>(
     }
 }
 
-/// An output matrix `[rows, cols]` that several threads write, each its own cells.
+/// What a matmul does to each output `y[r, c]` as it writes it: `act(y + bias[c]) +
+/// residual[r, c]`, on the thread that computed the output, while it is in registers or L1 (a
+/// layer's bias, its activation and the residual connection after it, with no second pass over
+/// the output). The default does nothing.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// `[n]`, added to every output row.
+    pub bias: Option<&'a [f32]>,
+    /// Applied in place after the bias, to runs of up to [`TILE_ROWS`] consecutive outputs of
+    /// one row (an elementwise function: it must not depend on where a run starts or ends).
+    pub activation: Option<fn(&mut [f32])>,
+    /// `[rows, n]`, row-major like `y`, added last (a residual connection).
+    pub residual: Option<&'a [f32]>,
+}
+
+impl std::fmt::Debug for Epilogue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Epilogue")
+            .field("bias", &self.bias.map(<[f32]>::len))
+            .field("activation", &self.activation.is_some())
+            .field("residual", &self.residual.map(<[f32]>::len))
+            .finish()
+    }
+}
+
+impl Epilogue<'_> {
+    /// `d = act(v + bias[col..]) + residual[at..]` for one run of outputs.
+    #[inline(always)]
+    fn run<D: AsMut<[f32]> + ?Sized, V: AsRef<[f32]> + ?Sized>(
+        &self,
+        d: &mut D,
+        v: &V,
+        at: usize,
+        col: usize,
+    ) {
+        let (d, v) = (d.as_mut(), v.as_ref());
+        d.copy_from_slice(v);
+        if let Some(b) = self.bias {
+            d.iter_mut().zip(&b[col..]).for_each(|(y, b)| *y += b);
+        }
+        if let Some(act) = self.activation {
+            act(d);
+        }
+        if let Some(r) = self.residual {
+            d.iter_mut().zip(&r[at..]).for_each(|(y, r)| *y += r);
+        }
+    }
+
+    /// Whether it leaves the outputs as they are.
+    fn is_identity(&self) -> bool {
+        self.bias.is_none() && self.activation.is_none() && self.residual.is_none()
+    }
+
+    /// Errors: a bias of another width than `n`, a residual of another length than `rows × n`.
+    pub(crate) fn check(&self, rows: usize, n: usize) -> Result<(), QuantError> {
+        if let Some(b) = self.bias.filter(|b| b.len() != n) {
+            return Err(QuantError::Length {
+                what: "bias",
+                expected: n,
+                found: b.len(),
+            });
+        }
+        if let Some(r) = self.residual.filter(|r| r.len() != rows * n) {
+            return Err(QuantError::Length {
+                what: "residual",
+                expected: rows * n,
+                found: r.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An output matrix `[rows, cols]` that several threads write, each its own cells, through an
+/// [`Epilogue`].
 pub(crate) struct SharedOut<'a> {
     ptr: *mut f32,
     rows: usize,
     cols: usize,
+    epilogue: Epilogue<'a>,
     _y: PhantomData<&'a mut [f32]>,
 }
 
@@ -226,11 +319,18 @@ impl<'a> SharedOut<'a> {
             ptr: y.as_mut_ptr(),
             rows: y.len().checked_div(cols).unwrap_or(0),
             cols,
+            epilogue: Epilogue::default(),
             _y: PhantomData,
         }
     }
 
-    /// Write `vals` at `(row, col..col + vals.len())`.
+    /// The same output, each write going through `epilogue` (checked against the output's
+    /// shape by the caller, [`Epilogue::check`]).
+    pub(crate) fn then(self, epilogue: Epilogue<'a>) -> Self {
+        Self { epilogue, ..self }
+    }
+
+    /// Write `vals` through the epilogue at `(row, col..col + vals.len())`.
     ///
     /// # Safety
     /// No other thread reads or writes these cells during the call.
@@ -239,14 +339,32 @@ impl<'a> SharedOut<'a> {
             row < self.rows && col + vals.len() <= self.cols,
             "output write out of bounds"
         );
+        let at = row * self.cols + col;
         // SAFETY: in bounds (checked above) of the buffer borrowed for `'a`; exclusive per the
         // caller's guarantee.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                vals.as_ptr(),
-                self.ptr.add(row * self.cols + col),
-                vals.len(),
-            )
-        };
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), vals.len()) };
+        let e = &self.epilogue;
+        if e.is_identity() {
+            dst.copy_from_slice(vals);
+            return;
+        }
+        for (i, (d, v)) in dst
+            .chunks_mut(TILE_ROWS)
+            .zip(vals.chunks(TILE_ROWS))
+            .enumerate()
+        {
+            let (at, col) = (at + i * TILE_ROWS, col + i * TILE_ROWS);
+            // A whole tile's run (all but the last tile of a row) at a fixed size, so the
+            // compiler keeps it in registers with no bounds checks or copies.
+            let whole = (
+                <&mut [f32; TILE_ROWS]>::try_from(&mut *d),
+                <&[f32; TILE_ROWS]>::try_from(v),
+            );
+            if let (Ok(d), Ok(v)) = whole {
+                e.run(d, v, at, col);
+            } else {
+                e.run(d, v, at, col);
+            }
+        }
     }
 }

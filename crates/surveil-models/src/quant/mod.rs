@@ -94,6 +94,10 @@
 //!   registers, its f32 accumulators stay in L1), each chunk's steps written as one `asm!`
 //!   block so that the compiler cannot hoist and spill them. A panel of no more rows than one plain call takes (4; 2 on AVX2), and the scalar
 //!   path, go straight from the packed tile.
+//! - [`matmul_quantized_then`]: the same with an [`Epilogue`] (bias, elementwise activation,
+//!   residual) applied to each run of 16 outputs by the thread that computed it, as it writes
+//!   them: a layer's bias, its activation and the residual connection after it cost no
+//!   second pass over the output and no second buffer.
 //! - [`grouped_expert_gemv`]: a mixture-of-experts layer's routed (expert, token) pairs in one
 //!   job; only the chosen experts are read, each once.
 //! - [`ThreadPool`]: `threads` in all (the caller included, the `vlm.threads` setting); work
@@ -125,7 +129,7 @@ pub use bf16::{bf16_matmul, BF16_GEMV_MAX_ROWS};
 pub use error::QuantError;
 pub use experts::{grouped_expert_gemv, ExpertRoute};
 pub use kernels::Kernel;
-pub use matmul::{matmul, matmul_quantized, matmul_with};
+pub use matmul::{matmul, matmul_quantized, matmul_quantized_then, matmul_with, Epilogue};
 pub use packed_q4::{PackedQ4, QuantInput};
 pub use packed_q8::PackedQ8;
 pub use pool::physical_cores;

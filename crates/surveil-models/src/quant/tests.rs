@@ -325,6 +325,69 @@ fn thread_count_does_not_change_results() {
     }
 }
 
+/// An elementwise test activation (any function of one value will do).
+fn halve_negatives(y: &mut [f32]) {
+    y.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v *= 0.5);
+}
+
+#[test]
+fn the_epilogue_is_the_same_math_as_separate_passes() {
+    let mut rng = Lcg(11);
+    // n = 1000: the last tile of each row is a run of 8 outputs.
+    let (n, k) = (1000, 768);
+    let q = PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap();
+    let bias: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    for m in [1, 2, 9, 61] {
+        let x = QuantizedActivations::quantize(&random_activations(&mut rng, m, k), m, k).unwrap();
+        let residual: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+        for path in std::iter::once(Kernel::Scalar).chain(simd_paths()) {
+            let mut plain = vec![0f32; m * n];
+            matmul_quantized(path, &q, &x, &mut plain, &pool(2)).unwrap();
+            let mut want = plain.clone();
+            for row in want.chunks_mut(n) {
+                row.iter_mut().zip(&bias).for_each(|(y, b)| *y += b);
+            }
+            halve_negatives(&mut want);
+            want.iter_mut().zip(&residual).for_each(|(y, r)| *y += r);
+            let mut got = vec![f32::NAN; m * n];
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                activation: Some(halve_negatives),
+                residual: Some(&residual),
+            };
+            matmul_quantized_then(path, &q, &x, &mut got, &pool(2), epilogue).unwrap();
+            assert_eq!(got, want, "{path:?} m={m}");
+            // The default epilogue leaves the matmul as it is.
+            let mut same = vec![f32::NAN; m * n];
+            let none = Epilogue::default();
+            matmul_quantized_then(path, &q, &x, &mut same, &pool(2), none).unwrap();
+            assert_eq!(same, plain, "{path:?} m={m}");
+        }
+    }
+    let x = QuantizedActivations::quantize(&vec![1f32; k], 1, k).unwrap();
+    let mut y = vec![0f32; n];
+    let short_bias = Epilogue {
+        bias: Some(&bias[1..]),
+        ..Epilogue::default()
+    };
+    assert!(matches!(
+        matmul_quantized_then(Kernel::Scalar, &q, &x, &mut y, &pool(1), short_bias),
+        Err(QuantError::Length { what: "bias", .. })
+    ));
+    let long_residual = vec![0f32; n + 1];
+    let long_residual = Epilogue {
+        residual: Some(&long_residual),
+        ..Epilogue::default()
+    };
+    assert!(matches!(
+        matmul_quantized_then(Kernel::Scalar, &q, &x, &mut y, &pool(1), long_residual),
+        Err(QuantError::Length {
+            what: "residual",
+            ..
+        })
+    ));
+}
+
 #[test]
 fn shape_and_availability_errors() {
     let q = PackedQ4::quantize(&[0.5f32; 64], 2, 32).unwrap();

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::{Activation, GitConfig};
-use super::ops::{activate, attention, merge_heads, split_qkv};
+use super::ops::{attention, linear_act, merge_heads, split_qkv};
 use crate::layers::{Embedding, KvCache, LayerKvCache, LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -154,10 +154,10 @@ impl DecoderLayer {
         let a = merge_heads(&attention(&q, &k, &v, mask, self.scale)?)?;
         let x = self
             .attn_norm
-            .forward(&(self.attn_dense.forward(&a)? + x)?)?;
-        let h = activate(&self.intermediate.forward(&x)?, self.act)?;
+            .forward(&self.attn_dense.forward_add(&a, x)?)?;
+        let h = linear_act(&self.intermediate, &x, self.act)?;
         self.output_norm
-            .forward(&(self.output_dense.forward(&h)? + x)?)
+            .forward(&self.output_dense.forward_add(&h, &x)?)
     }
 }
 

@@ -5,13 +5,14 @@
 //! run as candle's ops with the same math ([`activate_composed`]). The attention runs the
 //! fused CPU kernels on f32 CPU tensors and candle ops elsewhere.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::Tensor;
 
 use super::config::Activation;
 use crate::layers::kernels::{
-    contiguous_f32, decode_attention, flash_attention, for_rows, runs_cpu_kernel, scaled_softmax,
-    KeyMask, DECODE_MAX_ROWS,
+    decode_attention, flash_attention, gelu_erf, runs_cpu_kernel, scaled_softmax,
+    Activation as FusedActivation, KeyMask, DECODE_MAX_ROWS,
 };
+use crate::layers::Linear;
 use crate::Result;
 
 /// Apply `act` elementwise to `x` (any shape); the result has `x`'s shape, dtype and device.
@@ -20,12 +21,24 @@ use crate::Result;
 pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     if runs_cpu_kernel(x) && x.is_contiguous() {
         match act {
-            Activation::Gelu => return Ok(x.apply_op1_no_bwd(&ActivationOp(act))?),
+            Activation::Gelu => return gelu_erf(x),
             Activation::QuickGelu => return crate::layers::kernels::quick_gelu(x),
             _ => {}
         }
     }
     activate_composed(x, act)
+}
+
+/// `act(x Wᵀ + b)` through `linear`: an activation the tiled matmul's kernels apply as they
+/// write each output (the GELUs) is fused there; the others run after it ([`activate`]).
+pub(crate) fn linear_act(linear: &Linear, x: &Tensor, act: Activation) -> Result<Tensor> {
+    let fused = match act {
+        Activation::Gelu => FusedActivation::GeluErf,
+        Activation::GeluNew => FusedActivation::GeluTanh,
+        Activation::QuickGelu => FusedActivation::QuickGelu,
+        Activation::Relu | Activation::Silu => return activate(&linear.forward(x)?, act),
+    };
+    linear.forward_act(x, fused)
 }
 
 /// [`activate`] as candle ops (unary ops and candle-nn's `sigmoid`, all with CUDA kernels),
@@ -39,68 +52,6 @@ pub(crate) fn activate_composed(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Relu => x.relu()?,
         Activation::Silu => x.silu()?,
     })
-}
-
-/// `e^x` for f32 by range reduction to `2^n · e^g`, |g| ≤ ln2/2, and a degree-7 Taylor
-/// polynomial: relative error ~1e-7 (f32 rounding), branch-free so loops vectorise.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two (Cody–Waite) so that `n · LN2_HI` is exact.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5·2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let g = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + g * (1.0
-            + g * (1.0 / 2.0
-                + g * (1.0 / 6.0
-                    + g * (1.0 / 24.0
-                        + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
-#[inline(always)]
-fn erf_f32(z: f32) -> f32 {
-    let a = z.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp_f32(-a * a);
-    y.copysign(z)
-}
-
-/// Fused exact-erf GELU for contiguous f32 on the CPU (quick-GELU is `crate::layers::kernels::quick_gelu`).
-struct ActivationOp(Activation);
-
-impl CustomOp1 for ActivationOp {
-    fn name(&self) -> &'static str {
-        "git-activation"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(storage, layout)?;
-        let mut dst = vec![0f32; src.len()];
-        let row = 4096.min(src.len().max(1));
-        match self.0 {
-            Activation::Gelu => for_rows(src, &mut dst, row, |s, d| {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = 0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-                }
-            }),
-            other => candle_core::bail!("no fused kernel for {other:?}"),
-        }
-        Ok((CpuStorage::F32(dst), layout.shape().clone()))
-    }
 }
 
 /// Multi-head attention over `[B, heads, L, head_dim]` tensors: `softmax(q kᵀ · scale + mask) v`.
@@ -170,7 +121,10 @@ mod tests {
         let xs = [-3.0f32, -0.5, 0.0, 0.7, 2.5];
         let t = Tensor::new(&xs[..], &Device::Cpu).unwrap();
         let get = |a| activate(&t, a).unwrap().to_vec1::<f32>().unwrap();
-        let erf_gelu = |x: f32| 0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2));
+        let erf_gelu = |x: f32| {
+            0.5 * x as f64
+                * (1.0 + candle_core::cpu::erf::erf_f64(x as f64 / std::f64::consts::SQRT_2))
+        };
         for (i, &x) in xs.iter().enumerate() {
             let quick = x as f64 / (1.0 + (-1.702 * x as f64).exp());
             assert!((get(Activation::QuickGelu)[i] as f64 - quick).abs() < 1e-6);
@@ -198,25 +152,6 @@ mod tests {
         // Another dtype takes the composition and keeps its dtype.
         let y = activate(&x.to_dtype(DType::BF16).unwrap(), Activation::Gelu).unwrap();
         assert_eq!(y.dtype(), DType::BF16);
-    }
-
-    /// Reference erf in f64 (candle's port of the Boost/Cephes implementation).
-    fn erf(x: f64) -> f64 {
-        candle_core::cpu::erf::erf_f64(x)
-    }
-
-    #[test]
-    fn fast_exp_and_erf_are_accurate() {
-        let (mut worst_exp, mut worst_erf) = (0f64, 0f64);
-        for i in -4000..4000 {
-            let x = i as f32 * 0.005;
-            let e = (x as f64).exp();
-            worst_exp = worst_exp.max(((exp_f32(x) as f64 - e) / e).abs());
-            worst_erf = worst_erf.max((erf_f32(x) as f64 - erf(x as f64)).abs());
-        }
-        // f32 carries ~6e-8 relative; A&S 7.1.26 is within 1.5e-7 before f32 rounding.
-        assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
-        assert!(worst_erf < 4e-7, "erf absolute error {worst_erf:e}");
     }
 
     #[test]

@@ -8,8 +8,7 @@
 use candle_core::{DType, Tensor};
 
 use super::config::{Activation, GitVisionConfig};
-use super::ops::{activate, attention, merge_heads, split_qkv};
-use crate::layers::kernels::Activation as FusedActivation;
+use super::ops::{attention, linear_act, merge_heads, split_qkv};
 use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -93,15 +92,10 @@ impl VisionLayer {
         let h = self.layer_norm1.forward(x)?;
         let (q, k, v) = split_qkv(&self.qkv.forward(&h)?, self.heads)?;
         let a = merge_heads(&attention(&q, &k, &v, None, self.scale)?)?;
-        let x = (x + self.out_proj.forward(&a)?)?;
+        let x = self.out_proj.forward_add(&a, x)?;
         let h = self.layer_norm2.forward(&x)?;
-        let h = match self.act {
-            // Applied in the tiled matmul's output pass.
-            Activation::QuickGelu => self.fc1.forward_act(&h, FusedActivation::QuickGelu)?,
-            act => activate(&self.fc1.forward(&h)?, act)?,
-        };
-        let h = self.fc2.forward(&h)?;
-        Ok((x + h)?)
+        let h = linear_act(&self.fc1, &h, self.act)?;
+        self.fc2.forward_add(&h, &x)
     }
 }
 

@@ -118,11 +118,11 @@ impl EncoderBlock {
             RopeLayout::Interleaved,
             segments,
         )?;
-        let x = (x + self.wo.forward(&attn)?)?;
+        let x = self.wo.forward_add(&attn, x)?;
         let hdn = self
             .fc0
             .forward_act(&self.norm1.forward(&x)?, Activation::GeluTanh)?;
-        Ok((x + self.fc1.forward(&hdn)?)?)
+        self.fc1.forward_add(&hdn, &x)
     }
 }
 

@@ -79,11 +79,11 @@ impl VisionBlock {
         let qkv = self.qkv.forward(&self.norm1.forward(x)?)?;
         let attn =
             packed_rope_attention(&qkv, self.num_heads, cos, sin, RopeLayout::Halves, segments)?;
-        let x = (x + self.proj.forward(&attn)?)?;
+        let x = self.proj.forward_add(&attn, x)?;
         let hdn = self
             .fc1
             .forward_act(&self.norm2.forward(&x)?, Activation::QuickGelu)?;
-        Ok((x + self.fc2.forward(&hdn)?)?)
+        self.fc2.forward_add(&hdn, &x)
     }
 }
 

@@ -241,20 +241,6 @@ fn parallel_map(src: &[f32], unit: usize, f: impl Fn(&[f32], &mut [f32]) + Sync)
     dst
 }
 
-/// `x · sigmoid(g(x))` in place, where `g` is `1.702 x` (quick GELU) or, for GELU's tanh
-/// form, `2·√(2/π)·(x + 0.044715 x³)` (`0.5 x (1 + tanh(u)) = x · sigmoid(2u)`), on up to
-/// candle's thread count for large slices.
-pub(crate) fn sigmoid_gate_in_place(y: &mut [f32], tanh_form: bool) {
-    let run = |part: &mut [f32]| {
-        if tanh_form {
-            gate_any::<true>(part)
-        } else {
-            gate_any::<false>(part)
-        }
-    };
-    super::for_chunks_mut(y, 1, run);
-}
-
 /// SwiGLU's inner activation in place of the gate: `g ← silu(g) · u = g / (1 + e^−g) · u`
 /// (`g` and `u` the same length), on up to candle's thread count for large slices.
 pub(crate) fn swiglu_in_place(g: &mut [f32], u: &[f32]) {
@@ -323,7 +309,10 @@ unsafe fn gate_avx2<const TANH: bool>(y: &mut [f32]) {
     gate_slice::<TANH>(y)
 }
 
-fn gate_any<const TANH: bool>(y: &mut [f32]) {
+/// `x · sigmoid(g(x))` in place, where `g` is `1.702 x` (quick GELU) or, for GELU's tanh
+/// form, `2·√(2/π)·(x + 0.044715 x³)` (`0.5 x (1 + tanh(u)) = x · sigmoid(2u)`), on the calling
+/// thread.
+pub(super) fn gate_any<const TANH: bool>(y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -333,6 +322,68 @@ fn gate_any<const TANH: bool>(y: &mut [f32]) {
         }
     }
     gate_slice::<TANH>(y)
+}
+
+/// `e^x` for f32 by range reduction to `2^n · e^g`, |g| ≤ ln2/2, and a degree-7 Taylor
+/// polynomial: relative error ~1e-7 (f32 rounding), branch-free so loops vectorise.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two (Cody–Waite) so that `n · LN2_HI` is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let g = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + g * (1.0
+            + g * (1.0 / 2.0
+                + g * (1.0 / 6.0
+                    + g * (1.0 / 24.0
+                        + g * (1.0 / 120.0 + g * (1.0 / 720.0 + g * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7).
+#[inline(always)]
+fn erf_f32(z: f32) -> f32 {
+    let a = z.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp_f32(-a * a);
+    y.copysign(z)
+}
+
+#[inline(always)]
+fn gelu_erf_slice(y: &mut [f32]) {
+    for x in y.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf_f32(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_erf_avx2(y: &mut [f32]) {
+    gelu_erf_slice(y)
+}
+
+/// Exact (erf) GELU in place, `0.5 x (1 + erf(x / √2))` (PyTorch's `gelu`, BERT's and GIT's
+/// decoder activation), on the calling thread. Within 5e-7 of the f64 formula for |x| ≤ 20
+/// (the `erf` of Abramowitz & Stegun 7.1.26 and a polynomial `exp`).
+pub(crate) fn gelu_erf_in_place(y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            unsafe { gelu_erf_avx2(y) };
+            return;
+        }
+    }
+    gelu_erf_slice(y)
 }
 
 struct QuickGelu;
@@ -373,6 +424,47 @@ pub(crate) fn quick_gelu(x: &Tensor) -> Result<Tensor> {
         x.contiguous()?
     };
     Ok(x.apply_op1_no_bwd(&QuickGelu)?)
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("gelu expects f32 input")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("gelu expects a contiguous input")
+        };
+        let dst = parallel_map(&data[start..end], 1, |s, d| {
+            d.copy_from_slice(s);
+            gelu_erf_in_place(d);
+        });
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// Exact GELU `0.5 x (1 + erf(x / √2))`, elementwise, in `x`'s dtype and on its device: f32 on
+/// the CPU runs the kernel of [`gelu_erf_in_place`] (a non-contiguous `x` is copied first);
+/// anything else candle's `gelu_erf`.
+pub(crate) fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if !runs_cpu_kernel(x) {
+        return Ok(x.gelu_erf()?);
+    }
+    let x = if x.is_contiguous() {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    Ok(x.apply_op1_no_bwd(&GeluErf)?)
 }
 
 /// [`quick_gelu`] as candle ops, for any device and float dtype: `x · sigmoid(1.702 x)` with
@@ -496,6 +588,25 @@ mod tests {
     use super::super::max_abs_diff;
     use super::*;
     use candle_core::{DType, Device};
+
+    /// Reference erf in f64 (candle's port of the Boost/Cephes implementation).
+    fn erf(x: f64) -> f64 {
+        candle_core::cpu::erf::erf_f64(x)
+    }
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let (mut worst_exp, mut worst_erf) = (0f64, 0f64);
+        for i in -4000..4000 {
+            let x = i as f32 * 0.005;
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp_f32(x) as f64 - e) / e).abs());
+            worst_erf = worst_erf.max((erf_f32(x) as f64 - erf(x as f64)).abs());
+        }
+        // f32 carries ~6e-8 relative; A&S 7.1.26 is within 1.5e-7 before f32 rounding.
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp:e}");
+        assert!(worst_erf < 4e-7, "erf absolute error {worst_erf:e}");
+    }
 
     #[test]
     fn exp2_is_accurate_to_f32_rounding() {

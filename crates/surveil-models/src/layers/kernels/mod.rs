@@ -17,8 +17,8 @@ pub(crate) use decode::{decode_attention, DECODE_MAX_ROWS};
 pub use flash::{flash_attention, flash_attention_with, FlashPath, KeyMask};
 
 pub(crate) use attention::{
-    packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax, swiglu_in_place,
-    RopeLayout,
+    gelu_erf, packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax,
+    swiglu_in_place, RopeLayout,
 };
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
@@ -36,15 +36,19 @@ pub(crate) enum Activation {
     /// GELU's tanh form `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))` (PyTorch's
     /// `gelu(approximate="tanh")`, candle's `gelu`), computed as `x · sigmoid(2u)`.
     GeluTanh,
+    /// Exact GELU `0.5 x (1 + erf(x / √2))` ([`gelu_erf`]).
+    GeluErf,
 }
 
 impl Activation {
-    /// In place over f32 values.
-    pub(crate) fn apply_in_place(self, y: &mut [f32]) {
+    /// The elementwise function for a run of outputs on the calling thread (a tiled matmul's epilogue, [`crate::quant::Epilogue`]); `None` for the
+    /// identity.
+    pub(crate) fn tile_fn(self) -> Option<fn(&mut [f32])> {
         match self {
-            Self::Identity => {}
-            Self::QuickGelu => attention::sigmoid_gate_in_place(y, false),
-            Self::GeluTanh => attention::sigmoid_gate_in_place(y, true),
+            Self::Identity => None,
+            Self::QuickGelu => Some(attention::gate_any::<false>),
+            Self::GeluTanh => Some(attention::gate_any::<true>),
+            Self::GeluErf => Some(attention::gelu_erf_in_place),
         }
     }
 
@@ -54,6 +58,7 @@ impl Activation {
             Self::Identity => Ok(x),
             Self::QuickGelu => quick_gelu(&x),
             Self::GeluTanh => Ok(x.gelu()?),
+            Self::GeluErf => gelu_erf(&x),
         }
     }
 }
@@ -99,29 +104,6 @@ pub(crate) fn for_rows(
         }
         if let Some((s, d)) = first {
             f(s, d);
-        }
-    });
-}
-
-/// Run `f` in place over `y` split into whole units of `unit` values, on up to candle's thread
-/// count when `y` is large.
-pub(crate) fn for_chunks_mut(y: &mut [f32], unit: usize, f: impl Fn(&mut [f32]) + Sync) {
-    let units = y.len() / unit.max(1);
-    let threads = candle_core::utils::get_num_threads().clamp(1, units.max(1));
-    if threads == 1 || y.len() < PARALLEL_MIN_ELEMS {
-        f(y);
-        return;
-    }
-    let per = units.div_ceil(threads) * unit.max(1);
-    std::thread::scope(|scope| {
-        let mut parts = y.chunks_mut(per);
-        let first = parts.next();
-        for part in parts {
-            let f = &f;
-            scope.spawn(move || f(part));
-        }
-        if let Some(part) = first {
-            f(part);
         }
     });
 }

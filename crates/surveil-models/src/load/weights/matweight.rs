@@ -7,10 +7,10 @@ use std::sync::Arc;
 use candle_core::quantized::QMatMul;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
-use crate::layers::kernels::{for_chunks_mut, Activation};
+use crate::layers::kernels::Activation;
 use crate::quant::{
-    bf16_matmul, grouped_expert_gemv, matmul_quantized, ExpertRoute, Kernel, PackedQ4, PackedQ8,
-    PackedWeight, QuantError, QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
+    self, bf16_matmul, grouped_expert_gemv, matmul_quantized_then, ExpertRoute, Kernel, PackedQ4,
+    PackedQ8, PackedWeight, QuantError, QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
 };
 use crate::{ModelError, Result};
 
@@ -60,10 +60,11 @@ impl Packed {
         x: &QuantizedActivations,
         y: &mut [f32],
         pool: &ThreadPool,
+        epilogue: quant::Epilogue<'_>,
     ) -> std::result::Result<(), crate::quant::QuantError> {
         match self {
-            Packed::Q4(w) => matmul_quantized(Kernel::best(), w, x, y, pool),
-            Packed::Q8(w) => matmul_quantized(Kernel::best(), w, x, y, pool),
+            Packed::Q4(w) => matmul_quantized_then(Kernel::best(), w, x, y, pool, epilogue),
+            Packed::Q8(w) => matmul_quantized_then(Kernel::best(), w, x, y, pool, epilogue),
         }
     }
 }
@@ -296,44 +297,27 @@ fn candle_matmul(weight: &QMatMul, x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// What a tiled matmul applies to its output while the output is still its own buffer, in one
-/// pass and without a new tensor: `y = act(y + bias)`.
+/// What a tiled matmul applies to each output as its kernel writes it, on the thread that
+/// computed it ([`quant::Epilogue`]): `y = act(x·Wᵀ + bias) + residual`. No second pass over
+/// the output and no new tensor.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Epilogue<'a> {
     /// `[n]`, added to every output row.
     pub(crate) bias: Option<&'a [f32]>,
     /// Applied after the bias.
     pub(crate) act: Activation,
-}
-
-impl Epilogue<'_> {
-    /// Apply to `y`, rows of `n` values; rows split over candle's thread count.
-    fn apply(&self, y: &mut [f32], n: usize) -> Result<()> {
-        if let Some(b) = self.bias {
-            if b.len() != n {
-                return Err(ModelError::InvalidInput(format!(
-                    "bias of {} values for a matmul output of width {n}",
-                    b.len()
-                )));
-            }
-            for_chunks_mut(y, n, |rows| {
-                for row in rows.chunks_exact_mut(n) {
-                    row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-                }
-            });
-        }
-        self.act.apply_in_place(y);
-        Ok(())
-    }
+    /// Added last: a tensor of the output's shape (a residual connection), read as contiguous
+    /// f32 values.
+    pub(crate) residual: Option<&'a Tensor>,
 }
 
 /// `x [..., k]` times each of `weights` (all of input width `k`): the activations are quantized
 /// once and shared, one row-major `[..., n_i]` f32 buffer per weight, with `epilogues[i]` (when
-/// given) applied to output `i`; also returns `x`'s shape (the outputs' but for the last
-/// dimension).
+/// given) applied to output `i` as it is written; also returns `x`'s shape (the outputs' but
+/// for the last dimension).
 ///
-/// Errors: `x` not on the CPU; a weight of another input width; a bias of another width; the
-/// kernels' errors.
+/// Errors: `x` not on the CPU; a weight of another input width; a bias of another width; a
+/// residual of another shape, dtype or device; the kernels' errors.
 pub(crate) fn tiled_forward_raw(
     weights: &[&TiledWeight],
     x: &Tensor,
@@ -358,14 +342,7 @@ pub(crate) fn tiled_forward_raw(
     let x = x.to_dtype(DType::F32)?.contiguous()?;
     let acts = {
         let (storage, layout) = x.storage_and_layout();
-        let data = match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(d)), Some((lo, hi))) => &d[lo..hi],
-            _ => {
-                return Err(ModelError::InvalidInput(
-                    "matmul input is not a contiguous f32 CPU tensor".into(),
-                ))
-            }
-        };
+        let data = cpu_f32(&storage, layout, "matmul input")?;
         match weights.first() {
             Some(w) => QuantizedActivations::quantize_on(data, rows, k, &w.pool)?,
             None => return Ok((Vec::new(), dims)),
@@ -377,14 +354,53 @@ pub(crate) fn tiled_forward_raw(
         .map(|(i, w)| {
             let n = w.packed.rows();
             let mut y = vec![0f32; rows * n];
-            w.packed.matmul(&acts, &mut y, &w.pool)?;
-            if let Some(e) = epilogues.get(i) {
-                e.apply(&mut y, n)?;
-            }
+            let e = epilogues.get(i).copied().unwrap_or_default();
+            let residual = match e.residual {
+                Some(r) => {
+                    let mut shape = dims.clone();
+                    if let Some(last) = shape.last_mut() {
+                        *last = n;
+                    }
+                    if r.dims() != shape.as_slice() || r.dtype() != DType::F32 {
+                        return Err(ModelError::InvalidInput(format!(
+                            "residual {:?} {:?} for a matmul output {shape:?} f32",
+                            r.dims(),
+                            r.dtype()
+                        )));
+                    }
+                    Some(r.contiguous()?)
+                }
+                None => None,
+            };
+            let guard = residual.as_ref().map(Tensor::storage_and_layout);
+            let residual = match &guard {
+                Some((storage, layout)) => Some(cpu_f32(storage, layout, "residual")?),
+                None => None,
+            };
+            let epilogue = quant::Epilogue {
+                bias: e.bias,
+                activation: e.act.tile_fn(),
+                residual,
+            };
+            w.packed.matmul(&acts, &mut y, &w.pool, epilogue)?;
             Ok(y)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((outs, dims))
+}
+
+/// The values of a contiguous f32 CPU tensor's storage, or an error naming `what`.
+fn cpu_f32<'s>(
+    storage: &'s Storage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> Result<&'s [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(d)), Some((lo, hi))) => Ok(&d[lo..hi]),
+        _ => Err(ModelError::InvalidInput(format!(
+            "{what} is not a contiguous f32 CPU tensor"
+        ))),
+    }
 }
 
 /// [`tiled_forward_raw`] as tensors: one `[..., n_i]` f32 tensor per weight.
