@@ -144,12 +144,14 @@ impl Attention {
         })
     }
 
+    /// `residual + attention(x)` (the residual added by `o_proj`'s matmul).
     pub(super) fn forward(
         &self,
         x: &Tensor,
         rot: &Rotary,
         mask: Option<&Tensor>,
         cache: &mut LayerKvCache,
+        residual: &Tensor,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         if b != 1 {
@@ -243,6 +245,6 @@ impl Attention {
             };
             ctx.transpose(1, 2)?.reshape((b, s, heads * self.v_dim))?
         };
-        self.o_proj.forward(&out)
+        self.o_proj.forward_add(&out, residual)
     }
 }

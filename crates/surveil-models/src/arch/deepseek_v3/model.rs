@@ -234,16 +234,16 @@ impl DeepseekV3Model {
         };
         let mut x = embeds.to_dtype(DType::F32)?;
         for (i, (layer, lc)) in self.layers.iter().zip(cache.layers_mut()).enumerate() {
-            let a = layer
+            x = layer
                 .attn
-                .forward(&layer.input_norm.forward(&x)?, &rot, mask.as_ref(), lc)?;
-            x = (x + a)?;
+                .forward(&layer.input_norm.forward(&x)?, &rot, mask.as_ref(), lc, &x)?;
             let hn = layer.post_norm.forward(&x)?;
-            let f = match &layer.ff {
-                FeedForward::Dense(mlp) => mlp.forward(&hn)?,
-                FeedForward::Moe(moe) => moe.forward(&hn, trace.as_deref_mut().map(|t| (i, t)))?,
+            x = match &layer.ff {
+                FeedForward::Dense(mlp) => mlp.forward_add(&hn, &x)?,
+                FeedForward::Moe(moe) => {
+                    (&x + moe.forward(&hn, trace.as_deref_mut().map(|t| (i, t)))?)?
+                }
             };
-            x = (x + f)?;
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;

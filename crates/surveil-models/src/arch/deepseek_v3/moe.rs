@@ -45,6 +45,12 @@ impl Mlp {
         self.down.forward(&Linear::swiglu(&self.gate, &self.up, x)?)
     }
 
+    /// `residual + forward(x)` (the residual added by `down_proj`'s matmul).
+    pub(super) fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.down
+            .forward_add(&Linear::swiglu(&self.gate, &self.up, x)?, residual)
+    }
+
     /// Gate, up and down in CPU tile layouts (no bias), when they are.
     fn tiled(&self) -> Option<[&TiledWeight; 3]> {
         Some([

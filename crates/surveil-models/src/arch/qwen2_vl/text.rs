@@ -48,12 +48,14 @@ impl Attention {
         })
     }
 
+    /// `residual + attention(x)` (the residual added by `o_proj`'s matmul).
     fn forward(
         &self,
         x: &Tensor,
         rot: &Rotary,
         mask: Option<&Tensor>,
         cache: &mut LayerKvCache,
+        residual: &Tensor,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let d = self.head_dim;
@@ -110,7 +112,7 @@ impl Attention {
             .reshape((b, self.heads, s, d))?
             .transpose(1, 2)?
             .reshape((b, s, self.heads * d))?;
-        self.o.forward(&out)
+        self.o.forward_add(&out, residual)
     }
 }
 
@@ -130,8 +132,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&Linear::swiglu(&self.gate, &self.up, x)?)
+    /// `residual + mlp(x)` (the residual added by `down_proj`'s matmul).
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.down
+            .forward_add(&Linear::swiglu(&self.gate, &self.up, x)?, residual)
     }
 }
 
@@ -173,10 +177,10 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
-        let h = (x + self
+        let h = self
             .attn
-            .forward(&self.input_norm.forward(x)?, rot, mask, cache)?)?;
-        Ok((&h + self.mlp.forward(&self.post_norm.forward(&h)?)?)?)
+            .forward(&self.input_norm.forward(x)?, rot, mask, cache, x)?;
+        self.mlp.forward(&self.post_norm.forward(&h)?, &h)
     }
 }
 
