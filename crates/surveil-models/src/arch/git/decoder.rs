@@ -5,7 +5,8 @@
 use candle_core::{Device, Tensor};
 
 use super::config::{Activation, GitConfig};
-use super::ops::{attention, linear_act, merge_heads, split_qkv};
+use super::ops::{attention, linear_act, merge_heads, split_qkv, DecoderMask};
+use crate::layers::kernels::KeyMask;
 use crate::layers::{Embedding, KvCache, LayerKvCache, LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -144,7 +145,7 @@ impl DecoderLayer {
     pub(crate) fn forward(
         &self,
         x: &Tensor,
-        mask: Option<&Tensor>,
+        mask: Option<&DecoderMask>,
         kv: Option<&mut LayerKvCache>,
     ) -> Result<Tensor> {
         let (q, mut k, mut v) = split_qkv(&self.qkv.forward(x)?, self.heads)?;
@@ -214,7 +215,7 @@ pub(crate) fn decoder_mask(
     image_new: usize,
     text_new: usize,
     device: &Device,
-) -> Result<Option<Tensor>> {
+) -> Result<Option<DecoderMask>> {
     let rows = image_new + text_new;
     let cols = past + rows;
     let visible = |row: usize| {
@@ -233,7 +234,15 @@ pub(crate) fn decoder_mask(
             *v = f32::NEG_INFINITY;
         }
     }
-    Ok(Some(Tensor::from_vec(data, (rows, cols), device)?))
+    Ok(Some(DecoderMask {
+        additive: Tensor::from_vec(data, (rows, cols), device)?,
+        // Row `r` sees `max(past + image_new, past + r + 1)` keys: the rule of `visible`.
+        keys: KeyMask::PrefixCausal {
+            prefix: past + image_new,
+            offset: past,
+            period: rows,
+        },
+    }))
 }
 
 #[cfg(test)]
@@ -243,7 +252,15 @@ mod tests {
     #[test]
     fn mask_follows_git_rules() {
         let m = decoder_mask(0, 2, 3, &Device::Cpu).unwrap().unwrap();
-        let m: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        assert_eq!(
+            m.keys,
+            KeyMask::PrefixCausal {
+                prefix: 2,
+                offset: 0,
+                period: 5
+            }
+        );
+        let m: Vec<Vec<f32>> = m.additive.to_vec2().unwrap();
         let ninf = f32::NEG_INFINITY;
         assert_eq!(m[0], vec![0.0, 0.0, ninf, ninf, ninf]);
         assert_eq!(m[1], vec![0.0, 0.0, ninf, ninf, ninf]);
@@ -255,6 +272,7 @@ mod tests {
         let m: Vec<Vec<f32>> = decoder_mask(3, 0, 2, &Device::Cpu)
             .unwrap()
             .unwrap()
+            .additive
             .to_vec2()
             .unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, 0.0, ninf]);

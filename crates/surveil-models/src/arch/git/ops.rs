@@ -9,8 +9,8 @@ use candle_core::Tensor;
 
 use super::config::Activation;
 use crate::layers::kernels::{
-    decode_attention, flash_attention, gelu_erf, runs_cpu_kernel, scaled_softmax,
-    Activation as FusedActivation, KeyMask, DECODE_MAX_ROWS,
+    decode_attention, flash_attention, gelu_erf, runs_cpu_kernel, Activation as FusedActivation,
+    KeyMask, DECODE_MAX_ROWS,
 };
 use crate::layers::Linear;
 use crate::Result;
@@ -54,38 +54,38 @@ pub(crate) fn activate_composed(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
-/// Multi-head attention over `[B, heads, L, head_dim]` tensors: `softmax(q kᵀ · scale + mask) v`.
-/// `mask` is additive (`0` or `-inf`), `[Lq, Lk]`, broadcast over batch and heads.
+/// GIT's decoder mask in both forms: additive (`0` or `-inf`, `[rows, keys]`, broadcast over
+/// batch and heads) for the composition of candle ops, and the same rule as a [`KeyMask`] for
+/// the fused CPU kernel.
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderMask {
+    pub(crate) additive: Tensor,
+    pub(crate) keys: KeyMask,
+}
+
+/// Multi-head attention over `[B, heads, L, head_dim]` tensors: `softmax(q kᵀ · scale + mask) v`
+/// (`mask` `None`: every query sees every key). f32 on the CPU runs the fused kernels: a decode
+/// step's few query rows against the cache read in place ([`decode_attention`]), anything else
+/// the tiled kernel with the mask's [`KeyMask`]; other devices and dtypes run candle ops with
+/// the additive mask.
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: Option<&Tensor>,
+    mask: Option<&DecoderMask>,
     scale: f64,
 ) -> Result<Tensor> {
-    if runs_cpu_kernel(q) {
-        if mask.is_none() && k.dim(2)? > 0 {
-            // Queries that see every key: a decode step (few rows, keys read in place from
-            // the cache) or the vision tower (the tiled kernel).
-            return if q.dim(2)? <= DECODE_MAX_ROWS {
-                decode_attention(q, k, v, scale as f32)
-            } else {
-                flash_attention(q, k, v, scale as f32, KeyMask::All)
-            };
-        }
-        // The softmax kernel (polynomial `exp`) instead of candle-nn's libm one. GIT's mask
-        // holds 0 and -inf only (`decoder_mask`), so softmax(scale·(S + M)) is
-        // softmax(scale·S + M).
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+    if runs_cpu_kernel(q) && k.dim(2)? > 0 {
+        let scale = scale as f32;
+        return match mask {
+            None if q.dim(2)? <= DECODE_MAX_ROWS => decode_attention(q, k, v, scale),
+            None => flash_attention(q, k, v, scale, KeyMask::All),
+            Some(m) => flash_attention(q, k, v, scale, m.keys),
         };
-        return Ok(scaled_softmax(&scores, scale as f32)?.matmul(v)?);
     }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
+        Some(m) => scores.broadcast_add(&m.additive)?,
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -167,10 +167,55 @@ mod tests {
             .reshape((1, 1, 3, 2))
             .unwrap();
         let ninf = f32::NEG_INFINITY;
-        let mask = Tensor::new(&[[0f32, ninf, ninf], [0.0, 0.0, ninf]], &dev).unwrap();
-        let out = attention(&q, &k, &v, Some(&mask), 0.5).unwrap();
-        let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(&out[0..2], &[1.0, 0.0]);
-        assert!(out[2] < 0.01 && out[3] > 0.99, "{out:?}");
+        let additive = Tensor::new(&[[0f32, ninf, ninf], [0.0, 0.0, ninf]], &dev).unwrap();
+        // The fused kernel (f32) and the composition (f64).
+        for dtype in [DType::F32, DType::F64] {
+            let mask = DecoderMask {
+                additive: additive.to_dtype(dtype).unwrap(),
+                keys: KeyMask::Causal {
+                    offset: 0,
+                    period: 2,
+                },
+            };
+            let [q, k, v] = [&q, &k, &v].map(|t| t.to_dtype(dtype).unwrap());
+            let out = attention(&q, &k, &v, Some(&mask), 0.5).unwrap();
+            let out = out.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            let out: Vec<f32> = out.to_vec1().unwrap();
+            assert_eq!(&out[0..2], &[1.0, 0.0], "{dtype:?}");
+            assert!(out[2] < 0.01 && out[3] > 0.99, "{dtype:?}: {out:?}");
+        }
+    }
+
+    /// GIT's mask through the fused kernel (f32 on the CPU: the [`KeyMask`]) and through the
+    /// composition (f64: the additive matrix) on the same random inputs: the first prefill
+    /// (image tokens and a prompt), text after cached image tokens, a text step with several
+    /// tokens.
+    #[test]
+    fn the_mask_kernel_matches_the_additive_mask() {
+        let dev = Device::Cpu;
+        for (past, image_new, text_new) in [(0, 9, 1), (0, 5, 4), (6, 0, 3), (0, 20, 17)] {
+            let rows = image_new + text_new;
+            let mask = super::super::decoder::decoder_mask(past, image_new, text_new, &dev)
+                .unwrap()
+                .expect("a mask");
+            let q = Tensor::randn(0f32, 1.0, (1, 2, rows, 16), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (1, 2, past + rows, 16), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (1, 2, past + rows, 8), &dev).unwrap();
+            let fused = attention(&q, &k, &v, Some(&mask), 0.25).unwrap();
+            let [q, k, v] = [&q, &k, &v].map(|t| t.to_dtype(DType::F64).unwrap());
+            let mask64 = DecoderMask {
+                additive: mask.additive.to_dtype(DType::F64).unwrap(),
+                ..mask
+            };
+            let composed = attention(&q, &k, &v, Some(&mask64), 0.25)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let d = max_abs_diff(&fused, &composed);
+            assert!(
+                d < 1e-5,
+                "past {past} image {image_new} text {text_new}: {d}"
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Fused softmax attention for the CPU: `softmax(scale · Q Kᵀ + mask) V` per head without
 //! materialising the score matrix, by the online softmax of FlashAttention (Dao et al. 2022,
 //! "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness", Algorithm 1).
-//! The mask is none (vision towers) or causal after a KV cache ([`KeyMask`]: text prefills).
+//! The mask is none (vision towers), causal after a KV cache (text prefills) or causal after a
+//! prefix every row sees (GIT's decoder) ([`KeyMask`]).
 //!
 //! A vision tower attends over every patch of a frame: for Qwen2-VL-2B and one 768×576 frame,
 //! 16 heads × 2268 × 2268 scores per block, with a head width of 80. Batched GEMMs over such
@@ -109,6 +110,17 @@ pub enum KeyMask {
         /// Keys before the first query's own position (the KV cache's length before the call).
         offset: usize,
         /// Rows after which the positions repeat (the new tokens per head).
+        period: usize,
+    },
+    /// Causal after a prefix every row sees (a prefix language model: GIT's decoder, whose
+    /// image tokens attend to each other and text tokens to every image token and the earlier
+    /// text): query row `r` sees keys `0..max(prefix, offset + r % period + 1)`.
+    PrefixCausal {
+        /// Keys every row sees.
+        prefix: usize,
+        /// As [`KeyMask::Causal`]'s.
+        offset: usize,
+        /// As [`KeyMask::Causal`]'s.
         period: usize,
     },
 }
@@ -783,6 +795,11 @@ fn query_block(
             _ if r >= rows => 1,
             KeyMask::All => m,
             KeyMask::Causal { offset, period } => (offset + (q0 + r) % period.max(1) + 1).min(m),
+            KeyMask::PrefixCausal {
+                prefix,
+                offset,
+                period,
+            } => prefix.max(offset + (q0 + r) % period.max(1) + 1).min(m),
         };
     }
     let seen = sc.limit[..padded].iter().copied().max().unwrap_or(0);
@@ -1127,18 +1144,22 @@ mod tests {
     /// The causal mask against the composition with the same mask as an additive `-inf`
     /// matrix (as the text models build it): a prefill after cached keys, grouped-query rows
     /// (`rep · s` rows whose positions repeat every `s`), a first prefill (no cache), MLA's
-    /// widths (192 × 128), and tasks that start mid-period. Measured: below 1e-6.
+    /// widths (192 × 128), and tasks that start mid-period; and causal after a prefix (GIT's
+    /// first prefill: 197 image tokens and a text token; a prefix longer than some rows'
+    /// causal reach, after cached keys). Measured: below 1e-6.
     #[test]
     fn causal_matches_the_masked_composition() {
         let dev = Device::Cpu;
-        // (heads, rep, s, offset, dk, dv)
+        // (heads, rep, s, offset, dk, dv, prefix)
         let cases = [
-            (2, 3, 37, 20, 64, 64),
-            (1, 1, 70, 0, 192, 128),
-            (2, 6, 5, 100, 128, 128),
-            (3, 2, 33, 31, 80, 80),
+            (2, 3, 37, 20, 64, 64, 0),
+            (1, 1, 70, 0, 192, 128, 0),
+            (2, 6, 5, 100, 128, 128, 0),
+            (3, 2, 33, 31, 80, 80, 0),
+            (2, 1, 198, 0, 64, 64, 197),
+            (1, 2, 40, 9, 32, 48, 30),
         ];
-        for (heads, rep, s, offset, dk, dv) in cases {
+        for (heads, rep, s, offset, dk, dv, prefix) in cases {
             let (n, m) = (rep * s, offset + s);
             let q = Tensor::randn(0f32, 1.0, (1, heads, n, dk), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (1, heads, m, dk), &dev).unwrap();
@@ -1147,7 +1168,7 @@ mod tests {
             let mask: Vec<f32> = (0..n)
                 .flat_map(|r| {
                     (0..m).map(move |j| {
-                        if j > offset + r % s {
+                        if j >= prefix.max(offset + r % s + 1) {
                             f32::NEG_INFINITY
                         } else {
                             0.0
@@ -1165,20 +1186,21 @@ mod tests {
                 .unwrap()
                 .matmul(&v)
                 .unwrap();
+            let keys = if prefix == 0 {
+                KeyMask::Causal { offset, period: s }
+            } else {
+                KeyMask::PrefixCausal {
+                    prefix,
+                    offset,
+                    period: s,
+                }
+            };
             for path in paths() {
-                let got = flash_attention_with(
-                    &q,
-                    &k,
-                    &v,
-                    scale,
-                    KeyMask::Causal { offset, period: s },
-                    path,
-                )
-                .unwrap();
+                let got = flash_attention_with(&q, &k, &v, scale, keys, path).unwrap();
                 let d = max_abs_diff(&got, &want);
                 assert!(
                     d < 1e-5,
-                    "{path:?} heads {heads} rep {rep} s {s} offset {offset}: {d}"
+                    "{path:?} heads {heads} rep {rep} s {s} offset {offset} prefix {prefix}: {d}"
                 );
             }
         }
