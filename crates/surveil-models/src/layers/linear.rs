@@ -44,12 +44,12 @@ pub struct Linear {
     /// Rows of `weight`: the parts' outputs plus zero padding.
     rows: usize,
     /// `bias` as host f32 values, kept when the weight is in a CPU tile layout: its matmul's
-    /// output pass adds them (read once at load, not per call).
+    /// epilogue adds them (read once at load, not per call).
     host_bias: Option<Arc<[f32]>>,
 }
 
 /// The bias as host f32 values when `weight` is in a CPU tile layout (whose matmul adds it in
-/// its output pass); `None` otherwise, or when the bias cannot be read as f32 values (then the
+/// its epilogue); `None` otherwise, or when the bias cannot be read as f32 values (then the
 /// layer adds it as an op).
 fn host_bias(weight: &MatWeight, bias: Option<&Tensor>) -> Option<Arc<[f32]>> {
     weight.tiled()?;
@@ -264,7 +264,7 @@ impl Linear {
             .collect::<Option<Vec<_>>>()
         {
             if linears.iter().all(|l| l.single_tiled().is_some()) {
-                // Each bias added in its matmul's output pass.
+                // Each bias added in its matmul's epilogue.
                 let epilogues: Vec<Epilogue<'_>> = linears
                     .iter()
                     .map(|l| Epilogue {
@@ -739,7 +739,7 @@ mod tests {
     }
 
     /// A one-part tiled linear adds its bias and applies the activation in the matmul's
-    /// output pass; the result is what the separate ops give: bit for bit without an
+    /// epilogue; the result is what the separate ops give: bit for bit without an
     /// activation (the same f32 add), and within f32 rounding of the `exp` with quick GELU and
     /// GELU's tanh form (against candle's `gelu`, which uses `tanh`). Measured: at most
     /// 4.8e-7 of max |y|.

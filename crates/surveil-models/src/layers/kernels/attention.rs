@@ -1,5 +1,5 @@
-//! Attention helpers: a scaled row softmax, quick-GELU and GELU's tanh form (in place, for the
-//! linears' output pass) with fused CPU kernels, the packed-image attention of the vision
+//! Attention helpers: a scaled row softmax, quick-GELU, GELU's tanh form and exact GELU (in
+//! place, for the tiled matmul's epilogue, and as tensor ops) with fused CPU kernels, the packed-image attention of the vision
 //! towers (rope, then [`full_attention`]: the fused kernel of `flash.rs` on f32 CPU tensors,
 //! chunked softmax attention on candle's matmuls elsewhere).
 //!

@@ -24,8 +24,8 @@ pub(crate) use attention::{
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 /// An elementwise activation a linear layer can apply to its output
-/// ([`crate::layers::Linear::forward_act`]): fused into the tiled matmul's output pass on the
-/// CPU, a separate op elsewhere.
+/// ([`crate::layers::Linear::forward_act`]): applied by the tiled matmul's kernels as they write
+/// each output on the CPU ([`crate::quant::Epilogue`]), a separate op elsewhere.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum Activation {
     /// None.
