@@ -85,7 +85,7 @@ pub(crate) fn attention(
     }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
-        Some(m) => scores.broadcast_add(&m.additive)?,
+        Some(m) => scores.broadcast_add(&m.additive.to_dtype(scores.dtype())?)?,
         None => scores,
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
@@ -167,16 +167,15 @@ mod tests {
             .reshape((1, 1, 3, 2))
             .unwrap();
         let ninf = f32::NEG_INFINITY;
-        let additive = Tensor::new(&[[0f32, ninf, ninf], [0.0, 0.0, ninf]], &dev).unwrap();
-        // The fused kernel (f32) and the composition (f64).
+        let mask = DecoderMask {
+            additive: Tensor::new(&[[0f32, ninf, ninf], [0.0, 0.0, ninf]], &dev).unwrap(),
+            keys: KeyMask::Causal {
+                offset: 0,
+                period: 2,
+            },
+        };
+        // The fused kernel (f32) and the composition (f64, the f32 mask cast to it).
         for dtype in [DType::F32, DType::F64] {
-            let mask = DecoderMask {
-                additive: additive.to_dtype(dtype).unwrap(),
-                keys: KeyMask::Causal {
-                    offset: 0,
-                    period: 2,
-                },
-            };
             let [q, k, v] = [&q, &k, &v].map(|t| t.to_dtype(dtype).unwrap());
             let out = attention(&q, &k, &v, Some(&mask), 0.5).unwrap();
             let out = out.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
@@ -203,11 +202,8 @@ mod tests {
             let v = Tensor::randn(0f32, 1.0, (1, 2, past + rows, 8), &dev).unwrap();
             let fused = attention(&q, &k, &v, Some(&mask), 0.25).unwrap();
             let [q, k, v] = [&q, &k, &v].map(|t| t.to_dtype(DType::F64).unwrap());
-            let mask64 = DecoderMask {
-                additive: mask.additive.to_dtype(DType::F64).unwrap(),
-                ..mask
-            };
-            let composed = attention(&q, &k, &v, Some(&mask64), 0.25)
+            // The f32 additive mask is cast to the scores' dtype.
+            let composed = attention(&q, &k, &v, Some(&mask), 0.25)
                 .unwrap()
                 .to_dtype(DType::F32)
                 .unwrap();

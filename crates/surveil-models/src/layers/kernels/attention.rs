@@ -16,7 +16,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 
-use super::runs_cpu_kernel;
+use super::{contiguous_f32, runs_cpu_kernel};
 use crate::Result;
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -147,17 +147,10 @@ impl CustomOp1 for ScaledSoftmax {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("scaled softmax expects f32 input")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("scaled softmax expects a contiguous input")
-        };
+        let src = op_input(self.name(), storage, layout)?;
         let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let scale = self.scale;
-        let dst = parallel_map(&data[start..end], width, |s, d| {
-            softmax_rows(s, d, width, scale)
-        });
+        let dst = parallel_map(src, width, |s, d| softmax_rows(s, d, width, scale));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -386,6 +379,16 @@ pub(crate) fn gelu_erf_in_place(y: &mut [f32]) {
     gelu_erf_slice(y)
 }
 
+/// The input of an elementwise op: a contiguous f32 CPU tensor's values, or an error naming
+/// the op.
+fn op_input<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
+    contiguous_f32(storage, layout).map_err(|e| candle_core::Error::Msg(format!("{op}: {e}")))
+}
+
 struct QuickGelu;
 
 impl CustomOp1 for QuickGelu {
@@ -398,13 +401,8 @@ impl CustomOp1 for QuickGelu {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("quick gelu expects f32 input")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("quick gelu expects a contiguous input")
-        };
-        let dst = parallel_map(&data[start..end], 1, quick_gelu_any);
+        let src = op_input(self.name(), storage, layout)?;
+        let dst = parallel_map(src, 1, quick_gelu_any);
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -438,13 +436,8 @@ impl CustomOp1 for GeluErf {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("gelu expects f32 input")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("gelu expects a contiguous input")
-        };
-        let dst = parallel_map(&data[start..end], 1, |s, d| {
+        let src = op_input(self.name(), storage, layout)?;
+        let dst = parallel_map(src, 1, |s, d| {
             d.copy_from_slice(s);
             gelu_erf_in_place(d);
         });
