@@ -356,8 +356,9 @@ pub struct TestModelArgs {
     /// after that first inference too.
     #[arg(long)]
     pub infer: bool,
-    /// Token limit of the test inference.
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    /// Token limit of the test inference, at least 1 (the prefill of the prompt yields the
+    /// first token; with 0 nothing would run).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub infer_tokens: usize,
     /// Run the test inference this many times (the memory "after first inference" is taken
     /// after the first; `--json` lists every run under `inference_runs`, later runs are warm).
@@ -367,7 +368,8 @@ pub struct TestModelArgs {
     /// `--infer-tokens` tokens (as `llama-bench -n N` does).
     #[arg(long)]
     pub ignore_eos: bool,
-    /// The test inference's image (PNG or JPEG) instead of the built-in 768x576 scene.
+    /// The test inference's image (PNG or JPEG) instead of the built-in 768x576 scene; read
+    /// and checked against the model's image limits before the model loads.
     #[arg(long, value_name = "FILE", requires = "infer")]
     pub infer_image: Option<PathBuf>,
     /// The test inference's question instead of the built-in ~60-token one (captioners

@@ -439,6 +439,163 @@ fn test_model_missing_weights_fails_with_json() {
     );
 }
 
+/// A failed `test-model --json` run: exit 1 and one JSON object with `ok: false` on stdout.
+fn test_model_failure_json(out: &Output) -> serde_json::Value {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(v["ok"], false, "{v}");
+    v
+}
+
+#[test]
+fn test_model_undecodable_image_fails_with_json_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not an image\n").unwrap();
+    let mut png = Vec::new();
+    image::RgbImage::from_pixel(64, 64, image::Rgb([90, 120, 200]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let truncated = dir.path().join("truncated.png");
+    std::fs::write(&truncated, &png[..png.len() / 2]).unwrap();
+    for file in [&text, &truncated] {
+        let out = surveil(
+            &[
+                "test-model",
+                "--git-base",
+                "--weights",
+                "dummy",
+                "--infer",
+                "--infer-image",
+                file.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        );
+        let v = test_model_failure_json(&out);
+        assert_eq!(v["stage"], "input", "{v}");
+        assert_eq!(v["model"], "git-base-coco", "{v}");
+        let err = v["error"].as_str().unwrap();
+        assert!(
+            err.contains(file.to_str().unwrap()) && err.contains("cannot decode"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn test_model_image_over_the_qwen_aspect_limit_fails_before_the_load() {
+    // 4000x10 is a ratio of 400, Qwen2-VL's processor takes at most 200. The weights do not
+    // exist: an error about the image, not about them, shows that nothing was loaded first.
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide.png");
+    image::RgbImage::from_pixel(4000, 10, image::Rgb([90, 120, 200]))
+        .save(&wide)
+        .unwrap();
+    let out = surveil(
+        &[
+            "test-model",
+            "--qwen",
+            "--weights",
+            "/nonexistent/qwen",
+            "--infer",
+            "--infer-image",
+            wide.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    );
+    let v = test_model_failure_json(&out);
+    assert_eq!(v["stage"], "input", "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains(wide.to_str().unwrap())
+            && err.contains("4000x10")
+            && err.contains("limit 200"),
+        "{err}"
+    );
+    assert!(!err.contains("/nonexistent/qwen"), "{err}");
+}
+
+#[test]
+fn test_model_text_report_says_the_stop_reason_in_words_in_aligned_columns() {
+    let out = surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--infer",
+            "--infer-tokens",
+            "2",
+            "--ignore-eos",
+        ],
+        &[],
+    );
+    let text = common::ok_stdout(&out);
+    assert!(text.contains("stop: max new tokens)"), "{text}");
+    assert!(!text.contains("MaxNewTokens"), "{text}");
+    // One line per storage type (f32, f16 and the 4-bit q4_1x16 here): names left-aligned,
+    // sizes and counts right-aligned, so every column ends at the same place.
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.ends_with(" tensors") || l.ends_with(" tensor"))
+        .collect();
+    assert!(rows.len() >= 3, "{text}");
+    assert!(
+        rows.iter().any(|r| r.trim_start().starts_with("q4_1x16 ")),
+        "{text}"
+    );
+    let end_of = |row: &str, word: &str| row.find(word).map(|i| i + word.len());
+    let mb_ends: Vec<_> = rows.iter().map(|r| end_of(r, " MB")).collect();
+    assert!(
+        mb_ends.iter().all(|e| e.is_some() && *e == mb_ends[0]),
+        "{text}"
+    );
+    let count_ends: Vec<_> = rows.iter().map(|r| end_of(r, " tensor")).collect();
+    assert!(count_ends.iter().all(|e| *e == count_ends[0]), "{text}");
+    let name_starts: Vec<_> = rows
+        .iter()
+        .map(|r| r.len() - r.trim_start().len())
+        .collect();
+    assert!(name_starts.iter().all(|s| *s == name_starts[0]), "{text}");
+}
+
+#[test]
+fn test_model_zero_infer_tokens_is_a_usage_error() {
+    // No token would mean no prefill either: nothing to report.
+    let out = surveil(
+        &[
+            "test-model",
+            "--git-base",
+            "--weights",
+            "dummy",
+            "--infer",
+            "--infer-tokens",
+            "0",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--infer-tokens") && err.contains("1..="),
+        "{err}"
+    );
+}
+
 /// `surveil verdict parse` with `reply` on stdin.
 fn verdict_parse(args: &[&str], stdin: &str) -> Output {
     use std::io::Write;

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
+use image::RgbImage;
 use serde_json::json;
 use surveil_memory::{MemorySnapshot, ProcessMemory};
 use surveil_models::load::manager::{LoadOptions, ModelManager};
@@ -74,6 +75,45 @@ pub(crate) fn progress_bar(
     Some((bar, f))
 }
 
+/// The test inference's image: `--infer-image` decoded and checked against the sizes `model`'s
+/// image processor takes (a model the registry does not know is left for the load to report),
+/// else the built-in scene.
+fn infer_image(args: &TestModelArgs, model: &str) -> anyhow::Result<RgbImage> {
+    let Some(path) = &args.infer_image else {
+        return Ok(surveil_models::load::smoke::test_image());
+    };
+    let image =
+        surveil_vision::source::images::load_image_frame(path, 0, std::time::Duration::ZERO)
+            .and_then(|f| f.to_rgb_image())
+            .with_context(|| format!("reading --infer-image {}", path.display()))?;
+    if let Some(spec) = surveil_models::load::registry::find(model) {
+        surveil_models::arch::check_image(spec.architecture, image.width(), image.height())
+            .with_context(|| format!("checking --infer-image {} for {model}", path.display()))?;
+    }
+    Ok(image)
+}
+
+/// The resident bytes and tensor count of each storage type, one line each, the columns as
+/// wide as their longest entry.
+fn storage_table(report: &surveil_models::LoadReport) -> Vec<String> {
+    let rows: Vec<[String; 3]> = report
+        .bytes_by_dtype
+        .iter()
+        .map(|(dtype, bytes)| {
+            let n = report.tensors_by_dtype.get(dtype).copied().unwrap_or(0);
+            [dtype.to_string(), mb(Some(*bytes)), n.to_string()]
+        })
+        .collect();
+    let width = |col: usize| rows.iter().map(|r| r[col].len()).max().unwrap_or(0);
+    let (dtype_w, size_w, count_w) = (width(0), width(1), width(2));
+    rows.iter()
+        .map(|[dtype, size, n]| {
+            let noun = if n == "1" { "tensor" } else { "tensors" };
+            format!("{dtype:<dtype_w$}  {size:>size_w$}  {n:>count_w$} {noun}")
+        })
+        .collect()
+}
+
 /// `surveil test-single-model`
 pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
     let model = args.model_id();
@@ -96,14 +136,23 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
     let bar = progress_bar(show_progress);
     opts.progress = bar.as_ref().map(|(_, f)| f.clone());
 
-    // the inputs are read before the load, so a bad file fails in a second, not after minutes
-    let image = match &args.infer_image {
-        Some(path) => {
-            surveil_vision::source::images::load_image_frame(path, 0, std::time::Duration::ZERO)
-                .and_then(|f| f.to_rgb_image())
-                .with_context(|| format!("reading --infer-image {}", path.display()))?
+    // the inputs are read and checked before the load, so a bad file fails in a second, not
+    // after minutes
+    let image = match infer_image(args, model) {
+        Ok(image) => image,
+        Err(err) => {
+            if args.json {
+                let out = json!({
+                    "model": model,
+                    "profile": config.profile,
+                    "ok": false,
+                    "stage": "input",
+                    "error": format!("{err:#}"),
+                });
+                outln!("{out}");
+            }
+            return Err(Failure::Runtime(err));
         }
-        None => surveil_models::load::smoke::test_image(),
     };
     let prompt = args
         .infer_prompt
@@ -262,14 +311,8 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         mb(Some(summary.report.total_bytes())),
         mb(Some(summary.estimate.total_bytes))
     );
-    for (dtype, bytes) in &summary.report.bytes_by_dtype {
-        let n = summary
-            .report
-            .tensors_by_dtype
-            .get(dtype)
-            .copied()
-            .unwrap_or(0);
-        outln!("    {dtype:<5} {:>12}  ({n} tensors)", mb(Some(*bytes)));
+    for line in storage_table(&summary.report) {
+        outln!("    {line}");
     }
     if !summary.report.fallback_tensors.is_empty() {
         outln!(
@@ -285,7 +328,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
             format!("run {}", n + 1)
         };
         outln!(
-            "  {label}: {} tokens in {:.2} s (first token after {:.2} s, {:.1} tokens/s, stop: {:?}): {:?}",
+            "  {label}: {} tokens in {:.2} s (first token after {:.2} s, {:.1} tokens/s, stop: {}): {:?}",
             i.new_tokens,
             i.seconds,
             i.time_to_first_token_s,

@@ -1,5 +1,5 @@
 //! The architectures, one folder each, and the dispatch over them: configs, tensor layouts,
-//! loading, and the text side behind [`Vlm`].
+//! loading, the image sizes each takes ([`check_image`]), and the text side behind [`Vlm`].
 //!
 //! Each folder owns its config (the parser, the full-size published values and the
 //! Hugging Face `config.json` writer), its tensor layout, its model and its [`Vlm`]. Adding an
@@ -110,6 +110,29 @@ impl ArchConfig {
     }
 }
 
+/// Check an image of `width × height` against the limits `architecture`'s image processor puts
+/// on every image whatever its settings (Qwen2-VL: [`qwen2_vl::check_image_size`], an aspect
+/// ratio of at most [`qwen2_vl::MAX_ASPECT_RATIO`]; GIT and Kimi-VL take any non-empty image).
+/// Needs no model: a caller that reads an image before loading one can refuse it in a moment
+/// instead of after the load. The processors apply the same rules themselves.
+///
+/// # Errors
+/// [`crate::ModelError::InvalidInput`] saying which limit the size breaks.
+pub fn check_image(architecture: Architecture, width: u32, height: u32) -> Result<()> {
+    let (w, h) = (width as usize, height as usize);
+    match architecture {
+        Architecture::Qwen2Vl => qwen2_vl::check_image_size(w, h),
+        Architecture::Git | Architecture::KimiVl => {
+            if w == 0 || h == 0 {
+                return Err(crate::ModelError::InvalidInput(format!(
+                    "cannot process an empty image ({w}x{h})"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
 /// A model made resident. The weights are shared: a clone is a new handle to the same model
 /// (what [`crate::vlm::build_vlm`] wraps), and the memory goes back when the last handle drops.
 #[derive(Clone)]
@@ -166,5 +189,32 @@ impl LoadedModel {
             )?),
             LoadedModel::KimiVl(m) => Box::new(KimiVlm::load(m, model_id, checkpoint_dir, assets)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_check_applies_each_architectures_limits() {
+        // 4000x10: ratio 400, over Qwen2-VL's 200; GIT and Kimi-VL resize it without complaint.
+        let err = check_image(Architecture::Qwen2Vl, 4000, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4000x10") && err.contains("limit 200"),
+            "{err}"
+        );
+        assert!(check_image(Architecture::Git, 4000, 10).is_ok());
+        assert!(check_image(Architecture::KimiVl, 4000, 10).is_ok());
+        for arch in [
+            Architecture::Git,
+            Architecture::Qwen2Vl,
+            Architecture::KimiVl,
+        ] {
+            assert!(check_image(arch, 768, 576).is_ok(), "{arch:?}");
+            assert!(check_image(arch, 0, 576).is_err(), "{arch:?}");
+        }
     }
 }

@@ -199,6 +199,19 @@ pub enum StopReason {
     Cancelled,
 }
 
+impl std::fmt::Display for StopReason {
+    /// In words, for people: `stop token 151645`, `max new tokens`, `context full`,
+    /// `cancelled` (the JSON form is snake_case: `{"stop_token":151645}`, `"max_new_tokens"`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::StopToken(token) => write!(f, "stop token {token}"),
+            StopReason::MaxNewTokens => f.write_str("max new tokens"),
+            StopReason::ContextFull => f.write_str("context full"),
+            StopReason::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
 /// Timings of one generation, measured the same way for every model. All times in seconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GenerationStats {
@@ -411,6 +424,19 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_reasons_read_as_words() {
+        let words = [
+            (StopReason::StopToken(151_645), "stop token 151645"),
+            (StopReason::MaxNewTokens, "max new tokens"),
+            (StopReason::ContextFull, "context full"),
+            (StopReason::Cancelled, "cancelled"),
+        ];
+        for (reason, text) in words {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
 
     #[test]
     fn greedy_picks_max_first_on_ties() {

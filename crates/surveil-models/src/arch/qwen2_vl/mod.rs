@@ -75,7 +75,8 @@ pub use config::{
 };
 pub use model::{MultimodalInput, PrefillState, Qwen2VlModel, Qwen2VlSession};
 pub use processor::{
-    smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor, MAX_ASPECT_RATIO,
+    check_image_size, smart_resize, PackedImages, ProcessedVision, Qwen2VlImageProcessor,
+    MAX_ASPECT_RATIO,
 };
 pub use roles::Qwen2VlRoles;
 pub use rope_index::{rope_index, RopeIndex, VisionTokens};

@@ -16,19 +16,15 @@ use crate::{ModelError, Result};
 /// Largest ratio between the long and the short side the reference accepts.
 pub const MAX_ASPECT_RATIO: f64 = 200.0;
 
-/// The reference's `smart_resize`: the `(height, width)` to resize to. Each side is rounded to
-/// a multiple of `factor` (Python's round-half-to-even); if the area is then above
-/// `max_pixels` both sides shrink by `sqrt(h·w / max_pixels)` (rounded down to a multiple of
-/// `factor`, at least `factor`), if below `min_pixels` they grow by `sqrt(min_pixels / (h·w))`
-/// (rounded up).
-pub fn smart_resize(
-    height: usize,
-    width: usize,
-    factor: usize,
-    min_pixels: usize,
-    max_pixels: usize,
-) -> Result<(usize, usize)> {
-    if height == 0 || width == 0 || factor == 0 {
+/// Whether the processor takes an image of `width × height` whatever its settings: both sides
+/// positive and the long side at most [`MAX_ASPECT_RATIO`] times the short one. [`smart_resize`]
+/// applies it; a caller that has the image long before the model (a CLI that reads a file,
+/// then loads for half a minute) can check it first.
+///
+/// # Errors
+/// [`ModelError::InvalidInput`] naming the size, the ratio and the limit.
+pub fn check_image_size(width: usize, height: usize) -> Result<()> {
+    if height == 0 || width == 0 {
         return Err(ModelError::InvalidInput(format!(
             "cannot resize a {width}x{height} image"
         )));
@@ -40,6 +36,28 @@ pub fn smart_resize(
             "image of {width}x{height} has aspect ratio {ratio:.1}, above the limit {MAX_ASPECT_RATIO}"
         )));
     }
+    Ok(())
+}
+
+/// The reference's `smart_resize`: the `(height, width)` to resize to. Each side is rounded to
+/// a multiple of `factor` (Python's round-half-to-even); if the area is then above
+/// `max_pixels` both sides shrink by `sqrt(h·w / max_pixels)` (rounded down to a multiple of
+/// `factor`, at least `factor`), if below `min_pixels` they grow by `sqrt(min_pixels / (h·w))`
+/// (rounded up). Sizes [`check_image_size`] refuses are errors.
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize)> {
+    if factor == 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "cannot resize a {width}x{height} image to a multiple of 0"
+        )));
+    }
+    check_image_size(width, height)?;
+    let (h, w) = (height as f64, width as f64);
     let f = factor as f64;
     let mut h_bar = (h / f).round_ties_even() * f;
     let mut w_bar = (w / f).round_ties_even() * f;
@@ -359,6 +377,26 @@ mod tests {
         );
         assert!(smart_resize(10, 2500, 28, 3136, 1_003_520).is_err());
         assert!(smart_resize(0, 5, 28, 3136, 1_003_520).is_err());
+    }
+
+    #[test]
+    fn image_size_check_is_the_one_smart_resize_applies() {
+        // 2000x10 is exactly the limit; one pixel wider is over it, either way round.
+        assert!(check_image_size(2000, 10).is_ok());
+        assert!(check_image_size(10, 2000).is_ok());
+        for (w, h) in [(2001, 10), (10, 2001), (4000, 10)] {
+            let err = check_image_size(w, h).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{w}x{h}")) && err.contains("above the limit 200"),
+                "{err}"
+            );
+            let resized = smart_resize(h, w, 28, 3136, 1_003_520)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(resized, err);
+        }
+        assert!(check_image_size(0, 5).is_err());
+        assert!(check_image_size(5, 0).is_err());
     }
 
     #[test]
