@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench -p surveil-models --bench attention                  # every shape, 5 runs each
 //! cargo bench -p surveil-models --bench attention -- --runs 9 --shape qwen
+//! cargo bench -p surveil-models --bench attention -- --shape qwen --impl avx2
 //! ```
 //!
 //! Shapes `(heads, tokens, head width)`: Qwen2-VL-2B's tower (16, 2268, 80: the frame resized
@@ -13,7 +14,9 @@
 //! git-base's ViT (12, 197, 64: 224×224, plus the class token). Threads: candle's count
 //! (`RAYON_NUM_THREADS`, default all cores). One line per shape and implementation: best and
 //! median milliseconds per call, GFLOP/s of the two matmuls (`4 · heads · n² · d` ÷ the median)
-//! and the speed-up of the median against the composition.
+//! and the speed-up of the median against the composition. `--impl NAME` runs one
+//! implementation only (`avx512`, `avx2`, `portable`), without the
+//! composition.
 
 use std::time::Instant;
 
@@ -63,6 +66,15 @@ fn time_ms(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     (t[0], t[t.len() / 2])
 }
 
+/// `"  N.NN× composed"`, or nothing when the composition did not run.
+fn speedup(base: f64, med: f64) -> String {
+    if base.is_finite() {
+        format!("  {:.2}× composed", base / med)
+    } else {
+        String::new()
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let opt = |name: &str| {
@@ -77,6 +89,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(5)
         .max(1);
     let only = opt("--shape");
+    let imp = opt("--impl");
+    let wanted = |name: &str| imp.as_deref().is_none_or(|i| name == i);
     let dev = Device::Cpu;
     println!(
         "threads {}, {} runs each",
@@ -92,16 +106,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let v = Tensor::randn(0f32, 1.0, (1, c.heads, c.n, c.d), &dev)?;
         let scale = 1.0 / (c.d as f32).sqrt();
         let flops = 4.0 * (c.heads * c.n * c.n * c.d) as f64;
-        let (best, base) = time_ms(runs, || {
-            let _ = std::hint::black_box(
-                full_attention_composed(&q, &k, &v, f64::from(scale)).expect("composition"),
-            );
-        });
         let shape = format!("{} ({}×{}×{})", c.name, c.heads, c.n, c.d);
-        println!(
-            "{shape:<34} composed   best {best:8.1} ms  median {base:8.1} ms  {:6.1} GFLOP/s",
-            flops / base / 1e6
-        );
+        // The composition is the reference every speed-up is quoted against; `--impl` skips it.
+        let mut base = f64::NAN;
+        if imp.is_none() {
+            let best;
+            (best, base) = time_ms(runs, || {
+                let _ = std::hint::black_box(
+                    full_attention_composed(&q, &k, &v, f64::from(scale)).expect("composition"),
+                );
+            });
+            println!(
+                "{shape:<34} composed   best {best:8.1} ms  median {base:8.1} ms  {:6.1} GFLOP/s",
+                flops / base / 1e6
+            );
+        }
         for path in [
             #[cfg(target_arch = "x86_64")]
             FlashPath::Avx512,
@@ -109,7 +128,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             FlashPath::Avx2,
             FlashPath::Portable,
         ] {
-            if !path.is_available() {
+            let name = format!("{path:?}").to_lowercase();
+            if !path.is_available() || !wanted(&name) {
                 continue;
             }
             let (best, med) = time_ms(runs, || {
@@ -119,10 +139,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
             });
             println!(
-                "{shape:<34} {:<10} best {best:8.1} ms  median {med:8.1} ms  {:6.1} GFLOP/s  {:.2}× composed",
-                format!("{path:?}").to_lowercase(),
+                "{shape:<34} {name:<13} best {best:8.1} ms  median {med:8.1} ms  {:6.1} GFLOP/s{}",
                 flops / med / 1e6,
-                base / med
+                speedup(base, med)
             );
         }
     }
