@@ -1,12 +1,15 @@
 //! Multi-head latent attention (MLA, `q_lora_rank = null`) and its cache of the compressed
 //! key/value latent.
 
+use std::sync::Arc;
+
 use candle_core::{Tensor, D};
 
 use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
 use crate::layers::kernels::{flash_attention, runs_cpu_kernel, KeyMask};
 use crate::layers::{KvCache, LayerKvCache, Linear, RmsNorm};
 use crate::load::weights::Weights;
+use crate::quant::ThreadPool;
 use crate::{ModelError, Result};
 
 /// Positions by which a layer's KV cache grows when it is full.
@@ -79,16 +82,22 @@ pub(super) struct Rotary {
 /// Only the latent and the rotated key part are cached. Runs of several tokens (prefill)
 /// expand the cached latent into per-head keys and values with `kv_b_proj`; a single token
 /// (decode) absorbs `kv_b_proj` into the query and the output instead, attending over the
-/// latent directly, so decode reads the small cache only.
+/// latent directly, so decode reads the small cache only. `kv_b_proj` is kept in the policy's
+/// float type (f16 under the CPU 4-bit policy, f32 for float models): absorption multiplies by
+/// it from both sides, which a quantized row layout cannot. On the CPU the absorbed products
+/// run on the kernel pool ([`super::absorb`]).
 pub(super) struct Attention {
     q_proj: Linear,
     kv_a_proj: Linear,
     kv_a_norm: RmsNorm,
-    /// Key half of `kv_b_proj`: `(heads * qk_nope_head_dim, kv_lora_rank)`, f32 (absorption
-    /// multiplies by it from both sides, which a quantized matmul cannot).
+    /// Key half of `kv_b_proj`: `(heads * qk_nope_head_dim, kv_lora_rank)`, in the policy's
+    /// float type.
     w_uk: Tensor,
-    /// Value half of `kv_b_proj`: `(heads * v_head_dim, kv_lora_rank)`, f32.
+    /// Value half of `kv_b_proj`: `(heads * v_head_dim, kv_lora_rank)`, in the policy's float
+    /// type.
     w_uv: Tensor,
+    /// The kernel pool the absorbed products run on, for a model on the CPU.
+    pool: Option<Arc<ThreadPool>>,
     o_proj: Linear,
     heads: usize,
     kv_lora_rank: usize,
@@ -101,19 +110,19 @@ impl Attention {
     /// Bytes of the weights one token's pass reads (the projections and both halves of
     /// `kv_b_proj`).
     pub(super) fn weight_bytes(&self) -> u64 {
-        let f32_bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         (self.q_proj.weight_bytes()
             + self.kv_a_proj.weight_bytes()
             + self.o_proj.weight_bytes()
-            + f32_bytes(&self.w_uk)
-            + f32_bytes(&self.w_uv)) as u64
+            + bytes(&self.w_uk)
+            + bytes(&self.w_uv)) as u64
     }
 
     pub(super) fn load(cfg: &DeepseekV3Config, w: &Weights) -> Result<Self> {
         let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
         let (nope, v_dim, rank) = (cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank);
         let kv_b = w
-            .get(&[heads * (nope + v_dim), rank], "kv_b_proj.weight")?
+            .get_table(&[heads * (nope + v_dim), rank], "kv_b_proj.weight")?
             .reshape((heads, nope + v_dim, rank))?;
         let w_uk = kv_b
             .narrow(1, 0, nope)?
@@ -136,6 +145,11 @@ impl Attention {
             w_uk,
             w_uv,
             o_proj: Linear::load(w, heads * v_dim, h, false, "o_proj")?,
+            pool: if w.device().is_cpu() {
+                Some(w.pool()?)
+            } else {
+                None
+            },
             heads,
             kv_lora_rank: rank,
             nope,
@@ -187,34 +201,23 @@ impl Attention {
         let out = if s == 1 {
             // Absorbed: score = (q_nope W_uk) · latent + q_rot · k_rot; out = (p latent) W_uv.
             let latent = latent.squeeze(0)?; // (total, rank)
-            let q_lat = q_nope
-                .reshape((heads, 1, nope))?
-                .matmul(&self.w_uk.reshape((heads, nope, self.kv_lora_rank))?)?
-                .reshape((heads, self.kv_lora_rank))?;
+            let q_lat = self.absorb_query(&q_nope)?; // (heads, rank)
             let scores = (q_lat.matmul(&latent.t()?)?
                 + q_rot
                     .reshape((heads, rope))?
                     .matmul(&k_rot.squeeze(0)?.t()?)?)?;
             let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
-            let ctx = probs
-                .matmul(&latent)?
-                .reshape((heads, 1, self.kv_lora_rank))?;
-            ctx.matmul(
-                &self
-                    .w_uv
-                    .reshape((heads, self.v_dim, self.kv_lora_rank))?
-                    .transpose(1, 2)?,
-            )?
-            .reshape((b, s, heads * self.v_dim))?
+            self.absorb_output(&probs.matmul(&latent)?)?
+                .reshape((b, s, heads * self.v_dim))?
         } else {
             // Expanded: per-head keys and values of every cached position.
             let latent = latent.squeeze(0)?; // (total, rank)
             let k_nope = latent
-                .matmul(&self.w_uk.t()?)?
+                .matmul(&self.w_uk.to_dtype(latent.dtype())?.t()?)?
                 .reshape((b, total, heads, nope))?
                 .transpose(1, 2)?;
             let v = latent
-                .matmul(&self.w_uv.t()?)?
+                .matmul(&self.w_uv.to_dtype(latent.dtype())?.t()?)?
                 .reshape((b, total, heads, self.v_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
@@ -246,5 +249,37 @@ impl Attention {
             ctx.transpose(1, 2)?.reshape((b, s, heads * self.v_dim))?
         };
         self.o_proj.forward_add(&out, residual)
+    }
+
+    /// `q_nope W_uk` per head for one token: `q_nope` `(1, heads, 1, nope)`, returns `(heads,
+    /// rank)`. On the kernel pool for a model on the CPU, else candle's batched matmul in the
+    /// query's dtype.
+    fn absorb_query(&self, q_nope: &Tensor) -> Result<Tensor> {
+        let (heads, nope, rank) = (self.heads, self.nope, self.kv_lora_rank);
+        let q = q_nope.reshape((heads, 1, nope))?;
+        if let (Some(pool), true) = (&self.pool, runs_cpu_kernel(&q)) {
+            let x = q.flatten_all()?.to_vec1::<f32>()?;
+            let y = super::absorb::vec_mat_per_head(&x, &self.w_uk, heads, nope, rank, pool)?;
+            return Ok(Tensor::from_vec(y, (heads, rank), q.device())?);
+        }
+        let w = self.w_uk.to_dtype(q.dtype())?;
+        Ok(q.matmul(&w.reshape((heads, nope, rank))?)?
+            .reshape((heads, rank))?)
+    }
+
+    /// `ctx W_uvᵀ` per head for one token: `ctx` `(heads, rank)` (the attended latent),
+    /// returns `(heads, v_dim)`; placed as [`Self::absorb_query`].
+    fn absorb_output(&self, ctx: &Tensor) -> Result<Tensor> {
+        let (heads, v_dim, rank) = (self.heads, self.v_dim, self.kv_lora_rank);
+        let ctx = &ctx.reshape((heads, 1, rank))?;
+        if let (Some(pool), true) = (&self.pool, runs_cpu_kernel(ctx)) {
+            let x = ctx.flatten_all()?.to_vec1::<f32>()?;
+            let y = super::absorb::mat_vec_per_head(&x, &self.w_uv, heads, v_dim, rank, pool)?;
+            return Ok(Tensor::from_vec(y, (heads, v_dim), ctx.device())?);
+        }
+        let w = self.w_uv.to_dtype(ctx.dtype())?;
+        Ok(ctx
+            .matmul(&w.reshape((heads, v_dim, rank))?.transpose(1, 2)?)?
+            .reshape((heads, v_dim))?)
     }
 }

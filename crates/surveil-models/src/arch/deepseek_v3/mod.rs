@@ -19,6 +19,7 @@
 //! Not here: query LoRA (full DeepSeek-V3), YaRN RoPE, the multi-token-prediction layers,
 //! batches of several sequences.
 
+mod absorb;
 mod config;
 mod mla;
 mod model;

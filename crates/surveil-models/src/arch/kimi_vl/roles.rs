@@ -13,9 +13,11 @@ use crate::Result;
 /// Name endings of the weights Kimi-VL loads as linear layers (`Weights::linear`,
 /// `Weights::matmul_weight`): quantized under a 4-bit policy.
 ///
-/// Two 2-D weights of the decoder stay f32 and are not listed: the MoE router
-/// (`mlp.gate.weight`), because the expert choice is sensitive to its logits, and MLA's
-/// `kv_b_proj.weight`, which decoding splits and absorbs into the query and output.
+/// Two 2-D weights of the decoder are not listed: the MoE router (`mlp.gate.weight`), kept in
+/// f32 because the expert choice is sensitive to its logits, and MLA's `kv_b_proj.weight`,
+/// which decoding splits and absorbs into the query and output (multiplied from both sides,
+/// which a quantized row layout cannot), kept as a [`TensorRole::Table`] in the policy's float
+/// type.
 const LINEAR_WEIGHTS: &[&str] = &[
     // MoonViT blocks (`vision_tower.encoder.blocks.N`).
     ".wqkv.weight",
@@ -39,9 +41,9 @@ const LINEAR_WEIGHTS: &[&str] = &[
 
 /// Kimi-VL's tensor rules: the linear layers above as [`TensorRole::Linear`]; the token table
 /// `embed_tokens.weight` as a [`TensorRole::Table`], and when the decoder ties its head to it
-/// also as the head ([`TensorRole::Linear`], a second resident copy); everything else (norms,
-/// biases, the patch convolution and position table, the MoE routers and their correction
-/// biases, `kv_b_proj`) as [`TensorRole::Float`]. The names may carry any prefix
+/// also as the head ([`TensorRole::Linear`], a second resident copy); MLA's `kv_b_proj` as a
+/// [`TensorRole::Table`]; everything else (norms, biases, the patch convolution and position
+/// table, the MoE routers and their correction biases) as [`TensorRole::Float`]. The names may carry any prefix
 /// (`language_model.` inside Kimi-VL, none for the decoder on its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KimiVlRoles {
@@ -71,6 +73,8 @@ impl TensorRules for KimiVlRoles {
     fn roles(&self, name: &str, _shape: &[usize]) -> &'static [TensorRole] {
         if name.ends_with("embed_tokens.weight") {
             self.embed_tokens
+        } else if name.ends_with("kv_b_proj.weight") {
+            TABLE
         } else if LINEAR_WEIGHTS.iter().any(|end| name.ends_with(end)) {
             LINEAR
         } else {
@@ -86,7 +90,7 @@ mod tests {
     use crate::load::registry;
 
     #[test]
-    fn routers_and_kv_b_proj_stay_float_every_other_matrix_is_linear() {
+    fn routers_stay_float_kv_b_proj_is_a_table_every_other_matrix_is_linear() {
         let spec = registry::find("kimi-vl-a3b-thinking").unwrap();
         let ArchConfig::KimiVl(cfg) = ArchConfig::full_size(spec).unwrap() else {
             panic!("not Kimi-VL");
@@ -95,15 +99,16 @@ mod tests {
         let layout = crate::arch::kimi_vl::full_tensor_layout(&cfg).unwrap();
         for (name, shape) in &layout {
             let got = roles.roles(name, shape);
-            let expect = if name.ends_with("embed_tokens.weight") {
-                TABLE
-            } else if name.ends_with("mlp.gate.weight") || name.ends_with("kv_b_proj.weight") {
-                FLOAT
-            } else if shape.len() == 2 {
-                LINEAR
-            } else {
-                FLOAT
-            };
+            let expect =
+                if name.ends_with("embed_tokens.weight") || name.ends_with("kv_b_proj.weight") {
+                    TABLE
+                } else if name.ends_with("mlp.gate.weight") {
+                    FLOAT
+                } else if shape.len() == 2 {
+                    LINEAR
+                } else {
+                    FLOAT
+                };
             assert_eq!(got, expect, "{name} {shape:?}");
         }
         let mut text = DeepseekV3Config::from_value(&cfg.text_config).unwrap();

@@ -151,7 +151,7 @@ impl Weights {
     }
 
     /// The kernels' pool (started on first use).
-    fn pool(&self) -> Result<Arc<ThreadPool>> {
+    pub(crate) fn pool(&self) -> Result<Arc<ThreadPool>> {
         if let Some(p) = self.inner.pool.get() {
             return Ok(p.clone());
         }
