@@ -15,7 +15,7 @@
 //! (`RAYON_NUM_THREADS`, default all cores). One line per shape and implementation: best and
 //! median milliseconds per call, GFLOP/s of the two matmuls (`4 · heads · n² · d` ÷ the median)
 //! and the speed-up of the median against the composition. `--impl NAME` runs one
-//! implementation only (`avx512`, `avx2`, `portable`), without the
+//! implementation only (`avx512bf16`, `avx512`, `avx2`, `portable`), without the
 //! composition.
 
 use std::time::Instant;
@@ -122,6 +122,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         for path in [
+            #[cfg(target_arch = "x86_64")]
+            FlashPath::Avx512Bf16,
             #[cfg(target_arch = "x86_64")]
             FlashPath::Avx512,
             #[cfg(target_arch = "x86_64")]

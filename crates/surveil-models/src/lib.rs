@@ -84,7 +84,8 @@ pub mod arch;
 /// (`benches/attention.rs`) and tools.
 pub mod attention {
     pub use crate::layers::kernels::{
-        flash_attention, flash_attention_with, full_attention_composed, FlashPath, KeyMask,
+        flash_attention, flash_attention_with, full_attention_composed, AttentionPrecision,
+        FlashPath, KeyMask,
     };
 }
 pub mod error;

@@ -13,7 +13,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use super::config::MoonVitConfig;
-use crate::layers::kernels::{packed_rope_attention, Activation, RopeLayout};
+use crate::layers::kernels::{packed_rope_attention, Activation, AttentionPrecision, RopeLayout};
 use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -84,6 +84,8 @@ struct EncoderBlock {
     fc0: Linear,
     fc1: Linear,
     num_heads: usize,
+    /// bf16 attention operands where the weights are not f32 ([`AttentionPrecision::for_weights`]).
+    precision: AttentionPrecision,
 }
 
 impl EncoderBlock {
@@ -97,6 +99,7 @@ impl EncoderBlock {
             fc0: Linear::load(&w.pp("mlp"), e, cfg.intermediate_size, true, "fc0")?,
             fc1: Linear::load(&w.pp("mlp"), cfg.intermediate_size, e, true, "fc1")?,
             num_heads: cfg.num_attention_heads,
+            precision: AttentionPrecision::for_weights(w.policy().linear),
         })
     }
 
@@ -117,6 +120,7 @@ impl EncoderBlock {
             sin,
             RopeLayout::Interleaved,
             segments,
+            self.precision,
         )?;
         let x = self.wo.forward_add(&attn, x)?;
         let hdn = self

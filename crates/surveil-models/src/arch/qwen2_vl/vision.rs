@@ -9,7 +9,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{Device, Tensor};
 
 use super::config::VisionConfig;
-use crate::layers::kernels::{packed_rope_attention, Activation, RopeLayout};
+use crate::layers::kernels::{packed_rope_attention, Activation, AttentionPrecision, RopeLayout};
 use crate::layers::{LayerNorm, Linear};
 use crate::load::weights::Weights;
 use crate::{ModelError, Result};
@@ -51,6 +51,8 @@ struct VisionBlock {
     fc1: Linear,
     fc2: Linear,
     num_heads: usize,
+    /// bf16 attention operands where the weights are not f32 ([`AttentionPrecision::for_weights`]).
+    precision: AttentionPrecision,
 }
 
 impl VisionBlock {
@@ -64,6 +66,7 @@ impl VisionBlock {
             fc1: Linear::load(&w.pp("mlp"), e, cfg.mlp_hidden(), true, "fc1")?,
             fc2: Linear::load(&w.pp("mlp"), cfg.mlp_hidden(), e, true, "fc2")?,
             num_heads: cfg.num_heads,
+            precision: AttentionPrecision::for_weights(w.policy().linear),
         })
     }
 
@@ -77,8 +80,15 @@ impl VisionBlock {
         segments: &[(usize, usize)],
     ) -> Result<Tensor> {
         let qkv = self.qkv.forward(&self.norm1.forward(x)?)?;
-        let attn =
-            packed_rope_attention(&qkv, self.num_heads, cos, sin, RopeLayout::Halves, segments)?;
+        let attn = packed_rope_attention(
+            &qkv,
+            self.num_heads,
+            cos,
+            sin,
+            RopeLayout::Halves,
+            segments,
+            self.precision,
+        )?;
         let x = self.proj.forward_add(&attn, x)?;
         let hdn = self
             .fc1

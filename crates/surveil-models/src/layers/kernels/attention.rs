@@ -16,6 +16,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
 
+use super::flash::AttentionPrecision;
 use super::{contiguous_f32, runs_cpu_kernel};
 use crate::Result;
 
@@ -478,7 +479,7 @@ pub(crate) enum RopeLayout {
 
 /// Self-attention of packed images: `qkv` `(n, 3·H·d)` for `n` patches of several images,
 /// rotary embedding `cos`/`sin` `(n, d/2)`, and attention restricted to each `(start, len)`
-/// segment. Returns `(n, H·d)`.
+/// segment, in the arithmetic `precision` allows ([`full_attention`]). Returns `(n, H·d)`.
 pub(crate) fn packed_rope_attention(
     qkv: &Tensor,
     heads: usize,
@@ -486,6 +487,7 @@ pub(crate) fn packed_rope_attention(
     sin: &Tensor,
     rope: RopeLayout,
     segments: &[(usize, usize)],
+    precision: AttentionPrecision,
 ) -> Result<Tensor> {
     let (n, width) = qkv.dims2()?;
     let d = width / (3 * heads);
@@ -516,6 +518,7 @@ pub(crate) fn packed_rope_attention(
             &k.narrow(2, start, len)?.contiguous()?,
             &v.narrow(2, start, len)?.contiguous()?,
             scale,
+            precision,
         )?);
     }
     let attn = if parts.len() == 1 {
@@ -538,11 +541,25 @@ const SCORE_BLOCK_BYTES: usize = 16 << 20;
 
 /// Unmasked softmax attention of `q` `(1, H, n, d)` against `k`, `v` `(1, H, m, d)`.
 ///
-/// f32 on the CPU runs the fused kernel [`super::flash::flash_attention`] (no score matrix in
-/// memory); any other device or dtype runs [`full_attention_composed`].
-pub(crate) fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// f32 on the CPU runs the fused kernel [`super::flash::flash_attention_with`] (no score
+/// matrix in memory) on the fastest path for `precision`; any other device or dtype runs
+/// [`full_attention_composed`].
+pub(crate) fn full_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    precision: AttentionPrecision,
+) -> Result<Tensor> {
     if runs_cpu_kernel(q) && k.dim(2)? > 0 {
-        return super::flash::flash_attention(q, k, v, scale as f32, super::flash::KeyMask::All);
+        return super::flash::flash_attention_with(
+            q,
+            k,
+            v,
+            scale as f32,
+            super::flash::KeyMask::All,
+            super::flash::FlashPath::best_for(precision),
+        );
     }
     full_attention_composed(q, k, v, scale)
 }

@@ -14,7 +14,7 @@ mod flash;
 
 pub use attention::full_attention_composed;
 pub(crate) use decode::{decode_attention, DECODE_MAX_ROWS};
-pub use flash::{flash_attention, flash_attention_with, FlashPath, KeyMask};
+pub use flash::{flash_attention, flash_attention_with, AttentionPrecision, FlashPath, KeyMask};
 
 pub(crate) use attention::{
     gelu_erf, packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax,
