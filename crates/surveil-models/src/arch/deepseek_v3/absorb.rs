@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
+use crate::layers::kernels::dot;
 use crate::quant::ThreadPool;
 use crate::{ModelError, Result};
 
@@ -203,24 +204,6 @@ pub(super) fn mat_vec_per_head(
             }
         })
     })
-}
-
-/// `a · b` over 8 lanes (equal lengths), so that the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (xa, xb) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += xa[i] * xb[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::attention::softmax_row;
 use super::flash::run_tasks;
-use super::{contiguous_f32, AttentionShape};
+use super::{contiguous_f32, dot, AttentionShape};
 use crate::Result;
 
 /// Query rows per head up to which [`decode_attention`] is the better kernel: beyond, the
@@ -169,26 +169,6 @@ struct Call<'a> {
     q: &'a [f32],
     k: Rows<'a>,
     v: Rows<'a>,
-}
-
-/// Dot product in eight lanes (vectorises without reassociation flags).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const L: usize = 8;
-    let mut acc = [0f32; L];
-    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..L {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 impl Call<'_> {

@@ -458,6 +458,27 @@ fn pv_tile_portable(p: &[f32], v: &[f32], dvp: usize, o: &mut [f32], corr: &[f32
     }
 }
 
+/// `$cols::<C>($args.., col)` over the `$dvp` output columns in chunks of `C` vectors, `C`
+/// at most [`PV_VECS`] (a const generic per chunk width: the accumulators stay in registers).
+#[cfg(target_arch = "x86_64")]
+macro_rules! column_chunks {
+    ($dvp:expr, $cols:ident($($arg:expr),*)) => {{
+        let dvp: usize = $dvp;
+        let mut col = 0;
+        while col < dvp {
+            let c = ((dvp - col) / LANES).min(PV_VECS);
+            match c {
+                5 => $cols::<5>($($arg,)* col),
+                4 => $cols::<4>($($arg,)* col),
+                3 => $cols::<3>($($arg,)* col),
+                2 => $cols::<2>($($arg,)* col),
+                _ => $cols::<1>($($arg,)* col),
+            }
+            col += c * LANES;
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -563,16 +584,8 @@ mod avx512 {
         corr: &[f32],
         col: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); C]; PR];
-        for (r, a) in acc.iter_mut().enumerate() {
-            let c = _mm512_set1_ps(corr[r]);
-            for (i, x) in a.iter_mut().enumerate() {
-                // SAFETY (every access below): in bounds by the sizes of the contract.
-                *x = _mm512_mul_ps(c, unsafe {
-                    _mm512_loadu_ps(o.add(r * dvp + col + i * LANES))
-                });
-            }
-        }
+        // SAFETY (every access below): in bounds by the sizes of the contract.
+        let mut acc = unsafe { load_scaled::<C>(o, dvp, corr, col) };
         for j in 0..KB {
             let mut vv = [_mm512_setzero_ps(); C];
             for (i, x) in vv.iter_mut().enumerate() {
@@ -585,8 +598,48 @@ mod avx512 {
                 }
             }
         }
+        unsafe { store::<C>(&acc, o, dvp, col) };
+    }
+
+    /// `C` vectors of each of the `PR` output rows from column `col`, each row multiplied by
+    /// its correction: the accumulators a `P V` column chunk starts from.
+    ///
+    /// # Safety
+    /// Called from code with AVX-512F enabled; `o` holds `PR · dvp` floats, `corr` `PR`,
+    /// `col + 16 C ≤ dvp`.
+    #[inline(always)]
+    pub(super) unsafe fn load_scaled<const C: usize>(
+        o: *const f32,
+        dvp: usize,
+        corr: &[f32],
+        col: usize,
+    ) -> [[__m512; C]; PR] {
+        // SAFETY (every call): AVX-512F is enabled in the caller this is inlined into.
+        let mut acc = [[unsafe { _mm512_setzero_ps() }; C]; PR];
+        for (r, a) in acc.iter_mut().enumerate() {
+            let c = unsafe { _mm512_set1_ps(corr[r]) };
+            for (i, x) in a.iter_mut().enumerate() {
+                // SAFETY: in bounds by the contract.
+                *x = unsafe { _mm512_mul_ps(c, _mm512_loadu_ps(o.add(r * dvp + col + i * LANES))) };
+            }
+        }
+        acc
+    }
+
+    /// Store [`load_scaled`]'s accumulators back to the output rows.
+    ///
+    /// # Safety
+    /// As [`load_scaled`].
+    #[inline(always)]
+    pub(super) unsafe fn store<const C: usize>(
+        acc: &[[__m512; C]; PR],
+        o: *mut f32,
+        dvp: usize,
+        col: usize,
+    ) {
         for (r, a) in acc.iter().enumerate() {
             for (i, &x) in a.iter().enumerate() {
+                // SAFETY: in bounds by the contract; AVX-512F as in `load_scaled`.
                 unsafe { _mm512_storeu_ps(o.add(r * dvp + col + i * LANES), x) };
             }
         }
@@ -603,20 +656,8 @@ mod avx512 {
         debug_assert!(dvp.is_multiple_of(LANES) && p.len() >= PR * KB && corr.len() >= PR);
         debug_assert!(v.len() >= KB * dvp && o.len() >= PR * dvp);
         let (p, v, o) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
-        let mut col = 0;
-        while col < dvp {
-            // SAFETY: the contract's sizes, and `col + 16 C ≤ dvp` by the choice of `C`.
-            unsafe {
-                match ((dvp - col) / LANES).min(PV_VECS) {
-                    5 => pv_cols::<5>(p, v, dvp, o, corr, col),
-                    4 => pv_cols::<4>(p, v, dvp, o, corr, col),
-                    3 => pv_cols::<3>(p, v, dvp, o, corr, col),
-                    2 => pv_cols::<2>(p, v, dvp, o, corr, col),
-                    _ => pv_cols::<1>(p, v, dvp, o, corr, col),
-                }
-            }
-            col += ((dvp - col) / LANES).min(PV_VECS) * LANES;
-        }
+        // SAFETY: the contract's sizes, and `col + 16 C ≤ dvp` by the choice of `C`.
+        unsafe { column_chunks!(dvp, pv_cols(p, v, dvp, o, corr)) }
     }
 }
 
@@ -624,6 +665,7 @@ mod avx512 {
 mod avx512_bf16 {
     use std::arch::x86_64::*;
 
+    use super::avx512::{load_scaled, store};
     use super::{KB, LANES, PR, PV_VECS, SR};
 
     /// 64 bytes as 32 bf16 (the same bits).
@@ -685,16 +727,8 @@ mod avx512_bf16 {
         corr: &[f32],
         col: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); C]; PR];
-        for (r, a) in acc.iter_mut().enumerate() {
-            let c = _mm512_set1_ps(corr[r]);
-            for (i, x) in a.iter_mut().enumerate() {
-                // SAFETY (every access below): in bounds by the sizes of the contract.
-                *x = _mm512_mul_ps(c, unsafe {
-                    _mm512_loadu_ps(o.add(r * dvp + col + i * LANES))
-                });
-            }
-        }
+        // SAFETY (every access below): in bounds by the sizes of the contract.
+        let mut acc = unsafe { load_scaled::<C>(o, dvp, corr, col) };
         // `jj` indexes a column of `pb` and a row pair of `v` at once.
         #[allow(clippy::needless_range_loop)]
         for jj in 0..KB / 2 {
@@ -711,11 +745,7 @@ mod avx512_bf16 {
                 }
             }
         }
-        for (r, a) in acc.iter().enumerate() {
-            for (i, &x) in a.iter().enumerate() {
-                unsafe { _mm512_storeu_ps(o.add(r * dvp + col + i * LANES), x) };
-            }
-        }
+        unsafe { store::<C>(&acc, o, dvp, col) };
     }
 
     /// `O ← corr · O + P V` for `PR` rows: `p` (`PR × KB` f32, rounded here to bf16), `v`
@@ -741,20 +771,8 @@ mod avx512_bf16 {
             }
         }
         let (v, o) = (v.as_ptr(), o.as_mut_ptr());
-        let mut col = 0;
-        while col < dvp {
-            // SAFETY: the contract's sizes, and `col + 16 C ≤ dvp` by the choice of `C`.
-            unsafe {
-                match ((dvp - col) / LANES).min(PV_VECS) {
-                    5 => pv_cols::<5>(&pb, v, dvp, o, corr, col),
-                    4 => pv_cols::<4>(&pb, v, dvp, o, corr, col),
-                    3 => pv_cols::<3>(&pb, v, dvp, o, corr, col),
-                    2 => pv_cols::<2>(&pb, v, dvp, o, corr, col),
-                    _ => pv_cols::<1>(&pb, v, dvp, o, corr, col),
-                }
-            }
-            col += ((dvp - col) / LANES).min(PV_VECS) * LANES;
-        }
+        // SAFETY: the contract's sizes, and `col + 16 C ≤ dvp` by the choice of `C`.
+        unsafe { column_chunks!(dvp, pv_cols(&pb, v, dvp, o, corr)) }
     }
 }
 
