@@ -138,8 +138,11 @@ fn per_head(
     part: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Result<Vec<f32>> {
     let mut out = vec![0f32; heads * width];
+    if width == 0 {
+        return Ok(out);
+    }
     {
-        let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(width.max(1)).map(Mutex::new).collect();
+        let slots: Vec<Mutex<&mut [f32]>> = out.chunks_mut(width).map(Mutex::new).collect();
         pool.run(heads, |h| {
             // Each head's slot is locked by its own part only.
             let mut o = slots[h]

@@ -43,8 +43,8 @@ const LINEAR_WEIGHTS: &[&str] = &[
 /// `embed_tokens.weight` as a [`TensorRole::Table`], and when the decoder ties its head to it
 /// also as the head ([`TensorRole::Linear`], a second resident copy); MLA's `kv_b_proj` as a
 /// [`TensorRole::Table`]; everything else (norms, biases, the patch convolution and position
-/// table, the MoE routers and their correction biases) as [`TensorRole::Float`]. The names may carry any prefix
-/// (`language_model.` inside Kimi-VL, none for the decoder on its own).
+/// table, the MoE routers and their correction biases) as [`TensorRole::Float`]. The names may
+/// carry any prefix (`language_model.` inside Kimi-VL, none for the decoder on its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KimiVlRoles {
     embed_tokens: &'static [TensorRole],

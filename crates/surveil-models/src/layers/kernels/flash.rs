@@ -83,7 +83,7 @@ pub enum FlashPath {
 }
 
 impl FlashPath {
-    /// The fastest path this CPU runs.
+    /// The fastest f32 path this CPU runs.
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
@@ -464,6 +464,7 @@ fn pv_tile_portable(p: &[f32], v: &[f32], dvp: usize, o: &mut [f32], corr: &[f32
 macro_rules! column_chunks {
     ($dvp:expr, $cols:ident($($arg:expr),*)) => {{
         let dvp: usize = $dvp;
+        assert!(dvp.is_multiple_of(LANES), "packed V rows are whole vectors");
         let mut col = 0;
         while col < dvp {
             let c = ((dvp - col) / LANES).min(PV_VECS);
@@ -1456,16 +1457,17 @@ mod tests {
             .unwrap()
     }
 
-    /// The bf16 path, where the CPU has it, against the f32 kernel on the same inputs rounded
-    /// to bf16 (the queries after their scaling, as the kernel rounds them), at the shapes of the f32 test (odd head widths: a zero pads the last
-    /// pair) and under the causal masks. What remains is the probabilities' rounding to bf16
+    /// The bf16 path, where the CPU has it, against the plain-Rust f32 kernel on the same
+    /// inputs rounded to bf16 (the queries after their scaling, as the kernel rounds them), at
+    /// shapes like the f32 test's with odd head widths (21, 33, 35: a zero pads the last pair)
+    /// and under the causal masks. What remains is the probabilities' rounding to bf16
     /// (relative 2⁻⁹ each, and they sum to 1) and f32 sums in another order: within
-    /// 2⁻⁸ · max |v|. Against the composition on the unrounded inputs the error is reported, not
-    /// bounded here (measured: relative RMS 0.2–0.35 % at scores of a few units, 3.3 % where
-    /// they reach thousands).
+    /// 2⁻⁸ · max |v|. Against the unrounded inputs the error is reported, not bounded here
+    /// (measured: relative RMS 0.2–0.35 % at scores of a few units, 3.3 % where they reach
+    /// thousands).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn bf16_path_matches_the_composition_on_rounded_inputs() {
+    fn bf16_path_matches_the_f32_kernel_on_rounded_inputs() {
         if !FlashPath::Avx512Bf16.is_available() {
             eprintln!("no AVX-512 BF16 on this CPU: the bf16 path is not run");
             return;

@@ -20,8 +20,8 @@ use super::{GROUP_BLOCK_BYTES, MAX_ROWS_PER_CALL};
 /// Tile blocks the Q4 kernels prefetch ahead of the one they compute (5 KB at 16): enough
 /// lines in flight to cover DRAM latency in the decode GEMV, where each weight byte is read
 /// once and the hardware prefetcher alone leaves the loop waiting. 16 rather than 8: on an AMD
-/// EPYC Zen 5, whose bandwidth per core is higher, one thread's GEMV from DRAM ran 15 % faster
-/// (docs/performance.md), and 5 KB ahead still sits well inside any L1.
+/// EPYC Zen 5, whose bandwidth per core is higher, one thread's GEMV from DRAM went from
+/// 26–31 to 32–34 GB/s (docs/performance.md), and 5 KB ahead still sits well inside any L1.
 const PREFETCH_BLOCKS: usize = 16;
 
 /// Prefetch the `block_bytes` bytes [`PREFETCH_BLOCKS`] blocks after `block` (into the next
