@@ -110,6 +110,26 @@ fn with_rows<T>(w: &Tensor, f: impl FnOnce(Rows<'_>) -> Result<T>) -> Result<T> 
     }
 }
 
+/// `w` (a contiguous CPU tensor of f32, f16 or bf16) as f32 of the same shape: f16 widened 8
+/// values at a time with F16C ([`widen_f16`]), where candle's `to_dtype` converts one value
+/// per call. What a prefill multiplies the cached latent by.
+///
+/// # Errors
+/// `w` not contiguous, not on the CPU, or of another dtype.
+pub(super) fn to_f32(w: &Tensor) -> Result<Tensor> {
+    let values = with_rows(w, |rows| {
+        Ok(match rows {
+            Rows::F32(v) => v.to_vec(),
+            _ => {
+                let mut out = vec![0f32; rows.len()];
+                rows.row(0, &mut out);
+                out
+            }
+        })
+    })?;
+    Ok(Tensor::from_vec(values, w.shape(), w.device())?)
+}
+
 /// Checks `x` (`heads × x_width`) and `w` (`heads × rows × cols`) against each other.
 fn check(
     x: &[f32],
@@ -213,6 +233,31 @@ pub(super) fn mat_vec_per_head(
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    /// The prefill's widening gives candle's conversion bit for bit, in the same shape, for
+    /// each storage type (odd lengths: the F16C loop's tail).
+    #[test]
+    fn to_f32_matches_candle_conversion() {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let w = Tensor::randn(0f32, 3.0, (3, 7, 13), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let got = to_f32(&w).unwrap();
+            assert_eq!(got.dims(), &[3, 7, 13]);
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                w.to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+                "{dtype:?}"
+            );
+        }
+    }
 
     /// Both products against candle's batched matmul, for f32, f16 and bf16 weights, at
     /// Kimi-VL-A3B's shape (16 heads, 128 × 512) and an odd one (3 heads, 7 × 13): equal within

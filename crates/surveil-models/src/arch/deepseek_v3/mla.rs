@@ -210,14 +210,22 @@ impl Attention {
             self.absorb_output(&probs.matmul(&latent)?)?
                 .reshape((b, s, heads * self.v_dim))?
         } else {
-            // Expanded: per-head keys and values of every cached position.
+            // Expanded: per-head keys and values of every cached position, `kv_b_proj` in the
+            // latent's dtype (on the CPU widened by `absorb::to_f32`).
             let latent = latent.squeeze(0)?; // (total, rank)
+            let widen = |w: &Tensor| -> Result<Tensor> {
+                if w.device().is_cpu() && latent.dtype() == candle_core::DType::F32 {
+                    super::absorb::to_f32(w)
+                } else {
+                    Ok(w.to_dtype(latent.dtype())?)
+                }
+            };
             let k_nope = latent
-                .matmul(&self.w_uk.to_dtype(latent.dtype())?.t()?)?
+                .matmul(&widen(&self.w_uk)?.t()?)?
                 .reshape((b, total, heads, nope))?
                 .transpose(1, 2)?;
             let v = latent
-                .matmul(&self.w_uv.to_dtype(latent.dtype())?.t()?)?
+                .matmul(&widen(&self.w_uv)?.t()?)?
                 .reshape((b, total, heads, self.v_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
