@@ -107,14 +107,7 @@ struct Prepared {
 }
 
 fn prepare(k: usize, n: usize, m: usize, with_q8: bool) -> Prepared {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (k * 31 + n) as u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
-    let w: Vec<f32> = (0..n * k).map(|_| 0.05 * uniform()).collect();
+    let w = random_weights(n, k, (k * 31 + n) as u64);
     let x = activations(m, k);
     let ours = PackedQ4::quantize(&w, n, k).expect("finite weights");
     let q8 = with_q8.then(|| PackedQ8::quantize(&w, n, k).expect("finite weights"));
@@ -149,6 +142,18 @@ fn prepare(k: usize, n: usize, m: usize, with_q8: bool) -> Prepared {
         candle_bytes,
         x_tensor,
     }
+}
+
+/// Weights `[n, k]` uniform in [−0.025, 0.025) from a xorshift generator seeded by `seed`.
+fn random_weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    (0..n * k).map(|_| 0.05 * uniform()).collect()
 }
 
 /// The activations `[m, k]` every implementation gets: deterministic, in [−1, 1).
@@ -314,6 +319,7 @@ fn kernels(c: &mut Criterion) {
         }
     }
     dram_gemv(c, &pools);
+    decode_pass(c, &pools);
     for s in GEMV_SHAPES.iter().filter(|s| full || !s.full_only) {
         run_shape(c, &pools, "gemv", s, 1, full);
     }
@@ -331,18 +337,17 @@ const DRAM_WEIGHTS: usize = 48;
 /// `benches/bandwidth/run` at the same thread count.
 fn dram_gemv(c: &mut Criterion, pools: &[ThreadPool]) {
     let (k, n) = (1536, 8960);
-    let w = activations(n, k);
-    let Ok(first) = PackedQ4::quantize_parts(&[(&w[..], n)], k, 2) else {
-        return;
-    };
-    let bytes = first.bytes() * DRAM_WEIGHTS;
-    let mut weights = vec![first];
-    for _ in 1..DRAM_WEIGHTS {
-        match PackedQ4::quantize_parts(&[(&w[..], n)], k, 2) {
+    // Distinct values per weight (their own seeds): copies of one weight could share
+    // physical pages (a host merging identical pages) or cache lines, and not measure reads
+    // from memory.
+    let mut weights = Vec::with_capacity(DRAM_WEIGHTS);
+    for seed in 0..DRAM_WEIGHTS as u64 {
+        match PackedQ4::quantize_parts(&[(&random_weights(n, k, seed)[..], n)], k, 2) {
             Ok(q) => weights.push(q),
             Err(_) => return,
         }
     }
+    let bytes: usize = weights.iter().map(PackedQ4::bytes).sum();
     let x = activations(1, k);
     let acts = QuantizedActivations::quantize(&x, 1, k).expect("activations");
     let mut y = vec![0f32; n];
@@ -360,6 +365,82 @@ fn dram_gemv(c: &mut Criterion, pools: &[ThreadPool]) {
                 t.as_secs_f64() * 1e3,
                 bytes as f64 / 1e6,
                 bytes as f64 / t.as_secs_f64() / 1e9
+            );
+        }
+    }
+}
+
+/// The linears of one Qwen2-VL-2B decoder layer `(k, n)` in a decode step's order: q, k and v
+/// share one quantized input, gate and up another (as the model runs them).
+const QWEN_LAYER: [(usize, usize); 7] = [
+    (1536, 1536),
+    (1536, 256),
+    (1536, 256),
+    (1536, 1536),
+    (1536, 8960),
+    (1536, 8960),
+    (8960, 1536),
+];
+
+/// `dram/decode_qwen2vl_*`: the GEMVs of one whole Qwen2-VL-2B decode step (28 layers of
+/// [`QWEN_LAYER`], distinct weights, then the 151 936-row output head), back to back on the
+/// pool with the inputs quantized as the model does, and nothing else: the bound the matmuls
+/// alone put on decode speed (tokens/s = 1 / pass). Reports the best and the median pass with
+/// GB/s of stored weights; compare with `surveil test-model --infer` (decode tokens/s and
+/// weight bytes per token) and with `benches/bandwidth/run`.
+fn decode_pass(c: &mut Criterion, pools: &[ThreadPool]) {
+    const LAYERS: usize = 28;
+    let head = (1536, 151_936);
+    // Every weight distinct (its own seed): identical pages could be merged by the host or
+    // share cache lines, and would not measure reads from memory.
+    let mut seed = 0u64;
+    let mut source = |k: usize, n: usize| -> PackedQ4 {
+        seed += 1;
+        PackedQ4::quantize_parts(&[(&random_weights(n, k, seed)[..], n)], k, 2)
+            .expect("finite weights")
+    };
+    let layers: Vec<Vec<PackedQ4>> = (0..LAYERS)
+        .map(|_| QWEN_LAYER.iter().map(|&(k, n)| source(k, n)).collect())
+        .collect();
+    let lm_head = source(head.0, head.1);
+    let bytes: usize = layers.iter().flatten().map(|w| w.bytes()).sum::<usize>() + lm_head.bytes();
+    let x = activations(1, 8960);
+    let mut outs: Vec<Vec<f32>> = QWEN_LAYER.iter().map(|&(_, n)| vec![0f32; n]).collect();
+    let mut logits = vec![0f32; head.1];
+    let mut acts = QuantizedActivations::default();
+    let kernel = Kernel::best();
+    for pool in pools {
+        let id = format!("dram/decode_qwen2vl_{}t", pool.threads());
+        let mut passes = Vec::new();
+        let best = timed(c, &id, || {
+            let t0 = Instant::now();
+            for layer in &layers {
+                for (i, w) in layer.iter().enumerate() {
+                    // A new input where the model quantizes one: before q, o, gate and down.
+                    if matches!(i, 0 | 3 | 4 | 6) {
+                        acts.requantize(&x[..w.cols()], 1, w.cols())
+                            .expect("activations");
+                    }
+                    matmul_quantized(kernel, w, &acts, &mut outs[i], pool).expect("gemv");
+                }
+            }
+            acts.requantize(&x[..head.0], 1, head.0)
+                .expect("activations");
+            matmul_quantized(kernel, &lm_head, &acts, &mut logits, pool).expect("gemv");
+            black_box(&logits);
+            passes.push(t0.elapsed());
+        });
+        passes.sort();
+        if let (Some(best), Some(&median)) = (best, passes.get(passes.len() / 2)) {
+            println!(
+                "{id:<58} best {:>7.2} ms, median {:>7.2} ms per pass of {:.0} MB: {:.1} / {:.1} GB/s, {:.1} / {:.1} tokens/s",
+                best.as_secs_f64() * 1e3,
+                median.as_secs_f64() * 1e3,
+                bytes as f64 / 1e6,
+                bytes as f64 / best.as_secs_f64() / 1e9,
+                bytes as f64 / median.as_secs_f64() / 1e9,
+                1.0 / best.as_secs_f64(),
+                1.0 / median.as_secs_f64(),
             );
         }
     }
