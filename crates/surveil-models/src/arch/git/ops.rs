@@ -78,7 +78,7 @@ pub(crate) fn attention(
     if runs_cpu_kernel(q) && k.dim(2)? > 0 {
         let scale = scale as f32;
         return match mask {
-            None if q.dim(2)? <= DECODE_MAX_ROWS => decode_attention(q, k, v, scale),
+            None if q.dim(2)? <= DECODE_MAX_ROWS => decode_attention(q, k, v, scale, None),
             None => flash_attention(q, k, v, scale, KeyMask::All),
             Some(m) => flash_attention(q, k, v, scale, m.keys),
         };

@@ -1,6 +1,8 @@
 //! The Qwen2 text decoder of Qwen2-VL: GQA attention with q/k/v biases, multimodal RoPE,
 //! RMSNorm, SwiGLU MLP, tied or untied output head, and a growable KV cache.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::TextConfig;
@@ -11,6 +13,7 @@ use surveil_memory::QuantPolicy;
 
 use crate::layers::{KvCache, LayerKvCache, Linear, Logits, RmsNorm};
 use crate::load::weights::Weights;
+use crate::quant::ThreadPool;
 use crate::{ModelError, Result};
 
 /// Positions by which the KV cache grows when it is full.
@@ -30,6 +33,8 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// The kernels' pool on the CPU: a decode step's attention spreads its heads over it.
+    pool: Option<Arc<ThreadPool>>,
 }
 
 impl Attention {
@@ -45,6 +50,11 @@ impl Attention {
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
             head_dim: d,
+            pool: if w.device().is_cpu() {
+                Some(w.pool()?)
+            } else {
+                None
+            },
         })
     }
 
@@ -94,7 +104,7 @@ impl Attention {
             // A decode step on the CPU: the query rows see every cached key; the keys and
             // values are read in place from the cache.
             None if runs_cpu_kernel(&q) && rep * s <= DECODE_MAX_ROWS => {
-                decode_attention(&q, &k, &v, scale)?
+                decode_attention(&q, &k, &v, scale, self.pool.as_deref())?
             }
             _ => {
                 let scores = q.matmul(&k.t()?)?;
