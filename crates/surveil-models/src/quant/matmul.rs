@@ -89,38 +89,110 @@ pub fn matmul_quantized_then<W: PackedWeight>(
     pool: &ThreadPool,
     epilogue: Epilogue<'_>,
 ) -> Result<(), QuantError> {
+    matmul_quantized_many(kernel, &mut [MatmulOut { w, y, epilogue }], x, pool)
+}
+
+/// One product of [`matmul_quantized_many`]: `y [rows, n] = epilogue(x · Wᵀ)`.
+pub struct MatmulOut<'a, 'y, W> {
+    /// The weight `[n, k]`.
+    pub w: &'a W,
+    /// The output, row-major `[rows, n]`.
+    pub y: &'y mut [f32],
+    /// Applied to each output as it is written.
+    pub epilogue: Epilogue<'a>,
+}
+
+/// Several products of the same input in one pool job: `outs[i].y = epilogue_i(x · W_iᵀ)` (a
+/// layer's q, k and v projections; an MLP's gate and up). One job instead of one per weight:
+/// the threads meet once, and a small weight (a GQA layer's k or v, 0.25 MB) is split over the
+/// threads with the others instead of running on one.
+///
+/// Errors: as [`matmul_quantized_then`], for the first product at fault.
+pub fn matmul_quantized_many<W: PackedWeight>(
+    kernel: Kernel,
+    outs: &mut [MatmulOut<'_, '_, W>],
+    x: &QuantizedActivations,
+    pool: &ThreadPool,
+) -> Result<(), QuantError> {
     kernel.check()?;
-    if x.cols() != w.cols() {
-        return Err(QuantError::Shape(format!(
-            "activations have width {}, the weight [{}, {}] takes {}",
-            x.cols(),
-            w.rows(),
-            w.cols(),
-            w.cols()
-        )));
+    for o in outs.iter() {
+        let w = o.w;
+        if x.cols() != w.cols() {
+            return Err(QuantError::Shape(format!(
+                "activations have width {}, the weight [{}, {}] takes {}",
+                x.cols(),
+                w.rows(),
+                w.cols(),
+                w.cols()
+            )));
+        }
+        let expected = x.rows() * w.rows();
+        if o.y.len() != expected {
+            return Err(QuantError::Length {
+                what: "output",
+                expected,
+                found: o.y.len(),
+            });
+        }
+        o.epilogue.check(x.rows(), w.rows())?;
     }
-    let expected = x.rows() * w.rows();
-    if y.len() != expected {
-        return Err(QuantError::Length {
-            what: "output",
-            expected,
-            found: y.len(),
-        });
-    }
+    let Some(first) = outs.first() else {
+        return Ok(());
+    };
     let pairs: Vec<(usize, usize)> = (0..x.rows()).map(|r| (r, r)).collect();
-    epilogue.check(x.rows(), w.rows())?;
-    let packed = pack_rows(kernel, w, x, &pairs, pool)?;
-    let out = SharedOut::new(y, w.rows()).then(epilogue);
-    let parts = part_count(
-        w.bytes().saturating_mul(pairs.len()),
-        w.tiles(),
-        pool.threads(),
-    );
-    pool.run(parts, |p| {
-        let tiles = part_range(w.tiles(), parts, p);
-        // SAFETY: parts cover disjoint tile ranges, so no two write the same outputs.
-        unsafe { tiles_times_rows(kernel, w, x, &pairs, packed.as_ref(), tiles, &out) }
-    })
+    // The packed rows depend on `x` and the weights' format only: one packing for all.
+    let packed = pack_rows(kernel, first.w, x, &pairs, pool)?;
+    let work: usize = outs
+        .iter()
+        .map(|o| o.w.bytes().saturating_mul(pairs.len()))
+        .sum();
+    let split = pool.threads() > 1 && work >= MIN_SPLIT_WORK;
+    // Parts per product, and where each product's parts start in the job.
+    // One part per `PART_WORK`, and at least the product's share of one part per thread.
+    let threads = pool.threads();
+    let parts: Vec<usize> = outs
+        .iter()
+        .map(|o| {
+            let w = o.w.bytes().saturating_mul(pairs.len());
+            if split {
+                (w / PART_WORK)
+                    .max((threads * w).div_ceil(work.max(1)))
+                    .clamp(1, o.w.tiles().max(1))
+            } else {
+                1
+            }
+        })
+        .collect();
+    let starts: Vec<usize> = parts
+        .iter()
+        .scan(0, |at, &n| {
+            let s = *at;
+            *at += n;
+            Some(s)
+        })
+        .collect();
+    let total: usize = parts.iter().sum();
+    let shared: Vec<(&W, SharedOut<'_>)> = outs
+        .iter_mut()
+        .map(|o| {
+            let rows = o.w.rows();
+            (o.w, SharedOut::new(&mut *o.y, rows).then(o.epilogue))
+        })
+        .collect();
+    let run_part = |p: usize| {
+        let i = starts.partition_point(|&s| s <= p) - 1;
+        let (w, out) = &shared[i];
+        let tiles = part_range(w.tiles(), parts[i], p - starts[i]);
+        // SAFETY: parts cover disjoint tile ranges of their product's output, so no two
+        // write the same outputs.
+        unsafe { tiles_times_rows(kernel, *w, x, &pairs, packed.as_ref(), tiles, out) }
+    };
+    if split {
+        pool.run(total, run_part)
+    } else {
+        // Too little work to share: every part on the calling thread.
+        pool.run(1, |_| (0..total).for_each(run_part))
+    }
 }
 
 /// The activation rows of `pairs` packed for the unpacked-tile kernel, when `kernel` has one

@@ -129,7 +129,10 @@ pub use bf16::{bf16_matmul, BF16_GEMV_MAX_ROWS};
 pub use error::QuantError;
 pub use experts::{grouped_expert_gemv, ExpertRoute};
 pub use kernels::Kernel;
-pub use matmul::{matmul, matmul_quantized, matmul_quantized_then, matmul_with, Epilogue};
+pub use matmul::{
+    matmul, matmul_quantized, matmul_quantized_many, matmul_quantized_then, matmul_with, Epilogue,
+    MatmulOut,
+};
 pub use packed_q4::{PackedQ4, QuantInput};
 pub use packed_q8::PackedQ8;
 pub use pool::physical_cores;

@@ -84,6 +84,11 @@ struct State {
     active: usize,
     /// The first panic message of the job.
     panic: Option<String>,
+    /// Workers asleep on `wake`: a new job notifies only when there are some (a notification
+    /// is a futex system call even when nobody waits).
+    sleeping: usize,
+    /// Whether the caller sleeps on `done` (the last worker out notifies only then).
+    caller_waiting: bool,
     shutdown: bool,
 }
 
@@ -113,6 +118,8 @@ impl ThreadPool {
                 job: None,
                 active: 0,
                 panic: None,
+                sleeping: 0,
+                caller_waiting: false,
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -187,7 +194,7 @@ impl ThreadPool {
             >(f)
         };
         let job = JobRef { f: erased, parts };
-        {
+        let sleeping = {
             let mut st = self.lock();
             let threads = self.shared.runs.len();
             for (i, run) in self.shared.runs.iter().enumerate() {
@@ -198,8 +205,11 @@ impl ThreadPool {
             st.job = Some(job);
             st.panic = None;
             self.shared.epoch.store(st.epoch, Ordering::Release);
+            st.sleeping
+        };
+        if sleeping > 0 {
+            self.shared.wake.notify_all();
         }
-        self.shared.wake.notify_all();
         let own_panic = work(&self.shared, job, 0);
         let mut st = self.lock();
         st.job = None;
@@ -210,12 +220,14 @@ impl ThreadPool {
             st = self.lock();
         }
         while st.active > 0 {
+            st.caller_waiting = true;
             st = self
                 .shared
                 .done
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        st.caller_waiting = false;
         let panic = st.panic.take().or(own_panic);
         drop(st);
         panic.map_or(Ok(()), |m| Err(QuantError::JobPanicked(m)))
@@ -325,7 +337,9 @@ fn worker(shared: &Shared, slot: usize) {
                         break job;
                     }
                 }
+                st.sleeping += 1;
                 st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                st.sleeping -= 1;
             }
         };
         let panic = work(shared, job, slot);
@@ -335,7 +349,7 @@ fn worker(shared: &Shared, slot: usize) {
         }
         st.active -= 1;
         shared.busy.store(st.active, Ordering::Release);
-        if st.active == 0 {
+        if st.active == 0 && st.caller_waiting {
             shared.done.notify_all();
         }
     }

@@ -325,6 +325,82 @@ fn thread_count_does_not_change_results() {
     }
 }
 
+/// Several weights with one input in one job give, bit for bit, what each gives alone: the
+/// q/k/v shapes of Qwen2-VL (a large and two small weights, so the small ones are split with
+/// the large one) and a tiny set that stays on the calling thread; each with its epilogue.
+#[test]
+fn products_in_one_job_equal_the_products_alone() {
+    let mut rng = Lcg(23);
+    for (k, ns) in [(1536, vec![1536, 256, 256]), (96, vec![40, 16, 8])] {
+        let weights: Vec<PackedQ4> = ns
+            .iter()
+            .map(|&n| PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap())
+            .collect();
+        let biases: Vec<Vec<f32>> = ns
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.normal()).collect())
+            .collect();
+        for m in [1, 3, 70] {
+            let x =
+                QuantizedActivations::quantize(&random_activations(&mut rng, m, k), m, k).unwrap();
+            for path in std::iter::once(Kernel::Scalar).chain(simd_paths()) {
+                for threads in [1, 2, 3] {
+                    let epilogue = |i: usize| Epilogue {
+                        bias: (i != 1).then_some(&biases[i][..]),
+                        activation: (i == 2).then_some(halve_negatives as fn(&mut [f32])),
+                        residual: None,
+                    };
+                    let alone: Vec<Vec<f32>> = weights
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| {
+                            let mut y = vec![f32::NAN; m * w.rows()];
+                            let e = epilogue(i);
+                            matmul_quantized_then(path, w, &x, &mut y, &pool(threads), e).unwrap();
+                            y
+                        })
+                        .collect();
+                    let mut together: Vec<Vec<f32>> =
+                        ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+                    let mut products: Vec<MatmulOut<'_, '_, PackedQ4>> = weights
+                        .iter()
+                        .zip(together.iter_mut())
+                        .enumerate()
+                        .map(|(i, (w, y))| MatmulOut {
+                            w,
+                            y,
+                            epilogue: epilogue(i),
+                        })
+                        .collect();
+                    matmul_quantized_many(path, &mut products, &x, &pool(threads)).unwrap();
+                    assert_eq!(together, alone, "k={k} m={m} {path:?} threads={threads}");
+                }
+            }
+        }
+    }
+    // A product of another width is refused before any runs.
+    let w = PackedQ4::quantize(&random_weights(&mut rng, 16, 64), 16, 64).unwrap();
+    let v = PackedQ4::quantize(&random_weights(&mut rng, 16, 96), 16, 96).unwrap();
+    let x = QuantizedActivations::quantize(&random_activations(&mut rng, 1, 64), 1, 64).unwrap();
+    let (mut a, mut b) = (vec![0f32; 16], vec![0f32; 16]);
+    let mut products = [
+        MatmulOut {
+            w: &w,
+            y: &mut a,
+            epilogue: Epilogue::default(),
+        },
+        MatmulOut {
+            w: &v,
+            y: &mut b,
+            epilogue: Epilogue::default(),
+        },
+    ];
+    assert!(matches!(
+        matmul_quantized_many(Kernel::Scalar, &mut products, &x, &pool(2)),
+        Err(QuantError::Shape(_))
+    ));
+}
+
 /// An elementwise test activation (any function of one value will do).
 fn halve_negatives(y: &mut [f32]) {
     y.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v *= 0.5);

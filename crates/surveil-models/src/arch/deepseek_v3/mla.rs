@@ -174,14 +174,14 @@ impl Attention {
             )));
         }
         let (heads, nope, rope) = (self.heads, self.nope, self.rope);
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, s, heads, nope + rope))?
-            .transpose(1, 2)?;
+        // q and the compressed KV from one quantization of `x` (one pool job on the CPU).
+        let mut q_ckv = Linear::forward_shared(&[&self.q_proj, &self.kv_a_proj], x)?.into_iter();
+        let (Some(q), Some(ckv)) = (q_ckv.next(), q_ckv.next()) else {
+            return Err(ModelError::InvalidInput("q/kv_a projection failed".into()));
+        };
+        let q = q.reshape((b, s, heads, nope + rope))?.transpose(1, 2)?;
         let q_nope = q.narrow(D::Minus1, 0, nope)?;
         let q_rot = q.narrow(D::Minus1, nope, rope)?.contiguous()?;
-        let ckv = self.kv_a_proj.forward(x)?;
         let latent = self
             .kv_a_norm
             .forward(&ckv.narrow(D::Minus1, 0, self.kv_lora_rank)?)?;

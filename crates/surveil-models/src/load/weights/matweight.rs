@@ -9,8 +9,9 @@ use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 
 use crate::layers::kernels::Activation;
 use crate::quant::{
-    self, bf16_matmul, grouped_expert_gemv, matmul_quantized_then, ExpertRoute, Kernel, PackedQ4,
-    PackedQ8, PackedWeight, QuantError, QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
+    self, bf16_matmul, grouped_expert_gemv, matmul_quantized_many, matmul_quantized_then,
+    ExpertRoute, Kernel, MatmulOut, PackedQ4, PackedQ8, PackedWeight, QuantError,
+    QuantizedActivations, ThreadPool, BF16_GEMV_MAX_ROWS,
 };
 use crate::{ModelError, Result};
 
@@ -348,45 +349,100 @@ pub(crate) fn tiled_forward_raw(
             None => return Ok((Vec::new(), dims)),
         }
     };
-    let outs = weights
+    // Each output's residual, checked against its shape and held while the kernels read it.
+    let residuals = weights
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let n = w.packed.rows();
-            let mut y = vec![0f32; rows * n];
-            let e = epilogues.get(i).copied().unwrap_or_default();
-            let residual = match e.residual {
-                Some(r) => {
-                    let mut shape = dims.clone();
-                    if let Some(last) = shape.last_mut() {
-                        *last = n;
-                    }
-                    if r.dims() != shape.as_slice() || r.dtype() != DType::F32 {
-                        return Err(ModelError::InvalidInput(format!(
-                            "residual {:?} {:?} for a matmul output {shape:?} f32",
-                            r.dims(),
-                            r.dtype()
-                        )));
-                    }
-                    Some(r.contiguous()?)
-                }
-                None => None,
+            let Some(r) = epilogues.get(i).and_then(|e| e.residual) else {
+                return Ok(None);
             };
-            let guard = residual.as_ref().map(Tensor::storage_and_layout);
-            let residual = match &guard {
-                Some((storage, layout)) => Some(cpu_f32(storage, layout, "residual")?),
-                None => None,
-            };
-            let epilogue = quant::Epilogue {
-                bias: e.bias,
-                activation: e.act.tile_fn(),
-                residual,
-            };
-            w.packed.matmul(&acts, &mut y, &w.pool, epilogue)?;
-            Ok(y)
+            let mut shape = dims.clone();
+            if let Some(last) = shape.last_mut() {
+                *last = w.packed.rows();
+            }
+            if r.dims() != shape.as_slice() || r.dtype() != DType::F32 {
+                return Err(ModelError::InvalidInput(format!(
+                    "residual {:?} {:?} for a matmul output {shape:?} f32",
+                    r.dims(),
+                    r.dtype()
+                )));
+            }
+            Ok(Some(r.contiguous()?))
         })
         .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = residuals
+        .iter()
+        .map(|r| r.as_ref().map(Tensor::storage_and_layout))
+        .collect();
+    let mut kernel_epilogues = Vec::with_capacity(weights.len());
+    for (i, guard) in guards.iter().enumerate() {
+        let e = epilogues.get(i).copied().unwrap_or_default();
+        let residual = match guard {
+            Some((storage, layout)) => Some(cpu_f32(storage, layout, "residual")?),
+            None => None,
+        };
+        kernel_epilogues.push(quant::Epilogue {
+            bias: e.bias,
+            activation: e.act.tile_fn(),
+            residual,
+        });
+    }
+    let mut outs: Vec<Vec<f32>> = weights
+        .iter()
+        .map(|w| vec![0f32; rows * w.packed.rows()])
+        .collect();
+    // Weights of one format on one pool share one job; others run one by one.
+    let one_pool = weights
+        .iter()
+        .all(|w| Arc::ptr_eq(&w.pool, &weights[0].pool));
+    let q4: Option<Vec<&PackedQ4>> = weights
+        .iter()
+        .map(|w| match &*w.packed {
+            Packed::Q4(p) => Some(p),
+            Packed::Q8(_) => None,
+        })
+        .collect();
+    let q8: Option<Vec<&PackedQ8>> = weights
+        .iter()
+        .map(|w| match &*w.packed {
+            Packed::Q8(p) => Some(p),
+            Packed::Q4(_) => None,
+        })
+        .collect();
+    let pool = &weights[0].pool;
+    match (one_pool, q4, q8) {
+        (true, Some(ws), _) => many(&ws, &mut outs, &kernel_epilogues, &acts, pool)?,
+        (true, _, Some(ws)) => many(&ws, &mut outs, &kernel_epilogues, &acts, pool)?,
+        _ => {
+            for ((w, y), e) in weights.iter().zip(&mut outs).zip(&kernel_epilogues) {
+                w.packed.matmul(&acts, y, &w.pool, *e)?;
+            }
+        }
+    }
     Ok((outs, dims))
+}
+
+/// `outs[i] = epilogues[i](acts · weights[i]ᵀ)` as one pool job ([`matmul_quantized_many`]).
+fn many<W: PackedWeight>(
+    weights: &[&W],
+    outs: &mut [Vec<f32>],
+    epilogues: &[quant::Epilogue<'_>],
+    acts: &QuantizedActivations,
+    pool: &ThreadPool,
+) -> Result<()> {
+    let mut products: Vec<MatmulOut<'_, '_, W>> = weights
+        .iter()
+        .zip(outs.iter_mut())
+        .zip(epilogues)
+        .map(|((&w, y), &epilogue)| MatmulOut { w, y, epilogue })
+        .collect();
+    Ok(matmul_quantized_many(
+        Kernel::best(),
+        &mut products,
+        acts,
+        pool,
+    )?)
 }
 
 /// The values of a contiguous f32 CPU tensor's storage, or an error naming `what`.
