@@ -12,6 +12,8 @@ use std::sync::{Mutex, PoisonError};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
 use super::attention::softmax_row;
+#[cfg(target_arch = "x86_64")]
+use super::attention::softmax_row_avx512;
 use super::flash::run_tasks;
 use super::{contiguous_f32, dot, AttentionShape};
 use crate::quant::ThreadPool;
@@ -242,15 +244,17 @@ impl Call<'_> {
         self.head(h, scratch, out)
     }
 
-    /// [`Self::head`] with AVX-512 and the work blocked for registers: the scores of four
-    /// keys at a time per query row (four independent FMA chains, each key row read from L1
-    /// once per row), and the weighted sum of values with up to four query rows' 64-wide
-    /// output slices held in 16 accumulators while the value rows stream by (no load or store
-    /// of `out` per key). Needs `dk` a multiple of 16 and `dv` of 64 (Qwen2 and git heads: 128
-    /// and 64); same result as [`Self::head`] up to the order of the additions.
+    /// [`Self::head`] with AVX-512 and the work blocked for registers: the scores of 16 keys
+    /// at a time per query row (16 FMA chains, reduced together by a transpose-add tree into
+    /// one vector of 16 scores), and the weighted sum of values with up to six query rows'
+    /// 64-wide output slices in 24 accumulators while the value rows stream by (no load or
+    /// store of `out` per key). The next keys and values are prefetched: the cache is read
+    /// once per step, mostly from memory. Needs `dk` a multiple of 16 and `dv` of 64 (Qwen2
+    /// and git heads: 128 and 64); same result as [`Self::head`] up to the order of the
+    /// additions.
     ///
     /// # Safety
-    /// AVX-512F available; `scratch` holds `2 · n · m` floats and `out` `n · dv`, zeroed.
+    /// AVX-512F available; `scratch` holds `2 · n · m` floats and `out` `n · dv`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn head_avx512(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
@@ -260,29 +264,32 @@ impl Call<'_> {
         } = *self;
         let qh = &q[h * n * dk..(h + 1) * n * dk];
         let (scores, probs) = scratch.split_at_mut(n * m);
-        let load = |row: &[f32], c: usize| {
-            debug_assert!(c + 16 <= row.len());
-            // SAFETY: `c + 16 ≤ row.len()` (`c` steps by 16 below `dk` or `dv`, multiples of
-            // 16, and every row has that width).
-            unsafe { _mm512_loadu_ps(row.as_ptr().add(c)) }
-        };
         let mut t = 0;
-        while t + 4 <= m {
-            let k = [0, 1, 2, 3].map(|j| self.k.row(h, t + j, dk));
+        while t + 16 <= m {
+            let k: [&[f32]; 16] = std::array::from_fn(|j| self.k.row(h, t + j, dk));
+            let next = (t + 32 <= m).then(|| self.k.row(h, t + 16, dk).as_ptr());
             for r in 0..n {
                 let qr = &qh[r * dk..(r + 1) * dk];
-                let mut acc = [_mm512_setzero_ps(); 4];
+                let mut acc = [_mm512_setzero_ps(); 16];
                 for c in (0..dk).step_by(16) {
-                    let x = load(qr, c);
-                    for j in 0..4 {
-                        acc[j] = _mm512_fmadd_ps(x, load(k[j], c), acc[j]);
+                    let x = load16(qr, c);
+                    for j in 0..16 {
+                        acc[j] = _mm512_fmadd_ps(x, load16(k[j], c), acc[j]);
+                    }
+                    if let (0, Some(next)) = (r, next) {
+                        // The next block's rows follow this block's in the cache when they
+                        // are one head's consecutive keys; a prefetch never faults.
+                        for j in 0..16 {
+                            let line = next.wrapping_add(j * self.k.stride + c);
+                            _mm_prefetch::<_MM_HINT_T0>(line.cast());
+                        }
                     }
                 }
-                for j in 0..4 {
-                    scores[r * m + t + j] = _mm512_reduce_add_ps(acc[j]);
-                }
+                let sums = reduce16(&acc);
+                // SAFETY: `r · m + t + 16 ≤ n · m` (`t + 16 ≤ m`, `r < n`).
+                unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(r * m + t), sums) };
             }
-            t += 4;
+            t += 16;
         }
         for t in t..m {
             let kr = self.k.row(h, t, dk);
@@ -290,37 +297,70 @@ impl Call<'_> {
                 let qr = &qh[r * dk..(r + 1) * dk];
                 let mut acc = _mm512_setzero_ps();
                 for c in (0..dk).step_by(16) {
-                    acc = _mm512_fmadd_ps(load(qr, c), load(kr, c), acc);
+                    acc = _mm512_fmadd_ps(load16(qr, c), load16(kr, c), acc);
                 }
                 scores[r * m + t] = _mm512_reduce_add_ps(acc);
             }
         }
         for (s, p) in scores.chunks_exact(m).zip(probs.chunks_exact_mut(m)) {
-            softmax_row(s, p, self.scale);
+            // SAFETY: AVX-512F (this function's contract); rows of equal length.
+            unsafe { softmax_row_avx512(s, p, self.scale) };
         }
         for c in (0..dv).step_by(64) {
             let mut r0 = 0;
             while r0 < n {
-                let rows = (n - r0).min(4);
-                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-                for t in 0..m {
-                    let vr = self.v.row(h, t, dv);
-                    let v = [0, 16, 32, 48].map(|o| load(vr, c + o));
-                    for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                        let p = _mm512_set1_ps(probs[(r0 + r) * m + t]);
-                        for i in 0..4 {
-                            a[i] = _mm512_fmadd_ps(p, v[i], a[i]);
-                        }
-                    }
-                }
-                for (r, a) in acc.iter().enumerate().take(rows) {
-                    let or = &mut out[(r0 + r) * dv + c..(r0 + r) * dv + c + 64];
-                    for (i, &x) in a.iter().enumerate() {
-                        // SAFETY: `or` has 64 floats, `16 i + 16 ≤ 64`.
-                        unsafe { _mm512_storeu_ps(or.as_mut_ptr().add(16 * i), x) };
+                let rows = (n - r0).min(6);
+                let (p, o) = (&probs[r0 * m..], &mut out[r0 * dv..]);
+                // SAFETY: AVX-512F (this function's contract); `p` holds `rows` rows of `m`
+                // probabilities, `o` `rows` rows of `dv` outputs, `c + 64 ≤ dv`.
+                unsafe {
+                    match rows {
+                        1 => self.values_avx512::<1>(h, c, p, o),
+                        2 => self.values_avx512::<2>(h, c, p, o),
+                        3 => self.values_avx512::<3>(h, c, p, o),
+                        4 => self.values_avx512::<4>(h, c, p, o),
+                        5 => self.values_avx512::<5>(h, c, p, o),
+                        _ => self.values_avx512::<6>(h, c, p, o),
                     }
                 }
                 r0 += rows;
+            }
+        }
+    }
+
+    /// Columns `c..c + 64` of `R` output rows: `o[r][c..] = Σ_t p[r][t] · v[t][c..]`, the 4 × R
+    /// accumulators in registers, the value row `t + 8` prefetched.
+    ///
+    /// # Safety
+    /// AVX-512F available; `p` holds `R · m` floats, `o` `R · dv`, and `c + 64 ≤ dv`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn values_avx512<const R: usize>(&self, h: usize, c: usize, p: &[f32], o: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (m, dv) = (self.m, self.dv);
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for t in 0..m {
+            let vr = self.v.row(h, t, dv);
+            if t + 8 < m {
+                let ahead = vr.as_ptr().wrapping_add(8 * self.v.stride + c);
+                for line in 0..4 {
+                    // A prefetch never faults.
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * line).cast());
+                }
+            }
+            let v = [0, 16, 32, 48].map(|i| load16(vr, c + i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(p[r * m + t]);
+                for i in 0..4 {
+                    a[i] = _mm512_fmadd_ps(w, v[i], a[i]);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let or = &mut o[r * dv + c..r * dv + c + 64];
+            for (i, &x) in a.iter().enumerate() {
+                // SAFETY: `or` has 64 floats and `16 i + 16 ≤ 64`.
+                unsafe { _mm512_storeu_ps(or.as_mut_ptr().add(16 * i), x) };
             }
         }
     }
@@ -348,6 +388,50 @@ impl Call<'_> {
     }
 }
 
+/// 16 floats of `row` from `c` (`c + 16 ≤ row.len()`, checked in debug builds).
+///
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn load16(row: &[f32], c: usize) -> std::arch::x86_64::__m512 {
+    debug_assert!(c + 16 <= row.len());
+    // SAFETY: every caller steps `c` by 16 below a width that is a multiple of 16 and at
+    // most the row's length.
+    unsafe { std::arch::x86_64::_mm512_loadu_ps(row.as_ptr().add(c)) }
+}
+
+/// The 16 horizontal sums of `acc` as one vector (lane `j` = Σ `acc[j]`): a transpose-add
+/// tree of 45 shuffles and adds instead of 16 separate reductions (8 each).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn reduce16(acc: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // Pairs: each 128-bit lane keeps (a, b, a, b) partial sums.
+    let l1: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (acc[2 * i], acc[2 * i + 1]);
+        _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+    });
+    // Quads: each 128-bit lane keeps the partial sums of four accumulators, in order.
+    let l2: [__m512; 4] = std::array::from_fn(|i| {
+        let (a, b) = (_mm512_castps_pd(l1[2 * i]), _mm512_castps_pd(l1[2 * i + 1]));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        )
+    });
+    // Across the 128-bit lanes: lane L of the result holds accumulators 4L..4L+4.
+    let fold = |a: __m512, b: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+        )
+    };
+    fold(fold(l2[0], l2[1]), fold(l2[2], l2[3]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::max_abs_diff;
@@ -371,6 +455,7 @@ mod tests {
             (1, 4, 17, 33, 40, 16, 8, 1.0),
             (1, 3, 5, 41, 48, 32, 64, 1.0),
             (1, 2, 6, 3, 8, 128, 128, 30.0),
+            (1, 2, 7, 70, 80, 64, 128, 1.0),
         ];
         let pool = ThreadPool::new(2).unwrap();
         for (b, h, n, m, cap, dk, dv, mag) in cases {
