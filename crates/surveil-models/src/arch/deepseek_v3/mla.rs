@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::{Tensor, D};
 
 use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
-use crate::layers::kernels::{flash_attention, runs_cpu_kernel, KeyMask};
+use crate::layers::kernels::{flash_attention, mla_decode_attention, runs_cpu_kernel, KeyMask};
 use crate::layers::{KvCache, LayerKvCache, Linear, RmsNorm};
 use crate::load::weights::Weights;
 use crate::quant::ThreadPool;
@@ -202,12 +202,19 @@ impl Attention {
             // Absorbed: score = (q_nope W_uk) · latent + q_rot · k_rot; out = (p latent) W_uv.
             let latent = latent.squeeze(0)?; // (total, rank)
             let q_lat = self.absorb_query(&q_nope)?; // (heads, rank)
-            let scores = (q_lat.matmul(&latent.t()?)?
-                + q_rot
-                    .reshape((heads, rope))?
-                    .matmul(&k_rot.squeeze(0)?.t()?)?)?;
-            let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
-            self.absorb_output(&probs.matmul(&latent)?)?
+            let q_rot = q_rot.reshape((heads, rope))?;
+            let k_rot = k_rot.squeeze(0)?; // (total, rope)
+            let ctx = match &self.pool {
+                // On the CPU: one kernel on the model's pool, reading the cache in place.
+                Some(pool) if runs_cpu_kernel(&q_lat) && runs_cpu_kernel(&latent) => {
+                    mla_decode_attention(&q_lat, &q_rot, &latent, &k_rot, scale as f32, Some(pool))?
+                }
+                _ => {
+                    let scores = (q_lat.matmul(&latent.t()?)? + q_rot.matmul(&k_rot.t()?)?)?;
+                    candle_nn::ops::softmax_last_dim(&(scores * scale)?)?.matmul(&latent)?
+                }
+            };
+            self.absorb_output(&ctx)?
                 .reshape((b, s, heads * self.v_dim))?
         } else {
             // Expanded: per-head keys and values of every cached position, `kv_b_proj` in the

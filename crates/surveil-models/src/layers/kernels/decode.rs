@@ -7,9 +7,10 @@
 //! step has one query row per head (a few with grouped-query attention), so packing would
 //! cost as much as the attention itself.
 
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use super::attention::softmax_row;
 #[cfg(target_arch = "x86_64")]
@@ -17,7 +18,7 @@ use super::attention::softmax_row_avx512;
 use super::flash::run_tasks;
 use super::{contiguous_f32, dot, AttentionShape};
 use crate::quant::ThreadPool;
-use crate::Result;
+use crate::{ModelError, Result};
 
 /// Query rows per head up to which [`decode_attention`] is the better kernel: beyond, the
 /// tiled kernel's reuse of packed keys wins.
@@ -60,6 +61,79 @@ pub(crate) fn decode_attention(
         &rows_contiguous(k)?,
         &rows_contiguous(v)?,
         &DecodeAttention { scale, pool },
+    )?)
+}
+
+/// The absorbed attention of Multi-head Latent Attention for one token (DeepSeek-V2, §2.1.2;
+/// the DeepSeek-V3 / Kimi-VL reference's absorbed decode): every query head attends over the
+/// one cached sequence of latents with scores `scale · (q_latᵢ·c_t + q_ropeᵢ·r_t)` and takes
+/// the latents as values. `q_lat` `(heads, rank)`, `q_rope` `(heads, rope)`, `latents`
+/// `(m, rank)` and `rope_keys` `(m, rope)`, f32 on the CPU, `m ≥ 1`; the keys may be views with
+/// contiguous rows (the filled part of the KV cache, read in place). Returns `(heads, rank)`:
+/// `softmax(scores) · latents`. The query heads are split in chunks over `pool` (they share
+/// the keys, which each chunk reads once).
+///
+/// # Errors
+/// Mismatched shapes, no keys, or inputs that are not f32 CPU tensors.
+pub(crate) fn mla_decode_attention(
+    q_lat: &Tensor,
+    q_rope: &Tensor,
+    latents: &Tensor,
+    rope_keys: &Tensor,
+    scale: f32,
+    pool: Option<&ThreadPool>,
+) -> Result<Tensor> {
+    let (heads, rank) = q_lat.dims2()?;
+    let (rope_heads, rope) = q_rope.dims2()?;
+    let (m, latent_rank) = latents.dims2()?;
+    let (rope_m, rope_width) = rope_keys.dims2()?;
+    if rope_heads != heads || latent_rank != rank || rope_m != m || rope_width != rope || m == 0 {
+        return Err(ModelError::InvalidInput(format!(
+            "MLA decode attention: q_lat {:?}, q_rope {:?}, latents {:?}, rope keys {:?}",
+            q_lat.dims(),
+            q_rope.dims(),
+            latents.dims(),
+            rope_keys.dims()
+        )));
+    }
+    let rows_contiguous = |t: &Tensor| -> Result<Tensor> {
+        Ok(if t.stride().last() == Some(&1) {
+            t.clone()
+        } else {
+            t.contiguous()?
+        })
+    };
+    let (q_lat, q_rope) = (q_lat.contiguous()?, q_rope.contiguous()?);
+    let (latents, rope_keys) = (rows_contiguous(latents)?, rows_contiguous(rope_keys)?);
+    let guards = [&q_lat, &q_rope, &latents, &rope_keys].map(|t| t.storage_and_layout());
+    let cpu = |i: usize| -> Result<(&CpuStorage, &Layout)> {
+        match &*guards[i].0 {
+            Storage::Cpu(s) => Ok((s, guards[i].1)),
+            _ => Err(ModelError::InvalidInput(
+                "MLA decode attention: inputs must be on the CPU".into(),
+            )),
+        }
+    };
+    let ((sq, lq), (sr, lr), (sl, ll), (sk, lk)) = (cpu(0)?, cpu(1)?, cpu(2)?, cpu(3)?);
+    let call = Call {
+        n: heads,
+        m,
+        dk: rank,
+        dv: rank,
+        scale,
+        q: contiguous_f32(sq, lq)?,
+        k: Rows::new(sl, ll, m, rank)?,
+        v: Rows::new(sl, ll, m, rank)?,
+        dk2: rope,
+        q2: contiguous_f32(sr, lr)?,
+        k2: Some(Rows::new(sk, lk, m, rope)?),
+    };
+    let mut out = vec![0f32; heads * rank];
+    call.run(1, &mut out, pool)?;
+    Ok(Tensor::from_vec(
+        out,
+        (heads, rank),
+        &candle_core::Device::Cpu,
     )?)
 }
 
@@ -158,20 +232,66 @@ impl CustomOp3 for DecodeAttention<'_> {
             q,
             k: Rows::new(sk, lk, m, dk)?,
             v: Rows::new(sv, lv, m, dv)?,
+            dk2: 0,
+            q2: &[],
+            k2: None,
         };
-        let work = heads * n * m * (dk + dv);
-        match self.pool {
-            Some(pool) if work >= POOL_MIN_WORK && heads > 1 && pool.threads() > 1 => {
-                // One part per head, each writing its own rows of `out` (one uncontended lock
-                // per head).
-                let slots: Vec<Mutex<&mut [f32]>> =
-                    out.chunks_exact_mut(n * dv).map(Mutex::new).collect();
-                pool.run(heads, |h| {
-                    let mut scratch = vec![0f32; 2 * n * m];
-                    let mut oh = slots[h].lock().unwrap_or_else(PoisonError::into_inner);
-                    call.head_any(h, &mut scratch, &mut oh);
+        call.run(heads, &mut out, self.pool)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// One call: `n` query rows per head (all heads' rows in `q`, contiguous), `m` keys, widths
+/// `dk` and `dv`; with `k2`, keys in two parts: a score is `q·k + q2·k2` (`q2` the second
+/// `dk2` columns of the queries, laid out as `q`).
+struct Call<'a> {
+    n: usize,
+    m: usize,
+    dk: usize,
+    dv: usize,
+    scale: f32,
+    q: &'a [f32],
+    k: Rows<'a>,
+    v: Rows<'a>,
+    dk2: usize,
+    q2: &'a [f32],
+    k2: Option<Rows<'a>>,
+}
+
+impl Call<'_> {
+    /// All `heads` into `out` (`heads × n × dv`, zeroed). On `pool`, one part per head, or per
+    /// chunk of a head's query rows when there are fewer heads than threads (MLA: one latent
+    /// "head" for all query heads); otherwise scoped threads for long caches only.
+    fn run(
+        &self,
+        heads: usize,
+        out: &mut [f32],
+        pool: Option<&ThreadPool>,
+    ) -> candle_core::Result<()> {
+        let (n, m, dv) = (self.n, self.m, self.dv);
+        let work = heads * n * m * (self.dk + self.dk2 + dv);
+        match pool {
+            Some(pool) if work >= POOL_MIN_WORK && pool.threads() > 1 => {
+                let chunks = pool.threads().div_ceil(heads.max(1)).clamp(1, n);
+                let per = n.div_ceil(chunks);
+                let parts: Vec<(usize, Range<usize>)> = (0..heads)
+                    .flat_map(|h| (0..n).step_by(per).map(move |r| (h, r..(r + per).min(n))))
+                    .collect();
+                // Each part writes its own rows of `out` (one uncontended lock per part).
+                let mut rest = out;
+                let mut slots = Vec::with_capacity(parts.len());
+                for (_, rows) in &parts {
+                    let (mine, others) = std::mem::take(&mut rest).split_at_mut(rows.len() * dv);
+                    slots.push(Mutex::new(mine));
+                    rest = others;
+                }
+                pool.run(parts.len(), |i| {
+                    let (h, rows) = &parts[i];
+                    let mut scratch = vec![0f32; 2 * rows.len() * m];
+                    let mut o = slots[i].lock().unwrap_or_else(PoisonError::into_inner);
+                    self.head_any(*h, rows.clone(), &mut scratch, &mut o);
                 })
-                .map_err(|e| candle_core::Error::Msg(format!("decode attention: {e}")))?;
+                .map_err(|e| candle_core::Error::Msg(format!("decode attention: {e}")))
             }
             _ => {
                 let threads = if work < PARALLEL_MIN_WORK {
@@ -184,43 +304,32 @@ impl CustomOp3 for DecodeAttention<'_> {
                     out.chunks_exact_mut(n * dv).enumerate().collect(),
                     threads,
                     || vec![0f32; 2 * n * m],
-                    |scratch, (h, oh)| call.head_any(h, scratch, oh),
+                    |scratch, (h, oh)| self.head_any(h, 0..n, scratch, oh),
                 );
+                Ok(())
             }
         }
-        Ok((CpuStorage::F32(out), shape))
     }
-}
 
-/// One call: `n` query rows per head (all heads' rows in `q`, contiguous), `m` keys, widths
-/// `dk` and `dv`.
-struct Call<'a> {
-    n: usize,
-    m: usize,
-    dk: usize,
-    dv: usize,
-    scale: f32,
-    q: &'a [f32],
-    k: Rows<'a>,
-    v: Rows<'a>,
-}
-
-impl Call<'_> {
-    /// Head `h`: scores of its query rows against its keys, softmax per row, then the rows
-    /// of `out` (`n × dv`, zeroed) as probability-weighted sums of its values. `scratch`
-    /// holds `2 · n · m` floats.
+    /// Query rows `rows` of head `h`: their scores against the head's keys, softmax per row,
+    /// then the rows of `out` (`rows.len() × dv`, zeroed) as probability-weighted sums of its
+    /// values. `scratch` holds `2 · rows.len() · m` floats.
     #[inline(always)]
-    fn head(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
-        let Self {
-            n, m, dk, dv, q, ..
-        } = *self;
-        let qh = &q[h * n * dk..(h + 1) * n * dk];
-        let (scores, probs) = scratch.split_at_mut(n * m);
+    fn head(&self, h: usize, rows: Range<usize>, scratch: &mut [f32], out: &mut [f32]) {
+        let Self { m, dk, dv, dk2, .. } = *self;
+        let nr = rows.len();
+        let (qh, q2h) = self.queries(h, rows);
+        let (scores, probs) = scratch.split_at_mut(nr * m);
         // Each key row is read once for all query rows.
         for t in 0..m {
             let kr = self.k.row(h, t, dk);
-            for r in 0..n {
-                scores[r * m + t] = dot(&qh[r * dk..(r + 1) * dk], kr);
+            let k2r = self.k2.as_ref().map(|k2| k2.row(h, t, dk2));
+            for r in 0..nr {
+                let mut score = dot(&qh[r * dk..(r + 1) * dk], kr);
+                if let Some(k2r) = k2r {
+                    score += dot(&q2h[r * dk2..(r + 1) * dk2], k2r);
+                }
+                scores[r * m + t] = score;
             }
         }
         for (s, p) in scores.chunks_exact(m).zip(probs.chunks_exact_mut(m)) {
@@ -237,11 +346,21 @@ impl Call<'_> {
         }
     }
 
+    /// The query rows `rows` of head `h`: `(q, q2)` slices of `rows.len() × dk` and
+    /// `rows.len() × dk2` floats.
+    fn queries(&self, h: usize, rows: Range<usize>) -> (&[f32], &[f32]) {
+        let (first, last) = (h * self.n + rows.start, h * self.n + rows.end);
+        (
+            &self.q[first * self.dk..last * self.dk],
+            &self.q2[first * self.dk2..last * self.dk2],
+        )
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn head_avx2(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
+    unsafe fn head_avx2(&self, h: usize, rows: Range<usize>, scratch: &mut [f32], out: &mut [f32]) {
         // Same code, compiled with 256-bit vectors.
-        self.head(h, scratch, out)
+        self.head(h, rows, scratch, out)
     }
 
     /// [`Self::head`] with AVX-512 and the work blocked for registers: the scores of 16 keys
@@ -257,16 +376,25 @@ impl Call<'_> {
     /// AVX-512F available; `scratch` holds `2 · n · m` floats and `out` `n · dv`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn head_avx512(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
+    unsafe fn head_avx512(
+        &self,
+        h: usize,
+        rows: Range<usize>,
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
         use std::arch::x86_64::*;
-        let Self {
-            n, m, dk, dv, q, ..
-        } = *self;
-        let qh = &q[h * n * dk..(h + 1) * n * dk];
+        let Self { m, dk, dv, dk2, .. } = *self;
+        let n = rows.len();
+        let (qh, q2h) = self.queries(h, rows);
         let (scores, probs) = scratch.split_at_mut(n * m);
         let mut t = 0;
         while t + 16 <= m {
             let k: [&[f32]; 16] = std::array::from_fn(|j| self.k.row(h, t + j, dk));
+            let k2: Option<[&[f32]; 16]> = self
+                .k2
+                .as_ref()
+                .map(|k2| std::array::from_fn(|j| k2.row(h, t + j, dk2)));
             let next = (t + 32 <= m).then(|| self.k.row(h, t + 16, dk).as_ptr());
             for r in 0..n {
                 let qr = &qh[r * dk..(r + 1) * dk];
@@ -285,6 +413,15 @@ impl Call<'_> {
                         }
                     }
                 }
+                if let Some(k2) = &k2 {
+                    let q2r = &q2h[r * dk2..(r + 1) * dk2];
+                    for c in (0..dk2).step_by(16) {
+                        let x = load16(q2r, c);
+                        for j in 0..16 {
+                            acc[j] = _mm512_fmadd_ps(x, load16(k2[j], c), acc[j]);
+                        }
+                    }
+                }
                 let sums = reduce16(&acc);
                 // SAFETY: `r · m + t + 16 ≤ n · m` (`t + 16 ≤ m`, `r < n`).
                 unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(r * m + t), sums) };
@@ -293,11 +430,18 @@ impl Call<'_> {
         }
         for t in t..m {
             let kr = self.k.row(h, t, dk);
+            let k2r = self.k2.as_ref().map(|k2| k2.row(h, t, dk2));
             for r in 0..n {
                 let qr = &qh[r * dk..(r + 1) * dk];
                 let mut acc = _mm512_setzero_ps();
                 for c in (0..dk).step_by(16) {
                     acc = _mm512_fmadd_ps(load16(qr, c), load16(kr, c), acc);
+                }
+                if let Some(k2r) = k2r {
+                    let q2r = &q2h[r * dk2..(r + 1) * dk2];
+                    for c in (0..dk2).step_by(16) {
+                        acc = _mm512_fmadd_ps(load16(q2r, c), load16(k2r, c), acc);
+                    }
                 }
                 scores[r * m + t] = _mm512_reduce_add_ps(acc);
             }
@@ -366,25 +510,26 @@ impl Call<'_> {
     }
 
     /// [`Self::head`] on the widest vectors this CPU has.
-    fn head_any(&self, h: usize, scratch: &mut [f32], out: &mut [f32]) {
+    fn head_any(&self, h: usize, rows: Range<usize>, scratch: &mut [f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if self.dk.is_multiple_of(16)
+                && self.dk2.is_multiple_of(16)
                 && self.dv.is_multiple_of(64)
                 && std::is_x86_feature_detected!("avx512f")
             {
                 // SAFETY: the CPU supports AVX-512F (checked just above); the widths are
                 // multiples of 16 and 64; `scratch` and `out` are sized by the callers.
-                unsafe { self.head_avx512(h, scratch, out) };
+                unsafe { self.head_avx512(h, rows, scratch, out) };
                 return;
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                unsafe { self.head_avx2(h, scratch, out) };
+                unsafe { self.head_avx2(h, rows, scratch, out) };
                 return;
             }
         }
-        self.head(h, scratch, out)
+        self.head(h, rows, scratch, out)
     }
 }
 
@@ -492,6 +637,56 @@ mod tests {
             );
             assert!(d2 < 1e-6, "transposed keys: {d2}");
         }
+    }
+
+    /// MLA's absorbed decode against the composition it replaces (candle matmuls and
+    /// softmax): Kimi-VL's widths (16 heads, rank 512, rope 64) and odd ones (portable path),
+    /// keys as views of a larger cache buffer, one thread and a pool (split query heads).
+    #[test]
+    fn mla_matches_the_composition() {
+        let dev = Device::Cpu;
+        let pool = ThreadPool::new(2).unwrap();
+        // (heads, rank, rope, keys, capacity)
+        for (heads, rank, rope, m, cap) in [
+            (16, 512, 64, 83, 128),
+            (16, 512, 64, 1, 8),
+            (3, 40, 8, 37, 40),
+            (5, 64, 16, 300, 512),
+        ] {
+            let q_lat = Tensor::randn(0f32, 1.0, (heads, rank), &dev).unwrap();
+            let q_rope = Tensor::randn(0f32, 1.0, (heads, rope), &dev).unwrap();
+            let lat_buf = Tensor::randn(0f32, 1.0, (cap, rank), &dev).unwrap();
+            let rope_buf = Tensor::randn(0f32, 1.0, (cap, rope), &dev).unwrap();
+            let (lat, rk) = (
+                lat_buf.narrow(0, 0, m).unwrap(),
+                rope_buf.narrow(0, 0, m).unwrap(),
+            );
+            let scale = 1.0 / ((rank / 8 + rope) as f64).sqrt();
+            let scores = (q_lat.matmul(&lat.t().unwrap()).unwrap()
+                + q_rope.matmul(&rk.t().unwrap()).unwrap())
+            .unwrap();
+            let want = candle_nn::ops::softmax_last_dim(&(scores * scale).unwrap())
+                .unwrap()
+                .matmul(&lat)
+                .unwrap();
+            for p in [None, Some(&pool)] {
+                let got =
+                    mla_decode_attention(&q_lat, &q_rope, &lat, &rk, scale as f32, p).unwrap();
+                assert_eq!(got.dims(), &[heads, rank]);
+                let d = max_abs_diff(&got, &want);
+                assert!(
+                    d < 1e-4,
+                    "{:?} pool {}: {d}",
+                    (heads, rank, rope, m),
+                    p.is_some()
+                );
+            }
+        }
+        let q = Tensor::zeros((4, 64), DType::F32, &dev).unwrap();
+        let r = Tensor::zeros((4, 16), DType::F32, &dev).unwrap();
+        let lat = Tensor::zeros((9, 64), DType::F32, &dev).unwrap();
+        let short = Tensor::zeros((8, 16), DType::F32, &dev).unwrap();
+        assert!(mla_decode_attention(&q, &r, &lat, &short, 1.0, None).is_err());
     }
 
     #[test]
