@@ -327,22 +327,14 @@ fn thread_count_does_not_change_results() {
 
 /// Several weights with one input in one job give, bit for bit, what each gives alone: the
 /// q/k/v shapes of Qwen2-VL (a large and two small weights, so the small ones are split with
-/// the large one) and a tiny set that stays on the calling thread; each with its epilogue.
+/// the large one) and a tiny set that stays on the calling thread; each with its epilogue;
+/// 4-bit and 8-bit weights.
 #[test]
 fn products_in_one_job_equal_the_products_alone() {
-    let mut rng = Lcg(23);
-    for (k, ns) in [(1536, vec![1536, 256, 256]), (96, vec![40, 16, 8])] {
-        let weights: Vec<PackedQ4> = ns
-            .iter()
-            .map(|&n| PackedQ4::quantize(&random_weights(&mut rng, n, k), n, k).unwrap())
-            .collect();
-        let biases: Vec<Vec<f32>> = ns
-            .iter()
-            .map(|&n| (0..n).map(|_| rng.normal()).collect())
-            .collect();
+    fn check<W: PackedWeight>(weights: &[W], biases: &[Vec<f32>], rng: &mut Lcg) {
+        let k = weights[0].cols();
         for m in [1, 3, 70] {
-            let x =
-                QuantizedActivations::quantize(&random_activations(&mut rng, m, k), m, k).unwrap();
+            let x = QuantizedActivations::quantize(&random_activations(rng, m, k), m, k).unwrap();
             for path in std::iter::once(Kernel::Scalar).chain(simd_paths()) {
                 for threads in [1, 2, 3] {
                     let epilogue = |i: usize| Epilogue {
@@ -360,9 +352,11 @@ fn products_in_one_job_equal_the_products_alone() {
                             y
                         })
                         .collect();
-                    let mut together: Vec<Vec<f32>> =
-                        ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
-                    let mut products: Vec<MatmulOut<'_, '_, PackedQ4>> = weights
+                    let mut together: Vec<Vec<f32>> = weights
+                        .iter()
+                        .map(|w| vec![f32::NAN; m * w.rows()])
+                        .collect();
+                    let mut products: Vec<MatmulOut<'_, '_, W>> = weights
                         .iter()
                         .zip(together.iter_mut())
                         .enumerate()
@@ -377,6 +371,26 @@ fn products_in_one_job_equal_the_products_alone() {
                 }
             }
         }
+    }
+    let mut rng = Lcg(23);
+    for (k, ns) in [(1536, vec![1536, 256, 256]), (96, vec![40, 16, 8])] {
+        let values: Vec<Vec<f32>> = ns.iter().map(|&n| random_weights(&mut rng, n, k)).collect();
+        let biases: Vec<Vec<f32>> = ns
+            .iter()
+            .map(|&n| (0..n).map(|_| rng.normal()).collect())
+            .collect();
+        let q4: Vec<PackedQ4> = values
+            .iter()
+            .zip(&ns)
+            .map(|(w, &n)| PackedQ4::quantize(w, n, k).unwrap())
+            .collect();
+        check(&q4, &biases, &mut rng);
+        let q8: Vec<PackedQ8> = values
+            .iter()
+            .zip(&ns)
+            .map(|(w, &n)| PackedQ8::quantize(w, n, k).unwrap())
+            .collect();
+        check(&q8, &biases, &mut rng);
     }
     // A product of another width is refused before any runs.
     let w = PackedQ4::quantize(&random_weights(&mut rng, 16, 64), 16, 64).unwrap();

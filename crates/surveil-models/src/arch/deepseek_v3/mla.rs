@@ -206,7 +206,11 @@ impl Attention {
             let k_rot = k_rot.squeeze(0)?; // (total, rope)
             let ctx = match &self.pool {
                 // On the CPU: one kernel on the model's pool, reading the cache in place.
-                Some(pool) if runs_cpu_kernel(&q_lat) && runs_cpu_kernel(&latent) => {
+                Some(pool)
+                    if [&q_lat, &q_rot, &latent, &k_rot]
+                        .into_iter()
+                        .all(runs_cpu_kernel) =>
+                {
                     mla_decode_attention(&q_lat, &q_rot, &latent, &k_rot, scale as f32, Some(pool))?
                 }
                 _ => {

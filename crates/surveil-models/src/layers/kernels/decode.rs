@@ -50,18 +50,21 @@ pub(crate) fn decode_attention(
     scale: f32,
     pool: Option<&ThreadPool>,
 ) -> Result<Tensor> {
-    let rows_contiguous = |t: &Tensor| -> Result<Tensor> {
-        Ok(if t.stride().last() == Some(&1) {
-            t.clone()
-        } else {
-            t.contiguous()?
-        })
-    };
     Ok(q.contiguous()?.apply_op3_no_bwd(
         &rows_contiguous(k)?,
         &rows_contiguous(v)?,
         &DecodeAttention { scale, pool },
     )?)
+}
+
+/// `t` itself when its last dimension is contiguous (a cache view the kernels read in place),
+/// else a contiguous copy.
+fn rows_contiguous(t: &Tensor) -> Result<Tensor> {
+    Ok(if t.stride().last() == Some(&1) {
+        t.clone()
+    } else {
+        t.contiguous()?
+    })
 }
 
 /// The absorbed attention of Multi-head Latent Attention for one token (DeepSeek-V2, §2.1.2;
@@ -87,7 +90,14 @@ pub(crate) fn mla_decode_attention(
     let (rope_heads, rope) = q_rope.dims2()?;
     let (m, latent_rank) = latents.dims2()?;
     let (rope_m, rope_width) = rope_keys.dims2()?;
-    if rope_heads != heads || latent_rank != rank || rope_m != m || rope_width != rope || m == 0 {
+    if rope_heads != heads
+        || latent_rank != rank
+        || rope_m != m
+        || rope_width != rope
+        || m == 0
+        || heads == 0
+        || rank == 0
+    {
         return Err(ModelError::InvalidInput(format!(
             "MLA decode attention: q_lat {:?}, q_rope {:?}, latents {:?}, rope keys {:?}",
             q_lat.dims(),
@@ -96,13 +106,6 @@ pub(crate) fn mla_decode_attention(
             rope_keys.dims()
         )));
     }
-    let rows_contiguous = |t: &Tensor| -> Result<Tensor> {
-        Ok(if t.stride().last() == Some(&1) {
-            t.clone()
-        } else {
-            t.contiguous()?
-        })
-    };
     let (q_lat, q_rope) = (q_lat.contiguous()?, q_rope.contiguous()?);
     let (latents, rope_keys) = (rows_contiguous(latents)?, rows_contiguous(rope_keys)?);
     let guards = [&q_lat, &q_rope, &latents, &rope_keys].map(|t| t.storage_and_layout());
@@ -400,9 +403,12 @@ impl Call<'_> {
                 let qr = &qh[r * dk..(r + 1) * dk];
                 let mut acc = [_mm512_setzero_ps(); 16];
                 for c in (0..dk).step_by(16) {
-                    let x = load16(qr, c);
+                    // SAFETY: `c + 16 ≤ dk`, the width of `qr` and of every key row (`dk` a
+                    // multiple of 16, checked by `head_any`).
+                    let x = unsafe { load16(qr, c) };
                     for j in 0..16 {
-                        acc[j] = _mm512_fmadd_ps(x, load16(k[j], c), acc[j]);
+                        // SAFETY: as above.
+                        acc[j] = _mm512_fmadd_ps(x, unsafe { load16(k[j], c) }, acc[j]);
                     }
                     if let (0, Some(next)) = (r, next) {
                         // The next block's rows follow this block's in the cache when they
@@ -416,9 +422,12 @@ impl Call<'_> {
                 if let Some(k2) = &k2 {
                     let q2r = &q2h[r * dk2..(r + 1) * dk2];
                     for c in (0..dk2).step_by(16) {
-                        let x = load16(q2r, c);
+                        // SAFETY: `c + 16 ≤ dk2`, the width of `q2r` and of every `k2` row (`dk2`
+                        // a multiple of 16, checked by `head_any`).
+                        let x = unsafe { load16(q2r, c) };
                         for j in 0..16 {
-                            acc[j] = _mm512_fmadd_ps(x, load16(k2[j], c), acc[j]);
+                            // SAFETY: as above.
+                            acc[j] = _mm512_fmadd_ps(x, unsafe { load16(k2[j], c) }, acc[j]);
                         }
                     }
                 }
@@ -435,12 +444,14 @@ impl Call<'_> {
                 let qr = &qh[r * dk..(r + 1) * dk];
                 let mut acc = _mm512_setzero_ps();
                 for c in (0..dk).step_by(16) {
-                    acc = _mm512_fmadd_ps(load16(qr, c), load16(kr, c), acc);
+                    // SAFETY: `c + 16 ≤ dk`, the width of `qr` and `kr` (a multiple of 16).
+                    acc = unsafe { _mm512_fmadd_ps(load16(qr, c), load16(kr, c), acc) };
                 }
                 if let Some(k2r) = k2r {
                     let q2r = &q2h[r * dk2..(r + 1) * dk2];
                     for c in (0..dk2).step_by(16) {
-                        acc = _mm512_fmadd_ps(load16(q2r, c), load16(k2r, c), acc);
+                        // SAFETY: `c + 16 ≤ dk2`, the width of `q2r` and `k2r` (a multiple of 16).
+                        acc = unsafe { _mm512_fmadd_ps(load16(q2r, c), load16(k2r, c), acc) };
                     }
                 }
                 scores[r * m + t] = _mm512_reduce_add_ps(acc);
@@ -492,7 +503,8 @@ impl Call<'_> {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16 * line).cast());
                 }
             }
-            let v = [0, 16, 32, 48].map(|i| load16(vr, c + i));
+            // SAFETY: `c + 64 ≤ dv`, the width of `vr` (the caller's contract).
+            let v = [0, 16, 32, 48].map(|i| unsafe { load16(vr, c + i) });
             for (r, a) in acc.iter_mut().enumerate() {
                 let w = _mm512_set1_ps(p[r * m + t]);
                 for i in 0..4 {
@@ -533,17 +545,16 @@ impl Call<'_> {
     }
 }
 
-/// 16 floats of `row` from `c` (`c + 16 ≤ row.len()`, checked in debug builds).
+/// 16 floats of `row` from `c`.
 ///
 /// # Safety
-/// AVX-512F available.
+/// AVX-512F available; `c + 16 ≤ row.len()` (checked in debug builds only).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn load16(row: &[f32], c: usize) -> std::arch::x86_64::__m512 {
+unsafe fn load16(row: &[f32], c: usize) -> std::arch::x86_64::__m512 {
     debug_assert!(c + 16 <= row.len());
-    // SAFETY: every caller steps `c` by 16 below a width that is a multiple of 16 and at
-    // most the row's length.
+    // SAFETY: the caller guarantees 16 floats at `c`.
     unsafe { std::arch::x86_64::_mm512_loadu_ps(row.as_ptr().add(c)) }
 }
 
@@ -687,6 +698,10 @@ mod tests {
         let lat = Tensor::zeros((9, 64), DType::F32, &dev).unwrap();
         let short = Tensor::zeros((8, 16), DType::F32, &dev).unwrap();
         assert!(mla_decode_attention(&q, &r, &lat, &short, 1.0, None).is_err());
+        let none = Tensor::zeros((0, 64), DType::F32, &dev).unwrap();
+        let no_rope = Tensor::zeros((0, 16), DType::F32, &dev).unwrap();
+        let keys = Tensor::zeros((9, 16), DType::F32, &dev).unwrap();
+        assert!(mla_decode_attention(&none, &no_rope, &lat, &keys, 1.0, None).is_err());
     }
 
     #[test]
