@@ -84,8 +84,8 @@ pub mod arch;
 /// (`benches/attention.rs`) and tools.
 pub mod attention {
     pub use crate::layers::kernels::{
-        flash_attention, flash_attention_with, full_attention_composed, AttentionPrecision,
-        FlashPath, KeyMask,
+        decode_attention, flash_attention, flash_attention_with, full_attention_composed,
+        mla_decode_attention, AttentionPrecision, FlashPath, KeyMask,
     };
 }
 pub mod error;

@@ -37,13 +37,13 @@ const POOL_MIN_WORK: usize = 1 << 16;
 /// `q` `(..., n, dk)`, `k` `(..., m, dk)`, `v` `(..., m, dv)` with the same leading
 /// dimensions, f32 on the CPU, `m ≥ 1`. `k` and `v` may be strided views (the filled part of
 /// a KV cache) as long as each key's and value's `d` floats are contiguous; other layouts are
-/// copied first. Returns `(..., n, dv)`, contiguous. Meant for `n ≤` [`DECODE_MAX_ROWS`];
+/// copied first. Returns `(..., n, dv)`, contiguous. Meant for `n ≤ 16` query rows per head;
 /// correct for any `n`. The heads are spread over `pool` (the model's kernel pool) when
 /// given, else over scoped threads for long caches only.
 ///
 /// # Errors
 /// Mismatched shapes, no keys, or inputs that are not f32 CPU tensors.
-pub(crate) fn decode_attention(
+pub fn decode_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -78,7 +78,7 @@ fn rows_contiguous(t: &Tensor) -> Result<Tensor> {
 ///
 /// # Errors
 /// Mismatched shapes, no keys, or inputs that are not f32 CPU tensors.
-pub(crate) fn mla_decode_attention(
+pub fn mla_decode_attention(
     q_lat: &Tensor,
     q_rope: &Tensor,
     latents: &Tensor,

@@ -13,7 +13,8 @@ mod decode;
 mod flash;
 
 pub use attention::full_attention_composed;
-pub(crate) use decode::{decode_attention, mla_decode_attention, DECODE_MAX_ROWS};
+pub(crate) use decode::DECODE_MAX_ROWS;
+pub use decode::{decode_attention, mla_decode_attention};
 pub use flash::{flash_attention, flash_attention_with, AttentionPrecision, FlashPath, KeyMask};
 
 pub(crate) use attention::{

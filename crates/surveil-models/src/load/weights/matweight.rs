@@ -49,6 +49,22 @@ impl Packed {
         }
     }
 
+    /// The 4-bit weight, if it is one.
+    fn as_q4(&self) -> Option<&PackedQ4> {
+        match self {
+            Packed::Q4(w) => Some(w),
+            Packed::Q8(_) => None,
+        }
+    }
+
+    /// The 8-bit weight, if it is one.
+    fn as_q8(&self) -> Option<&PackedQ8> {
+        match self {
+            Packed::Q8(w) => Some(w),
+            Packed::Q4(_) => None,
+        }
+    }
+
     fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         match self {
             Packed::Q4(w) => w.dequantize_row(row, out),
@@ -396,22 +412,19 @@ pub(crate) fn tiled_forward_raw(
     let one_pool = weights
         .iter()
         .all(|w| Arc::ptr_eq(&w.pool, &weights[0].pool));
-    let q4: Option<Vec<&PackedQ4>> = weights
-        .iter()
-        .map(|w| match &*w.packed {
-            Packed::Q4(p) => Some(p),
-            Packed::Q8(_) => None,
-        })
-        .collect();
-    let q8: Option<Vec<&PackedQ8>> = weights
-        .iter()
-        .map(|w| match &*w.packed {
-            Packed::Q8(p) => Some(p),
-            Packed::Q4(_) => None,
-        })
-        .collect();
+    // Every weight in one format, or `None`.
+    fn all<'w, W>(
+        weights: &[&'w TiledWeight],
+        pick: fn(&Packed) -> Option<&W>,
+    ) -> Option<Vec<&'w W>> {
+        weights.iter().map(|w| pick(&w.packed)).collect()
+    }
     let pool = &weights[0].pool;
-    match (one_pool, q4, q8) {
+    match (
+        one_pool,
+        all(weights, Packed::as_q4),
+        all(weights, Packed::as_q8),
+    ) {
         (true, Some(ws), _) => many(&ws, &mut outs, &kernel_epilogues, &acts, pool)?,
         (true, _, Some(ws)) => many(&ws, &mut outs, &kernel_epilogues, &acts, pool)?,
         _ => {
