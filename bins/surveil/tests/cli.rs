@@ -224,11 +224,11 @@ fn test_model_loads_with_the_storage_type_load_in_4bit_resolves() {
     ));
     let q = &v["quantization"];
     assert!(
-        q["policy"].as_str().unwrap().starts_with("q4_1x16 linear"),
+        q["policy"].as_str().unwrap().starts_with("q4kx16 linear"),
         "{q}"
     );
     assert!(
-        q["bytes_by_dtype"]["q4_1x16"].as_u64().unwrap() > 50_000_000,
+        q["bytes_by_dtype"]["q4kx16"].as_u64().unwrap() > 50_000_000,
         "{q}"
     );
     assert!(q["bytes_by_dtype"].get("q8_0").is_none(), "{q}");
@@ -395,7 +395,7 @@ fn test_model_git_dummy_json_with_inference() {
     assert_eq!(v["weights"], "dummy");
     assert_eq!(v["device"], "cpu");
     let q = &v["quantization"];
-    assert!(q["bytes_by_dtype"]["q4_1x16"].as_u64().unwrap() > 50_000_000);
+    assert!(q["bytes_by_dtype"]["q4kx16"].as_u64().unwrap() > 50_000_000);
     assert_eq!(q["total_bytes"], q["estimated_bytes"]);
     let m = &v["memory"];
     for k in ["before", "after_load", "after_inference", "after_unload"] {
@@ -545,7 +545,7 @@ fn test_model_text_report_says_the_stop_reason_in_words_in_aligned_columns() {
     let text = common::ok_stdout(&out);
     assert!(text.contains("stop: max new tokens)"), "{text}");
     assert!(!text.contains("MaxNewTokens"), "{text}");
-    // One line per storage type (f32, f16 and the 4-bit q4_1x16 here): names left-aligned,
+    // One line per storage type (f32, f16 and the 4-bit q4kx16 here): names left-aligned,
     // sizes and counts right-aligned, so every column ends at the same place.
     let rows: Vec<&str> = text
         .lines()
@@ -553,7 +553,7 @@ fn test_model_text_report_says_the_stop_reason_in_words_in_aligned_columns() {
         .collect();
     assert!(rows.len() >= 3, "{text}");
     assert!(
-        rows.iter().any(|r| r.trim_start().starts_with("q4_1x16 ")),
+        rows.iter().any(|r| r.trim_start().starts_with("q4kx16 ")),
         "{text}"
     );
     let end_of = |row: &str, word: &str| row.find(word).map(|i| i + word.len());

@@ -33,12 +33,14 @@ pub enum StorageDtype {
     #[default]
     #[serde(rename = "q4k")]
     Q4K,
-    /// The CPU layout of the 4-bit types: `Q4_1` blocks of 32 (4-bit values, f16 scale and
-    /// minimum), rows in tiles of 16 with their blocks interleaved
-    /// (`surveil_models::quant::PackedQ4`): 320 bytes per 16 × 32 weights (5 bits per weight);
-    /// rows padded to 16 and columns to 32.
-    #[serde(rename = "q4_1x16")]
-    Q4_1x16,
+    /// The CPU layout of the 4-bit types: blocks of 32 4-bit values with a scale and a minimum
+    /// each (`Q4_1` math), stored as 8-bit codes of a bf16 scale and minimum per row and
+    /// super-block of 8 blocks (as `Q4_K`), rows in tiles of 16 with their blocks interleaved
+    /// (`surveil_models::quant::PackedQ4`): per tile, 64 bytes per super-block and 288 per
+    /// block of 16 × 32 weights (4.625 bits per weight), each tile padded to 64 bytes; rows
+    /// padded to 16 and columns to 32.
+    #[serde(rename = "q4kx16")]
+    Q4Kx16,
 }
 
 impl StorageDtype {
@@ -52,7 +54,7 @@ impl StorageDtype {
             StorageDtype::Q4_0 => "q4_0",
             StorageDtype::Q4K => "q4k",
             StorageDtype::Q8_0x16 => "q8_0x16",
-            StorageDtype::Q4_1x16 => "q4_1x16",
+            StorageDtype::Q4Kx16 => "q4kx16",
         }
     }
 
@@ -64,25 +66,25 @@ impl StorageDtype {
         )
     }
 
-    /// Whether this is a 4-bit type (q4_0, q4k, q4_1x16).
+    /// Whether this is a 4-bit type (q4_0, q4k, q4kx16).
     pub fn is_four_bit(self) -> bool {
         matches!(
             self,
-            StorageDtype::Q4_0 | StorageDtype::Q4K | StorageDtype::Q4_1x16
+            StorageDtype::Q4_0 | StorageDtype::Q4K | StorageDtype::Q4Kx16
         )
     }
 
-    /// Whether this is a CPU tile layout (q4_1x16, q8_0x16), which takes any shape: rows and
+    /// Whether this is a CPU tile layout (q4kx16, q8_0x16), which takes any shape: rows and
     /// columns are padded to whole tiles and blocks.
     pub fn is_tiled(self) -> bool {
-        matches!(self, StorageDtype::Q4_1x16 | StorageDtype::Q8_0x16)
+        matches!(self, StorageDtype::Q4Kx16 | StorageDtype::Q8_0x16)
     }
 
-    /// The CPU tile layout that stands for this type on the CPU: q4_1x16 for the 4-bit types,
+    /// The CPU tile layout that stands for this type on the CPU: q4kx16 for the 4-bit types,
     /// q8_0x16 for q8_0; float and tiled types are their own.
     pub fn cpu_layout(self) -> StorageDtype {
         match self {
-            StorageDtype::Q4_0 | StorageDtype::Q4K => StorageDtype::Q4_1x16,
+            StorageDtype::Q4_0 | StorageDtype::Q4K => StorageDtype::Q4Kx16,
             StorageDtype::Q8_0 => StorageDtype::Q8_0x16,
             other => other,
         }
@@ -94,7 +96,7 @@ impl StorageDtype {
             StorageDtype::F32 | StorageDtype::F16 | StorageDtype::Bf16 => 1,
             StorageDtype::Q8_0 | StorageDtype::Q4_0 => 32,
             StorageDtype::Q4K => 256,
-            StorageDtype::Q8_0x16 | StorageDtype::Q4_1x16 => 32,
+            StorageDtype::Q8_0x16 | StorageDtype::Q4Kx16 => 32,
         }
     }
 
@@ -106,18 +108,17 @@ impl StorageDtype {
             StorageDtype::Q8_0 => 34,
             StorageDtype::Q4_0 => 18,
             StorageDtype::Q4K => 144,
-            // Per row and block, tile padding aside (see `bytes_for`).
+            // Per row and block, super-block headers and tile padding aside (see `bytes_for`).
             StorageDtype::Q8_0x16 => 34,
-            StorageDtype::Q4_1x16 => 20,
+            StorageDtype::Q4Kx16 => 18,
         }
     }
 
     /// Exact bytes a tensor of `shape` occupies in this storage type. GGML quantized types
     /// require the last dimension to be a multiple of [`Self::block_len`] (the quantization
     /// policy of `surveil-memory` guarantees it). The tile layouts take any shape `[.., n, k]`
-    /// as `n' = Π leading dims` rows: `ceil(n'/16)` tiles of `ceil(k/32)` blocks, 320 bytes per
-    /// tile block for q4_1x16, and 544 per tile block, each tile rounded up to 64 bytes, for
-    /// q8_0x16.
+    /// as `n' = Π leading dims` rows: `ceil(n'/16)` tiles of `b = ceil(k/32)` blocks, each
+    /// tile `64·ceil(b/8) + 288·b` bytes for q4kx16 and `544·b` for q8_0x16, rounded up to 64.
     pub fn bytes_for(self, shape: &[usize]) -> u64 {
         if self.is_tiled() {
             let k = shape.last().copied().unwrap_or(0) as u64;
@@ -127,9 +128,10 @@ impl StorageDtype {
                 .product();
             let (tiles, blocks) = (rows.div_ceil(16), k.div_ceil(32));
             let tile = match self {
-                StorageDtype::Q4_1x16 => blocks * 320,
-                _ => (blocks * 544).next_multiple_of(64),
+                StorageDtype::Q4Kx16 => blocks.div_ceil(8) * 64 + blocks * 288,
+                _ => blocks * 544,
             };
+            let tile = tile.next_multiple_of(64);
             return tiles * tile;
         }
         let elems: u64 = shape.iter().map(|&d| d as u64).product();
@@ -219,27 +221,28 @@ mod tests {
     fn tile_layouts_size_whole_tiles_of_any_shape() {
         use StorageDtype::*;
         // 16 × 32 weights: one tile block.
-        assert_eq!(Q4_1x16.bytes_for(&[16, 32]), 320);
+        assert_eq!(Q4Kx16.bytes_for(&[16, 32]), 384); // 64 + 288 rounded up to 64
         assert_eq!(Q8_0x16.bytes_for(&[16, 32]), 576); // 544 rounded up to 64
                                                        // Rows padded to 16, columns to 32: 17 × 33 is 2 tiles of 2 blocks.
-        assert_eq!(Q4_1x16.bytes_for(&[17, 33]), 2 * 2 * 320);
+        assert_eq!(Q4Kx16.bytes_for(&[17, 33]), 2 * 640); // 64 + 2 · 288 = 640
+        assert_eq!(Q4Kx16.bytes_for(&[16, 1408]), 5 * 2368 + 64 + 4 * 288); // 5.5 super-blocks
         assert_eq!(Q8_0x16.bytes_for(&[17, 33]), 2 * 1088);
-        // Leading dimensions count as rows; 5 bits per weight when nothing is padded.
-        assert_eq!(Q4_1x16.bytes_for(&[2, 8, 256]) * 8, 16 * 256 * 5);
-        assert_eq!(Q4_1x16.bytes_for(&[0, 64]), 0);
-        for q in [Q4_1x16, Q8_0x16] {
+        // Leading dimensions count as rows; 4.625 bits per weight when nothing is padded.
+        assert_eq!(Q4Kx16.bytes_for(&[2, 8, 256]) * 8, 16 * 256 * 37 / 8);
+        assert_eq!(Q4Kx16.bytes_for(&[0, 64]), 0);
+        for q in [Q4Kx16, Q8_0x16] {
             assert!(q.is_tiled() && q.is_quantized());
-            assert!(!q.cpu_layout().is_four_bit() || q == Q4_1x16);
+            assert!(!q.cpu_layout().is_four_bit() || q == Q4Kx16);
             assert!(
                 !StorageDtype::ALL.contains(&q),
                 "{q} is not a configuration value"
             );
         }
-        assert_eq!(Q4K.cpu_layout(), Q4_1x16);
-        assert_eq!(Q4_0.cpu_layout(), Q4_1x16);
+        assert_eq!(Q4K.cpu_layout(), Q4Kx16);
+        assert_eq!(Q4_0.cpu_layout(), Q4Kx16);
         assert_eq!(Q8_0.cpu_layout(), Q8_0x16);
         assert_eq!(Bf16.cpu_layout(), Bf16);
-        assert_eq!(serde_json::to_value(Q4_1x16).unwrap(), "q4_1x16");
+        assert_eq!(serde_json::to_value(Q4Kx16).unwrap(), "q4kx16");
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl QuantPolicy {
             StorageDtype::Q4K => Self::four_bit(StorageDtype::F16),
             StorageDtype::Q4_0
             | StorageDtype::Q8_0
-            | StorageDtype::Q4_1x16
+            | StorageDtype::Q4Kx16
             | StorageDtype::Q8_0x16 => Self {
                 linear: storage,
                 float: StorageDtype::F16,
@@ -85,7 +85,7 @@ impl QuantPolicy {
     }
 
     /// This policy as it stands on the CPU, where linear weights are kept in the kernels' tile
-    /// layouts ([`StorageDtype::cpu_layout`]: q4_1x16 for 4-bit, q8_0x16 for 8-bit), which take
+    /// layouts ([`StorageDtype::cpu_layout`]: q4kx16 for 4-bit, q8_0x16 for 8-bit), which take
     /// any shape; float policies are unchanged.
     pub fn on_cpu(self) -> Self {
         Self {

@@ -17,7 +17,7 @@ use crate::Failure;
 /// The storage types `models list` sizes: the CPU tile layouts (what a CPU load keeps for
 /// 4-bit and 8-bit), candle's GGML types (what a CUDA load keeps), and the float types.
 const STORAGE: [StorageDtype; 7] = [
-    StorageDtype::Q4_1x16,
+    StorageDtype::Q4Kx16,
     StorageDtype::Q4K,
     StorageDtype::Q4_0,
     StorageDtype::Q8_0x16,
@@ -98,7 +98,7 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
             } else {
                 "missing"
             },
-            size("q4_1x16"),
+            size("q4kx16"),
             size("q4k"),
             size("q8_0x16"),
             size("q8_0"),
@@ -107,7 +107,7 @@ pub fn list(cli: &Cli, args: &ModelsListArgs) -> Result<(), Failure> {
         );
     }
     outln!("\nSizes are what the loader makes resident (weights only), from the architecture's tensor layout;");
-    outln!("on the CPU, 4-bit and 8-bit weights are kept in the kernels' tile layouts (q4_1x16, q8_0x16),");
+    outln!("on the CPU, 4-bit and 8-bit weights are kept in the kernels' tile layouts (q4kx16, q8_0x16),");
     outln!("on a GPU in candle's q4k and q8_0 blocks (JSON: `expected_bytes` per storage type, q4_0 too);");
     outln!("`-` marks architectures this build does not implement.");
     Ok(())

@@ -705,7 +705,7 @@ mod tests {
             .unwrap()
             .forward(&x)
             .unwrap();
-        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+        for storage in [StorageDtype::Q4Kx16, StorageDtype::Q8_0x16] {
             let w = weights(QuantPolicy::for_storage(storage), layout.clone());
             let fused = Linear::load_fused(&w, 100, &parts, true).unwrap();
             assert!(fused.weight.tiled().is_some(), "{storage}");
@@ -750,7 +750,7 @@ mod tests {
             ("a.bias".to_string(), vec![40]),
         ];
         let x = Tensor::randn(0f32, 3.0, (3, 7, 64), &Device::Cpu).unwrap();
-        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+        for storage in [StorageDtype::Q4Kx16, StorageDtype::Q8_0x16] {
             let w = weights(QuantPolicy::for_storage(storage), layout.clone());
             let l = Linear::load(&w, 64, 40, true, "a").unwrap();
             assert!(l.single_tiled().is_some(), "{storage}");
@@ -788,7 +788,7 @@ mod tests {
         ];
         let x = Tensor::randn(0f32, 3.0, (3, 7, 64), &Device::Cpu).unwrap();
         let residual = Tensor::randn(0f32, 1.0, (3, 7, 48), &Device::Cpu).unwrap();
-        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+        for storage in [StorageDtype::Q4Kx16, StorageDtype::Q8_0x16] {
             let w = weights(QuantPolicy::for_storage(storage), layout.clone());
             let fused = Linear::load_fused(&w, 64, &[("a", 16), ("b", 32)], true).unwrap();
             assert!(fused.single_tiled().is_some(), "{storage}");
@@ -812,7 +812,7 @@ mod tests {
             .unwrap()
             .embedding(&ids)
             .unwrap();
-        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+        for storage in [StorageDtype::Q4Kx16, StorageDtype::Q8_0x16] {
             let table = weights(QuantPolicy::for_storage(storage), layout.clone())
                 .matmul_weight(&[40, 64], "t.weight")
                 .unwrap();

@@ -2,17 +2,22 @@
 //! quantizer that writes straight into it (one copy of the weights), and the kernels (scalar
 //! reference, AVX2, AVX-512 VNNI) with a small parking thread pool; and a bf16 GEMV
 //! (`bf16_matmul`) for weights kept in bf16. Every CPU load keeps its 4-bit and 8-bit linear
-//! weights in these layouts (storage types `q4_1x16` and `q8_0x16`): the loader quantizes into
+//! weights in these layouts (storage types `q4kx16` and `q8_0x16`): the loader quantizes into
 //! them and `Linear` runs them through `MatWeight` (`crate::load::weights`).
 //!
 //! # The numbers
 //!
 //! Weights `W [n, k]` (row `j` = output `j`, `k` = input width) are cut along `k` into blocks of
 //! [`BLOCK`] = 32 values. Each row's block is stored asymmetrically, as in GGML's `Q4_1`:
-//! `w ≈ d·q + m` with `q ∈ 0..=15` and an f16 scale `d` and f16 minimum `m` per (row, block).
-//! The quantizer rounds `m` down and `d` up to f16 so that every value of the block lies in
-//! `[m, m + 15·d]`; hence `|w − (d·q + m)| ≤ d/2` with the stored `d` (up to f32 rounding of
-//! the division). A constant or zero block gets `d = 0` and exact (or f16-rounded) `m`.
+//! `w ≈ d·q + m` with `q ∈ 0..=15`. As in GGML's k-quants (`Q4_K`), `d` and `m` are themselves
+//! quantized: the [`SUPER_BLOCK`] = 8 blocks of a row's 256-wide super-block share a bf16 scale
+//! `D` and a bf16 minimum `M`, and each block keeps 8-bit codes, `d = D·sc` (`sc ∈ 0..=255`)
+//! and `m = M·mn` (`mn ∈ −128..=127`; `Q4_K` has 6-bit codes and a non-positive minimum). The
+//! quantizer takes `M` and the `mn` so that `m ≤` the block's smallest value, then `D` and the
+//! `sc` so that `m + 15·d ≥` its largest, so every value of the block lies in `[m, m + 15·d]`;
+//! hence `|w − (d·q + m)| ≤ d/2` (up to f32 rounding of the division). `d` and `m` are exact
+//! f32 products (8 significant bits times 8), so every path computes them alike. A zero block
+//! gets `d = m = 0`.
 //!
 //! Activations `x [m_rows, k]` are quantized per 32-block to `i8` (`GGML Q8_1` in spirit):
 //! `x ≈ d_x·q_x`, `d_x = max|x|/127`, `q_x ∈ −127..=127` (rounded half away from zero), and
@@ -35,35 +40,40 @@
 //!
 //! Rows are grouped in tiles of [`TILE_ROWS`] = 16: one AVX-512 register holds 16 `i32` lanes,
 //! one per row, so one `vpdpbusd` advances 16 rows by 4 values of `k`; AVX2 takes the tile as
-//! two halves of 8 rows. Within a tile the blocks follow each other in `k` order, and the tiles
-//! follow each other: a GEMV reads the buffer once, front to back. One *tile block* (16 rows ×
-//! 32 values of k) is 320 bytes, 64-byte aligned (five cache lines):
+//! two halves of 8 rows. Within a tile the super-blocks follow each other in `k` order, and the
+//! tiles follow each other: a GEMV reads the buffer once, front to back. A super-block is a
+//! 64-byte header, then its (up to 8) *tile blocks* of 16 rows × 32 values of k, 288 bytes
+//! each:
 //!
 //! ```text
-//! byte   0.. 64  chunk 0   row 0: [4 bytes] row 1: [4 bytes] … row 15: [4 bytes]
-//! byte  64..128  chunk 1   (same, next 4 values of k)
-//! byte 128..192  chunk 2
-//! byte 192..256  chunk 3
-//!                byte i of row r in chunk c: low nibble = q[r][4c + i], high nibble = q[r][16 + 4c + i]
-//! byte 256..288  d: 16 × f16, rows 0..15
-//! byte 288..320  m: 16 × f16, rows 0..15
+//! header   byte  0..32  D: 16 × bf16, rows 0..15
+//!          byte 32..64  M: 16 × bf16, rows 0..15
+//! block    byte   0.. 64  chunk 0   row 0: [4 bytes] row 1: [4 bytes] … row 15: [4 bytes]
+//!          byte  64..128  chunk 1   (same, next 4 values of k)
+//!          byte 128..192  chunk 2
+//!          byte 192..256  chunk 3
+//!                         byte i of row r in chunk c: low nibble = q[r][4c + i], high nibble = q[r][16 + 4c + i]
+//!          byte 256..272  sc: 16 × u8, rows 0..15
+//!          byte 272..288  mn: 16 × i8, rows 0..15
 //! ```
 //!
 //! So the low nibbles of the four chunks hold `k = 0..16` of the block and the high nibbles
 //! `k = 16..32` (the within-row nibble order of GGML `Q4_1`), and one 64-byte load, masked or
-//! shifted, is a ready `vpdpbusd` operand for 16 rows. Cost: 320 bytes per 512 weights =
-//! **5 bits per weight** (0.625 byte), plus padding: `k` rounded up to 32 and `n` to 16 (padded
-//! rows and columns are real zero blocks in the buffer and counted by
-//! [`PackedQ4::bytes`]).
+//! shifted, is a ready `vpdpbusd` operand for 16 rows. A whole super-block is 64 + 8 × 288 =
+//! 2368 bytes (37 cache lines) per 4096 weights = **4.625 bits per weight**; a tile whose
+//! block count is not a multiple of 8 ends with a shorter super-block and is padded to 64
+//! bytes. Plus padding: `k` rounded up to 32 and `n` to 16 (padded rows and columns are real
+//! zero blocks in the buffer and counted by [`PackedQ4::bytes`]).
 //!
 //! # Sources
 //!
-//! - GGML block formats `Q4_1` (32 × 4-bit + f16 `d` + f16 `m`) and `Q8_1` (32 × i8 + scale +
-//!   sum), ggml/src/ggml-common.h, <https://github.com/ggml-org/llama.cpp>.
+//! - GGML block formats `Q4_1` (32 × 4-bit + f16 `d` + f16 `m`), `Q4_K` (super-blocks of 8 such
+//!   blocks whose scales and minimums are 6-bit codes of an f16 pair) and `Q8_1` (32 × i8 +
+//!   scale + sum), ggml/src/ggml-common.h, <https://github.com/ggml-org/llama.cpp>.
 //! - llama.cpp's load-time repacking of several rows into interleaved blocks for AVX2/AVX-512
 //!   (`ggml-cpu/repack.cpp`, `block_q4_0x8`/`x16`): the idea of streaming R rows at once.
 //! - Intel® Intrinsics Guide / SDM: `VPDPBUSD` (AVX512_VNNI), `VPMADDUBSW`, `VPMADDWD`,
-//!   `VCVTPH2PS` (F16C / AVX-512F).
+//!   `VCVTPH2PS` (F16C / AVX-512F), `VPMOVZXBD`/`VPMOVSXBD` (the codes widened to `i32`).
 //!
 //! # Tolerances (what the tests check)
 //!
@@ -168,8 +178,9 @@ pub const BLOCK: usize = 32;
 /// Rows per tile of a [`PackedQ4`]: one AVX-512 register of 16 `i32` lanes, one lane per row.
 pub const TILE_ROWS: usize = 16;
 
-/// Bytes of one tile block: 16 rows × 32 nibbles + 16 f16 `d` + 16 f16 `m`.
-pub const TILE_BLOCK_BYTES: usize = TILE_ROWS * BLOCK / 2 + 2 * TILE_ROWS * 2;
+/// Blocks per super-block of a [`PackedQ4`] row: the blocks whose `d` and `m` are codes of one
+/// bf16 scale and minimum (256 values of `k`, as GGML's k-quants).
+pub const SUPER_BLOCK: usize = 8;
 
 /// Allowed difference between a SIMD path's output and the scalar reference's, relative to the
 /// sum of the magnitudes of the terms (`Σ_blocks |d_w·d_x·dot| + |m_w·d_x·s_x|`) of that

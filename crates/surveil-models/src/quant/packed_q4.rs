@@ -1,15 +1,46 @@
-//! [`PackedQ4`]: 4-bit weights in row tiles with interleaved blocks, and the quantizer that
+//! [`PackedQ4`]: 4-bit weights in row tiles of k-quant super-blocks, and the quantizer that
 //! writes them (layout and math in the [module docs](super)).
 
 use half::{bf16, f16};
 
 use super::buffer::{pack_parts, AlignedBytes};
-use super::{QuantError, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+use super::{QuantError, BLOCK, SUPER_BLOCK, TILE_ROWS};
 
-/// Offset of the 16 f16 scales `d` in a tile block.
-pub(crate) const D_OFFSET: usize = TILE_ROWS * BLOCK / 2;
-/// Offset of the 16 f16 minimums `m` in a tile block.
-pub(crate) const M_OFFSET: usize = D_OFFSET + 2 * TILE_ROWS;
+/// Quant bytes of one tile block: 16 rows × 32 nibbles.
+pub(crate) const Q4_QUANT_BYTES: usize = TILE_ROWS * BLOCK / 2;
+/// Offset in a tile block of its 16 scale codes (`u8`, rows 0..15).
+pub(crate) const SC_OFFSET: usize = Q4_QUANT_BYTES;
+/// Offset in a tile block of its 16 minimum codes (`i8`, rows 0..15).
+pub(crate) const MN_OFFSET: usize = SC_OFFSET + TILE_ROWS;
+/// Bytes of one tile block: quants, scale codes, minimum codes.
+pub(crate) const Q4_BLOCK_BYTES: usize = MN_OFFSET + TILE_ROWS;
+/// Bytes of a super-block's header: 16 bf16 scales `D`, then 16 bf16 minimums `M`.
+pub(crate) const Q4_HEADER_BYTES: usize = 4 * TILE_ROWS;
+/// Offset in a header of its minimums `M`.
+pub(crate) const HEADER_M_OFFSET: usize = 2 * TILE_ROWS;
+/// Bytes of a whole super-block: header and [`SUPER_BLOCK`] tile blocks (37 cache lines).
+pub(crate) const Q4_SUPER_BYTES: usize = Q4_HEADER_BYTES + SUPER_BLOCK * Q4_BLOCK_BYTES;
+
+// A whole super-block is a whole number of cache lines, so every header is 64-byte aligned.
+const _: () = assert!(Q4_SUPER_BYTES.is_multiple_of(64));
+
+/// Bytes of one Q4 tile of `blocks` blocks: its super-blocks (the last one holding
+/// `blocks mod 8` blocks when that is not 0), padded to 64.
+pub(crate) fn q4_tile_bytes(blocks: usize) -> usize {
+    (blocks.div_ceil(SUPER_BLOCK) * Q4_HEADER_BYTES + blocks * Q4_BLOCK_BYTES).next_multiple_of(64)
+}
+
+/// Offset in a tile of tile block `b`.
+#[inline(always)]
+pub(crate) fn q4_block_offset(b: usize) -> usize {
+    (b / SUPER_BLOCK + 1) * Q4_HEADER_BYTES + b * Q4_BLOCK_BYTES
+}
+
+/// Offset in a tile of the header of super-block `s` (blocks `8s..8s + 8`).
+#[inline(always)]
+pub(crate) fn q4_header_offset(s: usize) -> usize {
+    s * Q4_SUPER_BYTES
+}
 
 /// A float type weights can be quantized from: f32, bf16 or f16, read as f32 exactly.
 pub trait QuantInput: Copy + Send + Sync + private::Sealed {
@@ -42,13 +73,12 @@ mod private {
     impl Sealed for half::f16 {}
 }
 
-// A tile block is a whole number of cache lines.
-const _: () = assert!(TILE_BLOCK_BYTES.is_multiple_of(64));
-
 /// A linear weight `W [n, k]` quantized to 4 bits per value in the tiled layout of the
-/// [module docs](super): 32-wide asymmetric blocks along `k` (f16 `d` and `m`, GGML `Q4_1`
-/// math), rows in tiles of [`TILE_ROWS`] with their blocks interleaved. 5 bits per weight;
-/// `k` is padded to a multiple of 32 and `n` to a multiple of 16 with zero blocks.
+/// [module docs](super): 32-wide asymmetric blocks along `k` (`w ≈ d·q + m`, GGML `Q4_1`
+/// math), whose `d` and `m` are 8-bit multiples of a bf16 scale `D` and minimum `M` shared by
+/// the 8 blocks of a 256-wide super-block (GGML `Q4_K`'s idea, with 8-bit codes); rows in
+/// tiles of [`TILE_ROWS`] with their blocks interleaved. 4.625 bits per weight; `k` is padded
+/// to a multiple of 32 and `n` to a multiple of 16 with zero blocks.
 pub struct PackedQ4 {
     rows: usize,
     cols: usize,
@@ -73,8 +103,9 @@ impl PackedQ4 {
     /// copy, the only allocation is the result.
     ///
     /// Errors: `w.len() != rows × cols` ([`QuantError::Length`]); a NaN or infinite value
-    /// ([`QuantError::NonFiniteWeight`], with its row and column); a block whose minimum or
-    /// scale overflows f16 ([`QuantError::OutOfRange`]).
+    /// ([`QuantError::NonFiniteWeight`], with its row and column); a super-block whose range
+    /// overflows f32 ([`QuantError::OutOfRange`], with the row, the super-block's first column
+    /// and its smallest and largest values).
     pub fn quantize<T: QuantInput>(w: &[T], rows: usize, cols: usize) -> Result<Self, QuantError> {
         Self::quantize_parts(&[(w, rows)], cols, 1)
     }
@@ -95,7 +126,7 @@ impl PackedQ4 {
         let (buf, tiles) = pack_parts(
             parts,
             cols,
-            blocks * TILE_BLOCK_BYTES,
+            q4_tile_bytes(blocks),
             threads,
             |w, rows, t, out| quantize_tile(w, rows, cols, t, out),
         )?;
@@ -139,19 +170,20 @@ impl PackedQ4 {
     }
 
     /// Bytes resident for this weight: the packed buffer's allocation (padding included,
-    /// `tiles × blocks × 320`); the struct itself adds 64 bytes.
+    /// `tiles × (64·ceil(blocks/8) + 288·blocks)` with each tile rounded up to 64); the
+    /// struct itself adds 64 bytes.
     pub fn bytes(&self) -> usize {
         self.buf.allocated()
     }
 
-    /// The packed buffer (64-byte aligned), `tiles × blocks × 320` bytes.
+    /// The packed buffer (64-byte aligned), `tiles` tiles of `q4_tile_bytes(blocks)` bytes.
     pub fn as_bytes(&self) -> &[u8] {
         self.buf.as_bytes()
     }
 
-    /// The `blocks × 320` bytes of tile `tile` (< [`PackedQ4::tiles`]).
+    /// The bytes of tile `tile` (< [`PackedQ4::tiles`]).
     pub(crate) fn tile(&self, tile: usize) -> &[u8] {
-        let len = self.blocks * TILE_BLOCK_BYTES;
+        let len = q4_tile_bytes(self.blocks);
         &self.as_bytes()[tile * len..(tile + 1) * len]
     }
 
@@ -162,13 +194,13 @@ impl PackedQ4 {
         nibble(tb, row % TILE_ROWS, col % BLOCK)
     }
 
-    /// The stored `(d, m)` of the block `block` of row `row`, as f32.
+    /// The `(d, m)` of the block `block` of row `row`, as f32: `d = D·sc` and `m = M·mn` from
+    /// the super-block's bf16 `D`, `M` and the block's codes (exact products).
     pub fn block_params(&self, row: usize, block: usize) -> (f32, f32) {
-        let tb = self.tile_block(row / TILE_ROWS, block);
-        (
-            read_f16(tb, D_OFFSET, row % TILE_ROWS),
-            read_f16(tb, M_OFFSET, row % TILE_ROWS),
-        )
+        let tile = self.tile(row / TILE_ROWS);
+        let header = &tile[q4_header_offset(block / SUPER_BLOCK)..][..Q4_HEADER_BYTES];
+        let tb = &tile[q4_block_offset(block)..][..Q4_BLOCK_BYTES];
+        block_scale_min(header, tb, row % TILE_ROWS)
     }
 
     /// Row `row` (< [`PackedQ4::rows`]) dequantized into `out` (`k` values), `d·q + m` per
@@ -182,8 +214,9 @@ impl PackedQ4 {
         );
         for (b, chunk) in out.chunks_mut(BLOCK).enumerate() {
             let (d, m) = self.block_params(row, b);
+            let tb = self.tile_block(row / TILE_ROWS, b);
             for (i, v) in chunk.iter_mut().enumerate() {
-                *v = d * f32::from(self.quant(row, b * BLOCK + i)) + m;
+                *v = d * f32::from(nibble(tb, row % TILE_ROWS, i)) + m;
             }
         }
     }
@@ -191,24 +224,18 @@ impl PackedQ4 {
     /// The dequantized weight `[n, k]` row-major, `d·q + m` per value (tests, debugging).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        for (row, out_row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-            if self.cols == 0 {
-                break;
-            }
-            for (b, chunk) in out_row.chunks_mut(BLOCK).enumerate() {
-                let (d, m) = self.block_params(row, b);
-                for (i, v) in chunk.iter_mut().enumerate() {
-                    *v = d * f32::from(self.quant(row, b * BLOCK + i)) + m;
-                }
-            }
+        if self.cols == 0 {
+            return out;
+        }
+        for (row, out_row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(row, out_row);
         }
         out
     }
 
-    /// The 320 bytes of block `block` of tile `tile`.
+    /// The 288 bytes of block `block` of tile `tile`.
     fn tile_block(&self, tile: usize, block: usize) -> &[u8] {
-        let at = (tile * self.blocks + block) * TILE_BLOCK_BYTES;
-        &self.as_bytes()[at..at + TILE_BLOCK_BYTES]
+        &self.tile(tile)[q4_block_offset(block)..][..Q4_BLOCK_BYTES]
     }
 }
 
@@ -223,14 +250,42 @@ pub(crate) fn nibble(tile_block: &[u8], r: usize, i: usize) -> u8 {
     (tile_block[chunk * 64 + r * 4 + i % 4] >> shift) & 0x0F
 }
 
-/// Little-endian f16 number `r` at `offset` of a tile block, as f32.
+/// Little-endian bf16 number `r` at `offset` of `bytes`, as f32 (exact).
 #[inline]
-pub(crate) fn read_f16(tile_block: &[u8], offset: usize, r: usize) -> f32 {
+pub(crate) fn read_bf16(bytes: &[u8], offset: usize, r: usize) -> f32 {
     let at = offset + 2 * r;
-    f16::from_le_bytes([tile_block[at], tile_block[at + 1]]).to_f32()
+    bf16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
-/// Quantize row tile `t` of `w [rows, cols]` into `out` (`blocks × 320` bytes, zeroed).
+/// `(d, m)` of row `r` of a tile block (`block`, 288 bytes) in the super-block whose header
+/// is `header` (64 bytes): `D·sc` and `M·mn`, products of an 8-bit-mantissa bf16 and an
+/// 8-bit integer, so exact in f32 whatever the order of the factors.
+#[inline]
+pub(crate) fn block_scale_min(header: &[u8], block: &[u8], r: usize) -> (f32, f32) {
+    let d = read_bf16(header, 0, r) * f32::from(block[SC_OFFSET + r]);
+    let m = read_bf16(header, HEADER_M_OFFSET, r) * f32::from(block[MN_OFFSET + r] as i8);
+    (d, m)
+}
+
+/// The smallest bf16 at or above `x` (`x ≥ 0`, finite; +∞ when `x` is above bf16's largest
+/// finite value).
+fn bf16_up(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    let high = (bits >> 16) as u16;
+    bf16::from_bits(if bits & 0xFFFF == 0 { high } else { high + 1 })
+}
+
+/// Quantize row tile `t` of `w [rows, cols]` into `out` (`q4_tile_bytes(blocks)` bytes,
+/// zeroed). Per row and super-block of up to 8 blocks, from each block's smallest value `lo`
+/// and largest `hi`:
+///
+/// - `M` = bf16 at or above `max|lo| / 127`, and per block `mn = ⌊lo / M⌋ ∈ −128..=127`, so
+///   `m = M·mn ≤ lo`;
+/// - `D` = bf16 at or above `max(hi − m) / (15·255)`, and per block the smallest
+///   `sc ∈ 0..=255` with `m + 15·D·sc ≥ hi`;
+///
+/// so every value of a block lies in `[m, m + 15·d]` with `d = D·sc`, as in a block with its
+/// own f32 `d` and `m`, and `|w − (d·q + m)| ≤ d/2`.
 fn quantize_tile<T: QuantInput>(
     w: &[T],
     rows: usize,
@@ -240,51 +295,108 @@ fn quantize_tile<T: QuantInput>(
 ) -> Result<(), QuantError> {
     let row0 = t * TILE_ROWS;
     let live_rows = (rows - row0).min(TILE_ROWS);
-    for (b, tb) in out.chunks_exact_mut(TILE_BLOCK_BYTES).enumerate() {
-        let col0 = b * BLOCK;
-        let width = (cols - col0).min(BLOCK);
-        for r in 0..live_rows {
-            let row = row0 + r;
+    let blocks = cols.div_ceil(BLOCK);
+    let mut vals = [0f32; SUPER_BLOCK * BLOCK];
+    for r in 0..live_rows {
+        let row = row0 + r;
+        for s in 0..blocks.div_ceil(SUPER_BLOCK) {
+            let first = s * SUPER_BLOCK;
+            let nb = (blocks - first).min(SUPER_BLOCK);
+            let col0 = first * BLOCK;
+            let width = (cols - col0).min(nb * BLOCK);
             let src = &w[row * cols + col0..row * cols + col0 + width];
-            let mut vals = [0f32; BLOCK];
-            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-            for (i, (v, s)) in vals.iter_mut().zip(src).enumerate() {
-                *v = s.to_f32();
-                if !v.is_finite() {
-                    return Err(QuantError::NonFiniteWeight {
-                        row,
-                        col: col0 + i,
-                        value: *v,
-                    });
+            let mut lo = [0f32; SUPER_BLOCK];
+            let mut hi = [0f32; SUPER_BLOCK];
+            for (j, (vb, sb)) in vals[..width]
+                .chunks_mut(BLOCK)
+                .zip(src.chunks(BLOCK))
+                .enumerate()
+            {
+                let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+                for (i, (v, x)) in vb.iter_mut().zip(sb).enumerate() {
+                    *v = x.to_f32();
+                    if !v.is_finite() {
+                        return Err(QuantError::NonFiniteWeight {
+                            row,
+                            col: col0 + j * BLOCK + i,
+                            value: *v,
+                        });
+                    }
+                    l = l.min(*v);
+                    h = h.max(*v);
                 }
-                lo = lo.min(*v);
-                hi = hi.max(*v);
+                (lo[j], hi[j]) = (l, h);
             }
-            // m rounded down and d up, so every value lies in [m, m + 15·d].
-            let m = f16_toward(lo, false);
-            let d = f16_toward((hi - m.to_f32()) / 15.0, true);
-            if !m.is_finite() || !d.is_finite() {
-                return Err(QuantError::OutOfRange {
-                    row,
-                    col: col0,
-                    min: lo,
-                    max: hi,
-                });
+            let (lo, hi) = (&lo[..nb], &hi[..nb]);
+            let out_of_range = || QuantError::OutOfRange {
+                row,
+                col: col0,
+                min: lo.iter().copied().fold(f32::INFINITY, f32::min),
+                max: hi.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            };
+            // M and the minimum codes: m = M·mn ≤ lo.
+            let amax = lo.iter().fold(0f32, |a, &l| a.max(l.abs()));
+            let mq = if amax > 0.0 {
+                bf16_up((amax / 127.0).max(f32::MIN_POSITIVE))
+            } else {
+                bf16::ZERO
+            };
+            let mf = mq.to_f32();
+            let mut mn = [0i8; SUPER_BLOCK];
+            let mut m = [0f32; SUPER_BLOCK];
+            for j in 0..nb {
+                if mf > 0.0 {
+                    let mut c = (lo[j] / mf).floor().clamp(-128.0, 127.0) as i32;
+                    while c > -128 && mf * c as f32 > lo[j] {
+                        c -= 1;
+                    }
+                    mn[j] = c as i8;
+                }
+                m[j] = mf * f32::from(mn[j]);
             }
-            let (mf, df) = (m.to_f32(), d.to_f32());
-            let inv = if df > 0.0 { 1.0 / df } else { 0.0 };
-            for (i, &v) in vals[..width].iter().enumerate() {
-                // Non-negative up to rounding: `as u8` saturates at 0, the min caps at 15.
-                let q = (((v - mf) * inv + 0.5) as u8).min(15);
-                let (chunk, shift) = if i < 16 {
-                    (i / 4, 0)
-                } else {
-                    ((i - 16) / 4, 4)
-                };
-                tb[chunk * 64 + r * 4 + i % 4] |= q << shift;
+            // D and the scale codes: m + 15·D·sc ≥ hi.
+            let span = (0..nb).fold(0f32, |a, j| a.max(hi[j] - m[j]));
+            if !span.is_finite() {
+                return Err(out_of_range());
             }
-            tb[D_OFFSET + 2 * r..D_OFFSET + 2 * r + 2].copy_from_slice(&d.to_le_bytes());
-            tb[M_OFFSET + 2 * r..M_OFFSET + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+            let dq = if span > 0.0 {
+                bf16_up((span / (15.0 * 255.0)).max(f32::MIN_POSITIVE))
+            } else {
+                bf16::ZERO
+            };
+            if !dq.is_finite() {
+                return Err(out_of_range());
+            }
+            let df = dq.to_f32();
+            let header = &mut out[q4_header_offset(s)..][..Q4_HEADER_BYTES];
+            header[2 * r..2 * r + 2].copy_from_slice(&dq.to_le_bytes());
+            header[HEADER_M_OFFSET + 2 * r..HEADER_M_OFFSET + 2 * r + 2]
+                .copy_from_slice(&mq.to_le_bytes());
+            for j in 0..nb {
+                let mut sc = 0u32;
+                if df > 0.0 {
+                    sc = ((hi[j] - m[j]) / (15.0 * df)).ceil().clamp(0.0, 255.0) as u32;
+                    while sc < 255 && m[j] + 15.0 * (df * sc as f32) < hi[j] {
+                        sc += 1;
+                    }
+                }
+                let d = df * sc as f32;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let tb = &mut out[q4_block_offset(first + j)..][..Q4_BLOCK_BYTES];
+                tb[SC_OFFSET + r] = sc as u8;
+                tb[MN_OFFSET + r] = mn[j] as u8;
+                let block = &vals[j * BLOCK..((j + 1) * BLOCK).min(width)];
+                for (i, &v) in block.iter().enumerate() {
+                    // Non-negative up to rounding: `as u8` saturates at 0, the min caps at 15.
+                    let q = (((v - m[j]) * inv + 0.5) as u8).min(15);
+                    let (chunk, shift) = if i < 16 {
+                        (i / 4, 0)
+                    } else {
+                        ((i - 16) / 4, 4)
+                    };
+                    tb[chunk * 64 + r * 4 + i % 4] |= q << shift;
+                }
+            }
         }
     }
     Ok(())
@@ -343,7 +455,15 @@ mod tests {
 
     #[test]
     fn shapes_and_bytes_count_the_padding() {
-        for &(n, k) in &[(1, 1), (15, 31), (17, 33), (16, 32), (30522, 1)] {
+        for &(n, k) in &[
+            (1, 1),
+            (15, 31),
+            (17, 33),
+            (16, 32),
+            (30522, 1),
+            (3, 1408),
+            (5, 300),
+        ] {
             let w = vec![0.5f32; n * k];
             let q = PackedQ4::quantize(&w, n, k).unwrap();
             let (tiles, blocks) = (n.div_ceil(16), k.div_ceil(32));
@@ -352,13 +472,17 @@ mod tests {
                 (q.padded_rows(), q.padded_cols()),
                 (tiles * 16, blocks * 32)
             );
-            assert_eq!(q.bytes(), tiles * blocks * 320);
+            let tile = (64 * blocks.div_ceil(8) + 288 * blocks).next_multiple_of(64);
+            assert_eq!(q.bytes(), tiles * tile);
             assert_eq!(q.as_bytes().len(), q.bytes());
             assert_eq!(q.as_bytes().as_ptr() as usize % 64, 0);
         }
-        // 5 bits per weight when nothing is padded.
+        // 4.625 bits per weight when nothing is padded.
         let q = PackedQ4::quantize(&vec![1f32; 64 * 256], 64, 256).unwrap();
-        assert_eq!(q.bytes() * 8, 64 * 256 * 5);
+        assert_eq!(q.bytes() * 8, 64 * 256 * 37 / 8);
+        // Block offsets: headers at each super-block's start, blocks of 288 bytes after them.
+        assert_eq!((q4_block_offset(0), q4_block_offset(7)), (64, 64 + 7 * 288));
+        assert_eq!((q4_header_offset(1), q4_block_offset(8)), (2368, 2368 + 64));
     }
 
     #[test]
@@ -380,17 +504,68 @@ mod tests {
 
     #[test]
     fn zero_and_constant_rows_have_no_nan() {
-        let (n, k) = (3, 70);
+        let (n, k) = (4, 300);
         let mut w = vec![0f32; n * k];
-        w[k..2 * k].fill(0.1); // not an f16 value: m rounds down, d covers the gap
-        w[2 * k..].fill(-3.0);
+        w[k..2 * k].fill(0.1); // not a bf16 value: m rounds down, d covers the gap
+        w[2 * k..3 * k].fill(-3.0);
+        w[3 * k..].fill(1e-40); // subnormal
         let q = PackedQ4::quantize(&w, n, k).unwrap();
         let deq = q.dequantize();
         assert!(deq.iter().all(|v| v.is_finite()));
         assert!(deq[..k].iter().all(|&v| v == 0.0));
         assert_eq!(q.block_params(0, 0), (0.0, 0.0));
-        assert_eq!(q.block_params(2, 1), (0.0, -3.0));
+        assert_eq!(q.block_params(0, 9), (0.0, 0.0));
+        let (d, m) = q.block_params(2, 9);
+        assert!(m <= -3.0 && m + 15.0 * d >= -3.0, "d = {d}, m = {m}");
         assert_within_half_step(&w, &q);
+    }
+
+    #[test]
+    fn blocks_of_a_super_block_keep_their_own_ranges() {
+        // One block of each super-block 100× wider than the others, and blocks wholly
+        // positive or negative: each block's `m` stays within one step of `M` below its
+        // smallest value, and its `d` within one step of `D` above its own range / 15.
+        let (n, k) = (3, 600);
+        let mut rng = Lcg(5);
+        let mut w = random_weights(&mut rng, n, k);
+        for (i, v) in w.iter_mut().enumerate() {
+            let (row, col) = (i / k, i % k);
+            if col / 32 % 8 == 3 {
+                *v *= 100.0;
+            }
+            if row == 1 && col / 32 % 2 == 0 {
+                *v = v.abs() + 0.05;
+            }
+            if row == 2 {
+                *v = -v.abs() - 0.05;
+            }
+        }
+        let q = PackedQ4::quantize(&w, n, k).unwrap();
+        assert_within_half_step(&w, &q);
+        for row in 0..n {
+            for b in 0..k.div_ceil(32) {
+                let vals = &w[row * k + b * 32..row * k + (b * 32 + 32).min(k)];
+                let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = vals.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (d, m) = q.block_params(row, b);
+                // The widest block of the super-block sets D = span / 3825 and M = max|lo| / 127.
+                let sup = b / 8 * 8..(b / 8 * 8 + 8).min(k.div_ceil(32));
+                let wide: f32 = sup
+                    .map(|c| {
+                        let v = &w[row * k + c * 32..row * k + (c * 32 + 32).min(k)];
+                        v.iter().fold(0f32, |a, x| a.max(x.abs()))
+                    })
+                    .fold(0f32, f32::max);
+                let gap = wide / 127.0 * 1.01;
+                assert!(m <= lo && lo - m <= gap, "[{row}, {b}] m = {m}, lo = {lo}");
+                let step = (hi - m) / 15.0;
+                // D ≤ (2·wide + gap) / 3825, rounded up to bf16.
+                assert!(
+                    d >= step && d <= step + 2.1 * wide / (15.0 * 255.0),
+                    "[{row}, {b}] d = {d}, wanted {step}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -418,7 +593,7 @@ mod tests {
             }
             assert!(err.to_string().contains("[17, 35]"), "{err}");
         }
-        let err = PackedQ4::quantize(&[1e6f32, -1e6], 1, 2).unwrap_err();
+        let err = PackedQ4::quantize(&[3e38f32, -3e38], 1, 2).unwrap_err();
         assert!(
             matches!(err, QuantError::OutOfRange { row: 0, col: 0, .. }),
             "{err}"
@@ -438,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn f16_rounding_is_directed() {
+    fn f16_and_bf16_rounding_is_directed() {
         let mut rng = Lcg(11);
         for _ in 0..10_000 {
             let x = rng.normal() * 10f32.powi((rng.next_u32() % 9) as i32 - 6);
@@ -448,5 +623,13 @@ mod tests {
         assert_eq!(f16_toward(0.0, true).to_f32(), 0.0);
         assert!(f16_toward(1e-9, true).to_f32() > 0.0);
         assert!(f16_toward(-1e-9, false).to_f32() < 0.0);
+        for _ in 0..10_000 {
+            let x = rng.uniform() * 10f32.powi((rng.next_u32() % 60) as i32 - 30);
+            let up = bf16_up(x).to_f32();
+            assert!(up >= x && (up == x || bf16::from_bits(bf16_up(x).to_bits() - 1).to_f32() < x));
+        }
+        assert_eq!(bf16_up(0.0).to_f32(), 0.0);
+        assert_eq!(bf16_up(1.0).to_f32(), 1.0);
+        assert!(bf16_up(f32::MAX).is_infinite());
     }
 }

@@ -11,6 +11,13 @@ pub(crate) const Q8_QUANT_BYTES: usize = TILE_ROWS * BLOCK;
 /// Scale bytes of one Q8 tile block (16 × f16).
 pub(crate) const Q8_SCALE_BYTES: usize = 2 * TILE_ROWS;
 
+/// Little-endian f16 number `r` at `offset` of `bytes`, as f32.
+#[inline]
+pub(crate) fn read_f16(bytes: &[u8], offset: usize, r: usize) -> f32 {
+    let at = offset + 2 * r;
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
 /// Bytes of one Q8 tile of `blocks` blocks: quants, scales, padding to 64.
 pub(crate) fn q8_tile_bytes(blocks: usize) -> usize {
     (blocks * (Q8_QUANT_BYTES + Q8_SCALE_BYTES)).next_multiple_of(64)

@@ -3,6 +3,7 @@
 //! thread pool's determinism and the grouped expert GEMV.
 
 use super::kernels::{block_dots, block_dots_q8};
+use super::packed_q4::{q4_block_offset, Q4_QUANT_BYTES};
 use super::packed_q8::Q8_QUANT_BYTES;
 use super::test_data::{random_activations, random_weights, Lcg};
 use super::*;
@@ -101,7 +102,8 @@ fn assert_within_tolerance(what: &str, got: &[f32], want: &[f32], mag: &[f32], b
 fn assert_block_dots_exact(what: &str, path: Kernel, w: &PackedQ4, x: &QuantizedActivations) {
     let row = x.row(0);
     for t in 0..w.tiles() {
-        for (b, tb) in w.tile(t).chunks_exact(TILE_BLOCK_BYTES).enumerate() {
+        for b in 0..w.blocks_per_row() {
+            let tb = &w.tile(t)[q4_block_offset(b)..][..Q4_QUANT_BYTES];
             let xq = &row.q[b * BLOCK..(b + 1) * BLOCK];
             let want = block_dots(Kernel::Scalar, tb, xq).unwrap();
             let got = block_dots(path, tb, xq).unwrap();

@@ -120,7 +120,7 @@ fn quantized_dummy_report_matches_estimate_within_two_percent() {
         "loaded {loaded} vs estimate {est}"
     );
     assert_eq!(s.policy, policy);
-    assert!(s.report.bytes_by_dtype.contains_key(&StorageDtype::Q4_1x16));
+    assert!(s.report.bytes_by_dtype.contains_key(&StorageDtype::Q4Kx16));
     assert_eq!(s.weights, "dummy");
     // The published size of git-base-coco.
     let params = s.report.parameters as f64;

@@ -386,7 +386,7 @@ fn parity_qwen2_vl_quantized_cpu_tiles() {
     let Some(dir) = fixture("qwen2_vl") else {
         return;
     };
-    for (storage, floor) in [(StorageDtype::Q8_0x16, 0.995), (StorageDtype::Q4_1x16, 0.8)] {
+    for (storage, floor) in [(StorageDtype::Q8_0x16, 0.995), (StorageDtype::Q4Kx16, 0.8)] {
         let src = SafetensorsSource::open(&[dir.join("model.safetensors")]).unwrap();
         let policy = QuantPolicy::for_storage(storage);
         let w = Weights::new(Box::new(src), Device::Cpu, policy);
@@ -436,7 +436,7 @@ fn qwen2_vl_q4k_logits_correlate_with_f32() {
         (m, w.report())
     };
     let (f32_model, _) = load(f32_policy());
-    // candle's Q4K blocks (what a GPU load gets) and the CPU tile layout (`q4_1x16`).
+    // candle's Q4K blocks (what a GPU load gets) and the CPU tile layout (`q4kx16`).
     for policy in [
         QuantPolicy::four_bit(StorageDtype::F16),
         QuantPolicy::four_bit(StorageDtype::F16).on_cpu(),

@@ -320,7 +320,7 @@ mod tests {
         cfg.n_routed_experts = 8;
         cfg.num_experts_per_tok = 3;
         cfg.n_shared_experts = 1;
-        for storage in [StorageDtype::Q4_1x16, StorageDtype::Q8_0x16] {
+        for storage in [StorageDtype::Q4Kx16, StorageDtype::Q8_0x16] {
             let src = DummySource::new("moe", tensor_layout(&cfg), candle_core::DType::F32, 5);
             let w = Weights::new(
                 Box::new(src),

@@ -18,7 +18,7 @@ use crate::{ModelError, Result};
 /// A packed CPU weight of either tile format.
 #[derive(Debug)]
 pub enum Packed {
-    /// 4-bit (`q4_1x16`).
+    /// 4-bit (`q4kx16`).
     Q4(PackedQ4),
     /// 8-bit (`q8_0x16`).
     Q8(PackedQ8),

@@ -478,7 +478,7 @@ fn pack_slices<T: QuantInput>(
         PackError::Quant { part, source }
     };
     match storage {
-        StorageDtype::Q4_1x16 => PackedQ4::quantize_parts(&parts, cols, threads)
+        StorageDtype::Q4Kx16 => PackedQ4::quantize_parts(&parts, cols, threads)
             .map(Packed::Q4)
             .map_err(blame),
         StorageDtype::Q8_0x16 => PackedQ8::quantize_parts(&parts, cols, threads)
@@ -496,7 +496,7 @@ pub(crate) fn quantize_onto(t: &Tensor, storage: StorageDtype, device: &Device) 
         StorageDtype::F32 => QMatMul::Tensor(t.to_dtype(DType::F32)?.to_device(device)?),
         StorageDtype::F16 => QMatMul::TensorF16(t.to_dtype(DType::F16)?.to_device(device)?),
         StorageDtype::Bf16 => QMatMul::Tensor(t.to_dtype(DType::BF16)?.to_device(device)?),
-        StorageDtype::Q4_1x16 | StorageDtype::Q8_0x16 => {
+        StorageDtype::Q4Kx16 | StorageDtype::Q8_0x16 => {
             return Err(ModelError::Unsupported(format!(
                 "{storage} is a CPU tile layout, not a candle storage type"
             )))

@@ -10,8 +10,9 @@ mod x86;
 use std::sync::OnceLock;
 
 use super::activations::{ActRow, QuantizedActivations};
+use super::packed_q4::{q4_tile_bytes, Q4_QUANT_BYTES};
 use super::packed_q8::{q8_tile_bytes, Q8_QUANT_BYTES};
-use super::{QuantError, ThreadPool, WeightFormat, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+use super::{QuantError, ThreadPool, WeightFormat, BLOCK, TILE_ROWS};
 
 /// One implementation of the 4-bit kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,7 +124,7 @@ pub(crate) fn tile_outputs(
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
     let need = match format {
-        WeightFormat::Q4 => blocks * TILE_BLOCK_BYTES,
+        WeightFormat::Q4 => q4_tile_bytes(blocks),
         WeightFormat::Q8 => q8_tile_bytes(blocks),
     };
     assert!(tile.len() >= need, "tile shorter than its blocks");
@@ -157,8 +158,8 @@ pub(crate) fn tile_outputs(
 }
 
 /// A Q4 tile unpacked once for a panel of activation rows ([`UnpackedTile::unpack`]), on the
-/// paths that gain from it (AVX-512 VNNI and AVX2: the nibble split and the f16 widening of
-/// each block leave the micro-kernel's loop, and a packed row group reaches every row's block
+/// paths that gain from it (AVX-512 VNNI and AVX2: the nibble split and the decoding of each
+/// block's `d` and `m` leave the micro-kernel's loop, and a packed row group reaches every row's block
 /// from one pointer).
 #[derive(Default)]
 pub(crate) struct UnpackedTile {
@@ -321,25 +322,26 @@ fn at_least(what: &'static str, expected: usize, found: usize) -> Result<(), Qua
     Ok(())
 }
 
-/// The integer dot products `Σ q_w·q_x` of one tile block (320 bytes) with one activation
-/// block (32 `i8`), per row of the tile, as the path computes them inside its kernel.
+/// The integer dot products `Σ q_w·q_x` of one tile block's 256 quant bytes (`quants`, the
+/// first 256 of the block's 288) with one activation block (32 `i8`), per row of the tile, as
+/// the path computes them inside its kernel.
 ///
 /// Errors: the path is not available ([`QuantError::KernelUnavailable`]); short slices
 /// ([`QuantError::Length`]).
 pub fn block_dots(
     kernel: Kernel,
-    tile_block: &[u8],
+    quants: &[u8],
     xq: &[i8],
 ) -> Result<[i32; TILE_ROWS], QuantError> {
     kernel.check()?;
-    at_least("tile block", TILE_BLOCK_BYTES, tile_block.len())?;
+    at_least("q4 tile block quants", Q4_QUANT_BYTES, quants.len())?;
     at_least("activation block", BLOCK, xq.len())?;
     Ok(match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => x86::block_dots_avx512(tile_block, xq),
+        Kernel::Avx512Vnni => x86::block_dots_avx512(quants, xq),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => x86::block_dots_avx2(tile_block, xq),
-        _ => scalar::block_dots(tile_block, xq),
+        Kernel::Avx2 => x86::block_dots_avx2(quants, xq),
+        _ => scalar::block_dots(quants, xq),
     })
 }
 

@@ -2,17 +2,20 @@
 //! same order as the SIMD paths.
 
 use crate::quant::activations::ActRow;
-use crate::quant::packed_q4::{read_f16, D_OFFSET, M_OFFSET};
-use crate::quant::packed_q8::{Q8_QUANT_BYTES, Q8_SCALE_BYTES};
-use crate::quant::{BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+use crate::quant::packed_q4::{
+    block_scale_min, q4_block_offset, q4_header_offset, Q4_BLOCK_BYTES, Q4_HEADER_BYTES,
+};
+use crate::quant::packed_q8::{read_f16, Q8_QUANT_BYTES, Q8_SCALE_BYTES};
+use crate::quant::{BLOCK, SUPER_BLOCK, TILE_ROWS};
 
 use super::MAX_ROWS_PER_CALL;
 
-/// `Σ_i q_w[r][i]·q_x[i]` for the 16 rows `r` of one tile block.
-pub(super) fn block_dots(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+/// `Σ_i q_w[r][i]·q_x[i]` for the 16 rows `r` of one tile block (`quants`: its 256 quant
+/// bytes).
+pub(super) fn block_dots(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
     let mut dots = [0i32; TILE_ROWS];
     for c in 0..4 {
-        let chunk = &tile_block[c * 64..(c + 1) * 64];
+        let chunk = &quants[c * 64..(c + 1) * 64];
         for (r, dot) in dots.iter_mut().enumerate() {
             for i in 0..4 {
                 let byte = chunk[r * 4 + i];
@@ -33,16 +36,14 @@ pub(super) fn tile_outputs(
 ) {
     for (x, acc) in rows.iter().zip(out.iter_mut()) {
         *acc = [0.0; TILE_ROWS];
-        for (b, tb) in tile[..blocks * TILE_BLOCK_BYTES]
-            .chunks_exact(TILE_BLOCK_BYTES)
-            .enumerate()
-        {
+        for b in 0..blocks {
+            let header = &tile[q4_header_offset(b / SUPER_BLOCK)..][..Q4_HEADER_BYTES];
+            let tb = &tile[q4_block_offset(b)..][..Q4_BLOCK_BYTES];
             let dots = block_dots(tb, &x.q[b * BLOCK..(b + 1) * BLOCK]);
             let dx = x.d[b];
             let sx = x.sx[b];
             for (j, (a, &dot)) in acc.iter_mut().zip(&dots).enumerate() {
-                let dw = read_f16(tb, D_OFFSET, j);
-                let mw = read_f16(tb, M_OFFSET, j);
+                let (dw, mw) = block_scale_min(header, tb, j);
                 *a = (dot as f32).mul_add(dw * dx, *a);
                 *a = mw.mul_add(sx, *a);
             }

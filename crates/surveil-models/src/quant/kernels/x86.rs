@@ -3,7 +3,8 @@
 //!
 //! Safety contract of every `unsafe fn` here: the CPU has the features of its
 //! `#[target_feature]` (the safe wrappers check [`Kernel::is_available`]), `tile` points to
-//! the `blocks` blocks of its format (Q4: `blocks × 320` bytes; Q8: `blocks × 544`), and each
+//! the `blocks` blocks of its format (Q4: `q4_tile_bytes(blocks)` bytes; Q8: `blocks × 544`),
+//! and each
 //! activation row to `blocks × 32` `i8` and `blocks` f32 scales, i32 sums and f32 `d·Σq` (the
 //! wrappers take them from slices checked by [`super::tile_outputs`]), or a packed row group
 //! to `blocks × rows × 40` bytes ([`super::PackedRows`]).
@@ -11,17 +12,22 @@
 use std::arch::x86_64::*;
 
 use crate::quant::activations::ActRow;
-use crate::quant::packed_q4::{D_OFFSET, M_OFFSET};
+use crate::quant::packed_q4::{
+    q4_block_offset, q4_header_offset, q4_tile_bytes, HEADER_M_OFFSET, MN_OFFSET, Q4_BLOCK_BYTES,
+    Q4_QUANT_BYTES, SC_OFFSET,
+};
 use crate::quant::packed_q8::{Q8_QUANT_BYTES, Q8_SCALE_BYTES};
-use crate::quant::{Kernel, BLOCK, TILE_BLOCK_BYTES, TILE_ROWS};
+use crate::quant::{Kernel, BLOCK, SUPER_BLOCK, TILE_ROWS};
 
 use super::{GROUP_BLOCK_BYTES, MAX_ROWS_PER_CALL};
 
-/// Tile blocks the Q4 kernels prefetch ahead of the one they compute (5 KB at 16): enough
+/// Tile blocks the Q4 kernels prefetch ahead of the one they compute (4.5 KB at 16): enough
 /// lines in flight to cover DRAM latency in the decode GEMV, where each weight byte is read
 /// once and the hardware prefetcher alone leaves the loop waiting. 16 rather than 8: on an AMD
 /// EPYC Zen 5, whose bandwidth per core is higher, one thread's GEMV from DRAM went from
 /// 26–31 to 32–34 GB/s (docs/performance.md), and 5 KB ahead still sits well inside any L1.
+/// A Q4 super-block's 64-byte header between its blocks shifts the stream by less than a
+/// block, which the prefetches' overlap (5 lines per 288-byte block) mostly covers.
 const PREFETCH_BLOCKS: usize = 16;
 
 /// Prefetch the `block_bytes` bytes [`PREFETCH_BLOCKS`] blocks after `block` (into the next
@@ -123,17 +129,65 @@ unsafe fn idot_avx512(w: &[__m512i; 8], xq: *const i8) -> __m512i {
     _mm512_add_epi32(lo, hi)
 }
 
-/// See [`super::block_dots`].
-pub(super) fn block_dots_avx512(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
-    let mut out = [0i32; TILE_ROWS];
-    if !Kernel::Avx512Vnni.is_available() || tile_block.len() < TILE_BLOCK_BYTES || xq.len() < BLOCK
-    {
-        return super::scalar::block_dots(tile_block, xq);
-    }
-    // SAFETY: features checked above; 320 bytes of tile block and 32 activation bytes
-    // checked above; `out` has room for 16 i32.
+/// 16 bf16 at `p` widened to f32 (exact: a bf16 is the high half of an f32).
+///
+/// # Safety
+/// AVX-512F available; `p` points to 32 readable bytes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn widen_bf16_avx512(p: *const u8) -> __m512 {
+    // SAFETY: 32 readable bytes at `p` (the caller's contract); no alignment is assumed.
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+}
+
+/// A super-block header's `D` and `M` of the 16 rows, as f32.
+///
+/// # Safety
+/// AVX-512F available; `header` points to a 64-byte super-block header.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn header_avx512(header: *const u8) -> (__m512, __m512) {
+    // SAFETY: `D` at 0..32 and `M` at 32..64 of the header (the caller's contract).
     unsafe {
-        let v = idot_avx512(&unpack_avx512(tile_block.as_ptr()), xq.as_ptr());
+        (
+            widen_bf16_avx512(header),
+            widen_bf16_avx512(header.add(HEADER_M_OFFSET)),
+        )
+    }
+}
+
+/// A tile block's `d = D·sc` and `m = M·mn` of the 16 rows, from its super-block's `(D, M)`.
+/// Exact products (8 significant bits times an 8-bit integer), as the scalar path's.
+///
+/// # Safety
+/// AVX-512F available; `tb` points to a 288-byte tile block.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block_params_avx512(tb: *const u8, (d, m): (__m512, __m512)) -> (__m512, __m512) {
+    // SAFETY: the codes are 16 bytes each at 256 and 272 of the tile block (the contract).
+    let (sc, mn) = unsafe {
+        (
+            _mm_loadu_si128(tb.add(SC_OFFSET).cast()),
+            _mm_loadu_si128(tb.add(MN_OFFSET).cast()),
+        )
+    };
+    (
+        _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc))),
+        _mm512_mul_ps(m, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(mn))),
+    )
+}
+
+/// See [`super::block_dots`].
+pub(super) fn block_dots_avx512(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+    let mut out = [0i32; TILE_ROWS];
+    if !Kernel::Avx512Vnni.is_available() || quants.len() < Q4_QUANT_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots(quants, xq);
+    }
+    // SAFETY: features checked above; 256 quant bytes and 32 activation bytes checked above;
+    // `out` has room for 16 i32.
+    unsafe {
+        let v = idot_avx512(&unpack_avx512(quants.as_ptr()), xq.as_ptr());
         _mm512_storeu_si512(out.as_mut_ptr().cast(), v);
     }
     out
@@ -211,7 +265,8 @@ fn store_rows<const R: usize>(acc: &[__m512; R], out: &mut [[f32; TILE_ROWS]; MA
     }
 }
 
-/// `R` activation rows against one tile: unpack each tile block once, then per row eight
+/// `R` activation rows against one tile: per super-block its `D` and `M` widened once, then
+/// per tile block the nibbles unpacked and `d`, `m` formed once, and per row eight
 /// `vpdpbusd`, one `vcvtdq2ps` and two FMAs into that row's 16 f32 accumulators.
 ///
 /// # Safety
@@ -224,20 +279,20 @@ unsafe fn tile_avx512<const R: usize>(
     out: &mut [[f32; TILE_ROWS]; MAX_ROWS_PER_CALL],
 ) {
     let mut acc = [_mm512_setzero_ps(); R];
-    for b in 0..blocks {
-        // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
-        let tb = unsafe { tile.add(b * TILE_BLOCK_BYTES) };
-        prefetch_ahead(tb, TILE_BLOCK_BYTES);
-        // SAFETY: the tile block has 320 bytes: quants at 0..256, d at 256, m at 288.
-        let (w, dw, mw) = unsafe {
-            (
-                unpack_avx512(tb),
-                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(D_OFFSET).cast())),
-                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(M_OFFSET).cast())),
-            )
-        };
-        // SAFETY: block `b` of every row exists (the contract).
-        unsafe { accumulate_rows(&mut acc, &w, dw, mw, rows, b) };
+    for s in 0..blocks.div_ceil(SUPER_BLOCK) {
+        // SAFETY: super-block `s` and its blocks `b` < `blocks` lie inside the tile (module
+        // contract): a 64-byte header, then 288-byte blocks with quants at 0..256 and the
+        // codes at 256..288.
+        unsafe {
+            let header = header_avx512(tile.add(q4_header_offset(s)));
+            for b in s * SUPER_BLOCK..blocks.min((s + 1) * SUPER_BLOCK) {
+                let tb = tile.add(q4_block_offset(b));
+                prefetch_ahead(tb, Q4_BLOCK_BYTES);
+                let w = unpack_avx512(tb);
+                let (dw, mw) = block_params_avx512(tb, header);
+                accumulate_rows(&mut acc, &w, dw, mw, rows, b);
+            }
+        }
     }
     store_rows(&acc, out);
 }
@@ -269,7 +324,7 @@ pub(super) fn tile_outputs_avx512(
 /// One tile block unpacked for [`tile_grouped_avx512`] and [`tile_grouped_avx2`]: the eight
 /// `u8` operands of [`unpack_avx512`] (each 64 bytes: rows 0–7 in the low 32, the AVX2
 /// operand of half 0, rows 8–15 in the high 32), then the 16 rows' scales `d` and minimums `m`
-/// widened to f32.
+/// as f32 (`D·sc`, `M·mn`).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct UnpackedBlock {
@@ -287,31 +342,28 @@ impl UnpackedBlock {
 }
 
 /// Unpack the `blocks` blocks of a Q4 tile into `dst` (one [`UnpackedBlock`] each), so that a
-/// panel of activation rows pays the nibble unpacking and the f16 widening once per tile
+/// panel of activation rows pays the nibble unpacking and the scales' decoding once per tile
 /// instead of once per micro-kernel call.
 ///
 /// # Safety
-/// AVX-512F/BW available; `tile` points to `blocks` tile blocks; `dst` has `blocks` entries.
+/// AVX-512F/BW available; `tile` points to a Q4 tile of `blocks` blocks; `dst` has `blocks`
+/// entries.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn unpack_tile_avx512(tile: *const u8, blocks: usize, dst: *mut UnpackedBlock) {
     for b in 0..blocks {
-        // SAFETY: block `b` < `blocks` lies inside the tile and `dst` (the contract); the tile
-        // block has its quants at 0..256, d at 256, m at 288; `UnpackedBlock` is 64-aligned.
+        // SAFETY: block `b` < `blocks` and its super-block's header lie inside the tile, and
+        // entry `b` inside `dst` (the contract); `UnpackedBlock` is 64-aligned.
         unsafe {
-            let tb = tile.add(b * TILE_BLOCK_BYTES);
+            let tb = tile.add(q4_block_offset(b));
+            let header = header_avx512(tile.add(q4_header_offset(b / SUPER_BLOCK)));
             let out = dst.add(b);
             let w = unpack_avx512(tb);
             for (i, v) in w.iter().enumerate() {
                 _mm512_store_si512((*out).w[i].as_mut_ptr().cast(), *v);
             }
-            _mm512_store_ps(
-                (*out).d.as_mut_ptr(),
-                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(D_OFFSET).cast())),
-            );
-            _mm512_store_ps(
-                (*out).m.as_mut_ptr(),
-                _mm512_cvtph_ps(_mm256_loadu_si256(tb.add(M_OFFSET).cast())),
-            );
+            let (d, m) = block_params_avx512(tb, header);
+            _mm512_store_ps((*out).d.as_mut_ptr(), d);
+            _mm512_store_ps((*out).m.as_mut_ptr(), m);
         }
     }
 }
@@ -403,7 +455,7 @@ pub(super) fn unpack_tile(
         Kernel::Avx512Vnni | Kernel::Avx2 => kernel.is_available(),
         Kernel::Scalar => false,
     };
-    if !has || tile.len() < blocks * TILE_BLOCK_BYTES {
+    if !has || tile.len() < q4_tile_bytes(blocks) {
         return false;
     }
     dst.resize(blocks, UnpackedBlock::ZERO);
@@ -514,19 +566,56 @@ fn finish_avx2(s: __m256i) -> __m256i {
     _mm256_madd_epi16(s, _mm256_set1_epi16(1))
 }
 
+/// `d = D·sc` and `m = M·mn` of the 8 rows of half `h` of a tile block `tb` in the
+/// super-block whose header is at `header`, as f32 (exact products, as the scalar path's).
+///
+/// # Safety
+/// AVX2 available; `tb` points to a 288-byte tile block, `header` to a 64-byte header; `h < 2`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn block_params_avx2(tb: *const u8, header: *const u8, h: usize) -> (__m256, __m256) {
+    // SAFETY: `D` and `M` of rows 8h..8h+8 are 16 bytes at 16h and 32 + 16h of the header,
+    // their codes 8 bytes at 256 + 8h and 272 + 8h of the block (the caller's contract).
+    let (d, m, sc, mn) = unsafe {
+        (
+            _mm_loadu_si128(header.add(16 * h).cast()),
+            _mm_loadu_si128(header.add(HEADER_M_OFFSET + 16 * h).cast()),
+            _mm_loadl_epi64(tb.add(SC_OFFSET + 8 * h).cast()),
+            _mm_loadl_epi64(tb.add(MN_OFFSET + 8 * h).cast()),
+        )
+    };
+    (
+        _mm256_mul_ps(
+            widen_bf16_avx2(d),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)),
+        ),
+        _mm256_mul_ps(
+            widen_bf16_avx2(m),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(mn)),
+        ),
+    )
+}
+
+/// 8 bf16 widened to f32 (exact: a bf16 is the high half of an f32).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn widen_bf16_avx2(v: __m128i) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+}
+
 /// See [`super::block_dots`].
-pub(super) fn block_dots_avx2(tile_block: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
+pub(super) fn block_dots_avx2(quants: &[u8], xq: &[i8]) -> [i32; TILE_ROWS] {
     let mut out = [0i32; TILE_ROWS];
-    if !Kernel::Avx2.is_available() || tile_block.len() < TILE_BLOCK_BYTES || xq.len() < BLOCK {
-        return super::scalar::block_dots(tile_block, xq);
+    if !Kernel::Avx2.is_available() || quants.len() < Q4_QUANT_BYTES || xq.len() < BLOCK {
+        return super::scalar::block_dots(quants, xq);
     }
     for h in 0..2 {
-        // SAFETY: features checked above; 320 bytes of tile block and 32 activation bytes
-        // checked above; `out[8h..8h + 8]` is 8 writable i32.
+        // SAFETY: features checked above; 256 quant bytes and 32 activation bytes checked
+        // above; `out[8h..8h + 8]` is 8 writable i32.
         unsafe {
             let mut s = _mm256_setzero_si256();
             for c in 0..4 {
-                s = add_chunk_avx2(s, unpack_avx2(tile_block.as_ptr(), c, h), xq.as_ptr(), c);
+                s = add_chunk_avx2(s, unpack_avx2(quants.as_ptr(), c, h), xq.as_ptr(), c);
             }
             _mm256_storeu_si256(out.as_mut_ptr().add(8 * h).cast(), finish_avx2(s));
         }
@@ -548,9 +637,15 @@ unsafe fn tile_avx2<const R: usize>(
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..blocks {
-        // SAFETY: block `b` < `blocks` lies inside the tile (module contract).
-        let tb = unsafe { tile.add(b * TILE_BLOCK_BYTES) };
-        prefetch_ahead(tb, TILE_BLOCK_BYTES);
+        // SAFETY: block `b` < `blocks` and its super-block's header lie inside the tile
+        // (module contract).
+        let (tb, header) = unsafe {
+            (
+                tile.add(q4_block_offset(b)),
+                tile.add(q4_header_offset(b / SUPER_BLOCK)),
+            )
+        };
+        prefetch_ahead(tb, Q4_BLOCK_BYTES);
         let mut s = [[_mm256_setzero_si256(); 2]; R];
         for c in 0..4 {
             for h in 0..2 {
@@ -563,14 +658,8 @@ unsafe fn tile_avx2<const R: usize>(
             }
         }
         for h in 0..2 {
-            // SAFETY: d and m of rows 8h..8h+8 are 16 bytes at 256 + 16h and 288 + 16h of
-            // the 320-byte tile block.
-            let (dw, mw) = unsafe {
-                (
-                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(D_OFFSET + 16 * h).cast())),
-                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(M_OFFSET + 16 * h).cast())),
-                )
-            };
+            // SAFETY: a 288-byte tile block and a 64-byte header (above); `h < 2`.
+            let (dw, mw) = unsafe { block_params_avx2(tb, header, h) };
             for ((a, sr), row) in acc.iter_mut().zip(&s).zip(rows) {
                 // SAFETY: block `b` of every row exists (module contract).
                 let (dx, sx) = unsafe { block_scales(row, b) };
@@ -616,15 +705,16 @@ pub(super) fn tile_outputs_avx2(
 /// operand's low half holds rows 0–7, its high half rows 8–15, as [`unpack_avx2`] reads them).
 ///
 /// # Safety
-/// AVX2 and F16C available; `tile` points to `blocks` tile blocks; `dst` has `blocks` entries.
-#[target_feature(enable = "avx2,f16c")]
+/// AVX2 available; `tile` points to a Q4 tile of `blocks` blocks; `dst` has `blocks` entries.
+#[target_feature(enable = "avx2")]
 unsafe fn unpack_tile_avx2(tile: *const u8, blocks: usize, dst: *mut UnpackedBlock) {
     for b in 0..blocks {
-        // SAFETY: block `b` < `blocks` lies inside the tile and `dst` (the contract); the tile
-        // block has its quants at 0..256, d at 256, m at 288; `UnpackedBlock` is 64-aligned,
-        // so each 32-byte half and each 8-float half is 32-aligned.
+        // SAFETY: block `b` < `blocks` and its super-block's header lie inside the tile, and
+        // entry `b` inside `dst` (the contract); `UnpackedBlock` is 64-aligned, so each
+        // 32-byte half and each 8-float half is 32-aligned.
         unsafe {
-            let tb = tile.add(b * TILE_BLOCK_BYTES);
+            let tb = tile.add(q4_block_offset(b));
+            let header = tile.add(q4_header_offset(b / SUPER_BLOCK));
             let out = dst.add(b);
             for c in 0..4 {
                 for h in 0..2 {
@@ -634,14 +724,9 @@ unsafe fn unpack_tile_avx2(tile: *const u8, blocks: usize, dst: *mut UnpackedBlo
                 }
             }
             for h in 0..2 {
-                _mm256_store_ps(
-                    (*out).d.as_mut_ptr().add(8 * h),
-                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(D_OFFSET + 16 * h).cast())),
-                );
-                _mm256_store_ps(
-                    (*out).m.as_mut_ptr().add(8 * h),
-                    _mm256_cvtph_ps(_mm_loadu_si128(tb.add(M_OFFSET + 16 * h).cast())),
-                );
+                let (d, m) = block_params_avx2(tb, header, h);
+                _mm256_store_ps((*out).d.as_mut_ptr().add(8 * h), d);
+                _mm256_store_ps((*out).m.as_mut_ptr().add(8 * h), m);
             }
         }
     }
