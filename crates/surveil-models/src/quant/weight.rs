@@ -5,7 +5,8 @@ use super::{PackedQ4, PackedQ8};
 /// The packed formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
-    /// [`PackedQ4`]: 4-bit asymmetric (`d·q + m`), 5 bits per weight.
+    /// [`PackedQ4`]: 4-bit asymmetric (`d·q + m`, `d` and `m` 8-bit codes per 256), 4.625 bits
+    /// per weight.
     Q4,
     /// [`PackedQ8`]: 8-bit symmetric (`d·q`), 8.5 bits per weight.
     Q8,
