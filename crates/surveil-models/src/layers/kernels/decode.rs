@@ -29,6 +29,15 @@ pub(crate) const DECODE_MAX_ROWS: usize = 16;
 /// cached tokens takes well under a millisecond.
 const PARALLEL_MIN_WORK: usize = 1 << 22;
 
+/// Keys per tile of a decode head's weighted sum of values (see `Call::head_avx512`): 128 of
+/// MLA's 512-wide latents are 256 KB, a quarter of a 1 MB L2.
+const VALUE_TILE: usize = 128;
+
+/// Key width (`dk + dk2`, floats) above which a decode head's scores take four keys at a time
+/// in 4 × 4 register tiles instead of sixteen per query row: sixteen keys of 128 (Qwen2-VL,
+/// 8 KB) sit in L1 beside the queries, sixteen of MLA's 576 (36 KB) do not.
+const WIDE_KEYS: usize = 256;
+
 /// The same threshold on the model's kernel pool, whose idle workers join a job in about a
 /// microsecond: 64 Ki multiply-adds take several microseconds on one core.
 const POOL_MIN_WORK: usize = 1 << 16;
@@ -392,6 +401,10 @@ impl Call<'_> {
         let (qh, q2h) = self.queries(h, rows);
         let (scores, probs) = scratch.split_at_mut(n * m);
         let mut t = 0;
+        if dk + dk2 > WIDE_KEYS {
+            // SAFETY: AVX-512F (this function's contract); `scores` holds `n · m` floats.
+            t = unsafe { self.scores_blocked_avx512(h, qh, q2h, n, scores) };
+        }
         while t + 16 <= m {
             let k: [&[f32]; 16] = std::array::from_fn(|j| self.k.row(h, t + j, dk));
             let k2: Option<[&[f32]; 16]> = self
@@ -461,40 +474,152 @@ impl Call<'_> {
             // SAFETY: AVX-512F (this function's contract); rows of equal length.
             unsafe { softmax_row_avx512(s, p, self.scale) };
         }
-        for c in (0..dv).step_by(64) {
-            let mut r0 = 0;
-            while r0 < n {
-                let rows = (n - r0).min(6);
-                let (p, o) = (&probs[r0 * m..], &mut out[r0 * dv..]);
-                // SAFETY: AVX-512F (this function's contract); `p` holds `rows` rows of `m`
-                // probabilities, `o` `rows` rows of `dv` outputs, `c + 64 ≤ dv`.
-                unsafe {
-                    match rows {
-                        1 => self.values_avx512::<1>(h, c, p, o),
-                        2 => self.values_avx512::<2>(h, c, p, o),
-                        3 => self.values_avx512::<3>(h, c, p, o),
-                        4 => self.values_avx512::<4>(h, c, p, o),
-                        5 => self.values_avx512::<5>(h, c, p, o),
-                        _ => self.values_avx512::<6>(h, c, p, o),
+        // Query rows in groups of at most six, as even as can be (8 rows: 4 + 4, not 6 + 2:
+        // a group of two reads each value slice for 8 FMAs where four rows give 16).
+        let group = n.div_ceil(n.div_ceil(6));
+        // The values in tiles of `VALUE_TILE` keys, every pass over one tile before the next:
+        // a pass reads a 64-wide slice of each value row, and `dv / 64` passes per row group
+        // then find the tile in L2 (MLA's latents, 2 KB a row, fill 1.3 MB at 647 tokens).
+        for t0 in (0..m).step_by(VALUE_TILE) {
+            let ts = t0..(t0 + VALUE_TILE).min(m);
+            for c in (0..dv).step_by(64) {
+                let mut r0 = 0;
+                while r0 < n {
+                    let rows = (n - r0).min(group);
+                    let (p, o) = (&probs[r0 * m..], &mut out[r0 * dv..]);
+                    let ts = ts.clone();
+                    // SAFETY: AVX-512F (this function's contract); `p` holds `rows` rows of
+                    // `m` probabilities, `o` `rows` rows of `dv` outputs, `c + 64 ≤ dv`,
+                    // `ts` within `0..m`.
+                    unsafe {
+                        match rows {
+                            1 => self.values_avx512::<1>(h, c, ts, p, o),
+                            2 => self.values_avx512::<2>(h, c, ts, p, o),
+                            3 => self.values_avx512::<3>(h, c, ts, p, o),
+                            4 => self.values_avx512::<4>(h, c, ts, p, o),
+                            5 => self.values_avx512::<5>(h, c, ts, p, o),
+                            _ => self.values_avx512::<6>(h, c, ts, p, o),
+                        }
                     }
+                    r0 += rows;
                 }
-                r0 += rows;
             }
         }
     }
 
-    /// Columns `c..c + 64` of `R` output rows: `o[r][c..] = Σ_t p[r][t] · v[t][c..]`, the 4 × R
-    /// accumulators in registers, the value row `t + 8` prefetched.
+    /// The scores of wide keys (`dk + dk2 >` [`WIDE_KEYS`]: MLA's 512 + 64) for the `n` query
+    /// rows `q` (and `q2`) of head `h`, into `scores` (`n × m`), four keys at a time: for each
+    /// block of four keys, the rows in groups of four, each group a 4 × 4 tile of
+    /// accumulators in registers (per 16 columns, four key loads and four query loads feed
+    /// sixteen FMAs), reduced together by [`reduce16`]. Sixteen keys per row, as the narrow
+    /// path takes them, are 36 KB of MLA keys: with the query rows they overflow a 48 KB L1
+    /// and every FMA waits on a load from L2. Returns the keys done (`m` rounded down to 4);
+    /// the caller scores the rest.
     ///
     /// # Safety
-    /// AVX-512F available; `p` holds `R · m` floats, `o` `R · dv`, and `c + 64 ≤ dv`.
+    /// AVX-512F available; `dk` and `dk2` multiples of 16; `q` holds `n · dk` floats, `q2`
+    /// `n · dk2`, `scores` `n · m`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn values_avx512<const R: usize>(&self, h: usize, c: usize, p: &[f32], o: &mut [f32]) {
+    unsafe fn scores_blocked_avx512(
+        &self,
+        h: usize,
+        q: &[f32],
+        q2: &[f32],
+        n: usize,
+        scores: &mut [f32],
+    ) -> usize {
+        let m = self.m;
+        let mut t = 0;
+        while t + 4 <= m {
+            let mut r0 = 0;
+            while r0 < n {
+                // SAFETY: as this function's contract; rows `r0..r0 + R` exist.
+                unsafe {
+                    match n - r0 {
+                        1 => self.score_tile_avx512::<1>(h, t, q, q2, r0, scores),
+                        2 => self.score_tile_avx512::<2>(h, t, q, q2, r0, scores),
+                        3 => self.score_tile_avx512::<3>(h, t, q, q2, r0, scores),
+                        _ => self.score_tile_avx512::<4>(h, t, q, q2, r0, scores),
+                    }
+                }
+                r0 += 4;
+            }
+            t += 4;
+        }
+        t
+    }
+
+    /// Scores of query rows `r0..r0 + R` against keys `t..t + 4` of head `h` (see
+    /// [`Self::scores_blocked_avx512`]).
+    ///
+    /// # Safety
+    /// As [`Self::scores_blocked_avx512`]; `r0 + R ≤ n`, `t + 4 ≤ m`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn score_tile_avx512<const R: usize>(
+        &self,
+        h: usize,
+        t: usize,
+        q: &[f32],
+        q2: &[f32],
+        r0: usize,
+        scores: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let Self { m, dk, dk2, .. } = *self;
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let k: [&[f32]; 4] = std::array::from_fn(|j| self.k.row(h, t + j, dk));
+        // The next block's keys, prefetched once per block (by the first row group).
+        let next =
+            (r0 == 0 && t + 8 <= m).then(|| (self.k.row(h, t + 4, dk).as_ptr(), self.k.stride));
+        // SAFETY: `dk` is a multiple of 16 and the width of every key row and of `q`'s rows;
+        // rows `r0..r0 + R` of `q` exist (the caller's contract).
+        unsafe { tile_products::<R>(&mut acc, k, &q[r0 * dk..(r0 + R) * dk], dk, next) };
+        if let Some(k2) = &self.k2 {
+            let k2: [&[f32]; 4] = std::array::from_fn(|j| k2.row(h, t + j, dk2));
+            // SAFETY: as above, for `dk2`, the `k2` rows and `q2`.
+            unsafe { tile_products::<R>(&mut acc, k2, &q2[r0 * dk2..(r0 + R) * dk2], dk2, None) };
+        }
+        // 128-bit lane `r` of the sums holds row `r0 + r`'s scores of keys `t..t + 4`.
+        let sums = reduce16(&acc);
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums) };
+        for r in 0..R {
+            let at = (r0 + r) * m + t;
+            scores[at..at + 4].copy_from_slice(&lanes[4 * r..4 * r + 4]);
+        }
+    }
+
+    /// Columns `c..c + 64` of `R` output rows, keys `ts`: `o[r][c..] += Σ_{t ∈ ts} p[r][t] ·
+    /// v[t][c..]`, the 4 × R accumulators in registers (loaded from `o` and stored back), the
+    /// value row `t + 8` prefetched.
+    ///
+    /// # Safety
+    /// AVX-512F available; `p` holds `R · m` floats, `o` `R · dv`, `c + 64 ≤ dv` and `ts`
+    /// lies within `0..m`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn values_avx512<const R: usize>(
+        &self,
+        h: usize,
+        c: usize,
+        ts: Range<usize>,
+        p: &[f32],
+        o: &mut [f32],
+    ) {
         use std::arch::x86_64::*;
         let (m, dv) = (self.m, self.dv);
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for t in 0..m {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for (i, x) in a.iter_mut().enumerate() {
+                // SAFETY: row `r < R` of `o` holds `dv ≥ c + 64` floats (the contract).
+                *x = unsafe { load16(&o[r * dv..(r + 1) * dv], c + 16 * i) };
+            }
+        }
+        for t in ts {
             let vr = self.v.row(h, t, dv);
             if t + 8 < m {
                 let ahead = vr.as_ptr().wrapping_add(8 * self.v.stride + c);
@@ -542,6 +667,42 @@ impl Call<'_> {
             }
         }
         self.head(h, rows, scratch, out)
+    }
+}
+
+/// `acc[4r + j] += q_r · k_j` in 16-lane partial sums, for the `R` query rows of `q` (`R × d`)
+/// and the four keys `k` (`d` floats each), 16 columns at a time: four key loads and `R`
+/// query loads feed `4R` FMAs. With `next = (first row, stride)`, the four rows of the next
+/// key block are prefetched along (a prefetch never faults).
+///
+/// # Safety
+/// AVX-512F available; `d` a multiple of 16; every `k` row holds `d` floats, `q` `R · d`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_products<const R: usize>(
+    acc: &mut [std::arch::x86_64::__m512; 16],
+    k: [&[f32]; 4],
+    q: &[f32],
+    d: usize,
+    next: Option<(*const f32, usize)>,
+) {
+    use std::arch::x86_64::*;
+    for c in (0..d).step_by(16) {
+        // SAFETY: `c + 16 ≤ d`, the width of every key row and query row (the contract).
+        let kv = k.map(|kr| unsafe { load16(kr, c) });
+        for r in 0..R {
+            // SAFETY: as above; row `r < R` of `q`.
+            let x = unsafe { load16(&q[r * d..(r + 1) * d], c) };
+            for j in 0..4 {
+                acc[4 * r + j] = _mm512_fmadd_ps(x, kv[j], acc[4 * r + j]);
+            }
+        }
+        if let Some((first, stride)) = next {
+            for j in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(j * stride + c).cast());
+            }
+        }
     }
 }
 
@@ -651,7 +812,8 @@ mod tests {
     }
 
     /// MLA's absorbed decode against the composition it replaces (candle matmuls and
-    /// softmax): Kimi-VL's widths (16 heads, rank 512, rope 64) and odd ones (portable path),
+    /// softmax): Kimi-VL's widths (16 heads, rank 512, rope 64), other wide ones and odd ones
+    /// (portable path),
     /// keys as views of a larger cache buffer, one thread and a pool (split query heads).
     #[test]
     fn mla_matches_the_composition() {
@@ -661,6 +823,10 @@ mod tests {
         for (heads, rank, rope, m, cap) in [
             (16, 512, 64, 83, 128),
             (16, 512, 64, 1, 8),
+            // Wide keys (the 4 × 4 score tiles) with 3, 2 and 1 rows left in the last group.
+            (7, 512, 64, 50, 64),
+            (6, 256, 16, 9, 16),
+            (5, 304, 16, 6, 6),
             (3, 40, 8, 37, 40),
             (5, 64, 16, 300, 512),
         ] {
