@@ -19,8 +19,9 @@
 //! GFLOP/s (`2·m·n·k` ÷ time, comparable across formats). `pool/dispatch` is the cost of one
 //! empty job on the pool as the caller sees it (a worker that has not woken up before the
 //! caller took every part is not waited for); `pool/roundtrip` a job a parked worker must
-//! join (wake-up and report); `activations/quantize` the 8-bit quantization of one input row. Weights are uniform random; the kernels'
-//! speed does not depend on the values.
+//! join (wake-up and report); `activations/quantize` the 8-bit quantization of one input row;
+//! `quantize/*` a load's quantization of one weight, ours against candle's Q4K. Weights are
+//! uniform random; the kernels' speed does not depend on the values.
 
 use std::cell::{Cell, OnceCell};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,6 +307,7 @@ fn kernels(c: &mut Criterion) {
             t.as_secs_f64() * 1e6
         );
     }
+    load_quantize(c);
     for k in [1536, 8960] {
         let id = format!("activations/quantize_k{k}");
         let x = activations(1, k);
@@ -326,6 +328,41 @@ fn kernels(c: &mut Criterion) {
     for s in GEMM_SHAPES.iter().filter(|s| full || !s.full_only) {
         run_shape(c, &pools, "gemm", s, gemm_rows(full), false);
     }
+}
+
+/// `quantize/*`: what a load pays per weight, one Qwen2-VL-2B gate/up weight (1536 × 8960)
+/// quantized on one thread from f32 and from bf16 (a checkpoint's type) into our 4-bit tiles,
+/// against candle's Q4K quantizer (`QTensor::quantize`, the GPU path's) from f32; GB/s of
+/// source bytes read.
+fn load_quantize(c: &mut Criterion) {
+    let (k, n) = (1536, 8960);
+    let w = random_weights(n, k, 7);
+    let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let say = |id: &str, best: Option<Duration>, bytes: usize| {
+        if let Some(t) = best {
+            println!(
+                "{id:<58} best {:>9.2} ms, {:>6.2} GB/s of source",
+                t.as_secs_f64() * 1e3,
+                bytes as f64 / t.as_secs_f64() / 1e9
+            );
+        }
+    };
+    let id = "quantize/q4_k1536_n8960_f32_1t";
+    let best = timed(c, id, || {
+        black_box(PackedQ4::quantize_parts(&[(black_box(&w[..]), n)], k, 1).expect("finite"));
+    });
+    say(id, best, w.len() * 4);
+    let id = "quantize/q4_k1536_n8960_bf16_1t";
+    let best = timed(c, id, || {
+        black_box(PackedQ4::quantize_parts(&[(black_box(&wb[..]), n)], k, 1).expect("finite"));
+    });
+    say(id, best, wb.len() * 2);
+    let t = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).expect("tensor");
+    let id = "quantize/candle_q4k_k1536_n8960_f32";
+    let best = timed(c, id, || {
+        black_box(QTensor::quantize(black_box(&t), GgmlDType::Q4K).expect("candle quantize"));
+    });
+    say(id, best, w.len() * 4);
 }
 
 /// Distinct Qwen2-VL-2B gate/up weights (1536 × 8960) streamed through the GEMV one after

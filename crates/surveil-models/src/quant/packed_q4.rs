@@ -286,7 +286,43 @@ fn bf16_up(x: f32) -> bf16 {
 ///
 /// so every value of a block lies in `[m, m + 15·d]` with `d = D·sc`, as in a block with its
 /// own f32 `d` and `m`, and `|w − (d·q + m)| ≤ d/2`.
+///
+/// On x86-64 with AVX2 the same code runs compiled for 256-bit vectors (no FMA: the compiler
+/// does not fuse a multiply and an add on its own, so the bytes are the same on every CPU).
 fn quantize_tile<T: QuantInput>(
+    w: &[T],
+    rows: usize,
+    cols: usize,
+    t: usize,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { quantize_tile_avx2(w, rows, cols, t, out) };
+    }
+    quantize_tile_any(w, rows, cols, t, out)
+}
+
+/// [`quantize_tile`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_tile_avx2<T: QuantInput>(
+    w: &[T],
+    rows: usize,
+    cols: usize,
+    t: usize,
+    out: &mut [u8],
+) -> Result<(), QuantError> {
+    quantize_tile_any(w, rows, cols, t, out)
+}
+
+/// The body of [`quantize_tile`], inlined into each compiled form.
+#[inline(always)]
+fn quantize_tile_any<T: QuantInput>(
     w: &[T],
     rows: usize,
     cols: usize,
@@ -305,27 +341,30 @@ fn quantize_tile<T: QuantInput>(
             let col0 = first * BLOCK;
             let width = (cols - col0).min(nb * BLOCK);
             let src = &w[row * cols + col0..row * cols + col0 + width];
+            // Loops without early exits, so that they vectorize: widen, look for a non-finite
+            // value (then find the first one for the error), then each block's range.
+            let vals = &mut vals[..width];
+            for (v, x) in vals.iter_mut().zip(src) {
+                *v = x.to_f32();
+            }
+            if vals.iter().fold(false, |bad, v| bad | !v.is_finite()) {
+                if let Some((i, &value)) = vals.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    return Err(QuantError::NonFiniteWeight {
+                        row,
+                        col: col0 + i,
+                        value,
+                    });
+                }
+            }
             let mut lo = [0f32; SUPER_BLOCK];
             let mut hi = [0f32; SUPER_BLOCK];
-            for (j, (vb, sb)) in vals[..width]
-                .chunks_mut(BLOCK)
-                .zip(src.chunks(BLOCK))
-                .enumerate()
-            {
-                let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
-                for (i, (v, x)) in vb.iter_mut().zip(sb).enumerate() {
-                    *v = x.to_f32();
-                    if !v.is_finite() {
-                        return Err(QuantError::NonFiniteWeight {
-                            row,
-                            col: col0 + j * BLOCK + i,
-                            value: *v,
-                        });
-                    }
-                    l = l.min(*v);
-                    h = h.max(*v);
-                }
-                (lo[j], hi[j]) = (l, h);
+            for (j, vb) in vals.chunks(BLOCK).enumerate() {
+                lo[j] = vb
+                    .iter()
+                    .fold(f32::INFINITY, |a, &v| if v < a { v } else { a });
+                hi[j] = vb
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
             }
             let (lo, hi) = (&lo[..nb], &hi[..nb]);
             let out_of_range = || QuantError::OutOfRange {
@@ -386,15 +425,17 @@ fn quantize_tile<T: QuantInput>(
                 tb[SC_OFFSET + r] = sc as u8;
                 tb[MN_OFFSET + r] = mn[j] as u8;
                 let block = &vals[j * BLOCK..((j + 1) * BLOCK).min(width)];
-                for (i, &v) in block.iter().enumerate() {
-                    // Non-negative up to rounding: `as u8` saturates at 0, the min caps at 15.
-                    let q = (((v - m[j]) * inv + 0.5) as u8).min(15);
-                    let (chunk, shift) = if i < 16 {
-                        (i / 4, 0)
-                    } else {
-                        ((i - 16) / 4, 4)
-                    };
-                    tb[chunk * 64 + r * 4 + i % 4] |= q << shift;
+                // Non-negative up to rounding: the clamp takes a value just below 0 to 0 and
+                // caps at 15; padding columns stay 0.
+                let mut q = [0u8; BLOCK];
+                for (qi, &v) in q.iter_mut().zip(block) {
+                    *qi = (((v - m[j]) * inv + 0.5) as i32).clamp(0, 15) as u8;
+                }
+                // Byte i of row r in chunk c: q[4c + i] low, q[16 + 4c + i] high.
+                for c in 0..4 {
+                    for i in 0..4 {
+                        tb[c * 64 + r * 4 + i] = q[4 * c + i] | (q[16 + 4 * c + i] << 4);
+                    }
                 }
             }
         }
@@ -565,6 +606,26 @@ mod tests {
                     "[{row}, {b}] d = {d}, wanted {step}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn every_compiled_form_writes_the_same_bytes() {
+        // The dispatching entry (AVX2 where the CPU has it) against the portable form.
+        let mut rng = Lcg(9);
+        let (n, k) = (20, 600);
+        let w = random_weights(&mut rng, n, k);
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        for t in 0..n.div_ceil(16) {
+            let mut a = vec![0u8; q4_tile_bytes(k.div_ceil(32))];
+            let mut b = a.clone();
+            quantize_tile(&w, n, k, t, &mut a).unwrap();
+            quantize_tile_any(&w, n, k, t, &mut b).unwrap();
+            assert_eq!(a, b, "f32 tile {t}");
+            let (mut a, mut b) = (vec![0u8; a.len()], vec![0u8; a.len()]);
+            quantize_tile(&wb, n, k, t, &mut a).unwrap();
+            quantize_tile_any(&wb, n, k, t, &mut b).unwrap();
+            assert_eq!(a, b, "bf16 tile {t}");
         }
     }
 
