@@ -212,11 +212,13 @@ impl PackedQ4 {
             row < self.rows && out.len() == self.cols,
             "row {row} of {self:?}"
         );
+        let (tile, r) = (self.tile(row / TILE_ROWS), row % TILE_ROWS);
         for (b, chunk) in out.chunks_mut(BLOCK).enumerate() {
-            let (d, m) = self.block_params(row, b);
-            let tb = self.tile_block(row / TILE_ROWS, b);
+            let header = &tile[q4_header_offset(b / SUPER_BLOCK)..][..Q4_HEADER_BYTES];
+            let tb = &tile[q4_block_offset(b)..][..Q4_BLOCK_BYTES];
+            let (d, m) = block_scale_min(header, tb, r);
             for (i, v) in chunk.iter_mut().enumerate() {
-                *v = d * f32::from(nibble(tb, row % TILE_ROWS, i)) + m;
+                *v = d * f32::from(nibble(tb, r, i)) + m;
             }
         }
     }
@@ -275,9 +277,8 @@ fn bf16_up(x: f32) -> bf16 {
     bf16::from_bits(if bits & 0xFFFF == 0 { high } else { high + 1 })
 }
 
-/// Quantize row tile `t` of `w [rows, cols]` into `out` (`q4_tile_bytes(blocks)` bytes,
-/// zeroed). Per row and super-block of up to 8 blocks, from each block's smallest value `lo`
-/// and largest `hi`:
+/// One row's codes for a super-block of up to [`SUPER_BLOCK`] blocks, from each block's
+/// smallest value `lo` and largest `hi` (finite):
 ///
 /// - `M` = bf16 at or above `max|lo| / 127`, and per block `mn = ⌊lo / M⌋ ∈ −128..=127`, so
 ///   `m = M·mn ≤ lo`;
@@ -286,6 +287,74 @@ fn bf16_up(x: f32) -> bf16 {
 ///
 /// so every value of a block lies in `[m, m + 15·d]` with `d = D·sc`, as in a block with its
 /// own f32 `d` and `m`, and `|w − (d·q + m)| ≤ d/2`.
+struct SuperCodes {
+    /// The scale `D`.
+    d: bf16,
+    /// The minimum `M`.
+    m: bf16,
+    /// Per block, the scale code `sc` (`d = D·sc`).
+    sc: [u8; SUPER_BLOCK],
+    /// Per block, the minimum code `mn` (`m = M·mn`).
+    mn: [i8; SUPER_BLOCK],
+}
+
+impl SuperCodes {
+    /// The codes of the blocks whose ranges are `lo[j] ..= hi[j]` (at most [`SUPER_BLOCK`]);
+    /// `None` when a range overflows f32 or bf16.
+    fn new(lo: &[f32], hi: &[f32]) -> Option<Self> {
+        let amax = lo.iter().fold(0f32, |a, &l| a.max(l.abs()));
+        let mq = if amax > 0.0 {
+            bf16_up((amax / 127.0).max(f32::MIN_POSITIVE))
+        } else {
+            bf16::ZERO
+        };
+        let mf = mq.to_f32();
+        let mut mn = [0i8; SUPER_BLOCK];
+        let mut m = [0f32; SUPER_BLOCK];
+        for (j, &l) in lo.iter().enumerate() {
+            if mf > 0.0 {
+                let mut c = (l / mf).floor().clamp(-128.0, 127.0) as i32;
+                while c > -128 && mf * c as f32 > l {
+                    c -= 1;
+                }
+                mn[j] = c as i8;
+            }
+            m[j] = mf * f32::from(mn[j]);
+        }
+        let span = hi.iter().zip(&m).fold(0f32, |a, (&h, &m)| a.max(h - m));
+        if !span.is_finite() {
+            return None;
+        }
+        let dq = if span > 0.0 {
+            bf16_up((span / (15.0 * 255.0)).max(f32::MIN_POSITIVE))
+        } else {
+            bf16::ZERO
+        };
+        if !dq.is_finite() {
+            return None;
+        }
+        let df = dq.to_f32();
+        let mut sc = [0u8; SUPER_BLOCK];
+        for (j, (&h, &m)) in hi.iter().zip(&m).enumerate() {
+            if df > 0.0 {
+                let mut c = ((h - m) / (15.0 * df)).ceil().clamp(0.0, 255.0) as u32;
+                while c < 255 && m + 15.0 * (df * c as f32) < h {
+                    c += 1;
+                }
+                sc[j] = c as u8;
+            }
+        }
+        Some(Self {
+            d: dq,
+            m: mq,
+            sc,
+            mn,
+        })
+    }
+}
+
+/// Quantize row tile `t` of `w [rows, cols]` into `out` (`q4_tile_bytes(blocks)` bytes,
+/// zeroed): per row and super-block, its [`SuperCodes`], then each value's 4-bit quant.
 ///
 /// On x86-64 with AVX2 the same code runs compiled for 256-bit vectors (no FMA: the compiler
 /// does not fuse a multiply and an add on its own, so the bytes are the same on every CPU).
@@ -367,69 +436,30 @@ fn quantize_tile_any<T: QuantInput>(
                     .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
             }
             let (lo, hi) = (&lo[..nb], &hi[..nb]);
-            let out_of_range = || QuantError::OutOfRange {
+            let codes = SuperCodes::new(lo, hi).ok_or_else(|| QuantError::OutOfRange {
                 row,
                 col: col0,
                 min: lo.iter().copied().fold(f32::INFINITY, f32::min),
                 max: hi.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            };
-            // M and the minimum codes: m = M·mn ≤ lo.
-            let amax = lo.iter().fold(0f32, |a, &l| a.max(l.abs()));
-            let mq = if amax > 0.0 {
-                bf16_up((amax / 127.0).max(f32::MIN_POSITIVE))
-            } else {
-                bf16::ZERO
-            };
-            let mf = mq.to_f32();
-            let mut mn = [0i8; SUPER_BLOCK];
-            let mut m = [0f32; SUPER_BLOCK];
-            for j in 0..nb {
-                if mf > 0.0 {
-                    let mut c = (lo[j] / mf).floor().clamp(-128.0, 127.0) as i32;
-                    while c > -128 && mf * c as f32 > lo[j] {
-                        c -= 1;
-                    }
-                    mn[j] = c as i8;
-                }
-                m[j] = mf * f32::from(mn[j]);
-            }
-            // D and the scale codes: m + 15·D·sc ≥ hi.
-            let span = (0..nb).fold(0f32, |a, j| a.max(hi[j] - m[j]));
-            if !span.is_finite() {
-                return Err(out_of_range());
-            }
-            let dq = if span > 0.0 {
-                bf16_up((span / (15.0 * 255.0)).max(f32::MIN_POSITIVE))
-            } else {
-                bf16::ZERO
-            };
-            if !dq.is_finite() {
-                return Err(out_of_range());
-            }
-            let df = dq.to_f32();
+            })?;
             let header = &mut out[q4_header_offset(s)..][..Q4_HEADER_BYTES];
-            header[2 * r..2 * r + 2].copy_from_slice(&dq.to_le_bytes());
+            header[2 * r..2 * r + 2].copy_from_slice(&codes.d.to_le_bytes());
             header[HEADER_M_OFFSET + 2 * r..HEADER_M_OFFSET + 2 * r + 2]
-                .copy_from_slice(&mq.to_le_bytes());
+                .copy_from_slice(&codes.m.to_le_bytes());
             for j in 0..nb {
-                let mut sc = 0u32;
-                if df > 0.0 {
-                    sc = ((hi[j] - m[j]) / (15.0 * df)).ceil().clamp(0.0, 255.0) as u32;
-                    while sc < 255 && m[j] + 15.0 * (df * sc as f32) < hi[j] {
-                        sc += 1;
-                    }
-                }
-                let d = df * sc as f32;
+                let (sc, mn) = (codes.sc[j], codes.mn[j]);
+                let m = codes.m.to_f32() * f32::from(mn);
+                let d = codes.d.to_f32() * f32::from(sc);
                 let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                 let tb = &mut out[q4_block_offset(first + j)..][..Q4_BLOCK_BYTES];
-                tb[SC_OFFSET + r] = sc as u8;
-                tb[MN_OFFSET + r] = mn[j] as u8;
+                tb[SC_OFFSET + r] = sc;
+                tb[MN_OFFSET + r] = mn as u8;
                 let block = &vals[j * BLOCK..((j + 1) * BLOCK).min(width)];
                 // Non-negative up to rounding: the clamp takes a value just below 0 to 0 and
                 // caps at 15; padding columns stay 0.
                 let mut q = [0u8; BLOCK];
                 for (qi, &v) in q.iter_mut().zip(block) {
-                    *qi = (((v - m[j]) * inv + 0.5) as i32).clamp(0, 15) as u8;
+                    *qi = (((v - m) * inv + 0.5) as i32).clamp(0, 15) as u8;
                 }
                 // Byte i of row r in chunk c: q[4c + i] low, q[16 + 4c + i] high.
                 for c in 0..4 {
