@@ -270,6 +270,7 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         "parameters": summary.report.parameters,
         "quantization": {
             "policy": summary.policy.describe(),
+            "activations": summary.activations,
             "bytes_by_dtype": summary.report.bytes_by_dtype,
             "tensors_by_dtype": summary.report.tensors_by_dtype,
             "total_bytes": summary.report.total_bytes(),
@@ -304,7 +305,11 @@ pub fn run(cli: &Cli, args: &TestModelArgs) -> Result<(), Failure> {
         summary.load_seconds
     );
     outln!("  device choice: {}", summary.device_reason);
-    outln!("  policy: {}", summary.policy.describe());
+    outln!(
+        "  policy: {}, activations {}",
+        summary.policy.describe(),
+        summary.activations
+    );
     outln!(
         "  parameters: {:.1} M, resident {} (estimate {})",
         summary.report.parameters as f64 / 1e6,

@@ -181,12 +181,12 @@ impl Linear {
         self.weight.bytes()
     }
 
-    /// `x` `[..., in]` (f32) → `[..., Σ out_i]`.
+    /// `x` `[..., in]` → `[..., Σ out_i]`, in `x`'s dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_act(x, Activation::Identity)
     }
 
-    /// `act(x Wᵀ + b)`, `x` `[..., in]` (f32) → `[..., Σ out_i]`. With a CPU tile layout whose
+    /// `act(x Wᵀ + b)`, `x` `[..., in]` → `[..., Σ out_i]` in `x`'s dtype. With a CPU tile layout whose
     /// rows are the layer's outputs, the bias and the activation are applied by the matmul's
     /// kernels as they write each output (no intermediate tensor: a vision MLP's `fc1` output
     /// is 46 MB per frame); otherwise as separate ops.
@@ -194,7 +194,8 @@ impl Linear {
         self.forward_then(x, act, None)
     }
 
-    /// `x Wᵀ + b + residual` (a residual connection), `residual` of the output's shape, f32.
+    /// `x Wᵀ + b + residual` (a residual connection), `residual` of the output's shape and
+    /// `x`'s dtype.
     /// In a CPU tile layout the matmul's kernels add it as they write each output (no second
     /// pass, no new tensor); otherwise an add op.
     ///
@@ -334,7 +335,7 @@ impl Linear {
             if let Some(last) = dims.last_mut() {
                 *last = gate.rows;
             }
-            return Ok(Tensor::from_vec(g_out, dims, &Device::Cpu)?);
+            return Ok(Tensor::from_vec(g_out, dims, &Device::Cpu)?.to_dtype(x.dtype())?);
         }
         let mut gu = Linear::forward_shared(&[gate, up], x)?.into_iter();
         let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
@@ -384,6 +385,8 @@ impl Linear {
             y
         };
         Ok(match &self.bias {
+            // The bias is kept in f32; activations of another dtype get it converted.
+            Some(b) if b.dtype() != y.dtype() => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })

@@ -128,6 +128,9 @@ pub struct LoadSummary {
     pub checkpoint_dir: Option<PathBuf>,
     /// Storage policy.
     pub policy: QuantPolicy,
+    /// The dtype the model computes in (`f32`, `f16`, `bf16`;
+    /// [`crate::load::weights::default_activations`]).
+    pub activations: &'static str,
     /// Wall time of the load.
     pub load_seconds: f64,
     /// What was made resident.
@@ -583,6 +586,7 @@ pub fn load_model(
         Some(n) => weights.with_threads(n),
         None => weights,
     };
+    let activations = weights.activation_dtype().as_str();
     let model = LoadedModel::load(&cfg, &weights)?;
     let report = weights.report();
     drop(weights);
@@ -594,6 +598,7 @@ pub fn load_model(
         weights: resolved.describe(),
         checkpoint_dir,
         policy,
+        activations,
         load_seconds: start.elapsed().as_secs_f64(),
         report,
         estimate,

@@ -378,6 +378,48 @@ fn parity_qwen2_vl_quantized_4bit_falls_back_to_q4_0() {
     check_quantized("q4_0", &model, &all_cases(&dir), 0.8);
 }
 
+/// The half-precision path a GPU takes with f16 or bf16 weights: activations, KV cache and
+/// attention scores in the weights' dtype (softmax and norms reduce in f32), the vision tower
+/// included, run here through the same candle compositions on the CPU. Logits against the f32
+/// reference on every case; greedy ids may leave it only at a near tie.
+#[test]
+fn parity_qwen2_vl_half_precision_activations() {
+    let Some(dir) = fixture("qwen2_vl") else {
+        return;
+    };
+    let cases = all_cases(&dir);
+    let Some(first) = cases.first() else {
+        panic!("qwen2_vl/cases.json lists no case");
+    };
+    let f32_cache = load_model(&dir, f32_policy())
+        .prefill(&first.input, Logits::Last)
+        .unwrap()
+        .cache
+        .bytes();
+    // Floors: measured 0.99989 (bf16) and 0.999998 (f16) on the shared set; a broken dtype
+    // path falls far lower.
+    for (storage, dtype, floor) in [
+        (StorageDtype::Bf16, DType::BF16, 0.995),
+        (StorageDtype::F16, DType::F16, 0.999),
+    ] {
+        let src = SafetensorsSource::open(&[dir.join("model.safetensors")]).unwrap();
+        let w = Weights::new(
+            Box::new(src),
+            Device::Cpu,
+            QuantPolicy::for_storage(storage),
+        )
+        .with_activations(dtype)
+        .unwrap();
+        assert_eq!(w.activation_dtype(), dtype);
+        let model = Qwen2VlModel::load(&config(&dir), &w).unwrap();
+        // The KV cache holds the activation dtype: half the f32 cache's bytes.
+        let state = model.prefill(&first.input, Logits::Last).unwrap();
+        assert_eq!(state.cache.bytes() * 2, f32_cache, "{dtype:?} KV cache");
+        assert_eq!(state.logits.dtype(), DType::F32);
+        check_quantized(&format!("{dtype:?} activations"), &model, &cases, floor);
+    }
+}
+
 /// The CPU tile layouts on the fixture: every linear weight quantized (no fallback, whatever
 /// the row widths), logits against the f32 reference with the floors of the GGML types (8-bit:
 /// measured 0.9994 on the shared set; 4-bit on 64-wide random rows moves the logits a lot).

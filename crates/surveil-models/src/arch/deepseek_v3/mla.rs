@@ -6,7 +6,9 @@ use std::sync::Arc;
 use candle_core::{Tensor, D};
 
 use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
-use crate::layers::kernels::{flash_attention, mla_decode_attention, runs_cpu_kernel, KeyMask};
+use crate::layers::kernels::{
+    flash_attention, mla_decode_attention, runs_cpu_kernel, scaled_softmax, KeyMask,
+};
 use crate::layers::{KvCache, LayerKvCache, Linear, RmsNorm};
 use crate::load::weights::Weights;
 use crate::quant::ThreadPool;
@@ -215,7 +217,7 @@ impl Attention {
                 }
                 _ => {
                     let scores = (q_lat.matmul(&latent.t()?)? + q_rot.matmul(&k_rot.t()?)?)?;
-                    candle_nn::ops::softmax_last_dim(&(scores * scale)?)?.matmul(&latent)?
+                    scaled_softmax(&scores, scale as f32)?.matmul(&latent)?
                 }
             };
             self.absorb_output(&ctx)?
@@ -257,12 +259,13 @@ impl Attention {
                     },
                 )?,
                 _ => {
-                    let scores = (q.matmul(&k.t()?)? * scale)?;
+                    // `scale · (q kᵀ + mask)`: the mask is 0 or -inf.
+                    let scores = q.matmul(&k.t()?)?;
                     let scores = match mask {
                         Some(m) => scores.broadcast_add(m)?,
                         None => scores,
                     };
-                    candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+                    scaled_softmax(&scores, scale as f32)?.matmul(&v)?
                 }
             };
             ctx.transpose(1, 2)?.reshape((b, s, heads * self.v_dim))?
@@ -271,8 +274,9 @@ impl Attention {
     }
 
     /// `q_nope W_uk` per head for one token: `q_nope` `(1, heads, 1, nope)`, returns `(heads,
-    /// rank)`. On the kernel pool for a model on the CPU, else candle's batched matmul in the
-    /// query's dtype.
+    /// rank)` in the query's dtype. On the kernel pool for a model on the CPU, else candle's
+    /// batched matmul in the table's dtype (f16 or bf16 under a quantized policy: the query is
+    /// rounded to it, the 2·heads·nope·rank bytes of the table are read as they are).
     fn absorb_query(&self, q_nope: &Tensor) -> Result<Tensor> {
         let (heads, nope, rank) = (self.heads, self.nope, self.kv_lora_rank);
         let q = q_nope.reshape((heads, 1, nope))?;
@@ -281,9 +285,12 @@ impl Attention {
             let y = super::absorb::vec_mat_per_head(&x, &self.w_uk, heads, nope, rank, pool)?;
             return Ok(Tensor::from_vec(y, (heads, rank), q.device())?);
         }
-        let w = self.w_uk.to_dtype(q.dtype())?;
-        Ok(q.matmul(&w.reshape((heads, nope, rank))?)?
-            .reshape((heads, rank))?)
+        // In the table's dtype: the query (heads × nope values) is converted, not the table.
+        let w = self.w_uk.reshape((heads, nope, rank))?;
+        Ok(q.to_dtype(w.dtype())?
+            .matmul(&w)?
+            .reshape((heads, rank))?
+            .to_dtype(q.dtype())?)
     }
 
     /// `ctx W_uvᵀ` per head for one token: `ctx` `(heads, rank)` (the attended latent),
@@ -296,9 +303,11 @@ impl Attention {
             let y = super::absorb::mat_vec_per_head(&x, &self.w_uv, heads, v_dim, rank, pool)?;
             return Ok(Tensor::from_vec(y, (heads, v_dim), ctx.device())?);
         }
-        let w = self.w_uv.to_dtype(ctx.dtype())?;
+        let w = self.w_uv.reshape((heads, v_dim, rank))?.transpose(1, 2)?;
         Ok(ctx
-            .matmul(&w.reshape((heads, v_dim, rank))?.transpose(1, 2)?)?
-            .reshape((heads, v_dim))?)
+            .to_dtype(w.dtype())?
+            .matmul(&w)?
+            .reshape((heads, v_dim))?
+            .to_dtype(ctx.dtype())?)
     }
 }

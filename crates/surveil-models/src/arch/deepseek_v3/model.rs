@@ -50,6 +50,9 @@ pub struct DeepseekV3Model {
     lm_head: crate::layers::MatWeight,
     inv_freq: Vec<f32>,
     device: Device,
+    /// The dtype of hidden states, latent cache and attention scores
+    /// ([`Weights::activation_dtype`]).
+    dtype: DType,
 }
 
 impl DeepseekV3Model {
@@ -120,6 +123,7 @@ impl DeepseekV3Model {
             lm_head,
             inv_freq,
             device: w.device().clone(),
+            dtype: w.activation_dtype(),
         })
     }
 
@@ -164,14 +168,20 @@ impl DeepseekV3Model {
                 sin.push(a.sin());
             }
         }
+        // Rounded once to the activation dtype on the host.
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (s, half), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?)
+        };
         Ok(Rotary {
-            cos: Tensor::from_vec(cos, (s, half), &self.device)?,
-            sin: Tensor::from_vec(sin, (s, half), &self.device)?,
+            cos: table(cos)?,
+            sin: table(sin)?,
         })
     }
 
     /// Run the decoder on input embeddings `(1, s, hidden)` placed after what `cache` holds
-    /// (prefill: an empty cache; decode: one embedding), appending to `cache`.
+    /// (prefill: an empty cache; decode: one embedding), appending to `cache`. Logits in f32.
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -228,11 +238,15 @@ impl DeepseekV3Model {
                     (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
                 })
                 .collect();
-            Some(Tensor::from_vec(data, (s, total), &self.device)?)
+            Some(
+                Tensor::from_vec(data, (s, total), &Device::Cpu)?
+                    .to_dtype(self.dtype)?
+                    .to_device(&self.device)?,
+            )
         } else {
             None
         };
-        let mut x = embeds.to_dtype(DType::F32)?;
+        let mut x = embeds.to_dtype(self.dtype)?;
         for (i, (layer, lc)) in self.layers.iter().zip(cache.layers_mut()).enumerate() {
             x = layer
                 .attn
@@ -247,7 +261,11 @@ impl DeepseekV3Model {
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
-        self.lm_head.forward(&x.contiguous()?)
+        // Logits in f32 whatever the activations.
+        Ok(self
+            .lm_head
+            .forward(&x.contiguous()?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Generate up to `max_new_tokens` after the prompt embeddings `(1, s, hidden)`, stopping

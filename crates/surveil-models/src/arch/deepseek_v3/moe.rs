@@ -1,7 +1,7 @@
 //! The feed-forward side of the DeepSeek-V3 decoder: the SwiGLU MLP (dense layers, routed and
 //! shared experts) and the sigmoid-routed mixture of experts.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::DeepseekV3Config;
 use crate::layers::Linear;
@@ -96,8 +96,10 @@ impl Router {
         })
     }
 
-    /// Route `x` (`(n, hidden)`, f32).
+    /// Route `x` (`(n, hidden)`), in f32 whatever the activation dtype (as the reference's
+    /// router does).
     fn route(&self, x: &Tensor) -> Result<Routing> {
+        let x = x.to_dtype(DType::F32)?;
         let scores = candle_nn::ops::sigmoid(&x.matmul(&self.weight.t()?)?)?
             .to_device(&Device::Cpu)?
             .to_vec2::<f32>()?;
@@ -239,7 +241,7 @@ impl Moe {
                 .fetch_add(expert.weight_bytes(), std::sync::atomic::Ordering::Relaxed);
             let n = idx.len();
             let idx = Tensor::from_slice(idx, n, device)?;
-            let ws = Tensor::from_slice(ws, (n, 1), device)?;
+            let ws = Tensor::from_slice(ws, (n, 1), device)?.to_dtype(flat.dtype())?;
             let y = expert
                 .forward(&flat.index_select(&idx, 0)?)?
                 .broadcast_mul(&ws)?;
@@ -286,9 +288,9 @@ impl Moe {
                 })
             })
             .collect();
-        let x: Vec<f32> = flat.flatten_all()?.to_vec1()?;
+        let x: Vec<f32> = flat.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         Ok(match tiled_experts_forward(&experts, &x, n, &pairs)? {
-            Some(y) => Some(Tensor::from_vec(y, (n, h), flat.device())?),
+            Some(y) => Some(Tensor::from_vec(y, (n, h), flat.device())?.to_dtype(flat.dtype())?),
             None => None,
         })
     }

@@ -81,8 +81,13 @@ impl TextEmbeddings {
                 self.max_positions
             )));
         }
+        // Word rows come in the activation dtype; the f32 position rows are rounded to it.
         let words = self.word.forward(ids)?;
-        let positions = self.position.narrow(0, start, t)?.unsqueeze(0)?;
+        let positions = self
+            .position
+            .narrow(0, start, t)?
+            .unsqueeze(0)?
+            .to_dtype(words.dtype())?;
         self.layer_norm.forward(&words.broadcast_add(&positions)?)
     }
 

@@ -138,12 +138,12 @@ impl GitModel {
         self.project_image_features(&self.image_features(pixel_values)?)
     }
 
-    /// Logits of every position, without a cache: `[B, n_img + T, vocab]` for `pixel_values`
+    /// Logits of every position (f32), without a cache: `[B, n_img + T, vocab]` for `pixel_values`
     /// `[B, C, S, S]` and `input_ids` `[B, T]` (the first `n_img` rows are image positions).
     pub fn forward(&self, pixel_values: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
         let image = self.image_embeddings(pixel_values)?;
         let hidden = self.decode(Some(&image), input_ids, None)?;
-        self.output.forward(&hidden)
+        Ok(self.output.forward(&hidden)?.to_dtype(DType::F32)?)
     }
 
     /// A fresh key/value cache for [`Self::prefill`] / [`Self::step`], with room for the image
@@ -154,7 +154,7 @@ impl GitModel {
 
     /// Start decoding: run the image tokens `image_embeds` `[B, n_img, hidden]` (from
     /// [`Self::image_embeddings`]) and the prompt `input_ids` `[B, T]` through the decoder,
-    /// filling the empty `cache`. Returns the logits of the last position, `[B, vocab]`.
+    /// filling the empty `cache`. Returns the logits of the last position, `[B, vocab]` f32.
     pub fn prefill(
         &self,
         image_embeds: &Tensor,
@@ -171,7 +171,7 @@ impl GitModel {
     }
 
     /// Continue decoding with `input_ids` `[B, T]` (usually T = 1: the token just chosen).
-    /// Returns the logits of the last position, `[B, vocab]`.
+    /// Returns the logits of the last position, `[B, vocab]` f32.
     pub fn step(&self, input_ids: &Tensor, cache: &mut GitCache) -> Result<Tensor> {
         if cache.is_empty() {
             return Err(ModelError::InvalidInput(
@@ -185,7 +185,7 @@ impl GitModel {
     fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let len = hidden.dim(1)?;
         let last = hidden.narrow(1, len - 1, 1)?.squeeze(1)?;
-        self.output.forward(&last)
+        Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
     }
 
     /// Run the decoder over `[image tokens?, text tokens]`, returning the hidden states of the

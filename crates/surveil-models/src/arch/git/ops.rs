@@ -9,8 +9,8 @@ use candle_core::Tensor;
 
 use super::config::Activation;
 use crate::layers::kernels::{
-    decode_attention, flash_attention, gelu_erf, runs_cpu_kernel, Activation as FusedActivation,
-    KeyMask, DECODE_MAX_ROWS,
+    decode_attention, flash_attention, gelu_erf, runs_cpu_kernel, scaled_softmax,
+    Activation as FusedActivation, KeyMask, DECODE_MAX_ROWS,
 };
 use crate::layers::Linear;
 use crate::Result;
@@ -83,12 +83,14 @@ pub(crate) fn attention(
             Some(m) => flash_attention(q, k, v, scale, m.keys),
         };
     }
-    let scores = (q.matmul(&k.t()?)? * scale)?;
+    // `scale · (q kᵀ + mask)` equals the reference's `scale · q kᵀ + mask` (the mask is 0 or
+    // -inf); the softmax reduces in f32 whatever the scores' dtype.
+    let scores = q.matmul(&k.t()?)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(&m.additive.to_dtype(scores.dtype())?)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = scaled_softmax(&scores, scale as f32)?;
     Ok(probs.matmul(v)?)
 }
 

@@ -110,6 +110,8 @@ pub struct VisionTransformer {
     layers: Vec<VisionLayer>,
     post_layernorm: LayerNorm,
     cfg: GitVisionConfig,
+    /// The activation dtype of the encoder layers ([`Weights::activation_dtype`]).
+    dtype: DType,
 }
 
 impl VisionTransformer {
@@ -134,11 +136,12 @@ impl VisionTransformer {
             layers,
             post_layernorm: LayerNorm::load(&w.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
             cfg: cfg.clone(),
+            dtype: w.activation_dtype(),
         })
     }
 
-    /// `pixel_values` `[B, C, S, S]` (f32, normalised, S = `image_size`) → `last_hidden_state`
-    /// after `post_layernorm`, `[B, 1 + patches, D]`.
+    /// `pixel_values` `[B, C, S, S]` (normalised, S = `image_size`) → `last_hidden_state`
+    /// after `post_layernorm`, `[B, 1 + patches, D]` in the activation dtype.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, c, h, w) = pixel_values.dims4().map_err(|_| {
@@ -173,7 +176,11 @@ impl VisionTransformer {
             .reshape((b, g * g, d))?;
         let class = self.class_embedding.reshape((1, 1, d))?.repeat((b, 1, 1))?;
         let x = Tensor::cat(&[&class, &patch_embeds], 1)?;
-        let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        // Patch and position embeddings in f32 (their weights'), the layers in the activation
+        // dtype.
+        let x = x
+            .broadcast_add(&self.position_embedding.unsqueeze(0)?)?
+            .to_dtype(self.dtype)?;
         let mut x = self.pre_layrnorm.forward(&x)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;

@@ -157,6 +157,8 @@ pub struct MoonVit {
     final_norm: LayerNorm,
     inv_freq: Vec<f32>,
     device: Device,
+    /// The activation dtype of the blocks ([`Weights::activation_dtype`]).
+    dtype: DType,
 }
 
 impl MoonVit {
@@ -198,6 +200,7 @@ impl MoonVit {
             final_norm,
             inv_freq,
             device: w.device().clone(),
+            dtype: w.activation_dtype(),
         })
     }
 
@@ -280,10 +283,12 @@ impl MoonVit {
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (n, half), &self.device)?,
-            Tensor::from_vec(sin, (n, half), &self.device)?,
-        ))
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (n, half), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?)
+        };
+        Ok((table(cos)?, table(sin)?))
     }
 
     /// Run the tower on packed `pixel_values` (`(patches, 3, p, p)`, or already flattened to
@@ -301,7 +306,13 @@ impl MoonVit {
             .map(|&g| self.position_embedding(g))
             .collect::<Result<Vec<_>>>()?;
         let pos_embeds = Tensor::cat(&pos, 0)?;
-        let patch_embed_out = self.patch_embed.forward(&pixels)?.add(&pos_embeds)?;
+        // Patch and position embeddings in f32 (their weights'), the blocks in the activation
+        // dtype.
+        let patch_embed_out = self
+            .patch_embed
+            .forward(&pixels)?
+            .add(&pos_embeds)?
+            .to_dtype(self.dtype)?;
         let (cos, sin) = self.rotary(grids)?;
         let mut segments = Vec::with_capacity(grids.len());
         let mut start = 0;

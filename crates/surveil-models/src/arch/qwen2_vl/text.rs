@@ -220,6 +220,9 @@ pub struct TextModel {
     lm_head: crate::layers::MatWeight,
     inv_freq: Vec<f32>,
     device: Device,
+    /// The dtype of hidden states, KV cache and attention scores
+    /// ([`Weights::activation_dtype`]).
+    dtype: DType,
 }
 
 impl TextModel {
@@ -254,6 +257,7 @@ impl TextModel {
             lm_head,
             inv_freq,
             device: w.device().clone(),
+            dtype: w.activation_dtype(),
         })
     }
 
@@ -286,7 +290,7 @@ impl TextModel {
         let t = Tensor::new(ids, &self.device)?;
         let e = match &self.embed {
             TokenEmbedding::Table(e) => e.forward(&t)?,
-            TokenEmbedding::SharedWithHead => self.lm_head.embedding(&t)?.to_dtype(DType::F32)?,
+            TokenEmbedding::SharedWithHead => self.lm_head.embedding(&t)?.to_dtype(self.dtype)?,
         };
         Ok(e.reshape((1, ids.len(), self.cfg.hidden_size))?)
     }
@@ -314,14 +318,20 @@ impl TextModel {
                 sin.push(a.sin() as f32);
             }
         }
+        // Angles in f64, tables rounded once to the activation dtype on the host.
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (s, half), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?)
+        };
         Ok(Rotary {
-            cos: Tensor::from_vec(cos, (s, half), &self.device)?,
-            sin: Tensor::from_vec(sin, (s, half), &self.device)?,
+            cos: table(cos)?,
+            sin: table(sin)?,
         })
     }
 
     /// Run the decoder on input embeddings `(1, s, hidden)` at M-RoPE `positions` (three
-    /// slices of length `s`), appending to `cache`. Returns logits as asked.
+    /// slices of length `s`), appending to `cache`. Returns logits as asked, in f32.
     pub fn forward(
         &self,
         embeds: &Tensor,
@@ -356,17 +366,25 @@ impl TextModel {
                     (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
                 })
                 .collect();
-            Some(Tensor::from_vec(data, (s, total), &self.device)?)
+            Some(
+                Tensor::from_vec(data, (s, total), &Device::Cpu)?
+                    .to_dtype(self.dtype)?
+                    .to_device(&self.device)?,
+            )
         } else {
             None
         };
-        let mut x = embeds.clone();
+        let mut x = embeds.to_dtype(self.dtype)?;
         for (layer, lc) in self.layers.iter().zip(cache.layers_mut()) {
             x = layer.forward(&x, &rot, mask.as_ref(), lc)?;
         }
         let x = logits.select(&x)?;
         let x = self.norm.forward(&x)?;
-        self.lm_head.forward(&x.contiguous()?)
+        // Logits in f32 whatever the activations (as the reference upcasts them).
+        Ok(self
+            .lm_head
+            .forward(&x.contiguous()?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Convenience: logits of the last position as a vector.

@@ -6,7 +6,7 @@
 //! (the processor's row order); nothing is padded to a common size.
 
 use candle_core::quantized::QMatMul;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::VisionConfig;
 use crate::layers::kernels::{packed_rope_attention, Activation, AttentionPrecision, RopeLayout};
@@ -134,6 +134,8 @@ pub struct VisionTower {
     merger: PatchMerger,
     inv_freq: Vec<f32>,
     device: Device,
+    /// The activation dtype ([`Weights::activation_dtype`]).
+    dtype: DType,
 }
 
 /// Output of [`VisionTower::forward_with_hidden`].
@@ -173,6 +175,7 @@ impl VisionTower {
             merger,
             inv_freq,
             device: w.device().clone(),
+            dtype: w.activation_dtype(),
         })
     }
 
@@ -243,10 +246,12 @@ impl VisionTower {
                 }
             }
         }
-        Ok((
-            Tensor::from_vec(cos, (n, 2 * f), &self.device)?,
-            Tensor::from_vec(sin, (n, 2 * f), &self.device)?,
-        ))
+        let table = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, (n, 2 * f), &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?)
+        };
+        Ok((table(cos)?, table(sin)?))
     }
 
     /// Run the tower; returns the last block's output and the merged embeddings.
@@ -269,9 +274,7 @@ impl VisionTower {
                 start += g.h * g.w;
             }
         }
-        let pixel_values = pixel_values
-            .to_device(&self.device)?
-            .to_dtype(candle_core::DType::F32)?;
+        let pixel_values = pixel_values.to_device(&self.device)?.to_dtype(self.dtype)?;
         let mut x = self.patch_embed.forward(&pixel_values)?;
         for block in &self.blocks {
             x = block.forward(&x, &cos, &sin, &segments)?;

@@ -14,7 +14,7 @@
 //! [`scaled_softmax_composed`] and [`quick_gelu_composed`] (candle-nn's softmax and sigmoid,
 //! which have CUDA kernels).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
 
 use super::flash::AttentionPrecision;
 use super::{contiguous_f32, runs_cpu_kernel};
@@ -254,8 +254,12 @@ pub(crate) fn scaled_softmax(x: &Tensor, scale: f32) -> Result<Tensor> {
 /// [`scaled_softmax`] as candle ops, for any device and float dtype: candle-nn's
 /// `softmax_last_dim` of `scale · x`, then rows whose maximum is `-inf` (where that softmax
 /// gives `0/0 = NaN`) set to zeros as the kernel does. Matches the kernel within 1e-6 on f32
-/// (the kernel's polynomial `exp` against libm's or CUDA's).
+/// (the kernel's polynomial `exp` against libm's or CUDA's). f16 and bf16 scores are widened
+/// to f32 for the softmax and the probabilities rounded back, as the reference
+/// implementations' eager attention does (`softmax(..., dtype=torch.float32)`).
 pub(crate) fn scaled_softmax_composed(x: &Tensor, scale: f32) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = &x.to_dtype(DType::F32)?;
     let probs = candle_nn::ops::softmax_last_dim(&x.affine(f64::from(scale), 0.0)?)?;
     // Fully masked rows: a per-row flag, broadcast over the row, selects zeros there.
     let live = x
@@ -263,7 +267,7 @@ pub(crate) fn scaled_softmax_composed(x: &Tensor, scale: f32) -> Result<Tensor> 
         .ne(f64::NEG_INFINITY)?
         .broadcast_as(probs.shape())?;
     let zeros = Tensor::zeros((), probs.dtype(), probs.device())?.broadcast_as(probs.shape())?;
-    Ok(live.where_cond(&probs, &zeros)?)
+    Ok(live.where_cond(&probs, &zeros)?.to_dtype(dtype)?)
 }
 
 /// Quick GELU `x · sigmoid(1.702 x)` in one pass.

@@ -238,9 +238,9 @@ impl MatWeight {
         }
     }
 
-    /// `x [..., k] · Wᵀ → [..., n]`, in `x`'s dtype for candle weights and f32 for tiled ones
-    /// (whose activations are quantized to 8 bits per 32-block; the kernels of
-    /// [`crate::quant`]).
+    /// `x [..., k] · Wᵀ → [..., n]`, in `x`'s dtype. Tiled weights and bf16 CPU weights
+    /// compute in f32 (a tiled weight's activations are quantized to 8 bits per 32-block; the
+    /// kernels of [`crate::quant`]) and convert the product to `x`'s dtype when it is another.
     ///
     /// Errors: the last dimension of `x` is not `k`; a tiled weight given a tensor that is not
     /// on the CPU; candle's and the kernels' errors.
@@ -248,7 +248,7 @@ impl MatWeight {
         match self {
             MatWeight::Candle(w) => Ok(candle_matmul(w, x)?),
             MatWeight::Tiled(t) => Ok(tiled_forward(&[t], x, &[])?.remove(0)),
-            MatWeight::Bf16(b) => b.forward(x),
+            MatWeight::Bf16(b) => Ok(b.forward(x)?.to_dtype(x.dtype())?),
         }
     }
 
@@ -472,7 +472,8 @@ fn cpu_f32<'s>(
     }
 }
 
-/// [`tiled_forward_raw`] as tensors: one `[..., n_i]` f32 tensor per weight.
+/// [`tiled_forward_raw`] as tensors: one `[..., n_i]` tensor per weight, computed in f32 and
+/// given `x`'s dtype.
 ///
 /// Errors: as [`tiled_forward_raw`].
 pub(crate) fn tiled_forward(
@@ -488,7 +489,7 @@ pub(crate) fn tiled_forward(
             if let Some(last) = out.last_mut() {
                 *last = w.packed.rows();
             }
-            Ok(Tensor::from_vec(y, out, &Device::Cpu)?)
+            Ok(Tensor::from_vec(y, out, &Device::Cpu)?.to_dtype(x.dtype())?)
         })
         .collect()
 }

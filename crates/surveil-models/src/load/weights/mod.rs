@@ -19,7 +19,7 @@ pub(crate) use matweight::{
 };
 pub use matweight::{Bf16Weight, MatWeight, Packed, TiledWeight};
 pub use safetensors_source::SafetensorsSource;
-pub use store::{LoadProgress, LoadReport, Weights};
+pub use store::{default_activations, LoadProgress, LoadReport, Weights};
 
 use candle_core::{DType, Device, Tensor};
 

@@ -57,6 +57,8 @@ struct Inner {
     total_tensors: usize,
     /// Threads of the kernels' pool and of quantization at load.
     threads: usize,
+    /// The dtype the model computes in ([`Weights::activation_dtype`]).
+    activations: DType,
     /// The kernels' pool, started with the first tiled weight and shared by all of them.
     pool: OnceLock<Arc<ThreadPool>>,
 }
@@ -79,6 +81,7 @@ impl Weights {
     /// Load from `source` onto `device` following `policy`.
     pub fn new(source: Box<dyn TensorSource>, device: Device, policy: QuantPolicy) -> Self {
         let total_tensors = source.names().len();
+        let activations = default_activations(&device, policy);
         Self {
             inner: Arc::new(Inner {
                 source,
@@ -88,6 +91,7 @@ impl Weights {
                 progress: None,
                 total_tensors,
                 threads: crate::quant::physical_cores(),
+                activations,
                 pool: OnceLock::new(),
             }),
             prefix: String::new(),
@@ -103,6 +107,7 @@ impl Weights {
         progress: Box<LoadProgress>,
     ) -> Self {
         let total_tensors = source.names().len();
+        let activations = default_activations(&device, policy);
         Self {
             inner: Arc::new(Inner {
                 source,
@@ -112,6 +117,7 @@ impl Weights {
                 progress: Some(progress),
                 total_tensors,
                 threads: crate::quant::physical_cores(),
+                activations,
                 pool: OnceLock::new(),
             }),
             prefix: String::new(),
@@ -133,6 +139,30 @@ impl Weights {
     /// Threads of the kernels' pool.
     pub fn threads(&self) -> usize {
         self.inner.threads
+    }
+
+    /// The same source with the models computing in `dtype` (f32, f16 or bf16) instead of
+    /// [`default_activations`]' choice: activations, the KV cache and the attention scores are
+    /// held in it (softmax and norms still reduce in f32). Call before loading anything, as
+    /// [`Self::with_threads`].
+    ///
+    /// Errors: another dtype ([`ModelError::Unsupported`]).
+    pub fn with_activations(mut self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(ModelError::Unsupported(format!(
+                "activations in {dtype:?}: only f32, f16 and bf16 are supported"
+            )));
+        }
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.activations = dtype;
+        }
+        Ok(self)
+    }
+
+    /// The dtype the model computes in: its hidden states, KV cache and attention scores.
+    /// [`default_activations`] unless [`Self::with_activations`] chose another.
+    pub fn activation_dtype(&self) -> DType {
+        self.inner.activations
     }
 
     /// A weight in candle's storage as the layers keep it: a 2-D bf16 weight on the CPU gets
@@ -580,6 +610,18 @@ fn quantize_rows_parallel(t: &Tensor, ggml: GgmlDType, device: &Device) -> Resul
     Ok(QTensor::new(storage, dims)?)
 }
 
+/// The dtype a model on `device` under `policy` computes in: the weights' own float type (f16
+/// or bf16) on a GPU, where candle's kernels multiply in it (half the activation and KV-cache
+/// bytes, tensor-core matmuls, no conversion per matmul); f32 everywhere else: on the CPU,
+/// whose kernels take f32 activations (and widen bf16 weights in registers), and under
+/// quantized policies, whose GGML kernels take f32 input on every device.
+pub fn default_activations(device: &Device, policy: QuantPolicy) -> DType {
+    match policy.linear {
+        StorageDtype::F16 | StorageDtype::Bf16 if !device.is_cpu() => float_dtype(policy.linear),
+        _ => DType::F32,
+    }
+}
+
 fn float_dtype(storage: StorageDtype) -> DType {
     match storage {
         StorageDtype::F16 => DType::F16,
@@ -647,6 +689,48 @@ mod tests {
         assert!(w.matmul_weight(&[32, 64], "head.weight").is_ok());
         // Refused reads make nothing resident; the report is shared with the plain view.
         assert_eq!(plain.report().tensors_loaded, 5);
+    }
+
+    /// f32 on the CPU under every policy (its kernels take f32); a choice made with
+    /// `with_activations` holds for every view of the source; only float dtypes are taken.
+    #[test]
+    fn activations_are_f32_on_the_cpu_unless_chosen() {
+        for storage in [
+            StorageDtype::Bf16,
+            StorageDtype::F16,
+            StorageDtype::F32,
+            StorageDtype::Q4K,
+            StorageDtype::Q8_0,
+        ] {
+            let policy = QuantPolicy::for_storage(storage);
+            assert_eq!(default_activations(&Device::Cpu, policy), DType::F32);
+            assert_eq!(
+                default_activations(&Device::Cpu, policy.on_cpu()),
+                DType::F32
+            );
+        }
+        let source = || {
+            let layout = vec![("w".to_string(), vec![4, 32])];
+            Box::new(crate::load::weights::DummySource::new(
+                "a",
+                layout,
+                DType::F32,
+                1,
+            ))
+        };
+        let policy = QuantPolicy::for_storage(StorageDtype::Bf16);
+        let w = Weights::new(source(), Device::Cpu, policy);
+        assert_eq!(w.activation_dtype(), DType::F32);
+        let w = w.with_activations(DType::BF16).unwrap();
+        assert_eq!(w.pp("x").activation_dtype(), DType::BF16);
+        for bad in [DType::F64, DType::U32, DType::U8] {
+            let err = Weights::new(source(), Device::Cpu, policy)
+                .with_activations(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("only f32, f16 and bf16"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
