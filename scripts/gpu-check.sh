@@ -128,6 +128,7 @@ for name in checks:
         "vision_warm_s": warm.get("vision_s"),
         "decode_tok_s": warm.get("decode_tokens_per_s"),
         "weights_bytes": r.get("quantization", {}).get("total_bytes"),
+        "activations": r.get("quantization", {}).get("activations"),
     }
     for block in ("after_load", "after_inference", "after_unload"):
         s[f"gpu_allocated_{block}"] = g(block, "gpu_allocated_bytes")
@@ -149,7 +150,7 @@ for name in checks:
     summary[name] = {"ok": not problems, **s}
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
     rows.append(
-        f"{name:18} {s['device']:7} load {f(s['load_s'], 1)} s | TTFT cold {f(s['ttft_cold_s'])} s"
+        f"{name:18} {s['device']:7} {s['activations'] or '-'} | load {f(s['load_s'], 1)} s | TTFT cold {f(s['ttft_cold_s'])} s"
         f" warm {f(s['ttft_warm_s'], 3)} s | decode {f(s['decode_tok_s'], 1)} tok/s | GPU MiB"
         " allocated/pool/reserved:"
         + ",".join(f" {k} {mib(s['gpu_allocated_after_' + k])}/{mib(s['gpu_pool_after_' + k])}/"

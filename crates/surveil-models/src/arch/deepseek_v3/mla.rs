@@ -7,7 +7,8 @@ use candle_core::{Tensor, D};
 
 use super::config::{DeepseekV3Config, KV_A_LAYERNORM_EPS};
 use crate::layers::kernels::{
-    flash_attention, mla_decode_attention, runs_cpu_kernel, scaled_softmax, KeyMask,
+    flash_attention, mla_decode_attention, runs_cpu_kernel, scaled_softmax,
+    scaled_softmax_unmasked, KeyMask,
 };
 use crate::layers::{KvCache, LayerKvCache, Linear, RmsNorm};
 use crate::load::weights::Weights;
@@ -217,7 +218,7 @@ impl Attention {
                 }
                 _ => {
                     let scores = (q_lat.matmul(&latent.t()?)? + q_rot.matmul(&k_rot.t()?)?)?;
-                    scaled_softmax(&scores, scale as f32)?.matmul(&latent)?
+                    scaled_softmax_unmasked(&scores, scale as f32)?.matmul(&latent)?
                 }
             };
             self.absorb_output(&ctx)?

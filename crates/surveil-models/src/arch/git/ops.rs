@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use super::config::Activation;
 use crate::layers::kernels::{
     decode_attention, flash_attention, gelu_erf, runs_cpu_kernel, scaled_softmax,
-    Activation as FusedActivation, KeyMask, DECODE_MAX_ROWS,
+    scaled_softmax_unmasked, Activation as FusedActivation, KeyMask, DECODE_MAX_ROWS,
 };
 use crate::layers::Linear;
 use crate::Result;
@@ -86,11 +86,13 @@ pub(crate) fn attention(
     // `scale · (q kᵀ + mask)` equals the reference's `scale · q kᵀ + mask` (the mask is 0 or
     // -inf); the softmax reduces in f32 whatever the scores' dtype.
     let scores = q.matmul(&k.t()?)?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(&m.additive.to_dtype(scores.dtype())?)?,
-        None => scores,
+    let probs = match mask {
+        Some(m) => scaled_softmax(
+            &scores.broadcast_add(&m.additive.to_dtype(scores.dtype())?)?,
+            scale as f32,
+        )?,
+        None => scaled_softmax_unmasked(&scores, scale as f32)?,
     };
-    let probs = scaled_softmax(&scores, scale as f32)?;
     Ok(probs.matmul(v)?)
 }
 

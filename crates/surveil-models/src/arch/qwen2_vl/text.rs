@@ -7,7 +7,8 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::config::TextConfig;
 use crate::layers::kernels::{
-    decode_attention, flash_attention, runs_cpu_kernel, scaled_softmax, KeyMask, DECODE_MAX_ROWS,
+    decode_attention, flash_attention, runs_cpu_kernel, scaled_softmax, scaled_softmax_unmasked,
+    KeyMask, DECODE_MAX_ROWS,
 };
 use surveil_memory::QuantPolicy;
 
@@ -108,14 +109,17 @@ impl Attention {
             }
             _ => {
                 let scores = q.matmul(&k.t()?)?;
-                let scores = match mask {
-                    Some(mask) => scores
-                        .reshape((b, self.kv_heads, rep, s, total))?
-                        .broadcast_add(mask)?
-                        .reshape((b, self.kv_heads, rep * s, total))?,
-                    None => scores,
+                let probs = match mask {
+                    Some(mask) => scaled_softmax(
+                        &scores
+                            .reshape((b, self.kv_heads, rep, s, total))?
+                            .broadcast_add(mask)?
+                            .reshape((b, self.kv_heads, rep * s, total))?,
+                        scale,
+                    )?,
+                    None => scaled_softmax_unmasked(&scores, scale)?,
                 };
-                scaled_softmax(&scores, scale)?.matmul(&v)?
+                probs.matmul(&v)?
             }
         }; // (b, kv_heads, rep*s, d)
         let out = out

@@ -19,7 +19,7 @@ pub use flash::{flash_attention, flash_attention_with, AttentionPrecision, Flash
 
 pub(crate) use attention::{
     gelu_erf, packed_rope_attention, quick_gelu, quick_gelu_composed, scaled_softmax,
-    swiglu_in_place, RopeLayout,
+    scaled_softmax_unmasked, swiglu_in_place, RopeLayout,
 };
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
