@@ -20,7 +20,7 @@
 //! empty job on the pool as the caller sees it (a worker that has not woken up before the
 //! caller took every part is not waited for); `pool/roundtrip` a job a parked worker must
 //! join (wake-up and report); `activations/quantize` the 8-bit quantization of one input row;
-//! `quantize/*` a load's quantization of one weight, ours against candle's Q4K. Weights are
+//! `quantize/*` a load's quantization of one weight, ours (our tiles, and GGML Q4_K blocks) against candle's Q4K. Weights are
 //! uniform random; the kernels' speed does not depend on the values.
 
 use std::cell::{Cell, OnceCell};
@@ -31,7 +31,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use surveil_models::quant::{
-    matmul_quantized, Kernel, PackedQ4, PackedQ8, PackedWeight, QuantizedActivations, ThreadPool,
+    matmul_quantized, quantize_q4k, Kernel, PackedQ4, PackedQ8, PackedWeight, QuantizedActivations,
+    ThreadPool, Q4K_BLOCK_BYTES, Q4K_BLOCK_VALUES,
 };
 
 /// `(model and linear, k, n)`; `full_only` shapes run with `KERNELS_BENCH_FULL=1`.
@@ -361,6 +362,13 @@ fn load_quantize(c: &mut Criterion) {
     let id = "quantize/candle_q4k_k1536_n8960_f32";
     let best = timed(c, id, || {
         black_box(QTensor::quantize(black_box(&t), GgmlDType::Q4K).expect("candle quantize"));
+    });
+    say(id, best, w.len() * 4);
+    // The same blocks, byte for byte, from our Q4_K quantizer (what a GPU load runs).
+    let mut blocks = vec![0u8; w.len() / Q4K_BLOCK_VALUES * Q4K_BLOCK_BYTES];
+    let id = "quantize/ggml_q4k_k1536_n8960_f32_1t";
+    let best = timed(c, id, || {
+        quantize_q4k(black_box(&w), black_box(&mut blocks)).expect("whole blocks");
     });
     say(id, best, w.len() * 4);
 }

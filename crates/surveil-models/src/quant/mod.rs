@@ -125,6 +125,7 @@ mod bf16;
 mod buffer;
 mod error;
 mod experts;
+mod ggml_q4k;
 pub mod kernels;
 mod matmul;
 mod packed_q4;
@@ -138,6 +139,7 @@ pub use activations::QuantizedActivations;
 pub use bf16::{bf16_matmul, BF16_GEMV_MAX_ROWS};
 pub use error::QuantError;
 pub use experts::{grouped_expert_gemv, ExpertRoute};
+pub use ggml_q4k::{quantize_q4k, Q4K_BLOCK_BYTES, Q4K_BLOCK_VALUES};
 pub use kernels::Kernel;
 pub use matmul::{
     matmul, matmul_quantized, matmul_quantized_many, matmul_quantized_then, matmul_with, Epilogue,

@@ -549,63 +549,85 @@ const PARALLEL_QUANTIZE_MIN: usize = 1 << 20;
 /// and place the blocks on `device`: a GPU gets each weight uploaded once, already quantized
 /// (candle's own `QTensor::quantize_onto` quantizes on one host thread). Quantization blocks
 /// never cross a row, so the blocks of consecutive row ranges, laid end to end, are exactly the
-/// blocks of the whole tensor.
+/// blocks of the whole tensor. Q4K blocks come from [`crate::quant::quantize_q4k`] (candle's
+/// bytes, about seven times faster than candle's quantizer); Q8_0 and Q4_0 from candle's.
+///
+/// Errors: a row length that is not a whole number of blocks; candle's errors.
 fn quantize_rows_parallel(t: &Tensor, ggml: GgmlDType, device: &Device) -> Result<QTensor> {
-    let serial = || -> Result<QTensor> {
-        Ok(if device.is_cpu() {
-            QTensor::quantize(t, ggml)?
-        } else {
-            QTensor::quantize_onto(t, ggml, device)?
-        })
-    };
     let dims = t.dims().to_vec();
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
     let cols = dims.last().copied().unwrap_or(0);
-    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-    if threads == 1 || rows * cols < PARALLEL_QUANTIZE_MIN {
-        return serial();
-    }
-    let flat = t.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = flat.storage_and_layout();
-    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
-        return serial();
-    };
-    let Some((lo, hi)) = layout.contiguous_offsets() else {
-        return serial();
-    };
-    let data = &data[lo..hi];
-    let chunk = rows.div_ceil(threads) * cols;
-    let parts: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = data
-            .chunks(chunk)
-            .map(|rows| {
-                scope.spawn(move || {
-                    let mut q = ggml.cpu_zeros(rows.len());
-                    q.from_float(rows);
-                    // SAFETY: `as_ptr` points at the `storage_size_in_bytes` bytes of `q`'s
-                    // blocks, which live until `q` is dropped at the end of this closure.
-                    unsafe { std::slice::from_raw_parts(q.as_ptr(), q.storage_size_in_bytes()) }
-                        .to_vec()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    drop(storage);
-    let expected = rows * cols / ggml.block_size() * ggml.type_size();
-    let mut bytes = Vec::with_capacity(expected);
-    for part in parts {
-        bytes.extend_from_slice(&part);
-    }
-    if bytes.len() != expected {
+    let (block_values, block_bytes) = (ggml.block_size(), ggml.type_size());
+    if !cols.is_multiple_of(block_values) || rows == 0 {
         return Err(ModelError::InvalidInput(format!(
-            "quantizing {dims:?} to {ggml:?}: {} bytes, expected {expected}",
-            bytes.len()
+            "quantizing {dims:?} to {ggml:?}: rows of {cols} values are not whole blocks of \
+             {block_values}"
         )));
     }
+    let threads = if rows * cols < PARALLEL_QUANTIZE_MIN {
+        1
+    } else {
+        candle_core::utils::get_num_threads().clamp(1, rows)
+    };
+    let flat = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = flat.storage_and_layout();
+    let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((lo, hi))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return Err(ModelError::InvalidInput(format!(
+            "quantizing {dims:?}: not a contiguous f32 host tensor"
+        )));
+    };
+    let data = &data[lo..hi];
+    let row_bytes = cols / block_values * block_bytes;
+    let mut bytes = vec![0u8; rows * row_bytes];
+    let per = rows.div_ceil(threads);
+    let quantize = |x: &[f32], out: &mut [u8]| -> Result<()> {
+        if ggml == GgmlDType::Q4K {
+            return Ok(crate::quant::quantize_q4k(x, out)?);
+        }
+        let mut q = ggml.cpu_zeros(x.len());
+        q.from_float(x);
+        // SAFETY: `as_ptr` points at the `storage_size_in_bytes` bytes of `q`'s blocks, which
+        // live until `q` is dropped at the end of this closure.
+        let blocks = unsafe { std::slice::from_raw_parts(q.as_ptr(), q.storage_size_in_bytes()) };
+        if blocks.len() != out.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "quantizing {dims:?} to {ggml:?}: {} bytes for {} rows, expected {}",
+                blocks.len(),
+                x.len() / cols,
+                out.len()
+            )));
+        }
+        out.copy_from_slice(blocks);
+        Ok(())
+    };
+    let parts = data
+        .chunks(per * cols)
+        .zip(bytes.chunks_mut(per * row_bytes));
+    if threads == 1 {
+        for (x, out) in parts {
+            quantize(x, out)?;
+        }
+    } else {
+        let quantize = &quantize;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .map(|(x, out)| scope.spawn(move || quantize(x, out)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ModelError::InvalidInput(
+                            "a quantization thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<()>>>()
+        })?;
+    }
+    drop(storage);
     let storage = QStorage::from_data(std::borrow::Cow::Owned(bytes), device, ggml)?;
     Ok(QTensor::new(storage, dims)?)
 }
@@ -733,18 +755,28 @@ mod tests {
         }
     }
 
+    /// Rows split over threads (a large weight) or not (a small one), with our Q4K quantizer
+    /// or candle's Q4_0 and Q8_0: the blocks candle's quantizer writes for the whole tensor.
     #[test]
     fn parallel_quantization_gives_the_same_blocks() {
-        let t = Tensor::randn(0f32, 1.0, (1536, 1024), &Device::Cpu).unwrap();
-        for ggml in [GgmlDType::Q4K, GgmlDType::Q4_0, GgmlDType::Q8_0] {
-            let serial = QTensor::quantize(&t, ggml).unwrap();
-            let parallel = quantize_rows_parallel(&t, ggml, &Device::Cpu).unwrap();
-            assert_eq!(parallel.shape(), serial.shape());
-            assert_eq!(
-                parallel.data().unwrap().as_ref(),
-                serial.data().unwrap().as_ref(),
-                "{ggml:?}"
-            );
+        for shape in [(1536, 1024), (3, 512)] {
+            let t = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+            for ggml in [GgmlDType::Q4K, GgmlDType::Q4_0, GgmlDType::Q8_0] {
+                let serial = QTensor::quantize(&t, ggml).unwrap();
+                let parallel = quantize_rows_parallel(&t, ggml, &Device::Cpu).unwrap();
+                assert_eq!(parallel.shape(), serial.shape());
+                assert_eq!(
+                    parallel.data().unwrap().as_ref(),
+                    serial.data().unwrap().as_ref(),
+                    "{ggml:?} {shape:?}"
+                );
+            }
         }
+        let t = Tensor::zeros((2, 300), DType::F32, &Device::Cpu).unwrap();
+        let err = quantize_rows_parallel(&t, GgmlDType::Q4K, &Device::Cpu)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not whole blocks of 256"), "{err}");
     }
 }
