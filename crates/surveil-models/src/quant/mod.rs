@@ -12,12 +12,15 @@
 //! `w ≈ d·q + m` with `q ∈ 0..=15`. As in GGML's k-quants (`Q4_K`), `d` and `m` are themselves
 //! quantized: the [`SUPER_BLOCK`] = 8 blocks of a row's 256-wide super-block share a bf16 scale
 //! `D` and a bf16 minimum `M`, and each block keeps 8-bit codes, `d = D·sc` (`sc ∈ 0..=255`)
-//! and `m = M·mn` (`mn ∈ −128..=127`; `Q4_K` has 6-bit codes and a non-positive minimum). The
-//! quantizer takes `M` and the `mn` so that `m ≤` the block's smallest value, then `D` and the
-//! `sc` so that `m + 15·d ≥` its largest, so every value of the block lies in `[m, m + 15·d]`;
-//! hence `|w − (d·q + m)| ≤ d/2` (up to f32 rounding of the division). `d` and `m` are exact
-//! f32 products (8 significant bits times 8), so every path computes them alike. A zero block
-//! gets `d = m = 0`.
+//! and `m = M·mn` (`mn ∈ −127..=127`; `Q4_K` has 6-bit codes and a non-positive minimum). The
+//! quantizer fits each block's `d` and `m` by least squares (from its range, two rounds of
+//! quantizing and solving for both; llama.cpp's k-quants fit theirs alike), codes them to the
+//! nearest `sc` and `mn` on the super-block's `D = max d / 255` and `M = max|m| / 127`, and
+//! gives each value the nearest of the block's 16 levels `d·q + m` (values beyond the ends
+//! clamp to them). On N(0, 1) weights the RMS error is 6 % below that of the blocks' plain range
+//! and 1 % below candle's `Q4_K` at 4.5 bits per weight (a test measures both). `d` and `m` are exact f32 products
+//! (8 significant bits times 8), so every path computes them alike. A zero block gets
+//! `d = m = 0`; a constant block `d = 0`.
 //!
 //! Activations `x [m_rows, k]` are quantized per 32-block to `i8` (`GGML Q8_1` in spirit):
 //! `x ≈ d_x·q_x`, `d_x = max|x|/127`, `q_x ∈ −127..=127` (rounded half away from zero), and
@@ -77,7 +80,9 @@
 //!
 //! # Tolerances (what the tests check)
 //!
-//! - quantize → dequantize: `|w − ŵ| ≤ d/2 + 4·ε·max(|w|, |m|)` per value, `d` the stored scale;
+//! - quantize → dequantize: each 4-bit value is the nearest of its block's 16 levels (within
+//!   f32 rounding of the division), and the RMS error is below candle's `Q4_K` and the blocks'
+//!   plain range on normal and heavy-tailed weights; 8-bit: `|w − ŵ| ≤ d/2 + 4·ε·|w|`;
 //! - reference GEMV vs an f32 matmul of the dequantized weight with the dequantized activation:
 //!   float rounding only;
 //! - each SIMD path vs the scalar reference: integer block dots bit-exact; outputs within
