@@ -282,66 +282,68 @@ fn bf16_up(x: f32) -> bf16 {
 /// under 1 % for one more pass over the values).
 const LS_ROUNDS: usize = 2;
 
-/// A block's scale `d` and minimum `m` for `w ≈ d·q + m`, `q = clamp(round((w − m)/d), 0, 15)`:
-/// starting from its range (`m = lo`, `d = (hi − lo)/15`), [`LS_ROUNDS`] rounds of quantizing
-/// the values and solving least squares for `d` and `m` jointly (`Σ(w − d·q − m)²` smallest
-/// for those quants). Each round lowers the squared error or keeps it (the quants are the
-/// nearest for the previous `d`, `m`; the new `d`, `m` are the best for those quants); a round
-/// whose system is singular (all quants equal) or whose `d` is not positive ends the fit.
-/// Values beyond `[m, m + 15·d]` are clamped to the ends by the quantizer. A constant block
-/// gets `d = 0`, `m = lo`.
-///
-/// The sums run in eight lanes then across them ([`lane_sums`]).
-#[inline(always)]
-fn fit_block(x: &[f32], lo: f32, hi: f32) -> (f32, f32) {
-    if hi <= lo || x.is_empty() {
-        return (0.0, lo);
-    }
-    let (mut d, mut m) = ((hi - lo) / 15.0, lo);
-    let n = x.len() as f32;
-    let sx = lane_sums(x, |v| [v, 0.0, 0.0])[0];
-    for _ in 0..LS_ROUNDS {
-        let inv = 1.0 / d;
-        let [sq, sqq, sxq] = lane_sums(x, |v| {
-            let q = ((v - m) * inv + 0.5).clamp(0.0, 15.0).floor();
-            [q, q * q, v * q]
-        });
-        let det = n * sqq - sq * sq;
-        if det <= 0.0 {
-            break;
-        }
-        let d_next = (n * sxq - sx * sq) / det;
-        let m_next = (sx - d_next * sq) / n;
-        if !(d_next > 0.0 && d_next.is_finite() && m_next.is_finite()) {
-            break;
-        }
-        (d, m) = (d_next, m_next);
-    }
-    (d, m)
-}
+/// Lanes of the quantizer: the rows of a tile, side by side.
+type Lanes = [f32; TILE_ROWS];
 
-/// Three sums of `f(x_i)` over `x`: value `i` adds into lane `i mod 8`, then the lanes add up
-/// in order (the same order in every compiled form; the lane loop vectorizes).
+/// Each row's block scale `d` and minimum `m` for `w ≈ d·q + m`,
+/// `q = clamp(round((w − m)/d), 0, 15)`, for one block of a tile: `xt[i][r]` is value `i` of
+/// row `r` (`i < len`). Per row, starting from the block's range (`m = lo`,
+/// `d = (hi − lo)/15`), [`LS_ROUNDS`] rounds of quantizing the values and solving least squares
+/// for `d` and `m` jointly (`Σ(w − d·q − m)²` smallest for those quants). Each round lowers the
+/// squared error or keeps it (the quants are the nearest for the previous `d`, `m`; the new
+/// `d`, `m` are the best for those quants); a round whose system is singular (all quants
+/// equal) or whose `d` is not positive ends that row's fit. Values beyond `[m, m + 15·d]` are
+/// clamped to the ends by the quantizer. A constant block gets `d = 0`, `m = lo`. Returns
+/// `(lo, hi, d, m)` per row.
+///
+/// The rows run in vector lanes; each row's sums run over its values in order.
 #[inline(always)]
-fn lane_sums(x: &[f32], f: impl Fn(f32) -> [f32; 3]) -> [f32; 3] {
-    const LANES: usize = 8;
-    let mut acc = [[0f32; LANES]; 3];
-    let mut add = |l: usize, v: f32| {
-        let t = f(v);
-        for (a, t) in acc.iter_mut().zip(t) {
-            a[l] += t;
-        }
-    };
-    let (chunks, tail) = x.as_chunks::<LANES>();
-    for chunk in chunks {
-        for (l, &v) in chunk.iter().enumerate() {
-            add(l, v);
+fn fit_lanes(xt: &[Lanes], len: usize) -> (Lanes, Lanes, Lanes, Lanes) {
+    let xt = &xt[..len];
+    let (mut lo, mut hi) = ([f32::INFINITY; TILE_ROWS], [f32::NEG_INFINITY; TILE_ROWS]);
+    let mut sx = [0f32; TILE_ROWS];
+    for x in xt {
+        for r in 0..TILE_ROWS {
+            lo[r] = if x[r] < lo[r] { x[r] } else { lo[r] };
+            hi[r] = if x[r] > hi[r] { x[r] } else { hi[r] };
+            sx[r] += x[r];
         }
     }
-    for (l, &v) in tail.iter().enumerate() {
-        add(l, v);
+    let n = len as f32;
+    let mut d = [0f32; TILE_ROWS];
+    let mut m = lo;
+    // Rows still fitting: not constant, and no round has failed.
+    let mut live = [false; TILE_ROWS];
+    for r in 0..TILE_ROWS {
+        live[r] = hi[r] > lo[r];
+        d[r] = if live[r] { (hi[r] - lo[r]) / 15.0 } else { 0.0 };
     }
-    acc.map(|a| a.iter().fold(0f32, |s, &v| s + v))
+    for _ in 0..LS_ROUNDS {
+        let mut inv = [0f32; TILE_ROWS];
+        for r in 0..TILE_ROWS {
+            inv[r] = if live[r] { 1.0 / d[r] } else { 0.0 };
+        }
+        let (mut sq, mut sqq, mut sxq) = ([0f32; TILE_ROWS], [0f32; TILE_ROWS], [0f32; TILE_ROWS]);
+        for x in xt {
+            for r in 0..TILE_ROWS {
+                let q = ((x[r] - m[r]) * inv[r] + 0.5).clamp(0.0, 15.0).floor();
+                sq[r] += q;
+                sqq[r] += q * q;
+                sxq[r] += x[r] * q;
+            }
+        }
+        for r in 0..TILE_ROWS {
+            let det = n * sqq[r] - sq[r] * sq[r];
+            let d_next = (n * sxq[r] - sx[r] * sq[r]) / det;
+            let m_next = (sx[r] - d_next * sq[r]) / n;
+            let ok =
+                live[r] && det > 0.0 && d_next > 0.0 && d_next.is_finite() && m_next.is_finite();
+            d[r] = if ok { d_next } else { d[r] };
+            m[r] = if ok { m_next } else { m[r] };
+            live[r] = ok;
+        }
+    }
+    (lo, hi, d, m)
 }
 
 /// One row's codes for a super-block of up to [`SUPER_BLOCK`] blocks, from each block's fitted
@@ -436,7 +438,10 @@ unsafe fn quantize_tile_avx2<T: QuantInput>(
     quantize_tile_any(w, rows, cols, t, out)
 }
 
-/// The body of [`quantize_tile`], inlined into each compiled form.
+/// The body of [`quantize_tile`], inlined into each compiled form: per super-block, the tile's
+/// rows widened side by side (`xt[column][row]`; rows past the weight's last stay 0, columns
+/// past its last are not read), each block fitted in all rows at once ([`fit_lanes`]), then
+/// each row's [`SuperCodes`], then every value's quant.
 #[inline(always)]
 fn quantize_tile_any<T: QuantInput>(
     w: &[T],
@@ -448,77 +453,103 @@ fn quantize_tile_any<T: QuantInput>(
     let row0 = t * TILE_ROWS;
     let live_rows = (rows - row0).min(TILE_ROWS);
     let blocks = cols.div_ceil(BLOCK);
-    let mut vals = [0f32; SUPER_BLOCK * BLOCK];
-    for r in 0..live_rows {
-        let row = row0 + r;
-        for s in 0..blocks.div_ceil(SUPER_BLOCK) {
-            let first = s * SUPER_BLOCK;
-            let nb = (blocks - first).min(SUPER_BLOCK);
-            let col0 = first * BLOCK;
-            let width = (cols - col0).min(nb * BLOCK);
-            let src = &w[row * cols + col0..row * cols + col0 + width];
-            // Loops without early exits, so that they vectorize: widen, look for a non-finite
-            // value (then find the first one for the error), then each block's range.
-            let vals = &mut vals[..width];
-            for (v, x) in vals.iter_mut().zip(src) {
-                *v = x.to_f32();
+    let mut xt = [[0f32; TILE_ROWS]; SUPER_BLOCK * BLOCK];
+    for s in 0..blocks.div_ceil(SUPER_BLOCK) {
+        let first = s * SUPER_BLOCK;
+        let nb = (blocks - first).min(SUPER_BLOCK);
+        let col0 = first * BLOCK;
+        let width = (cols - col0).min(nb * BLOCK);
+        // Widen, then look for a non-finite value (a loop without early exits, so that it
+        // vectorizes; the first one found is named in the error).
+        let mut bad = false;
+        for r in 0..live_rows {
+            let src = &w[(row0 + r) * cols + col0..][..width];
+            for (x, v) in xt.iter_mut().zip(src) {
+                x[r] = v.to_f32();
+                bad |= !x[r].is_finite();
             }
-            if vals.iter().fold(false, |bad, v| bad | !v.is_finite()) {
-                if let Some((i, &value)) = vals.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        }
+        if bad {
+            for r in 0..live_rows {
+                let found = xt[..width]
+                    .iter()
+                    .enumerate()
+                    .find(|(_, x)| !x[r].is_finite());
+                if let Some((col, x)) = found {
                     return Err(QuantError::NonFiniteWeight {
-                        row,
-                        col: col0 + i,
-                        value,
+                        row: row0 + r,
+                        col: col0 + col,
+                        value: x[r],
                     });
                 }
             }
-            let mut lo = [0f32; SUPER_BLOCK];
-            let mut hi = [0f32; SUPER_BLOCK];
-            for (j, vb) in vals.chunks(BLOCK).enumerate() {
-                lo[j] = vb
-                    .iter()
-                    .fold(f32::INFINITY, |a, &v| if v < a { v } else { a });
-                hi[j] = vb
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a });
-            }
-            let mut dfit = [0f32; SUPER_BLOCK];
-            let mut mfit = [0f32; SUPER_BLOCK];
-            for (j, vb) in vals.chunks(BLOCK).enumerate() {
-                (dfit[j], mfit[j]) = fit_block(vb, lo[j], hi[j]);
-            }
-            let (lo, hi) = (&lo[..nb], &hi[..nb]);
-            let codes = SuperCodes::new(&dfit[..nb], &mfit[..nb]).ok_or_else(|| {
-                QuantError::OutOfRange {
-                    row,
-                    col: col0,
-                    min: lo.iter().copied().fold(f32::INFINITY, f32::min),
-                    max: hi.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                }
-            })?;
-            let header = &mut out[q4_header_offset(s)..][..Q4_HEADER_BYTES];
-            header[2 * r..2 * r + 2].copy_from_slice(&codes.d.to_le_bytes());
-            header[HEADER_M_OFFSET + 2 * r..HEADER_M_OFFSET + 2 * r + 2]
-                .copy_from_slice(&codes.m.to_le_bytes());
+        }
+        let mut fits = [(
+            [0f32; TILE_ROWS],
+            [0f32; TILE_ROWS],
+            [0f32; TILE_ROWS],
+            [0f32; TILE_ROWS],
+        ); SUPER_BLOCK];
+        for (j, fit) in fits.iter_mut().enumerate().take(nb) {
+            let len = (width - j * BLOCK).min(BLOCK);
+            *fit = fit_lanes(&xt[j * BLOCK..], len);
+        }
+        let header = q4_header_offset(s);
+        let mut d = [[0f32; TILE_ROWS]; SUPER_BLOCK];
+        let mut m = [[0f32; TILE_ROWS]; SUPER_BLOCK];
+        for r in 0..live_rows {
+            let (mut dr, mut mr) = ([0f32; SUPER_BLOCK], [0f32; SUPER_BLOCK]);
             for j in 0..nb {
-                let (sc, mn) = (codes.sc[j], codes.mn[j]);
-                let m = codes.m.to_f32() * f32::from(mn);
-                let d = codes.d.to_f32() * f32::from(sc);
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                (dr[j], mr[j]) = (fits[j].2[r], fits[j].3[r]);
+            }
+            let codes =
+                SuperCodes::new(&dr[..nb], &mr[..nb]).ok_or_else(|| QuantError::OutOfRange {
+                    row: row0 + r,
+                    col: col0,
+                    min: fits[..nb]
+                        .iter()
+                        .map(|f| f.0[r])
+                        .fold(f32::INFINITY, f32::min),
+                    max: fits[..nb]
+                        .iter()
+                        .map(|f| f.1[r])
+                        .fold(f32::NEG_INFINITY, f32::max),
+                })?;
+            out[header + 2 * r..][..2].copy_from_slice(&codes.d.to_le_bytes());
+            out[header + HEADER_M_OFFSET + 2 * r..][..2].copy_from_slice(&codes.m.to_le_bytes());
+            for j in 0..nb {
                 let tb = &mut out[q4_block_offset(first + j)..][..Q4_BLOCK_BYTES];
-                tb[SC_OFFSET + r] = sc;
-                tb[MN_OFFSET + r] = mn as u8;
-                let block = &vals[j * BLOCK..((j + 1) * BLOCK).min(width)];
-                // The nearest of the 16 levels: values beyond the block's ends clamp to them;
-                // padding columns stay 0.
-                let mut q = [0u8; BLOCK];
-                for (qi, &v) in q.iter_mut().zip(block) {
-                    *qi = (((v - m) * inv + 0.5) as i32).clamp(0, 15) as u8;
+                tb[SC_OFFSET + r] = codes.sc[j];
+                tb[MN_OFFSET + r] = codes.mn[j] as u8;
+                m[j][r] = codes.m.to_f32() * f32::from(codes.mn[j]);
+                d[j][r] = codes.d.to_f32() * f32::from(codes.sc[j]);
+            }
+        }
+        // The nearest of the 16 levels, in all rows at once: values beyond the block's ends
+        // clamp to them; padding rows and columns stay 0.
+        for j in 0..nb {
+            let len = (width - j * BLOCK).min(BLOCK);
+            let mut inv = [0f32; TILE_ROWS];
+            for r in 0..TILE_ROWS {
+                inv[r] = if d[j][r] > 0.0 && r < live_rows {
+                    1.0 / d[j][r]
+                } else {
+                    0.0
+                };
+            }
+            let mut q = [[0u8; TILE_ROWS]; BLOCK];
+            for (qi, x) in q.iter_mut().zip(&xt[j * BLOCK..j * BLOCK + len]) {
+                for r in 0..TILE_ROWS {
+                    let level = ((x[r] - m[j][r]) * inv[r] + 0.5).clamp(0.0, 15.0).floor();
+                    qi[r] = (level + 8_388_608.0).to_bits() as u8;
                 }
-                // Byte i of row r in chunk c: q[4c + i] low, q[16 + 4c + i] high.
-                for c in 0..4 {
+            }
+            // Byte i of row r in chunk c: q[4c + i] low, q[16 + 4c + i] high.
+            let tb = &mut out[q4_block_offset(first + j)..][..Q4_QUANT_BYTES];
+            for c in 0..4 {
+                for r in 0..TILE_ROWS {
                     for i in 0..4 {
-                        tb[c * 64 + r * 4 + i] = q[4 * c + i] | (q[16 + 4 * c + i] << 4);
+                        tb[c * 64 + r * 4 + i] = q[4 * c + i][r] | (q[16 + 4 * c + i][r] << 4);
                     }
                 }
             }
