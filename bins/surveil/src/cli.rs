@@ -14,12 +14,14 @@ use clap::{Args, Parser, Subcommand};
   ENV=testing surveil config show
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
-Logs go to stderr; SURVEIL_LOG=debug (or -v/-vv) shows more.")]
+Logs go to stderr. Their level: SURVEIL_LOG (a tracing filter, every crate) if set, else -q/-v,
+else the configuration's output.log_level (LOG_LEVEL; debug at least with output.debug/DEBUG),
+else warn. Except with SURVEIL_LOG, the level is surveil's own; other crates stay at warn.")]
 pub struct Cli {
-    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); wins over output.log_level.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only errors on stderr.
+    /// Only errors on stderr; wins over -v and output.log_level.
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Directory with profile TOML files (default: $SURVEIL_PROFILES_DIR, ./profiles, built-in).

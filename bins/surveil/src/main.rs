@@ -17,6 +17,7 @@ macro_rules! outln {
 
 mod cli;
 mod cmd;
+mod logging;
 
 /// The body of [`outln!`].
 pub(crate) fn write_report_line(args: std::fmt::Arguments<'_>) {
@@ -81,7 +82,7 @@ fn pin_tensor_threads() {
 fn main() -> ExitCode {
     pin_tensor_threads();
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    logging::init(cli.verbose, cli.quiet);
     let result = match &cli.command {
         Command::Config {
             command: ConfigCommand::Show(args),
@@ -131,29 +132,6 @@ fn chain(e: &anyhow::Error) -> String {
         parts.push(cause);
     }
     parts.join(": ")
-}
-
-fn init_logging(verbose: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("SURVEIL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs redirected to a file or a pipe stay plain text, and
-        // a non-empty NO_COLOR (https://no-color.org) turns colour off on a terminal too.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .with_target(false)
-        .try_init();
 }
 
 #[cfg(test)]

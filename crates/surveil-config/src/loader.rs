@@ -14,7 +14,7 @@ use crate::env::{
 };
 use crate::paths::{home_dir, PathsConfig, RawPathsConfig};
 use crate::profiles::{ProfileOrigin, ProfileSet, DEFAULT_PROFILE};
-use crate::{ConfigError, RawConfig, SystemConfig};
+use crate::{ConfigError, LogLevel, RawConfig, SystemConfig};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -136,6 +136,42 @@ impl LoadedConfig {
     /// into it (`vlm.load_in_4bit` and `vlm.quant` before `vlm.storage`).
     pub fn shown(&self) -> serde_json::Value {
         shown_json(&self.raw, &self.config)
+    }
+
+    /// The level surveil's own crates log at under this configuration: `output.log_level`,
+    /// raised to [`LogLevel::Debug`] by `output.debug`
+    /// ([`OutputConfig::effective_log_level`](crate::OutputConfig::effective_log_level)) unless
+    /// `log_level` was set by a later layer than `debug` (`LOG_LEVEL=error` over a profile with
+    /// `debug = true`): as for any key, the later layer wins. Command-line `-q`/`-v` and
+    /// `SURVEIL_LOG` override it in the program.
+    ///
+    /// ```
+    /// use surveil_config::{ConfigLoader, LogLevel};
+    ///
+    /// // `testing` sets log_level = "debug" and debug = true.
+    /// let env = |vars: &[(&str, &str)]| {
+    ///     vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
+    /// };
+    /// let quiet = ConfigLoader::with_env(env(&[("LOG_LEVEL", "error")]))
+    ///     .profile(Some("testing"))
+    ///     .load()?;
+    /// assert_eq!(quiet.log_level(), LogLevel::Error);
+    /// let raised = ConfigLoader::with_env(env(&[("DEBUG", "1")]))
+    ///     .profile(Some("production"))
+    ///     .load()?;
+    /// assert_eq!(raised.log_level(), LogLevel::Debug);
+    /// # Ok::<(), surveil_config::ConfigError>(())
+    /// ```
+    pub fn log_level(&self) -> LogLevel {
+        let output = &self.config.output;
+        if output.debug
+            && self.origin("output.log_level").precedence()
+                > self.origin("output.debug").precedence()
+        {
+            output.log_level
+        } else {
+            output.effective_log_level()
+        }
     }
 
     /// Every leaf key of [`LoadedConfig::shown`] with its value (as JSON) and origin, in

@@ -262,12 +262,16 @@ const KEY_DOCS: &[KeyDoc] = &[
     doc(
         "output.log_level",
         Allowed::Choice(LogLevel::NAMES),
-        "Log verbosity (`warning` is read as `warn`).",
+        "Log level of surveil's own crates on stderr (`warning` is read as `warn`); other \
+         crates stay at `warn`. `SURVEIL_LOG` and `-q`/`-v` win over it (see \
+         [Logging](#logging)).",
     ),
     doc(
         "output.debug",
         Allowed::Text("`true`, `false`"),
-        "Extra diagnostics (debug logs, intermediate files).",
+        "Extra diagnostics: surveil's own crates log at `debug` at least, unless a later \
+         layer sets `log_level` (`SURVEIL_LOG` and `-q`/`-v` still win; see \
+         [Logging](#logging)).",
     ),
     doc(
         "paths.hub_cache",
@@ -681,6 +685,32 @@ fn row(cells: &[String]) -> String {
     format!("| {} |", cells.join(" | "))
 }
 
+/// How the log level is chosen: after the `[output]` table.
+const LOGGING: &str = "
+### Logging
+
+Logs go to stderr. Their level is taken from the first of these that is set:
+
+1. `SURVEIL_LOG`: a full [tracing filter](https://docs.rs/tracing-subscriber/latest/tracing_subscriber/filter/struct.EnvFilter.html) \
+(`debug`, `warn,surveil_vision=trace`, …), used as written for every crate; flags and the \
+configuration are then ignored. An empty value counts as unset; an invalid one is ignored with a \
+warning.
+2. the flags `-q` (`error`), `-v` (`info`), `-vv` (`debug`), `-vvv` (`trace`);
+3. the configuration: `output.log_level` as resolved above (built-in default, profile, \
+`LOG_LEVEL` or `SURVEIL_OUTPUT__LOG_LEVEL`, `--set output.log_level=…`), raised to `debug` when \
+`output.debug` is true and `log_level` is `error`, `warn` or `info`, unless `log_level` comes \
+from a later layer than `debug`: `LOG_LEVEL=error` over a profile with `debug = true` logs \
+errors only, `DEBUG=1` over a profile with `log_level = \"warn\"` logs at `debug`;
+4. `warn`.
+
+The levels of 2 to 4 apply to surveil's own crates (log targets `surveil` and `surveil_*`); \
+other crates (candle, tokenizers, …) log at `warn`, or `error` when that is the level. Only \
+`SURVEIL_LOG` shows their debug output. Commands that read no configuration (`memory`, \
+`models synth`, `verdict parse`) go from 2 to 4; the others switch to the configured level once \
+the configuration is loaded, so `surveil run` with the `development` or `testing*` profiles \
+logs surveil's debug lines unless `-q`, `-v` or `SURVEIL_LOG` says otherwise.
+";
+
 const HEADER: &str =
     "| Key | Default | Environment | Allowed values | Meaning |\n|---|---|---|---|---|";
 
@@ -769,6 +799,7 @@ pub fn reference_markdown() -> Result<String, ConfigError> {
         ]));
         out.push('\n');
         match key.as_str() {
+            "output.debug" => out.push_str(LOGGING),
             "zones" => push_fields(
                 &mut out,
                 "Each zone is a `[[zones]]` table of a profile file. A person is in the zone when \

@@ -277,16 +277,17 @@ impl<'de> Deserialize<'de> for OrchestrationMode {
     }
 }
 
-/// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+/// Log verbosity. Ordered from the quietest to the most verbose (`Error < Warn < ... <
+/// Trace`), so `a.max(b)` is the more verbose of two levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Errors only.
     Error,
-    /// Warnings and errors.
+    /// Warnings and errors: the level of a command that reads no configuration.
+    #[default]
     Warn,
     /// Normal operation.
-    #[default]
     Info,
     /// Diagnostic detail.
     Debug,
@@ -958,17 +959,44 @@ fn deserialize_socket_addr<'de, D: serde::Deserializer<'de>>(
 pub struct OutputConfig {
     /// Directory for events and summaries.
     pub directory: PathBuf,
-    /// Log verbosity.
+    /// Log verbosity of surveil's own crates (see [`OutputConfig::effective_log_level`]).
     pub log_level: LogLevel,
-    /// Extra diagnostics (debug logs, intermediate files).
+    /// Extra diagnostics: surveil's own crates log at `debug` at least.
     pub debug: bool,
+}
+
+impl OutputConfig {
+    /// The level surveil's own crates log at under this section: `log_level`, raised to
+    /// [`LogLevel::Debug`] when `debug` is on and `log_level` is quieter. A loaded
+    /// configuration also knows which layer set each key:
+    /// [`LoadedConfig::log_level`](crate::LoadedConfig::log_level) lets a `log_level` set by a
+    /// later layer than `debug` win. Command-line flags and `SURVEIL_LOG` override both; that
+    /// choice belongs to the program, not to this crate.
+    ///
+    /// ```
+    /// use surveil_config::{LogLevel, OutputConfig};
+    ///
+    /// let mut output = OutputConfig { log_level: LogLevel::Warn, ..OutputConfig::default() };
+    /// assert_eq!(output.effective_log_level(), LogLevel::Warn);
+    /// output.debug = true;
+    /// assert_eq!(output.effective_log_level(), LogLevel::Debug);
+    /// output.log_level = LogLevel::Trace;
+    /// assert_eq!(output.effective_log_level(), LogLevel::Trace);
+    /// ```
+    pub fn effective_log_level(&self) -> LogLevel {
+        if self.debug {
+            self.log_level.max(LogLevel::Debug)
+        } else {
+            self.log_level
+        }
+    }
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         Self {
             directory: PathBuf::from("output"),
-            log_level: LogLevel::Info,
+            log_level: LogLevel::default(),
             debug: false,
         }
     }

@@ -8,7 +8,9 @@ use crate::cli::{Cli, ConfigArgs, ConfigShowArgs};
 use crate::Failure;
 
 /// Load the configuration for a command: profile, environment, `--set` overrides, plus any
-/// command-specific flag overrides `(key, value, flag)`.
+/// command-specific flag overrides `(key, value, flag)`. From then on the process logs at the
+/// configured level (`output.log_level`, `output.debug`) unless `SURVEIL_LOG` or `-q`/`-v`
+/// decided it ([`crate::logging`]).
 pub fn load(
     cli: &Cli,
     args: &ConfigArgs,
@@ -28,9 +30,11 @@ pub fn load(
     for (key, value, flag) in flags {
         loader = loader.flag(key, value.clone(), flag);
     }
-    loader
+    let loaded = loader
         .load()
-        .map_err(|e: ConfigError| Failure::Usage(anyhow::Error::new(e)))
+        .map_err(|e: ConfigError| Failure::Usage(anyhow::Error::new(e)))?;
+    crate::logging::apply_config(&loaded);
+    Ok(loaded)
 }
 
 /// Whether `key` is a camera's source (`cameras[2].source`), which may hold credentials.

@@ -30,6 +30,8 @@ pub fn surveil_command(args: &[&str]) -> Command {
     for var in CONFIG_VARS {
         cmd.env_remove(var);
     }
+    // A log filter of the caller's shell would override the level a test expects.
+    cmd.env_remove("SURVEIL_LOG");
     // Generic `SURVEIL_<SECTION>__<FIELD>` variables of the caller's shell too.
     for (var, _) in std::env::vars() {
         if var.starts_with("SURVEIL_") && var.contains("__") {

@@ -1,6 +1,6 @@
 //! Defaults → profile → environment → flags, and provenance.
 
-use surveil_config::{Device, OrchestrationMode, Origin, StorageDtype, WeightsSpec};
+use surveil_config::{Device, LogLevel, OrchestrationMode, Origin, StorageDtype, WeightsSpec};
 
 use crate::{load, loader};
 
@@ -68,7 +68,7 @@ fn short_env_overrides() {
         ("DISABLE_MONITORING", "1"),
         ("MAX_CONCURRENT_TOOLS", "3"),
         ("ORCHESTRATION_MODE", "thorough"),
-        ("LOG_LEVEL", "warn"),
+        ("LOG_LEVEL", "error"),
         ("DEBUG", "false"),
     ]));
     let v = &c.config;
@@ -80,6 +80,7 @@ fn short_env_overrides() {
     assert_eq!(v.orchestration.max_concurrent_tools, 3);
     assert_eq!(v.orchestration.mode, OrchestrationMode::Thorough);
     assert!(!v.output.debug);
+    assert_eq!(v.output.log_level, LogLevel::Error);
     assert_eq!(
         c.origin("vlm.primary_model"),
         Origin::Env("VLM_MODEL".into())
@@ -171,4 +172,62 @@ fn effective_quant() {
         ("LOAD_IN_4BIT", "false"),
     ]));
     assert_eq!(c.config.vlm.storage, StorageDtype::F16);
+}
+
+/// The level surveil logs at: `output.log_level`, raised to `debug` by `output.debug` unless a
+/// later layer set `log_level`.
+#[test]
+fn log_level_follows_the_layers() {
+    let level = |env: &[(&str, &str)], profile: Option<&str>, set: Option<&str>| {
+        let mut l = loader(env).profile(profile);
+        if let Some(v) = set {
+            l = l.flag("output.log_level", v, "--set output.log_level");
+        }
+        load(l).log_level()
+    };
+    // Built-in default, and each profile as written.
+    assert_eq!(level(&[], Some("production"), None), LogLevel::Warn);
+    assert_eq!(level(&[], Some("testing"), None), LogLevel::Debug);
+    assert_eq!(level(&[], None, None), LogLevel::Debug, "development");
+    // The environment over the profile: LOG_LEVEL quietens a profile with `debug = true`.
+    assert_eq!(
+        level(&[("LOG_LEVEL", "error")], Some("testing"), None),
+        LogLevel::Error
+    );
+    assert_eq!(
+        level(&[("LOG_LEVEL", "info")], Some("production"), None),
+        LogLevel::Info
+    );
+    // DEBUG raises a quieter level from the same layer or an earlier one.
+    assert_eq!(
+        level(&[("DEBUG", "1")], Some("production"), None),
+        LogLevel::Debug
+    );
+    assert_eq!(
+        level(
+            &[("DEBUG", "1"), ("LOG_LEVEL", "error")],
+            Some("production"),
+            None
+        ),
+        LogLevel::Debug
+    );
+    assert_eq!(
+        level(
+            &[("DEBUG", "1"), ("LOG_LEVEL", "trace")],
+            Some("production"),
+            None
+        ),
+        LogLevel::Trace,
+        "debug never lowers a level"
+    );
+    // A flag over both.
+    assert_eq!(
+        level(&[("DEBUG", "1")], Some("production"), Some("warn")),
+        LogLevel::Warn
+    );
+    assert_eq!(
+        level(&[("DEBUG", "0")], Some("testing"), None),
+        LogLevel::Debug,
+        "log_level = \"debug\" of the profile stands"
+    );
 }

@@ -64,6 +64,54 @@ fn bad_enum_lists_allowed_values() {
     );
 }
 
+/// `output.log_level` decides what the binary logs: a value it cannot use is an error naming
+/// the key, the value, where it came from and the levels allowed, from every layer.
+#[test]
+fn bad_log_level_names_key_value_origin_and_levels() {
+    let levels = ["error", "warn", "info", "debug", "trace"];
+    let dir = profile_dir("[output]\nlog_level = \"loud\"\n");
+    let cases = [
+        (loader(&[("LOG_LEVEL", "verbose")]), "verbose", "LOG_LEVEL"),
+        (
+            loader(&[("SURVEIL_OUTPUT__LOG_LEVEL", "verbose")]),
+            "verbose",
+            "SURVEIL_OUTPUT__LOG_LEVEL",
+        ),
+        (
+            loader(&[]).flag("output.log_level", "warnings", "--set output.log_level"),
+            "warnings",
+            "--set output.log_level",
+        ),
+        (
+            loader(&[])
+                .profiles_dir(Some(dir.path()))
+                .profile(Some("bad")),
+            "loud",
+            "bad.toml",
+        ),
+    ];
+    for (l, value, origin) in cases {
+        let (_, msg) = load_err(l);
+        assert!(msg.contains("output.log_level"), "{msg}");
+        assert!(msg.contains(&format!("`{value}`")), "{msg}");
+        assert!(msg.contains(origin), "{msg}");
+        for level in levels {
+            assert!(msg.contains(level), "{level} missing: {msg}");
+        }
+    }
+    // Any case, and Python's `WARNING`, are fine.
+    let loaded = crate::load(loader(&[("LOG_LEVEL", "WARNING")]));
+    assert_eq!(
+        loaded.config.output.log_level,
+        surveil_config::LogLevel::Warn
+    );
+    let loaded = crate::load(loader(&[("LOG_LEVEL", "Trace")]));
+    assert_eq!(
+        loaded.config.output.log_level,
+        surveil_config::LogLevel::Trace
+    );
+}
+
 #[test]
 fn bad_boolean() {
     let (_, msg) = load_err(loader(&[("LOAD_IN_4BIT", "maybe")]));
