@@ -96,11 +96,16 @@ pub enum VisionError {
         last_error: Box<VisionError>,
     },
 
-    /// A source was stopped (a stop request, e.g. Ctrl-C) before its stream opened.
-    #[error("stopped while opening {input}")]
+    /// A source was stopped (a stop request, e.g. Ctrl-C) before its stream opened. A live
+    /// source says how many connection attempts had failed by then, and why the last one did.
+    #[error("stopped while opening {input}{}", fmt_attempts(*.attempts, .last_error.as_deref()))]
     Interrupted {
         /// The input, with credentials redacted.
         input: String,
+        /// Connection attempts that failed before the stop (0 when none had, or for a file).
+        attempts: u32,
+        /// The error of the last failed attempt.
+        last_error: Option<Box<VisionError>>,
     },
 
     /// An image could not be decoded, or has no pixels.
@@ -142,6 +147,14 @@ fn fmt_stderr(stderr: &str) -> String {
         String::new()
     } else {
         format!("\nffmpeg said:\n{stderr}")
+    }
+}
+
+fn fmt_attempts(attempts: u32, last_error: Option<&VisionError>) -> String {
+    match (attempts, last_error) {
+        (0, _) => String::new(),
+        (n, Some(e)) => format!(" after {n} failed connection attempt(s); the last: {e}"),
+        (n, None) => format!(" after {n} failed connection attempt(s)"),
     }
 }
 

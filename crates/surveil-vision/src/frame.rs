@@ -100,6 +100,12 @@ pub trait FrameSource: Send {
         0
     }
 
+    /// Decode errors the source met so far without failing (ffmpeg's error lines on a damaged
+    /// or truncated file, which ends early); 0 for sources that never report any.
+    fn decode_errors(&self) -> u64 {
+        0
+    }
+
     /// A handle that makes a blocked `next_frame` return `Ok(None)` soon, from another thread.
     fn interrupt_handle(&self) -> Option<InterruptHandle> {
         None
@@ -121,6 +127,9 @@ impl<T: FrameSource + ?Sized> FrameSource for Box<T> {
     }
     fn skipped_frames(&self) -> u64 {
         (**self).skipped_frames()
+    }
+    fn decode_errors(&self) -> u64 {
+        (**self).decode_errors()
     }
     fn interrupt_handle(&self) -> Option<InterruptHandle> {
         (**self).interrupt_handle()

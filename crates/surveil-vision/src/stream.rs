@@ -102,6 +102,9 @@ pub struct StreamStats {
     pub frames_dropped: u64,
     /// Frames the source could not decode and skipped (an image folder's unreadable images).
     pub frames_skipped: u64,
+    /// Decode errors the source met without failing: ffmpeg's error lines on a damaged or
+    /// truncated file, which then ends early ([`FrameSource::decode_errors`]); 0 otherwise.
+    pub decode_errors: u64,
     /// Frames handed to the detector.
     pub frames_detected: u64,
     /// Frames returned by `next` (detected and tracked).
@@ -519,6 +522,7 @@ impl<D> DetectTrackStream<D> {
             frames_decoded: q.decoded,
             frames_dropped: q.dropped,
             frames_skipped: q.skipped,
+            decode_errors: q.decode_errors,
             decode_time: q.decode_time,
             ..self.stats
         }

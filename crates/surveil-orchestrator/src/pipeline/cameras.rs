@@ -4,8 +4,9 @@
 //!
 //! The life of a camera thread: open the source (a [`StopSignal`] ends a connection attempt),
 //! report it open, wait for the run to start (the model loads in between), then send frames
-//! until the source ends, fails or is interrupted, and report the end. The thread returns the
-//! stream's counters when it ends.
+//! until the source ends, fails or is interrupted, and report the end. The thread returns how
+//! it ended ([`CameraExit`]): the stream's counters, or, for a source that never opened, its
+//! failed connection attempts and the last one's error.
 //!
 //! A live camera that does not answer is retried without end; it does not hold up the others:
 //! once one camera is open and the others had their time ([`CameraThreads::wait_open`]'s
@@ -64,7 +65,29 @@ pub(super) enum CameraMessage {
         error: Option<OrchestratorError>,
         /// Whether it was interrupted (a stop request).
         interrupted: bool,
+        /// The stream's counters at its end (decode errors are counted at the end of a file).
+        stats: StreamStats,
     },
+}
+
+/// A source that never opened: why, as far as the source layer knows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct NotOpened {
+    /// Connection attempts of a live source that failed before the run gave up on it.
+    pub attempts: u32,
+    /// The error of the last of them.
+    pub last_error: Option<String>,
+}
+
+/// How a camera thread ended.
+#[derive(Debug, Clone)]
+pub(super) enum CameraExit {
+    /// Its source opened; the stream's counters when it ended.
+    Streamed(StreamStats),
+    /// Its source was still connecting when the run gave up on it.
+    NotOpened(NotOpened),
+    /// Its source could not be opened ([`CameraMessage::OpenFailed`] said why).
+    OpenFailed,
 }
 
 /// What a camera thread runs.
@@ -92,7 +115,7 @@ pub(super) enum Opening {
 
 /// The camera threads of a run and the loop's ends of their channels.
 pub(super) struct CameraThreads {
-    handles: Vec<JoinHandle<Option<StreamStats>>>,
+    handles: Vec<JoinHandle<CameraExit>>,
     open_stops: Vec<StopSignal>,
     /// The run-start signal of each camera, taken when sent (or when the run gives up).
     go: Vec<Option<mpsc::Sender<()>>>,
@@ -221,28 +244,34 @@ impl CameraThreads {
     /// Give up on the cameras before the run started: stop the connections still trying,
     /// release the opened streams, and wait up to `wait` for the threads (so that ffmpeg
     /// children are killed and reaped before the run returns); threads still busy after it are
-    /// left to end on their own.
-    pub fn abort(mut self, wait: Duration) {
+    /// left to end on their own. Returns how each thread ended, in camera order (`None` for
+    /// one still busy or that ended abnormally).
+    pub fn abort(mut self, wait: Duration) -> Vec<Option<CameraExit>> {
         for s in &self.open_stops {
             s.stop();
         }
         self.go.clear();
         drop(self.rx.take());
         let deadline = Instant::now() + wait;
-        for h in self.handles {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
-        }
+        self.handles
+            .into_iter()
+            .map(|h| {
+                while !h.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if h.is_finished() {
+                    h.join().ok()
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
-    /// End every camera (streams still running are interrupted, frames still on their way
-    /// are discarded) and return each camera's stream counters, in camera order (`None` for
-    /// a thread that ended abnormally).
-    pub fn finish(mut self) -> Vec<Option<StreamStats>> {
+    /// End every camera (streams still running are interrupted, connections still trying are
+    /// stopped, frames still on their way are discarded) and return how each thread ended, in
+    /// camera order (`None` for a thread that ended abnormally).
+    pub fn finish(mut self) -> Vec<Option<CameraExit>> {
         if let Ok(list) = self.interrupts.lock() {
             for h in list.iter() {
                 h.interrupt();
@@ -253,34 +282,38 @@ impl CameraThreads {
         }
         self.go.clear();
         drop(self.rx.take());
-        self.handles
-            .into_iter()
-            .map(|h| h.join().ok().flatten())
-            .collect()
+        self.handles.into_iter().map(|h| h.join().ok()).collect()
     }
 }
 
-/// The body of a camera thread; returns the stream's counters once the stream ended (`None`
-/// when the source never opened).
+/// The body of a camera thread; returns how it ended: the stream's counters once the stream
+/// ended, or what is known of a source that never opened.
 fn camera_thread(
     index: usize,
     spec: CameraSpec,
     stop: &StopSignal,
     go: &Receiver<()>,
     tx: &SyncSender<(usize, CameraMessage)>,
-) -> Option<StreamStats> {
+) -> CameraExit {
     let detector: Box<dyn Detector> = Box::new(spec.detector);
     let opened =
         DetectTrackStream::open_with_stop(&spec.source, &spec.ffmpeg, detector, spec.stream, stop);
     let mut stream = match opened {
         Ok(stream) => stream,
-        Err(VisionError::Interrupted { .. }) => {
+        Err(VisionError::Interrupted {
+            attempts,
+            last_error,
+            ..
+        }) => {
             let _ = tx.send((index, CameraMessage::OpenInterrupted));
-            return None;
+            return CameraExit::NotOpened(NotOpened {
+                attempts,
+                last_error: last_error.map(|e| e.to_string()),
+            });
         }
         Err(e) => {
             let _ = tx.send((index, CameraMessage::OpenFailed(e.into())));
-            return None;
+            return CameraExit::OpenFailed;
         }
     };
     let camera = OpenedCamera {
@@ -296,7 +329,7 @@ fn camera_thread(
         .is_err()
         || go.recv().is_err()
     {
-        return Some(stream.stats());
+        return CameraExit::Streamed(stream.stats());
     }
     let mut error = None;
     while let Some(item) = stream.next() {
@@ -309,7 +342,7 @@ fn camera_thread(
                 };
                 if tx.send((index, message)).is_err() {
                     // The loop ended: nothing more is wanted.
-                    return Some(stream.stats());
+                    return CameraExit::Streamed(stream.stats());
                 }
             }
             Err(e) => {
@@ -319,6 +352,14 @@ fn camera_thread(
         }
     }
     let interrupted = stream.is_interrupted();
-    let _ = tx.send((index, CameraMessage::Ended { error, interrupted }));
-    Some(stream.stats())
+    let stats = stream.stats();
+    let _ = tx.send((
+        index,
+        CameraMessage::Ended {
+            error,
+            interrupted,
+            stats,
+        },
+    ));
+    CameraExit::Streamed(stats)
 }

@@ -38,7 +38,9 @@ use surveil_vision::{
     TrackerParams, YoloOptions,
 };
 
-use self::cameras::{CameraMessage, CameraSpec, CameraThreads, OpenedCamera, Opening};
+use self::cameras::{
+    CameraExit, CameraMessage, CameraSpec, CameraThreads, NotOpened, OpenedCamera, Opening,
+};
 use crate::analyst::{AnalysisJob, AnalysisResult, Analyst, AnalystConfig};
 use crate::decision::{decide, AlertLevel, ClockTime, Decision, DecisionInput, DecisionPolicy};
 use crate::event::{Event, EventKind, EventTrack, ToolFailureRecord, VlmOutcome};
@@ -410,13 +412,23 @@ pub struct CameraSummary {
     pub frames_dropped: u64,
     /// Inputs the source could not decode and skipped with a warning.
     pub frames_skipped: u64,
+    /// Decode errors the source met without failing: ffmpeg's error lines on a damaged or
+    /// truncated file (0 when none, and for live cameras and images).
+    pub decode_errors: u64,
     /// Frames per second, from the run's first frame to this camera's end.
     pub fps: f64,
-    /// Why this camera ended: `end_of_source`, `max_frames`, `interrupted`, `error` (its
-    /// source failed, or the run ended on an error).
+    /// Why this camera ended: `end_of_source`, `damaged_source` (its file ended with decode
+    /// errors, see `decode_errors`: damaged or truncated, frames may be missing),
+    /// `max_frames`, `interrupted`, `error` (its source failed, or the run ended on an
+    /// error), `not_opened` ([`NOT_OPENED`]: a live camera still connecting when the run
+    /// ended, for whatever reason).
     pub end_reason: String,
-    /// The error that ended this camera's source, if one did (the other cameras went on).
+    /// The error that ended this camera's source, if one did (the other cameras went on); for
+    /// a camera that never opened, the error of its last connection attempt.
     pub error: Option<String>,
+    /// For a camera that never opened (`not_opened`): its connection attempts that failed
+    /// (0 when the run ended during the first); `null` for the others.
+    pub connection_attempts: Option<u32>,
     /// VLM analyses of its scenes finished.
     pub analyses: u64,
     /// Its scenes handed over but never analysed: replaced by a newer scene of this camera
@@ -446,10 +458,14 @@ pub struct RunSummary {
     /// Wall time of the frame loop, seconds.
     pub duration_s: f64,
     /// Why the run ended: `end_of_source` (every camera's source ended, at least one before
-    /// `max_frames`), `max_frames` (every camera that did not fail reached it), `interrupted`,
-    /// `error` (an events file or sink failed, or every camera's source failed).
+    /// `max_frames`), `damaged_source` (as `end_of_source`, and at least one camera's file
+    /// ended with decode errors), `max_frames` (every camera that did not fail reached it),
+    /// `interrupted`, `error` (an events file or sink failed, or every camera's source
+    /// failed). Cameras that never opened (`not_opened`) take no part in it.
     pub end_reason: String,
-    /// The error that ended the run, if one did.
+    /// The error that ended the run, if one did; otherwise, when cameras never opened, one
+    /// note per such camera, joined by `; `: `camera <name> never opened (<n> failed
+    /// connection attempts): <last connection error>`.
     pub error: Option<String>,
     /// Frames analysed.
     pub frames: u64,
@@ -460,6 +476,8 @@ pub struct RunSummary {
     /// Inputs the source could not decode and skipped with a warning (an image folder's
     /// unreadable images).
     pub frames_skipped: u64,
+    /// Decode errors the sources met without failing (damaged or truncated files).
+    pub decode_errors: u64,
     /// Frames per second over the loop.
     pub fps: f64,
     /// Detections over all frames.
@@ -731,6 +749,8 @@ struct CameraState {
     end: Option<CameraEnd>,
     /// Loop time at which its source opened; `None` while it is still connecting.
     opened_at: Option<Duration>,
+    /// What the source layer said of a source that never opened.
+    not_opened: Option<NotOpened>,
 }
 
 impl CameraState {
@@ -766,6 +786,7 @@ impl CameraState {
             buffered: 0,
             end: None,
             opened_at: None,
+            not_opened: None,
         }
     }
 
@@ -790,6 +811,7 @@ impl CameraState {
             frames_decoded: self.stats.frames_decoded,
             frames_dropped: self.stats.frames_dropped,
             frames_skipped: self.stats.frames_skipped,
+            decode_errors: self.stats.decode_errors,
             fps: self.frames as f64 / until.as_secs_f64().max(1e-9),
             end_reason: self
                 .end
@@ -797,6 +819,11 @@ impl CameraState {
                 .map_or("end_of_source", |e| e.reason)
                 .to_string(),
             error: self.end.as_ref().and_then(|e| e.error.clone()),
+            connection_attempts: self
+                .end
+                .as_ref()
+                .filter(|e| e.reason == NOT_OPENED)
+                .map(|_| self.not_opened.as_ref().map_or(0, |n| n.attempts)),
             analyses: self.analyses,
             analyses_skipped: self.skipped,
             alerts_by_level: self.alerts_by_level.clone(),
@@ -819,8 +846,77 @@ fn camera_config(config: &SystemConfig, camera: &CameraOptions) -> SystemConfig 
 }
 
 /// A camera's `end_reason` when its source never opened during the run (a live camera that
-/// did not answer; see [`MultiCameraOptions::late_camera_wait`]).
+/// did not answer, whatever ended the run: a stop, the other cameras' end, an error; see
+/// [`MultiCameraOptions::late_camera_wait`]).
 pub const NOT_OPENED: &str = "not_opened";
+
+/// A camera's `end_reason` when its file ended with decode errors (damaged or truncated:
+/// ffmpeg stopped early or skipped what it could not decode); its `decode_errors` counts them.
+/// The run's too, when it would otherwise be `end_of_source`.
+pub const DAMAGED_SOURCE: &str = "damaged_source";
+
+/// The run's `end_reason` from its cameras' (`not_opened` ones take no part; see
+/// [`RunSummary::end_reason`]), for a run that did not fail itself; `stopped`: a stop request
+/// ended the loop.
+fn run_end_reason(cameras: &[&str], stopped: bool) -> &'static str {
+    let took_part = || cameras.iter().filter(|r| **r != NOT_OPENED);
+    if stopped || cameras.contains(&"interrupted") {
+        "interrupted"
+    } else if took_part().all(|r| *r == "error") {
+        "error"
+    } else if took_part()
+        .filter(|r| **r != "error")
+        .all(|r| *r == "max_frames")
+    {
+        "max_frames"
+    } else if cameras.contains(&DAMAGED_SOURCE) {
+        DAMAGED_SOURCE
+    } else {
+        "end_of_source"
+    }
+}
+
+/// The run's note on its cameras that never opened (`None` when every camera opened): one
+/// `camera <name> never opened (<n> failed connection attempts): <last error>` each.
+fn not_opened_note<'a>(
+    cameras: impl IntoIterator<Item = (&'a str, &'a CameraSummary)>,
+) -> Option<String> {
+    let notes: Vec<String> = cameras
+        .into_iter()
+        .filter(|(_, c)| c.end_reason == NOT_OPENED)
+        .map(|(name, c)| {
+            let attempts = c.connection_attempts.unwrap_or(0);
+            match &c.error {
+                Some(e) => format!(
+                    "camera {name} never opened ({attempts} failed connection attempts): {e}"
+                ),
+                None => {
+                    format!("camera {name} never opened ({attempts} failed connection attempts)")
+                }
+            }
+        })
+        .collect();
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// The end of a camera that never opened, with what its thread said of it.
+fn not_opened_end(cam: &mut CameraState, at: Duration) {
+    let (attempts, last) = cam
+        .not_opened
+        .as_ref()
+        .map_or((0, None), |n| (n.attempts, n.last_error.clone()));
+    tracing::warn!(
+        camera = %cam.name,
+        attempts,
+        last_error = last.as_deref().unwrap_or(""),
+        "never opened during the run"
+    );
+    cam.end = Some(CameraEnd {
+        reason: NOT_OPENED,
+        error: last,
+        at,
+    });
+}
 
 /// Skip reason of a scene the trigger chose in a run without a model ([`ModelChoice::None`]).
 pub const NO_MODEL: &str = "no_model";
@@ -1040,13 +1136,14 @@ fn run_cameras(
     let opened = match threads.wait_open(&stop, options.late_camera_wait) {
         Ok(Opening::Opened(opened)) => opened,
         Ok(Opening::Interrupted) => {
-            threads.abort(CAMERA_RELEASE_WAIT);
+            let exits = threads.abort(CAMERA_RELEASE_WAIT);
             return finish_before_start(
                 config,
                 options,
                 started_at,
                 events,
                 sinks,
+                &exits,
                 "interrupted",
                 None,
             );
@@ -1073,13 +1170,14 @@ fn run_cameras(
         Ok(a) => a,
         Err(OrchestratorError::Interrupted) => {
             // Ctrl-C while the model was loading: nothing was analysed; say so and stop.
-            threads.abort(CAMERA_RELEASE_WAIT);
+            let exits = threads.abort(CAMERA_RELEASE_WAIT);
             return finish_before_start(
                 config,
                 options,
                 started_at,
                 events,
                 sinks,
+                &exits,
                 "interrupted",
                 Some(OrchestratorError::Interrupted.to_string()),
             );
@@ -1189,17 +1287,24 @@ fn run_cameras(
                 buffered,
                 stats,
             } => (frame, buffered, stats),
-            CameraMessage::Ended { error, interrupted } => {
+            CameraMessage::Ended {
+                error,
+                interrupted,
+                stats,
+            } => {
                 let Some(cam) = cams.get_mut(i) else {
                     continue;
                 };
                 live -= 1;
+                cam.stats = stats;
                 let reason = if error.is_some() {
                     "error"
                 } else if interrupted || stop.load(Ordering::SeqCst) {
                     "interrupted"
                 } else if options.max_frames.is_some_and(|m| cam.frames >= m) {
                     "max_frames"
+                } else if stats.decode_errors > 0 {
+                    DAMAGED_SOURCE
                 } else {
                     "end_of_source"
                 };
@@ -1324,10 +1429,14 @@ fn run_cameras(
     }
     let loop_time = loop_start.elapsed();
     loop_done.store(true, Ordering::SeqCst);
-    // Cameras still running end with the loop; every thread hands back its counters.
-    for (cam, stats) in cams.iter_mut().zip(threads.finish()) {
-        if let Some(stats) = stats {
-            cam.stats = stats;
+    // Cameras still running end with the loop; every thread hands back its counters, or
+    // what is known of a source that never opened.
+    let exits = threads.finish();
+    for (cam, exit) in cams.iter_mut().zip(&exits) {
+        match exit {
+            Some(CameraExit::Streamed(stats)) => cam.stats = *stats,
+            Some(CameraExit::NotOpened(n)) => cam.not_opened = Some(n.clone()),
+            Some(CameraExit::OpenFailed) | None => {}
         }
     }
     if let Some(w) = watcher {
@@ -1339,42 +1448,38 @@ fn run_cameras(
         "interrupted"
     };
     for cam in cams.iter_mut().filter(|c| c.end.is_none()) {
-        let never = cam.opened_at.is_none();
-        if never {
-            tracing::warn!(camera = %cam.name, "never opened during the run");
+        if cam.opened_at.is_none() {
+            // Not "interrupted": a camera that never answered is no normal end.
+            not_opened_end(cam, loop_time);
+        } else {
+            cam.end = Some(CameraEnd {
+                reason: cut,
+                error: None,
+                at: loop_time,
+            });
         }
-        cam.end = Some(CameraEnd {
-            reason: if never { NOT_OPENED } else { cut },
-            error: None,
-            at: loop_time,
-        });
     }
     // The run's end is that of the cameras that took part.
-    let reason_of = |c: &CameraState| c.end.as_ref().map_or(cut, |e| e.reason);
-    let took_part = || cams.iter().filter(|c| reason_of(c) != NOT_OPENED);
+    let reasons: Vec<&str> = cams
+        .iter()
+        .map(|c| c.end.as_ref().map_or(cut, |e| e.reason))
+        .collect();
     let mut end_reason = if run_error.is_some() {
         "error"
-    } else if stopped || cams.iter().any(|c| reason_of(c) == "interrupted") {
-        "interrupted"
-    } else if took_part().all(|c| reason_of(c) == "error") {
+    } else {
+        run_end_reason(&reasons, stopped)
+    };
+    if end_reason == "error" && run_error.is_none() {
         // Every source failed: the run failed, with the first camera's error.
         run_error = camera_errors
             .into_iter()
             .enumerate()
             .find_map(|(i, e)| e.map(|e| camera_error(options, i, e)));
-        "error"
-    } else if took_part()
-        .filter(|c| reason_of(c) != "error")
-        .all(|c| reason_of(c) == "max_frames")
-    {
-        "max_frames"
-    } else {
-        "end_of_source"
-    };
+    }
 
     // The analysis in flight: abandoned after a stop request or an error; at the end of the
     // sources it may finish within the grace time.
-    let abandon = end_reason != "end_of_source" && end_reason != "max_frames";
+    let abandon = !matches!(end_reason, "end_of_source" | "max_frames" | DAMAGED_SOURCE);
     let grace = if abandon {
         options.analyst_grace
     } else {
@@ -1409,6 +1514,17 @@ fn run_cameras(
         .or_else(|| surveil_memory::ProcessMemory::current().peak_rss_bytes);
     let joined =
         |part: fn(&CameraState) -> &str| cams.iter().map(part).collect::<Vec<_>>().join(", ");
+    let cameras: BTreeMap<String, CameraSummary> = cams
+        .iter()
+        .map(|c| (c.name.clone(), c.summary(loop_time)))
+        .collect();
+    let error = match &run_error {
+        Some(e) => Some(e.to_string()),
+        None => not_opened_note(options.cameras.iter().filter_map(|c| {
+            let summary = cameras.get(&c.name)?;
+            Some((c.name.as_str(), summary))
+        })),
+    };
     let summary = RunSummary {
         profile: config.profile.clone(),
         camera: joined(|c| c.name.as_str()),
@@ -1418,11 +1534,12 @@ fn run_cameras(
         finished_at: now_rfc3339(),
         duration_s: loop_time.as_secs_f64(),
         end_reason: end_reason.to_string(),
-        error: run_error.as_ref().map(ToString::to_string),
+        error,
         frames,
         frames_decoded: cams.iter().map(|c| c.stats.frames_decoded).sum(),
         frames_dropped: cams.iter().map(|c| c.stats.frames_dropped).sum(),
         frames_skipped: cams.iter().map(|c| c.stats.frames_skipped).sum(),
+        decode_errors: cams.iter().map(|c| c.stats.decode_errors).sum(),
         fps: frames as f64 / loop_time.as_secs_f64().max(1e-9),
         detections: sinks.counters.detections,
         tracks: cams.iter().map(|c| c.track_ids.len() as u64).sum(),
@@ -1441,10 +1558,7 @@ fn run_cameras(
             peak_rss_bytes: peak,
         },
         sinks: BTreeMap::new(),
-        cameras: cams
-            .iter()
-            .map(|c| (c.name.clone(), c.summary(loop_time)))
-            .collect(),
+        cameras,
     };
     let summary = with_sink_sections(summary, sinks.extra);
     write_json_atomic(&options.output_dir.join("summary.json"), &summary)?;
@@ -1670,13 +1784,17 @@ fn discard_empty_run(options: &MultiCameraOptions, events: JsonlSink, created_di
 }
 
 /// The summary of a run stopped before its first frame (Ctrl-C while a source connected or
-/// the model loaded): nothing analysed, written like any other.
+/// the model loaded): nothing analysed, written like any other. `exits` says how each camera
+/// thread ended ([`CameraThreads::abort`]): a camera still connecting ends `not_opened`, the
+/// others with `end_reason`.
+#[allow(clippy::too_many_arguments)]
 fn finish_before_start(
     config: &SystemConfig,
     options: &MultiCameraOptions,
     started_at: String,
     events: JsonlSink,
     sinks: &mut [&mut dyn EventSink],
+    exits: &[Option<CameraExit>],
     end_reason: &str,
     error: Option<String>,
 ) -> Result<RunSummary> {
@@ -1694,20 +1812,35 @@ fn finish_before_start(
         .iter()
         .map(|c| surveil_vision::source::redact_url(&c.source))
         .collect();
-    let cameras = options
+    let cameras: BTreeMap<String, CameraSummary> = options
         .cameras
         .iter()
         .zip(&sources)
-        .map(|(c, source)| {
+        .enumerate()
+        .map(|(i, (c, source))| {
+            let not_opened = match exits.get(i) {
+                Some(Some(CameraExit::NotOpened(n))) => Some(n),
+                _ => None,
+            };
+            if let Some(n) = not_opened {
+                tracing::warn!(
+                    camera = %c.name,
+                    attempts = n.attempts,
+                    last_error = n.last_error.as_deref().unwrap_or(""),
+                    "never opened during the run"
+                );
+            }
             let summary = CameraSummary {
                 source: source.clone(),
                 frames: 0,
                 frames_decoded: 0,
                 frames_dropped: 0,
                 frames_skipped: 0,
+                decode_errors: 0,
                 fps: 0.0,
-                end_reason: end_reason.to_string(),
-                error: None,
+                end_reason: not_opened.map_or(end_reason, |_| NOT_OPENED).to_string(),
+                error: not_opened.and_then(|n| n.last_error.clone()),
+                connection_attempts: not_opened.map(|n| n.attempts),
                 analyses: 0,
                 analyses_skipped: 0,
                 alerts_by_level: BTreeMap::new(),
@@ -1715,6 +1848,12 @@ fn finish_before_start(
             (c.name.clone(), summary)
         })
         .collect();
+    let error = error.or_else(|| {
+        not_opened_note(options.cameras.iter().filter_map(|c| {
+            let summary = cameras.get(&c.name)?;
+            Some((c.name.as_str(), summary))
+        }))
+    });
     let summary = RunSummary {
         profile: config.profile.clone(),
         camera: options
@@ -1734,6 +1873,7 @@ fn finish_before_start(
         frames_decoded: 0,
         frames_dropped: 0,
         frames_skipped: 0,
+        decode_errors: 0,
         fps: 0.0,
         detections: 0,
         tracks: 0,
@@ -2041,5 +2181,91 @@ fn save_alert_frame(
             tracing::warn!(error = %e, path = %path.display(), "cannot write the alert frame");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn camera(end_reason: &str, attempts: Option<u32>, error: Option<&str>) -> CameraSummary {
+        CameraSummary {
+            source: "rtsp://127.0.0.1:1/x".into(),
+            frames: 0,
+            frames_decoded: 0,
+            frames_dropped: 0,
+            frames_skipped: 0,
+            decode_errors: 0,
+            fps: 0.0,
+            end_reason: end_reason.into(),
+            error: error.map(Into::into),
+            connection_attempts: attempts,
+            analyses: 0,
+            analyses_skipped: 0,
+            alerts_by_level: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_runs_end_is_that_of_the_cameras_that_took_part() {
+        let cases: &[(&[&str], bool, &str)] = &[
+            (&["end_of_source"], false, "end_of_source"),
+            (&["max_frames", "max_frames"], false, "max_frames"),
+            (&["max_frames", "end_of_source"], false, "end_of_source"),
+            // A damaged file is no clean end, unless the others all reached max_frames.
+            (&[DAMAGED_SOURCE], false, DAMAGED_SOURCE),
+            (&["end_of_source", DAMAGED_SOURCE], false, DAMAGED_SOURCE),
+            (&["max_frames", DAMAGED_SOURCE], false, DAMAGED_SOURCE),
+            (&["error", DAMAGED_SOURCE], false, DAMAGED_SOURCE),
+            (&["error", "max_frames"], false, "max_frames"),
+            (&["error", "error"], false, "error"),
+            // A stop wins; a camera that never opened takes no part.
+            (&[DAMAGED_SOURCE], true, "interrupted"),
+            (&["max_frames", "interrupted"], false, "interrupted"),
+            (&["max_frames", NOT_OPENED], false, "max_frames"),
+            (&[DAMAGED_SOURCE, NOT_OPENED], false, DAMAGED_SOURCE),
+            (&["error", NOT_OPENED], false, "error"),
+            (&["max_frames", NOT_OPENED], true, "interrupted"),
+        ];
+        for (cameras, stopped, want) in cases {
+            assert_eq!(
+                run_end_reason(cameras, *stopped),
+                *want,
+                "{cameras:?} stopped={stopped}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_run_names_each_camera_that_never_opened_and_why() {
+        let cameras = [
+            ("entrance", camera("max_frames", None, None)),
+            (
+                "door",
+                camera(NOT_OPENED, Some(4), Some("Connection refused")),
+            ),
+            ("yard", camera(NOT_OPENED, Some(0), None)),
+        ];
+        let note = not_opened_note(cameras.iter().map(|(n, c)| (*n, c))).unwrap();
+        assert_eq!(
+            note,
+            "camera door never opened (4 failed connection attempts): Connection refused; \
+             camera yard never opened (0 failed connection attempts)"
+        );
+        assert_eq!(
+            not_opened_note(cameras[..1].iter().map(|(n, c)| (*n, c))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_camera_summary_has_its_decode_errors_and_connection_attempts() {
+        let s = serde_json::to_value(camera(NOT_OPENED, Some(3), Some("refused"))).unwrap();
+        assert_eq!(s["end_reason"], "not_opened");
+        assert_eq!(s["connection_attempts"], 3);
+        assert_eq!(s["error"], "refused");
+        assert_eq!(s["decode_errors"], 0);
+        let s = serde_json::to_value(camera("end_of_source", None, None)).unwrap();
+        assert!(s["connection_attempts"].is_null(), "{s}");
     }
 }

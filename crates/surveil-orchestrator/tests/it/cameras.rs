@@ -536,9 +536,85 @@ fn a_camera_that_never_answers_does_not_hold_up_the_others() {
     assert_eq!(door.end_reason, surveil_orchestrator::pipeline::NOT_OPENED);
     assert_eq!(door.frames, 0);
     assert!(!door.source.contains("secret"), "{}", door.source);
-    assert_eq!(summary.cameras["entrance"].frames, 4);
+    // Why: its failed connection attempts and the last one's error, also in the run's note.
+    let attempts = door
+        .connection_attempts
+        .expect("attempts of a camera never opened");
+    assert!(attempts >= 1, "{door:?}");
+    let last = door.error.as_deref().expect("the last connection error");
+    assert!(last.contains("Connection refused"), "{last}");
+    assert!(!last.contains("secret"), "{last}");
+    let note = summary.error.as_deref().expect("the run names the camera");
+    assert!(note.starts_with("camera door never opened ("), "{note}");
+    assert!(
+        note.contains("Connection refused") && !note.contains("secret"),
+        "{note}"
+    );
+    let entrance = &summary.cameras["entrance"];
+    assert_eq!(entrance.frames, 4);
+    assert_eq!(entrance.connection_attempts, None);
+    assert_eq!(entrance.error, None);
     let events = read_events(&out);
     assert!(events.iter().all(|e| e["camera"] == "entrance"));
+}
+
+#[test]
+fn a_camera_still_connecting_when_the_run_is_stopped_is_not_opened() {
+    let Some((_, detector)) = clip_and_detector() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // One live camera that refuses every connection: the run waits for it until the stop.
+    let mut options = MultiCameraOptions::new(
+        vec![CameraOptions::new(
+            "door",
+            format!("rtsp://user:secret@127.0.0.1:{}/stream", closed_port()),
+        )],
+        &out,
+        &detector,
+    );
+    options.late_camera_wait = Duration::from_secs(60);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Long enough for a failed attempt or two (0.5 s, then 1 s of backoff).
+            std::thread::sleep(Duration::from_millis(2500));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let summary = run_with_sinks(
+        &config(),
+        &options,
+        ModelChoice::None,
+        stop,
+        &mut NoObserver,
+        &mut [],
+    )
+    .expect("a stop is a success");
+    stopper.join().unwrap();
+    // The run was stopped: that stays its end (and its exit status 0 in the CLI) ...
+    assert_eq!(summary.end_reason, "interrupted");
+    assert_eq!(summary.frames, 0);
+    // ... but the camera did not take part, and the summary says why.
+    let door = &summary.cameras["door"];
+    assert_eq!(door.end_reason, surveil_orchestrator::pipeline::NOT_OPENED);
+    assert!(door.connection_attempts.unwrap() >= 1, "{door:?}");
+    let last = door.error.as_deref().expect("the last connection error");
+    assert!(last.contains("Connection refused"), "{last}");
+    assert!(!last.contains("secret"), "{last}");
+    let note = summary.error.as_deref().expect("the run names the camera");
+    assert!(note.starts_with("camera door never opened ("), "{note}");
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["end_reason"], "interrupted");
+    assert_eq!(on_disk["cameras"]["door"]["end_reason"], "not_opened");
+    assert_eq!(
+        on_disk["cameras"]["door"]["connection_attempts"],
+        door.connection_attempts.unwrap()
+    );
+    assert_eq!(on_disk["error"], note);
 }
 
 #[test]

@@ -348,6 +348,59 @@ fn pipeline_stops_on_request_and_writes_the_summary() {
 }
 
 #[test]
+fn a_damaged_file_ends_as_damaged_source_with_its_decode_errors() {
+    let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The first 100 kB of the clip: a few frames, then ffmpeg's decode errors.
+    let cut = dir.path().join("cut.avi");
+    let bytes = std::fs::read(&clip).unwrap();
+    std::fs::write(&cut, &bytes[..100_000]).unwrap();
+    let out = dir.path().join("run");
+    let summary = surveil_orchestrator::run(
+        &config(&[]),
+        &options(&cut, &out, 500),
+        ModelChoice::None,
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+    )
+    .expect("a damaged file is no failure of the run");
+    let cam = &summary.cameras["aisle-1"];
+    assert!(cam.frames > 0 && cam.frames < 500, "{cam:?}");
+    assert!(cam.decode_errors > 0, "{cam:?}");
+    assert_eq!(
+        cam.end_reason,
+        surveil_orchestrator::pipeline::DAMAGED_SOURCE
+    );
+    assert_eq!(cam.error, None);
+    assert_eq!(summary.end_reason, "damaged_source");
+    assert_eq!(summary.decode_errors, cam.decode_errors);
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["end_reason"], "damaged_source");
+    assert_eq!(on_disk["decode_errors"], cam.decode_errors);
+    assert_eq!(
+        on_disk["cameras"]["aisle-1"]["decode_errors"],
+        cam.decode_errors
+    );
+
+    // The intact clip to its end... of max_frames: no decode errors, a clean end.
+    let out = dir.path().join("intact");
+    let summary = surveil_orchestrator::run(
+        &config(&[]),
+        &options(&clip, &out, 3),
+        ModelChoice::None,
+        Arc::new(AtomicBool::new(false)),
+        &mut NoObserver,
+    )
+    .unwrap();
+    assert_eq!(summary.end_reason, "max_frames");
+    assert_eq!(summary.decode_errors, 0);
+    assert_eq!(summary.cameras["aisle-1"].decode_errors, 0);
+}
+
+#[test]
 fn a_previous_runs_events_are_never_overwritten() {
     let (Some(clip), Some(_)) = (asset("video/vtest.avi"), asset("yolov3-tiny")) else {
         return;

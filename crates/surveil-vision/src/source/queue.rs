@@ -46,6 +46,8 @@ pub struct QueueStats {
     pub dropped: u64,
     /// Frames the source could not decode and skipped ([`FrameSource::skipped_frames`]).
     pub skipped: u64,
+    /// Decode errors the source met ([`FrameSource::decode_errors`]).
+    pub decode_errors: u64,
     /// Time the decoding thread spent inside `next_frame`.
     pub decode_time: Duration,
 }
@@ -264,6 +266,7 @@ fn decode_loop(source: &mut dyn FrameSource, inner: &Inner, desc: &str) {
         };
         st.stats.decode_time += spent;
         st.stats.skipped = source.skipped_frames();
+        st.stats.decode_errors = source.decode_errors();
         match next {
             Ok(Some(frame)) => {
                 st.stats.decoded += 1;

@@ -119,6 +119,30 @@ fn truncated_avi_yields_its_frames_then_ends() {
     assert!(n > 0 && n < 795, "decoded {n} frames of a 200 kB prefix");
     assert!(src.next_frame().unwrap().is_none(), "stays at the end");
     assert_eq!(src.pid(), None, "child reaped at EOF");
+    // The damage is counted, for the run's summary.
+    let errors = FrameSource::decode_errors(&src);
+    assert!(errors > 0, "ffmpeg's decode errors are counted");
+    assert_eq!(src.decode_errors(), errors);
+
+    // Through a queue, as a stream reads it; an intact file counts none.
+    for (path, damaged) in [(p.clone(), true), (video.clone(), false)] {
+        let src = FfmpegSource::open(path.to_str().unwrap(), &FfmpegOptions::default()).unwrap();
+        let queue = FrameQueue::spawn(Box::new(src), 4, QueuePolicy::Block).unwrap();
+        let mut n = 0;
+        while let Some(f) = queue.recv() {
+            f.unwrap();
+            n += 1;
+            if !damaged && n == 3 {
+                break;
+            }
+        }
+        let stats = queue.stats();
+        if damaged {
+            assert!(stats.decode_errors > 0, "{stats:?}");
+        } else {
+            assert_eq!(stats.decode_errors, 0, "{stats:?}");
+        }
+    }
 }
 
 #[test]
@@ -1038,6 +1062,20 @@ fn stop_ends_a_live_source_that_is_still_connecting() {
             "{what}: {err:?}"
         );
         assert!(err.to_string().contains(&url), "{err}");
+        // What the stop cut short: no attempt had failed while the first was connecting; an
+        // attempt that failed says why.
+        let VisionError::Interrupted {
+            attempts,
+            last_error,
+            ..
+        } = &err
+        else {
+            unreachable!()
+        };
+        assert_eq!(last_error.is_some(), *attempts > 0, "{what}: {err}");
+        if what == "connecting" {
+            assert_eq!(*attempts, 0, "{err}");
+        }
         let started = recorded_pids(&pids);
         assert!(!started.is_empty(), "{what}: ffmpeg never started");
         assert_all_reaped(&started);
@@ -1047,8 +1085,63 @@ fn stop_ends_a_live_source_that_is_still_connecting() {
     let stop = StopSignal::new();
     stop.stop();
     let err = FfmpegSource::open_with_stop("http://127.0.0.1:9/x", &opts, &stop).unwrap_err();
-    assert!(matches!(err, VisionError::Interrupted { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            VisionError::Interrupted {
+                attempts: 0,
+                last_error: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(recorded_pids(&pids).is_empty());
+}
+
+#[test]
+fn a_stop_while_connecting_says_how_many_attempts_failed_and_why() {
+    // A camera that refuses every connection, stopped in its backoff after the first attempt.
+    let url = format!(
+        "rtsp://admin:hunter2secret@127.0.0.1:{}/stream",
+        closed_port()
+    );
+    let opts = FfmpegOptions {
+        reconnect: ReconnectPolicy {
+            initial_ms: 60_000,
+            max_ms: 60_000,
+            max_attempts: None,
+        },
+        io_timeout_ms: 2000,
+        ..FfmpegOptions::default()
+    };
+    let stop = StopSignal::new();
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            stop.stop();
+        })
+    };
+    let err = FfmpegSource::open_with_stop(&url, &opts, &stop).unwrap_err();
+    stopper.join().unwrap();
+    let VisionError::Interrupted {
+        attempts,
+        last_error,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*attempts, 1, "{err}");
+    let last = last_error.as_ref().expect("the failed attempt's error");
+    assert!(last.to_string().contains("Connection refused"), "{last}");
+    let text = err.to_string();
+    assert!(
+        text.contains("after 1 failed connection attempt(s); the last: "),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2secret"), "{text}");
 }
 
 #[test]

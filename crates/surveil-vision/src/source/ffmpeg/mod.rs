@@ -224,6 +224,12 @@ pub struct FfmpegSource {
     opened_at: Instant,
     fps: Option<f64>,
     reconnects: u64,
+    /// Connection attempts that failed since the last connection (or the start).
+    connect_failures: u32,
+    /// The error of the last of them.
+    last_connect_error: Option<VisionError>,
+    /// Error lines ffmpeg printed while decoding a file, over its finished runs.
+    decode_errors: u64,
 }
 
 impl std::fmt::Debug for FfmpegSource {
@@ -252,7 +258,8 @@ impl FfmpegSource {
     /// Errors: missing file, invalid options ([`VisionError::InvalidOption`]), ffmpeg missing
     /// ([`VisionError::FfmpegSpawn`]), ffmpeg failing on a file ([`VisionError::Ffmpeg`]), a
     /// live source failing `max_attempts` times ([`VisionError::SourceUnavailable`]), a stop
-    /// ([`VisionError::Interrupted`]).
+    /// ([`VisionError::Interrupted`], with the connection attempts of a live source that had
+    /// failed by then and the last one's error).
     pub fn open_with_stop(input: &str, options: &FfmpegOptions, stop: &StopSignal) -> Result<Self> {
         let secrets = url_secrets(input);
         let display = redact_text(input, &secrets);
@@ -290,11 +297,12 @@ impl FfmpegSource {
             let child = Arc::clone(&child);
             Arc::new(move || kill_child(&child))
         };
-        let interrupted = || VisionError::Interrupted {
-            input: display.clone(),
-        };
         if !stop.add_hook(&stop_hook) {
-            return Err(interrupted());
+            return Err(VisionError::Interrupted {
+                input: display,
+                attempts: 0,
+                last_error: None,
+            });
         }
         let mut source = Self {
             input: input.to_string(),
@@ -312,6 +320,9 @@ impl FfmpegSource {
             opened_at: Instant::now(),
             fps: options.fps,
             reconnects: 0,
+            connect_failures: 0,
+            last_connect_error: None,
+            decode_errors: 0,
         };
         // On every early return below, dropping `source` kills and reaps its child.
         let opened = if live {
@@ -319,13 +330,13 @@ impl FfmpegSource {
         } else {
             match source.spawn_session() {
                 Ok(s) => source.session = Some(s),
-                Err(_) if source.stop.is_stopped() => return Err(interrupted()),
+                Err(_) if source.stop.is_stopped() => return Err(source.interrupted()),
                 Err(e) => return Err(e),
             }
             true
         };
         if !opened || source.stop.is_stopped() {
-            return Err(interrupted());
+            return Err(source.interrupted());
         }
         if let Some(s) = &source.session {
             source.fps = options.fps.or(s.info.fps);
@@ -355,6 +366,23 @@ impl FfmpegSource {
     /// How many times a live source reconnected after its stream dropped.
     pub fn reconnects(&self) -> u64 {
         self.reconnects
+    }
+
+    /// Error lines ffmpeg printed while decoding a file (damaged or truncated input), counted
+    /// once ffmpeg reached the end of the file; 0 for live sources. Same as
+    /// [`FrameSource::decode_errors`].
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// The error of a stop before the stream opened: with the failed connection attempts so
+    /// far and the last one's error.
+    fn interrupted(&mut self) -> VisionError {
+        VisionError::Interrupted {
+            input: self.display.clone(),
+            attempts: self.connect_failures,
+            last_error: self.last_connect_error.take().map(Box::new),
+        }
     }
 
     /// The signal that stops this source (the one given to
@@ -544,6 +572,8 @@ impl FfmpegSource {
                     if attempt > 1 || self.reconnects > 0 {
                         tracing::info!(source = %self.display, attempt, "live source connected");
                     }
+                    self.connect_failures = 0;
+                    self.last_connect_error = None;
                     self.session = Some(s);
                     return Ok(true);
                 }
@@ -569,6 +599,8 @@ impl FfmpegSource {
                         error = %e,
                         "cannot open live source; retrying"
                     );
+                    self.connect_failures = attempt;
+                    self.last_connect_error = Some(e);
                     if self.stop.wait_timeout(delay) {
                         return Ok(false);
                     }
@@ -620,6 +652,10 @@ impl FrameSource for FfmpegSource {
 
     fn fps(&self) -> Option<f64> {
         self.fps
+    }
+
+    fn decode_errors(&self) -> u64 {
+        self.decode_errors
     }
 
     fn next_frame(&mut self) -> Result<Option<Frame>> {
@@ -680,6 +716,7 @@ impl FrameSource for FfmpegSource {
                         continue;
                     }
                     self.finished = true;
+                    self.decode_errors += errors;
                     if !ok {
                         let what = match status {
                             Some(s) => format!("ffmpeg exited ({s}) after {frames} frames"),
