@@ -509,6 +509,24 @@ fn origin_from_name(name: &str) -> Origin {
     }
 }
 
+/// What serde's name of a numeric type means to a user: `usize` → "a whole number from 0 to
+/// 18446744073709551615". `None` for other expectations (their wording is kept).
+fn plain_expected(expected: &str) -> Option<String> {
+    let range = |min: i128, max: i128| format!("a whole number from {min} to {max}");
+    Some(match expected {
+        "u8" => range(0, u8::MAX.into()),
+        "u16" => range(0, u16::MAX.into()),
+        "u32" => range(0, u32::MAX.into()),
+        "u64" | "usize" => range(0, u64::MAX.into()),
+        "i8" => range(i8::MIN.into(), i8::MAX.into()),
+        "i16" => range(i16::MIN.into(), i16::MAX.into()),
+        "i32" => range(i32::MIN.into(), i32::MAX.into()),
+        "i64" | "isize" => range(i64::MIN.into(), i64::MAX.into()),
+        "f32" | "f64" => "a number".to_string(),
+        _ => return None,
+    })
+}
+
 /// A figment error as one line per problem: key, what is wrong, where it came from.
 fn describe(e: &figment::Error) -> ConfigError {
     let lines: Vec<String> = e
@@ -545,6 +563,17 @@ fn describe(e: &figment::Error) -> ConfigError {
                         "`{v}` is not allowed; allowed values: {}",
                         allowed.join(", ")
                     )
+                }
+                Kind::InvalidValue(actual, expected) | Kind::InvalidType(actual, expected) => {
+                    match plain_expected(expected) {
+                        Some(wanted) => {
+                            // The value alone (figment writes "signed int `-1`").
+                            let actual = actual.to_string();
+                            let value = actual.find('`').map_or(&actual[..], |i| &actual[i..]);
+                            format!("{value} is not allowed; expected {wanted}")
+                        }
+                        None => err.kind.to_string(),
+                    }
                 }
                 other => other.to_string(),
             };

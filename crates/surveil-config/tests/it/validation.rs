@@ -147,6 +147,19 @@ fn integer_key_rejects_text() {
     );
 }
 
+/// A number out of a key's range says the range in words, not the Rust type.
+#[test]
+fn integer_key_out_of_range_says_the_range() {
+    let (_, msg) = load_err(loader(&[("MAX_CONCURRENT_TOOLS", "-1")]));
+    assert!(
+        msg.contains("orchestration.max_concurrent_tools")
+            && msg.contains("expected a whole number from 0 to")
+            && msg.contains("MAX_CONCURRENT_TOOLS")
+            && !msg.contains("usize"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn invalid_toml_names_file() {
     let dir = profile_dir("[vlm\nprimary_model = 1\n");
