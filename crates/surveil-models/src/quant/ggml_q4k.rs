@@ -27,7 +27,7 @@
 //! blocks side by side in vector lanes, each lane summing its values in candle's order, so
 //! every float operation is the same (28 ms in the same run).
 
-use super::QuantError;
+use super::{small_int, QuantError};
 use half::f16;
 
 /// Values per `Q4_K` block (`QK_K`).
@@ -133,14 +133,6 @@ fn quant(v: f32) -> f32 {
     } else {
         0.0
     }
-}
-
-/// A whole number `0 ≤ r ≤ 255` held in an f32, as a byte: added to 2²³ it is the low byte
-/// of the sum's mantissa (a bit cast, which vectorizes where a saturating conversion does
-/// not).
-#[inline(always)]
-fn small_int(r: f32) -> u8 {
-    (r + 8_388_608.0).to_bits() as u8
 }
 
 /// `L / 8` consecutive blocks: `x` `L · 32` values, `out` `L / 8 · 144` bytes. Sub-block `j`

@@ -156,6 +156,14 @@ pub use pool::physical_cores;
 pub use pool::ThreadPool;
 pub use weight::{PackedWeight, WeightFormat};
 
+/// A whole number `0 ≤ r ≤ 255` held in an f32, as a byte: added to 2²³ it is the low byte
+/// of the sum's mantissa (a bit cast, which vectorizes where a saturating conversion does
+/// not).
+#[inline(always)]
+pub(crate) fn small_int(r: f32) -> u8 {
+    (r + 8_388_608.0).to_bits() as u8
+}
+
 /// Output offset of each part of a stacked weight ([`PackedQ4::quantize_parts`]): part `i`
 /// starts at the sum of the earlier parts' rows, each rounded up to a multiple of
 /// [`TILE_ROWS`].

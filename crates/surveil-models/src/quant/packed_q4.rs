@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 
 use super::buffer::{pack_parts, AlignedBytes};
-use super::{QuantError, BLOCK, SUPER_BLOCK, TILE_ROWS};
+use super::{small_int, QuantError, BLOCK, SUPER_BLOCK, TILE_ROWS};
 
 /// Quant bytes of one tile block: 16 rows × 32 nibbles.
 pub(crate) const Q4_QUANT_BYTES: usize = TILE_ROWS * BLOCK / 2;
@@ -277,9 +277,8 @@ fn bf16_up(x: f32) -> bf16 {
     bf16::from_bits(if bits & 0xFFFF == 0 { high } else { high + 1 })
 }
 
-/// Rounds of least squares in [`fit_block`]: two reach most of the gain (on N(0, 1) weights
-/// the RMS error is 6 % below the blocks' plain range, a test measures it; a third round adds
-/// under 1 % for one more pass over the values).
+/// Rounds of least squares in [`fit_lanes`]: on N(0, 1) weights two bring the RMS error 6 %
+/// below the blocks' plain range (the accuracy test measures it).
 const LS_ROUNDS: usize = 2;
 
 /// Lanes of the quantizer: the rows of a tile, side by side.
@@ -347,7 +346,7 @@ fn fit_lanes(xt: &[Lanes], len: usize) -> (Lanes, Lanes, Lanes, Lanes) {
 }
 
 /// One row's codes for a super-block of up to [`SUPER_BLOCK`] blocks, from each block's fitted
-/// scale `d ≥ 0` and minimum `m` ([`fit_block`], finite):
+/// scale `d ≥ 0` and minimum `m` ([`fit_lanes`], finite):
 ///
 /// - `M` = bf16 at or above `max|m| / 127`, and per block `mn = round(m / M) ∈ −127..=127`;
 /// - `D` = bf16 at or above `max d / 255`, and per block `sc = round(d / D) ∈ 0..=255`;
@@ -403,7 +402,8 @@ impl SuperCodes {
 }
 
 /// Quantize row tile `t` of `w [rows, cols]` into `out` (`q4_tile_bytes(blocks)` bytes,
-/// zeroed): per row and super-block, its [`SuperCodes`], then each value's 4-bit quant.
+/// zeroed): per super-block, every block fitted in the tile's rows at once, each row's
+/// [`SuperCodes`], then each value's 4-bit quant ([`quantize_tile_any`]).
 ///
 /// On x86-64 with AVX2 the same code runs compiled for 256-bit vectors (no FMA: the compiler
 /// does not fuse a multiply and an add on its own, so the bytes are the same on every CPU).
@@ -541,7 +541,7 @@ fn quantize_tile_any<T: QuantInput>(
             for (qi, x) in q.iter_mut().zip(&xt[j * BLOCK..j * BLOCK + len]) {
                 for r in 0..TILE_ROWS {
                     let level = ((x[r] - m[j][r]) * inv[r] + 0.5).clamp(0.0, 15.0).floor();
-                    qi[r] = (level + 8_388_608.0).to_bits() as u8;
+                    qi[r] = small_int(level);
                 }
             }
             // Byte i of row r in chunk c: q[4c + i] low, q[16 + 4c + i] high.

@@ -227,6 +227,29 @@ fn input_tensor(dir: &Path, case: &Case, t: &HashMap<String, Tensor>, name: &str
     }
 }
 
+/// Greedy decoding after a prefill whose logits of every position are `logits`
+/// `(positions, vocab)`, continuing `cache`: per step, the token chosen and the logits it was
+/// chosen from (no EOS stop, like the fixture).
+fn greedy_steps(
+    model: &KimiVlModel,
+    logits: &Tensor,
+    cache: &mut surveil_models::arch::deepseek_v3::DeepseekV3Cache,
+    steps: usize,
+) -> Vec<(u32, Vec<f32>)> {
+    let last = logits.dim(0).unwrap() - 1;
+    let mut step = floats(&logits.get(last).unwrap());
+    let mut out = Vec::with_capacity(steps);
+    for k in 0..steps {
+        let tok = surveil_models::generation::argmax(&step);
+        out.push((tok, step));
+        if k + 1 == steps {
+            break;
+        }
+        step = floats(&model.decode_step(tok, cache).unwrap());
+    }
+    out
+}
+
 /// Vision + projector + decoder: prefill logits and greedy decoding with the KV cache.
 fn check_full_model_case(dir: &Path, cfg: &KimiVlConfig, model: &KimiVlModel, case: &Case) {
     let name = format!("kimi_vl/{}", case.name);
@@ -287,28 +310,17 @@ fn check_full_model_case(dir: &Path, cfg: &KimiVlConfig, model: &KimiVlModel, ca
         .unwrap()
         .squeeze(0)
         .unwrap();
-    let mut tokens = Vec::new();
-    let mut step_logits = Vec::new();
-    if let Some(steps) = steps {
-        let mut step = logits
-            .narrow(0, ids.len() - 1, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        for k in 0..steps {
-            let tok = surveil_models::generation::argmax(&floats(&step));
-            tokens.push(i64::from(tok));
-            step_logits.push(step);
-            if k + 1 == steps {
-                break;
-            }
-            step = model
-                .decode_step(tok, &mut cache)
-                .unwrap()
-                .flatten_all()
-                .unwrap();
-        }
-    }
+    let greedy = steps.map_or_else(Vec::new, |steps| {
+        greedy_steps(model, &logits, &mut cache, steps)
+    });
+    let tokens: Vec<i64> = greedy.iter().map(|(tok, _)| i64::from(*tok)).collect();
+    let step_logits: Vec<Tensor> = greedy
+        .into_iter()
+        .map(|(_, row)| {
+            let n = row.len();
+            Tensor::from_vec(row, n, &Device::Cpu).unwrap()
+        })
+        .collect();
     let mut features = None;
     let mut not_compared = Vec::new();
     for tensor in listed {
@@ -691,16 +703,7 @@ fn parity_kimi_vl_half_precision_activations() {
                         .map(|k| floats(&reference.get(k).unwrap()))
                         .collect();
                     let expected = token_ids(&t["greedy_tokens"]);
-                    let mut ours = Vec::with_capacity(rows.len());
-                    let mut step = floats(&logits.get(ids.len() - 1).unwrap());
-                    for k in 0..rows.len() {
-                        let tok = surveil_models::generation::argmax(&step);
-                        ours.push((tok, step));
-                        if k + 1 == rows.len() {
-                            break;
-                        }
-                        step = floats(&model.decode_step(tok, &mut cache).unwrap());
-                    }
+                    let ours = greedy_steps(&model, &logits, &mut cache, rows.len());
                     let agree = check_quantized_greedy(&label, &ours, &expected, &rows);
                     println!(
                         "{label}: greedy tokens agree for {agree}/{} steps",

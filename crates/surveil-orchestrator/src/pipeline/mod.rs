@@ -438,6 +438,33 @@ pub struct CameraSummary {
     pub alerts_by_level: BTreeMap<String, u64>,
 }
 
+impl CameraSummary {
+    /// A camera that gave no frame (a run that ended before its cameras streamed, or one that
+    /// never opened): every count 0.
+    fn without_frames(
+        source: String,
+        end_reason: &str,
+        error: Option<String>,
+        connection_attempts: Option<u32>,
+    ) -> Self {
+        Self {
+            source,
+            frames: 0,
+            frames_decoded: 0,
+            frames_dropped: 0,
+            frames_skipped: 0,
+            decode_errors: 0,
+            fps: 0.0,
+            end_reason: end_reason.to_string(),
+            error,
+            connection_attempts,
+            analyses: 0,
+            analyses_skipped: 0,
+            alerts_by_level: BTreeMap::new(),
+        }
+    }
+}
+
 /// `summary.json`. Counts are totals over the cameras; `cameras` has each camera's.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -1830,21 +1857,12 @@ fn finish_before_start(
                     "never opened during the run"
                 );
             }
-            let summary = CameraSummary {
-                source: source.clone(),
-                frames: 0,
-                frames_decoded: 0,
-                frames_dropped: 0,
-                frames_skipped: 0,
-                decode_errors: 0,
-                fps: 0.0,
-                end_reason: not_opened.map_or(end_reason, |_| NOT_OPENED).to_string(),
-                error: not_opened.and_then(|n| n.last_error.clone()),
-                connection_attempts: not_opened.map(|n| n.attempts),
-                analyses: 0,
-                analyses_skipped: 0,
-                alerts_by_level: BTreeMap::new(),
-            };
+            let summary = CameraSummary::without_frames(
+                source.clone(),
+                not_opened.map_or(end_reason, |_| NOT_OPENED),
+                not_opened.and_then(|n| n.last_error.clone()),
+                not_opened.map(|n| n.attempts),
+            );
             (c.name.clone(), summary)
         })
         .collect();
@@ -2189,21 +2207,12 @@ mod tests {
     use super::*;
 
     fn camera(end_reason: &str, attempts: Option<u32>, error: Option<&str>) -> CameraSummary {
-        CameraSummary {
-            source: "rtsp://127.0.0.1:1/x".into(),
-            frames: 0,
-            frames_decoded: 0,
-            frames_dropped: 0,
-            frames_skipped: 0,
-            decode_errors: 0,
-            fps: 0.0,
-            end_reason: end_reason.into(),
-            error: error.map(Into::into),
-            connection_attempts: attempts,
-            analyses: 0,
-            analyses_skipped: 0,
-            alerts_by_level: BTreeMap::new(),
-        }
+        CameraSummary::without_frames(
+            "rtsp://127.0.0.1:1/x".into(),
+            end_reason,
+            error.map(Into::into),
+            attempts,
+        )
     }
 
     #[test]
