@@ -1483,3 +1483,28 @@ fn qwen2_vl_vlm_end_to_end_through_the_manager() {
     }
     m.unload();
 }
+
+/// The host side of a Qwen2-VL-2B 4-bit GPU load, timed on the CPU device: the GPU policy's
+/// Q4K blocks quantized from dummy weights (no upload). A measurement, not a check; run with
+/// `cargo test --release -p surveil-models --test it -- --ignored gpu_policy_load --nocapture`.
+#[test]
+#[ignore = "a timing of a full-size load (about 10 s on 2 cores)"]
+fn qwen2_vl_2b_gpu_policy_load_time() {
+    let cfg = surveil_models::arch::qwen2_vl::qwen2_vl_2b_config();
+    for round in 0..2 {
+        let src = DummySource::new("qwen2-vl-2b", tensor_layout(&cfg), DType::F32, 0);
+        let w = Weights::new(
+            Box::new(src),
+            Device::Cpu,
+            QuantPolicy::for_storage(StorageDtype::Q4K),
+        );
+        let start = std::time::Instant::now();
+        let model = Qwen2VlModel::load(&cfg, &w).unwrap();
+        println!(
+            "round {round}: GPU-policy (Q4K) load on the host {:.2} s, {} bytes",
+            start.elapsed().as_secs_f64(),
+            w.report().total_bytes()
+        );
+        drop(model);
+    }
+}
